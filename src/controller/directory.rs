@@ -1,0 +1,339 @@
+//! The directory provider: standalone mode's source of objects.
+//!
+//! Every `*.yaml` / `*.yml` file under the configuration directory (recursively, multi-document)
+//! is read into the [`Store`]. The directory is polled every 250 ms rather than watched through
+//! inotify: editors and `kubectl`-style tools replace files by rename, and config maps mounted
+//! into pods swap a symlink, both of which inotify reports unreliably, while a poll that compares
+//! modification time and size first costs next to nothing.
+//!
+//! The provider also fills in what the API server would: `metadata.generation` starts at 1 and
+//! is bumped whenever an object's `spec` changes, and `metadata.creationTimestamp` is set to the
+//! time the object was first seen when the file does not carry one.
+//!
+//! A file that fails to parse is reported with its path and line, and the objects it held before
+//! stay in the store, so the gateway keeps serving its last good configuration.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::object::{Object, ObjectKey};
+use super::store::{SourceError, Store};
+
+/// How often the directory is scanned for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+struct FileState {
+    modified: Option<SystemTime>,
+    len: u64,
+    keys: Vec<ObjectKey>,
+}
+
+struct Tracked {
+    spec: Value,
+    generation: i64,
+    created: String,
+}
+
+/// Reads a directory of manifests into a store, once or continuously.
+pub struct DirectoryProvider {
+    dir: PathBuf,
+    store: Store,
+    files: BTreeMap<PathBuf, FileState>,
+    tracked: HashMap<ObjectKey, Tracked>,
+}
+
+impl DirectoryProvider {
+    /// A provider for `dir`; nothing is read until [`Self::sync`] or [`Self::run`].
+    pub fn new(dir: impl Into<PathBuf>, store: Store) -> Self {
+        DirectoryProvider {
+            dir: dir.into(),
+            store,
+            files: BTreeMap::new(),
+            tracked: HashMap::new(),
+        }
+    }
+
+    /// Scans the directory once and applies what changed. Returns an error only when the
+    /// directory itself cannot be read; problems in files are recorded in the store.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        let mut paths = Vec::new();
+        collect_manifests(&self.dir, &mut paths)?;
+        let mut seen = Vec::with_capacity(paths.len());
+        for path in paths {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue; // removed between listing and reading: the next scan sees it gone
+            };
+            let modified = meta.modified().ok();
+            seen.push(path.clone());
+            if let Some(state) = self.files.get(&path) {
+                if state.modified == modified && state.len == meta.len() {
+                    continue;
+                }
+            }
+            self.load_file(&path, modified, meta.len());
+        }
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| !seen.contains(p))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(state) = self.files.remove(&path) {
+                for key in &state.keys {
+                    self.tracked.remove(key);
+                }
+                self.store.apply(&state.keys, Vec::new());
+            }
+            self.store
+                .set_source_errors(&path.display().to_string(), Vec::new());
+        }
+        Ok(())
+    }
+
+    fn load_file(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) {
+        let source = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) => {
+                let message = format!("cannot read file: {err}");
+                self.store.set_source_errors(
+                    &source,
+                    vec![SourceError {
+                        source: source.clone(),
+                        message,
+                    }],
+                );
+                return;
+            }
+        };
+        let (objects, errors) = match parse_manifests(&text) {
+            Ok(parsed) => parsed,
+            Err(message) => {
+                // Keep the objects this file held before: a half-saved edit must not take
+                // routes down. Remember the new mtime so the error is reported once, not
+                // re-parsed every poll; the next save changes it again.
+                tracing::warn!(file = %source, error = %message, "manifest file does not parse; keeping its previous objects");
+                if let Some(state) = self.files.get_mut(path) {
+                    state.modified = modified;
+                    state.len = len;
+                } else {
+                    self.files.insert(
+                        path.to_path_buf(),
+                        FileState {
+                            modified,
+                            len,
+                            keys: Vec::new(),
+                        },
+                    );
+                }
+                self.store.set_source_errors(
+                    &source,
+                    vec![SourceError {
+                        source: source.clone(),
+                        message,
+                    }],
+                );
+                return;
+            }
+        };
+        let objects: Vec<Object> = objects.into_iter().map(|o| self.fill_in(o)).collect();
+        let keys: Vec<ObjectKey> = objects.iter().map(|o| o.key.clone()).collect();
+        let old_keys = self
+            .files
+            .get(path)
+            .map(|s| s.keys.clone())
+            .unwrap_or_default();
+        let removed: Vec<ObjectKey> = old_keys.into_iter().filter(|k| !keys.contains(k)).collect();
+        for key in &removed {
+            self.tracked.remove(key);
+        }
+        self.store.apply(&removed, objects);
+        let errors = errors
+            .into_iter()
+            .map(|message| SourceError {
+                source: source.clone(),
+                message,
+            })
+            .collect();
+        self.store.set_source_errors(&source, errors);
+        self.files.insert(
+            path.to_path_buf(),
+            FileState {
+                modified,
+                len,
+                keys,
+            },
+        );
+    }
+
+    /// Fills in generation and creation time the way the API server would.
+    fn fill_in(&mut self, mut object: Object) -> Object {
+        let spec = object.spec().clone();
+        let explicit_created = !object.creation_timestamp.is_empty();
+        let tracked = match self.tracked.get_mut(&object.key) {
+            Some(t) => {
+                if t.spec != spec {
+                    t.generation += 1;
+                    t.spec = spec;
+                }
+                t.generation = t.generation.max(object.generation);
+                t
+            }
+            None => self.tracked.entry(object.key.clone()).or_insert(Tracked {
+                spec,
+                generation: object.generation.max(1),
+                created: now_rfc3339(),
+            }),
+        };
+        if object.key.kind.has_generation() {
+            object.generation = tracked.generation;
+            object.body["metadata"]["generation"] = Value::from(tracked.generation);
+        }
+        if !explicit_created {
+            object.creation_timestamp = tracked.created.clone();
+            object.body["metadata"]["creationTimestamp"] = Value::from(tracked.created.clone());
+        }
+        object
+    }
+
+    /// Scans forever, every [`POLL_INTERVAL`].
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(POLL_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = self.sync() {
+                let source = self.dir.display().to_string();
+                let message = format!("cannot read configuration directory: {err}");
+                tracing::warn!(dir = %source, error = %err, "cannot read configuration directory");
+                self.store.set_source_errors(
+                    &source,
+                    vec![SourceError {
+                        source: source.clone(),
+                        message,
+                    }],
+                );
+            }
+        }
+    }
+}
+
+fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') {
+            continue; // editor swap files and the `..data` links of mounted config maps
+        }
+        if path.is_dir() {
+            collect_manifests(&path, out)?;
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(())
+}
+
+/// Parses a multi-document YAML text into objects. A syntax error anywhere fails the whole text
+/// (with its line), since the documents after it cannot be trusted; a document that is valid YAML
+/// but not a usable object (unknown kind, no name) is reported and skipped.
+pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String> {
+    use serde::Deserialize;
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match Value::deserialize(document) {
+            Ok(value) => value,
+            Err(err) => {
+                let at = err
+                    .location()
+                    .map(|l| format!("line {}, column {}", l.line(), l.column()))
+                    .unwrap_or_else(|| format!("document {}", index + 1));
+                return Err(format!("YAML syntax error at {at}: {err}"));
+            }
+        };
+        if value.is_null() {
+            continue; // an empty document between two `---`
+        }
+        match Object::from_document(value) {
+            Ok(Some(object)) => objects.push(object),
+            Ok(None) => {}
+            Err(err) => errors.push(format!("document {}: {err}", index + 1)),
+        }
+    }
+    Ok((objects, errors))
+}
+
+/// The current time as Kubernetes writes timestamps (RFC 3339, second precision, UTC).
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map_or_else(
+            |_| "1970-01-01T00:00:00Z".to_string(),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  labels: [oops\n";
+        let err = parse_manifests(text).unwrap_err();
+        assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn unknown_kind_is_reported_and_the_rest_loads() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n\
+                    apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: b}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert_eq!(objects.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].contains("unsupported kind Widget"),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn broken_edit_keeps_previous_objects_and_spec_change_bumps_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        let route = |path: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r, namespace: n}}\nspec:\n  rules:\n  - matches:\n    \
+                 - path: {{type: PathPrefix, value: {path}}}\n"
+            )
+        };
+        std::fs::write(&file, route("/a")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        let snap = store.snapshot();
+        let r = snap.get(super::super::Kind::HttpRoute, "n", "r").unwrap();
+        assert_eq!(r.generation, 1);
+
+        std::fs::write(&file, "kind: [broken").unwrap();
+        provider.sync().unwrap();
+        let snap = store.snapshot();
+        assert!(snap.get(super::super::Kind::HttpRoute, "n", "r").is_some());
+        assert_eq!(snap.errors.len(), 1);
+
+        std::fs::write(&file, route("/b")).unwrap();
+        provider.sync().unwrap();
+        let snap = store.snapshot();
+        let r = snap.get(super::super::Kind::HttpRoute, "n", "r").unwrap();
+        assert_eq!(r.generation, 2);
+        assert!(snap.errors.is_empty());
+    }
+}

@@ -1,0 +1,13 @@
+//! Providers and the resource store.
+//!
+//! A provider turns some source of Kubernetes objects into [`Store`] writes: the
+//! [`directory`] provider reads YAML files (standalone mode). Providers know nothing about
+//! routing; the compile loop in [`crate::dataplane`] subscribes to the store and rebuilds the
+//! routing table when it changes.
+
+pub mod directory;
+mod object;
+mod store;
+
+pub use object::{Kind, Object, ObjectError, ObjectKey, UnknownKind};
+pub use store::{Snapshot, SourceError, Store};

@@ -1,0 +1,246 @@
+//! One Kubernetes object as the store holds it: its kind, identity and the raw document.
+//!
+//! The body is kept as JSON rather than as generated Gateway API structs on purpose. The spec
+//! asks that an object with an unsupported value (an unknown listener protocol, path match type
+//! or filter) is loaded and reported through a status condition. Generated structs refuse the
+//! whole document on the first unknown enum value, so the compiler would never see the object
+//! it has to report on. The compiler reads bodies through its own lenient model
+//! ([`crate::routing::api`]) and names the field at fault.
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// The kinds of object the gateway reads. Anything else is refused with [`UnknownKind`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// `gateway.networking.k8s.io` GatewayClass (cluster scoped).
+    GatewayClass,
+    /// `gateway.networking.k8s.io` Gateway.
+    Gateway,
+    /// `gateway.networking.k8s.io` HTTPRoute.
+    HttpRoute,
+    /// `gateway.networking.k8s.io` GRPCRoute.
+    GrpcRoute,
+    /// `gateway.networking.k8s.io` TLSRoute.
+    TlsRoute,
+    /// `gateway.networking.k8s.io` ReferenceGrant.
+    ReferenceGrant,
+    /// `gateway.networking.k8s.io` BackendTLSPolicy.
+    BackendTlsPolicy,
+    /// core/v1 Service.
+    Service,
+    /// `discovery.k8s.io/v1` EndpointSlice.
+    EndpointSlice,
+    /// core/v1 Namespace (cluster scoped).
+    Namespace,
+    /// core/v1 Secret.
+    Secret,
+    /// core/v1 ConfigMap.
+    ConfigMap,
+}
+
+/// Kinds that are valid Kubernetes objects but that a standalone gateway has no use for, such as
+/// the Deployments of the demo backends. They are skipped quietly rather than reported.
+const IGNORED_KINDS: &[&str] = &["Deployment", "Pod", "ServiceAccount", "ConfigMapList"];
+
+impl Kind {
+    /// Every kind, in the order the compiler wants them listed.
+    pub const ALL: [Kind; 12] = [
+        Kind::GatewayClass,
+        Kind::Gateway,
+        Kind::HttpRoute,
+        Kind::GrpcRoute,
+        Kind::TlsRoute,
+        Kind::ReferenceGrant,
+        Kind::BackendTlsPolicy,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Namespace,
+        Kind::Secret,
+        Kind::ConfigMap,
+    ];
+
+    /// The `kind` field as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::TlsRoute => "TLSRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::BackendTlsPolicy => "BackendTLSPolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Namespace => "Namespace",
+            Kind::Secret => "Secret",
+            Kind::ConfigMap => "ConfigMap",
+        }
+    }
+
+    /// The API group, empty for the core group.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::GatewayClass
+            | Kind::Gateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::TlsRoute
+            | Kind::ReferenceGrant
+            | Kind::BackendTlsPolicy => "gateway.networking.k8s.io",
+            Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::Service | Kind::Namespace | Kind::Secret | Kind::ConfigMap => "",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+    }
+
+    /// Whether a change to this kind's `spec` bumps `metadata.generation`, as the API server does
+    /// for custom resources. Core objects without a spec keep generation unset.
+    pub fn has_generation(self) -> bool {
+        self.group() == "gateway.networking.k8s.io"
+    }
+
+    /// Looks a kind up by its `apiVersion` group and `kind` name.
+    pub fn from_type(api_version: &str, kind: &str) -> Result<Option<Kind>, UnknownKind> {
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        for k in Kind::ALL {
+            if k.as_str() == kind && k.group() == group {
+                return Ok(Some(k));
+            }
+        }
+        if IGNORED_KINDS.contains(&kind) {
+            return Ok(None);
+        }
+        Err(UnknownKind {
+            api_version: api_version.to_string(),
+            kind: kind.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An object whose `apiVersion`/`kind` pair the gateway does not read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "unsupported kind {kind} ({api_version}); this gateway reads GatewayClass, Gateway, HTTPRoute, \
+     GRPCRoute, TLSRoute, ReferenceGrant, BackendTLSPolicy, Service, EndpointSlice, Namespace, \
+     Secret and ConfigMap"
+)]
+pub struct UnknownKind {
+    /// The `apiVersion` as written.
+    pub api_version: String,
+    /// The `kind` as written.
+    pub kind: String,
+}
+
+/// The identity of an object: kind, namespace (empty when cluster scoped) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The object's kind.
+    pub kind: Kind,
+    /// Namespace, or the empty string for cluster-scoped kinds.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// Builds a key; `namespace` is ignored for cluster-scoped kinds.
+    pub fn new(kind: Kind, namespace: &str, name: &str) -> Self {
+        let namespace = if kind.namespaced() { namespace } else { "" };
+        ObjectKey {
+            kind,
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A stored object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    /// Who the object is.
+    pub key: ObjectKey,
+    /// `metadata.generation`, filled in by the provider where the API server would.
+    pub generation: i64,
+    /// `metadata.creationTimestamp` as RFC 3339 text; route precedence compares it.
+    pub creation_timestamp: String,
+    /// `metadata.labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The whole document as received.
+    pub body: Value,
+}
+
+/// Why a document could not become an [`Object`].
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ObjectError {
+    /// `apiVersion`, `kind` or `metadata.name` is missing.
+    #[error("document has no {0}; every object needs apiVersion, kind and metadata.name")]
+    Missing(&'static str),
+    /// The kind is not one the gateway reads.
+    #[error(transparent)]
+    UnknownKind(#[from] UnknownKind),
+}
+
+impl Object {
+    /// Reads identity and metadata out of a document. Returns `Ok(None)` for kinds that are
+    /// skipped on purpose (see [`IGNORED_KINDS`]). A namespaced object without a namespace is
+    /// put in `default`, as `kubectl apply` would.
+    pub fn from_document(body: Value) -> Result<Option<Object>, ObjectError> {
+        let api_version = body["apiVersion"]
+            .as_str()
+            .ok_or(ObjectError::Missing("apiVersion"))?;
+        let kind = body["kind"].as_str().ok_or(ObjectError::Missing("kind"))?;
+        let Some(kind) = Kind::from_type(api_version, kind)? else {
+            return Ok(None);
+        };
+        let meta = &body["metadata"];
+        let name = meta["name"]
+            .as_str()
+            .ok_or(ObjectError::Missing("metadata.name"))?;
+        let namespace = meta["namespace"].as_str().unwrap_or("default");
+        let labels = meta["labels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Some(Object {
+            key: ObjectKey::new(kind, namespace, name),
+            generation: meta["generation"].as_i64().unwrap_or(1),
+            creation_timestamp: meta["creationTimestamp"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            labels,
+            body,
+        }))
+    }
+
+    /// The object's `spec`, or JSON null.
+    pub fn spec(&self) -> &Value {
+        &self.body["spec"]
+    }
+}

@@ -1,0 +1,160 @@
+//! The data plane: Pingora serving traffic by the compiled routing table.
+//!
+//! [`run`] wires the pieces together: it subscribes to the [`Store`], compiles each new
+//! snapshot (debounced, so that a burst of changes costs one compile), swaps the table into the
+//! one `ArcSwap` the [`proxy`] reads, opens and closes listener sockets to match
+//! ([`listeners`]), and publishes the status report on the [`admin`] endpoint. A table is swapped
+//! in whole: a request sees either the old configuration or the new one, never a mix.
+
+pub mod admin;
+pub mod listeners;
+pub mod metrics;
+pub mod mirror;
+pub mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pingora_core::server::configuration::ServerConf;
+
+use crate::controller::Store;
+use crate::routing::{compile, CompileOptions, RoutingTable, StatusReport};
+
+/// How long the compile loop waits for more changes after the first one, so that a burst of
+/// writes (a `kubectl apply` of many objects, a directory sync) compiles once.
+pub const DEBOUNCE: Duration = Duration::from_millis(30);
+
+/// State shared between the compile loop, the proxy and the admin endpoint.
+pub struct Shared {
+    /// The table every request reads.
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// The latest status report.
+    pub report: ArcSwap<StatusReport>,
+    /// True once the first table is live.
+    pub ready: AtomicBool,
+    /// Metrics.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// How to run the data plane.
+pub struct RunOptions {
+    /// Compiler settings (controller name, address pool, port mapping).
+    pub compile: CompileOptions,
+    /// Where the admin endpoint listens.
+    pub admin_addr: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub drain_timeout: Duration,
+}
+
+/// Serves traffic from `store` until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let shared = Arc::new(Shared {
+        table: Arc::new(ArcSwap::from_pointee(RoutingTable::default())),
+        report: ArcSwap::from_pointee(StatusReport::default()),
+        ready: AtomicBool::new(false),
+        metrics: metrics.clone(),
+    });
+    let admin = admin::bind(options.admin_addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot bind the admin address {}: {e}", options.admin_addr)
+    })?;
+    tracing::info!(addr = %options.admin_addr, "admin endpoint listening");
+    tokio::spawn(admin::serve(admin, shared.clone()));
+
+    let conf = Arc::new(ServerConf::default());
+    let mut proxy = pingora_proxy::http_proxy(
+        &conf,
+        proxy::Proxy::new(shared.table.clone(), metrics.clone()),
+    );
+    let mut server_options = pingora_core::apps::HttpServerOptions::default();
+    server_options.h2c = true;
+    proxy.server_options = Some(server_options);
+    let (shutdown_tx, shutdown_rx) = listeners::shutdown_channel();
+    let mut sockets = listeners::Listeners::new(Arc::new(proxy), metrics.clone(), shutdown_rx);
+
+    let mut changes = store.subscribe();
+    // Compile what the providers loaded before we subscribed, too.
+    changes.mark_changed();
+    let mut compile_options = options.compile;
+    let mut generation = 0u64;
+    let mut last_problems: Vec<String> = Vec::new();
+    let mut terminate = signal()?;
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = terminate.recv() => break,
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        changes.borrow_and_update();
+        let snapshot = store.snapshot();
+        let started = Instant::now();
+        compile_options.now = crate::controller::directory::now_rfc3339();
+        let compiled = compile(&snapshot, &compile_options);
+        let took = started.elapsed();
+        compile_options.assigned = compiled.assigned.clone();
+        generation += 1;
+        let mut table = compiled.table;
+        table.generation = generation;
+        let binds: Vec<SocketAddr> = table.binds.keys().copied().collect();
+        let rules = compiled.rules;
+        // Sockets first, then the table: a new listener's first request finds its routes.
+        sockets.reconcile(&binds);
+        shared.table.store(Arc::new(table));
+        let problems = compiled.report.problems();
+        shared.report.store(Arc::new(compiled.report));
+        shared.ready.store(true, Ordering::Release);
+        metrics.compiles.inc();
+        metrics.compile_duration.observe(took.as_secs_f64());
+        metrics.config_generation.set(generation as i64);
+        metrics.rules.set(rules as i64);
+        metrics.config_problems.set(problems.len() as i64);
+        tracing::info!(
+            generation,
+            objects = snapshot.len(),
+            rules,
+            sockets = binds.len(),
+            problems = problems.len(),
+            compile_ms = took.as_secs_f64() * 1e3,
+            "configuration applied"
+        );
+        for p in problems.iter().filter(|p| !last_problems.contains(p)) {
+            tracing::warn!(problem = %p, "configuration problem");
+        }
+        last_problems = problems;
+    }
+    tracing::info!(
+        drain_timeout_s = options.drain_timeout.as_secs_f64(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    sockets.close_all().await;
+    let _ = shutdown_tx.send(true);
+    let deadline = Instant::now() + options.drain_timeout;
+    while metrics.connections_open.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(open = metrics.connections_open.get(), "stopped");
+    Ok(())
+}
+
+/// A stream of SIGTERM and SIGINT.
+fn signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(()).await;
+    });
+    Ok(rx)
+}

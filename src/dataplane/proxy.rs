@@ -1,0 +1,450 @@
+//! The Pingora proxy: one [`ProxyHttp`] implementation that serves every listener.
+//!
+//! Each request loads the routing table exactly once (one `ArcSwap` load in
+//! [`ProxyHttp::request_filter`]), decides there what happens to it, and carries that decision
+//! in its context through the later phases; a table swapped in meanwhile affects only the next
+//! request. Outcomes the gateway produces itself map one-to-one to statuses:
+//!
+//! | outcome                                   | status |
+//! |-------------------------------------------|--------|
+//! | no listener or rule matches               | 404    |
+//! | the rule's backendRef cannot be resolved  | 500    |
+//! | the backend has no ready endpoint         | 503    |
+//! | the backend cannot be reached             | 502    |
+//! | the rule's timeout passed                 | 504    |
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use rand::Rng;
+
+use super::metrics::Metrics;
+use super::mirror;
+use crate::routing::table::{Backend, Filter, HeaderEdits, PathReplace, RequestView, Rule};
+use crate::routing::RoutingTable;
+
+/// The proxy; cheap to share, holds only handles.
+pub struct Proxy {
+    table: Arc<ArcSwap<RoutingTable>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// A proxy reading `table`.
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, metrics: Arc<Metrics>) -> Self {
+        Proxy { table, metrics }
+    }
+}
+
+/// What `request_filter` decided, for the phases after it.
+pub struct RequestCtx {
+    started: Instant,
+    gateway: Option<Arc<str>>,
+    rule: Option<Arc<Rule>>,
+    backend: Option<usize>,
+    upstream: Option<(std::net::SocketAddr, bool)>,
+    prefix: Option<Arc<str>>,
+    scheme: &'static str,
+    status: u16,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            gateway: None,
+            rule: None,
+            backend: None,
+            upstream: None,
+            prefix: None,
+            scheme: "http",
+            status: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match self.decide(session, ctx) {
+            Decision::Forward => Ok(false),
+            Decision::Respond(status) => respond(session, ctx, status).await,
+            Decision::Redirect(status, location) => {
+                let mut resp = ResponseHeader::build(status, Some(2))?;
+                resp.insert_header("location", location)?;
+                resp.insert_header("content-length", "0")?;
+                ctx.status = status;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (endpoint, h2c) = ctx
+            .upstream
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        let mut peer = HttpPeer::new(endpoint, false, String::new());
+        if h2c {
+            peer.options.set_http_version(2, 2);
+        }
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        if let Some(rule) = &ctx.rule {
+            // Both rule timeouts bound how long the backend may stay silent; the request
+            // timeout is also enforced end to end in `upstream_response_filter`'s absence by
+            // Pingora's read timeout, which is the time that dominates a slow backend.
+            let timeout = match (rule.request_timeout, rule.backend_timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            peer.options.read_timeout = timeout;
+            peer.options.total_connection_timeout = timeout;
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        if let Some(ip) = client {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip,
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        upstream.insert_header("x-forwarded-proto", ctx.scheme)?;
+        let Some(rule) = ctx.rule.clone() else {
+            return Ok(());
+        };
+        let backend_filters = ctx
+            .backend
+            .map(|i| &rule.backends[i].filters[..])
+            .unwrap_or(&[]);
+        for filter in rule.filters.iter().chain(backend_filters) {
+            match filter {
+                Filter::RequestHeaders(edits) => edit_request(upstream, edits)?,
+                Filter::Rewrite(rw) => {
+                    if let Some(host) = &rw.hostname {
+                        upstream.insert_header("host", host.as_str())?;
+                    }
+                    if let Some(replace) = &rw.path {
+                        let path = upstream.uri.path();
+                        let new_path = replace_path(replace, path, ctx.prefix.as_deref());
+                        let uri = match upstream.uri.query() {
+                            Some(q) => format!("{new_path}?{q}"),
+                            None => new_path,
+                        };
+                        let uri = uri.parse::<http::Uri>().map_err(|e| {
+                            Error::explain(
+                                ErrorType::InternalError,
+                                format!("rewritten path is not a valid URI: {e}"),
+                            )
+                        })?;
+                        upstream.set_uri(uri);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.status = response.status.as_u16();
+        let Some(rule) = ctx.rule.clone() else {
+            return Ok(());
+        };
+        let backend_filters = ctx
+            .backend
+            .map(|i| &rule.backends[i].filters[..])
+            .unwrap_or(&[]);
+        for filter in rule.filters.iter().chain(backend_filters) {
+            if let Filter::ResponseHeaders(edits) = filter {
+                edit_response(response, edits)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
+            _ => match e.esource() {
+                pingora_core::ErrorSource::Upstream => 502,
+                pingora_core::ErrorSource::Downstream => 0,
+                _ => 500,
+            },
+        };
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        ctx.status = code;
+        tracing::debug!(error = %e, status = code, "request failed");
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        self.metrics.observe_request(
+            ctx.gateway.as_deref().unwrap_or(""),
+            ctx.rule.as_ref().map(|r| &*r.route).unwrap_or(""),
+            status,
+            ctx.started.elapsed(),
+        );
+    }
+}
+
+/// What `request_filter` does with a request.
+enum Decision {
+    /// Go on to the upstream chosen in the context.
+    Forward,
+    /// Answer with this status and no body.
+    Respond(u16),
+    /// Answer with a redirect.
+    Redirect(u16, String),
+}
+
+impl Proxy {
+    /// Looks the request up and chooses its fate. Synchronous on purpose: the table is loaded
+    /// once here and dropped before anything awaits.
+    fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> Decision {
+        let table = self.table.load();
+        let Some(bind) = session.server_addr().and_then(|a| a.as_inet()).copied() else {
+            return Decision::Respond(404);
+        };
+        let req = session.req_header();
+        let host = request_host(req).unwrap_or_default();
+        let path = req.uri.path();
+        let query = req.uri.query();
+        let header = |name: &str| -> Vec<&str> {
+            req.headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        let view = RequestView {
+            host,
+            path,
+            query,
+            method: req.method.as_str(),
+            header: &header,
+        };
+        let Ok(matched) = table.lookup(&bind, &view) else {
+            return Decision::Respond(404);
+        };
+        let rule = matched.entry.rule.clone();
+        ctx.gateway = Some(matched.listener.gateway.clone());
+        ctx.prefix = matched.entry.prefix.clone();
+        ctx.scheme = matched.listener.scheme;
+        ctx.rule = Some(rule.clone());
+        for filter in &rule.filters {
+            match filter {
+                Filter::Redirect(r) => {
+                    let location =
+                        redirect_location(r, ctx, host, path, query, matched.listener.port);
+                    return Decision::Redirect(r.status, location);
+                }
+                Filter::Mirror(m) => mirror::spawn(m, req, &self.metrics),
+                _ => {}
+            }
+        }
+        let Some(index) = pick_backend(&rule) else {
+            return Decision::Respond(500);
+        };
+        ctx.backend = Some(index);
+        let weighted = &rule.backends[index];
+        for filter in &weighted.filters {
+            if let Filter::Mirror(m) = filter {
+                mirror::spawn(m, req, &self.metrics);
+            }
+        }
+        match weighted.target.as_ref() {
+            Backend::Invalid { .. } => Decision::Respond(500),
+            Backend::Service(service) => match service.pick() {
+                None => Decision::Respond(503),
+                Some(endpoint) => {
+                    ctx.upstream = Some((endpoint, service.h2c));
+                    Decision::Forward
+                }
+            },
+        }
+    }
+}
+
+async fn respond(session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<bool> {
+    ctx.status = status;
+    session.respond_error(status).await?;
+    Ok(true)
+}
+
+/// The Host a request names: the Host header, or the authority of an HTTP/2 request.
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Chooses a backendRef by weight. `None` when the rule has no backend to send to.
+fn pick_backend(rule: &Rule) -> Option<usize> {
+    match rule.backends.len() {
+        0 => None,
+        1 => Some(0),
+        _ => {
+            let mut point = rand::rng().random_range(0..rule.total_weight);
+            rule.backends.iter().position(|b| {
+                if point < b.weight {
+                    true
+                } else {
+                    point -= b.weight;
+                    false
+                }
+            })
+        }
+    }
+}
+
+fn edit_request(req: &mut RequestHeader, edits: &HeaderEdits) -> Result<()> {
+    for (name, value) in &edits.set {
+        req.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        req.append_header(name.clone(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        req.remove_header(name);
+    }
+    Ok(())
+}
+
+fn edit_response(resp: &mut ResponseHeader, edits: &HeaderEdits) -> Result<()> {
+    for (name, value) in &edits.set {
+        resp.insert_header(name.clone(), value.as_str())?;
+    }
+    for (name, value) in &edits.add {
+        resp.append_header(name.clone(), value.as_str())?;
+    }
+    for name in &edits.remove {
+        resp.remove_header(name);
+    }
+    Ok(())
+}
+
+/// Applies a path replacement; `prefix` is the rule's matched prefix (normalized, no trailing
+/// slash) for `ReplacePrefixMatch`.
+pub fn replace_path(replace: &PathReplace, path: &str, prefix: Option<&str>) -> String {
+    match replace {
+        PathReplace::Full(p) => p.clone(),
+        PathReplace::Prefix(replacement) => {
+            let prefix = prefix.unwrap_or("/");
+            let rest = if prefix == "/" {
+                path
+            } else {
+                path.get(prefix.len()..).unwrap_or("")
+            };
+            let joined = format!("{}{}", replacement.trim_end_matches('/'), rest);
+            if joined.is_empty() {
+                "/".to_string()
+            } else if joined.starts_with('/') {
+                joined
+            } else {
+                format!("/{joined}")
+            }
+        }
+    }
+}
+
+/// Builds a redirect's Location (Gateway API `HTTPRequestRedirectFilter`): scheme, host and port
+/// default to the request's; a changed scheme without a port uses that scheme's well-known port,
+/// and a well-known port is left out.
+fn redirect_location(
+    r: &crate::routing::table::Redirect,
+    ctx: &RequestCtx,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    listener_port: u16,
+) -> String {
+    let scheme = r.scheme.as_deref().unwrap_or(ctx.scheme);
+    let hostname = r
+        .hostname
+        .clone()
+        .unwrap_or_else(|| crate::routing::table::normalize_host(host));
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => p,
+        (None, Some(s)) if s == "https" => 443,
+        (None, Some(_)) => 80,
+        (None, None) => listener_port,
+    };
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let authority = if port == default_port {
+        hostname
+    } else {
+        format!("{hostname}:{port}")
+    };
+    let path = match &r.path {
+        Some(replace) => replace_path(replace, path, ctx.prefix.as_deref()),
+        None => path.to_string(),
+    };
+    match query {
+        Some(q) => format!("{scheme}://{authority}{path}?{q}"),
+        None => format!("{scheme}://{authority}{path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_replacement_keeps_the_rest_of_the_path() {
+        let p = PathReplace::Prefix("/bar".into());
+        assert_eq!(replace_path(&p, "/foo/baz", Some("/foo")), "/bar/baz");
+        assert_eq!(replace_path(&p, "/foo", Some("/foo")), "/bar");
+        let root = PathReplace::Prefix("/".into());
+        assert_eq!(replace_path(&root, "/foo/baz", Some("/foo")), "/baz");
+        assert_eq!(replace_path(&root, "/foo", Some("/foo")), "/");
+        assert_eq!(replace_path(&p, "/x", Some("/")), "/bar/x");
+    }
+}

@@ -1,0 +1,290 @@
+//! The `portcullis` command: run the gateway, or check a directory of manifests offline.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use portcullis::controller::{directory::DirectoryProvider, Store};
+use portcullis::dataplane::{self, RunOptions};
+use portcullis::routing::{compile, CompileOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "A Kubernetes Gateway API implementation on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format: text or json.
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "PORTCULLIS_LOG_FORMAT"
+    )]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic by the Gateway API objects in a directory of YAML (standalone mode).
+    Run(RunArgs),
+    /// Compile a directory of manifests offline and print every object's conditions.
+    /// Exits 1 when any object is not accepted or any file does not parse.
+    Check {
+        /// Directory of YAML manifests.
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Directory of Gateway API and core YAML manifests, watched for changes.
+    #[arg(long, env = "PORTCULLIS_CONFIG_DIR")]
+    config_dir: PathBuf,
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics, /status).
+    #[arg(long, default_value = "127.0.0.1:9901", env = "PORTCULLIS_ADMIN_ADDR")]
+    admin_addr: SocketAddr,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    #[command(flatten)]
+    compile: CompileArgs,
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// GatewayClasses whose spec.controllerName equals this are served.
+    #[arg(long, default_value = portcullis::DEFAULT_CONTROLLER_NAME, env = "PORTCULLIS_CONTROLLER_NAME")]
+    controller_name: String,
+    /// Addresses handed to Gateways, each its own: a list (`127.0.0.1,127.0.0.2`) and/or
+    /// ranges (`127.0.10.1-127.0.10.250`).
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_pool)]
+    address_pool: AddressPool,
+    /// Serve listener port P on socket port P + N, so that manifests written for 80 and 443 run
+    /// unprivileged.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    port_offset: i32,
+    /// Serve listener port P on socket port Q (`80=8080,443=8443`); wins over --port-offset.
+    #[arg(long, value_parser = parse_port_map)]
+    port_map: Option<PortMap>,
+}
+
+#[derive(Clone)]
+struct AddressPool(Vec<IpAddr>);
+#[derive(Clone)]
+struct PortMap(BTreeMap<u16, u16>);
+
+impl CompileArgs {
+    fn options(&self) -> CompileOptions {
+        CompileOptions {
+            controller_name: self.controller_name.clone(),
+            address_pool: self.address_pool.0.clone(),
+            port_offset: self.port_offset,
+            port_map: self.port_map.clone().map(|m| m.0).unwrap_or_default(),
+            ..CompileOptions::default()
+        }
+    }
+}
+
+fn parse_pool(text: &str) -> Result<AddressPool, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (IpAddr, IpAddr) = (
+                    a.parse().map_err(|e| format!("{a}: {e}"))?,
+                    b.parse().map_err(|e| format!("{b}: {e}"))?,
+                );
+                let (IpAddr::V4(a), IpAddr::V4(b)) = (a, b) else {
+                    return Err(format!(
+                        "{part}: ranges are IPv4 only; list IPv6 addresses one by one"
+                    ));
+                };
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a || b - a > 65_536 {
+                    return Err(format!(
+                        "{part}: a range must go upwards and hold at most 65536 addresses"
+                    ));
+                }
+                out.extend((a..=b).map(|n| IpAddr::from(std::net::Ipv4Addr::from(n))));
+            }
+            None => out.push(part.parse().map_err(|e| format!("{part}: {e}"))?),
+        }
+    }
+    if out.is_empty() {
+        return Err("the address pool needs at least one address".to_string());
+    }
+    Ok(AddressPool(out))
+}
+
+fn parse_port_map(text: &str) -> Result<PortMap, String> {
+    let mut map = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (from, to) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair}: expected LISTENER_PORT=SOCKET_PORT"))?;
+        let from: u16 = from.parse().map_err(|e| format!("{from}: {e}"))?;
+        let to: u16 = to.parse().map_err(|e| format!("{to}: {e}"))?;
+        map.insert(from, to);
+    }
+    Ok(PortMap(map))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    portcullis::routing::parse_duration(text).map(|d| d.unwrap_or(Duration::ZERO))
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    // Pingora and kube each bring rustls with a different crypto provider; with both linked,
+    // rustls refuses to guess, so the process picks one before anything builds a TLS config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Check {
+            dir,
+            json,
+            compile: args,
+        } => check(&dir, json, &args),
+        Command::Run(args) => run(args),
+    }
+}
+
+fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
+    let store = Store::new();
+    let mut provider = DirectoryProvider::new(dir, store.clone());
+    if let Err(err) = provider.sync() {
+        eprintln!("error: cannot read {}: {err}", dir.display());
+        return ExitCode::from(2);
+    }
+    let compiled = compile(&store.snapshot(), &args.options());
+    let report = compiled.report;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        for e in &report.errors {
+            println!("ERROR {}: {}", e.source, e.message);
+        }
+        for o in &report.objects {
+            let id = if o.namespace.is_empty() {
+                o.name.clone()
+            } else {
+                format!("{}/{}", o.namespace, o.name)
+            };
+            println!("{} {id} (generation {})", o.kind, o.generation);
+            print_conditions("  ", &o.status["conditions"]);
+            for l in o.status["listeners"].as_array().into_iter().flatten() {
+                println!(
+                    "  listener {} (attachedRoutes {})",
+                    l["name"].as_str().unwrap_or(""),
+                    l["attachedRoutes"]
+                );
+                print_conditions("    ", &l["conditions"]);
+            }
+            for p in o.status["parents"].as_array().into_iter().flatten() {
+                let r = &p["parentRef"];
+                println!(
+                    "  parent {}/{}{}",
+                    r["namespace"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or(""),
+                    r["sectionName"]
+                        .as_str()
+                        .map(|s| format!(" section {s}"))
+                        .unwrap_or_default()
+                );
+                print_conditions("    ", &p["conditions"]);
+            }
+        }
+    }
+    let problems = report.problems();
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} problem(s):", problems.len());
+        for p in problems {
+            eprintln!("  {p}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn print_conditions(indent: &str, conditions: &serde_json::Value) {
+    for c in conditions.as_array().into_iter().flatten() {
+        println!(
+            "{indent}{}={} {}: {}",
+            c["type"].as_str().unwrap_or(""),
+            c["status"].as_str().unwrap_or(""),
+            c["reason"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(&args.config_dir, store.clone());
+        provider.sync().map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read --config-dir {}: {e}",
+                args.config_dir.display()
+            )
+        })?;
+        tokio::spawn(provider.run());
+        dataplane::run(
+            store,
+            RunOptions {
+                compile: args.compile.options(),
+                admin_addr: args.admin_addr,
+                drain_timeout: args.drain_timeout,
+            },
+        )
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "gateway stopped");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,542 @@
+//! The Gateway API and core objects as the compiler reads them.
+//!
+//! These are deliberately lenient mirrors of the upstream schemas: enum-like fields are plain
+//! strings, so that an object with a value this gateway does not support still deserializes and
+//! the compiler can report the field at fault in a status condition (see the note in
+//! [`crate::controller`]'s object module). Only the fields the compiler uses are modelled; serde
+//! ignores the rest.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// Reads a typed view of an object's `spec` (or of the whole body, for kinds without one).
+pub fn read<T: for<'de> Deserialize<'de>>(value: &serde_json::Value) -> Result<T, String> {
+    T::deserialize(value).map_err(|e| e.to_string())
+}
+
+/// `GatewayClass.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayClassSpec {
+    /// Which controller owns the class.
+    #[serde(default)]
+    pub controller_name: String,
+    /// Implementation-specific parameters; this gateway defines none.
+    pub parameters_ref: Option<serde_json::Value>,
+}
+
+/// `Gateway.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The GatewayClass this Gateway belongs to.
+    #[serde(default)]
+    pub gateway_class_name: String,
+    /// Listeners, in the order written.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Requested addresses.
+    #[serde(default)]
+    pub addresses: Vec<GatewayAddress>,
+    /// Infrastructure hints, including a parametersRef.
+    pub infrastructure: Option<Infrastructure>,
+}
+
+/// `Gateway.spec.infrastructure`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Infrastructure {
+    /// A reference to implementation-specific parameters.
+    pub parameters_ref: Option<LocalRef>,
+}
+
+/// A reference within the referrer's namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRef {
+    /// API group of the referent.
+    #[serde(default)]
+    pub group: String,
+    /// Kind of the referent.
+    #[serde(default)]
+    pub kind: String,
+    /// Name of the referent.
+    #[serde(default)]
+    pub name: String,
+}
+
+/// `Gateway.spec.addresses[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAddress {
+    /// `IPAddress` (default), `Hostname` or an implementation-specific type.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// The address; may be empty, asking the implementation to choose.
+    pub value: Option<String>,
+}
+
+/// `Gateway.spec.listeners[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    /// Unique within the Gateway.
+    #[serde(default)]
+    pub name: String,
+    /// Optional hostname (exact or `*.` wildcard).
+    pub hostname: Option<String>,
+    /// Port number.
+    #[serde(default)]
+    pub port: i64,
+    /// `HTTP`, `HTTPS`, `TLS`, ...
+    #[serde(default)]
+    pub protocol: String,
+    /// TLS settings for HTTPS and TLS listeners.
+    pub tls: Option<ListenerTls>,
+    /// Which routes may attach.
+    pub allowed_routes: Option<AllowedRoutes>,
+}
+
+/// `listeners[].tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (default) or `Passthrough`.
+    pub mode: Option<String>,
+    /// Certificates, usually Secrets.
+    #[serde(default)]
+    pub certificate_refs: Vec<ObjectRef>,
+}
+
+/// `listeners[].allowedRoutes`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedRoutes {
+    /// Namespaces routes may come from.
+    pub namespaces: Option<RouteNamespaces>,
+    /// Route kinds that may attach; empty means the protocol's defaults.
+    #[serde(default)]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+/// `allowedRoutes.namespaces`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteNamespaces {
+    /// `Same` (default), `All` or `Selector`.
+    pub from: Option<String>,
+    /// Label selector, for `Selector`.
+    pub selector: Option<LabelSelector>,
+}
+
+/// A Kubernetes label selector.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels that must all be present with these values.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements.
+    #[serde(default)]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+/// One set-based selector requirement.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelRequirement {
+    /// Label key.
+    pub key: String,
+    /// `In`, `NotIn`, `Exists`, `DoesNotExist`.
+    pub operator: String,
+    /// Values for `In` and `NotIn`.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy the selector. An unknown operator matches nothing.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator.as_str() {
+                    "In" => value.is_some_and(|v| r.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
+/// `{group, kind}` of a route kind.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    /// Defaults to `gateway.networking.k8s.io`.
+    pub group: Option<String>,
+    /// Route kind.
+    pub kind: String,
+}
+
+/// A reference to another object, possibly in another namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    /// API group; its default depends on where the reference appears.
+    pub group: Option<String>,
+    /// Kind; its default depends on where the reference appears.
+    pub kind: Option<String>,
+    /// Name of the referent.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace; defaults to the referrer's.
+    pub namespace: Option<String>,
+}
+
+/// A route's `spec.parentRefs[]`.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRef {
+    /// Defaults to `gateway.networking.k8s.io`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Defaults to `Gateway`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Namespace of the parent; defaults to the route's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Name of the parent.
+    #[serde(default)]
+    pub name: String,
+    /// A listener name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    /// A listener port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
+}
+
+/// `HTTPRoute.spec` (and the parts of `GRPCRoute.spec` and `TLSRoute.spec` that share its shape).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteSpec {
+    /// Gateways (and listeners) the route attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// Hostnames the route serves.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules, in the order written.
+    #[serde(default)]
+    pub rules: Vec<HttpRule>,
+}
+
+/// `HTTPRoute.spec.rules[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRule {
+    /// Optional rule name.
+    pub name: Option<String>,
+    /// Matches; none means "every request".
+    #[serde(default)]
+    pub matches: Vec<HttpMatch>,
+    /// Filters applied to every request the rule takes.
+    #[serde(default)]
+    pub filters: Vec<HttpFilter>,
+    /// Where requests go.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    /// Request and backend request timeouts.
+    pub timeouts: Option<Timeouts>,
+}
+
+/// `rules[].matches[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMatch {
+    /// Path match; defaults to prefix `/`.
+    pub path: Option<PathMatch>,
+    /// Header matches, all of which must hold.
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+    /// Query parameter matches, all of which must hold.
+    #[serde(default)]
+    pub query_params: Vec<ValueMatch>,
+    /// HTTP method.
+    pub method: Option<String>,
+}
+
+/// `matches[].path`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathMatch {
+    /// `Exact`, `PathPrefix` (default) or `RegularExpression`.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// The path or pattern; defaults to `/`.
+    pub value: Option<String>,
+}
+
+/// A header or query parameter match.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValueMatch {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// Header or parameter name.
+    #[serde(default)]
+    pub name: String,
+    /// Value or pattern.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `rules[].timeouts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeouts {
+    /// The whole request, as the client sees it.
+    pub request: Option<String>,
+    /// One request from the gateway to a backend.
+    pub backend_request: Option<String>,
+}
+
+/// `rules[].filters[]` and `backendRefs[].filters[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpFilter {
+    /// Which of the fields below applies.
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    /// `RequestHeaderModifier`.
+    pub request_header_modifier: Option<HeaderModifier>,
+    /// `ResponseHeaderModifier`.
+    pub response_header_modifier: Option<HeaderModifier>,
+    /// `RequestRedirect`.
+    pub request_redirect: Option<RequestRedirect>,
+    /// `URLRewrite`.
+    pub url_rewrite: Option<UrlRewrite>,
+    /// `RequestMirror`.
+    pub request_mirror: Option<RequestMirror>,
+}
+
+/// `requestHeaderModifier` / `responseHeaderModifier`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderModifier {
+    /// Headers to overwrite.
+    #[serde(default)]
+    pub set: Vec<HeaderValue>,
+    /// Headers to append.
+    #[serde(default)]
+    pub add: Vec<HeaderValue>,
+    /// Header names to drop.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HeaderValue {
+    /// Name.
+    pub name: String,
+    /// Value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// `requestRedirect`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRedirect {
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// Replacement hostname.
+    pub hostname: Option<String>,
+    /// Path replacement.
+    pub path: Option<PathModifier>,
+    /// Replacement port.
+    pub port: Option<i64>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status_code: Option<i64>,
+}
+
+/// `urlRewrite`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlRewrite {
+    /// Replacement Host.
+    pub hostname: Option<String>,
+    /// Path replacement.
+    pub path: Option<PathModifier>,
+}
+
+/// A redirect's or rewrite's `path`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathModifier {
+    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    /// For `ReplaceFullPath`.
+    pub replace_full_path: Option<String>,
+    /// For `ReplacePrefixMatch`.
+    pub replace_prefix_match: Option<String>,
+}
+
+/// `requestMirror`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMirror {
+    /// Where copies go.
+    #[serde(default)]
+    pub backend_ref: BackendRef,
+    /// Share of requests mirrored, 0..=100.
+    pub percent: Option<i64>,
+    /// Share of requests mirrored as a fraction.
+    pub fraction: Option<Fraction>,
+}
+
+/// `requestMirror.fraction`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Fraction {
+    /// Numerator.
+    pub numerator: i64,
+    /// Denominator, 100 when absent.
+    pub denominator: Option<i64>,
+}
+
+/// `rules[].backendRefs[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendRef {
+    /// API group; core (empty) by default.
+    pub group: Option<String>,
+    /// Kind; `Service` by default.
+    pub kind: Option<String>,
+    /// Name of the referent.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace; defaults to the route's.
+    pub namespace: Option<String>,
+    /// Service port.
+    pub port: Option<i64>,
+    /// Relative weight, 1 by default.
+    pub weight: Option<i64>,
+    /// Filters for requests sent to this backend only.
+    #[serde(default)]
+    pub filters: Vec<HttpFilter>,
+}
+
+/// `ReferenceGrant.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReferenceGrantSpec {
+    /// Who may refer.
+    #[serde(default)]
+    pub from: Vec<GrantFrom>,
+    /// What they may refer to.
+    #[serde(default)]
+    pub to: Vec<GrantTo>,
+}
+
+/// `ReferenceGrant.spec.from[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GrantFrom {
+    /// Group of the referrer.
+    #[serde(default)]
+    pub group: String,
+    /// Kind of the referrer.
+    #[serde(default)]
+    pub kind: String,
+    /// Namespace of the referrer.
+    #[serde(default)]
+    pub namespace: String,
+}
+
+/// `ReferenceGrant.spec.to[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GrantTo {
+    /// Group of the referent.
+    #[serde(default)]
+    pub group: String,
+    /// Kind of the referent.
+    #[serde(default)]
+    pub kind: String,
+    /// A single referent, or all of the kind when absent.
+    pub name: Option<String>,
+}
+
+/// `Service.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalName`.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+}
+
+/// `Service.spec.ports[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Port name; required when there are several.
+    pub name: Option<String>,
+    /// The Service port.
+    pub port: i64,
+    /// Application protocol, e.g. `kubernetes.io/h2c`.
+    pub app_protocol: Option<String>,
+}
+
+/// An EndpointSlice (the whole object: its fields sit at the top level).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    /// `IPv4`, `IPv6` or `FQDN`.
+    #[serde(default)]
+    pub address_type: String,
+    /// Endpoints.
+    #[serde(default)]
+    pub endpoints: Option<Vec<Endpoint>>,
+    /// Ports shared by every endpoint.
+    #[serde(default)]
+    pub ports: Option<Vec<EndpointPort>>,
+}
+
+/// One endpoint of a slice.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Endpoint {
+    /// Addresses (one in practice).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Readiness.
+    #[serde(default)]
+    pub conditions: EndpointConditions,
+}
+
+/// `endpoints[].conditions`; an absent `ready` means ready, as Kubernetes defines it.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EndpointConditions {
+    /// Whether the endpoint takes traffic.
+    pub ready: Option<bool>,
+}
+
+/// `EndpointSlice.ports[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPort {
+    /// Matches the Service port's name.
+    pub name: Option<String>,
+    /// The endpoint's port number.
+    pub port: Option<i64>,
+}

@@ -1,0 +1,49 @@
+//! Checks on certificate Secrets (`kubernetes.io/tls`), shared by listener validation and, later,
+//! the TLS acceptor. A certificate is valid here when the Secret has the right type, both PEM
+//! blocks decode, and rustls accepts the private key.
+
+use base64::Engine;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A parsed certificate chain and key.
+pub struct CertifiedKeyPem {
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// Reads and checks a `kubernetes.io/tls` Secret body (`data` base64, or `stringData`).
+pub fn check_secret(secret: &serde_json::Value) -> Result<CertifiedKeyPem, String> {
+    let type_ = secret["type"].as_str().unwrap_or("Opaque");
+    if type_ != "kubernetes.io/tls" {
+        return Err(format!(
+            "type is {type_:?}; certificates must be in a kubernetes.io/tls Secret"
+        ));
+    }
+    let field = |name: &str| -> Result<Vec<u8>, String> {
+        if let Some(text) = secret["stringData"][name].as_str() {
+            return Ok(text.as_bytes().to_vec());
+        }
+        let encoded = secret["data"][name]
+            .as_str()
+            .ok_or_else(|| format!("data.{name} is missing"))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|e| format!("data.{name} is not base64: {e}"))
+    };
+    let cert_pem = field("tls.crt")?;
+    let key_pem = field("tls.key")?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.crt is not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt holds no CERTIFICATE block".to_string());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| format!("tls.key holds no usable private key: {e}"))?;
+    rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls.key is not a supported RSA, ECDSA or Ed25519 key: {e}"))?;
+    Ok(CertifiedKeyPem { chain, key })
+}

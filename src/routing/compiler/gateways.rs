@@ -1,0 +1,668 @@
+//! Pass one: GatewayClasses, Gateways, addresses and listeners.
+//!
+//! Each listener is judged on its own: an unsupported protocol, an invalid route kind or an
+//! unresolvable certificate marks that listener, never its siblings. The Gateway's own
+//! conditions summarize its listeners as the spec describes (`Accepted` stays true with reason
+//! `ListenersNotValid` while at least one listener is valid).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::routes::CompiledRoute;
+use super::CompileOptions;
+use crate::controller::{Kind, Object, Snapshot};
+use crate::routing::api::{self, AllowedRoutes, GatewayClassSpec, GatewaySpec, LabelSelector};
+use crate::routing::status::{Conditions, ObjectStatus, StatusReport};
+use crate::routing::table::{Bind, HostIndex, ListenerRoutes, RoutingTable};
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// A condition that is false, with its reason and message.
+pub(super) type Problem = (&'static str, String);
+
+/// Which namespaces may attach routes to a listener.
+pub(super) enum NamespacePolicy {
+    Same,
+    All,
+    Selector(LabelSelector),
+}
+
+/// A listener after validation, collecting the routes that attach to it.
+pub(super) struct ListenerState {
+    pub name: String,
+    pub hostname: Option<String>,
+    pub port: u16,
+    pub protocol: String,
+    /// `Accepted=False` reason, if any.
+    pub accepted: Option<Problem>,
+    /// `ResolvedRefs=False` reason, if any.
+    pub resolved: Option<Problem>,
+    /// `Conflicted=True` reason, if any.
+    pub conflicted: Option<Problem>,
+    /// Why the listener is not served although accepted.
+    pub not_programmed: Option<Problem>,
+    pub supported_kinds: Vec<&'static str>,
+    pub namespaces: NamespacePolicy,
+    pub routes: Vec<(Arc<CompiledRoute>, Vec<Option<String>>)>,
+    pub attached: i64,
+}
+
+impl ListenerState {
+    /// Whether routes may attach at all (an invalid listener still counts attached routes).
+    pub fn allows(
+        &self,
+        kind: &str,
+        route_namespace: &str,
+        gateway_namespace: &str,
+        snapshot: &Snapshot,
+    ) -> bool {
+        self.supported_kinds.contains(&kind)
+            && match &self.namespaces {
+                NamespacePolicy::Same => route_namespace == gateway_namespace,
+                NamespacePolicy::All => true,
+                NamespacePolicy::Selector(sel) => {
+                    sel.matches(&namespace_labels(snapshot, route_namespace))
+                }
+            }
+    }
+
+    fn served(&self) -> bool {
+        self.accepted.is_none()
+            && self.conflicted.is_none()
+            && self.not_programmed.is_none()
+            && self.resolved_ok_for_serving()
+    }
+
+    fn resolved_ok_for_serving(&self) -> bool {
+        // An invalid route kind leaves the listener usable for the kinds it does support; a
+        // certificate problem does not.
+        !matches!(&self.resolved, Some((reason, _)) if *reason != "InvalidRouteKinds")
+    }
+}
+
+/// The labels of a namespace, with `kubernetes.io/metadata.name`, which the API server sets on
+/// every namespace, filled in for namespaces that standalone mode never saw declared.
+pub(super) fn namespace_labels(snapshot: &Snapshot, namespace: &str) -> BTreeMap<String, String> {
+    let mut labels = snapshot
+        .get(Kind::Namespace, "", namespace)
+        .map(|n| n.labels.clone())
+        .unwrap_or_default();
+    labels
+        .entry("kubernetes.io/metadata.name".to_string())
+        .or_insert_with(|| namespace.to_string());
+    labels
+}
+
+/// A Gateway of ours.
+pub(super) struct GatewayState {
+    pub namespace: String,
+    pub name: String,
+    generation: i64,
+    problem: Option<Problem>,
+    address: Option<IpAddr>,
+    address_problem: Option<Problem>,
+    pub listeners: Vec<ListenerState>,
+}
+
+impl GatewayState {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// All Gateways of ours, by `namespace/name`.
+pub(super) struct Gateways {
+    pub by_key: BTreeMap<(String, String), GatewayState>,
+}
+
+pub(super) fn compile(
+    snapshot: &Snapshot,
+    options: &CompileOptions,
+    report: &mut StatusReport,
+) -> Gateways {
+    let mut our_classes = HashMap::new();
+    for class in snapshot.of_kind(Kind::GatewayClass) {
+        let spec: GatewayClassSpec = api::read(class.spec()).unwrap_or_default();
+        if spec.controller_name != options.controller_name {
+            continue;
+        }
+        let mut conditions = Conditions::new(class.generation, &options.now);
+        if spec.parameters_ref.is_some() {
+            conditions.set(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                "this controller defines no parameters; remove spec.parametersRef",
+            );
+        } else {
+            conditions.set("Accepted", true, "Accepted", "GatewayClass is accepted");
+        }
+        conditions.set(
+            "SupportedVersion",
+            true,
+            "SupportedVersion",
+            "Gateway API v1 is supported",
+        );
+        let accepted = conditions.is_true("Accepted");
+        our_classes.insert(class.key.name.clone(), accepted);
+        report.objects.push(status_of(
+            class,
+            json!({ "conditions": conditions.into_vec() }),
+        ));
+    }
+
+    let mut by_key = BTreeMap::new();
+    let mut taken: Vec<IpAddr> = Vec::new();
+    let mut pending = Vec::new();
+    for gateway in snapshot.of_kind(Kind::Gateway) {
+        let class = gateway.spec()["gatewayClassName"]
+            .as_str()
+            .unwrap_or_default();
+        let Some(class_accepted) = our_classes.get(class) else {
+            continue; // another controller's Gateway
+        };
+        let mut state = gateway_state(gateway, *class_accepted, snapshot, options);
+        // Addresses: a Gateway keeps what it had; explicit requests are honoured first.
+        if state.address.is_none() && state.address_problem.is_none() {
+            if let Some(prev) = options.assigned.get(&state.key()) {
+                state.address = Some(*prev);
+            }
+        }
+        if let Some(addr) = state.address {
+            if taken.contains(&addr) {
+                state.address = None;
+            } else {
+                taken.push(addr);
+            }
+        }
+        pending.push(state);
+    }
+    for mut state in pending {
+        if state.address.is_none() && state.address_problem.is_none() {
+            match options.address_pool.iter().find(|a| !taken.contains(a)) {
+                Some(addr) => {
+                    state.address = Some(*addr);
+                    taken.push(*addr);
+                }
+                None => {
+                    state.address_problem = Some((
+                        "AddressNotAssigned",
+                        "the address pool is exhausted; widen --address-pool".to_string(),
+                    ))
+                }
+            }
+        }
+        by_key.insert((state.namespace.clone(), state.name.clone()), state);
+    }
+    Gateways { by_key }
+}
+
+fn gateway_state(
+    gateway: &Object,
+    class_accepted: bool,
+    snapshot: &Snapshot,
+    options: &CompileOptions,
+) -> GatewayState {
+    let (spec, parse_problem) = match api::read::<GatewaySpec>(gateway.spec()) {
+        Ok(spec) => (spec, None),
+        Err(e) => (
+            GatewaySpec::default(),
+            Some(("Invalid", format!("spec does not parse: {e}"))),
+        ),
+    };
+    let mut problem = parse_problem;
+    if !class_accepted {
+        problem.get_or_insert(("Invalid", "the GatewayClass is not accepted".to_string()));
+    }
+    if spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+        .is_some()
+    {
+        problem.get_or_insert((
+            "InvalidParameters",
+            "spec.infrastructure.parametersRef: this controller defines no parameters".to_string(),
+        ));
+    }
+    let (address, address_problem) = requested_address(&spec, options);
+    let listeners = spec
+        .listeners
+        .iter()
+        .map(|l| listener_state(l, &gateway.key.namespace, snapshot))
+        .collect::<Vec<_>>();
+    let mut state = GatewayState {
+        namespace: gateway.key.namespace.clone(),
+        name: gateway.key.name.clone(),
+        generation: gateway.generation,
+        problem,
+        address,
+        address_problem,
+        listeners,
+    };
+    mark_conflicts(&mut state.listeners);
+    state
+}
+
+/// Honours `spec.addresses`: an `IPAddress` from the pool is used as asked; an empty value
+/// asks us to choose; anything else cannot be served here.
+fn requested_address(
+    spec: &GatewaySpec,
+    options: &CompileOptions,
+) -> (Option<IpAddr>, Option<Problem>) {
+    let mut chosen = None;
+    for a in &spec.addresses {
+        let type_ = a.type_.as_deref().unwrap_or("IPAddress");
+        let value = a.value.as_deref().unwrap_or("");
+        if type_ != "IPAddress" {
+            return (
+                None,
+                Some((
+                    "UnsupportedAddress",
+                    format!("address type {type_:?} is not supported; use IPAddress"),
+                )),
+            );
+        }
+        if value.is_empty() {
+            continue;
+        }
+        match value.parse::<IpAddr>() {
+            Ok(ip) if options.address_pool.contains(&ip) => chosen = chosen.or(Some(ip)),
+            Ok(ip) => {
+                return (
+                    None,
+                    Some((
+                        "UnsupportedAddress",
+                        format!("address {ip} is not in this gateway's address pool"),
+                    )),
+                )
+            }
+            Err(_) => {
+                return (
+                    None,
+                    Some((
+                        "UnsupportedAddress",
+                        format!("address {value:?} is not an IP address"),
+                    )),
+                )
+            }
+        }
+    }
+    (chosen, None)
+}
+
+fn listener_state(
+    l: &api::Listener,
+    gateway_namespace: &str,
+    snapshot: &Snapshot,
+) -> ListenerState {
+    let protocol = l.protocol.clone();
+    let mut state = ListenerState {
+        name: l.name.clone(),
+        hostname: l.hostname.as_ref().map(|h| h.to_ascii_lowercase()),
+        port: u16::try_from(l.port).unwrap_or(0),
+        protocol: protocol.clone(),
+        accepted: None,
+        resolved: None,
+        conflicted: None,
+        not_programmed: None,
+        supported_kinds: Vec::new(),
+        namespaces: NamespacePolicy::Same,
+        routes: Vec::new(),
+        attached: 0,
+    };
+    let defaults: &[&'static str] = match protocol.as_str() {
+        "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "TLS" => &["TLSRoute"],
+        _ => {
+            state.accepted = Some((
+                "UnsupportedProtocol",
+                format!("protocol {protocol:?} is not supported; use HTTP, HTTPS or TLS"),
+            ));
+            &[]
+        }
+    };
+    if state.port == 0 {
+        state.accepted.get_or_insert((
+            "PortUnavailable",
+            format!("port {} is not a valid port", l.port),
+        ));
+    }
+    let allowed = l.allowed_routes.clone().unwrap_or(AllowedRoutes::default());
+    if allowed.kinds.is_empty() {
+        state.supported_kinds = defaults.to_vec();
+    } else {
+        for k in &allowed.kinds {
+            let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
+            match defaults.iter().find(|d| **d == k.kind) {
+                Some(d) if group == GATEWAY_GROUP => state.supported_kinds.push(d),
+                _ => {
+                    state.resolved = Some((
+                        "InvalidRouteKinds",
+                        format!(
+                            "route kind {group}/{} is not supported on a {protocol} listener",
+                            k.kind
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    state.namespaces = match allowed
+        .namespaces
+        .as_ref()
+        .and_then(|n| n.from.as_deref())
+        .unwrap_or("Same")
+    {
+        "All" => NamespacePolicy::All,
+        "Selector" => NamespacePolicy::Selector(
+            allowed
+                .namespaces
+                .and_then(|n| n.selector)
+                .unwrap_or_default(),
+        ),
+        _ => NamespacePolicy::Same,
+    };
+    if let Some(h) = &state.hostname {
+        if !valid_hostname(h) {
+            state.accepted.get_or_insert((
+                "Invalid",
+                format!("hostname {h:?} is not a valid DNS name or *. wildcard"),
+            ));
+        }
+    }
+    if protocol == "HTTPS" || protocol == "TLS" {
+        check_tls(l, gateway_namespace, snapshot, &mut state);
+    }
+    state
+}
+
+fn check_tls(
+    l: &api::Listener,
+    gateway_namespace: &str,
+    snapshot: &Snapshot,
+    state: &mut ListenerState,
+) {
+    let tls = l.tls.clone().unwrap_or_default();
+    let mode = tls.mode.as_deref().unwrap_or("Terminate");
+    if state.protocol == "TLS" && mode == "Passthrough" {
+        state.not_programmed = Some(("Pending", "TLS passthrough is not served yet".to_string()));
+        return;
+    }
+    if tls.certificate_refs.is_empty() {
+        state.resolved = Some((
+            "InvalidCertificateRef",
+            "a Terminate listener needs at least one certificateRef".to_string(),
+        ));
+        return;
+    }
+    for r in &tls.certificate_refs {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Secret");
+        let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
+        if !(group.is_empty() || group == "core") || kind != "Secret" {
+            state.resolved = Some((
+                "InvalidCertificateRef",
+                format!(
+                    "certificateRef {group}/{kind} {}: only core Secrets hold certificates",
+                    r.name
+                ),
+            ));
+            return;
+        }
+        if namespace != gateway_namespace
+            && !super::routes::grant_allows(
+                snapshot,
+                GATEWAY_GROUP,
+                "Gateway",
+                gateway_namespace,
+                "",
+                "Secret",
+                namespace,
+                &r.name,
+            )
+        {
+            state.resolved = Some(("RefNotPermitted", format!("Secret {namespace}/{}: no ReferenceGrant in {namespace} allows Gateways from {gateway_namespace}", r.name)));
+            return;
+        }
+        let Some(secret) = snapshot.get(Kind::Secret, namespace, &r.name) else {
+            state.resolved = Some((
+                "InvalidCertificateRef",
+                format!("Secret {namespace}/{} does not exist", r.name),
+            ));
+            return;
+        };
+        if let Err(e) = crate::routing::certificate::check_secret(&secret.body) {
+            state.resolved = Some((
+                "InvalidCertificateRef",
+                format!("Secret {namespace}/{}: {e}", r.name),
+            ));
+            return;
+        }
+    }
+    state.not_programmed = Some((
+        "Pending",
+        "TLS termination is not served yet; the certificate is valid".to_string(),
+    ));
+}
+
+/// RFC 1123 names, optionally with a leading `*.` label, as the spec's validation allows.
+fn valid_hostname(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Listeners sharing a port must agree on protocol and differ in hostname (spec: Listener
+/// "Conflicted"). The first listener written keeps the port; later ones are marked.
+fn mark_conflicts(listeners: &mut [ListenerState]) {
+    for i in 0..listeners.len() {
+        for j in 0..i {
+            if listeners[j].port != listeners[i].port || listeners[j].accepted.is_some() {
+                continue;
+            }
+            let compatible = |p: &str| {
+                if p == "HTTPS" || p == "TLS" {
+                    "tls"
+                } else {
+                    "clear"
+                }
+            };
+            if compatible(&listeners[j].protocol) != compatible(&listeners[i].protocol) {
+                listeners[i].conflicted = Some((
+                    "ProtocolConflict",
+                    format!(
+                        "port {} is used by listener {:?} with protocol {}",
+                        listeners[i].port, listeners[j].name, listeners[j].protocol
+                    ),
+                ));
+            } else if listeners[j].hostname == listeners[i].hostname {
+                listeners[i].conflicted = Some((
+                    "HostnameConflict",
+                    format!(
+                        "listener {:?} already serves this hostname on port {}",
+                        listeners[j].name, listeners[i].port
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn status_of(object: &Object, status: Value) -> ObjectStatus {
+    ObjectStatus {
+        api_version: object.body["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        kind: object.key.kind,
+        namespace: object.key.namespace.clone(),
+        name: object.key.name.clone(),
+        generation: object.generation,
+        status,
+    }
+}
+
+impl Gateways {
+    pub fn get_mut(&mut self, namespace: &str, name: &str) -> Option<&mut GatewayState> {
+        self.by_key
+            .get_mut(&(namespace.to_string(), name.to_string()))
+    }
+
+    pub fn assigned(&self) -> BTreeMap<String, IpAddr> {
+        self.by_key
+            .values()
+            .filter_map(|g| Some((g.key(), g.address?)))
+            .collect()
+    }
+
+    /// Writes every Gateway's status and builds the table from the attached routes.
+    pub fn into_table(
+        self,
+        routes: usize,
+        options: &CompileOptions,
+        report: &mut StatusReport,
+    ) -> (RoutingTable, usize) {
+        let _ = routes;
+        let mut table = RoutingTable::default();
+        let mut rules = 0;
+        for gateway in self.by_key.into_values() {
+            let now = &options.now;
+            let mut listener_status = Vec::new();
+            let mut any_valid = false;
+            for l in &gateway.listeners {
+                let mut c = Conditions::new(gateway.generation, now);
+                match &l.accepted {
+                    Some((reason, msg)) => c.set("Accepted", false, reason, msg.clone()),
+                    None => {
+                        any_valid = true;
+                        c.set("Accepted", true, "Accepted", "listener is accepted")
+                    }
+                }
+                match &l.resolved {
+                    Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
+                    None => c.set(
+                        "ResolvedRefs",
+                        true,
+                        "ResolvedRefs",
+                        "all references are resolved",
+                    ),
+                }
+                match &l.conflicted {
+                    Some((reason, msg)) => c.set("Conflicted", true, reason, msg.clone()),
+                    None => c.set("Conflicted", false, "NoConflicts", "no conflicts"),
+                }
+                let socket = options.socket_port(l.port);
+                let served = l.served()
+                    && gateway.problem.is_none()
+                    && gateway.address.is_some()
+                    && socket.is_some();
+                if served {
+                    c.set("Programmed", true, "Programmed", "listener is served");
+                } else {
+                    let (reason, msg) = l
+                        .not_programmed
+                        .clone()
+                        .or_else(|| gateway.address_problem.clone())
+                        .unwrap_or((
+                            "Invalid",
+                            "listener is not valid; see its other conditions".to_string(),
+                        ));
+                    c.set("Programmed", false, reason, msg);
+                }
+                listener_status.push(json!({
+                    "name": l.name,
+                    "attachedRoutes": l.attached,
+                    "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": GATEWAY_GROUP, "kind": k})).collect::<Vec<_>>(),
+                    "conditions": c.into_vec(),
+                }));
+                if let (true, Some(ip), Some(port)) =
+                    (served && l.protocol == "HTTP", gateway.address, socket)
+                {
+                    rules += l.routes.iter().map(|(r, _)| r.rules.len()).sum::<usize>();
+                    let bind = table
+                        .binds
+                        .entry(SocketAddr::new(ip, port))
+                        .or_insert_with(Bind::default);
+                    bind.listeners.push(ListenerRoutes {
+                        gateway: Arc::from(gateway.key().as_str()),
+                        name: Arc::from(l.name.as_str()),
+                        hostname: l.hostname.clone(),
+                        port: l.port,
+                        scheme: "http",
+                        hosts: HostIndex::build(&l.routes),
+                    });
+                }
+            }
+            let mut c = Conditions::new(gateway.generation, &options.now);
+            if let Some((reason, msg)) = gateway.problem.clone().or_else(|| {
+                gateway
+                    .address_problem
+                    .clone()
+                    .filter(|p| p.0 == "UnsupportedAddress")
+            }) {
+                c.set("Accepted", false, reason, msg);
+            } else if gateway.listeners.iter().any(|l| l.accepted.is_some()) {
+                c.set(
+                    "Accepted",
+                    any_valid,
+                    "ListenersNotValid",
+                    "some listeners are not valid; see their conditions",
+                );
+            } else {
+                c.set("Accepted", true, "Accepted", "Gateway is accepted");
+            }
+            if !c.is_true("Accepted") {
+                c.set(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "the Gateway is not accepted",
+                );
+            } else if let Some((reason, msg)) = &gateway.address_problem {
+                c.set("Programmed", false, reason, msg.clone());
+            } else {
+                c.set("Programmed", true, "Programmed", "Gateway is served");
+            }
+            let addresses: Vec<Value> = gateway
+                .address
+                .filter(|_| gateway.problem.is_none())
+                .map(|a| json!({"type": "IPAddress", "value": a.to_string()}))
+                .into_iter()
+                .collect();
+            report.objects.push(ObjectStatus {
+                api_version: format!("{GATEWAY_GROUP}/v1"),
+                kind: Kind::Gateway,
+                namespace: gateway.namespace.clone(),
+                name: gateway.name.clone(),
+                generation: gateway.generation,
+                status: json!({
+                    "addresses": addresses,
+                    "conditions": c.into_vec(),
+                    "listeners": listener_status,
+                }),
+            });
+        }
+        for bind in table.binds.values_mut() {
+            // Most specific listener hostname first: exact, then longer wildcards, then none.
+            bind.listeners.sort_by_key(|l| match &l.hostname {
+                Some(h) if !h.starts_with('*') => (0, std::cmp::Reverse(h.len())),
+                Some(h) => (1, std::cmp::Reverse(h.len())),
+                None => (2, std::cmp::Reverse(0)),
+            });
+        }
+        (table, rules)
+    }
+}

@@ -1,0 +1,141 @@
+//! The compiler: a pure function from a store [`Snapshot`] to a [`RoutingTable`] and the
+//! [`StatusReport`] the Gateway API spec asks for.
+//!
+//! It does no I/O and reads no clock (the caller passes the time to stamp conditions with), so
+//! the same snapshot always compiles to the same table, and tests need nothing but objects.
+//! Compilation runs in three passes:
+//!
+//! 1. [`gateways`]: our GatewayClasses and their Gateways, addresses and listeners, each
+//!    listener validated on its own so that one bad listener never takes its siblings down;
+//! 2. [`routes`]: every route's rules are translated (matches, filters, backendRefs resolved to
+//!    endpoints), then attached to the listeners its parentRefs select and allow;
+//! 3. the table is assembled per bound socket from the attached rules, sorted by precedence.
+//!
+//! Problems in user objects never stop compilation: they become conditions, and the part of the
+//! configuration they touch answers as the spec says (500 for an unresolvable backendRef).
+
+mod gateways;
+mod hostnames;
+mod routes;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::controller::Snapshot;
+
+use super::status::StatusReport;
+use super::table::RoutingTable;
+
+pub use hostnames::intersect as intersect_hostnames;
+
+/// Settings that are not in the objects.
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    /// GatewayClasses with this `controllerName` are ours.
+    pub controller_name: String,
+    /// Addresses handed to Gateways that do not ask for one, in order.
+    pub address_pool: Vec<IpAddr>,
+    /// Listener port to socket port: `port + offset`, unless `port_map` names the port.
+    pub port_offset: i32,
+    /// Explicit listener-port to socket-port mapping.
+    pub port_map: BTreeMap<u16, u16>,
+    /// Addresses already handed out, by `namespace/name` of the Gateway, so that a Gateway keeps
+    /// its address when others come and go.
+    pub assigned: BTreeMap<String, IpAddr>,
+    /// RFC 3339 time to stamp new conditions with.
+    pub now: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            controller_name: crate::DEFAULT_CONTROLLER_NAME.to_string(),
+            address_pool: vec![IpAddr::from([127, 0, 0, 1])],
+            port_offset: 0,
+            port_map: BTreeMap::new(),
+            assigned: BTreeMap::new(),
+            now: "1970-01-01T00:00:00Z".to_string(),
+        }
+    }
+}
+
+impl CompileOptions {
+    /// The socket port a listener port is served on, if it fits in a port number.
+    pub fn socket_port(&self, port: u16) -> Option<u16> {
+        if let Some(p) = self.port_map.get(&port) {
+            return Some(*p);
+        }
+        u16::try_from(i32::from(port) + self.port_offset)
+            .ok()
+            .filter(|p| *p != 0)
+    }
+}
+
+/// What one compile produces.
+pub struct Compiled {
+    /// The table to swap in.
+    pub table: RoutingTable,
+    /// Conditions for every object we own.
+    pub report: StatusReport,
+    /// Addresses now handed to Gateways; feed back as [`CompileOptions::assigned`].
+    pub assigned: BTreeMap<String, IpAddr>,
+    /// How many route rules made it into the table.
+    pub rules: usize,
+}
+
+/// Compiles a snapshot. Never fails: problems are in the report.
+pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
+    let mut report = StatusReport {
+        objects: Vec::new(),
+        errors: snapshot.errors.clone(),
+    };
+    let mut gateways = gateways::compile(snapshot, options, &mut report);
+    let routes = routes::compile(snapshot, &mut gateways, options, &mut report);
+    let assigned = gateways.assigned();
+    let (table, rules) = gateways.into_table(routes, options, &mut report);
+    report
+        .objects
+        .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    Compiled {
+        table,
+        report,
+        assigned,
+        rules,
+    }
+}
+
+/// Parses a Gateway API duration (`1h`, `500ms`, `1m30s`); `0s` means "no timeout".
+pub fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String> {
+    use std::time::Duration;
+    let err = || format!("invalid duration {text:?}: expected e.g. 10s, 500ms or 1m30s");
+    if text.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(n), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(n * 3600), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(n * 60), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(n), 1)
+        } else {
+            return Err(err());
+        };
+        total += unit;
+        rest = &rest[len..];
+    }
+    Ok((!total.is_zero()).then_some(total))
+}
+
+#[cfg(test)]
+mod tests;

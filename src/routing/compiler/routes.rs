@@ -1,0 +1,830 @@
+//! Pass two: routes. Each route is translated once into resolved rules, then attached to the
+//! listeners its parentRefs select, with a status entry per parentRef of ours.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use regex::Regex;
+use serde_json::json;
+
+use super::gateways::{Gateways, Problem};
+use super::hostnames::intersect;
+use super::{parse_duration, CompileOptions};
+use crate::controller::{Kind, Object, Snapshot};
+use crate::routing::api::{self, BackendRef, HttpFilter, HttpMatch, RouteSpec};
+use crate::routing::status::{Conditions, ObjectStatus, StatusReport};
+use crate::routing::table::{
+    Backend, Conditions as MatchConditions, Entry, Filter, HeaderEdits, HostIndex, Mirror,
+    PathIndex, PathReplace, Redirect, Rewrite, Rule, ServiceBackend, ValueCondition, ValueMatch,
+    WeightedBackend,
+};
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// One match of one rule, before it is placed in a path index.
+pub(super) struct CompiledMatch {
+    path: PathKind,
+    conditions: Arc<MatchConditions>,
+    rule: Arc<Rule>,
+    /// Precedence among entries of the same path, smaller first.
+    rank: (
+        usize,
+        u8,
+        std::cmp::Reverse<usize>,
+        std::cmp::Reverse<usize>,
+        usize,
+    ),
+}
+
+enum PathKind {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// A route, translated, with what the table needs to order it among others.
+pub(super) struct CompiledRoute {
+    /// Creation time, then `namespace/name`: the spec's tie-breakers across routes.
+    order: (String, String, String),
+    pub rules: Vec<CompiledMatch>,
+}
+
+/// Translates every HTTPRoute and attaches it; returns how many routes compiled.
+pub(super) fn compile(
+    snapshot: &Snapshot,
+    gateways: &mut Gateways,
+    options: &CompileOptions,
+    report: &mut StatusReport,
+) -> usize {
+    let mut backends = BackendCache::default();
+    let mut count = 0;
+    for route in snapshot.of_kind(Kind::HttpRoute) {
+        let spec: Result<RouteSpec, String> = api::read(route.spec());
+        let parents_of_ours = spec.as_ref().map(|s| {
+            s.parent_refs
+                .iter()
+                .filter(|p| parent_is_ours(p, &route.key.namespace, gateways))
+                .count()
+        });
+        if matches!(parents_of_ours, Ok(0)) {
+            continue;
+        }
+        count += 1;
+        let (compiled, accepted_problem, resolved_problem) = match spec.as_ref() {
+            Ok(spec) => translate(route, spec, snapshot, &mut backends),
+            Err(e) => (
+                CompiledRoute {
+                    order: Default::default(),
+                    rules: Vec::new(),
+                },
+                Some(("UnsupportedValue", format!("spec does not parse: {e}"))),
+                None,
+            ),
+        };
+        let compiled = Arc::new(compiled);
+        let mut parents = Vec::new();
+        for parent in spec
+            .as_ref()
+            .map(|s| s.parent_refs.clone())
+            .unwrap_or_default()
+        {
+            if !parent_is_ours(&parent, &route.key.namespace, gateways) {
+                continue;
+            }
+            let hostnames = spec
+                .as_ref()
+                .map(|s| s.hostnames.clone())
+                .unwrap_or_default();
+            let attach = if accepted_problem.is_some() {
+                accepted_problem.clone()
+            } else {
+                attach(route, &parent, &hostnames, &compiled, snapshot, gateways)
+            };
+            let mut c = Conditions::new(route.generation, &options.now);
+            match attach {
+                Some((reason, msg)) => c.set("Accepted", false, reason, msg),
+                None => c.set("Accepted", true, "Accepted", "route is attached"),
+            }
+            match &resolved_problem {
+                Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
+                None => c.set(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all references are resolved",
+                ),
+            }
+            let mut parent_ref = parent.clone();
+            parent_ref
+                .group
+                .get_or_insert_with(|| GATEWAY_GROUP.to_string());
+            parent_ref.kind.get_or_insert_with(|| "Gateway".to_string());
+            parent_ref
+                .namespace
+                .get_or_insert_with(|| route.key.namespace.clone());
+            parents.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": options.controller_name,
+                "conditions": c.into_vec(),
+            }));
+        }
+        report.objects.push(ObjectStatus {
+            api_version: route.body["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            kind: route.key.kind,
+            namespace: route.key.namespace.clone(),
+            name: route.key.name.clone(),
+            generation: route.generation,
+            status: json!({ "parents": parents }),
+        });
+    }
+    count
+}
+
+fn parent_is_ours(parent: &api::ParentRef, route_namespace: &str, gateways: &Gateways) -> bool {
+    parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        && gateways.by_key.contains_key(&(
+            parent
+                .namespace
+                .clone()
+                .unwrap_or_else(|| route_namespace.to_string()),
+            parent.name.clone(),
+        ))
+}
+
+/// Attaches a route to the listeners one parentRef selects. Returns the `Accepted=False`
+/// reason when it attaches nowhere.
+fn attach(
+    route: &Object,
+    parent: &api::ParentRef,
+    hostnames: &[String],
+    compiled: &Arc<CompiledRoute>,
+    snapshot: &Snapshot,
+    gateways: &mut Gateways,
+) -> Option<Problem> {
+    let namespace = parent
+        .namespace
+        .clone()
+        .unwrap_or_else(|| route.key.namespace.clone());
+    let gateway = gateways.get_mut(&namespace, &parent.name)?;
+    let gateway_namespace = gateway.namespace.clone();
+    let mut selected = 0;
+    let mut allowed = 0;
+    let mut attached = 0;
+    for l in gateway.listeners.iter_mut() {
+        if parent.section_name.as_ref().is_some_and(|s| *s != l.name)
+            || parent.port.is_some_and(|p| p != i64::from(l.port))
+        {
+            continue;
+        }
+        selected += 1;
+        if !l.allows(
+            route.key.kind.as_str(),
+            &route.key.namespace,
+            &gateway_namespace,
+            snapshot,
+        ) {
+            continue;
+        }
+        allowed += 1;
+        let hosts = intersect(l.hostname.as_deref(), hostnames);
+        if hosts.is_empty() {
+            continue;
+        }
+        attached += 1;
+        l.attached += 1;
+        l.routes.push((compiled.clone(), hosts));
+    }
+    if attached > 0 {
+        None
+    } else if selected == 0 {
+        Some((
+            "NoMatchingParent",
+            format!(
+                "Gateway {namespace}/{} has no listener matching this parentRef's sectionName/port",
+                parent.name
+            ),
+        ))
+    } else if allowed == 0 {
+        Some((
+            "NotAllowedByListeners",
+            format!(
+                "no listener of Gateway {namespace}/{} allows {} routes from namespace {}",
+                parent.name, route.key.kind, route.key.namespace
+            ),
+        ))
+    } else {
+        Some((
+            "NoMatchingListenerHostname",
+            "no hostname of this route intersects a listener's hostname".to_string(),
+        ))
+    }
+}
+
+/// Translates the rules of one route. Rules with an unsupported value are dropped and named in
+/// the returned `Accepted` problem only when no rule survives; unresolved references are
+/// reported as `ResolvedRefs=False` and answer 500.
+fn translate(
+    route: &Object,
+    spec: &RouteSpec,
+    snapshot: &Snapshot,
+    backends: &mut BackendCache,
+) -> (CompiledRoute, Option<Problem>, Option<Problem>) {
+    let route_id: Arc<str> =
+        Arc::from(format!("{}/{}", route.key.namespace, route.key.name).as_str());
+    let mut out = CompiledRoute {
+        order: (
+            route.creation_timestamp.clone(),
+            route.key.namespace.clone(),
+            route.key.name.clone(),
+        ),
+        rules: Vec::new(),
+    };
+    let mut unsupported: Option<Problem> = None;
+    let mut unresolved: Option<Problem> = None;
+    let mut valid_rules = 0;
+    for (index, rule) in spec.rules.iter().enumerate() {
+        let ctx = RefContext {
+            snapshot,
+            route,
+            kind: "HTTPRoute",
+        };
+        match translate_rule(&ctx, &route_id, index, rule, backends, &mut unresolved) {
+            Ok(matches) => {
+                valid_rules += 1;
+                out.rules.extend(matches);
+            }
+            Err(msg) => {
+                tracing::warn!(route = %route_id, rule = index, error = %msg, "rule dropped");
+                unsupported.get_or_insert(("UnsupportedValue", format!("rule {index}: {msg}")));
+            }
+        }
+    }
+    let accepted = if valid_rules == 0 && !spec.rules.is_empty() {
+        unsupported
+    } else {
+        None
+    };
+    (out, accepted, unresolved)
+}
+
+struct RefContext<'a> {
+    snapshot: &'a Snapshot,
+    route: &'a Object,
+    kind: &'static str,
+}
+
+fn translate_rule(
+    ctx: &RefContext<'_>,
+    route_id: &Arc<str>,
+    index: usize,
+    rule: &api::HttpRule,
+    backends: &mut BackendCache,
+    unresolved: &mut Option<Problem>,
+) -> Result<Vec<CompiledMatch>, String> {
+    let filters = rule
+        .filters
+        .iter()
+        .map(|f| translate_filter(ctx, f, backends, unresolved))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut weighted = Vec::new();
+    for b in &rule.backend_refs {
+        let weight = u64::try_from(b.weight.unwrap_or(1))
+            .map_err(|_| "backendRef weight must not be negative".to_string())?;
+        let target = resolve_backend(ctx, b, backends, unresolved);
+        let filters = b
+            .filters
+            .iter()
+            .map(|f| translate_filter(ctx, f, backends, unresolved))
+            .collect::<Result<Vec<_>, _>>()?;
+        if weight > 0 {
+            weighted.push(WeightedBackend {
+                weight,
+                target,
+                filters,
+            });
+        }
+    }
+    let (request_timeout, backend_timeout) = match &rule.timeouts {
+        Some(t) => (
+            t.request
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?
+                .flatten(),
+            t.backend_request
+                .as_deref()
+                .map(parse_duration)
+                .transpose()?
+                .flatten(),
+        ),
+        None => (None, None),
+    };
+    let compiled_rule = Arc::new(Rule {
+        route: route_id.clone(),
+        index,
+        name: rule.name.clone(),
+        filters,
+        total_weight: weighted.iter().map(|w| w.weight).sum(),
+        backends: weighted,
+        request_timeout,
+        backend_timeout,
+    });
+    let default_match = [HttpMatch::default()];
+    let matches = if rule.matches.is_empty() {
+        &default_match[..]
+    } else {
+        &rule.matches[..]
+    };
+    matches
+        .iter()
+        .enumerate()
+        .map(|(i, m)| translate_match(m, compiled_rule.clone(), index * 1000 + i))
+        .collect()
+}
+
+fn translate_match(
+    m: &HttpMatch,
+    rule: Arc<Rule>,
+    position: usize,
+) -> Result<CompiledMatch, String> {
+    let path_type = m
+        .path
+        .as_ref()
+        .and_then(|p| p.type_.as_deref())
+        .unwrap_or("PathPrefix");
+    let value = m
+        .path
+        .as_ref()
+        .and_then(|p| p.value.clone())
+        .unwrap_or_else(|| "/".to_string());
+    if path_type != "RegularExpression" && !value.starts_with('/') {
+        return Err(format!("path {value:?} must start with '/'"));
+    }
+    let path = match path_type {
+        "Exact" => PathKind::Exact(value.clone()),
+        "PathPrefix" => {
+            let trimmed = value.trim_end_matches('/');
+            PathKind::Prefix(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
+        }
+        "RegularExpression" => PathKind::Regex(anchored(&value)?),
+        other => return Err(format!("path match type {other:?} is not supported; use Exact, PathPrefix or RegularExpression")),
+    };
+    let value_condition = |v: &api::ValueMatch, lower: bool| -> Result<ValueCondition, String> {
+        let name = if lower {
+            v.name.to_ascii_lowercase()
+        } else {
+            v.name.clone()
+        };
+        let value = match v.type_.as_deref().unwrap_or("Exact") {
+            "Exact" => ValueMatch::Exact(v.value.clone()),
+            "RegularExpression" => ValueMatch::Regex(anchored(&v.value)?),
+            other => {
+                return Err(format!(
+                    "match type {other:?} for {:?} is not supported",
+                    v.name
+                ))
+            }
+        };
+        Ok(ValueCondition { name, value })
+    };
+    let mut headers = Vec::new();
+    for h in &m.headers {
+        // The spec: only the first match for a repeated header name counts.
+        if !headers
+            .iter()
+            .any(|c: &ValueCondition| c.name.eq_ignore_ascii_case(&h.name))
+        {
+            headers.push(value_condition(h, true)?);
+        }
+    }
+    let mut query = Vec::new();
+    for q in &m.query_params {
+        if !query.iter().any(|c: &ValueCondition| c.name == q.name) {
+            query.push(value_condition(q, false)?);
+        }
+    }
+    let method = m.method.as_ref().map(|s| s.to_ascii_uppercase());
+    let path_len = match &path {
+        PathKind::Exact(p) | PathKind::Prefix(p) => p.len(),
+        PathKind::Regex(r) => r.as_str().len(),
+    };
+    let prefix_chars = m
+        .path
+        .as_ref()
+        .and_then(|p| p.value.as_ref())
+        .map_or(1, |v| v.len());
+    // Gateway API HTTPRouteRule precedence after the path: a method match, then the most header
+    // matches, then the most query matches; route age and name come from the route, rule order
+    // last. `path_len` orders regexes (longer first); prefixes are already bucketed by length.
+    let rank = (
+        usize::MAX - prefix_chars.max(path_len),
+        u8::from(method.is_none()),
+        std::cmp::Reverse(headers.len()),
+        std::cmp::Reverse(query.len()),
+        position,
+    );
+    Ok(CompiledMatch {
+        path,
+        conditions: Arc::new(MatchConditions {
+            method,
+            headers,
+            query,
+        }),
+        rule,
+        rank,
+    })
+}
+
+/// Compiles a pattern that must match the whole value (the spec's regex matches are full).
+fn anchored(pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
+}
+
+fn translate_filter(
+    ctx: &RefContext<'_>,
+    f: &HttpFilter,
+    backends: &mut BackendCache,
+    unresolved: &mut Option<Problem>,
+) -> Result<Filter, String> {
+    let missing = |field: &str| format!("filter type {} needs field {field}", f.type_);
+    Ok(match f.type_.as_str() {
+        "RequestHeaderModifier" => Filter::RequestHeaders(Arc::new(header_edits(
+            f.request_header_modifier
+                .as_ref()
+                .ok_or_else(|| missing("requestHeaderModifier"))?,
+        )?)),
+        "ResponseHeaderModifier" => Filter::ResponseHeaders(Arc::new(header_edits(
+            f.response_header_modifier
+                .as_ref()
+                .ok_or_else(|| missing("responseHeaderModifier"))?,
+        )?)),
+        "RequestRedirect" => {
+            let r = f
+                .request_redirect
+                .as_ref()
+                .ok_or_else(|| missing("requestRedirect"))?;
+            let status = u16::try_from(r.status_code.unwrap_or(302)).unwrap_or(0);
+            if ![301, 302, 303, 307, 308].contains(&status) {
+                return Err(format!(
+                    "redirect status code {status} is not supported; use 301, 302, 303, 307 or 308"
+                ));
+            }
+            if let Some(s) = &r.scheme {
+                if s != "http" && s != "https" {
+                    return Err(format!(
+                        "redirect scheme {s:?} is not supported; use http or https"
+                    ));
+                }
+            }
+            Filter::Redirect(Arc::new(Redirect {
+                scheme: r.scheme.clone(),
+                hostname: r.hostname.clone(),
+                path: r.path.as_ref().map(path_replace).transpose()?,
+                port: r
+                    .port
+                    .map(|p| {
+                        u16::try_from(p).map_err(|_| format!("redirect port {p} is out of range"))
+                    })
+                    .transpose()?,
+                status,
+            }))
+        }
+        "URLRewrite" => {
+            let r = f
+                .url_rewrite
+                .as_ref()
+                .ok_or_else(|| missing("urlRewrite"))?;
+            Filter::Rewrite(Arc::new(Rewrite {
+                hostname: r.hostname.clone(),
+                path: r.path.as_ref().map(path_replace).transpose()?,
+            }))
+        }
+        "RequestMirror" => {
+            let m = f
+                .request_mirror
+                .as_ref()
+                .ok_or_else(|| missing("requestMirror"))?;
+            let per_million = match (&m.fraction, m.percent) {
+                (Some(fr), _) => {
+                    let den = fr.denominator.unwrap_or(100);
+                    if den <= 0 || fr.numerator < 0 || fr.numerator > den {
+                        return Err(
+                            "mirror fraction must have 0 <= numerator <= denominator".to_string()
+                        );
+                    }
+                    (fr.numerator * 1_000_000 / den) as u32
+                }
+                (None, Some(p)) if (0..=100).contains(&p) => (p * 10_000) as u32,
+                (None, Some(p)) => return Err(format!("mirror percent {p} is outside 0..=100")),
+                (None, None) => 1_000_000,
+            };
+            Filter::Mirror(Arc::new(Mirror {
+                backend: resolve_backend(ctx, &m.backend_ref, backends, unresolved),
+                per_million,
+            }))
+        }
+        other => return Err(format!("filter type {other:?} is not supported")),
+    })
+}
+
+fn header_edits(m: &api::HeaderModifier) -> Result<HeaderEdits, String> {
+    let check = |name: &str| {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+            Err(format!("header name {name:?} is not valid"))
+        } else {
+            Ok(name.to_ascii_lowercase())
+        }
+    };
+    Ok(HeaderEdits {
+        set: m
+            .set
+            .iter()
+            .map(|h| Ok((check(&h.name)?, h.value.clone())))
+            .collect::<Result<_, String>>()?,
+        add: m
+            .add
+            .iter()
+            .map(|h| Ok((check(&h.name)?, h.value.clone())))
+            .collect::<Result<_, String>>()?,
+        remove: m
+            .remove
+            .iter()
+            .map(|h| check(h))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+fn path_replace(p: &api::PathModifier) -> Result<PathReplace, String> {
+    match p.type_.as_str() {
+        "ReplaceFullPath" => Ok(PathReplace::Full(
+            p.replace_full_path
+                .clone()
+                .ok_or("ReplaceFullPath needs replaceFullPath")?,
+        )),
+        "ReplacePrefixMatch" => Ok(PathReplace::Prefix(
+            p.replace_prefix_match
+                .clone()
+                .ok_or("ReplacePrefixMatch needs replacePrefixMatch")?,
+        )),
+        other => Err(format!("path modifier type {other:?} is not supported")),
+    }
+}
+
+/// Backends shared between rules, so that one Service port is resolved once per compile.
+#[derive(Default)]
+struct BackendCache {
+    services: HashMap<(String, String, i64), Arc<Backend>>,
+}
+
+fn resolve_backend(
+    ctx: &RefContext<'_>,
+    b: &BackendRef,
+    cache: &mut BackendCache,
+    unresolved: &mut Option<Problem>,
+) -> Arc<Backend> {
+    match try_resolve(ctx, b, cache) {
+        Ok(backend) => backend,
+        Err((reason, msg)) => {
+            unresolved.get_or_insert((reason, msg.clone()));
+            Arc::new(Backend::Invalid { reason: msg })
+        }
+    }
+}
+
+fn try_resolve(
+    ctx: &RefContext<'_>,
+    b: &BackendRef,
+    cache: &mut BackendCache,
+) -> Result<Arc<Backend>, Problem> {
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    if !(group.is_empty() || group == "core") || kind != "Service" {
+        return Err((
+            "InvalidKind",
+            format!("backendRef {group}/{kind} {} is not a Service", b.name),
+        ));
+    }
+    let route_ns = &ctx.route.key.namespace;
+    let namespace = b.namespace.clone().unwrap_or_else(|| route_ns.clone());
+    if namespace != *route_ns
+        && !grant_allows(
+            ctx.snapshot,
+            GATEWAY_GROUP,
+            ctx.kind,
+            route_ns,
+            "",
+            "Service",
+            &namespace,
+            &b.name,
+        )
+    {
+        return Err(("RefNotPermitted", format!("Service {namespace}/{}: no ReferenceGrant in {namespace} allows {}s from {route_ns}", b.name, ctx.kind)));
+    }
+    let Some(port) = b.port else {
+        return Err((
+            "BackendNotFound",
+            format!("backendRef to Service {namespace}/{} needs a port", b.name),
+        ));
+    };
+    let key = (namespace.clone(), b.name.clone(), port);
+    if let Some(hit) = cache.services.get(&key) {
+        return Ok(hit.clone());
+    }
+    let Some(service) = ctx.snapshot.get(Kind::Service, &namespace, &b.name) else {
+        return Err((
+            "BackendNotFound",
+            format!("Service {namespace}/{} does not exist", b.name),
+        ));
+    };
+    let spec: api::ServiceSpec = api::read(service.spec()).map_err(|e| {
+        (
+            "BackendNotFound",
+            format!("Service {namespace}/{}: {e}", b.name),
+        )
+    })?;
+    let Some(service_port) = spec.ports.iter().find(|p| p.port == port) else {
+        return Err((
+            "BackendNotFound",
+            format!("Service {namespace}/{} has no port {port}", b.name),
+        ));
+    };
+    let endpoints = ready_endpoints(
+        ctx.snapshot,
+        &namespace,
+        &b.name,
+        service_port.name.as_deref().unwrap_or(""),
+    );
+    let h2c = service_port.app_protocol.as_deref() == Some("kubernetes.io/h2c");
+    let backend = Arc::new(Backend::Service(ServiceBackend::new(
+        Arc::from(format!("{namespace}/{}:{port}", b.name).as_str()),
+        endpoints,
+        h2c,
+    )));
+    cache.services.insert(key, backend.clone());
+    Ok(backend)
+}
+
+/// Ready addresses of the EndpointSlices of a Service, on the port named like the Service port.
+fn ready_endpoints(
+    snapshot: &Snapshot,
+    namespace: &str,
+    service: &str,
+    port_name: &str,
+) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for slice in snapshot.of_kind(Kind::EndpointSlice) {
+        if slice.key.namespace != namespace
+            || slice
+                .labels
+                .get("kubernetes.io/service-name")
+                .map(String::as_str)
+                != Some(service)
+        {
+            continue;
+        }
+        let Ok(slice) = api::read::<api::EndpointSlice>(&slice.body) else {
+            continue;
+        };
+        let Some(port) = slice
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for endpoint in slice.endpoints.unwrap_or_default() {
+            if endpoint.conditions.ready == Some(false) {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<IpAddr>() {
+                    let addr = SocketAddr::new(ip, port);
+                    if !out.contains(&addr) {
+                        out.push(addr);
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether a ReferenceGrant in `to_namespace` lets `from_kind` objects in `from_namespace`
+/// refer to the named object.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn grant_allows(
+    snapshot: &Snapshot,
+    from_group: &str,
+    from_kind: &str,
+    from_namespace: &str,
+    to_group: &str,
+    to_kind: &str,
+    to_namespace: &str,
+    to_name: &str,
+) -> bool {
+    snapshot
+        .of_kind(Kind::ReferenceGrant)
+        .filter(|g| g.key.namespace == to_namespace)
+        .any(|g| {
+            let Ok(spec) = api::read::<api::ReferenceGrantSpec>(g.spec()) else {
+                return false;
+            };
+            spec.from.iter().any(|f| {
+                f.group == from_group && f.kind == from_kind && f.namespace == from_namespace
+            }) && spec.to.iter().any(|t| {
+                (t.group == to_group || (to_group.is_empty() && t.group == "core"))
+                    && t.kind == to_kind
+                    && t.name
+                        .as_deref()
+                        .is_none_or(|n| n.is_empty() || n == to_name)
+            })
+        })
+}
+
+impl HostIndex {
+    /// Builds the index of one listener from the routes attached to it and their effective
+    /// hostnames there.
+    pub(super) fn build(routes: &[(Arc<CompiledRoute>, Vec<Option<String>>)]) -> HostIndex {
+        // Routes in precedence order across routes: oldest first, then namespace/name.
+        let mut ordered: Vec<(usize, &(Arc<CompiledRoute>, Vec<Option<String>>))> =
+            routes.iter().enumerate().collect();
+        ordered.sort_by(|a, b| a.1 .0.order.cmp(&b.1 .0.order).then(a.0.cmp(&b.0)));
+        type Ranked = (
+            (
+                usize,
+                u8,
+                std::cmp::Reverse<usize>,
+                std::cmp::Reverse<usize>,
+            ),
+            usize,
+            usize,
+            Entry,
+        );
+        let mut buckets: HashMap<
+            Option<String>,
+            (
+                HashMap<String, Vec<Ranked>>,
+                HashMap<String, Vec<Ranked>>,
+                Vec<(Regex, Ranked)>,
+            ),
+        > = HashMap::new();
+        for (route_order, (_, (route, hosts))) in ordered.iter().enumerate() {
+            for host in hosts {
+                let bucket = buckets.entry(host.clone()).or_default();
+                for m in &route.rules {
+                    let prefix = match &m.path {
+                        PathKind::Prefix(p) => Some(Arc::from(p.as_str())),
+                        _ => None,
+                    };
+                    let entry = Entry {
+                        conditions: m.conditions.clone(),
+                        rule: m.rule.clone(),
+                        prefix,
+                    };
+                    let (a, b, c, d, position) = m.rank;
+                    let ranked = ((a, b, c, d), route_order, position, entry);
+                    match &m.path {
+                        PathKind::Exact(p) => bucket.0.entry(p.clone()).or_default().push(ranked),
+                        PathKind::Prefix(p) => bucket.1.entry(p.clone()).or_default().push(ranked),
+                        PathKind::Regex(r) => bucket.2.push((r.clone(), ranked)),
+                    }
+                }
+            }
+        }
+        let finish = |mut v: Vec<Ranked>| -> Vec<Entry> {
+            v.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+            v.into_iter().map(|r| r.3).collect()
+        };
+        let mut index = HostIndex::default();
+        for (host, (exact, prefix, mut regex)) in buckets {
+            regex.sort_by(|a, b| (a.1 .0, a.1 .1, a.1 .2).cmp(&(b.1 .0, b.1 .1, b.1 .2)));
+            let paths = PathIndex {
+                exact: exact.into_iter().map(|(k, v)| (k, finish(v))).collect(),
+                prefix: prefix.into_iter().map(|(k, v)| (k, finish(v))).collect(),
+                regex: regex.into_iter().map(|(r, ranked)| (r, ranked.3)).collect(),
+            };
+            match host {
+                None => index.any = Some(paths),
+                Some(h) => match h.strip_prefix('*') {
+                    Some(suffix) => {
+                        index.wildcard.insert(suffix.to_string(), paths);
+                    }
+                    None => {
+                        index.exact.insert(h, paths);
+                    }
+                },
+            }
+        }
+        index
+    }
+}

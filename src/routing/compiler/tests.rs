@@ -1,0 +1,186 @@
+//! Compiler tests: objects in, table and conditions out.
+
+use super::*;
+use crate::controller::{directory::parse_manifests, Kind, Snapshot};
+use crate::routing::table::RequestView;
+
+fn snapshot(yaml: &str) -> Snapshot {
+    let (objects, errors) = parse_manifests(yaml).expect("test YAML parses");
+    assert!(errors.is_empty(), "{errors:?}");
+    Snapshot::from_objects(objects)
+}
+
+const BASE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: infra}
+spec: {ports: [{name: http, port: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: svc-1, namespace: infra, labels: {kubernetes.io/service-name: svc}}
+addressType: IPv4
+endpoints: [{addresses: [127.0.0.9]}]
+ports: [{name: http, port: 9999}]
+"#;
+
+fn lookup_route(c: &Compiled, host: &str, path: &str, headers: &[(&str, &str)]) -> Option<String> {
+    let header = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    let (path, query) = path
+        .split_once('?')
+        .map_or((path, None), |(p, q)| (p, Some(q)));
+    let view = RequestView {
+        host,
+        path,
+        query,
+        method: "GET",
+        header: &header,
+    };
+    let bind = "127.0.0.1:80".parse().unwrap();
+    c.table
+        .lookup(&bind, &view)
+        .ok()
+        .map(|m| format!("{}#{}", m.entry.rule.route, m.entry.rule.index))
+}
+
+fn route(name: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  parentRefs: [{{name: gw}}]\n{body}"
+    )
+}
+
+#[test]
+fn longest_path_prefix_wins_and_exact_beats_prefix() {
+    let yaml = format!(
+        "{BASE}{}{}",
+        route("a", "  rules:\n  - matches: [{path: {type: PathPrefix, value: /}}]\n    backendRefs: [{name: svc, port: 8080}]\n"),
+        route("b", "  rules:\n  - matches: [{path: {type: PathPrefix, value: /v1/}}]\n    backendRefs: [{name: svc, port: 8080}]\n  - matches: [{path: {type: Exact, value: /v1/x}}]\n    backendRefs: [{name: svc, port: 8080}]\n"),
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    assert_eq!(
+        lookup_route(&c, "any", "/v1/y", &[]).as_deref(),
+        Some("infra/b#0")
+    );
+    assert_eq!(
+        lookup_route(&c, "any", "/v1", &[]).as_deref(),
+        Some("infra/b#0")
+    );
+    assert_eq!(
+        lookup_route(&c, "any", "/v1x", &[]).as_deref(),
+        Some("infra/a#0")
+    );
+    assert_eq!(
+        lookup_route(&c, "any", "/v1/x", &[]).as_deref(),
+        Some("infra/b#1")
+    );
+}
+
+#[test]
+fn header_matches_outrank_plain_prefix_and_fall_through() {
+    let yaml = format!(
+        "{BASE}{}",
+        route("a", "  rules:\n  - matches: [{path: {value: /}}]\n    backendRefs: [{name: svc, port: 8080}]\n  - matches: [{path: {value: /}, headers: [{name: X-Env, value: canary}]}]\n    backendRefs: [{name: svc, port: 8080}]\n"),
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    assert_eq!(
+        lookup_route(&c, "h", "/", &[("x-env", "canary")]).as_deref(),
+        Some("infra/a#1")
+    );
+    assert_eq!(
+        lookup_route(&c, "h", "/", &[("x-env", "prod")]).as_deref(),
+        Some("infra/a#0")
+    );
+}
+
+#[test]
+fn missing_backend_reports_backend_not_found_and_still_attaches() {
+    let yaml = format!(
+        "{BASE}{}",
+        route("a", "  rules:\n  - backendRefs: [{name: nope, port: 80}]\n")
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    let conds = status["parents"][0]["conditions"].as_array().unwrap();
+    let resolved = conds.iter().find(|c| c["type"] == "ResolvedRefs").unwrap();
+    assert_eq!(resolved["reason"], "BackendNotFound");
+    let accepted = conds.iter().find(|c| c["type"] == "Accepted").unwrap();
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(
+        lookup_route(&c, "h", "/", &[]).as_deref(),
+        Some("infra/a#0")
+    );
+}
+
+#[test]
+fn invalid_regex_drops_the_rule_with_unsupported_value() {
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - matches: [{path: {type: RegularExpression, value: '(['}}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    assert_eq!(
+        status["parents"][0]["conditions"][0]["reason"],
+        "UnsupportedValue"
+    );
+    assert!(lookup_route(&c, "h", "/", &[]).is_none());
+}
+
+#[test]
+fn duplicate_listener_is_conflicted_and_unknown_protocol_not_accepted() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP}\n  - {name: dup, port: 80, protocol: HTTP}\n  - {name: odd, port: 81, protocol: SCTP}",
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let listener = |n: usize, t: &str| {
+        gw["listeners"][n]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(listener(1, "Conflicted")["reason"], "HostnameConflict");
+    assert_eq!(listener(2, "Accepted")["reason"], "UnsupportedProtocol");
+    assert_eq!(gw["conditions"][0]["reason"], "ListenersNotValid");
+    assert_eq!(gw["conditions"][0]["status"], "True");
+}
+
+#[test]
+fn durations_parse_as_the_spec_writes_them() {
+    assert_eq!(
+        parse_duration("1m30s").unwrap(),
+        Some(std::time::Duration::from_secs(90))
+    );
+    assert_eq!(
+        parse_duration("500ms").unwrap(),
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(parse_duration("0s").unwrap(), None);
+    assert!(parse_duration("1.5s").is_err());
+}

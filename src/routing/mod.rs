@@ -1,0 +1,15 @@
+//! Routing: the compiler and the table it produces.
+//!
+//! [`compile`] reads a [`crate::controller::Snapshot`] and returns a [`RoutingTable`] plus a
+//! [`StatusReport`]. The table holds only our own types: nothing in it refers to a Kubernetes
+//! object, so the data plane never sees one.
+
+pub mod api;
+pub mod certificate;
+mod compiler;
+pub mod status;
+pub mod table;
+
+pub use compiler::{compile, intersect_hostnames, parse_duration, CompileOptions, Compiled};
+pub use status::{Condition, ObjectStatus, StatusReport};
+pub use table::{Miss, RequestView, RoutingTable};

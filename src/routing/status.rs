@@ -1,0 +1,147 @@
+//! The status report: the conditions the Gateway API spec asks for, per object.
+//!
+//! The compiler fills one [`ObjectStatus`] per object it owns, shaped exactly like the
+//! Kubernetes `status` of that kind, so that the same JSON is printed by `portcullis check`,
+//! served on the admin address, and written back to the API server.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::controller::{Kind, SourceError};
+
+/// One condition, as `metav1.Condition` spells it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Accepted`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True` or `False`.
+    pub status: String,
+    /// A CamelCase reason from the spec.
+    pub reason: String,
+    /// What happened, for people.
+    pub message: String,
+    /// The generation the condition was computed from.
+    pub observed_generation: i64,
+    /// When the condition last changed; the status writer keeps the old time when nothing did.
+    pub last_transition_time: String,
+}
+
+/// Builds conditions for one object generation.
+pub struct Conditions<'a> {
+    generation: i64,
+    now: &'a str,
+    list: Vec<Condition>,
+}
+
+impl<'a> Conditions<'a> {
+    /// An empty list for `generation`, stamped `now`.
+    pub fn new(generation: i64, now: &'a str) -> Self {
+        Conditions {
+            generation,
+            now,
+            list: Vec::new(),
+        }
+    }
+
+    /// Sets (or replaces) the condition of type `type_`.
+    pub fn set(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        self.list.retain(|c| c.type_ != type_);
+        self.list.push(Condition {
+            type_: type_.to_string(),
+            status: if ok { "True" } else { "False" }.to_string(),
+            reason: reason.to_string(),
+            message: message.into(),
+            observed_generation: self.generation,
+            last_transition_time: self.now.to_string(),
+        });
+    }
+
+    /// Whether a condition of `type_` is set and true.
+    pub fn is_true(&self, type_: &str) -> bool {
+        self.list
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    }
+
+    /// The finished list.
+    pub fn into_vec(self) -> Vec<Condition> {
+        self.list
+    }
+}
+
+/// The status of one object.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectStatus {
+    /// `group/version` of the object.
+    pub api_version: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace, empty for cluster-scoped objects.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `metadata.generation` the status was computed from.
+    pub generation: i64,
+    /// The `status` stanza, shaped as Kubernetes shapes it for this kind.
+    pub status: Value,
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Everything the compiler has to say about its input.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusReport {
+    /// Per-object status, in kind then namespace/name order.
+    pub objects: Vec<ObjectStatus>,
+    /// Inputs that never became objects (files that do not parse, unknown kinds).
+    pub errors: Vec<SourceError>,
+}
+
+impl StatusReport {
+    /// Objects whose `Accepted` condition (or, for routes, any parent's) is not true, and
+    /// every source error, one line each; empty when all is well.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.source, e.message))
+            .collect();
+        for o in &self.objects {
+            let id = if o.namespace.is_empty() {
+                format!("{} {}", o.kind, o.name)
+            } else {
+                format!("{} {}/{}", o.kind, o.namespace, o.name)
+            };
+            let mut lists: Vec<&Value> = vec![&o.status["conditions"]];
+            if let Some(parents) = o.status["parents"].as_array() {
+                lists.extend(parents.iter().map(|p| &p["conditions"]));
+            }
+            for list in lists {
+                for c in list.as_array().into_iter().flatten() {
+                    if c["type"] == "Accepted" && c["status"] != "True" {
+                        out.push(format!(
+                            "{id}: not accepted ({}): {}",
+                            c["reason"].as_str().unwrap_or(""),
+                            c["message"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// One object's status, if reported.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&ObjectStatus> {
+        self.objects
+            .iter()
+            .find(|o| o.kind == kind && o.namespace == namespace && o.name == name)
+    }
+}

@@ -1,0 +1,435 @@
+//! The compiled routing table: immutable, shared by every request, swapped whole.
+//!
+//! Lookup narrows in three steps, each a hash probe or a short walk:
+//!
+//! 1. the **bind** (the local address and port the connection arrived on) gives the listeners
+//!    served there;
+//! 2. the request's host picks the **listener** with the most specific matching hostname, then,
+//!    inside that listener, the **host bucket**: the exact hostname, then each wildcard suffix
+//!    from longest to shortest, then routes without hostnames;
+//! 3. inside a bucket the request path probes the exact-path map, the regular expressions, then
+//!    the prefix map once per path element from longest to shortest; each probe yields entries
+//!    already sorted by the rest of the spec's precedence, and the first whose method, header and
+//!    query matches hold wins.
+//!
+//! The cost of a lookup therefore depends on the depth of the host and path, not on the number
+//! of routes. Buckets are tried in order and a bucket whose rules all fail to match falls through
+//! to the next one, which is what precedence across routes asks for.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+
+/// Everything the data plane needs, at one configuration generation.
+#[derive(Default)]
+pub struct RoutingTable {
+    /// Increases by one with each compile that is swapped in.
+    pub generation: u64,
+    /// Listeners by the socket address they are served on.
+    pub binds: HashMap<SocketAddr, Bind>,
+}
+
+/// The listeners that share one socket.
+#[derive(Default)]
+pub struct Bind {
+    /// Ordered most specific hostname first; a listener without hostname comes last.
+    pub listeners: Vec<ListenerRoutes>,
+}
+
+/// One Gateway listener and the routes attached to it.
+pub struct ListenerRoutes {
+    /// `namespace/name` of the Gateway.
+    pub gateway: Arc<str>,
+    /// The listener's name.
+    pub name: Arc<str>,
+    /// The listener's hostname, lower case; `None` matches every host.
+    pub hostname: Option<String>,
+    /// The port written in the Gateway, which redirects use (the socket may be mapped elsewhere).
+    pub port: u16,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// Route rules by host.
+    pub hosts: HostIndex,
+}
+
+/// Rule entries of one listener by request host.
+#[derive(Default)]
+pub struct HostIndex {
+    /// Exact hostnames.
+    pub exact: HashMap<String, PathIndex>,
+    /// Wildcards by their suffix including the leading dot (`.example.com`).
+    pub wildcard: HashMap<String, PathIndex>,
+    /// Routes without any hostname.
+    pub any: Option<PathIndex>,
+}
+
+/// Rule entries of one host bucket by request path.
+#[derive(Default)]
+pub struct PathIndex {
+    /// Exact path matches.
+    pub exact: HashMap<String, Vec<Entry>>,
+    /// Prefix matches by the prefix without its trailing slash (`/` stays `/`).
+    pub prefix: HashMap<String, Vec<Entry>>,
+    /// Regular-expression path matches.
+    pub regex: Vec<(Regex, Entry)>,
+}
+
+/// One `match` of one rule, ready to test.
+#[derive(Clone)]
+pub struct Entry {
+    /// Method, header and query conditions beyond the path.
+    pub conditions: Arc<Conditions>,
+    /// What to do with a request that matches.
+    pub rule: Arc<Rule>,
+    /// The path prefix the entry matched on, for `ReplacePrefixMatch`.
+    pub prefix: Option<Arc<str>>,
+}
+
+/// The non-path parts of a match.
+#[derive(Debug, Default)]
+pub struct Conditions {
+    /// Upper-case method, if the match names one.
+    pub method: Option<String>,
+    /// Header conditions, names lower case.
+    pub headers: Vec<ValueCondition>,
+    /// Query parameter conditions, names as written (they are case-sensitive).
+    pub query: Vec<ValueCondition>,
+}
+
+/// An exact or pattern condition on a named value.
+#[derive(Debug)]
+pub struct ValueCondition {
+    /// Header or parameter name.
+    pub name: String,
+    /// How the value must look.
+    pub value: ValueMatch,
+}
+
+/// How a header or query value must look.
+#[derive(Debug)]
+pub enum ValueMatch {
+    /// Byte-for-byte equal.
+    Exact(String),
+    /// Matches the (unanchored) pattern.
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    fn holds(&self, value: &str) -> bool {
+        match self {
+            ValueMatch::Exact(v) => v == value,
+            ValueMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// A rule of a route, with everything resolved.
+pub struct Rule {
+    /// `namespace/name` of the route.
+    pub route: Arc<str>,
+    /// Index of the rule in the route.
+    pub index: usize,
+    /// The rule's name, if any.
+    pub name: Option<String>,
+    /// Filters applied to every request.
+    pub filters: Vec<Filter>,
+    /// Weighted backends; an empty list answers 500 unless a redirect filter answers first.
+    pub backends: Vec<WeightedBackend>,
+    /// Sum of the weights.
+    pub total_weight: u64,
+    /// Deadline for the whole request.
+    pub request_timeout: Option<Duration>,
+    /// Deadline for one request to a backend.
+    pub backend_timeout: Option<Duration>,
+}
+
+/// A backendRef with its weight.
+pub struct WeightedBackend {
+    /// Relative share of requests.
+    pub weight: u64,
+    /// Where the requests go.
+    pub target: Arc<Backend>,
+    /// Filters for requests sent to this backend only.
+    pub filters: Vec<Filter>,
+}
+
+/// A resolved backend.
+pub enum Backend {
+    /// A Service port with its ready endpoints.
+    Service(ServiceBackend),
+    /// A reference that could not be resolved; its share of requests gets 500.
+    Invalid {
+        /// Why, for logs and `explain`.
+        reason: String,
+    },
+}
+
+/// A Service port and where its ready endpoints are.
+pub struct ServiceBackend {
+    /// `namespace/name:port`.
+    pub name: Arc<str>,
+    /// Ready endpoints.
+    pub endpoints: Vec<SocketAddr>,
+    /// Speak HTTP/2 cleartext to the endpoints (`appProtocol: kubernetes.io/h2c`).
+    pub h2c: bool,
+    next: AtomicUsize,
+}
+
+impl ServiceBackend {
+    /// A backend over `endpoints`.
+    pub fn new(name: Arc<str>, endpoints: Vec<SocketAddr>, h2c: bool) -> Self {
+        ServiceBackend {
+            name,
+            endpoints,
+            h2c,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next endpoint in round-robin order, or `None` when none is ready.
+    pub fn pick(&self) -> Option<SocketAddr> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(self.endpoints[i % self.endpoints.len()])
+    }
+}
+
+/// A filter, resolved.
+#[derive(Clone)]
+pub enum Filter {
+    /// Change request headers before forwarding.
+    RequestHeaders(Arc<HeaderEdits>),
+    /// Change response headers before answering.
+    ResponseHeaders(Arc<HeaderEdits>),
+    /// Answer with a redirect instead of forwarding.
+    Redirect(Arc<Redirect>),
+    /// Change the Host or path before forwarding.
+    Rewrite(Arc<Rewrite>),
+    /// Send a copy of the request elsewhere and ignore its answer.
+    Mirror(Arc<Mirror>),
+}
+
+/// Header edits in the order the spec applies them: set, add, remove.
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    /// Overwrite (name lower case, value).
+    pub set: Vec<(String, String)>,
+    /// Append.
+    pub add: Vec<(String, String)>,
+    /// Drop.
+    pub remove: Vec<String>,
+}
+
+/// How a path is replaced by a redirect or rewrite.
+#[derive(Debug, Clone)]
+pub enum PathReplace {
+    /// Replace the whole path.
+    Full(String),
+    /// Replace the part the rule's path prefix matched.
+    Prefix(String),
+}
+
+/// A `RequestRedirect` filter.
+#[derive(Debug)]
+pub struct Redirect {
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// New host.
+    pub hostname: Option<String>,
+    /// New path.
+    pub path: Option<PathReplace>,
+    /// New port.
+    pub port: Option<u16>,
+    /// Status code.
+    pub status: u16,
+}
+
+/// A `URLRewrite` filter.
+#[derive(Debug)]
+pub struct Rewrite {
+    /// New Host header.
+    pub hostname: Option<String>,
+    /// New path.
+    pub path: Option<PathReplace>,
+}
+
+/// A `RequestMirror` filter.
+pub struct Mirror {
+    /// Where copies go.
+    pub backend: Arc<Backend>,
+    /// Share of requests copied, in parts per million.
+    pub per_million: u32,
+}
+
+/// What a request needs to be looked up.
+pub struct RequestView<'a> {
+    /// Host without port, any case.
+    pub host: &'a str,
+    /// Path without query.
+    pub path: &'a str,
+    /// Raw query string without `?`.
+    pub query: Option<&'a str>,
+    /// Method.
+    pub method: &'a str,
+    /// Header lookup: all values of a lower-case name.
+    pub header: &'a dyn Fn(&str) -> Vec<&'a str>,
+}
+
+/// The result of a lookup.
+pub struct Matched<'t> {
+    /// The listener that took the request.
+    pub listener: &'t ListenerRoutes,
+    /// The winning entry.
+    pub entry: &'t Entry,
+}
+
+/// Why a lookup found nothing; both answer 404.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// No listener on this socket serves the host.
+    NoListener,
+    /// A listener took the host, but no rule matched.
+    NoRoute,
+}
+
+impl RoutingTable {
+    /// Finds the rule for a request that arrived on `bind`.
+    pub fn lookup<'t>(
+        &'t self,
+        bind: &SocketAddr,
+        req: &RequestView<'_>,
+    ) -> Result<Matched<'t>, Miss> {
+        let bind = self.binds.get(bind).ok_or(Miss::NoListener)?;
+        let host = normalize_host(req.host);
+        let listener = bind
+            .listeners
+            .iter()
+            .find(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, &host)))
+            .ok_or(Miss::NoListener)?;
+        listener
+            .hosts
+            .lookup(&host, req)
+            .map(|entry| Matched { listener, entry })
+            .ok_or(Miss::NoRoute)
+    }
+}
+
+/// Lower-cases a host and strips a port and a trailing dot.
+pub fn normalize_host(host: &str) -> String {
+    let host = if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(h, _)| &h[1..])
+    } else {
+        host.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `host` (normalized) matches a listener or route hostname (lower case, maybe `*.`).
+/// A wildcard matches one or more labels in its place, never the bare suffix.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern == host,
+    }
+}
+
+impl HostIndex {
+    fn lookup<'t>(&'t self, host: &str, req: &RequestView<'_>) -> Option<&'t Entry> {
+        if let Some(hit) = self.exact.get(host).and_then(|p| p.lookup(req)) {
+            return Some(hit);
+        }
+        if !self.wildcard.is_empty() {
+            // Longest suffix first: `.b.example.com` before `.example.com`.
+            let mut at = 0;
+            while let Some(dot) = host[at..].find('.') {
+                let suffix = &host[at + dot..];
+                if let Some(hit) = self.wildcard.get(suffix).and_then(|p| p.lookup(req)) {
+                    return Some(hit);
+                }
+                at += dot + 1;
+            }
+        }
+        self.any.as_ref().and_then(|p| p.lookup(req))
+    }
+}
+
+impl PathIndex {
+    fn lookup<'t>(&'t self, req: &RequestView<'_>) -> Option<&'t Entry> {
+        let first = |entries: &'t [Entry]| entries.iter().find(|e| e.conditions.hold(req));
+        if let Some(hit) = self.exact.get(req.path).and_then(|v| first(v)) {
+            return Some(hit);
+        }
+        if let Some((_, hit)) = self
+            .regex
+            .iter()
+            .find(|(re, e)| re.is_match(req.path) && e.conditions.hold(req))
+        {
+            return Some(hit);
+        }
+        if self.prefix.is_empty() {
+            return None;
+        }
+        // Element-wise prefixes: `/a/b/` probes `/a/b`, `/a`, then `/`.
+        let mut key = req.path.trim_end_matches('/');
+        loop {
+            let probe = if key.is_empty() { "/" } else { key };
+            if let Some(hit) = self.prefix.get(probe).and_then(|v| first(v)) {
+                return Some(hit);
+            }
+            if key.is_empty() {
+                return None;
+            }
+            key = &key[..key.rfind('/').unwrap_or(0)];
+        }
+    }
+}
+
+impl Conditions {
+    fn hold(&self, req: &RequestView<'_>) -> bool {
+        if let Some(m) = &self.method {
+            if m != req.method {
+                return false;
+            }
+        }
+        for h in &self.headers {
+            // Several values of one header are compared as the comma-joined list
+            // (RFC 9110 section 5.3).
+            let values = (req.header)(&h.name);
+            if values.is_empty() {
+                return false;
+            }
+            let joined;
+            let value = if values.len() == 1 {
+                values[0]
+            } else {
+                joined = values.join(",");
+                &joined
+            };
+            if !h.value.holds(value) {
+                return false;
+            }
+        }
+        for q in &self.query {
+            // The spec leaves repeated parameters to the implementation: the first one counts.
+            let found = req.query.and_then(|query| {
+                query.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == q.name).then_some(v)
+                })
+            });
+            match found {
+                Some(v) if q.value.holds(v) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
