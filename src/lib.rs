@@ -13,6 +13,7 @@
 
 pub mod controller;
 pub mod dataplane;
+pub mod demo;
 pub mod routing;
 
 /// The `spec.controllerName` of the GatewayClasses this gateway answers to, unless configured.

@@ -46,6 +46,16 @@ enum Command {
         #[command(flatten)]
         compile: CompileArgs,
     },
+    /// Run a small echo backend that answers with JSON describing each request (for the bundled
+    /// example and for trying routes out).
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        /// Name the backend reports in every answer.
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -172,6 +182,7 @@ fn main() -> ExitCode {
             compile: args,
         } => check(&dir, json, &args),
         Command::Run(args) => run(args),
+        Command::Echo { listen, name } => echo(listen, name),
     }
 }
 
@@ -245,6 +256,20 @@ fn print_conditions(indent: &str, conditions: &serde_json::Value) {
             c["reason"].as_str().unwrap_or(""),
             c["message"].as_str().unwrap_or("")
         );
+    }
+}
+
+fn echo(listen: SocketAddr, name: String) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| rt.block_on(portcullis::demo::serve(listen, name)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: echo backend on {listen}: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 
