@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::routes::CompiledRoute;
 use super::CompileOptions;
 use crate::controller::{Kind, Object, Snapshot};
-use crate::routing::api::{self, AllowedRoutes, GatewayClassSpec, GatewaySpec, LabelSelector};
+use crate::routing::api::{self, GatewayClassSpec, GatewaySpec, LabelSelector};
 use crate::routing::status::{Conditions, ObjectStatus, StatusReport};
 use crate::routing::table::{Bind, HostIndex, ListenerRoutes, RoutingTable};
 
@@ -331,7 +331,7 @@ fn listener_state(
             format!("port {} is not a valid port", l.port),
         ));
     }
-    let allowed = l.allowed_routes.clone().unwrap_or(AllowedRoutes::default());
+    let allowed = l.allowed_routes.clone().unwrap_or_default();
     if allowed.kinds.is_empty() {
         state.supported_kinds = defaults.to_vec();
     } else {

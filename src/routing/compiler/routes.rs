@@ -28,13 +28,25 @@ pub(super) struct CompiledMatch {
     conditions: Arc<MatchConditions>,
     rule: Arc<Rule>,
     /// Precedence among entries of the same path, smaller first.
-    rank: (
-        usize,
-        u8,
-        std::cmp::Reverse<usize>,
-        std::cmp::Reverse<usize>,
-        usize,
-    ),
+    rank: MatchRank,
+}
+
+/// The Gateway API's precedence between matches of one host and path, as a sort key (smaller
+/// wins). HTTPRouteRule: after the path, a method match, then the most header matches, then the
+/// most query parameter matches; then the older route and `namespace/name` (the route's position,
+/// filled in when the listener's index is built); then rule and match order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct MatchRank {
+    /// Longer path values first (for prefixes `/a/` over `/a`; for regexes, longer patterns).
+    path_chars: std::cmp::Reverse<usize>,
+    /// Matches naming a method before those that do not.
+    no_method: bool,
+    headers: std::cmp::Reverse<usize>,
+    query: std::cmp::Reverse<usize>,
+    /// Position of the route among the listener's routes by age and name.
+    route: usize,
+    /// Rule index times 1000 plus match index.
+    position: usize,
 }
 
 enum PathKind {
@@ -418,16 +430,14 @@ fn translate_match(
         .as_ref()
         .and_then(|p| p.value.as_ref())
         .map_or(1, |v| v.len());
-    // Gateway API HTTPRouteRule precedence after the path: a method match, then the most header
-    // matches, then the most query matches; route age and name come from the route, rule order
-    // last. `path_len` orders regexes (longer first); prefixes are already bucketed by length.
-    let rank = (
-        usize::MAX - prefix_chars.max(path_len),
-        u8::from(method.is_none()),
-        std::cmp::Reverse(headers.len()),
-        std::cmp::Reverse(query.len()),
+    let rank = MatchRank {
+        path_chars: std::cmp::Reverse(prefix_chars.max(path_len)),
+        no_method: method.is_none(),
+        headers: std::cmp::Reverse(headers.len()),
+        query: std::cmp::Reverse(query.len()),
+        route: 0,
         position,
-    );
+    };
     Ok(CompiledMatch {
         path,
         conditions: Arc::new(MatchConditions {
@@ -751,34 +761,23 @@ pub(super) fn grant_allows(
         })
 }
 
+/// One host's entries while a listener's index is built.
+#[derive(Default)]
+struct Bucket {
+    exact: HashMap<String, Vec<(MatchRank, Entry)>>,
+    prefix: HashMap<String, Vec<(MatchRank, Entry)>>,
+    regex: Vec<(MatchRank, Regex, Entry)>,
+}
+
 impl HostIndex {
     /// Builds the index of one listener from the routes attached to it and their effective
     /// hostnames there.
     pub(super) fn build(routes: &[(Arc<CompiledRoute>, Vec<Option<String>>)]) -> HostIndex {
         // Routes in precedence order across routes: oldest first, then namespace/name.
-        let mut ordered: Vec<(usize, &(Arc<CompiledRoute>, Vec<Option<String>>))> =
-            routes.iter().enumerate().collect();
-        ordered.sort_by(|a, b| a.1 .0.order.cmp(&b.1 .0.order).then(a.0.cmp(&b.0)));
-        type Ranked = (
-            (
-                usize,
-                u8,
-                std::cmp::Reverse<usize>,
-                std::cmp::Reverse<usize>,
-            ),
-            usize,
-            usize,
-            Entry,
-        );
-        let mut buckets: HashMap<
-            Option<String>,
-            (
-                HashMap<String, Vec<Ranked>>,
-                HashMap<String, Vec<Ranked>>,
-                Vec<(Regex, Ranked)>,
-            ),
-        > = HashMap::new();
-        for (route_order, (_, (route, hosts))) in ordered.iter().enumerate() {
+        let mut ordered: Vec<&(Arc<CompiledRoute>, Vec<Option<String>>)> = routes.iter().collect();
+        ordered.sort_by(|a, b| a.0.order.cmp(&b.0.order));
+        let mut buckets: HashMap<Option<String>, Bucket> = HashMap::new();
+        for (route_order, (route, hosts)) in ordered.into_iter().enumerate() {
             for host in hosts {
                 let bucket = buckets.entry(host.clone()).or_default();
                 for m in &route.rules {
@@ -791,27 +790,45 @@ impl HostIndex {
                         rule: m.rule.clone(),
                         prefix,
                     };
-                    let (a, b, c, d, position) = m.rank;
-                    let ranked = ((a, b, c, d), route_order, position, entry);
+                    let rank = MatchRank {
+                        route: route_order,
+                        ..m.rank
+                    };
                     match &m.path {
-                        PathKind::Exact(p) => bucket.0.entry(p.clone()).or_default().push(ranked),
-                        PathKind::Prefix(p) => bucket.1.entry(p.clone()).or_default().push(ranked),
-                        PathKind::Regex(r) => bucket.2.push((r.clone(), ranked)),
+                        PathKind::Exact(p) => bucket
+                            .exact
+                            .entry(p.clone())
+                            .or_default()
+                            .push((rank, entry)),
+                        PathKind::Prefix(p) => bucket
+                            .prefix
+                            .entry(p.clone())
+                            .or_default()
+                            .push((rank, entry)),
+                        PathKind::Regex(r) => bucket.regex.push((rank, r.clone(), entry)),
                     }
                 }
             }
         }
-        let finish = |mut v: Vec<Ranked>| -> Vec<Entry> {
-            v.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
-            v.into_iter().map(|r| r.3).collect()
+        let finish = |mut v: Vec<(MatchRank, Entry)>| -> Vec<Entry> {
+            v.sort_by_key(|(rank, _)| *rank);
+            v.into_iter().map(|(_, e)| e).collect()
         };
         let mut index = HostIndex::default();
-        for (host, (exact, prefix, mut regex)) in buckets {
-            regex.sort_by(|a, b| (a.1 .0, a.1 .1, a.1 .2).cmp(&(b.1 .0, b.1 .1, b.1 .2)));
+        for (host, mut bucket) in buckets {
+            bucket.regex.sort_by_key(|(rank, _, _)| *rank);
             let paths = PathIndex {
-                exact: exact.into_iter().map(|(k, v)| (k, finish(v))).collect(),
-                prefix: prefix.into_iter().map(|(k, v)| (k, finish(v))).collect(),
-                regex: regex.into_iter().map(|(r, ranked)| (r, ranked.3)).collect(),
+                exact: bucket
+                    .exact
+                    .into_iter()
+                    .map(|(k, v)| (k, finish(v)))
+                    .collect(),
+                prefix: bucket
+                    .prefix
+                    .into_iter()
+                    .map(|(k, v)| (k, finish(v)))
+                    .collect(),
+                regex: bucket.regex.into_iter().map(|(_, r, e)| (r, e)).collect(),
             };
             match host {
                 None => index.any = Some(paths),
