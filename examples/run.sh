@@ -7,7 +7,7 @@
 #   curl -s http://127.0.0.1:9901/status
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v cmake >/dev/null || { echo "cmake is needed to build Pingora: apt-get install -y cmake" >&2; exit 1; }
+scripts/install-deps
 cargo build --locked --release --bin portcullis
 bin=target/release/portcullis
 pids=()
