@@ -1,0 +1,222 @@
+//! Bad input never crashes the gateway or blanks its table: each kind of mistake gets a clear
+//! error or status condition, and the last good configuration keeps serving.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn portcullis() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+const GOOD: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: portcullis}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{name: http, port: 80, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: good, namespace: app}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: app}
+spec: {ports: [{name: http, port: 80}]}
+"#;
+
+fn endpoints(port: u16) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-1, namespace: app, \
+         labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\n\
+         endpoints: [{{addresses: [127.0.0.1]}}]\nports: [{{name: http, port: {port}}}]\n"
+    )
+}
+
+/// Every kind of mistake in one directory, beside a good configuration.
+const BAD: &[(&str, &str)] = &[
+    ("malformed.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: [unclosed\n"),
+    (
+        "unknown-kind.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: app}\n",
+    ),
+    (
+        "bad-regex.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: regex, namespace: app}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {type: RegularExpression, value: '/(['}}]\n    \
+         backendRefs: [{name: svc, port: 80}]\n",
+    ),
+    (
+        "duplicate-listener.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: dup, namespace: app}\n\
+         spec:\n  gatewayClassName: portcullis\n  listeners:\n  - {name: a, port: 8080, protocol: HTTP}\n  \
+         - {name: b, port: 8080, protocol: HTTP}\n",
+    ),
+    (
+        "missing-refs.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: missing, namespace: app}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [missing.example]\n  \
+         rules: [{backendRefs: [{name: nowhere, port: 80}]}]\n",
+    ),
+];
+
+#[test]
+fn check_reports_every_mistake_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints(9)).unwrap();
+    for (name, text) in BAD {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let out = portcullis().arg("check").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    for expected in [
+        "malformed.yaml: YAML syntax error at line",
+        "unsupported kind Widget",
+        "invalid regular expression",
+        "HostnameConflict",
+        "BackendNotFound",
+    ] {
+        assert!(
+            stdout.contains(expected) || stderr.contains(expected),
+            "missing {expected:?} in:\n{stdout}\n{stderr}"
+        );
+    }
+    let json = portcullis()
+        .arg("check")
+        .arg("--json")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("--json prints JSON");
+    assert!(report["objects"].as_array().is_some_and(|o| !o.is_empty()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_good_table_keeps_serving_through_bad_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let _echo = Killed(
+        portcullis()
+            .args([
+                "echo",
+                "--listen",
+                &format!("127.0.0.1:{echo_port}"),
+                "--name",
+                "svc",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints(echo_port)).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let _gw = Killed(
+        portcullis()
+            .args(["run", "--config-dir"])
+            .arg(dir.path())
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{listen}/");
+    let wait_for = |want: u16| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(r) = client.get(&url).send().await {
+                    if r.status() == want {
+                        return;
+                    }
+                }
+                assert!(Instant::now() < deadline, "never got {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(200).await;
+
+    // Break the good file itself: its objects must stay, and the error must be reported.
+    std::fs::write(dir.path().join("good.yaml"), "kind: [this is not yaml").unwrap();
+    for (name, text) in BAD {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let status_url = format!("http://127.0.0.1:{admin}/status");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = client
+            .get(&status_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+        let errors = report["errors"].to_string();
+        if errors.contains("good.yaml") && errors.contains("Widget") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "errors not reported: {errors}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..20 {
+        let r = client.get(&url).send().await.expect("gateway still up");
+        assert_eq!(r.status(), 200, "the last good route stopped serving");
+    }
+    // A route to a missing Service answers 500 for its share, as the spec asks.
+    let r = client
+        .get(&url)
+        .header("host", "missing.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let health = client
+        .get(format!("http://127.0.0.1:{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
