@@ -15,6 +15,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod demo;
 pub mod routing;
+pub mod tls;
 
 /// The `spec.controllerName` of the GatewayClasses this gateway answers to, unless configured.
 pub const DEFAULT_CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";

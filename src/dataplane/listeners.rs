@@ -7,6 +7,10 @@
 //! digest already knows both addresses (so no request pays a `getsockname` call), and hands it to
 //! the shared proxy through `ServerApp::process_new`, looping while the connection is reusable.
 //!
+//! On a TLS socket the connection's task first runs the rustls handshake, bounded by
+//! [`HANDSHAKE_TIMEOUT`], with a certificate resolver that reads the live table (see
+//! [`crate::tls`]); Pingora then speaks HTTP/2 or HTTP/1.1 as ALPN negotiated.
+//!
 //! Removing a socket stops its accept loop only: connections already accepted finish their
 //! requests. Adding one never touches the others.
 
@@ -14,47 +18,70 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream;
-use pingora_core::protocols::GetSocketDigest;
-use pingora_core::protocols::SocketDigest;
+use pingora_core::protocols::{GetSocketDigest, Peek, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::metrics::Metrics;
 use super::proxy::Proxy;
+use crate::routing::RoutingTable;
+use crate::tls::{server_config, SniResolver};
 
-/// The running accept loops, by socket address.
-pub struct Listeners {
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every connection task needs.
+#[derive(Clone)]
+struct ConnectionContext {
     app: Arc<HttpProxy<Proxy>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
-    running: HashMap<SocketAddr, JoinHandle<()>>,
+}
+
+/// The running accept loops, by socket address.
+pub struct Listeners {
+    context: ConnectionContext,
+    table: Arc<ArcSwap<RoutingTable>>,
+    running: HashMap<SocketAddr, (bool, JoinHandle<()>)>,
     /// Sockets that could not be bound, with the error; retried on the next reconcile.
     pub failed: HashMap<SocketAddr, String>,
 }
 
 impl Listeners {
     /// No sockets yet.
-    pub fn new(app: Arc<HttpProxy<Proxy>>, metrics: Arc<Metrics>, shutdown: ShutdownWatch) -> Self {
+    pub fn new(
+        app: Arc<HttpProxy<Proxy>>,
+        table: Arc<ArcSwap<RoutingTable>>,
+        metrics: Arc<Metrics>,
+        shutdown: ShutdownWatch,
+    ) -> Self {
         Listeners {
-            app,
-            metrics,
-            shutdown,
+            context: ConnectionContext {
+                app,
+                metrics,
+                shutdown,
+            },
+            table,
             running: HashMap::new(),
             failed: HashMap::new(),
         }
     }
 
-    /// Binds the sockets in `wanted` that are not bound yet and stops the ones not wanted.
-    pub fn reconcile(&mut self, wanted: &[SocketAddr]) {
-        self.running.retain(|addr, task| {
-            let keep = wanted.contains(addr);
+    /// Binds the sockets in `wanted` (address, terminates TLS) that are not bound yet and stops
+    /// the ones not wanted; a socket that switches between cleartext and TLS is reopened.
+    pub fn reconcile(&mut self, wanted: &[(SocketAddr, bool)]) {
+        self.running.retain(|addr, (tls, task)| {
+            let keep = wanted.contains(&(*addr, *tls));
             if !keep {
                 task.abort();
                 tracing::info!(%addr, "listener socket closed");
@@ -62,35 +89,34 @@ impl Listeners {
             keep
         });
         self.failed.clear();
-        for addr in wanted {
-            if self.running.contains_key(addr) {
+        for &(addr, tls) in wanted {
+            if self.running.contains_key(&addr) {
                 continue;
             }
-            match bind(*addr) {
-                Ok(listener) => {
-                    tracing::info!(%addr, "listener socket open");
-                    let task = tokio::spawn(accept_loop(
-                        listener,
-                        self.app.clone(),
-                        self.metrics.clone(),
-                        self.shutdown.clone(),
-                    ));
-                    self.running.insert(*addr, task);
-                }
+            let listener = match bind(addr) {
+                Ok(listener) => listener,
                 Err(err) => {
                     tracing::warn!(%addr, error = %err, "cannot bind listener socket; check that the address exists and the port is free");
-                    self.failed.insert(*addr, err.to_string());
+                    self.failed.insert(addr, err.to_string());
+                    continue;
                 }
-            }
+            };
+            tracing::info!(%addr, tls, "listener socket open");
+            let acceptor = tls.then(|| {
+                let resolver = Arc::new(SniResolver::new(self.table.clone(), addr));
+                Arc::new(Acceptor::from_server_config(server_config(resolver)))
+            });
+            let task = tokio::spawn(accept_loop(listener, acceptor, self.context.clone()));
+            self.running.insert(addr, (tls, task));
         }
     }
 
     /// Stops accepting everywhere and tells idle keep-alive connections to close (shutdown).
     pub async fn close_all(&mut self) {
-        for (_, task) in self.running.drain() {
+        for (_, (_, task)) in self.running.drain() {
             task.abort();
         }
-        self.app.http_cleanup().await;
+        self.context.app.http_cleanup().await;
     }
 }
 
@@ -107,9 +133,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
-    app: Arc<HttpProxy<Proxy>>,
-    metrics: Arc<Metrics>,
-    shutdown: ShutdownWatch,
+    acceptor: Option<Arc<Acceptor>>,
+    cx: ConnectionContext,
 ) {
     let local = listener.local_addr().ok();
     loop {
@@ -118,31 +143,91 @@ async fn accept_loop(
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning on the error.
                 tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-        }
-        let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
-        let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
-        let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
-        let mut stream = Stream::from(tcp);
-        stream.set_socket_digest(digest);
-        let app = app.clone();
-        let metrics = metrics.clone();
-        let shutdown = shutdown.clone();
-        metrics.connections_accepted.inc();
-        metrics.connections_open.inc();
-        tokio::spawn(async move {
-            let mut next: Option<pingora_core::protocols::Stream> = Some(Box::new(stream));
-            while let Some(stream) = next.take() {
-                next = app.process_new(stream, &shutdown).await;
-            }
-            metrics.connections_open.dec();
-        });
+        cx.metrics.connections_accepted.inc();
+        cx.metrics.connections_open.inc();
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            local,
+            acceptor.clone(),
+            cx.clone(),
+        ));
     }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    acceptor: Option<Arc<Acceptor>>,
+    cx: ConnectionContext,
+) {
+    if let Err(err) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+    }
+    let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
+    let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
+    let mut stream = Stream::from(tcp);
+    stream.set_socket_digest(digest);
+    let first: Option<pingora_core::protocols::Stream> = match acceptor {
+        None => Some(Box::new(stream)),
+        Some(acceptor) => {
+            if speaks_plain_http(&tcp_peek_first(&mut stream).await) {
+                refuse_plain_http(stream).await;
+                cx.metrics.connections_open.dec();
+                return;
+            }
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
+                Ok(Ok(tls)) => Some(Box::new(tls)),
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    None
+                }
+            }
+        }
+    };
+    let mut next = first;
+    while let Some(stream) = next.take() {
+        next = cx.app.process_new(stream, &cx.shutdown).await;
+    }
+    cx.metrics.connections_open.dec();
+}
+
+/// The first byte a client sent, if it sends one within the handshake timeout.
+async fn tcp_peek_first(stream: &mut Stream) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.try_peek(&mut byte)).await {
+        Ok(Ok(true)) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// Whether a connection to a TLS socket opened with a plain HTTP request line instead of a TLS
+/// record (which starts with 0x16, a handshake record).
+fn speaks_plain_http(first: &Option<u8>) -> bool {
+    matches!(first, Some(b) if b.is_ascii_uppercase())
+}
+
+/// Answers a cleartext request on a TLS socket with a 400 that says why, then closes.
+async fn refuse_plain_http(mut stream: Stream) {
+    use tokio::io::AsyncWriteExt;
+    let body = "This port expects TLS: use https://\n";
+    let response = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
 }
 
 /// Creates the shutdown signal Pingora's apps watch.

@@ -73,7 +73,12 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
     server_options.h2c = true;
     proxy.server_options = Some(server_options);
     let (shutdown_tx, shutdown_rx) = listeners::shutdown_channel();
-    let mut sockets = listeners::Listeners::new(Arc::new(proxy), metrics.clone(), shutdown_rx);
+    let mut sockets = listeners::Listeners::new(
+        Arc::new(proxy),
+        shared.table.clone(),
+        metrics.clone(),
+        shutdown_rx,
+    );
 
     let mut changes = store.subscribe();
     // Compile what the providers loaded before we subscribed, too.
@@ -102,7 +107,7 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
         generation += 1;
         let mut table = compiled.table;
         table.generation = generation;
-        let binds: Vec<SocketAddr> = table.binds.keys().copied().collect();
+        let binds: Vec<(SocketAddr, bool)> = table.binds.iter().map(|(a, b)| (*a, b.tls)).collect();
         let rules = compiled.rules;
         // Sockets first, then the table: a new listener's first request finds its routes.
         sockets.reconcile(&binds);

@@ -5,7 +5,6 @@
 //! object, so the data plane never sees one.
 
 pub mod api;
-pub mod certificate;
 mod compiler;
 pub mod status;
 pub mod table;

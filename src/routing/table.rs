@@ -36,6 +36,8 @@ pub struct RoutingTable {
 /// The listeners that share one socket.
 #[derive(Default)]
 pub struct Bind {
+    /// Whether the socket terminates TLS (HTTPS listeners).
+    pub tls: bool,
     /// Ordered most specific hostname first; a listener without hostname comes last.
     pub listeners: Vec<ListenerRoutes>,
 }
@@ -52,6 +54,8 @@ pub struct ListenerRoutes {
     pub port: u16,
     /// `http` or `https`.
     pub scheme: &'static str,
+    /// The certificate served for this listener's hostname, on TLS sockets.
+    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Route rules by host.
     pub hosts: HostIndex,
 }

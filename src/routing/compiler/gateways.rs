@@ -48,6 +48,8 @@ pub(super) struct ListenerState {
     pub namespaces: NamespacePolicy,
     pub routes: Vec<(Arc<CompiledRoute>, Vec<Option<String>>)>,
     pub attached: i64,
+    /// The first certificateRef's key, for HTTPS listeners.
+    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 impl ListenerState {
@@ -313,6 +315,7 @@ fn listener_state(
         namespaces: NamespacePolicy::Same,
         routes: Vec::new(),
         attached: 0,
+        certificate: None,
     };
     let defaults: &[&'static str] = match protocol.as_str() {
         "HTTP" | "HTTPS" => &["HTTPRoute"],
@@ -388,8 +391,19 @@ fn check_tls(
 ) {
     let tls = l.tls.clone().unwrap_or_default();
     let mode = tls.mode.as_deref().unwrap_or("Terminate");
-    if state.protocol == "TLS" && mode == "Passthrough" {
-        state.not_programmed = Some(("Pending", "TLS passthrough is not served yet".to_string()));
+    if state.protocol == "TLS" {
+        state.not_programmed = Some((
+            "Pending",
+            format!("TLS listeners ({mode}) are not served yet"),
+        ));
+        if mode == "Passthrough" {
+            return;
+        }
+    } else if mode != "Terminate" {
+        state.accepted = Some((
+            "UnsupportedValue",
+            format!("tls.mode {mode:?} is not valid on an HTTPS listener; use Terminate"),
+        ));
         return;
     }
     if tls.certificate_refs.is_empty() {
@@ -435,18 +449,20 @@ fn check_tls(
             ));
             return;
         };
-        if let Err(e) = crate::routing::certificate::check_secret(&secret.body) {
-            state.resolved = Some((
-                "InvalidCertificateRef",
-                format!("Secret {namespace}/{}: {e}", r.name),
-            ));
-            return;
+        match crate::tls::certified_key(&secret.body) {
+            Ok(key) => {
+                state.certificate.get_or_insert(key);
+            }
+            Err(e) => {
+                state.resolved = Some((
+                    "InvalidCertificateRef",
+                    format!("Secret {namespace}/{}: {e}", r.name),
+                ));
+                state.certificate = None;
+                return;
+            }
         }
     }
-    state.not_programmed = Some((
-        "Pending",
-        "TLS termination is not served yet; the certificate is valid".to_string(),
-    ));
 }
 
 /// RFC 1123 names, optionally with a leading `*.` label, as the spec's validation allows.
@@ -588,20 +604,28 @@ impl Gateways {
                     "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": GATEWAY_GROUP, "kind": k})).collect::<Vec<_>>(),
                     "conditions": c.into_vec(),
                 }));
-                if let (true, Some(ip), Some(port)) =
-                    (served && l.protocol == "HTTP", gateway.address, socket)
-                {
+                if let (true, Some(ip), Some(port)) = (
+                    served && (l.protocol == "HTTP" || l.protocol == "HTTPS"),
+                    gateway.address,
+                    socket,
+                ) {
                     rules += l.routes.iter().map(|(r, _)| r.rules.len()).sum::<usize>();
                     let bind = table
                         .binds
                         .entry(SocketAddr::new(ip, port))
                         .or_insert_with(Bind::default);
+                    bind.tls = l.protocol == "HTTPS";
                     bind.listeners.push(ListenerRoutes {
                         gateway: Arc::from(gateway.key().as_str()),
                         name: Arc::from(l.name.as_str()),
                         hostname: l.hostname.clone(),
                         port: l.port,
-                        scheme: "http",
+                        scheme: if l.protocol == "HTTPS" {
+                            "https"
+                        } else {
+                            "http"
+                        },
+                        certificate: l.certificate.clone(),
                         hosts: HostIndex::build(&l.routes),
                     });
                 }
