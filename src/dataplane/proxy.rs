@@ -210,7 +210,7 @@ impl ProxyHttp for Proxy {
             },
         };
         if code > 0 {
-            let _ = session.respond_error(code).await;
+            let _ = respond(session, ctx, code).await;
         }
         ctx.status = code;
         tracing::debug!(error = %e, status = code, "request failed");
@@ -218,6 +218,12 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// Per-request failures are counted in metrics and logged at debug level by
+    /// `fail_to_proxy`; an upstream outage must not flood the logs with one error per request.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        true
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -312,9 +318,39 @@ impl Proxy {
     }
 }
 
+/// Answers with a gateway-made error. A gRPC client gets it the way gRPC reports errors: HTTP 200
+/// with the nearest `grpc-status` in a trailers-only response, not an HTML status page.
 async fn respond(session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<bool> {
     ctx.status = status;
-    session.respond_error(status).await?;
+    let grpc = session
+        .req_header()
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !grpc {
+        session.respond_error(status).await?;
+        return Ok(true);
+    }
+    let (code, message) = match status {
+        404 => ("12", "no route for this method (UNIMPLEMENTED)"),
+        503 | 502 => ("14", "no backend is available (UNAVAILABLE)"),
+        504 => (
+            "4",
+            "the backend did not answer in time (DEADLINE_EXCEEDED)",
+        ),
+        _ => ("13", "the route's backend cannot be resolved (INTERNAL)"),
+    };
+    let mut resp = ResponseHeader::build(200, Some(4))?;
+    resp.insert_header("content-type", "application/grpc")?;
+    resp.insert_header("grpc-status", code)?;
+    resp.insert_header("grpc-message", message)?;
+    // Written as a complete error response so that the HTTP/2 stream ends cleanly even when
+    // the proxy is unwinding from an upstream failure.
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, bytes::Bytes::new())
+        .await?;
     Ok(true)
 }
 

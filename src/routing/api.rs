@@ -540,3 +540,117 @@ pub struct EndpointPort {
     /// The endpoint's port number.
     pub port: Option<i64>,
 }
+
+/// `GRPCRoute.spec`; translated into the HTTPRoute shape, since gRPC is HTTP/2 with the method
+/// in the path (`/package.Service/Method`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRouteSpec {
+    /// Gateways the route attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// Hostnames the route serves.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules, in the order written.
+    #[serde(default)]
+    pub rules: Vec<GrpcRule>,
+}
+
+/// `GRPCRoute.spec.rules[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRule {
+    /// Optional rule name.
+    pub name: Option<String>,
+    /// Matches; none means every call.
+    #[serde(default)]
+    pub matches: Vec<GrpcMatch>,
+    /// Filters (the HTTPRoute filter shapes that gRPC supports).
+    #[serde(default)]
+    pub filters: Vec<HttpFilter>,
+    /// Where calls go.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+/// `GRPCRoute.spec.rules[].matches[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GrpcMatch {
+    /// Service and method.
+    pub method: Option<GrpcMethodMatch>,
+    /// Metadata (header) matches.
+    #[serde(default)]
+    pub headers: Vec<ValueMatch>,
+}
+
+/// `matches[].method`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GrpcMethodMatch {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    /// Fully qualified service name, e.g. `foo.bar.Echo`.
+    pub service: Option<String>,
+    /// Method name.
+    pub method: Option<String>,
+}
+
+impl From<GrpcRouteSpec> for RouteSpec {
+    fn from(g: GrpcRouteSpec) -> RouteSpec {
+        RouteSpec {
+            parent_refs: g.parent_refs,
+            hostnames: g.hostnames,
+            rules: g.rules.into_iter().map(HttpRule::from).collect(),
+        }
+    }
+}
+
+impl From<GrpcRule> for HttpRule {
+    fn from(r: GrpcRule) -> HttpRule {
+        HttpRule {
+            name: r.name,
+            matches: r.matches.into_iter().map(HttpMatch::from).collect(),
+            filters: r.filters,
+            backend_refs: r.backend_refs,
+            timeouts: None,
+        }
+    }
+}
+
+impl From<GrpcMatch> for HttpMatch {
+    /// A service and method become the request path: both given is an exact path, a service
+    /// alone a path prefix, a method alone a pattern; `RegularExpression` builds a pattern from
+    /// the two parts (an absent part matches any name).
+    fn from(m: GrpcMatch) -> HttpMatch {
+        let path = m.method.map(|mm| {
+            let regex = mm.type_.as_deref() == Some("RegularExpression");
+            let (type_, value) = match (regex, mm.service, mm.method) {
+                (false, Some(s), Some(m)) => ("Exact", format!("/{s}/{m}")),
+                (false, Some(s), None) => ("PathPrefix", format!("/{s}")),
+                (false, None, Some(m)) => {
+                    ("RegularExpression", format!("/[^/]+/{}", regex::escape(&m)))
+                }
+                (false, None, None) => ("PathPrefix", "/".to_string()),
+                (true, s, m) => (
+                    "RegularExpression",
+                    format!(
+                        "/{}/{}",
+                        s.unwrap_or_else(|| "[^/]+".into()),
+                        m.unwrap_or_else(|| "[^/]+".into())
+                    ),
+                ),
+            };
+            PathMatch {
+                type_: Some(type_.to_string()),
+                value: Some(value),
+            }
+        });
+        HttpMatch {
+            path,
+            headers: m.headers,
+            query_params: Vec::new(),
+            method: None,
+        }
+    }
+}

@@ -318,7 +318,7 @@ fn listener_state(
         certificate: None,
     };
     let defaults: &[&'static str] = match protocol.as_str() {
-        "HTTP" | "HTTPS" => &["HTTPRoute"],
+        "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
         "TLS" => &["TLSRoute"],
         _ => {
             state.accepted = Some((

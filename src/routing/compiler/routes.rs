@@ -60,9 +60,11 @@ pub(super) struct CompiledRoute {
     /// Creation time, then `namespace/name`: the spec's tie-breakers across routes.
     order: (String, String, String),
     pub rules: Vec<CompiledMatch>,
+    /// Rules dropped for unsupported values while others were kept.
+    partially_invalid: Option<Problem>,
 }
 
-/// Translates every HTTPRoute and attaches it; returns how many routes compiled.
+/// Translates every HTTPRoute and GRPCRoute and attaches it; returns how many routes compiled.
 pub(super) fn compile(
     snapshot: &Snapshot,
     gateways: &mut Gateways,
@@ -71,8 +73,14 @@ pub(super) fn compile(
 ) -> usize {
     let mut backends = BackendCache::default();
     let mut count = 0;
-    for route in snapshot.of_kind(Kind::HttpRoute) {
-        let spec: Result<RouteSpec, String> = api::read(route.spec());
+    let routes = snapshot
+        .of_kind(Kind::HttpRoute)
+        .chain(snapshot.of_kind(Kind::GrpcRoute));
+    for route in routes {
+        let spec: Result<RouteSpec, String> = match route.key.kind {
+            Kind::GrpcRoute => api::read::<api::GrpcRouteSpec>(route.spec()).map(Into::into),
+            _ => api::read(route.spec()),
+        };
         let parents_of_ours = spec.as_ref().map(|s| {
             s.parent_refs
                 .iter()
@@ -89,6 +97,7 @@ pub(super) fn compile(
                 CompiledRoute {
                     order: Default::default(),
                     rules: Vec::new(),
+                    partially_invalid: None,
                 },
                 Some(("UnsupportedValue", format!("spec does not parse: {e}"))),
                 None,
@@ -126,6 +135,14 @@ pub(super) fn compile(
                     "ResolvedRefs",
                     "all references are resolved",
                 ),
+            }
+            if let Some((reason, msg)) = &compiled.partially_invalid {
+                c.set(
+                    "PartiallyInvalid",
+                    true,
+                    reason,
+                    format!("{msg}; the other rules are served"),
+                );
             }
             let mut parent_ref = parent.clone();
             parent_ref
@@ -255,6 +272,7 @@ fn translate(
             route.key.name.clone(),
         ),
         rules: Vec::new(),
+        partially_invalid: None,
     };
     let mut unsupported: Option<Problem> = None;
     let mut unresolved: Option<Problem> = None;
@@ -263,7 +281,8 @@ fn translate(
         let ctx = RefContext {
             snapshot,
             route,
-            kind: "HTTPRoute",
+            kind: route.key.kind.as_str(),
+            h2c: route.key.kind == Kind::GrpcRoute,
         };
         match translate_rule(&ctx, &route_id, index, rule, backends, &mut unresolved) {
             Ok(matches) => {
@@ -271,11 +290,11 @@ fn translate(
                 out.rules.extend(matches);
             }
             Err(msg) => {
-                tracing::warn!(route = %route_id, rule = index, error = %msg, "rule dropped");
                 unsupported.get_or_insert(("UnsupportedValue", format!("rule {index}: {msg}")));
             }
         }
     }
+    out.partially_invalid = unsupported.clone().filter(|_| valid_rules > 0);
     let accepted = if valid_rules == 0 && !spec.rules.is_empty() {
         unsupported
     } else {
@@ -288,6 +307,8 @@ struct RefContext<'a> {
     snapshot: &'a Snapshot,
     route: &'a Object,
     kind: &'static str,
+    /// Speak HTTP/2 cleartext to every backend (GRPCRoute), whatever the Service port says.
+    h2c: bool,
 }
 
 fn translate_rule(
@@ -589,7 +610,7 @@ fn path_replace(p: &api::PathModifier) -> Result<PathReplace, String> {
 /// Backends shared between rules, so that one Service port is resolved once per compile.
 #[derive(Default)]
 struct BackendCache {
-    services: HashMap<(String, String, i64), Arc<Backend>>,
+    services: HashMap<(String, String, i64, bool), Arc<Backend>>,
 }
 
 fn resolve_backend(
@@ -642,7 +663,7 @@ fn try_resolve(
             format!("backendRef to Service {namespace}/{} needs a port", b.name),
         ));
     };
-    let key = (namespace.clone(), b.name.clone(), port);
+    let key = (namespace.clone(), b.name.clone(), port, ctx.h2c);
     if let Some(hit) = cache.services.get(&key) {
         return Ok(hit.clone());
     }
@@ -670,7 +691,7 @@ fn try_resolve(
         &b.name,
         service_port.name.as_deref().unwrap_or(""),
     );
-    let h2c = service_port.app_protocol.as_deref() == Some("kubernetes.io/h2c");
+    let h2c = ctx.h2c || service_port.app_protocol.as_deref() == Some("kubernetes.io/h2c");
     let backend = Arc::new(Backend::Service(ServiceBackend::new(
         Arc::from(format!("{namespace}/{}:{port}", b.name).as_str()),
         endpoints,
