@@ -69,6 +69,9 @@ struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Share of requests written to the JSON access log on stdout, 0.0 to 1.0 (0 turns it off).
+    #[arg(long, default_value_t = 1.0, env = "PORTCULLIS_ACCESS_LOG_SAMPLE")]
+    access_log_sample: f64,
     #[command(flatten)]
     compile: CompileArgs,
 }
@@ -300,6 +303,7 @@ fn run(args: RunArgs) -> ExitCode {
                 compile: args.compile.options(),
                 admin_addr: args.admin_addr,
                 drain_timeout: args.drain_timeout,
+                access_log_sample: args.access_log_sample,
             },
         )
         .await

@@ -177,18 +177,25 @@ async fn serve_connection(
     let first: Option<pingora_core::protocols::Stream> = match acceptor {
         None => Some(Box::new(stream)),
         Some(acceptor) => {
+            let tls_result = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
             if speaks_plain_http(&tcp_peek_first(&mut stream).await) {
+                tls_result("plaintext");
                 refuse_plain_http(stream).await;
                 cx.metrics.connections_open.dec();
                 return;
             }
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
-                Ok(Ok(tls)) => Some(Box::new(tls)),
+                Ok(Ok(tls)) => {
+                    tls_result("ok");
+                    Some(Box::new(tls))
+                }
                 Ok(Err(err)) => {
+                    tls_result("failed");
                     tracing::debug!(%peer, error = %err, "TLS handshake failed");
                     None
                 }
                 Err(_) => {
+                    tls_result("timeout");
                     tracing::debug!(%peer, "TLS handshake timed out");
                     None
                 }

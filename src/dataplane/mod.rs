@@ -6,6 +6,7 @@
 //! ([`listeners`]), and publishes the status report on the [`admin`] endpoint. A table is swapped
 //! in whole: a request sees either the old configuration or the new one, never a mix.
 
+pub mod access_log;
 pub mod admin;
 pub mod listeners;
 pub mod metrics;
@@ -47,6 +48,8 @@ pub struct RunOptions {
     pub admin_addr: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// Share of requests written to the access log (0 turns it off).
+    pub access_log_sample: f64,
 }
 
 /// Serves traffic from `store` until SIGTERM or SIGINT, then drains and returns.
@@ -65,9 +68,13 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(admin, shared.clone()));
 
     let conf = Arc::new(ServerConf::default());
+    let access_log = access_log::AccessLog::start(
+        options.access_log_sample,
+        metrics.access_log_dropped.clone(),
+    );
     let mut proxy = pingora_proxy::http_proxy(
         &conf,
-        proxy::Proxy::new(shared.table.clone(), metrics.clone()),
+        proxy::Proxy::new(shared.table.clone(), metrics.clone(), access_log),
     );
     let mut server_options = pingora_core::apps::HttpServerOptions::default();
     server_options.h2c = true;
@@ -119,6 +126,20 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
         metrics.compile_duration.observe(took.as_secs_f64());
         metrics.config_generation.set(generation as i64);
         metrics.rules.set(rules as i64);
+        metrics.objects.reset();
+        for kind in crate::controller::Kind::ALL {
+            metrics
+                .objects
+                .with_label_values(&[kind.as_str()])
+                .set(snapshot.of_kind(kind).count() as i64);
+        }
+        metrics.endpoints_ready.reset();
+        for (backend, ready) in &compiled.endpoints {
+            metrics
+                .endpoints_ready
+                .with_label_values(&[backend])
+                .set(*ready as i64);
+        }
         metrics.config_problems.set(problems.len() as i64);
         tracing::info!(
             generation,

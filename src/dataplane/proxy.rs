@@ -24,7 +24,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use rand::Rng;
 
-use super::metrics::Metrics;
+use super::access_log::{self, AccessLog};
+use super::metrics::{Metrics, RequestLabels};
 use super::mirror;
 use crate::routing::table::{Backend, Filter, HeaderEdits, PathReplace, RequestView, Rule};
 use crate::routing::RoutingTable;
@@ -33,19 +34,33 @@ use crate::routing::RoutingTable;
 pub struct Proxy {
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Arc<Metrics>,
+    access_log: AccessLog,
 }
 
 impl Proxy {
-    /// A proxy reading `table`.
-    pub fn new(table: Arc<ArcSwap<RoutingTable>>, metrics: Arc<Metrics>) -> Self {
-        Proxy { table, metrics }
+    /// A proxy reading `table`, counting into `metrics` and logging into `access_log`.
+    pub fn new(
+        table: Arc<ArcSwap<RoutingTable>>,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+    ) -> Self {
+        Proxy {
+            table,
+            metrics,
+            access_log,
+        }
     }
 }
 
 /// What `request_filter` decided, for the phases after it.
 pub struct RequestCtx {
     started: Instant,
+    request_id: String,
     gateway: Option<Arc<str>>,
+    listener: Option<Arc<str>>,
+    backend_name: Option<Arc<str>>,
+    upstream_started: Option<Instant>,
+    upstream_elapsed: Option<Duration>,
     rule: Option<Arc<Rule>>,
     backend: Option<usize>,
     upstream: Option<(std::net::SocketAddr, bool)>,
@@ -61,7 +76,12 @@ impl ProxyHttp for Proxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            request_id: String::new(),
             gateway: None,
+            listener: None,
+            backend_name: None,
+            upstream_started: None,
+            upstream_elapsed: None,
             rule: None,
             backend: None,
             upstream: None,
@@ -94,6 +114,7 @@ impl ProxyHttp for Proxy {
         let (endpoint, h2c) = ctx
             .upstream
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(endpoint, false, String::new());
         if h2c {
             peer.options.set_http_version(2, 2);
@@ -135,6 +156,7 @@ impl ProxyHttp for Proxy {
             upstream.insert_header("x-forwarded-for", forwarded)?;
         }
         upstream.insert_header("x-forwarded-proto", ctx.scheme)?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
@@ -168,6 +190,37 @@ impl ProxyHttp for Proxy {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(started), Some(backend)) = (ctx.upstream_started, &ctx.backend_name) {
+            let elapsed = started.elapsed();
+            ctx.upstream_elapsed = Some(elapsed);
+            self.metrics.observe_upstream(backend, elapsed);
+        }
+        Ok(())
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let label = if reused { "true" } else { "false" };
+        self.metrics
+            .upstream_connections
+            .with_label_values(&[label])
+            .inc();
         Ok(())
     }
 
@@ -213,7 +266,20 @@ impl ProxyHttp for Proxy {
             let _ = respond(session, ctx, code).await;
         }
         ctx.status = code;
-        tracing::debug!(error = %e, status = code, "request failed");
+        if let (Some(backend), pingora_core::ErrorSource::Upstream) =
+            (&ctx.backend_name, e.esource())
+        {
+            let kind = match code {
+                504 => "timeout",
+                502 => "connect",
+                _ => "other",
+            };
+            self.metrics
+                .upstream_failures
+                .with_label_values(&[backend, kind])
+                .inc();
+        }
+        tracing::debug!(error = %e, status = code, request_id = %ctx.request_id, "request failed");
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,
@@ -231,12 +297,43 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
+        let elapsed = ctx.started.elapsed();
+        let rule_index = ctx.rule.as_ref().map(|r| r.index.to_string());
+        let route = ctx.rule.as_ref().map(|r| &*r.route);
+        let req = session.req_header();
+        let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         self.metrics.observe_request(
-            ctx.gateway.as_deref().unwrap_or(""),
-            ctx.rule.as_ref().map(|r| &*r.route).unwrap_or(""),
-            status,
-            ctx.started.elapsed(),
+            &RequestLabels {
+                gateway: ctx.gateway.as_deref().unwrap_or(""),
+                listener: ctx.listener.as_deref().unwrap_or(""),
+                route: route.unwrap_or(""),
+                rule: rule_index.as_deref().unwrap_or(""),
+                backend: ctx.backend_name.as_deref().unwrap_or(""),
+                method: req.method.as_str(),
+                status,
+            },
+            elapsed,
+            bytes_in,
+            bytes_out,
         );
+        if self.access_log.sampled() {
+            self.access_log.write(&access_log::Entry {
+                time: jiff::Timestamp::now().to_string(),
+                client: session.client_addr().map(|a| a.to_string()),
+                method: req.method.as_str(),
+                host: request_host(req).unwrap_or(""),
+                path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+                status,
+                bytes_sent: bytes_out,
+                bytes_received: bytes_in,
+                duration: elapsed.as_secs_f64(),
+                upstream: ctx.upstream.map(|(addr, _)| addr.to_string()),
+                upstream_duration: ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
+                route,
+                rule: ctx.rule.as_ref().map(|r| r.index),
+                request_id: &ctx.request_id,
+            });
+        }
     }
 }
 
@@ -259,6 +356,15 @@ impl Proxy {
             return Decision::Respond(404);
         };
         let req = session.req_header();
+        // Keep the client's request id (trimmed to a sane length), or make one.
+        ctx.request_id = match req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(id) if !id.is_empty() && id.len() <= 200 => id.to_string(),
+            _ => format!("{:032x}", rand::rng().random::<u128>()),
+        };
         let host = request_host(req).unwrap_or_default();
         let path = req.uri.path();
         let query = req.uri.query();
@@ -281,6 +387,7 @@ impl Proxy {
         };
         let rule = matched.entry.rule.clone();
         ctx.gateway = Some(matched.listener.gateway.clone());
+        ctx.listener = Some(matched.listener.name.clone());
         ctx.prefix = matched.entry.prefix.clone();
         ctx.scheme = matched.listener.scheme;
         ctx.rule = Some(rule.clone());
@@ -308,8 +415,12 @@ impl Proxy {
         match weighted.target.as_ref() {
             Backend::Invalid { .. } => Decision::Respond(500),
             Backend::Service(service) => match service.pick() {
-                None => Decision::Respond(503),
+                None => {
+                    ctx.backend_name = Some(service.name.clone());
+                    Decision::Respond(503)
+                }
                 Some(endpoint) => {
+                    ctx.backend_name = Some(service.name.clone());
                     ctx.upstream = Some((endpoint, service.h2c));
                     Decision::Forward
                 }

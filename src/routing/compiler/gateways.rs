@@ -547,11 +547,9 @@ impl Gateways {
     /// Writes every Gateway's status and builds the table from the attached routes.
     pub fn into_table(
         self,
-        routes: usize,
         options: &CompileOptions,
         report: &mut StatusReport,
     ) -> (RoutingTable, usize) {
-        let _ = routes;
         let mut table = RoutingTable::default();
         let mut rules = 0;
         for gateway in self.by_key.into_values() {

@@ -81,6 +81,9 @@ pub struct Compiled {
     pub assigned: BTreeMap<String, IpAddr>,
     /// How many route rules made it into the table.
     pub rules: usize,
+    /// Ready endpoints of every backend Service port a route refers to, by
+    /// `namespace/name:port`.
+    pub endpoints: BTreeMap<String, usize>,
 }
 
 /// Compiles a snapshot. Never fails: problems are in the report.
@@ -90,9 +93,9 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
         errors: snapshot.errors.clone(),
     };
     let mut gateways = gateways::compile(snapshot, options, &mut report);
-    let routes = routes::compile(snapshot, &mut gateways, options, &mut report);
+    let endpoints = routes::compile(snapshot, &mut gateways, options, &mut report);
     let assigned = gateways.assigned();
-    let (table, rules) = gateways.into_table(routes, options, &mut report);
+    let (table, rules) = gateways.into_table(options, &mut report);
     report
         .objects
         .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
@@ -101,6 +104,7 @@ pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
         report,
         assigned,
         rules,
+        endpoints,
     }
 }
 

@@ -64,15 +64,15 @@ pub(super) struct CompiledRoute {
     partially_invalid: Option<Problem>,
 }
 
-/// Translates every HTTPRoute and GRPCRoute and attaches it; returns how many routes compiled.
+/// Translates every HTTPRoute and GRPCRoute and attaches it; returns the ready endpoint count of
+/// every backend referred to.
 pub(super) fn compile(
     snapshot: &Snapshot,
     gateways: &mut Gateways,
     options: &CompileOptions,
     report: &mut StatusReport,
-) -> usize {
+) -> std::collections::BTreeMap<String, usize> {
     let mut backends = BackendCache::default();
-    let mut count = 0;
     let routes = snapshot
         .of_kind(Kind::HttpRoute)
         .chain(snapshot.of_kind(Kind::GrpcRoute));
@@ -90,7 +90,6 @@ pub(super) fn compile(
         if matches!(parents_of_ours, Ok(0)) {
             continue;
         }
-        count += 1;
         let (compiled, accepted_problem, resolved_problem) = match spec.as_ref() {
             Ok(spec) => translate(route, spec, snapshot, &mut backends),
             Err(e) => (
@@ -170,7 +169,14 @@ pub(super) fn compile(
             status: json!({ "parents": parents }),
         });
     }
-    count
+    backends
+        .services
+        .values()
+        .filter_map(|b| match b.as_ref() {
+            Backend::Service(s) => Some((s.name.to_string(), s.endpoints.len())),
+            Backend::Invalid { .. } => None,
+        })
+        .collect()
 }
 
 fn parent_is_ours(parent: &api::ParentRef, route_namespace: &str, gateways: &Gateways) -> bool {

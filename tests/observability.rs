@@ -1,0 +1,282 @@
+//! Metrics and access logs after known traffic: the counters and histogram counts follow what
+//! was sent, `promtool check metrics` accepts the scrape, and each request leaves one JSON line
+//! with its request id.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(echo_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: portcullis}}
+spec: {{controllerName: portcullis.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: obs}}
+spec:
+  gatewayClassName: portcullis
+  listeners: [{{name: web, port: 80, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: route-a, namespace: obs}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [a.example]
+  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: route-b, namespace: obs}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [b.example]
+  rules: [{{backendRefs: [{{name: empty, port: 80}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo, namespace: obs}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty, namespace: obs}}
+spec: {{ports: [{{name: http, port: 80}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: echo-1, namespace: obs, labels: {{kubernetes.io/service-name: echo}}}}
+addressType: IPv4
+endpoints: [{{addresses: [127.0.0.1]}}]
+ports: [{{name: http, port: {echo_port}}}]
+"#
+    )
+}
+
+fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            series.split(['{', '}']).next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_histograms_and_access_log_follow_known_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let _echo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config-dir"])
+        .arg(dir.path())
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = gateway.stdout.take().unwrap();
+    let _gateway = Killed(gateway);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{listen}/");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for i in 0..7 {
+        let r = client
+            .get(&url)
+            .header("host", "a.example")
+            .header("x-request-id", format!("known-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for _ in 0..3 {
+        let r = client
+            .get(&url)
+            .header("host", "b.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "a Service without endpoints answers 503");
+    }
+    for _ in 0..2 {
+        let r = client
+            .post(&url)
+            .header("host", "nowhere.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+    }
+
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let requests = "portcullis_requests_total";
+    assert_eq!(
+        sample(
+            &metrics,
+            requests,
+            &[
+                ("route", "obs/route-a"),
+                ("status_class", "2xx"),
+                ("backend", "obs/echo:80"),
+                ("method", "GET")
+            ]
+        ),
+        7.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            requests,
+            &[("route", "obs/route-b"), ("status_class", "5xx")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            requests,
+            &[("route", ""), ("status_class", "4xx"), ("method", "POST")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&metrics, "portcullis_request_duration_seconds_count", &[]),
+        12.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "portcullis_upstream_duration_seconds_count",
+            &[("backend", "obs/echo:80")]
+        ),
+        7.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "portcullis_backend_endpoints_ready",
+            &[("backend", "obs/empty:80")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "portcullis_backend_endpoints_ready",
+            &[("backend", "obs/echo:80")]
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "portcullis_upstream_connections_total",
+            &[("reused", "true")]
+        ) >= 1.0
+    );
+
+    // promtool must accept the exposition (CI installs it with Debian's prometheus package).
+    let scrape = dir.path().join("scrape.txt");
+    std::fs::write(&scrape, &metrics).unwrap();
+    let promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&scrape).unwrap())
+        .output()
+        .expect(
+            "promtool is installed (Debian package prometheus; scripts/install-deps installs it)",
+        );
+    assert!(
+        promtool.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&promtool.stdout),
+        String::from_utf8_lossy(&promtool.stderr)
+    );
+
+    // Twelve access log lines, the first seven carrying the ids the client sent.
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(12)
+            .map(|l| l.unwrap())
+            .collect::<Vec<_>>()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(10), lines)
+        .await
+        .expect("access log lines arrive")
+        .unwrap();
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    for (i, e) in entries.iter().take(7).enumerate() {
+        assert_eq!(e["request_id"], format!("known-{i}"));
+        assert_eq!(e["route"], "obs/route-a");
+        assert_eq!(e["status"], 200);
+        assert!(e["upstream_duration"].as_f64().is_some());
+    }
+    assert_eq!(entries[7]["status"], 503);
+    assert_eq!(entries[11]["status"], 404);
+    assert_eq!(
+        entries[11]["request_id"].as_str().map(str::len),
+        Some(32),
+        "a generated id"
+    );
+}
