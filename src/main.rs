@@ -46,6 +46,30 @@ enum Command {
         #[command(flatten)]
         compile: CompileArgs,
     },
+    /// Explain which rule of a directory's configuration a request would match, and why the
+    /// rules tried before it did not.
+    Explain {
+        /// Directory of YAML manifests.
+        #[arg(long)]
+        config_dir: PathBuf,
+        /// The listener the request arrives on: namespace/gateway/listener.
+        #[arg(long)]
+        listener: String,
+        /// Host header.
+        #[arg(long, default_value = "")]
+        host: String,
+        /// Path, with an optional ?query.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// A header as name:value; repeat for more.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        #[command(flatten)]
+        compile: CompileArgs,
+    },
     /// Run a small echo backend that answers with JSON describing each request (for the bundled
     /// example and for trying routes out).
     Echo {
@@ -186,6 +210,28 @@ fn main() -> ExitCode {
         } => check(&dir, json, &args),
         Command::Run(args) => run(args),
         Command::Echo { listen, name } => echo(listen, name),
+        Command::Explain {
+            config_dir,
+            listener,
+            host,
+            path,
+            method,
+            headers,
+            compile: args,
+        } => {
+            let question = portcullis::routing::explain::Question {
+                listener,
+                host,
+                path,
+                method,
+                headers: headers
+                    .iter()
+                    .filter_map(|h| h.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect(),
+            };
+            explain(&config_dir, &question, &args)
+        }
     }
 }
 
@@ -247,6 +293,33 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             eprintln!("  {p}");
         }
         ExitCode::FAILURE
+    }
+}
+
+fn explain(
+    dir: &std::path::Path,
+    question: &portcullis::routing::explain::Question,
+    args: &CompileArgs,
+) -> ExitCode {
+    let store = Store::new();
+    if let Err(err) = DirectoryProvider::new(dir, store.clone()).sync() {
+        eprintln!("error: cannot read {}: {err}", dir.display());
+        return ExitCode::from(2);
+    }
+    let compiled = compile(&store.snapshot(), &args.options());
+    let answer = question.answer(&compiled.table);
+    for step in &answer.steps {
+        println!("{step}");
+    }
+    match answer.matched {
+        Some(rule) => {
+            println!("=> {rule}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!("=> no match (404)");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! | `/readyz`  | 200 once the first routing table is live, 503 before                |
 //! | `/metrics` | Prometheus text format                                              |
 //! | `/status`  | the compiler's report as JSON, the same as `portcullis check --json` |
+//! | `/debug/routes` | the routing table as JSON, rules in the order they are tried   |
+//! | `/debug/explain?listener=NS/GW/L&host=H&path=P&method=M&header=N:V` | which rule a request would match, and why earlier ones did not |
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -63,10 +65,20 @@ fn answer(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             let body = serde_json::to_string_pretty(&**report).unwrap_or_default();
             (StatusCode::OK, "application/json", body)
         }
+        "/debug/routes" => {
+            let table = shared.table.load();
+            let body = serde_json::to_string_pretty(&crate::routing::explain::describe(&table)).unwrap_or_default();
+            (StatusCode::OK, "application/json", body)
+        }
+        "/debug/explain" => {
+            let question = crate::routing::explain::Question::from_query(req.uri().query().unwrap_or(""));
+            let answer = question.answer(&shared.table.load());
+            (StatusCode::OK, "application/json", serde_json::to_string_pretty(&answer).unwrap_or_default())
+        }
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found; try /healthz, /readyz, /metrics or /status\n".to_string(),
+            "not found; try /healthz, /readyz, /metrics, /status, /debug/routes or /debug/explain\n".to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -6,6 +6,7 @@
 
 pub mod api;
 mod compiler;
+pub mod explain;
 pub mod status;
 pub mod table;
 

@@ -396,32 +396,43 @@ impl PathIndex {
     }
 }
 
+/// The first condition of a match that a request fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The method differs.
+    Method,
+    /// Header condition at this index is missing or differs.
+    Header(usize),
+    /// Query condition at this index is missing or differs.
+    Query(usize),
+}
+
 impl Conditions {
     fn hold(&self, req: &RequestView<'_>) -> bool {
+        self.first_failure(req).is_none()
+    }
+
+    /// The first condition `req` fails, in the order method, headers, query parameters.
+    pub fn first_failure(&self, req: &RequestView<'_>) -> Option<Failure> {
         if let Some(m) = &self.method {
             if m != req.method {
-                return false;
+                return Some(Failure::Method);
             }
         }
-        for h in &self.headers {
+        for (i, h) in self.headers.iter().enumerate() {
             // Several values of one header are compared as the comma-joined list
             // (RFC 9110 section 5.3).
             let values = (req.header)(&h.name);
-            if values.is_empty() {
-                return false;
-            }
-            let joined;
-            let value = if values.len() == 1 {
-                values[0]
-            } else {
-                joined = values.join(",");
-                &joined
+            let holds = match values.len() {
+                0 => false,
+                1 => h.value.holds(values[0]),
+                _ => h.value.holds(&values.join(",")),
             };
-            if !h.value.holds(value) {
-                return false;
+            if !holds {
+                return Some(Failure::Header(i));
             }
         }
-        for q in &self.query {
+        for (i, q) in self.query.iter().enumerate() {
             // The spec leaves repeated parameters to the implementation: the first one counts.
             let found = req.query.and_then(|query| {
                 query.split('&').find_map(|pair| {
@@ -429,11 +440,10 @@ impl Conditions {
                     (k == q.name).then_some(v)
                 })
             });
-            match found {
-                Some(v) if q.value.holds(v) => {}
-                _ => return false,
+            if !found.is_some_and(|v| q.value.holds(v)) {
+                return Some(Failure::Query(i));
             }
         }
-        true
+        None
     }
 }

@@ -1,0 +1,390 @@
+//! A window into the routing table: the whole table as JSON (`/debug/routes`), and which rule a
+//! request would match and why the rules tried before it did not (`/debug/explain`,
+//! `portcullis explain`).
+//!
+//! `explain` walks the table in exactly the order [`RoutingTable::lookup`] does (listener by
+//! hostname, host buckets from exact to catch-all, then exact paths, regular expressions and
+//! prefixes from longest to shortest), so what it reports is what the proxy does.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::table::{
+    host_matches, normalize_host, Backend, Entry, Failure, Filter, HostIndex, ListenerRoutes,
+    PathIndex, RequestView, RoutingTable, ValueMatch,
+};
+
+/// The outcome of explaining one request.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    /// `namespace/route#rule` of the winning rule, if any.
+    pub matched: Option<String>,
+    /// The status the gateway answers when nothing matches (404), absent on a match.
+    pub status: Option<u16>,
+    /// `namespace/name:port` of the matched rule's backend Services.
+    pub backends: Vec<String>,
+    /// Every decision taken, in order.
+    pub steps: Vec<String>,
+}
+
+/// Explains a request arriving on the socket of listener `gateway_ns/gateway_name/listener`.
+pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> Explanation {
+    let mut steps = Vec::new();
+    let miss = |steps| Explanation {
+        matched: None,
+        status: Some(404),
+        backends: Vec::new(),
+        steps,
+    };
+    let Some(bind) = table.binds.values().find(|b| {
+        b.listeners
+            .iter()
+            .any(|l| format!("{}/{}", l.gateway, l.name) == listener)
+    }) else {
+        steps.push(format!(
+            "no served listener is named {listener:?} (expected namespace/gateway/listener)"
+        ));
+        return miss(steps);
+    };
+    let host = normalize_host(req.host);
+    let mut chosen = None;
+    for l in &bind.listeners {
+        let id = format!("{}/{}", l.gateway, l.name);
+        match &l.hostname {
+            Some(h) if !host_matches(h, &host) => {
+                steps.push(format!(
+                    "listener {id}: hostname {h} does not match host {host:?}"
+                ));
+            }
+            _ => {
+                steps.push(format!(
+                    "listener {id} takes host {host:?} (hostname {})",
+                    l.hostname.as_deref().unwrap_or("any")
+                ));
+                chosen = Some(l);
+                break;
+            }
+        }
+    }
+    let Some(listener) = chosen else {
+        steps.push("no listener on this socket serves the host: 404".to_string());
+        return miss(steps);
+    };
+    if let Some(entry) = explain_hosts(&listener.hosts, &host, req, &mut steps) {
+        let id = format!("{}#{}", entry.rule.route, entry.rule.index);
+        steps.push(format!("rule {id} matches"));
+        let backends = entry
+            .rule
+            .backends
+            .iter()
+            .filter_map(|b| match b.target.as_ref() {
+                Backend::Service(s) => Some(s.name.to_string()),
+                Backend::Invalid { .. } => None,
+            })
+            .collect();
+        return Explanation {
+            matched: Some(id),
+            status: None,
+            backends,
+            steps,
+        };
+    }
+    steps.push("no rule matches: 404".to_string());
+    miss(steps)
+}
+
+fn explain_hosts<'t>(
+    hosts: &'t HostIndex,
+    host: &str,
+    req: &RequestView<'_>,
+    steps: &mut Vec<String>,
+) -> Option<&'t Entry> {
+    let mut buckets: Vec<(String, &PathIndex)> = Vec::new();
+    if let Some(p) = hosts.exact.get(host) {
+        buckets.push((format!("routes for host {host}"), p));
+    }
+    let mut at = 0;
+    while let Some(dot) = host[at..].find('.') {
+        let suffix = &host[at + dot..];
+        if let Some(p) = hosts.wildcard.get(suffix) {
+            buckets.push((format!("routes for *{suffix}"), p));
+        }
+        at += dot + 1;
+    }
+    if let Some(p) = &hosts.any {
+        buckets.push(("routes without hostnames".to_string(), p));
+    }
+    if buckets.is_empty() {
+        steps.push(format!("no route on this listener serves host {host:?}"));
+    }
+    for (name, paths) in buckets {
+        steps.push(format!("trying {name}"));
+        if let Some(hit) = explain_paths(paths, req, steps) {
+            return Some(hit);
+        }
+    }
+    None
+}
+
+fn explain_paths<'t>(
+    paths: &'t PathIndex,
+    req: &RequestView<'_>,
+    steps: &mut Vec<String>,
+) -> Option<&'t Entry> {
+    let try_entries = |what: String,
+                           entries: &mut dyn Iterator<Item = &'t Entry>,
+                           steps: &mut Vec<String>| {
+        for e in entries {
+            let id = format!("{}#{}", e.rule.route, e.rule.index);
+            match e.conditions.first_failure(req) {
+                None => return Some(e),
+                Some(f) => steps.push(format!("rule {id} ({what}): {}", describe_failure(e, f))),
+            }
+        }
+        None
+    };
+    if let Some(v) = paths.exact.get(req.path) {
+        if let Some(hit) = try_entries(format!("Exact {}", req.path), &mut v.iter(), steps) {
+            return Some(hit);
+        }
+    }
+    for (re, e) in &paths.regex {
+        if re.is_match(req.path) {
+            if let Some(hit) = try_entries(
+                format!("RegularExpression {}", re.as_str()),
+                &mut std::iter::once(e),
+                steps,
+            ) {
+                return Some(hit);
+            }
+        }
+    }
+    let mut key = req.path.trim_end_matches('/');
+    loop {
+        let probe = if key.is_empty() { "/" } else { key };
+        if let Some(v) = paths.prefix.get(probe) {
+            if let Some(hit) = try_entries(format!("PathPrefix {probe}"), &mut v.iter(), steps) {
+                return Some(hit);
+            }
+        }
+        if key.is_empty() {
+            return None;
+        }
+        key = &key[..key.rfind('/').unwrap_or(0)];
+    }
+}
+
+fn describe_failure(e: &Entry, f: Failure) -> String {
+    match f {
+        Failure::Method => format!(
+            "method is not {}",
+            e.conditions.method.as_deref().unwrap_or("")
+        ),
+        Failure::Header(i) => {
+            let h = &e.conditions.headers[i];
+            format!(
+                "header {} is missing or not {}",
+                h.name,
+                describe_value(&h.value)
+            )
+        }
+        Failure::Query(i) => {
+            let q = &e.conditions.query[i];
+            format!(
+                "query parameter {} is missing or not {}",
+                q.name,
+                describe_value(&q.value)
+            )
+        }
+    }
+}
+
+fn describe_value(v: &ValueMatch) -> String {
+    match v {
+        ValueMatch::Exact(s) => format!("{s:?}"),
+        ValueMatch::Regex(r) => format!("matching /{}/", r.as_str()),
+    }
+}
+
+/// The whole table as JSON: sockets, listeners, hosts, and each host's entries in the order
+/// they are tried.
+pub fn describe(table: &RoutingTable) -> Value {
+    let mut binds: Vec<_> = table.binds.iter().collect();
+    binds.sort_by_key(|(addr, _)| **addr);
+    json!({
+        "generation": table.generation,
+        "sockets": binds.into_iter().map(|(addr, b)| json!({
+            "address": addr.to_string(),
+            "tls": b.tls,
+            "listeners": b.listeners.iter().map(describe_listener).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn describe_listener(l: &ListenerRoutes) -> Value {
+    let mut hosts: Vec<(String, &PathIndex)> =
+        l.hosts.exact.iter().map(|(h, p)| (h.clone(), p)).collect();
+    hosts.extend(l.hosts.wildcard.iter().map(|(s, p)| (format!("*{s}"), p)));
+    hosts.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(p) = &l.hosts.any {
+        hosts.push(("*".to_string(), p));
+    }
+    json!({
+        "gateway": &*l.gateway,
+        "listener": &*l.name,
+        "hostname": l.hostname,
+        "port": l.port,
+        "scheme": l.scheme,
+        "hosts": hosts.into_iter().map(|(h, p)| json!({"host": h, "rules": describe_paths(p)})).collect::<Vec<_>>(),
+    })
+}
+
+fn describe_paths(p: &PathIndex) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut exact: Vec<_> = p.exact.iter().collect();
+    exact.sort_by(|a, b| a.0.cmp(b.0));
+    for (path, entries) in exact {
+        out.extend(entries.iter().map(|e| describe_entry("Exact", path, e)));
+    }
+    out.extend(
+        p.regex
+            .iter()
+            .map(|(re, e)| describe_entry("RegularExpression", re.as_str(), e)),
+    );
+    let mut prefixes: Vec<_> = p.prefix.iter().collect();
+    prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
+    for (path, entries) in prefixes {
+        out.extend(
+            entries
+                .iter()
+                .map(|e| describe_entry("PathPrefix", path, e)),
+        );
+    }
+    out
+}
+
+fn describe_entry(kind: &str, path: &str, e: &Entry) -> Value {
+    let c = &e.conditions;
+    json!({
+        "route": &*e.rule.route,
+        "rule": e.rule.index,
+        "name": e.rule.name,
+        "path": {"type": kind, "value": path},
+        "method": c.method,
+        "headers": c.headers.iter().map(|h| json!({"name": h.name, "value": describe_value(&h.value)})).collect::<Vec<_>>(),
+        "queryParams": c.query.iter().map(|q| json!({"name": q.name, "value": describe_value(&q.value)})).collect::<Vec<_>>(),
+        "filters": e.rule.filters.iter().map(filter_name).collect::<Vec<_>>(),
+        "backends": e.rule.backends.iter().map(|b| match b.target.as_ref() {
+            Backend::Service(s) => json!({
+                "service": &*s.name,
+                "weight": b.weight,
+                "endpoints": s.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            }),
+            Backend::Invalid { reason } => json!({"invalid": reason, "weight": b.weight}),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn filter_name(f: &Filter) -> &'static str {
+    match f {
+        Filter::RequestHeaders(_) => "RequestHeaderModifier",
+        Filter::ResponseHeaders(_) => "ResponseHeaderModifier",
+        Filter::Redirect(_) => "RequestRedirect",
+        Filter::Rewrite(_) => "URLRewrite",
+        Filter::Mirror(_) => "RequestMirror",
+    }
+}
+
+/// A request to explain, as the admin endpoint and the CLI take it.
+#[derive(Debug, Default, Clone)]
+pub struct Question {
+    /// `namespace/gateway/listener`.
+    pub listener: String,
+    /// Host header.
+    pub host: String,
+    /// Path, optionally with `?query`.
+    pub path: String,
+    /// Method; GET when empty.
+    pub method: String,
+    /// Headers as (name, value).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Question {
+    /// Reads `listener`, `host`, `path`, `method` and repeated `header=name:value` from a URL
+    /// query string.
+    pub fn from_query(query: &str) -> Question {
+        let mut q = Question::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v);
+            match k {
+                "listener" => q.listener = v,
+                "host" => q.host = v,
+                "path" => q.path = v,
+                "method" => q.method = v,
+                "header" => {
+                    if let Some((name, value)) = v.split_once(':') {
+                        q.headers
+                            .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        q
+    }
+
+    /// Explains the question against `table`.
+    pub fn answer(&self, table: &RoutingTable) -> Explanation {
+        let (path, query) = match self.path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (self.path.as_str(), None),
+        };
+        let path = if path.is_empty() { "/" } else { path };
+        let method = if self.method.is_empty() {
+            "GET".to_string()
+        } else {
+            self.method.to_ascii_uppercase()
+        };
+        let header = |name: &str| -> Vec<&str> {
+            self.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        let view = RequestView {
+            host: &self.host,
+            path,
+            query,
+            method: &method,
+            header: &header,
+        };
+        explain(table, &self.listener, &view)
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
