@@ -1,6 +1,7 @@
 //! A small echo backend for the bundled example: `portcullis echo --listen ADDR --name NAME`
 //! answers every request with JSON naming itself and describing the request it received, so
 //! that `curl` through the gateway shows which backend answered and what the gateway changed.
+//! A `delay_ms=N` query parameter delays the answer, for trying timeouts and draining.
 
 use std::net::SocketAddr;
 
@@ -23,6 +24,14 @@ pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let name = name.clone();
                 async move {
+                    let delay = req.uri().query().and_then(|q| {
+                        q.split('&')
+                            .find_map(|p| p.strip_prefix("delay_ms="))
+                            .and_then(|v| v.parse::<u64>().ok())
+                    });
+                    if let Some(ms) = delay {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+                    }
                     let headers: serde_json::Map<String, serde_json::Value> = req
                         .headers()
                         .iter()

@@ -111,11 +111,15 @@ impl Listeners {
         }
     }
 
-    /// Stops accepting everywhere and tells idle keep-alive connections to close (shutdown).
-    pub async fn close_all(&mut self) {
+    /// Stops accepting on every socket (shutdown); open connections go on.
+    pub fn stop_accepting(&mut self) {
         for (_, (_, task)) in self.running.drain() {
             task.abort();
         }
+    }
+
+    /// Closes keep-alive connections that are waiting for their next request.
+    pub async fn close_idle(&self) {
         self.context.app.http_cleanup().await;
     }
 }

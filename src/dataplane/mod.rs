@@ -28,6 +28,10 @@ use crate::routing::{compile, CompileOptions, RoutingTable, StatusReport};
 /// writes (a `kubectl apply` of many objects, a directory sync) compiles once.
 pub const DEBOUNCE: Duration = Duration::from_millis(30);
 
+/// How long open connections keep being served (with `Connection: close`) after SIGTERM before
+/// idle keep-alive connections are closed.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
+
 /// State shared between the compile loop, the proxy and the admin endpoint.
 pub struct Shared {
     /// The table every request reads.
@@ -159,9 +163,19 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
         drain_timeout_s = options.drain_timeout.as_secs_f64(),
         "shutting down: no new connections, draining in-flight requests"
     );
-    sockets.close_all().await;
+    // Draining runs in three steps. New connections are refused at once. For a short grace
+    // period, requests on open connections are still served but answered with
+    // `Connection: close`, so busy clients move away cleanly; closing idle keep-alive connections
+    // right away would race with a request a client is sending on one. Then idle connections
+    // are closed, and in-flight requests get the rest of the drain timeout.
+    sockets.stop_accepting();
     let _ = shutdown_tx.send(true);
     let deadline = Instant::now() + options.drain_timeout;
+    let grace = Instant::now() + DRAIN_GRACE.min(options.drain_timeout / 2);
+    while metrics.connections_open.get() > 0 && Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sockets.close_idle().await;
     while metrics.connections_open.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -132,8 +132,8 @@ fn explain_paths<'t>(
     steps: &mut Vec<String>,
 ) -> Option<&'t Entry> {
     let try_entries = |what: String,
-                           entries: &mut dyn Iterator<Item = &'t Entry>,
-                           steps: &mut Vec<String>| {
+                       entries: &mut dyn Iterator<Item = &'t Entry>,
+                       steps: &mut Vec<String>| {
         for e in entries {
             let id = format!("{}#{}", e.rule.route, e.rule.index);
             match e.conditions.first_failure(req) {
