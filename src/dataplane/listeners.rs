@@ -7,9 +7,11 @@
 //! digest already knows both addresses (so no request pays a `getsockname` call), and hands it to
 //! the shared proxy through `ServerApp::process_new`, looping while the connection is reusable.
 //!
-//! On a TLS socket the connection's task first runs the rustls handshake, bounded by
-//! [`HANDSHAKE_TIMEOUT`], with a certificate resolver that reads the live table (see
-//! [`crate::tls`]); Pingora then speaks HTTP/2 or HTTP/1.1 as ALPN negotiated.
+//! On a TLS socket the connection's task first peeks at the ClientHello: an SNI taken by a TLS
+//! passthrough listener is forwarded raw to its TLSRoute's backend ([`super::passthrough`]);
+//! otherwise the task runs the rustls handshake, bounded by [`HANDSHAKE_TIMEOUT`], with a
+//! certificate resolver that reads the live table (see [`crate::tls`]), and Pingora speaks
+//! HTTP/2 or HTTP/1.1 as ALPN negotiated.
 //!
 //! Removing a socket stops its accept loop only: connections already accepted finish their
 //! requests. Adding one never touches the others.
@@ -25,7 +27,7 @@ use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream;
-use pingora_core::protocols::{GetSocketDigest, Peek, SocketDigest};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -33,8 +35,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::metrics::Metrics;
+use super::passthrough;
 use super::proxy::Proxy;
 use crate::routing::RoutingTable;
+use crate::tls::client_hello::Hello;
 use crate::tls::{server_config, SniResolver};
 
 /// How long a client may take to complete the TLS handshake.
@@ -44,6 +48,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 struct ConnectionContext {
     app: Arc<HttpProxy<Proxy>>,
+    table: Arc<ArcSwap<RoutingTable>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
 }
@@ -68,6 +73,7 @@ impl Listeners {
         Listeners {
             context: ConnectionContext {
                 app,
+                table: table.clone(),
                 metrics,
                 shutdown,
             },
@@ -173,6 +179,16 @@ async fn serve_connection(
     if let Err(err) = tcp.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
+    let tcp = match (&acceptor, local) {
+        (Some(_), Some(local)) => match route_tls(tcp, local, &cx).await {
+            Some(tcp) => tcp,
+            None => {
+                cx.metrics.connections_open.dec();
+                return;
+            }
+        },
+        _ => tcp,
+    };
     let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
     let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
@@ -182,12 +198,6 @@ async fn serve_connection(
         None => Some(Box::new(stream)),
         Some(acceptor) => {
             let tls_result = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
-            if speaks_plain_http(&tcp_peek_first(&mut stream).await) {
-                tls_result("plaintext");
-                refuse_plain_http(stream).await;
-                cx.metrics.connections_open.dec();
-                return;
-            }
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
                 Ok(Ok(tls)) => {
                     tls_result("ok");
@@ -213,23 +223,49 @@ async fn serve_connection(
     cx.metrics.connections_open.dec();
 }
 
-/// The first byte a client sent, if it sends one within the handshake timeout.
-async fn tcp_peek_first(stream: &mut Stream) -> Option<u8> {
-    let mut byte = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.try_peek(&mut byte)).await {
-        Ok(Ok(true)) => Some(byte[0]),
-        _ => None,
+/// Reads the ClientHello of a connection to a TLS socket and either forwards the connection
+/// (TLS passthrough), refuses it, or hands it back for termination.
+async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) -> Option<TcpStream> {
+    let count = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
+    match passthrough::peek_client_hello(&tcp, HANDSHAKE_TIMEOUT).await {
+        None => {
+            count("timeout");
+            None
+        }
+        Some(Hello::Parsed(sni)) => {
+            match passthrough::choose(&cx.table.load(), &local, sni.as_deref()) {
+                passthrough::Route::Terminate => Some(tcp),
+                passthrough::Route::Forward(endpoint) => {
+                    count("passthrough");
+                    passthrough::forward(tcp, endpoint).await;
+                    None
+                }
+                passthrough::Route::Reject => {
+                    count("rejected");
+                    tracing::debug!(
+                        sni = sni.as_deref().unwrap_or(""),
+                        "no listener or route serves this SNI"
+                    );
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            // A client that opens with a request line has forgotten https://: tell it so.
+            let mut first = [0u8; 1];
+            if tcp.peek(&mut first).await.is_ok() && first[0].is_ascii_uppercase() {
+                count("plaintext");
+                refuse_plain_http(tcp).await;
+            } else {
+                count("failed");
+            }
+            None
+        }
     }
 }
 
-/// Whether a connection to a TLS socket opened with a plain HTTP request line instead of a TLS
-/// record (which starts with 0x16, a handshake record).
-fn speaks_plain_http(first: &Option<u8>) -> bool {
-    matches!(first, Some(b) if b.is_ascii_uppercase())
-}
-
 /// Answers a cleartext request on a TLS socket with a 400 that says why, then closes.
-async fn refuse_plain_http(mut stream: Stream) {
+async fn refuse_plain_http(mut stream: TcpStream) {
     use tokio::io::AsyncWriteExt;
     let body = "This port expects TLS: use https://\n";
     let response = format!(

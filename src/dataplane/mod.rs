@@ -11,6 +11,7 @@ pub mod admin;
 pub mod listeners;
 pub mod metrics;
 pub mod mirror;
+pub mod passthrough;
 pub mod proxy;
 
 use std::net::SocketAddr;

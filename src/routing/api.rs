@@ -654,3 +654,47 @@ impl From<GrpcMatch> for HttpMatch {
         }
     }
 }
+
+/// `TLSRoute.spec`: routes whole TLS connections by SNI; only backendRefs matter in a rule.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRouteSpec {
+    /// Gateways the route attaches to.
+    #[serde(default)]
+    pub parent_refs: Vec<ParentRef>,
+    /// SNI hostnames the route serves.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Rules; each carries backendRefs.
+    #[serde(default)]
+    pub rules: Vec<TlsRule>,
+}
+
+/// `TLSRoute.spec.rules[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRule {
+    /// Optional rule name.
+    pub name: Option<String>,
+    /// Where connections go.
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+impl From<TlsRouteSpec> for RouteSpec {
+    fn from(t: TlsRouteSpec) -> RouteSpec {
+        RouteSpec {
+            parent_refs: t.parent_refs,
+            hostnames: t.hostnames,
+            rules: t
+                .rules
+                .into_iter()
+                .map(|r| HttpRule {
+                    name: r.name,
+                    backend_refs: r.backend_refs,
+                    ..HttpRule::default()
+                })
+                .collect(),
+        }
+    }
+}

@@ -58,6 +58,9 @@ pub struct ListenerRoutes {
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Route rules by host.
     pub hosts: HostIndex,
+    /// For TLS passthrough listeners: TLSRoute rules by SNI hostname (`None` for any), most
+    /// specific first. Empty for HTTP and HTTPS listeners.
+    pub passthrough: Vec<(Option<String>, Arc<Rule>)>,
 }
 
 /// Rule entries of one listener by request host.

@@ -12,6 +12,7 @@
 //! certificate of the listener without a hostname, or no handshake when there is none.
 
 pub mod certificate;
+pub mod client_hello;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

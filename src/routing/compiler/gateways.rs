@@ -50,6 +50,8 @@ pub(super) struct ListenerState {
     pub attached: i64,
     /// The first certificateRef's key, for HTTPS listeners.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// A TLS listener in Passthrough mode: connections are routed by SNI, not terminated.
+    pub passthrough: bool,
 }
 
 impl ListenerState {
@@ -316,6 +318,7 @@ fn listener_state(
         routes: Vec::new(),
         attached: 0,
         certificate: None,
+        passthrough: false,
     };
     let defaults: &[&'static str] = match protocol.as_str() {
         "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
@@ -392,13 +395,15 @@ fn check_tls(
     let tls = l.tls.clone().unwrap_or_default();
     let mode = tls.mode.as_deref().unwrap_or("Terminate");
     if state.protocol == "TLS" {
-        state.not_programmed = Some((
-            "Pending",
-            format!("TLS listeners ({mode}) are not served yet"),
-        ));
         if mode == "Passthrough" {
+            state.passthrough = true;
             return;
         }
+        state.not_programmed = Some((
+            "Pending",
+            "TLS listeners in Terminate mode (TLSRoute over terminated TLS) are not served yet"
+                .to_string(),
+        ));
     } else if mode != "Terminate" {
         state.accepted = Some((
             "UnsupportedValue",
@@ -603,7 +608,7 @@ impl Gateways {
                     "conditions": c.into_vec(),
                 }));
                 if let (true, Some(ip), Some(port)) = (
-                    served && (l.protocol == "HTTP" || l.protocol == "HTTPS"),
+                    served && matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TLS"),
                     gateway.address,
                     socket,
                 ) {
@@ -612,7 +617,7 @@ impl Gateways {
                         .binds
                         .entry(SocketAddr::new(ip, port))
                         .or_insert_with(Bind::default);
-                    bind.tls = l.protocol == "HTTPS";
+                    bind.tls = l.protocol != "HTTP";
                     bind.listeners.push(ListenerRoutes {
                         gateway: Arc::from(gateway.key().as_str()),
                         name: Arc::from(l.name.as_str()),
@@ -625,6 +630,7 @@ impl Gateways {
                         },
                         certificate: l.certificate.clone(),
                         hosts: HostIndex::build(&l.routes),
+                        passthrough: super::routes::passthrough_table(&l.routes),
                     });
                 }
             }

@@ -60,6 +60,9 @@ pub(super) struct CompiledRoute {
     /// Creation time, then `namespace/name`: the spec's tie-breakers across routes.
     order: (String, String, String),
     pub rules: Vec<CompiledMatch>,
+    /// The route's kind: HTTP and gRPC routes fill a listener's host index, TLS routes its
+    /// passthrough table.
+    pub kind: Kind,
     /// Rules dropped for unsupported values while others were kept.
     partially_invalid: Option<Problem>,
 }
@@ -75,10 +78,12 @@ pub(super) fn compile(
     let mut backends = BackendCache::default();
     let routes = snapshot
         .of_kind(Kind::HttpRoute)
-        .chain(snapshot.of_kind(Kind::GrpcRoute));
+        .chain(snapshot.of_kind(Kind::GrpcRoute))
+        .chain(snapshot.of_kind(Kind::TlsRoute));
     for route in routes {
         let spec: Result<RouteSpec, String> = match route.key.kind {
             Kind::GrpcRoute => api::read::<api::GrpcRouteSpec>(route.spec()).map(Into::into),
+            Kind::TlsRoute => api::read::<api::TlsRouteSpec>(route.spec()).map(Into::into),
             _ => api::read(route.spec()),
         };
         let parents_of_ours = spec.as_ref().map(|s| {
@@ -96,6 +101,7 @@ pub(super) fn compile(
                 CompiledRoute {
                     order: Default::default(),
                     rules: Vec::new(),
+                    kind: route.key.kind,
                     partially_invalid: None,
                 },
                 Some(("UnsupportedValue", format!("spec does not parse: {e}"))),
@@ -278,6 +284,7 @@ fn translate(
             route.key.name.clone(),
         ),
         rules: Vec::new(),
+        kind: route.key.kind,
         partially_invalid: None,
     };
     let mut unsupported: Option<Problem> = None;
@@ -805,6 +812,9 @@ impl HostIndex {
         ordered.sort_by(|a, b| a.0.order.cmp(&b.0.order));
         let mut buckets: HashMap<Option<String>, Bucket> = HashMap::new();
         for (route_order, (route, hosts)) in ordered.into_iter().enumerate() {
+            if route.kind == Kind::TlsRoute {
+                continue;
+            }
             for host in hosts {
                 let bucket = buckets.entry(host.clone()).or_default();
                 for m in &route.rules {
@@ -871,4 +881,35 @@ impl HostIndex {
         }
         index
     }
+}
+
+/// The SNI table of a passthrough listener: (hostname, first rule of the route), most specific
+/// hostname first (exact, then longer wildcards, then routes without hostnames), ties by route
+/// age and name.
+pub(super) fn passthrough_table(
+    routes: &[(Arc<CompiledRoute>, Vec<Option<String>>)],
+) -> Vec<(Option<String>, Arc<Rule>)> {
+    let mut out: Vec<(Option<String>, &CompiledRoute, Arc<Rule>)> = Vec::new();
+    for (route, hosts) in routes {
+        if route.kind != Kind::TlsRoute {
+            continue;
+        }
+        let Some(first) = route.rules.first() else {
+            continue;
+        };
+        for host in hosts {
+            out.push((host.clone(), route, first.rule.clone()));
+        }
+    }
+    out.sort_by(|a, b| {
+        let specificity = |h: &Option<String>| match h {
+            Some(h) if !h.starts_with('*') => (0, std::cmp::Reverse(h.len())),
+            Some(h) => (1, std::cmp::Reverse(h.len())),
+            None => (2, std::cmp::Reverse(0)),
+        };
+        specificity(&a.0)
+            .cmp(&specificity(&b.0))
+            .then_with(|| a.1.order.cmp(&b.1.order))
+    });
+    out.into_iter().map(|(h, _, r)| (h, r)).collect()
 }

@@ -1,0 +1,122 @@
+//! TLS passthrough: connections to a TLS socket are routed by the SNI of their ClientHello,
+//! read with a peek so that the bytes stay in the socket. A passthrough listener's TLSRoutes
+//! forward the raw stream to a backend endpoint; a terminating (HTTPS) listener on the same
+//! socket gets the connection for a normal handshake.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::routing::table::{host_matches, Backend, RoutingTable, Rule};
+use crate::tls::client_hello::{self, Hello};
+
+/// How long a backend may take to accept a forwarded connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to do with a TLS connection after its ClientHello.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Terminate TLS here (an HTTPS listener took the SNI).
+    Terminate,
+    /// Forward the raw stream to this endpoint.
+    Forward(SocketAddr),
+    /// Close the connection: no listener or route serves the SNI, or the route has no endpoint.
+    Reject,
+}
+
+/// Peeks until the first TLS record is complete (or is clearly not TLS), within `deadline`.
+pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Option<Hello> {
+    let until = Instant::now() + deadline;
+    let mut buf = vec![0u8; client_hello::MAX_RECORD];
+    loop {
+        let n = tokio::time::timeout_at(until.into(), tcp.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None; // closed before saying anything
+        }
+        match client_hello::parse(&buf[..n]) {
+            Hello::Incomplete(need) if need <= buf.len() && Instant::now() < until => {
+                // The rest of the record is on its way; peek returns at once while any byte is
+                // buffered, so wait a moment rather than spin.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Hello::Incomplete(_) => return Some(Hello::NotTls),
+            other => return Some(other),
+        }
+    }
+}
+
+/// Chooses what happens to a connection on `bind` whose ClientHello named `sni`.
+pub fn choose(table: &RoutingTable, bind: &SocketAddr, sni: Option<&str>) -> Route {
+    let Some(bind) = table.binds.get(bind) else {
+        return Route::Reject;
+    };
+    let listener = bind.listeners.iter().find(|l| match (&l.hostname, sni) {
+        (None, _) => true,
+        (Some(h), Some(sni)) => host_matches(h, sni),
+        (Some(_), None) => false,
+    });
+    let Some(listener) = listener else {
+        return Route::Reject;
+    };
+    if listener.certificate.is_some() {
+        return Route::Terminate;
+    }
+    let rule = listener
+        .passthrough
+        .iter()
+        .find(|(host, _)| match (host, sni) {
+            (None, _) => true,
+            (Some(h), Some(sni)) => host_matches(h, sni),
+            (Some(_), None) => false,
+        });
+    match rule.and_then(|(_, rule)| pick_endpoint(rule)) {
+        Some(endpoint) => Route::Forward(endpoint),
+        None => Route::Reject,
+    }
+}
+
+fn pick_endpoint(rule: &Rule) -> Option<SocketAddr> {
+    let backend = match rule.backends.len() {
+        0 => return None,
+        1 => &rule.backends[0],
+        _ => {
+            let mut point = rand::rng().random_range(0..rule.total_weight);
+            rule.backends.iter().find(|b| {
+                let hit = point < b.weight;
+                point = point.saturating_sub(b.weight);
+                hit
+            })?
+        }
+    };
+    match backend.target.as_ref() {
+        Backend::Service(s) => s.pick(),
+        Backend::Invalid { .. } => None,
+    }
+}
+
+/// Copies bytes both ways between the client and `endpoint` until either side closes.
+pub async fn forward(mut client: TcpStream, endpoint: SocketAddr) {
+    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await;
+    let mut upstream = match upstream {
+        Ok(Ok(s)) => s,
+        Ok(Err(err)) => {
+            tracing::debug!(%endpoint, error = %err, "passthrough backend refused the connection");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%endpoint, "passthrough backend connect timed out");
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%endpoint, error = %err, "passthrough connection ended with an error");
+    }
+    let _ = client.shutdown().await;
+}
