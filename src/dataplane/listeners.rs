@@ -39,7 +39,7 @@ use super::passthrough;
 use super::proxy::Proxy;
 use crate::routing::RoutingTable;
 use crate::tls::client_hello::Hello;
-use crate::tls::{server_config, SniResolver};
+use crate::tls::SniResolver;
 
 /// How long a client may take to complete the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,7 +110,7 @@ impl Listeners {
             tracing::info!(%addr, tls, "listener socket open");
             let acceptor = tls.then(|| {
                 let resolver = Arc::new(SniResolver::new(self.table.clone(), addr));
-                Arc::new(Acceptor::from_server_config(server_config(resolver)))
+                Arc::new(crate::tls::acceptor(resolver))
             });
             let task = tokio::spawn(accept_loop(listener, acceptor, self.context.clone()));
             self.running.insert(addr, (tls, task));

@@ -327,6 +327,18 @@ impl RoutingTable {
     }
 }
 
+impl RoutingTable {
+    /// The listener a TLS server name selects on `bind`: the first, most specific one whose
+    /// hostname matches (a listener without hostname matches every name).
+    pub fn listener_for_sni(&self, bind: &SocketAddr, sni: &str) -> Option<&ListenerRoutes> {
+        self.binds
+            .get(bind)?
+            .listeners
+            .iter()
+            .find(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, sni)))
+    }
+}
+
 /// Lower-cases a host and strips a port and a trailing dot.
 pub fn normalize_host(host: &str) -> String {
     let host = if host.starts_with('[') {

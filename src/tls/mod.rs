@@ -68,14 +68,32 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The rustls configuration of one TLS socket.
-pub fn server_config(resolver: Arc<SniResolver>) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
-        &rustls::version::TLS13,
-        &rustls::version::TLS12,
-    ])
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
+/// The server name a client sent in its ClientHello, kept with the connection so that each
+/// request on it can be checked against the listener its Host selects (421 Misdirected Request).
+#[derive(Debug, Clone)]
+pub struct ServerName(pub String);
+
+/// Records the SNI of each finished handshake in the connection's TLS digest.
+struct RecordServerName;
+
+#[async_trait::async_trait]
+impl pingora_core::listeners::TlsAccept for RecordServerName {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora_core::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let name = tls.server_name()?.to_ascii_lowercase();
+        Some(Arc::new(ServerName(name)))
+    }
+}
+
+/// The TLS acceptor of one socket: TLS 1.2 and 1.3 (Pingora's rustls settings), ALPN h2 then
+/// http/1.1, certificates from `resolver`, and the SNI recorded per connection.
+pub fn acceptor(resolver: Arc<SniResolver>) -> pingora_core::listeners::tls::Acceptor {
+    let callbacks: pingora_core::listeners::TlsAcceptCallbacks = Box::new(RecordServerName);
+    let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
+        .expect("settings without files cannot fail");
+    settings.set_cert_resolver(resolver);
+    settings.enable_h2();
+    settings.build()
 }
