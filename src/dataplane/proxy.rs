@@ -28,7 +28,7 @@ use rand::Rng;
 use super::access_log::{self, AccessLog};
 use super::metrics::{Metrics, RequestLabels};
 use super::mirror;
-use crate::routing::table::{Backend, Filter, HeaderEdits, PathReplace, RequestView, Rule};
+use crate::routing::table::{Backend, Cors, Filter, HeaderEdits, PathReplace, RequestView, Rule};
 use crate::routing::RoutingTable;
 
 /// The proxy; cheap to share, holds only handles.
@@ -96,6 +96,15 @@ impl ProxyHttp for Proxy {
         match self.decide(session, ctx) {
             Decision::Forward => Ok(false),
             Decision::Respond(status) => respond(session, ctx, status).await,
+            Decision::Preflight(headers) => {
+                let mut resp = ResponseHeader::build(204, Some(headers.len()))?;
+                for (name, value) in headers {
+                    resp.insert_header(name, value)?;
+                }
+                ctx.status = 204;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
             Decision::Redirect(status, location) => {
                 let mut resp = ResponseHeader::build(status, Some(2))?;
                 resp.insert_header("location", location)?;
@@ -227,7 +236,7 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -235,6 +244,27 @@ impl ProxyHttp for Proxy {
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
+        let origin = session
+            .req_header()
+            .headers
+            .get("origin")
+            .and_then(|v| v.to_str().ok());
+        if let Some(origin) = origin {
+            for filter in &rule.filters {
+                if let Filter::Cors(cors) = filter {
+                    if cors.allows(origin) {
+                        response.insert_header("access-control-allow-origin", origin)?;
+                        if cors.credentials {
+                            response.insert_header("access-control-allow-credentials", "true")?;
+                        }
+                        if let Some(expose) = &cors.expose {
+                            response
+                                .insert_header("access-control-expose-headers", expose.as_str())?;
+                        }
+                    }
+                }
+            }
+        }
         let backend_filters = ctx
             .backend
             .map(|i| &rule.backends[i].filters[..])
@@ -346,6 +376,8 @@ enum Decision {
     Respond(u16),
     /// Answer with a redirect.
     Redirect(u16, String),
+    /// Answer a CORS preflight with these headers.
+    Preflight(Vec<(&'static str, String)>),
 }
 
 impl Proxy {
@@ -419,6 +451,11 @@ impl Proxy {
                     return Decision::Redirect(r.status, location);
                 }
                 Filter::Mirror(m) => mirror::spawn(m, req, &self.metrics),
+                Filter::Cors(cors) => {
+                    if let Some(headers) = preflight(cors, req) {
+                        return Decision::Preflight(headers);
+                    }
+                }
                 _ => {}
             }
         }
@@ -491,6 +528,50 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .get("host")
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The answer to a CORS preflight (an OPTIONS request with `Origin` and
+/// `Access-Control-Request-Method`), or `None` when the request is not one. An origin that is
+/// not allowed gets an answer without `access-control-allow-origin`, which the browser reads as
+/// a refusal. With credentials, `*` may not be sent (Fetch standard), so wildcards echo what was
+/// asked for.
+fn preflight(cors: &Cors, req: &RequestHeader) -> Option<Vec<(&'static str, String)>> {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let origin = header("origin")?;
+    let method = header("access-control-request-method")?;
+    if req.method != http::Method::OPTIONS {
+        return None;
+    }
+    let mut out = Vec::new();
+    if !cors.allows(origin) {
+        return Some(out);
+    }
+    out.push(("access-control-allow-origin", origin.to_string()));
+    let methods = match &cors.methods {
+        Some(list) => list.join(", "),
+        None if cors.credentials => method.to_string(),
+        None => "*".to_string(),
+    };
+    out.push(("access-control-allow-methods", methods));
+    let asked = header("access-control-request-headers");
+    match (&cors.headers, asked) {
+        (Some(list), _) if !list.is_empty() => {
+            out.push(("access-control-allow-headers", list.join(", ")))
+        }
+        (None, Some(asked)) if cors.credentials => {
+            out.push(("access-control-allow-headers", asked.to_string()))
+        }
+        (None, _) => out.push(("access-control-allow-headers", "*".to_string())),
+        _ => {}
+    }
+    if let Some(expose) = &cors.expose {
+        out.push(("access-control-expose-headers", expose.clone()));
+    }
+    if cors.credentials {
+        out.push(("access-control-allow-credentials", "true".to_string()));
+    }
+    out.push(("access-control-max-age", cors.max_age.to_string()));
+    Some(out)
 }
 
 /// Chooses a backendRef by weight. `None` when the rule has no backend to send to.

@@ -326,6 +326,30 @@ pub struct HttpFilter {
     pub url_rewrite: Option<UrlRewrite>,
     /// `RequestMirror`.
     pub request_mirror: Option<RequestMirror>,
+    /// `CORS`.
+    pub cors: Option<Cors>,
+}
+
+/// `filters[].cors`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Origins allowed: `*`, or `scheme://host[:port]` where the host may start with `*.`.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    /// Methods allowed, or `*`.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    /// Request headers allowed, or `*`.
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    /// Response headers exposed to scripts.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// Whether credentials may be sent.
+    pub allow_credentials: Option<bool>,
+    /// Seconds a preflight answer may be cached.
+    pub max_age: Option<i64>,
 }
 
 /// `requestHeaderModifier` / `responseHeaderModifier`.

@@ -220,6 +220,44 @@ pub enum Filter {
     Rewrite(Arc<Rewrite>),
     /// Send a copy of the request elsewhere and ignore its answer.
     Mirror(Arc<Mirror>),
+    /// Answer CORS preflights and add CORS headers to responses.
+    Cors(Arc<Cors>),
+}
+
+/// A `CORS` filter (Fetch standard, CORS protocol), with lists ready to send.
+#[derive(Debug)]
+pub struct Cors {
+    /// Allowed origins; `*` alone allows any.
+    pub origins: Vec<String>,
+    /// Allowed methods; `None` for `*`.
+    pub methods: Option<Vec<String>>,
+    /// Allowed request headers; `None` for `*`.
+    pub headers: Option<Vec<String>>,
+    /// `access-control-expose-headers`, joined.
+    pub expose: Option<String>,
+    /// Send `access-control-allow-credentials: true`.
+    pub credentials: bool,
+    /// `access-control-max-age` in seconds.
+    pub max_age: i64,
+}
+
+impl Cors {
+    /// Whether an `Origin` header value is allowed. A pattern's `*.` host prefix matches one or
+    /// more labels; scheme and port must match exactly.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.iter().any(|pattern| {
+            if pattern == "*" {
+                return true;
+            }
+            match (pattern.split_once("://"), origin.split_once("://")) {
+                (Some((ps, ph)), Some((os, oh))) => {
+                    ps.eq_ignore_ascii_case(os)
+                        && host_matches(&ph.to_ascii_lowercase(), &oh.to_ascii_lowercase())
+                }
+                _ => pattern.eq_ignore_ascii_case(origin),
+            }
+        })
+    }
 }
 
 /// Header edits in the order the spec applies them: set, add, remove.

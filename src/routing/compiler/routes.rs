@@ -15,7 +15,7 @@ use crate::controller::{Kind, Object, Snapshot};
 use crate::routing::api::{self, BackendRef, HttpFilter, HttpMatch, RouteSpec};
 use crate::routing::status::{Conditions, ObjectStatus, StatusReport};
 use crate::routing::table::{
-    Backend, Conditions as MatchConditions, Entry, Filter, HeaderEdits, HostIndex, Mirror,
+    Backend, Conditions as MatchConditions, Cors, Entry, Filter, HeaderEdits, HostIndex, Mirror,
     PathIndex, PathReplace, Redirect, Rewrite, Rule, ServiceBackend, ValueCondition, ValueMatch,
     WeightedBackend,
 };
@@ -571,6 +571,18 @@ fn translate_filter(
             Filter::Mirror(Arc::new(Mirror {
                 backend: resolve_backend(ctx, &m.backend_ref, backends, unresolved),
                 per_million,
+            }))
+        }
+        "CORS" => {
+            let c = f.cors.as_ref().ok_or_else(|| missing("cors"))?;
+            let star = |list: &[String]| list.iter().any(|v| v == "*");
+            Filter::Cors(Arc::new(Cors {
+                origins: c.allow_origins.clone(),
+                methods: (!star(&c.allow_methods)).then(|| c.allow_methods.clone()),
+                headers: (!star(&c.allow_headers)).then(|| c.allow_headers.clone()),
+                expose: (!c.expose_headers.is_empty()).then(|| c.expose_headers.join(", ")),
+                credentials: c.allow_credentials.unwrap_or(false),
+                max_age: c.max_age.unwrap_or(5),
             }))
         }
         other => return Err(format!("filter type {other:?} is not supported")),
