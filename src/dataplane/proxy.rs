@@ -31,6 +31,9 @@ use super::mirror;
 use crate::routing::table::{Backend, Cors, Filter, HeaderEdits, PathReplace, RequestView, Rule};
 use crate::routing::RoutingTable;
 
+/// Concurrent streams the gateway opens on one HTTP/2 connection to a backend.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
 /// The proxy; cheap to share, holds only handles.
 pub struct Proxy {
     table: Arc<ArcSwap<RoutingTable>>,
@@ -128,6 +131,9 @@ impl ProxyHttp for Proxy {
         let mut peer = HttpPeer::new(endpoint, false, String::new());
         if h2c {
             peer.options.set_http_version(2, 2);
+            // Pingora opens one stream per upstream h2 connection unless told otherwise; gRPC
+            // backends expect many calls multiplexed on few connections.
+            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
         }
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         if let Some(rule) = &ctx.rule {
