@@ -1,5 +1,10 @@
 //! The `portcullis` command: run the gateway, or check a directory of manifests offline.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "check and explain print their reports on stdout"
+)]
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

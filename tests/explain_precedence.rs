@@ -3,6 +3,11 @@
 //! the backend the case expects (or nowhere, for an expected 404). The cases come from
 //! `../shared/conformance` (or `PORTCULLIS_CONFORMANCE_DIR`).
 
+#![allow(
+    clippy::print_stdout,
+    reason = "the figures this prints are the point of the run"
+)]
+
 use std::path::PathBuf;
 
 use portcullis::controller::{directory::DirectoryProvider, Store};

@@ -2,6 +2,11 @@
 //! accepted finish, and exits 0. Clients may see new connections refused; no accepted request
 //! may fail.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "the figures this prints are the point of the run"
+)]
+
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -2,6 +2,11 @@
 //! rewritten 100 times. No request may fail, each change must be visible to the next request
 //! within a second, and the client's keep-alive connections must survive every swap.
 
+#![allow(
+    clippy::print_stdout,
+    reason = "the figures this prints are the point of the run"
+)]
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

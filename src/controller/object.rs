@@ -204,7 +204,7 @@ pub enum ObjectError {
 
 impl Object {
     /// Reads identity and metadata out of a document. Returns `Ok(None)` for kinds that are
-    /// skipped on purpose (see [`IGNORED_KINDS`]). A namespaced object without a namespace is
+    /// skipped on purpose (such as Deployments). A namespaced object without a namespace is
     /// put in `default`, as `kubectl apply` would.
     pub fn from_document(body: Value) -> Result<Option<Object>, ObjectError> {
         let api_version = body["apiVersion"]

@@ -56,7 +56,7 @@ pub(super) struct ListenerState {
 
 impl ListenerState {
     /// Whether routes may attach at all (an invalid listener still counts attached routes).
-    pub fn allows(
+    pub(super) fn allows(
         &self,
         kind: &str,
         route_namespace: &str,
@@ -537,12 +537,12 @@ fn status_of(object: &Object, status: Value) -> ObjectStatus {
 }
 
 impl Gateways {
-    pub fn get_mut(&mut self, namespace: &str, name: &str) -> Option<&mut GatewayState> {
+    pub(super) fn get_mut(&mut self, namespace: &str, name: &str) -> Option<&mut GatewayState> {
         self.by_key
             .get_mut(&(namespace.to_string(), name.to_string()))
     }
 
-    pub fn assigned(&self) -> BTreeMap<String, IpAddr> {
+    pub(super) fn assigned(&self) -> BTreeMap<String, IpAddr> {
         self.by_key
             .values()
             .filter_map(|g| Some((g.key(), g.address?)))
@@ -550,7 +550,7 @@ impl Gateways {
     }
 
     /// Writes every Gateway's status and builds the table from the attached routes.
-    pub fn into_table(
+    pub(super) fn into_table(
         self,
         options: &CompileOptions,
         report: &mut StatusReport,
