@@ -89,9 +89,10 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Directory of Gateway API and core YAML manifests, watched for changes.
+    /// Directory of Gateway API and core YAML manifests, watched for changes. Without it, the
+    /// gateway reads the Kubernetes API (KUBECONFIG, ~/.kube/config or in-cluster).
     #[arg(long, env = "PORTCULLIS_CONFIG_DIR")]
-    config_dir: PathBuf,
+    config_dir: Option<PathBuf>,
     /// Address of the admin endpoint (/healthz, /readyz, /metrics, /status).
     #[arg(long, default_value = "127.0.0.1:9901", env = "PORTCULLIS_ADMIN_ADDR")]
     admin_addr: SocketAddr,
@@ -103,6 +104,8 @@ struct RunArgs {
     access_log_sample: f64,
     #[command(flatten)]
     compile: CompileArgs,
+    #[command(flatten)]
+    kubernetes: portcullis::controller::kubernetes::KubernetesArgs,
 }
 
 #[derive(Args)]
@@ -366,25 +369,23 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        let options = RunOptions {
+            compile: args.compile.options(),
+            admin_addr: args.admin_addr,
+            drain_timeout: args.drain_timeout,
+            access_log_sample: args.access_log_sample,
+            status_reports: None,
+        };
+        let Some(config_dir) = args.config_dir else {
+            return portcullis::controller::kubernetes::run(args.kubernetes, options).await;
+        };
         let store = Store::new();
-        let mut provider = DirectoryProvider::new(&args.config_dir, store.clone());
+        let mut provider = DirectoryProvider::new(&config_dir, store.clone());
         provider.sync().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read --config-dir {}: {e}",
-                args.config_dir.display()
-            )
+            anyhow::anyhow!("cannot read --config-dir {}: {e}", config_dir.display())
         })?;
         tokio::spawn(provider.run());
-        dataplane::run(
-            store,
-            RunOptions {
-                compile: args.compile.options(),
-                admin_addr: args.admin_addr,
-                drain_timeout: args.drain_timeout,
-                access_log_sample: args.access_log_sample,
-            },
-        )
-        .await
+        dataplane::run(store, options).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

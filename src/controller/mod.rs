@@ -6,6 +6,9 @@
 //! routing table when it changes.
 
 pub mod directory;
+pub mod kubernetes;
+pub mod leader;
+pub mod status_writer;
 mod object;
 mod store;
 

@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Share of requests written to the access log (0 turns it off).
     pub access_log_sample: f64,
+    /// Where each new status report is also sent, for a provider that writes status back.
+    pub status_reports: Option<tokio::sync::watch::Sender<Arc<StatusReport>>>,
 }
 
 /// Serves traffic from `store` until SIGTERM or SIGINT, then drains and returns.
@@ -125,7 +127,11 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
         sockets.reconcile(&binds);
         shared.table.store(Arc::new(table));
         let problems = compiled.report.problems();
-        shared.report.store(Arc::new(compiled.report));
+        let report = Arc::new(compiled.report);
+        shared.report.store(report.clone());
+        if let Some(reports) = &options.status_reports {
+            reports.send_replace(report);
+        }
         shared.ready.store(true, Ordering::Release);
         metrics.compiles.inc();
         metrics.compile_duration.observe(took.as_secs_f64());

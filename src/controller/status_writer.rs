@@ -1,0 +1,460 @@
+//! The status writer: the compiler's conditions, written back to the API server.
+//!
+//! Each new [`StatusReport`] is compared with the `status` the objects have now (kept in a
+//! [`StatusCache`] by the watches), and only objects whose status differs are written, with a
+//! JSON merge patch on the `/status` subresource. The patch carries the `resourceVersion` the
+//! comparison was made against, so that the API server refuses it (409 Conflict) if anyone wrote
+//! the object since; the writer then reads the object again and recomputes.
+//!
+//! What is ours to write follows the Gateway API spec:
+//!
+//! - GatewayClass and Gateway: the whole status (conditions, listeners, addresses).
+//! - Routes: one `status.parents[]` entry per parentRef of ours, marked with our
+//!   `controllerName`; entries of other controllers are left as they are (GEP-1364, and the
+//!   `RouteParentStatus` documentation).
+//!
+//! A condition whose `status` did not change keeps its `lastTransitionTime`, as `metav1.Condition`
+//! asks; the compiler stamps every condition with the compile time, so the times are carried
+//! over here. Only the elected leader writes ([`leader`](super::leader)); on becoming leader it
+//! compares everything, which repairs whatever the previous leader left undone.
+//!
+//! The writer knows nothing about routing: it moves JSON that the compiler shaped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::Client;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::kubernetes::Backoff;
+use super::{Kind, ObjectKey};
+use crate::routing::{ObjectStatus, StatusReport};
+
+/// The field manager named in our writes.
+pub const FIELD_MANAGER: &str = "portcullis";
+
+/// How many times one object is re-read and re-patched after conflicts before the writer moves
+/// on (it comes back to the object on the next report or retry).
+const CONFLICT_ATTEMPTS: usize = 3;
+
+/// Whether the gateway writes the status of objects of this kind.
+pub fn writes_status(kind: Kind) -> bool {
+    matches!(
+        kind,
+        Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute
+    )
+}
+
+/// What the API server last told us about one object whose status we write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Seen {
+    /// The resource (group, version, plural) the object was read through.
+    pub resource: ApiResource,
+    /// `metadata.resourceVersion`.
+    pub resource_version: String,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// `status`, or null.
+    pub status: Value,
+}
+
+impl Seen {
+    fn from_object(resource: ApiResource, object: &DynamicObject) -> Self {
+        Seen {
+            resource,
+            resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
+            generation: object.metadata.generation.unwrap_or(1),
+            status: object.data.get("status").cloned().unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// The status of every object of a [`writes_status`] kind, as last seen. Clones share contents.
+#[derive(Clone)]
+pub struct StatusCache {
+    inner: Arc<Mutex<HashMap<ObjectKey, Seen>>>,
+    changed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for StatusCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StatusCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        StatusCache {
+            inner: Arc::default(),
+            changed: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ObjectKey, Seen>> {
+        // Plain data: a panic elsewhere leaves nothing half-written worth stopping for.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an object as seen; wakes the writer when its status changed, so that a status
+    /// someone else overwrote is put right.
+    pub fn record(&self, key: ObjectKey, seen: Seen) {
+        let status_changed = {
+            let mut inner = self.lock();
+            let changed = inner.get(&key).is_none_or(|old| old.status != seen.status);
+            inner.insert(key, seen);
+            changed
+        };
+        if status_changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, key: &ObjectKey) {
+        self.lock().remove(key);
+    }
+
+    /// The last seen state of one object.
+    pub fn get(&self, key: &ObjectKey) -> Option<Seen> {
+        self.lock().get(key).cloned()
+    }
+
+    /// A receiver that changes whenever a recorded status does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// Writes each new report while `leading` is true, until the report sender goes away.
+pub async fn run(
+    client: Client,
+    cache: StatusCache,
+    mut reports: watch::Receiver<Arc<StatusReport>>,
+    mut leading: watch::Receiver<bool>,
+    controller_name: String,
+) {
+    let writer = Writer {
+        client,
+        cache: cache.clone(),
+        controller_name,
+    };
+    let mut statuses = cache.subscribe();
+    let mut backoff = Backoff::new();
+    loop {
+        let mut retry: Option<Instant> = None;
+        if *leading.borrow_and_update() {
+            let report = reports.borrow_and_update().clone();
+            statuses.borrow_and_update();
+            let failed = writer.write(&report, &leading).await;
+            if failed > 0 {
+                let delay = backoff.next_delay();
+                tracing::debug!(
+                    failed,
+                    retry_ms = delay.as_millis() as u64,
+                    "status writes failed; retrying"
+                );
+                retry = Some(Instant::now() + delay);
+            } else {
+                backoff.reset();
+            }
+        }
+        tokio::select! {
+            changed = reports.changed() => if changed.is_err() { return },
+            changed = leading.changed() => if changed.is_err() { return },
+            _ = statuses.changed() => {}
+            _ = tokio::time::sleep_until(retry.unwrap_or_else(Instant::now)), if retry.is_some() => {}
+        }
+    }
+}
+
+struct Writer {
+    client: Client,
+    cache: StatusCache,
+    controller_name: String,
+}
+
+enum Outcome {
+    Unchanged,
+    Written,
+    Skipped,
+}
+
+impl Writer {
+    /// Writes what differs; returns how many writes failed.
+    async fn write(&self, report: &StatusReport, leading: &watch::Receiver<bool>) -> usize {
+        let started = std::time::Instant::now();
+        let (mut written, mut failed) = (0usize, 0usize);
+        let mut last_error = None;
+        for object in report.objects.iter().filter(|o| writes_status(o.kind)) {
+            if !*leading.borrow() {
+                break;
+            }
+            match self.write_one(object).await {
+                Ok(Outcome::Written) => written += 1,
+                Ok(Outcome::Unchanged | Outcome::Skipped) => {}
+                Err(err) => {
+                    failed += 1;
+                    tracing::debug!(object = %format_args!("{} {}/{}", object.kind, object.namespace, object.name), error = %err, "status write failed");
+                    last_error = Some(err);
+                }
+            }
+        }
+        if written > 0 {
+            tracing::info!(
+                written,
+                ms = started.elapsed().as_millis() as u64,
+                "status written"
+            );
+        }
+        if let Some(err) = last_error {
+            tracing::warn!(failed, error = %err, "status writes failed; retrying");
+        }
+        failed
+    }
+
+    async fn write_one(&self, object: &ObjectStatus) -> Result<Outcome, kube::Error> {
+        let key = ObjectKey::new(object.kind, &object.namespace, &object.name);
+        let Some(mut seen) = self.cache.get(&key) else {
+            return Ok(Outcome::Skipped);
+        };
+        for _ in 0..CONFLICT_ATTEMPTS {
+            // The object changed since this report was compiled: the next report covers it.
+            if seen.generation != object.generation {
+                return Ok(Outcome::Skipped);
+            }
+            let Some(status) = desired_status(
+                object.kind,
+                &seen.status,
+                &object.status,
+                &self.controller_name,
+            ) else {
+                return Ok(Outcome::Unchanged);
+            };
+            let api = self.api(&seen.resource, &object.namespace, object.kind);
+            let patch = json!({
+                "metadata": {"resourceVersion": seen.resource_version},
+                "status": status,
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PatchParams::default()
+            };
+            match api
+                .patch_status(&object.name, &params, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => {
+                    self.cache
+                        .record(key, Seen::from_object(seen.resource, &updated));
+                    return Ok(Outcome::Written);
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    match api.get_opt(&object.name).await? {
+                        Some(fresh) => seen = Seen::from_object(seen.resource, &fresh),
+                        None => return Ok(Outcome::Skipped),
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Outcome::Skipped),
+                Err(err) => return Err(err),
+            }
+        }
+        tracing::debug!(object = %key, "status still conflicting; trying again later");
+        Ok(Outcome::Skipped)
+    }
+
+    fn api(&self, resource: &ApiResource, namespace: &str, kind: Kind) -> Api<DynamicObject> {
+        if kind.namespaced() {
+            Api::namespaced_with(self.client.clone(), namespace, resource)
+        } else {
+            Api::all_with(self.client.clone(), resource)
+        }
+    }
+}
+
+/// The status to write, given what the object has (`current`) and what the compiler says
+/// (`computed`); `None` when the object already says it.
+///
+/// For routes only `parents` is returned, holding the other controllers' entries unchanged
+/// followed by ours; for other kinds, every key of `computed`. Condition times are carried over
+/// from `current` wherever a condition's status did not change.
+pub fn desired_status(
+    kind: Kind,
+    current: &Value,
+    computed: &Value,
+    controller_name: &str,
+) -> Option<Value> {
+    let mut computed = without_nulls(computed);
+    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute) {
+        let old: &[Value] = current["parents"].as_array().map_or(&[], Vec::as_slice);
+        let mut parents: Vec<Value> = old
+            .iter()
+            .filter(|p| p["controllerName"] != controller_name)
+            .cloned()
+            .collect();
+        for mut ours in computed["parents"].as_array().cloned().unwrap_or_default() {
+            if let Some(before) = old.iter().find(|p| {
+                p["controllerName"] == controller_name && p["parentRef"] == ours["parentRef"]
+            }) {
+                carry_times(&mut ours["conditions"], &before["conditions"]);
+            }
+            parents.push(ours);
+        }
+        return (parents.as_slice() != old).then(|| json!({ "parents": parents }));
+    }
+    let Value::Object(fields) = &mut computed else {
+        return None;
+    };
+    if let Some(conditions) = fields.get_mut("conditions") {
+        carry_times(conditions, &current["conditions"]);
+    }
+    if let Some(Value::Array(listeners)) = fields.get_mut("listeners") {
+        for listener in listeners {
+            let before = current["listeners"]
+                .as_array()
+                .and_then(|l| l.iter().find(|b| b["name"] == listener["name"]));
+            if let Some(before) = before {
+                carry_times(&mut listener["conditions"], &before["conditions"]);
+            }
+        }
+    }
+    let differs = fields.iter().any(|(k, v)| &current[k.as_str()] != v);
+    differs.then_some(computed)
+}
+
+/// Gives each condition in `new` the `lastTransitionTime` of the condition of the same type in
+/// `old` when their `status` is the same.
+fn carry_times(new: &mut Value, old: &Value) {
+    let (Some(new), Some(old)) = (new.as_array_mut(), old.as_array()) else {
+        return;
+    };
+    for condition in new {
+        let before = old.iter().find(|o| o["type"] == condition["type"]);
+        if let Some(before) = before {
+            if before["status"] == condition["status"] && before["lastTransitionTime"].is_string() {
+                condition["lastTransitionTime"] = before["lastTransitionTime"].clone();
+            }
+        }
+    }
+}
+
+/// A copy without null object fields: the API server drops them, so writing them would make
+/// every later comparison differ.
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: &str = "portcullis.dev/gateway-controller";
+
+    fn condition(type_: &str, status: &str, time: &str) -> Value {
+        json!({"type": type_, "status": status, "reason": type_, "message": "",
+               "observedGeneration": 1, "lastTransitionTime": time})
+    }
+
+    #[test]
+    fn unchanged_conditions_keep_their_transition_time_and_need_no_write() {
+        let current =
+            json!({"conditions": [condition("Accepted", "True", "2020-01-01T00:00:00Z")]});
+        let computed =
+            json!({"conditions": [condition("Accepted", "True", "2030-01-01T00:00:00Z")]});
+        assert_eq!(
+            desired_status(Kind::GatewayClass, &current, &computed, OURS),
+            None
+        );
+    }
+
+    #[test]
+    fn a_flipped_condition_takes_the_new_time_and_the_others_keep_theirs() {
+        let current = json!({"conditions": [
+            condition("Accepted", "True", "2020-01-01T00:00:00Z"),
+            condition("Programmed", "True", "2020-01-01T00:00:00Z"),
+        ]});
+        let computed = json!({"conditions": [
+            condition("Accepted", "True", "2030-01-01T00:00:00Z"),
+            condition("Programmed", "False", "2030-01-01T00:00:00Z"),
+        ]});
+        let out = desired_status(Kind::Gateway, &current, &computed, OURS).unwrap();
+        assert_eq!(
+            out["conditions"][0]["lastTransitionTime"],
+            "2020-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            out["conditions"][1]["lastTransitionTime"],
+            "2030-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn gateway_listener_conditions_keep_times_by_listener_name() {
+        let current = json!({"listeners": [
+            {"name": "b", "attachedRoutes": 1, "conditions": [condition("Accepted", "True", "old-b")]},
+            {"name": "a", "attachedRoutes": 0, "conditions": [condition("Accepted", "True", "old-a")]},
+        ]});
+        let computed = json!({"listeners": [
+            {"name": "a", "attachedRoutes": 2, "conditions": [condition("Accepted", "True", "new")]},
+        ]});
+        let out = desired_status(Kind::Gateway, &current, &computed, OURS).unwrap();
+        assert_eq!(out["listeners"].as_array().unwrap().len(), 1);
+        assert_eq!(out["listeners"][0]["attachedRoutes"], 2);
+        assert_eq!(
+            out["listeners"][0]["conditions"][0]["lastTransitionTime"],
+            "old-a"
+        );
+    }
+
+    #[test]
+    fn route_status_leaves_other_controllers_entries_alone() {
+        let theirs = json!({"parentRef": {"name": "other"}, "controllerName": "example.com/x",
+                            "conditions": [condition("Accepted", "False", "t0")]});
+        let stale = json!({"parentRef": {"name": "gone"}, "controllerName": OURS,
+                           "conditions": [condition("Accepted", "True", "t0")]});
+        let current = json!({"parents": [theirs, stale]});
+        let computed = json!({"parents": [{"parentRef": {"name": "gw"}, "controllerName": OURS,
+                                           "conditions": [condition("Accepted", "True", "t1")]}]});
+        let out = desired_status(Kind::HttpRoute, &current, &computed, OURS).unwrap();
+        let parents = out["parents"].as_array().unwrap();
+        assert_eq!(parents.len(), 2);
+        assert_eq!(parents[0], theirs);
+        assert_eq!(parents[1]["parentRef"]["name"], "gw");
+        // Written as computed; the next comparison finds nothing to do.
+        let again = desired_status(Kind::HttpRoute, &out, &computed, OURS);
+        assert_eq!(again, None);
+    }
+
+    #[test]
+    fn route_entries_keep_times_per_parent_ref() {
+        let current = json!({"parents": [{"parentRef": {"name": "gw"}, "controllerName": OURS,
+            "conditions": [condition("Accepted", "True", "t0")]}]});
+        let computed = json!({"parents": [{"parentRef": {"name": "gw"}, "controllerName": OURS,
+            "conditions": [condition("Accepted", "True", "t1")]}]});
+        assert_eq!(
+            desired_status(Kind::HttpRoute, &current, &computed, OURS),
+            None
+        );
+    }
+
+    #[test]
+    fn nulls_are_not_written() {
+        let computed = json!({"conditions": [], "addresses": null});
+        let out = desired_status(Kind::Gateway, &Value::Null, &computed, OURS).unwrap();
+        assert_eq!(out, json!({"conditions": []}));
+        assert_eq!(desired_status(Kind::Gateway, &out, &computed, OURS), None);
+    }
+}
