@@ -399,11 +399,15 @@ fn check_tls(
             state.passthrough = true;
             return;
         }
-        state.not_programmed = Some((
-            "Pending",
-            "TLS listeners in Terminate mode (TLSRoute over terminated TLS) are not served yet"
+        // TLSRoute over terminated TLS is not implemented; refusing the listener says so in
+        // the spec's terms instead of accepting configuration that would not be served.
+        state.accepted = Some((
+            "UnsupportedValue",
+            "tls.mode Terminate on a TLS listener is not supported; use Passthrough, or an HTTPS listener"
                 .to_string(),
         ));
+        state.supported_kinds.clear();
+        return;
     } else if mode != "Terminate" {
         state.accepted = Some((
             "UnsupportedValue",
@@ -664,6 +668,9 @@ impl Gateways {
             } else {
                 c.set("Programmed", true, "Programmed", "Gateway is served");
             }
+            // Gateway-level references (spec.tls.backend client certificates) are not used by
+            // this gateway, so there is nothing to fail to resolve.
+            c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved");
             let addresses: Vec<Value> = gateway
                 .address
                 .filter(|_| gateway.problem.is_none())

@@ -1,0 +1,565 @@
+#!/usr/bin/env python3
+"""Gateway API conformance runner for Portcullis (standalone mode).
+
+Drives the real `portcullis` binary the way the upstream suite drives an implementation, from
+the restatement of the Gateway API v1.6.1 conformance suite in `../shared/conformance`
+(`cases.json` and the upstream manifests; its README says how a harness uses them):
+
+1. one echo backend per Service, EndpointSlices pointing at them;
+2. for each test, base.yaml plus the test's manifests (placeholders substituted) are written to
+   the gateway's configuration directory, which the running gateway watches;
+3. status expectations are polled from the admin endpoint's `/status`, then every request case
+   is sent to the Gateway's own address and listener port, with upstream's consistency rule
+   (three passes in a row, one second after a failure, thirty seconds at most), then the steps
+   and the traffic-split check.
+
+It prints a table of tests and a closing line `N passed, M failed, K skipped`, and exits 1 when a
+test that ran failed. Tests it cannot run here are skipped with the reason. Usage:
+
+    conformance/run.py [--binary target/debug/portcullis] [TEST_NAME ...]
+"""
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import certs  # noqa: E402
+import echo  # noqa: E402
+from judge import judge_http, Failure  # noqa: E402
+import clients  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CLASS = "portcullis"
+CONTROLLER = "portcullis.dev/gateway-controller"
+PORT_OFFSET = 20000
+STATUS_WAIT = 30  # upstream waits up to 180 s; our compile takes milliseconds
+CONSISTENCY_WAIT = 30
+
+
+def skip_reason(test):
+    """Why a test cannot run against this gateway here, or None."""
+    if test.get("standalone_applicable") is False:
+        return "only meaningful for an implementation that creates Kubernetes objects"
+    features = set(test["features"])
+    unsupported = {
+        "GRPCRoute": "needs a gRPC echo backend and client in the runner",
+        "HTTPRouteRetry": "retries are not implemented",
+        "BackendTLSPolicy": "BackendTLSPolicy is not implemented",
+        "GatewayBackendClientCertificate": "TLS to backends is not implemented",
+        "GatewayFrontendClientCertificateValidation": "client certificate validation is not implemented",
+        "TLSRouteModeTerminate": "TLSRoute over terminated TLS is not implemented",
+        "HTTPRouteBackendProtocolH2C": "needs an h2c-only echo backend in the runner",
+        "GatewayStaticAddresses": "needs unusable/usable address substitution in the runner",
+    }
+    for feature, reason in unsupported.items():
+        if feature in features:
+            return reason
+    for case in test["cases"]:
+        if case["request"].get("protocol") in ("grpc", "tls") or "tcp_echo" in case["expect"]:
+            return "needs a gRPC or TCP/TLS echo backend in the runner"
+    return None
+
+
+class Gateway:
+    """The gateway process and its configuration directory."""
+
+    def __init__(self, binary, workdir):
+        self.dir = os.path.join(workdir, "config")
+        os.makedirs(self.dir)
+        self.admin = f"127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(workdir, "gateway.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary, "run", "--config-dir", self.dir, "--admin-addr", self.admin,
+             "--address-pool", "127.0.10.1-127.0.10.250", "--port-offset", str(PORT_OFFSET),
+             "--access-log-sample", "0"],
+            stdout=self.log, stderr=self.log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{self.admin}/healthz", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the gateway did not start; see gateway.log")
+
+    def write(self, files):
+        for name in os.listdir(self.dir):
+            if name not in files:
+                os.remove(os.path.join(self.dir, name))
+        for name, docs in files.items():
+            tmp = os.path.join(self.dir, "." + name)
+            with open(tmp, "w") as f:
+                yaml.safe_dump_all(docs, f)
+            os.replace(tmp, os.path.join(self.dir, name))
+
+    def status(self):
+        with urllib.request.urlopen(f"http://{self.admin}/status", timeout=5) as r:
+            return json.load(r)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_manifest(data_dir, name):
+    with open(os.path.join(data_dir, "manifests", name)) as f:
+        text = f.read()
+    text = text.replace("{GATEWAY_CLASS_NAME}", CLASS).replace("{GATEWAY_CONTROLLER_NAME}", CONTROLLER)
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+class Runner:
+    def __init__(self, data_dir, binary, workdir):
+        self.data_dir = data_dir
+        with open(os.path.join(data_dir, "cases.json")) as f:
+            self.cases = json.load(f)
+        self.certs = certs.Certificates(workdir, self.cases["generated_secrets"])
+        self.echoes = {}
+        for b in self.cases["backends"]:
+            if b["echo"] == "http":
+                self.echoes[(b["namespace"], b["service"])] = echo.Echo(b["namespace"], b["service"])
+        for b in self.cases["backends"]:
+            if b["echo"].startswith("alias-of:"):
+                self.echoes[(b["namespace"], b["service"])] = self.echoes[(b["namespace"], b["echo"][9:])]
+        self.gateway = Gateway(binary, workdir)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def endpoint_slices(self, docs):
+        """EndpointSlices for every echo, and manifest slices re-pointed at their echo."""
+        services = {(d["metadata"].get("namespace", "default"), d["metadata"]["name"]): d
+                    for d in docs if d.get("kind") == "Service"}
+        out = []
+        shipped = set()
+        for d in docs:
+            if d.get("kind") != "EndpointSlice":
+                continue
+            ns = d["metadata"].get("namespace", "default")
+            svc = d["metadata"].get("labels", {}).get("kubernetes.io/service-name")
+            e = self.echoes.get((ns, svc))
+            if e:
+                shipped.add((ns, svc))
+                d["endpoints"] = [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]
+                d["addressType"] = "IPv4"
+                for p in d.get("ports") or []:
+                    p["port"] = e.port
+        for (ns, name), svc in services.items():
+            e = self.echoes.get((ns, name))
+            if not e or (ns, name) in shipped:
+                continue
+            ports = []
+            for p in svc["spec"].get("ports", []):
+                target = p.get("targetPort", p["port"])
+                # Only the plain HTTP echo port is served; other target ports stay unready.
+                if target in (3000, "http") or p.get("name") in ("first-port", "third-port") or len(svc["spec"]["ports"]) == 1:
+                    port = {"port": e.port}
+                    if p.get("name"):
+                        port["name"] = p["name"]
+                    ports.append(port)
+            out.append({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"{name}-echo", "namespace": ns,
+                             "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}],
+                "ports": ports,
+            })
+        return out
+
+    def configure(self, test):
+        docs = []
+        for m in test["manifests"]:
+            docs.extend(load_manifest(self.data_dir, m))
+        for d in docs:
+            if d.get("kind") == "Gateway":
+                d["spec"]["gatewayClassName"] = CLASS
+            if d.get("kind") == "Namespace":
+                d["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = d["metadata"]["name"]
+        docs = [d for d in docs if d.get("kind") not in ("Deployment", "Pod")]
+        docs.append({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                     "metadata": {"name": CLASS}, "spec": {"controllerName": CONTROLLER}})
+        self.docs = docs
+        self.write_docs()
+
+    def write_docs(self):
+        slices = self.endpoint_slices(self.docs)
+        self.gateway.write({"manifests.yaml": self.docs, "endpoints.yaml": slices,
+                            "secrets.yaml": copy.deepcopy(self.certs.objects)})
+
+    # -- status --------------------------------------------------------------------------
+
+    def find(self, report, kind, ns, name):
+        for o in report["objects"]:
+            if o["kind"] == kind and o["name"] == name and (o["namespace"] or None) in (ns, None):
+                return o
+        return None
+
+    def wait_status(self, expectations, before=None):
+        deadline = time.time() + STATUS_WAIT
+        last = "no report"
+        while time.time() < deadline:
+            report = self.gateway.status()
+            problems = [p for e in expectations for p in self.check_status(report, e, before)]
+            if not problems:
+                return
+            last = problems[0]
+            time.sleep(0.2)
+        raise Failure(f"status: {last}")
+
+    def check_status(self, report, e, before):
+        if e["kind"] == "Namespace":
+            return self.namespace_not_ready(report, e["name"])
+        o = self.find(report, e["kind"], e.get("namespace"), e["name"])
+        where = f"{e['kind']} {e.get('namespace', '')}/{e['name']}"
+        if o is None:
+            if e.get("no_accepted_parents"):
+                return []
+            return [f"{where} has no status"]
+        st = o["status"]
+        out = []
+
+        def has(conds, want, what):
+            for w in want:
+                found = [c for c in conds if c["type"] == w["type"]]
+                ok = any((not w.get("status") or c["status"] == w["status"]) and
+                         (not w.get("reason") or c["reason"] == w["reason"]) for c in found)
+                if not ok:
+                    got = [(c["type"], c["status"], c["reason"]) for c in found]
+                    out.append(f"{what}: want {w['type']}={w.get('status')} {w.get('reason') or ''}, got {got}")
+
+        if "parent" in e:
+            pns, pname = e["parent"].split("/")
+            parents = [p for p in st.get("parents", []) if p["parentRef"]["name"] == pname and
+                       p["parentRef"].get("namespace", o["namespace"]) == pns]
+            if not parents:
+                out.append(f"{where} has no parent entry for {e['parent']}")
+            for p in parents:
+                has(p["conditions"], e.get("conditions", []), f"{where} parent {e['parent']}")
+                if p["controllerName"] != CONTROLLER or p["parentRef"].get("kind") != "Gateway":
+                    out.append(f"{where}: parentRef/controllerName not written out")
+                if any(c["observedGeneration"] != o["generation"] for c in p["conditions"]):
+                    out.append(f"{where}: stale observedGeneration")
+        elif "conditions" in e:
+            has(st.get("conditions", []), e["conditions"], where)
+        if e.get("no_accepted_parents"):
+            parents = st.get("parents", [])
+            if parents and not (len(parents) == 1 and any(c["type"] == "Accepted" and c["status"] == "False"
+                                                            for c in parents[0]["conditions"])):
+                out.append(f"{where}: has accepted parents")
+        listeners = {l["name"]: l for l in st.get("listeners", [])}
+        if e.get("listeners") == "*":
+            for l in listeners.values():
+                has(l["conditions"], e.get("conditions", []), f"{where} listener {l['name']}")
+        if "listener" in e:
+            l = listeners.get(e["listener"])
+            if not l:
+                out.append(f"{where}: no listener {e['listener']}")
+            else:
+                has(l["conditions"], e.get("listener_conditions", []), f"{where} listener {e['listener']}")
+        if "exact_listener_count" in e and len(listeners) != e["exact_listener_count"]:
+            out.append(f"{where}: {len(listeners)} listeners, want {e['exact_listener_count']}")
+        for ls in e.get("listener_status", []):
+            l = listeners.get(ls["name"])
+            if not l:
+                out.append(f"{where}: no listener {ls['name']}")
+                continue
+            if "attached_routes" in ls and l["attachedRoutes"] != ls["attached_routes"]:
+                out.append(f"{where} listener {ls['name']}: attachedRoutes {l['attachedRoutes']}, want {ls['attached_routes']}")
+            has(l["conditions"], ls.get("conditions", []), f"{where} listener {ls['name']}")
+            kinds = [k["kind"] for k in l.get("supportedKinds", [])]
+            if "supported_kinds" in ls:
+                if ls["supported_kinds"] == [] and kinds:
+                    out.append(f"{where} listener {ls['name']}: supportedKinds {kinds}, want none")
+                for k in ls["supported_kinds"]:
+                    if k not in kinds:
+                        out.append(f"{where} listener {ls['name']}: supportedKinds {kinds} lacks {k}")
+        if e.get("requires_address") and not any(a.get("type") for a in st.get("addresses", [])):
+            out.append(f"{where}: no status address")
+        if e.get("zero_attached_routes") and any(l["attachedRoutes"] for l in listeners.values()):
+            out.append(f"{where}: has attached routes")
+        if e.get("conditions_have_latest_observed_generation"):
+            conds = st.get("conditions", []) + [c for l in listeners.values() for c in l["conditions"]]
+            if any(c["observedGeneration"] != o["generation"] for c in conds):
+                out.append(f"{where}: conditions carry an old observedGeneration")
+        if e.get("generation_changed") and before is not None and before.get((e["kind"], e["name"])) == o["generation"]:
+            out.append(f"{where}: generation did not change")
+        if e.get("namespace_ready"):
+            out += self.namespace_not_ready(report, e.get("namespace"))
+        return out
+
+    def namespace_not_ready(self, report, namespace):
+        """Gateways of a namespace that are not Accepted and Programmed (unless annotated to be
+        skipped for readiness)."""
+        out = []
+        for g in report["objects"]:
+            if g["kind"] == "Gateway" and g["namespace"] == namespace:
+                annotations = self.annotations("Gateway", g["namespace"], g["name"])
+                if annotations.get("gateway-api/skip-this-for-readiness") == "true":
+                    continue
+                conds = {c["type"]: c for c in g["status"]["conditions"]}
+                for t in ("Accepted", "Programmed"):
+                    if conds.get(t, {}).get("status") != "True":
+                        out.append(f"Gateway {g['name']} not {t}")
+        return out
+
+    def annotations(self, kind, ns, name):
+        for d in self.docs:
+            if d.get("kind") == kind and d["metadata"]["name"] == name and d["metadata"].get("namespace") == ns:
+                return d["metadata"].get("annotations") or {}
+        return {}
+
+    # -- requests ------------------------------------------------------------------------
+
+    def gateway_address(self, gw):
+        ns, name = gw.split("/")
+        o = self.find(self.gateway.status(), "Gateway", ns, name)
+        addrs = (o or {}).get("status", {}).get("addresses") or []
+        if not addrs:
+            raise Failure(f"Gateway {gw} has no address")
+        return addrs[0]["value"]
+
+    def run_case(self, test, case):
+        gw = case.get("gateway") or test["gateway"]
+        address = self.gateway_address(gw)
+        req = case["request"]
+        single = case.get("single_attempt")
+        deadline = time.time() + CONSISTENCY_WAIT
+        passes, last = 0, None
+        while True:
+            try:
+                self.attempt(address, req, case["expect"], case)
+                passes += 1
+                if single or passes >= 3:
+                    break
+                continue
+            except Failure as f:
+                last = f
+                passes = 0
+                if single or time.time() > deadline:
+                    raise Failure(f"{req.get('method', 'GET')} {req.get('host', '')}{req.get('path', '')}: {last}")
+                time.sleep(1)
+        for _ in range(case.get("repeat", 0)):
+            self.attempt(address, req, case["expect"], case)
+        if case.get("mirror_distribution"):
+            self.check_mirror_share(address, req, case)
+
+    def check_mirror_share(self, address, req, case):
+        """Sends batches of identical requests and counts the copies the mirror received."""
+        dist = case["mirror_distribution"]
+        mirror = case["expect"]["mirrored_to"][0]
+        e = self.echoes[(mirror.get("namespace", "gateway-conformance-infra"), mirror["backend"])]
+        p = mirror["percent"] / 100
+        n = dist["requests_per_batch"]
+        band = dist["tolerance_std_devs"] * (n * p * (1 - p)) ** 0.5
+        port = req.get("port", 80) + PORT_OFFSET
+        counts = []
+        for _ in range(dist["max_batches"]):
+            path = f"{req['path']}{'&' if '?' in req['path'] else '?'}{dist['request_id_query_param']}={uuid.uuid4()}"
+            batch = dict(req, path=path)
+
+            def one(_):
+                r = clients.request(address, port, batch, None)
+                if r.status != 200:
+                    raise Failure(f"mirrored request answered {r.status}")
+
+            with ThreadPoolExecutor(dist["concurrency"]) as pool:
+                list(pool.map(one, range(n)))
+            time.sleep(1)  # copies are sent after the real request; let the last ones land
+            count = e.paths_seen().count(path)
+            counts.append(count)
+            if abs(count - n * p) <= band:
+                return
+            time.sleep(2)
+        raise Failure(f"mirror received {counts} of {n} copies per batch, want {n * p:.0f} +/- {band:.0f}")
+
+    def attempt(self, address, req, expect, case):
+        req = dict(req)
+        seen_path = (expect.get("request_seen") or {}).get("path")
+        if req.get("fresh_uuid_per_attempt"):
+            u = str(uuid.uuid4())
+            req["path"] = req["path"].replace("{uuid}", u)
+            seen_path = seen_path.replace("{uuid}", u) if seen_path else None
+        if req.get("add_request_id_query_param"):
+            u = str(uuid.uuid4())
+            sep = "&" if "?" in req["path"] else "?"
+            req["path"] += f"{sep}{req['add_request_id_query_param']}={u}"
+            if seen_path:
+                seen_path += f"{'&' if '?' in seen_path else '?'}{req['add_request_id_query_param']}={u}"
+        port = req.get("port", 80) + PORT_OFFSET
+        tls = self.tls_settings(req)
+        if req.get("scheme") == "ws":
+            ok = clients.websocket(address, port, req)
+            if not ok:
+                raise Failure("websocket exchange failed")
+            return
+        response = clients.request(address, port, req, tls)
+        judge_http(req, expect, response, seen_path, self)
+
+    def tls_settings(self, req):
+        if req.get("scheme") != "https":
+            return None
+        trust = self.certs.files.get(req.get("tls_trust", ""), (None, None))[0]
+        client = self.certs.files.get(req.get("client_cert") or "", None)
+        return {"sni": req.get("sni") or req.get("host"), "trust": trust, "client": client}
+
+    def mirrored(self, ns, backend, path, within=10):
+        e = self.echoes.get((ns, backend))
+        deadline = time.time() + within
+        while time.time() < deadline:
+            if e and path in e.paths_seen():
+                return True
+            time.sleep(0.1)
+        return False
+
+    # -- steps and weights ---------------------------------------------------------------
+
+    def apply_step(self, step):
+        before = {(o["kind"], o["name"]): o["generation"] for o in self.gateway.status()["objects"]}
+        target = None
+        for d in self.docs:
+            if d.get("kind") == step["kind"] and d["metadata"]["name"] == step["name"] and \
+                    d["metadata"].get("namespace") == step.get("namespace"):
+                target = d
+        if target is None:
+            raise Failure(f"step target {step['kind']} {step['name']} not found")
+        if step["action"] == "delete":
+            self.docs.remove(target)
+        else:
+            change = step["change"]
+            if "append_listener" in change:
+                target["spec"]["listeners"].append(change["append_listener"])
+            elif "keep_only_listeners" in change:
+                target["spec"]["listeners"] = [l for l in target["spec"]["listeners"]
+                                               if l["name"] in change["keep_only_listeners"]]
+            elif "path" in change:
+                node = target
+                parts = change["path"].split(".")
+                for p in parts[:-1]:
+                    node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+                last = parts[-1]
+                if isinstance(node, list):
+                    node[int(last)] = change["value"]
+                else:
+                    node[last] = change["value"]
+            else:
+                raise Failure(f"unknown step change {change}")
+        self.write_docs()
+        return before
+
+    def check_weights(self, test, w):
+        address = self.gateway_address(test["gateway"])
+        req = dict(w["request"])
+        port = req.get("port", 80) + PORT_OFFSET
+        for attempt in range(w.get("max_attempts", 10)):
+            counts = {}
+
+            def one(_):
+                r = clients.request(address, port, req, None)
+                if r.status != 200:
+                    raise Failure(f"weighted request answered {r.status}")
+                return json.loads(r.body)["service"]
+
+            with ThreadPoolExecutor(w.get("concurrency", 10)) as pool:
+                for svc in pool.map(one, range(w["total_requests"])):
+                    counts[svc] = counts.get(svc, 0) + 1
+            total = sum(counts.values())
+            expected = w["expected_fractions"]
+            ok = set(counts) == {k for k, v in expected.items() if v > 0} and all(
+                abs(counts.get(k, 0) / total - v) <= w["tolerance"] for k, v in expected.items())
+            if ok:
+                return
+        raise Failure(f"traffic split {counts} does not match {expected}")
+
+    # -- one test ------------------------------------------------------------------------
+
+    def run_test(self, test):
+        self.configure(test)
+        if test.get("status_expectations"):
+            self.wait_status(test["status_expectations"])
+        else:
+            time.sleep(0.6)
+        for case in test["cases"]:
+            self.run_case(test, case)
+        for step in test.get("steps", []):
+            before = self.apply_step(step)
+            if step.get("then_status"):
+                self.wait_status(step["then_status"], before)
+            for case in step.get("then_cases", []):
+                self.run_case(test, case)
+        if test.get("weights"):
+            self.check_weights(test, test["weights"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--binary", default=os.path.join(REPO, "target", "debug", "portcullis"))
+    parser.add_argument("--data", default=os.environ.get("PORTCULLIS_CONFORMANCE_DIR",
+                                                         os.path.join(REPO, "..", "shared", "conformance")))
+    parser.add_argument("tests", nargs="*")
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="portcullis-conformance-")
+    runner = Runner(args.data, args.binary, workdir)
+    results = []
+    try:
+        for test in runner.cases["tests"]:
+            if args.tests and test["name"] not in args.tests:
+                continue
+            reason = skip_reason(test)
+            if reason:
+                results.append((test, "SKIP", reason))
+                continue
+            started = time.time()
+            try:
+                runner.run_test(test)
+                results.append((test, "PASS", f"{time.time() - started:.1f}s"))
+            except Failure as f:
+                results.append((test, "FAIL", str(f)))
+            except Exception as e:  # a runner bug must not hide the other results
+                results.append((test, "FAIL", f"runner error: {e!r}"))
+            print(f"{results[-1][1]} {test['name']}: {results[-1][2][:300]}", file=sys.stderr, flush=True)
+    finally:
+        runner.gateway.stop()
+    width = max(len(t["name"]) for t, _, _ in results) if results else 10
+    print(f"\n{'test':<{width}}  {'kind':<10} {'support':<9} result  detail")
+    for t, r, detail in results:
+        print(f"{t['name']:<{width}}  {t['route_kind']:<10} {t['support']:<9} {r:<6}  {detail[:160]}")
+    passed = sum(r == "PASS" for _, r, _ in results)
+    failed = sum(r == "FAIL" for _, r, _ in results)
+    skipped = sum(r == "SKIP" for _, r, _ in results)
+    core = [t for t, r, _ in results if r == "PASS" and t["support"] == "core"]
+    print(f"\ncore passed: {len(core)}; extended passed: {passed - len(core)}")
+    print(f"{passed} passed, {failed} failed, {skipped} skipped")
+    if failed:
+        print(f"gateway log: {os.path.join(workdir, 'gateway.log')}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
