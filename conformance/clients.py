@@ -134,3 +134,44 @@ def websocket(address, port, req):
         return True
     except OSError:
         return False
+
+
+def tls_rejected(address, port, sni):
+    """True when a TLS handshake with `sni` is cut off at transport level (EOF or reset); a
+    completed handshake or a certificate complaint is not a rejection."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((address, port), timeout=TIMEOUT) as sock:
+            with ctx.wrap_socket(sock, server_hostname=sni):
+                return False
+    except ssl.SSLCertVerificationError:
+        return False
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, ssl.SSLError):
+        return True
+    except OSError:
+        return True
+
+
+def tcp_echo(address, port, sni, trust):
+    """Opens TLS to the TCP echo through the gateway and returns its TEST answer."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = bool(sni)
+    if trust:
+        ctx.load_verify_locations(trust)
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection((address, port), timeout=TIMEOUT) as sock:
+            with ctx.wrap_socket(sock, server_hostname=sni) as tls:
+                f = tls.makefile("rwb")
+                greeting = f.readline()
+                if not greeting.startswith(b"Gateway API Test TCP Server"):
+                    raise Failure(f"unexpected greeting {greeting!r}")
+                f.write(b"TEST\n")
+                f.flush()
+                import json
+                return json.loads(f.readline())
+    except (OSError, ValueError) as e:
+        raise Failure(f"TCP echo over TLS failed: {e!r}")

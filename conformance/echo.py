@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -34,7 +35,7 @@ def go_duration(text):
 class Echo:
     """One echo server standing for a Service."""
 
-    def __init__(self, namespace, service):
+    def __init__(self, namespace, service, tls_files=None, target_port=3000):
         self.namespace, self.service = namespace, service
         self.seen = []  # (method, path) of every request, for mirror checks
         self.lock = threading.Lock()
@@ -99,7 +100,12 @@ class Echo:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls_files:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls_files)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
+        self.ports = {target_port: self.port}
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def paths_seen(self):
@@ -139,3 +145,59 @@ def make_frame(opcode, payload, mask=True):
         return bytes(head) + payload
     key = b"\x11\x22\x33\x44"
     return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class TcpEcho:
+    """The TCP echo of the TLSRoute cases: a plain port and a TLS port (serving `tls_files`).
+    It greets, answers PING with PONG, IS_TLS with whether its own connection is TLS, and TEST
+    with a JSON line naming itself and the server name it saw."""
+
+    def __init__(self, namespace, service, tls_files):
+        self.namespace, self.service = namespace, service
+        self.plain = self._listen(None)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls_files)
+        self.tls = self._listen(ctx)
+        self.ports = {3000: self.plain, 8443: self.tls}
+
+    def _listen(self, ctx):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        threading.Thread(target=self._accept, args=(sock, ctx), daemon=True).start()
+        return sock.getsockname()[1]
+
+    def _accept(self, sock, ctx):
+        while True:
+            conn, _ = sock.accept()
+            threading.Thread(target=self._serve, args=(conn, ctx), daemon=True).start()
+
+    def _serve(self, conn, ctx):
+        try:
+            conn.settimeout(30)
+            sni = None
+            if ctx:
+                seen = {}
+                ctx.sni_callback = lambda s, name, c: seen.__setitem__("name", name) and None
+                conn = ctx.wrap_socket(conn, server_side=True)
+                sni = seen.get("name")
+            f = conn.makefile("rwb")
+            f.write(b"Gateway API Test TCP Server\n")
+            f.flush()
+            for line in f:
+                word = line.strip().decode(errors="replace")
+                if word == "PING":
+                    f.write(b"PONG\n")
+                elif word == "IS_TLS":
+                    f.write(b"true\n" if ctx else b"false\n")
+                elif word == "TEST":
+                    info = {"namespace": self.namespace, "pod": self.service + "-0", "service": self.service,
+                            "isTLS": bool(ctx)}
+                    if ctx:
+                        info["tls"] = {"serverName": sni}
+                    f.write((json.dumps(info) + "\n").encode())
+                f.flush()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            conn.close()

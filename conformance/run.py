@@ -71,8 +71,8 @@ def skip_reason(test):
         if feature in features:
             return reason
     for case in test["cases"]:
-        if case["request"].get("protocol") in ("grpc", "tls") or "tcp_echo" in case["expect"]:
-            return "needs a gRPC or TCP/TLS echo backend in the runner"
+        if case["request"].get("protocol") == "grpc":
+            return "needs a gRPC echo backend and client in the runner"
     return None
 
 
@@ -141,8 +141,13 @@ class Runner:
         self.certs = certs.Certificates(workdir, self.cases["generated_secrets"])
         self.echoes = {}
         for b in self.cases["backends"]:
+            key = (b["namespace"], b["service"])
             if b["echo"] == "http":
-                self.echoes[(b["namespace"], b["service"])] = echo.Echo(b["namespace"], b["service"])
+                self.echoes[key] = echo.Echo(*key)
+            elif b["echo"] == "https" and not b.get("client_ca"):
+                self.echoes[key] = echo.Echo(*key, tls_files=self.certs.files[b["server_cert"]], target_port=8443)
+            elif b["echo"] == "tcp":
+                self.echoes[key] = echo.TcpEcho(*key, self.certs.files[b["server_cert"]])
         for b in self.cases["backends"]:
             if b["echo"].startswith("alias-of:"):
                 self.echoes[(b["namespace"], b["service"])] = self.echoes[(b["namespace"], b["echo"][9:])]
@@ -167,17 +172,18 @@ class Runner:
                 d["endpoints"] = [{"addresses": ["127.0.0.1"], "conditions": {"ready": True}}]
                 d["addressType"] = "IPv4"
                 for p in d.get("ports") or []:
-                    p["port"] = e.port
+                    p["port"] = e.ports[3000]
         for (ns, name), svc in services.items():
             e = self.echoes.get((ns, name))
             if not e or (ns, name) in shipped:
                 continue
             ports = []
             for p in svc["spec"].get("ports", []):
-                target = p.get("targetPort", p["port"])
-                # Only the plain HTTP echo port is served; other target ports stay unready.
-                if target in (3000, "http") or p.get("name") in ("first-port", "third-port") or len(svc["spec"]["ports"]) == 1:
-                    port = {"port": e.port}
+                # Each Service port points at the echo's listener for its targetPort; a target
+                # port the echo does not serve (the h2c-only 3001) gets no endpoint port.
+                real = e.ports.get(p.get("targetPort", p["port"]))
+                if real:
+                    port = {"port": real}
                     if p.get("name"):
                         port["name"] = p["name"]
                     ports.append(port)
@@ -412,6 +418,8 @@ class Runner:
                 seen_path += f"{'&' if '?' in seen_path else '?'}{req['add_request_id_query_param']}={u}"
         port = req.get("port", 80) + PORT_OFFSET
         tls = self.tls_settings(req)
+        if req.get("protocol") == "tls":
+            return self.attempt_tls(address, port, req, expect)
         if req.get("scheme") == "ws":
             ok = clients.websocket(address, port, req)
             if not ok:
@@ -419,6 +427,20 @@ class Runner:
             return
         response = clients.request(address, port, req, tls)
         judge_http(req, expect, response, seen_path, self)
+
+    def attempt_tls(self, address, port, req, expect):
+        if expect.get("tls_connection_rejected"):
+            if not clients.tls_rejected(address, port, req.get("sni")):
+                raise Failure(f"a TLS handshake for {req.get('sni')} was not refused")
+            return
+        want = expect["tcp_echo"]
+        trust = (req.get("tls_trust") or "").split(" ")[0]
+        info = clients.tcp_echo(address, port, req.get("sni"), self.certs.files.get(trust, (None,))[0])
+        got = (info.get("namespace"), info.get("service"), info.get("isTLS"))
+        if got != (want["namespace"], want["backend"], want["backend_is_tls"]):
+            raise Failure(f"TCP echo answered {got}, want {want}")
+        if want.get("backend_sni") and (info.get("tls") or {}).get("serverName") != want["backend_sni"]:
+            raise Failure(f"backend saw SNI {info.get('tls')}, want {want['backend_sni']}")
 
     def tls_settings(self, req):
         if req.get("scheme") != "https":
