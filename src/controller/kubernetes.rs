@@ -4,7 +4,7 @@
 //!
 //! - Every object of the kinds the compiler reads ([`RESOURCES`]), mirrored into the [`Store`] by
 //!   one list-then-watch loop per kind, or per kind and namespace when `--watch-namespaces` names
-//!   some ([`watch`]). Objects are stored without `status`, `metadata.managedFields`,
+//!   some (the `watch` submodule). Objects are stored without `status`, `metadata.managedFields`,
 //!   `metadata.resourceVersion` and the `kubectl` last-applied annotation: the compiler reads
 //!   none of them, and leaving them out means that our own status writes, and no-op updates,
 //!   do not cause a recompile.
@@ -12,7 +12,7 @@
 //!   not the cluster's other credentials.
 //! - Namespaces as metadata only: their labels are what `allowedRoutes` selectors match.
 //! - Beside the store, a [`StatusCache`] keeps the `status` and `resourceVersion` last seen on the
-//!   objects whose status we write, so that the [`status_writer`](super::status_writer) writes
+//!   objects whose status we write, so that the [`status_writer`] writes
 //!   only what differs.
 //!
 //! The store is fed only once every watch has its initial list, and the data plane starts after
@@ -21,7 +21,7 @@
 //! the last table keeps serving while the watches retry, and they resume from the last
 //! `resourceVersion` they saw, or re-list when the server says that version is gone (410).
 //!
-//! Status is written by one replica only when `--leader-elect` is on ([`leader`](super::leader));
+//! Status is written by one replica only when `--leader-elect` is on ([`leader`]);
 //! every replica serves traffic.
 
 mod watch;

@@ -1,0 +1,492 @@
+//! End to end in Kubernetes mode: the real binary reads a (fake, local) API server through
+//! `kube::Client`, serves traffic by what it finds there, and writes status back.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use support::apiserver::ApiServer;
+use support::{client, condition, eventually, loopback, Echo, Gateway};
+
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+const CONTROLLER: &str = "portcullis.dev/gateway-controller";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn gateway_class() -> Value {
+    json!({
+        "apiVersion": GATEWAY_API, "kind": "GatewayClass",
+        "metadata": {"name": "portcullis"},
+        "spec": {"controllerName": CONTROLLER},
+    })
+}
+
+fn namespace(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+fn gateway(namespace: &str, allowed: Value) -> Value {
+    json!({
+        "apiVersion": GATEWAY_API, "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": namespace},
+        "spec": {
+            "gatewayClassName": "portcullis",
+            "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
+                           "allowedRoutes": {"namespaces": allowed}}],
+        },
+    })
+}
+
+fn route(namespace: &str, name: &str, host: &str, gateway_namespace: &str, service: &str) -> Value {
+    json!({
+        "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "parentRefs": [{"name": "gw", "namespace": gateway_namespace}],
+            "hostnames": [host],
+            "rules": [{"backendRefs": [{"name": service, "namespace": namespace, "port": 80}]}],
+        },
+    })
+}
+
+/// A Service and its EndpointSlice, pointing at an echo backend on loopback.
+fn service(server: &ApiServer, namespace: &str, name: &str, port: u16) {
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": [{"name": "http", "port": 80}]},
+    }));
+    server.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-1"), "namespace": namespace,
+                     "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "port": port}],
+    }));
+}
+
+fn route_status(server: &ApiServer, namespace: &str, name: &str) -> Value {
+    server
+        .get(GATEWAY_API, "HTTPRoute", namespace, name)
+        .map(|r| r["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Our entry in a route's `status.parents`.
+fn our_parent(status: &Value) -> Option<Value> {
+    status["parents"]
+        .as_array()?
+        .iter()
+        .find(|p| p["controllerName"] == CONTROLLER)
+        .cloned()
+}
+
+/// The reason of our `Accepted` condition on a route, once written for its current generation.
+fn accepted(server: &ApiServer, namespace: &str, name: &str) -> Option<(String, String)> {
+    let route = server.get(GATEWAY_API, "HTTPRoute", namespace, name)?;
+    let parent = our_parent(&route["status"])?;
+    let c = condition(&parent["conditions"], "Accepted")?;
+    if c["observedGeneration"] != route["metadata"]["generation"] {
+        return None;
+    }
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+fn status_writes(server: &ApiServer) -> Vec<support::apiserver::Logged> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/status"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_from_the_api_server_serve_traffic_and_get_status() {
+    let server = ApiServer::start().await;
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    server.apply(gateway_class());
+    server.apply(namespace("apps", json!({})));
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc-a", a.port);
+    service(&server, "apps", "svc-b", b.port);
+    server.apply(route("apps", "web", "app.example", "apps", "svc-a"));
+    // Another controller's entry, which must survive our writes.
+    let theirs = json!({
+        "parentRef": {"name": "elsewhere", "namespace": "apps", "group": "gateway.networking.k8s.io", "kind": "Gateway"},
+        "controllerName": "example.com/other-controller",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "observedGeneration": 1, "lastTransitionTime": "2020-01-01T00:00:00Z"}],
+    });
+    server.set_status(
+        GATEWAY_API,
+        "HTTPRoute",
+        "apps",
+        "web",
+        json!({"parents": [theirs.clone()]}),
+    );
+    // Writes that lose a race are read again and retried.
+    server.conflict_next_status_writes(2);
+
+    let gw = Gateway::start(&server, "replica", loopback(11), &[]);
+    let http = client();
+    eventually("the gateway turns ready", WAIT, || async {
+        (gw.readyz(&http).await == Some(200)).then_some(())
+    })
+    .await;
+    // Ready only once every kind was listed: the very first request is routed.
+    assert_eq!(
+        gw.backend(&http, "app.example", "/").await.as_deref(),
+        Some("a"),
+        "first request after /readyz"
+    );
+
+    let (status, reason) = eventually("the route's status is written", WAIT, || async {
+        accepted(&server, "apps", "web")
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"));
+    let parents = route_status(&server, "apps", "web")["parents"].clone();
+    assert!(
+        parents.as_array().unwrap().contains(&theirs),
+        "the other controller's entry is kept: {parents}"
+    );
+    let class = server
+        .get(GATEWAY_API, "GatewayClass", "", "portcullis")
+        .unwrap();
+    assert_eq!(
+        condition(&class["status"]["conditions"], "Accepted").unwrap()["status"],
+        "True"
+    );
+    let gateway_status = eventually("the Gateway's status is written", WAIT, || async {
+        let g = server.get(GATEWAY_API, "Gateway", "apps", "gw")?;
+        let listeners = &g["status"]["listeners"];
+        (listeners[0]["attachedRoutes"] == 1).then(|| g["status"].clone())
+    })
+    .await;
+    assert_eq!(
+        condition(&gateway_status["conditions"], "Programmed").unwrap()["status"],
+        "True"
+    );
+    assert_eq!(
+        gateway_status["addresses"][0]["value"],
+        gw.http.ip().to_string()
+    );
+    let accepted_since =
+        condition(&gateway_status["conditions"], "Accepted").unwrap()["lastTransitionTime"].clone();
+
+    // Edit the route: traffic follows, status follows the new generation, and conditions that
+    // did not change keep their transition time.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.apply(route("apps", "web", "app.example", "apps", "svc-b"));
+    eventually("traffic follows the edited route", WAIT, || async {
+        (gw.backend(&http, "app.example", "/").await.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    eventually(
+        "the status of the route's second generation is written",
+        WAIT,
+        || async { accepted(&server, "apps", "web") },
+    )
+    .await;
+    let gateway_status =
+        server.get(GATEWAY_API, "Gateway", "apps", "gw").unwrap()["status"].clone();
+    assert_eq!(
+        condition(&gateway_status["conditions"], "Accepted").unwrap()["lastTransitionTime"],
+        accepted_since,
+        "an unchanged condition keeps its lastTransitionTime"
+    );
+
+    // Delete it: 404, and the listener counts no route.
+    assert!(server.remove(GATEWAY_API, "HTTPRoute", "apps", "web"));
+    eventually("a deleted route answers 404", WAIT, || async {
+        (gw.get(&http, "app.example", "/").await?.0 == 404).then_some(())
+    })
+    .await;
+    eventually("attachedRoutes drops to 0", WAIT, || async {
+        let g = server.get(GATEWAY_API, "Gateway", "apps", "gw")?;
+        (g["status"]["listeners"][0]["attachedRoutes"] == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_from_a_namespace_the_listener_does_not_allow_is_not_accepted() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(namespace("infra", json!({})));
+    server.apply(namespace("apps", json!({"gateway-access": "yes"})));
+    server.apply(namespace("other", json!({})));
+    server.apply(gateway(
+        "infra",
+        json!({"from": "Selector", "selector": {"matchLabels": {"gateway-access": "yes"}}}),
+    ));
+    service(&server, "apps", "svc", a.port);
+    service(&server, "other", "svc", a.port);
+    server.apply(route("apps", "allowed", "allowed.example", "infra", "svc"));
+    server.apply(route("other", "refused", "refused.example", "infra", "svc"));
+
+    let gw = Gateway::start(&server, "replica", loopback(12), &["--leader-elect=false"]);
+    let http = client();
+    eventually("the allowed route serves", WAIT, || async {
+        (gw.backend(&http, "allowed.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    let refused = eventually("the refused route's status is written", WAIT, || async {
+        accepted(&server, "other", "refused")
+    })
+    .await;
+    assert_eq!(
+        (refused.0.as_str(), refused.1.as_str()),
+        ("False", "NotAllowedByListeners")
+    );
+    assert_eq!(
+        gw.get(&http, "refused.example", "/").await.map(|r| r.0),
+        Some(404)
+    );
+    assert_eq!(
+        accepted(&server, "apps", "allowed"),
+        Some(("True".to_string(), "Accepted".to_string()))
+    );
+
+    // Labelling the namespace (a Namespace watch event) lets the route in.
+    server.apply(namespace("other", json!({"gateway-access": "yes"})));
+    eventually(
+        "the route is accepted once its namespace is labelled",
+        WAIT,
+        || async {
+            (accepted(&server, "other", "refused")? == ("True".to_string(), "Accepted".to_string()))
+                .then_some(())
+        },
+    )
+    .await;
+    eventually("and serves", WAIT, || async {
+        (gw.backend(&http, "refused.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_never_stops_while_the_api_server_is_away_and_watches_recover() {
+    let server = ApiServer::start().await;
+    let (a, b) = (Echo::start("a"), Echo::start("b"));
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc-a", a.port);
+    service(&server, "apps", "svc-b", b.port);
+    server.apply(route("apps", "web", "app.example", "apps", "svc-a"));
+    server.apply(route("apps", "second", "second.example", "apps", "svc-a"));
+
+    let gw = Arc::new(Gateway::start(&server, "replica", loopback(13), &[]));
+    let http = client();
+    eventually("the gateway serves", WAIT, || async {
+        (gw.backend(&http, "app.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    eventually("the route's status is written", WAIT, || async {
+        accepted(&server, "apps", "web")
+    })
+    .await;
+
+    // Load on both hosts for the whole test: every request must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (gw, http, stop, sent, failed) = (
+            gw.clone(),
+            http.clone(),
+            stop.clone(),
+            sent.clone(),
+            failed.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let ok = matches!(gw.get(&http, "app.example", "/").await, Some((200, _)));
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // The server goes away for two seconds and comes back with its history: the watches resume
+    // from where they were, and a change made after the return is applied.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    server.apply(route("apps", "web", "app.example", "apps", "svc-b"));
+    eventually("a change after the restart is applied", WAIT, || async {
+        (gw.backend(&http, "app.example", "/").await.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+
+    // Away again; meanwhile objects change and the history is compacted, so the watches'
+    // resourceVersion is gone (410) and they must list again, noticing a deletion they never saw
+    // as an event.
+    server.stop();
+    server.apply(route("apps", "web", "app.example", "apps", "svc-a"));
+    assert!(server.remove(GATEWAY_API, "HTTPRoute", "apps", "second"));
+    server.compact();
+    let lists_before = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/httproutes") && !r.is_watch())
+        .count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart().await;
+    eventually(
+        "the change made while away is applied after re-listing",
+        WAIT,
+        || async {
+            (gw.backend(&http, "app.example", "/").await.as_deref() == Some("a")).then_some(())
+        },
+    )
+    .await;
+    eventually("the route deleted while away is gone", WAIT, || async {
+        (gw.get(&http, "second.example", "/").await?.0 == 404).then_some(())
+    })
+    .await;
+    let lists_after = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with("/httproutes") && !r.is_watch())
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "HTTPRoutes were listed again after 410 Gone"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 50, "the load barely ran: {sent} requests");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed while the API server was away"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "first", "first.example", "apps", "svc"));
+
+    let address = loopback(14);
+    let lease = |name: &'static str| {
+        [
+            "--lease-duration",
+            "3s",
+            "--namespace",
+            "portcullis-system",
+            "--leader-identity",
+            name,
+        ]
+    };
+    let mut replicas = vec![
+        (
+            "replica-a",
+            Gateway::start(&server, "replica-a", address, &lease("replica-a")),
+        ),
+        (
+            "replica-b",
+            Gateway::start(&server, "replica-b", address, &lease("replica-b")),
+        ),
+    ];
+    let http = client();
+    let holder = || {
+        server
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                "portcullis-system",
+                "portcullis",
+            )
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty())
+    };
+    let leader = eventually("a replica takes the lease", WAIT, || async { holder() }).await;
+    for (_, gw) in &replicas {
+        eventually("every replica serves", WAIT, || async {
+            (gw.backend(&http, "first.example", "/").await.as_deref() == Some("a")).then_some(())
+        })
+        .await;
+    }
+    eventually("the first route's status is written", WAIT, || async {
+        accepted(&server, "apps", "first")
+    })
+    .await;
+    server.apply(route("apps", "second", "second.example", "apps", "svc"));
+    eventually("the second route's status is written", WAIT, || async {
+        accepted(&server, "apps", "second")
+    })
+    .await;
+    let writers: Vec<String> = status_writes(&server)
+        .into_iter()
+        .map(|r| r.token)
+        .collect();
+    assert!(!writers.is_empty());
+    assert!(
+        writers.iter().all(|w| *w == leader),
+        "only the leader {leader} writes status, writers were {writers:?}"
+    );
+    assert_eq!(
+        holder().as_deref(),
+        Some(leader.as_str()),
+        "the lease stays with its holder"
+    );
+
+    // Kill the leader outright: no release, so the other replica must wait the lease out.
+    let index = replicas.iter().position(|(n, _)| *n == leader).unwrap();
+    let (_, mut dead) = replicas.remove(index);
+    let (follower, survivor) = &replicas[0];
+    dead.process.kill();
+    let killed = Instant::now();
+    let new_leader = eventually("the other replica takes the lease over", WAIT, || async {
+        holder().filter(|h| h != &leader)
+    })
+    .await;
+    let takeover = killed.elapsed();
+    assert_eq!(new_leader, *follower);
+    // 3 s lease, 0.4 s retry period, plus scheduling slack on a busy machine.
+    assert!(
+        takeover < Duration::from_secs(6),
+        "takeover took {takeover:?}"
+    );
+
+    server.apply(route("apps", "third", "third.example", "apps", "svc"));
+    eventually(
+        "the new leader writes the third route's status",
+        WAIT,
+        || async { accepted(&server, "apps", "third") },
+    )
+    .await;
+    let third_writers: Vec<String> = status_writes(&server)
+        .into_iter()
+        .filter(|r| r.path.contains("/httproutes/third/"))
+        .map(|r| r.token)
+        .collect();
+    assert!(
+        !third_writers.is_empty() && third_writers.iter().all(|w| w == follower),
+        "the new leader wrote the third route's status: {third_writers:?}"
+    );
+    assert_eq!(
+        survivor
+            .backend(&http, "third.example", "/")
+            .await
+            .as_deref(),
+        Some("a")
+    );
+}
