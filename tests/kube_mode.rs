@@ -490,3 +490,126 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
         Some("a")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_listed_namespaces_are_watched() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "All"})));
+    service(&server, "apps", "svc", a.port);
+    service(&server, "elsewhere", "svc", a.port);
+    server.apply(route("apps", "mine", "mine.example", "apps", "svc"));
+    server.apply(route(
+        "elsewhere",
+        "theirs",
+        "theirs.example",
+        "apps",
+        "svc",
+    ));
+
+    let gw = Gateway::start(
+        &server,
+        "replica",
+        loopback(15),
+        &["--watch-namespaces", "apps", "--leader-elect=false"],
+    );
+    let http = client();
+    eventually("the watched namespace's route serves", WAIT, || async {
+        (gw.backend(&http, "mine.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    eventually("its status is written", WAIT, || async {
+        accepted(&server, "apps", "mine")
+    })
+    .await;
+    assert_eq!(
+        gw.get(&http, "theirs.example", "/").await.map(|r| r.0),
+        Some(404),
+        "a route in an unwatched namespace is not served"
+    );
+    assert_eq!(route_status(&server, "elsewhere", "theirs"), Value::Null);
+
+    let requests = server.requests();
+    let namespaced_reads = |plural: &str| {
+        requests
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&format!("/{plural}")))
+            .all(|r| r.path.contains("/namespaces/apps/"))
+    };
+    for plural in [
+        "gateways",
+        "httproutes",
+        "services",
+        "endpointslices",
+        "secrets",
+    ] {
+        assert!(
+            namespaced_reads(plural),
+            "{plural} are read in namespace apps only"
+        );
+    }
+    let secret_reads: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/secrets"))
+        .collect();
+    assert!(!secret_reads.is_empty());
+    assert!(
+        secret_reads
+            .iter()
+            .all(|r| r.param("fieldSelector").as_deref() == Some("type=kubernetes.io/tls")),
+        "only TLS Secrets are read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_hands_the_lease_over_at_once() {
+    let server = ApiServer::start().await;
+    server.apply(gateway_class());
+    let address = loopback(16);
+    // A lease long enough that waiting it out would fail the timing below.
+    let lease = |name: &'static str| {
+        [
+            "--lease-duration",
+            "20s",
+            "--namespace",
+            "portcullis-system",
+            "--leader-identity",
+            name,
+        ]
+    };
+    let holder = || {
+        server
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                "portcullis-system",
+                "portcullis",
+            )
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty())
+    };
+    let mut first = Gateway::start(&server, "first", address, &lease("first"));
+    eventually("the first replica leads", WAIT, || async {
+        (holder()? == "first").then_some(())
+    })
+    .await;
+    let _second = Gateway::start(&server, "second", address, &lease("second"));
+    // Let the second replica see the lease held.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let stopped = Instant::now();
+    assert!(
+        first.process.terminate(Duration::from_secs(10)),
+        "the leader exits cleanly on SIGTERM"
+    );
+    eventually("the second replica takes over", WAIT, || async {
+        (holder()? == "second").then_some(())
+    })
+    .await;
+    let handover = stopped.elapsed();
+    assert!(
+        handover < Duration::from_secs(8),
+        "handover took {handover:?}: the lease was waited out rather than released"
+    );
+}

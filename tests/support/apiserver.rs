@@ -184,9 +184,12 @@ pub(crate) struct Logged {
 
 impl Logged {
     pub(crate) fn is_watch(&self) -> bool {
-        self.query
-            .split('&')
-            .any(|p| p == "watch=true" || p == "watch=1")
+        matches!(self.param("watch").as_deref(), Some("true" | "1"))
+    }
+
+    /// A query parameter, decoded.
+    pub(crate) fn param(&self, name: &str) -> Option<String> {
+        query_param(&self.query, name).map(decode)
     }
 }
 
