@@ -175,3 +175,20 @@ def tcp_echo(address, port, sni, trust):
                 return json.loads(f.readline())
     except (OSError, ValueError) as e:
         raise Failure(f"TCP echo over TLS failed: {e!r}")
+
+
+def grpc_call(address, port, req):
+    """One unary call over cleartext HTTP/2; returns (status code name, decoded reply or None)."""
+    import json
+
+    import grpc
+    options = [("grpc.default_authority", req["authority"])] if req.get("authority") else []
+    with grpc.insecure_channel(f"{address}:{port}", options=options) as channel:
+        call = channel.unary_unary(f"/{req['grpc_service']}/{req['grpc_method']}")
+        metadata = [(k.lower(), v) for k, v in (req.get("metadata") or {}).items()]
+        try:
+            reply = call(b"", metadata=metadata, timeout=TIMEOUT)
+            return "OK", json.loads(reply)
+        except grpc.RpcError as e:
+            name = e.code().name  # e.g. UNIMPLEMENTED
+            return name[0] + name[1:].lower().replace("_", ""), None

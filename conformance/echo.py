@@ -201,3 +201,31 @@ class TcpEcho:
             pass
         finally:
             conn.close()
+
+
+class GrpcEcho:
+    """The gRPC echo: service `gateway_api_conformance.echo_basic.grpcecho.GrpcEcho` over
+    cleartext HTTP/2. `Echo` and `EchoTwo` answer with a JSON message naming the method, the
+    metadata seen and the backend; `EchoThree` is deliberately unimplemented. Messages are raw
+    bytes on both sides, so no generated protobuf code is needed."""
+
+    SERVICE = "gateway_api_conformance.echo_basic.grpcecho.GrpcEcho"
+
+    def __init__(self, namespace, service):
+        import grpc
+        from concurrent import futures
+        self.namespace, self.service = namespace, service
+
+        def handler(method):
+            def answer(request, context):
+                metadata = {k: v for k, v in context.invocation_metadata()}
+                return json.dumps({"method": f"/{self.SERVICE}/{method}", "namespace": namespace,
+                                   "service": service, "pod": service + "-0", "metadata": metadata}).encode()
+            return grpc.unary_unary_rpc_method_handler(answer)
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(self.SERVICE, {m: handler(m) for m in ("Echo", "EchoTwo")})])
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        self.ports = {3000: self.port}

@@ -58,7 +58,6 @@ def skip_reason(test):
         return "only meaningful for an implementation that creates Kubernetes objects"
     features = set(test["features"])
     unsupported = {
-        "GRPCRoute": "needs a gRPC echo backend and client in the runner",
         "HTTPRouteRetry": "retries are not implemented",
         "BackendTLSPolicy": "BackendTLSPolicy is not implemented",
         "GatewayBackendClientCertificate": "TLS to backends is not implemented",
@@ -70,9 +69,6 @@ def skip_reason(test):
     for feature, reason in unsupported.items():
         if feature in features:
             return reason
-    for case in test["cases"]:
-        if case["request"].get("protocol") == "grpc":
-            return "needs a gRPC echo backend and client in the runner"
     return None
 
 
@@ -146,6 +142,8 @@ class Runner:
                 self.echoes[key] = echo.Echo(*key)
             elif b["echo"] == "https" and not b.get("client_ca"):
                 self.echoes[key] = echo.Echo(*key, tls_files=self.certs.files[b["server_cert"]], target_port=8443)
+            elif b["echo"] == "grpc":
+                self.echoes[key] = echo.GrpcEcho(*key)
             elif b["echo"] == "tcp":
                 self.echoes[key] = echo.TcpEcho(*key, self.certs.files[b["server_cert"]])
         for b in self.cases["backends"]:
@@ -420,6 +418,8 @@ class Runner:
         tls = self.tls_settings(req)
         if req.get("protocol") == "tls":
             return self.attempt_tls(address, port, req, expect)
+        if req.get("protocol") == "grpc":
+            return self.attempt_grpc(address, port, req, expect)
         if req.get("scheme") == "ws":
             ok = clients.websocket(address, port, req)
             if not ok:
@@ -427,6 +427,21 @@ class Runner:
             return
         response = clients.request(address, port, req, tls)
         judge_http(req, expect, response, seen_path, self)
+
+    def attempt_grpc(self, address, port, req, expect):
+        code, reply = clients.grpc_call(address, port, req)
+        if code != expect.get("grpc_code", "OK"):
+            raise Failure(f"gRPC status {code}, want {expect.get('grpc_code', 'OK')}")
+        if code != "OK":
+            return
+        if expect.get("backend") and reply["service"] != expect["backend"]:
+            raise Failure(f"answered by {reply['service']}, want {expect['backend']}")
+        if expect.get("backend_any_of") and reply["service"] not in expect["backend_any_of"]:
+            raise Failure(f"answered by {reply['service']}, want one of {expect['backend_any_of']}")
+        if expect.get("namespace") and reply["namespace"] != expect["namespace"]:
+            raise Failure(f"answered from {reply['namespace']}, want {expect['namespace']}")
+        if expect.get("grpc_method_seen") and reply["method"] != expect["grpc_method_seen"]:
+            raise Failure(f"backend saw {reply['method']}, want {expect['grpc_method_seen']}")
 
     def attempt_tls(self, address, port, req, expect):
         if expect.get("tls_connection_rejected"):
@@ -501,6 +516,11 @@ class Runner:
             counts = {}
 
             def one(_):
+                if req.get("protocol") == "grpc":
+                    code, reply = clients.grpc_call(address, port, req)
+                    if code != "OK":
+                        raise Failure(f"weighted call answered {code}")
+                    return reply["service"]
                 r = clients.request(address, port, req, None)
                 if r.status != 200:
                     raise Failure(f"weighted request answered {r.status}")

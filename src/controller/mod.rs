@@ -8,8 +8,8 @@
 pub mod directory;
 pub mod kubernetes;
 pub mod leader;
-pub mod status_writer;
 mod object;
+pub mod status_writer;
 mod store;
 
 pub use object::{Kind, Object, ObjectError, ObjectKey, UnknownKind};

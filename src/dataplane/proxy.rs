@@ -519,12 +519,23 @@ async fn respond(session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Re
     resp.insert_header("content-type", "application/grpc")?;
     resp.insert_header("grpc-status", code)?;
     resp.insert_header("grpc-message", message)?;
-    // Written as a complete error response so that the HTTP/2 stream ends cleanly even when
-    // the proxy is unwinding from an upstream failure.
-    session
-        .as_downstream_mut()
-        .write_error_response(resp, bytes::Bytes::new())
-        .await?;
+    let downstream = session.as_downstream_mut();
+    if downstream.is_http2() {
+        // gRPC carries its status in trailers: headers, then trailers ending the stream.
+        resp.remove_header("grpc-status");
+        resp.remove_header("grpc-message");
+        downstream.write_response_header(Box::new(resp)).await?;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+        trailers.insert("grpc-message", http::HeaderValue::from_static(message));
+        downstream.write_response_trailers(trailers).await?;
+    } else {
+        // A complete error response, so the connection ends cleanly even when the proxy is
+        // unwinding from an upstream failure.
+        downstream
+            .write_error_response(resp, bytes::Bytes::new())
+            .await?;
+    }
     Ok(true)
 }
 

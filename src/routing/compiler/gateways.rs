@@ -670,7 +670,12 @@ impl Gateways {
             }
             // Gateway-level references (spec.tls.backend client certificates) are not used by
             // this gateway, so there is nothing to fail to resolve.
-            c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved");
+            c.set(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references are resolved",
+            );
             let addresses: Vec<Value> = gateway
                 .address
                 .filter(|_| gateway.problem.is_none())
