@@ -12,17 +12,28 @@
 //!   not the cluster's other credentials.
 //! - Namespaces as metadata only: their labels are what `allowedRoutes` selectors match.
 //! - Beside the store, a [`StatusCache`] keeps the `status` and `resourceVersion` last seen on the
-//!   objects whose status we write, so that the [`status_writer`] writes
-//!   only what differs.
+//!   objects whose status we write, so that the [`status_writer`] writes only what differs.
 //!
 //! The store is fed only once every watch has its initial list, and the data plane starts after
 //! that, so the first compile sees the whole cluster and `/readyz` never turns ready on a
-//! partial table. Losing the API server never stops traffic: the store simply stops changing, so
-//! the last table keeps serving while the watches retry, and they resume from the last
+//! partial table. Losing the API server never stops traffic: the store simply stops changing,
+//! so the last table keeps serving while the watches retry, and they resume from the last
 //! `resourceVersion` they saw, or re-list when the server says that version is gone (410).
+//!
+//! Known shortcoming: the admin endpoint, `/healthz` included, comes up only with the data plane,
+//! so while the initial lists run (or while the API server cannot be reached at startup) a
+//! liveness probe finds nothing listening; give the pod a `startupProbe`.
 //!
 //! Status is written by one replica only when `--leader-elect` is on ([`leader`]);
 //! every replica serves traffic.
+//!
+//! Permissions needed (RBAC): `list` and `watch` on `gatewayclasses`, `gateways`, `httproutes`,
+//! `grpcroutes`, `tlsroutes` and `referencegrants` (`gateway.networking.k8s.io`), `services`,
+//! `namespaces` and `secrets` (core) and `endpointslices` (`discovery.k8s.io`); `get` on the
+//! five Gateway API kinds and `patch` on their `/status`; `get`, `create` and `update` on
+//! `leases` (`coordination.k8s.io`) in the Lease's namespace. With `--watch-namespaces`, Roles
+//! in those namespaces suffice for the namespaced kinds; GatewayClasses and Namespaces are still
+//! read cluster-wide.
 
 mod watch;
 

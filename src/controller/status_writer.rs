@@ -145,22 +145,29 @@ pub async fn run(
     };
     let mut statuses = cache.subscribe();
     let mut backoff = Backoff::new();
+    let mut failing = false;
     loop {
         let mut retry: Option<Instant> = None;
         if *leading.borrow_and_update() {
             let report = reports.borrow_and_update().clone();
             statuses.borrow_and_update();
-            let failed = writer.write(&report, &leading).await;
-            if failed > 0 {
-                let delay = backoff.next_delay();
-                tracing::debug!(
-                    failed,
-                    retry_ms = delay.as_millis() as u64,
-                    "status writes failed; retrying"
-                );
-                retry = Some(Instant::now() + delay);
-            } else {
-                backoff.reset();
+            match writer.write(&report, &leading).await {
+                Some((failed, err)) => {
+                    // Said once per outage, not on every retry.
+                    if failing {
+                        tracing::debug!(failed, error = %err, "status writes failed again");
+                    } else {
+                        tracing::warn!(failed, error = %err, "status writes failed; retrying");
+                    }
+                    failing = true;
+                    retry = Some(Instant::now() + backoff.next_delay());
+                }
+                None => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("status writes succeed again");
+                    }
+                    backoff.reset();
+                }
             }
         }
         tokio::select! {
@@ -185,8 +192,12 @@ enum Outcome {
 }
 
 impl Writer {
-    /// Writes what differs; returns how many writes failed.
-    async fn write(&self, report: &StatusReport, leading: &watch::Receiver<bool>) -> usize {
+    /// Writes what differs; returns how many writes failed and the last error, if any did.
+    async fn write(
+        &self,
+        report: &StatusReport,
+        leading: &watch::Receiver<bool>,
+    ) -> Option<(usize, kube::Error)> {
         let started = std::time::Instant::now();
         let (mut written, mut failed) = (0usize, 0usize);
         let mut last_error = None;
@@ -211,10 +222,7 @@ impl Writer {
                 "status written"
             );
         }
-        if let Some(err) = last_error {
-            tracing::warn!(failed, error = %err, "status writes failed; retrying");
-        }
-        failed
+        last_error.map(|err| (failed, err))
     }
 
     async fn write_one(&self, object: &ObjectStatus) -> Result<Outcome, kube::Error> {

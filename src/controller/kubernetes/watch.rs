@@ -82,6 +82,8 @@ enum Ended {
     Closed,
     /// The version is older than the server's history: list again.
     Gone,
+    /// The resource is no longer served (its CRD was removed): list again, which finds out.
+    NotServed,
     /// The request or the connection failed: watch again from the last version, after a delay.
     Failed(String),
 }
@@ -160,6 +162,7 @@ impl Watch {
                             );
                             State::Relist
                         }
+                        Ended::NotServed => State::Relist,
                         Ended::Failed(err) => {
                             self.report_error("watch", &err);
                             tokio::time::sleep(backoff.next_delay()).await;
@@ -271,7 +274,7 @@ impl Watch {
     /// the stream ends.
     async fn watch(&mut self, version: &mut String) -> Ended {
         let Some(resource) = self.served.clone() else {
-            return Ended::Gone;
+            return Ended::NotServed;
         };
         let params = WatchParams {
             field_selector: self.resource.fields.map(str::to_string),
@@ -303,6 +306,9 @@ impl Watch {
             let status: Option<kube::core::Status> = serde_json::from_slice(&body).ok();
             if code == http::StatusCode::GONE || status.as_ref().is_some_and(|s| s.code == 410) {
                 return Ended::Gone;
+            }
+            if code == http::StatusCode::NOT_FOUND {
+                return Ended::NotServed;
             }
             let message = status.map(|s| s.message).unwrap_or_default();
             return Ended::Failed(format!("watch answered {code}: {message}"));
