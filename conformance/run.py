@@ -50,6 +50,10 @@ CONTROLLER = "portcullis.dev/gateway-controller"
 PORT_OFFSET = 20000
 STATUS_WAIT = 30  # upstream waits up to 180 s; our compile takes milliseconds
 CONSISTENCY_WAIT = 30
+# GatewayStaticAddresses: an address in the gateway's --address-pool, and one outside it. The
+# unusable one is a documentation address (RFC 5737) that only ever appears in configuration.
+USABLE_ADDRESS = "127.0.10.250"
+UNUSABLE_ADDRESS = "198.51.100.7"
 
 
 def skip_reason(test):
@@ -64,7 +68,6 @@ def skip_reason(test):
         "GatewayFrontendClientCertificateValidation": "client certificate validation is not implemented",
         "TLSRouteModeTerminate": "TLSRoute over terminated TLS is not implemented",
         "HTTPRouteBackendProtocolH2C": "needs an h2c-only echo backend in the runner",
-        "GatewayStaticAddresses": "needs unusable/usable address substitution in the runner",
     }
     for feature, reason in unsupported.items():
         if feature in features:
@@ -202,6 +205,11 @@ class Runner:
         for d in docs:
             if d.get("kind") == "Gateway":
                 d["spec"]["gatewayClassName"] = CLASS
+                for a in d["spec"].get("addresses", []):
+                    if a.get("value") == "PLACEHOLDER_USABLE_ADDRS":
+                        a.update(type="IPAddress", value=USABLE_ADDRESS)
+                    elif a.get("value") == "PLACEHOLDER_UNUSABLE_ADDRS":
+                        a.update(type="IPAddress", value=UNUSABLE_ADDRESS)
             if d.get("kind") == "Namespace":
                 d["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = d["metadata"]["name"]
         docs = [d for d in docs if d.get("kind") not in ("Deployment", "Pod")]
@@ -304,6 +312,8 @@ class Runner:
                         out.append(f"{where} listener {ls['name']}: supportedKinds {kinds} lacks {k}")
         if e.get("requires_address") and not any(a.get("type") for a in st.get("addresses", [])):
             out.append(f"{where}: no status address")
+        if e.get("status_addresses") and st.get("addresses") != [{"type": "IPAddress", "value": USABLE_ADDRESS}]:
+            out.append(f"{where}: status.addresses {st.get('addresses')}, want only {USABLE_ADDRESS}")
         if e.get("zero_attached_routes") and any(l["attachedRoutes"] for l in listeners.values()):
             out.append(f"{where}: has attached routes")
         if e.get("conditions_have_latest_observed_generation"):
@@ -493,6 +503,12 @@ class Runner:
             elif "keep_only_listeners" in change:
                 target["spec"]["listeners"] = [l for l in target["spec"]["listeners"]
                                                if l["name"] in change["keep_only_listeners"]]
+            elif "remove_address" in change:
+                addresses = target["spec"]["addresses"]
+                if "unusable" in change["remove_address"]:
+                    target["spec"]["addresses"] = [a for a in addresses if a.get("value") != UNUSABLE_ADDRESS]
+                else:
+                    addresses.pop(0)
             elif "path" in change:
                 node = target
                 parts = change["path"].split(".")

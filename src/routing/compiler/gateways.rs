@@ -251,24 +251,22 @@ fn gateway_state(
     state
 }
 
-/// Honours `spec.addresses`: an `IPAddress` from the pool is used as asked; an empty value
-/// asks us to choose; anything else cannot be served here.
+/// Honours `spec.addresses`: an `IPAddress` from the pool is used as asked and an empty value
+/// asks us to choose. An address type other than `IPAddress` makes the Gateway unaccepted
+/// (`UnsupportedAddress`); an IP address outside the pool is valid but cannot be served here,
+/// so the Gateway is accepted and not programmed (`AddressNotUsable`).
 fn requested_address(
     spec: &GatewaySpec,
     options: &CompileOptions,
 ) -> (Option<IpAddr>, Option<Problem>) {
     let mut chosen = None;
+    let mut unusable = None;
     for a in &spec.addresses {
         let type_ = a.type_.as_deref().unwrap_or("IPAddress");
         let value = a.value.as_deref().unwrap_or("");
         if type_ != "IPAddress" {
-            return (
-                None,
-                Some((
-                    "UnsupportedAddress",
-                    format!("address type {type_:?} is not supported; use IPAddress"),
-                )),
-            );
+            let msg = format!("address type {type_:?} is not supported; use IPAddress");
+            return (None, Some(("UnsupportedAddress", msg)));
         }
         if value.is_empty() {
             continue;
@@ -276,26 +274,19 @@ fn requested_address(
         match value.parse::<IpAddr>() {
             Ok(ip) if options.address_pool.contains(&ip) => chosen = chosen.or(Some(ip)),
             Ok(ip) => {
-                return (
-                    None,
-                    Some((
-                        "UnsupportedAddress",
-                        format!("address {ip} is not in this gateway's address pool"),
-                    )),
-                )
+                let msg = format!("address {ip} is not in this gateway's --address-pool");
+                unusable.get_or_insert(("AddressNotUsable", msg));
             }
             Err(_) => {
-                return (
-                    None,
-                    Some((
-                        "UnsupportedAddress",
-                        format!("address {value:?} is not an IP address"),
-                    )),
-                )
+                let msg = format!("address {value:?} is not an IP address");
+                return (None, Some(("UnsupportedAddress", msg)));
             }
         }
     }
-    (chosen, None)
+    match unusable {
+        Some(problem) => (None, Some(problem)),
+        None => (chosen, None),
+    }
 }
 
 fn listener_state(
