@@ -613,3 +613,66 @@ async fn a_leader_that_shuts_down_hands_the_lease_over_at_once() {
         "handover took {handover:?}: the lease was waited out rather than released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_every_initial_list() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "web", "app.example", "apps", "svc"));
+    // Endpoints arrive last: a table compiled before them would answer 503.
+    server.delay_lists("endpointslices", Duration::from_secs(2));
+
+    let started = Instant::now();
+    let gw = Gateway::start(&server, "replica", loopback(17), &["--leader-elect=false"]);
+    let http = client();
+    eventually("the gateway turns ready", WAIT, || async {
+        (gw.readyz(&http).await == Some(200)).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "ready after {:?}, before the slow list finished",
+        started.elapsed()
+    );
+    assert_eq!(
+        gw.backend(&http, "app.example", "/").await.as_deref(),
+        Some("a"),
+        "the first table has the endpoints"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_starts_once_the_api_server_is_reachable() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "web", "app.example", "apps", "svc"));
+    server.stop();
+
+    let gw = Gateway::start(&server, "replica", loopback(18), &[]);
+    let http = client();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_ne!(
+        gw.readyz(&http).await,
+        Some(200),
+        "not ready without the API server"
+    );
+    server.restart().await;
+    eventually(
+        "the gateway serves once the API server answers",
+        WAIT,
+        || async {
+            (gw.backend(&http, "app.example", "/").await.as_deref() == Some("a")).then_some(())
+        },
+    )
+    .await;
+    eventually("and writes status", WAIT, || async {
+        accepted(&server, "apps", "web")
+    })
+    .await;
+}

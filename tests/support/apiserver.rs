@@ -213,6 +213,8 @@ struct State {
     requests: Vec<Logged>,
     /// How many coming status writes to refuse with 409, as if someone else had written first.
     conflicts: usize,
+    /// Lists of these plurals are answered only after the delay, as from a slow server.
+    slow_lists: BTreeMap<String, Duration>,
     uid: u64,
 }
 
@@ -323,6 +325,14 @@ impl ApiServer {
         let mut state = self.shared.lock();
         state.compacted = state.revision + 1;
         state.history.clear();
+    }
+
+    /// Answers LISTs of `plural` only after `delay`.
+    pub(crate) fn delay_lists(&self, plural: &str, delay: Duration) {
+        self.shared
+            .lock()
+            .slow_lists
+            .insert(plural.to_string(), delay);
     }
 
     /// Refuses the next `n` status writes with 409 Conflict.
@@ -981,7 +991,14 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
             let watching = matches!(query_param(&query, "watch"), Some("true" | "1"));
             match Filter::from_query(resource, namespace, &query) {
                 Ok(filter) if watching => Ok(start_watch(shared, filter, &query)),
-                Ok(filter) => Ok(list(shared, &filter)),
+                Ok(filter) => {
+                    let plural = RESOURCES[filter.resource].plural;
+                    let delay = shared.lock().slow_lists.get(plural).copied();
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok(list(shared, &filter))
+                }
                 Err(failure) => Err(failure),
             }
         }
