@@ -35,7 +35,7 @@ def go_duration(text):
 class Echo:
     """One echo server standing for a Service."""
 
-    def __init__(self, namespace, service, tls_files=None, target_port=3000):
+    def __init__(self, namespace, service, tls_files=None, target_port=3000, client_ca=None):
         self.namespace, self.service = namespace, service
         self.seen = []  # (method, path) of every request, for mirror checks
         self.lock = threading.Lock()
@@ -62,11 +62,16 @@ class Echo:
                 headers = {}
                 for name, value in self.headers.items():
                     headers.setdefault(name, []).append(value)
-                body = json.dumps({
+                reply = {
                     "path": self.path, "host": self.headers.get("host", ""), "method": self.command,
                     "proto": self.request_version, "headers": headers,
                     "namespace": echo.namespace, "service": echo.service, "pod": echo.service + "-0",
-                }).encode()
+                }
+                if isinstance(self.connection, ssl.SSLSocket):
+                    peer = self.connection.getpeercert(binary_form=True)
+                    reply["tls"] = {"serverName": getattr(self.connection, "sni", None),
+                                    "peerCertificates": [ssl.DER_cert_to_PEM_cert(peer)] if peer else []}
+                body = json.dumps(reply).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
@@ -103,6 +108,15 @@ class Echo:
         if tls_files:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(*tls_files)
+
+            def remember_sni(sock, name, _ctx):
+                sock.sni = name
+
+            ctx.sni_callback = remember_sni
+            if client_ca:
+                # Ask for a client certificate, verify it when offered, accept without one.
+                ctx.verify_mode = ssl.CERT_OPTIONAL
+                ctx.load_verify_locations(client_ca)
             self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.ports = {target_port: self.port}

@@ -84,6 +84,15 @@ def judge_http(req, expect, r, seen_path, runner):
         values = headers.get(name.lower(), [])
         if len(values) != 1 or values[0] != echoed["service"]:
             raise Failure(f"header {name} seen as {values}, want exactly [{echoed['service']!r}]")
+    want_tls = expect.get("backend_tls_seen")
+    if want_tls:
+        tls = echoed.get("tls") or {}
+        if tls.get("serverName") != want_tls["sni"]:
+            raise Failure(f"backend saw SNI {tls.get('serverName')!r}, want {want_tls['sni']!r}")
+        cert_file = runner.certs.files[want_tls["peer_certificates_include"]][0]
+        want_pem = "".join(open(cert_file).read().split())
+        if not any("".join(p.split()) == want_pem for p in tls.get("peerCertificates", [])):
+            raise Failure("backend did not receive the Gateway's client certificate")
     for m in expect.get("mirrored_to") or []:
         if m.get("percent", 100) < 100:
             continue  # a share of requests: judged over a batch (mirror_distribution)

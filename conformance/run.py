@@ -63,8 +63,6 @@ def skip_reason(test):
     features = set(test["features"])
     unsupported = {
         "HTTPRouteRetry": "retries are not implemented",
-        "BackendTLSPolicy": "BackendTLSPolicy is not implemented",
-        "GatewayBackendClientCertificate": "TLS to backends is not implemented",
         "GatewayFrontendClientCertificateValidation": "client certificate validation is not implemented",
         "TLSRouteModeTerminate": "TLSRoute over terminated TLS is not implemented",
         "HTTPRouteBackendProtocolH2C": "needs an h2c-only echo backend in the runner",
@@ -143,8 +141,10 @@ class Runner:
             key = (b["namespace"], b["service"])
             if b["echo"] == "http":
                 self.echoes[key] = echo.Echo(*key)
-            elif b["echo"] == "https" and not b.get("client_ca"):
-                self.echoes[key] = echo.Echo(*key, tls_files=self.certs.files[b["server_cert"]], target_port=8443)
+            elif b["echo"] == "https":
+                ca = self.certs.files[b["client_ca"]][0] if b.get("client_ca") else None
+                self.echoes[key] = echo.Echo(*key, tls_files=self.certs.files[b["server_cert"]], target_port=8443,
+                                             client_ca=ca)
             elif b["echo"] == "grpc":
                 self.echoes[key] = echo.GrpcEcho(*key)
             elif b["echo"] == "tcp":
@@ -266,7 +266,9 @@ class Runner:
 
         if "parent" in e:
             pns, pname = e["parent"].split("/")
-            parents = [p for p in st.get("parents", []) if p["parentRef"]["name"] == pname and
+            # Routes list parents; policies (BackendTLSPolicy) list ancestors.
+            entries = st.get("parents") or [dict(a, parentRef=a["ancestorRef"]) for a in st.get("ancestors", [])]
+            parents = [p for p in entries if p["parentRef"]["name"] == pname and
                        p["parentRef"].get("namespace", o["namespace"]) == pns]
             if not parents:
                 out.append(f"{where} has no parent entry for {e['parent']}")

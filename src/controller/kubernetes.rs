@@ -28,8 +28,9 @@
 //! every replica serves traffic.
 //!
 //! Permissions needed (RBAC): `list` and `watch` on `gatewayclasses`, `gateways`, `httproutes`,
-//! `grpcroutes`, `tlsroutes` and `referencegrants` (`gateway.networking.k8s.io`), `services`,
-//! `namespaces` and `secrets` (core) and `endpointslices` (`discovery.k8s.io`); `get` on the
+//! `grpcroutes`, `tlsroutes`, `referencegrants` and `backendtlspolicies`
+//! (`gateway.networking.k8s.io`), `services`, `namespaces`, `secrets` and `configmaps` (core)
+//! and `endpointslices` (`discovery.k8s.io`); `get` on the
 //! five Gateway API kinds and `patch` on their `/status`; `get`, `create` and `update` on
 //! `leases` (`coordination.k8s.io`) in the Lease's namespace. With `--watch-namespaces`, Roles
 //! in those namespaces suffice for the namespaced kinds; GatewayClasses and Namespaces are still
@@ -111,8 +112,7 @@ pub struct Resource {
     pub fields: Option<&'static str>,
 }
 
-/// The kinds read from the API server. BackendTLSPolicy and ConfigMap are store kinds that the
-/// compiler does not read yet; add them here when it does.
+/// The kinds read from the API server.
 pub const RESOURCES: &[Resource] = &[
     Resource {
         kind: Kind::GatewayClass,
@@ -174,6 +174,20 @@ pub const RESOURCES: &[Resource] = &[
         plural: "secrets",
         versions: &["v1"],
         fields: Some("type=kubernetes.io/tls"),
+    },
+    Resource {
+        kind: Kind::BackendTlsPolicy,
+        plural: "backendtlspolicies",
+        versions: &["v1", "v1alpha3"],
+        fields: None,
+    },
+    // CA bundles of BackendTLSPolicies. Known cost: every ConfigMap in the watched namespaces is
+    // held, since the API offers no selector for "referenced by a policy".
+    Resource {
+        kind: Kind::ConfigMap,
+        plural: "configmaps",
+        versions: &["v1"],
+        fields: None,
     },
 ];
 

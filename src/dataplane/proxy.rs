@@ -68,6 +68,8 @@ pub struct RequestCtx {
     rule: Option<Arc<Rule>>,
     backend: Option<usize>,
     upstream: Option<(std::net::SocketAddr, bool)>,
+    upstream_tls: Option<Arc<crate::tls::BackendTls>>,
+    client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
     prefix: Option<Arc<str>>,
     scheme: &'static str,
     status: u16,
@@ -89,6 +91,8 @@ impl ProxyHttp for Proxy {
             rule: None,
             backend: None,
             upstream: None,
+            upstream_tls: None,
+            client_cert: None,
             prefix: None,
             scheme: "http",
             status: 0,
@@ -128,7 +132,17 @@ impl ProxyHttp for Proxy {
             .upstream
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
         ctx.upstream_started = Some(Instant::now());
-        let mut peer = HttpPeer::new(endpoint, false, String::new());
+        let mut peer = match &ctx.upstream_tls {
+            // BackendTLSPolicy: the policy's hostname is the SNI and the name verified in the
+            // backend's certificate, against the policy's CAs (or the system roots).
+            Some(tls) => {
+                let mut peer = HttpPeer::new(endpoint, true, tls.hostname.clone());
+                peer.options.ca = tls.ca.clone();
+                peer.client_cert_key = ctx.client_cert.clone();
+                peer
+            }
+            None => HttpPeer::new(endpoint, false, String::new()),
+        };
         if h2c {
             peer.options.set_http_version(2, 2);
             // Pingora opens one stream per upstream h2 connection unless told otherwise; gRPC
@@ -137,9 +151,9 @@ impl ProxyHttp for Proxy {
         }
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         if let Some(rule) = &ctx.rule {
-            // Both rule timeouts bound how long the backend may stay silent; the request
-            // timeout is also enforced end to end in `upstream_response_filter`'s absence by
-            // Pingora's read timeout, which is the time that dominates a slow backend.
+            // Both rule timeouts bound how long the backend may stay silent (Pingora's read
+            // timeout). Known shortcoming: `timeouts.request` is therefore not an end-to-end
+            // deadline on a response that keeps trickling in.
             let timeout = match (rule.request_timeout, rule.backend_timeout) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -446,6 +460,7 @@ impl Proxy {
         let rule = matched.entry.rule.clone();
         ctx.gateway = Some(matched.listener.gateway.clone());
         ctx.listener = Some(matched.listener.name.clone());
+        ctx.client_cert = matched.listener.backend_client_cert.clone();
         ctx.prefix = matched.entry.prefix.clone();
         ctx.scheme = matched.listener.scheme;
         ctx.rule = Some(rule.clone());
@@ -485,6 +500,7 @@ impl Proxy {
                 Some(endpoint) => {
                     ctx.backend_name = Some(service.name.clone());
                     ctx.upstream = Some((endpoint, service.h2c));
+                    ctx.upstream_tls = service.tls.clone();
                     Decision::Forward
                 }
             },

@@ -41,6 +41,23 @@ pub struct GatewaySpec {
     pub addresses: Vec<GatewayAddress>,
     /// Infrastructure hints, including a parametersRef.
     pub infrastructure: Option<Infrastructure>,
+    /// Gateway-wide TLS settings.
+    pub tls: Option<GatewayTls>,
+}
+
+/// `Gateway.spec.tls`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GatewayTls {
+    /// TLS from the Gateway to backends.
+    pub backend: Option<GatewayBackendTls>,
+}
+
+/// `Gateway.spec.tls.backend`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayBackendTls {
+    /// The certificate the Gateway presents to backends that ask for one.
+    pub client_certificate_ref: Option<ObjectRef>,
 }
 
 /// `Gateway.spec.infrastructure`.
@@ -721,4 +738,47 @@ impl From<TlsRouteSpec> for RouteSpec {
                 .collect(),
         }
     }
+}
+
+/// `BackendTLSPolicy.spec`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTlsPolicySpec {
+    /// The Services (ports) the policy applies to.
+    #[serde(default)]
+    pub target_refs: Vec<PolicyTargetRef>,
+    /// How the backend's certificate is verified.
+    #[serde(default)]
+    pub validation: BackendTlsValidation,
+}
+
+/// `BackendTLSPolicy.spec.targetRefs[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetRef {
+    /// Group of the target; core for Services.
+    #[serde(default)]
+    pub group: String,
+    /// Kind of the target.
+    #[serde(default)]
+    pub kind: String,
+    /// Name of the target.
+    #[serde(default)]
+    pub name: String,
+    /// A port name of the Service; all ports when absent.
+    pub section_name: Option<String>,
+}
+
+/// `BackendTLSPolicy.spec.validation`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTlsValidation {
+    /// ConfigMaps (key `ca.crt`) holding the CA certificates to trust.
+    #[serde(default)]
+    pub ca_certificate_refs: Vec<ObjectRef>,
+    /// `System` to trust the system's roots.
+    pub well_known_ca_certificates: Option<String>,
+    /// The name sent as SNI and verified in the backend's certificate.
+    #[serde(default)]
+    pub hostname: String,
 }

@@ -56,6 +56,8 @@ pub struct ListenerRoutes {
     pub scheme: &'static str,
     /// The certificate served for this listener's hostname, on TLS sockets.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// The client certificate the Gateway presents to TLS backends (`spec.tls.backend`).
+    pub backend_client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
     /// Route rules by host.
     pub hosts: HostIndex,
     /// For TLS passthrough listeners: TLSRoute rules by SNI hostname (`None` for any), most
@@ -181,8 +183,10 @@ pub struct ServiceBackend {
     pub name: Arc<str>,
     /// Ready endpoints.
     pub endpoints: Vec<SocketAddr>,
-    /// Speak HTTP/2 cleartext to the endpoints (`appProtocol: kubernetes.io/h2c`).
+    /// Speak HTTP/2 to the endpoints (`appProtocol: kubernetes.io/h2c`, or a GRPCRoute).
     pub h2c: bool,
+    /// TLS to the endpoints, from a BackendTLSPolicy.
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
     next: AtomicUsize,
 }
 
@@ -193,6 +197,7 @@ impl ServiceBackend {
             name,
             endpoints,
             h2c,
+            tls: None,
             next: AtomicUsize::new(0),
         }
     }

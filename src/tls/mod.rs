@@ -97,3 +97,53 @@ pub fn acceptor(resolver: Arc<SniResolver>) -> pingora_core::listeners::tls::Acc
     settings.enable_h2();
     settings.build()
 }
+
+/// TLS from the gateway to one backend Service port, from its BackendTLSPolicy.
+#[derive(Debug)]
+pub struct BackendTls {
+    /// Sent as SNI and verified against the backend's certificate.
+    pub hostname: String,
+    /// CA certificates to trust; `None` trusts the system roots.
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+}
+
+/// Reads the CA certificates of a ConfigMap (`data["ca.crt"]`, PEM) for backend verification.
+pub fn backend_ca(
+    config_map: &serde_json::Value,
+) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = config_map["data"]["ca.crt"]
+        .as_str()
+        .ok_or("the ConfigMap has no data key ca.crt")?;
+    let mut out = Vec::new();
+    for der in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let der = der.map_err(|e| format!("ca.crt is not PEM: {e}"))?;
+        // Pingora parses these again and treats a parse failure as a bug, so reject what it
+        // could not read here, where it is a configuration error.
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("ca.crt holds an unreadable certificate: {e}"))?;
+        out.push(pingora_core::utils::tls::WrappedX509::new(
+            der.to_vec(),
+            pingora_core::utils::tls::parse_x509,
+        ));
+    }
+    if out.is_empty() {
+        return Err("ca.crt holds no CERTIFICATE block".to_string());
+    }
+    Ok(Arc::from(out.into_boxed_slice()))
+}
+
+/// The client certificate a Gateway presents to backends, from a `kubernetes.io/tls` Secret.
+pub fn client_cert_key(
+    secret: &serde_json::Value,
+) -> Result<Arc<pingora_core::utils::tls::CertKey>, String> {
+    let pem = certificate::check_secret(secret)?;
+    for der in &pem.chain {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("tls.crt holds an unreadable certificate: {e}"))?;
+    }
+    Ok(Arc::new(pingora_core::utils::tls::CertKey::new(
+        pem.chain.iter().map(|c| c.to_vec()).collect(),
+        pem.key.secret_der().to_vec(),
+    )))
+}

@@ -108,6 +108,10 @@ pub(super) struct GatewayState {
     problem: Option<Problem>,
     address: Option<IpAddr>,
     address_problem: Option<Problem>,
+    /// `spec.tls.backend.clientCertificateRef`, resolved.
+    backend_client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
+    /// Why the backend client certificate could not be used.
+    backend_cert_problem: Option<Problem>,
     pub listeners: Vec<ListenerState>,
 }
 
@@ -233,6 +237,18 @@ fn gateway_state(
         ));
     }
     let (address, address_problem) = requested_address(&spec, options);
+    let client_ref = spec
+        .tls
+        .as_ref()
+        .and_then(|t| t.backend.as_ref())
+        .and_then(|b| b.client_certificate_ref.as_ref());
+    let (backend_client_cert, backend_cert_problem) = match client_ref {
+        None => (None, None),
+        Some(r) => match backend_client_certificate(r, &gateway.key.namespace, snapshot) {
+            Ok(cert) => (Some(cert), None),
+            Err(problem) => (None, Some(problem)),
+        },
+    };
     let listeners = spec
         .listeners
         .iter()
@@ -245,6 +261,8 @@ fn gateway_state(
         problem,
         address,
         address_problem,
+        backend_client_cert,
+        backend_cert_problem,
         listeners,
     };
     mark_conflicts(&mut state.listeners);
@@ -287,6 +305,43 @@ fn requested_address(
         Some(problem) => (None, Some(problem)),
         None => (chosen, None),
     }
+}
+
+/// Resolves the certificate a Gateway presents to TLS backends.
+fn backend_client_certificate(
+    r: &api::ObjectRef,
+    gateway_namespace: &str,
+    snapshot: &Snapshot,
+) -> Result<Arc<pingora_core::utils::tls::CertKey>, Problem> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Secret");
+    let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
+    let invalid = |msg: String| ("InvalidClientCertificateRef", msg);
+    if !(group.is_empty() || group == "core") || kind != "Secret" {
+        return Err(invalid(format!(
+            "clientCertificateRef {group}/{kind} {}: only core Secrets hold certificates",
+            r.name
+        )));
+    }
+    if namespace != gateway_namespace
+        && !super::routes::grant_allows(
+            snapshot,
+            GATEWAY_GROUP,
+            "Gateway",
+            gateway_namespace,
+            "",
+            "Secret",
+            namespace,
+            &r.name,
+        )
+    {
+        return Err(("RefNotPermitted", format!("Secret {namespace}/{}: no ReferenceGrant in {namespace} allows Gateways from {gateway_namespace}", r.name)));
+    }
+    let secret = snapshot
+        .get(Kind::Secret, namespace, &r.name)
+        .ok_or_else(|| invalid(format!("Secret {namespace}/{} does not exist", r.name)))?;
+    crate::tls::client_cert_key(&secret.body)
+        .map_err(|e| invalid(format!("Secret {namespace}/{}: {e}", r.name)))
 }
 
 fn listener_state(
@@ -624,6 +679,7 @@ impl Gateways {
                             "http"
                         },
                         certificate: l.certificate.clone(),
+                        backend_client_cert: gateway.backend_client_cert.clone(),
                         hosts: HostIndex::build(&l.routes),
                         passthrough: super::routes::passthrough_table(&l.routes),
                     });
@@ -659,14 +715,16 @@ impl Gateways {
             } else {
                 c.set("Programmed", true, "Programmed", "Gateway is served");
             }
-            // Gateway-level references (spec.tls.backend client certificates) are not used by
-            // this gateway, so there is nothing to fail to resolve.
-            c.set(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references are resolved",
-            );
+            // Gateway-level references: the client certificate for TLS backends.
+            match &gateway.backend_cert_problem {
+                Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
+                None => c.set(
+                    "ResolvedRefs",
+                    true,
+                    "ResolvedRefs",
+                    "all references are resolved",
+                ),
+            }
             let addresses: Vec<Value> = gateway
                 .address
                 .filter(|_| gateway.problem.is_none())

@@ -96,7 +96,21 @@ pub(super) fn compile(
             continue;
         }
         let (compiled, accepted_problem, resolved_problem) = match spec.as_ref() {
-            Ok(spec) => translate(route, spec, snapshot, &mut backends),
+            Ok(spec) => {
+                let ours: Vec<(String, String)> = spec
+                    .parent_refs
+                    .iter()
+                    .filter(|p| parent_is_ours(p, &route.key.namespace, gateways))
+                    .map(|p| {
+                        let ns = p
+                            .namespace
+                            .clone()
+                            .unwrap_or_else(|| route.key.namespace.clone());
+                        (ns, p.name.clone())
+                    })
+                    .collect();
+                translate(route, spec, snapshot, &mut backends, &ours)
+            }
             Err(e) => (
                 CompiledRoute {
                     order: Default::default(),
@@ -175,6 +189,7 @@ pub(super) fn compile(
             status: json!({ "parents": parents }),
         });
     }
+    policy_status(&backends.policies, options, report);
     backends
         .services
         .values()
@@ -274,6 +289,7 @@ fn translate(
     spec: &RouteSpec,
     snapshot: &Snapshot,
     backends: &mut BackendCache,
+    parents: &[(String, String)],
 ) -> (CompiledRoute, Option<Problem>, Option<Problem>) {
     let route_id: Arc<str> =
         Arc::from(format!("{}/{}", route.key.namespace, route.key.name).as_str());
@@ -296,6 +312,7 @@ fn translate(
             route,
             kind: route.key.kind.as_str(),
             h2c: route.key.kind == Kind::GrpcRoute,
+            parents: parents.to_vec(),
         };
         match translate_rule(&ctx, &route_id, index, rule, backends, &mut unresolved) {
             Ok(matches) => {
@@ -322,6 +339,8 @@ struct RefContext<'a> {
     kind: &'static str,
     /// Speak HTTP/2 cleartext to every backend (GRPCRoute), whatever the Service port says.
     h2c: bool,
+    /// The Gateways of ours the route attaches to, for the status of policies it uses.
+    parents: Vec<(String, String)>,
 }
 
 fn translate_rule(
@@ -636,6 +655,9 @@ fn path_replace(p: &api::PathModifier) -> Result<PathReplace, String> {
 #[derive(Default)]
 struct BackendCache {
     services: HashMap<(String, String, i64, bool), Arc<Backend>>,
+    policies: HashMap<crate::controller::ObjectKey, PolicyUse>,
+    /// Which policy applies to a cached Service port.
+    service_policy: HashMap<(String, String, i64, bool), crate::controller::ObjectKey>,
 }
 
 fn resolve_backend(
@@ -690,6 +712,15 @@ fn try_resolve(
     };
     let key = (namespace.clone(), b.name.clone(), port, ctx.h2c);
     if let Some(hit) = cache.services.get(&key) {
+        if let Some(policy) = cache.service_policy.get(&key) {
+            if let Some(used) = cache.policies.get_mut(policy) {
+                for parent in &ctx.parents {
+                    if !used.ancestors.contains(parent) {
+                        used.ancestors.push(parent.clone());
+                    }
+                }
+            }
+        }
         return Ok(hit.clone());
     }
     let Some(service) = ctx.snapshot.get(Kind::Service, &namespace, &b.name) else {
@@ -717,13 +748,171 @@ fn try_resolve(
         service_port.name.as_deref().unwrap_or(""),
     );
     let h2c = ctx.h2c || service_port.app_protocol.as_deref() == Some("kubernetes.io/h2c");
-    let backend = Arc::new(Backend::Service(ServiceBackend::new(
+    let mut service = ServiceBackend::new(
         Arc::from(format!("{namespace}/{}:{port}", b.name).as_str()),
         endpoints,
         h2c,
-    )));
+    );
+    let backend = match backend_tls(ctx, &key, &b.name, service_port.name.as_deref(), cache) {
+        Ok(tls) => {
+            service.tls = tls;
+            Backend::Service(service)
+        }
+        // BackendTLSPolicy: never fall back to cleartext when the policy cannot be honoured.
+        Err(reason) => Backend::Invalid { reason },
+    };
+    let backend = Arc::new(backend);
     cache.services.insert(key, backend.clone());
     Ok(backend)
+}
+
+/// The BackendTLSPolicy of a Service port, if one targets it, recording the policy's status
+/// (with the Gateways of the routing route as ancestors) in `cache`.
+fn backend_tls(
+    ctx: &RefContext<'_>,
+    service_key: &(String, String, i64, bool),
+    service: &str,
+    port_name: Option<&str>,
+    cache: &mut BackendCache,
+) -> Result<Option<Arc<crate::tls::BackendTls>>, String> {
+    let namespace = service_key.0.as_str();
+    let policy = ctx.snapshot.of_kind(Kind::BackendTlsPolicy).find(|p| {
+        p.key.namespace == namespace
+            && api::read::<api::BackendTlsPolicySpec>(p.spec()).is_ok_and(|spec| {
+                spec.target_refs.iter().any(|t| {
+                    t.kind == "Service"
+                        && t.group.is_empty()
+                        && t.name == service
+                        && t.section_name
+                            .as_deref()
+                            .is_none_or(|s| Some(s) == port_name)
+                })
+            })
+    });
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    cache
+        .service_policy
+        .insert(service_key.clone(), policy.key.clone());
+    let result = read_backend_tls(ctx.snapshot, namespace, policy);
+    let entry = cache
+        .policies
+        .entry(policy.key.clone())
+        .or_insert_with(|| PolicyUse {
+            generation: policy.generation,
+            api_version: policy.body["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            ancestors: Vec::new(),
+            problem: result.as_ref().err().cloned(),
+        });
+    for parent in &ctx.parents {
+        if !entry.ancestors.contains(parent) {
+            entry.ancestors.push(parent.clone());
+        }
+    }
+    result.map(Some).map_err(|(_, msg)| msg)
+}
+
+fn read_backend_tls(
+    snapshot: &Snapshot,
+    namespace: &str,
+    policy: &Object,
+) -> Result<Arc<crate::tls::BackendTls>, Problem> {
+    let spec: api::BackendTlsPolicySpec =
+        api::read(policy.spec()).map_err(|e| ("Invalid", format!("spec does not parse: {e}")))?;
+    let v = &spec.validation;
+    if v.hostname.is_empty() {
+        return Err(("Invalid", "validation.hostname is required".to_string()));
+    }
+    let ca = match (
+        v.ca_certificate_refs.first(),
+        v.well_known_ca_certificates.as_deref(),
+    ) {
+        (Some(r), _) => {
+            let kind = r.kind.as_deref().unwrap_or("");
+            if kind != "ConfigMap" || !r.group.as_deref().unwrap_or("").is_empty() {
+                return Err((
+                    "InvalidKind",
+                    format!(
+                        "caCertificateRef {kind} {}: only ConfigMaps hold CA certificates",
+                        r.name
+                    ),
+                ));
+            }
+            let cm = snapshot
+                .get(Kind::ConfigMap, namespace, &r.name)
+                .ok_or_else(|| {
+                    (
+                        "InvalidCACertificateRef",
+                        format!("ConfigMap {namespace}/{} does not exist", r.name),
+                    )
+                })?;
+            Some(crate::tls::backend_ca(&cm.body).map_err(|e| {
+                (
+                    "InvalidCACertificateRef",
+                    format!("ConfigMap {namespace}/{}: {e}", r.name),
+                )
+            })?)
+        }
+        (None, Some("System")) => None,
+        (None, _) => {
+            return Err((
+                "Invalid",
+                "validation needs caCertificateRefs or wellKnownCACertificates: System".to_string(),
+            ))
+        }
+    };
+    Ok(Arc::new(crate::tls::BackendTls {
+        hostname: v.hostname.clone(),
+        ca,
+    }))
+}
+
+/// Writes the status of every BackendTLSPolicy a route used: one ancestor entry per Gateway.
+fn policy_status(
+    policies: &HashMap<crate::controller::ObjectKey, PolicyUse>,
+    options: &CompileOptions,
+    report: &mut StatusReport,
+) {
+    for (key, used) in policies {
+        let ancestors: Vec<serde_json::Value> = used
+            .ancestors
+            .iter()
+            .map(|(ns, name)| {
+                let mut c = Conditions::new(used.generation, &options.now);
+                c.set("Accepted", true, "Accepted", "policy is applied to its Service");
+                match &used.problem {
+                    Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
+                    None => c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved"),
+                }
+                json!({
+                    "ancestorRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": ns, "name": name},
+                    "controllerName": options.controller_name,
+                    "conditions": c.into_vec(),
+                })
+            })
+            .collect();
+        report.objects.push(ObjectStatus {
+            api_version: used.api_version.clone(),
+            kind: key.kind,
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            generation: used.generation,
+            status: json!({ "ancestors": ancestors }),
+        });
+    }
+}
+
+/// A BackendTLSPolicy in use, for its status.
+struct PolicyUse {
+    generation: i64,
+    api_version: String,
+    /// Gateways (namespace, name) whose routes send traffic through the policy.
+    ancestors: Vec<(String, String)>,
+    problem: Option<Problem>,
 }
 
 /// Ready addresses of the EndpointSlices of a Service, on the port named like the Service port.
