@@ -192,3 +192,12 @@ def grpc_call(address, port, req):
         except grpc.RpcError as e:
             name = e.code().name  # e.g. UNIMPLEMENTED
             return name[0] + name[1:].lower().replace("_", ""), None
+
+
+def client_cert_requested(address, port, tls):
+    """Whether the server sends a CertificateRequest in the handshake (read from openssl
+    s_client's handshake summary, which lists the CA names or says none were sent)."""
+    cmd = ["openssl", "s_client", "-connect", f"{address}:{port}", "-servername", tls.get("sni") or "localhost"]
+    done = subprocess.run(cmd, input=b"", capture_output=True, timeout=TIMEOUT)
+    out = done.stdout.decode(errors="replace")
+    return "client certificate CA names" in out or "Requested Signature Algorithms" in out

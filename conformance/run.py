@@ -63,7 +63,6 @@ def skip_reason(test):
     features = set(test["features"])
     unsupported = {
         "HTTPRouteRetry": "retries are not implemented",
-        "GatewayFrontendClientCertificateValidation": "client certificate validation is not implemented",
         "TLSRouteModeTerminate": "TLSRoute over terminated TLS is not implemented",
         "HTTPRouteBackendProtocolH2C": "needs an h2c-only echo backend in the runner",
     }
@@ -437,6 +436,14 @@ class Runner:
             if not ok:
                 raise Failure("websocket exchange failed")
             return
+        if expect.get("client_cert_requested") and not clients.client_cert_requested(address, port, tls):
+            raise Failure("the gateway did not ask for a client certificate")
+        if expect.get("connection_fails"):
+            try:
+                r = clients.request(address, port, req, tls)
+            except Failure:
+                return  # refused at transport level, as expected
+            raise Failure(f"the connection was expected to fail, but got HTTP {r.status}")
         response = clients.request(address, port, req, tls)
         judge_http(req, expect, response, seen_path, self)
 

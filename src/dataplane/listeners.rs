@@ -110,7 +110,8 @@ impl Listeners {
             tracing::info!(%addr, tls, "listener socket open");
             let acceptor = tls.then(|| {
                 let resolver = Arc::new(SniResolver::new(self.table.clone(), addr));
-                Arc::new(crate::tls::acceptor(resolver))
+                let clients = Arc::new(crate::tls::ClientVerifier::new(self.table.clone(), addr));
+                Arc::new(crate::tls::acceptor(resolver, clients))
             });
             let task = tokio::spawn(accept_loop(listener, acceptor, self.context.clone()));
             self.running.insert(addr, (tls, task));

@@ -50,6 +50,48 @@ pub struct GatewaySpec {
 pub struct GatewayTls {
     /// TLS from the Gateway to backends.
     pub backend: Option<GatewayBackendTls>,
+    /// TLS from clients to the Gateway: client certificate validation.
+    pub frontend: Option<FrontendTls>,
+}
+
+/// `Gateway.spec.tls.frontend`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendTls {
+    /// Settings for every HTTPS port without its own.
+    pub default: Option<FrontendTlsConfig>,
+    /// Settings for one port each.
+    #[serde(default)]
+    pub per_port: Vec<FrontendTlsPort>,
+}
+
+/// `frontend.perPort[]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FrontendTlsPort {
+    /// The listener port.
+    #[serde(default)]
+    pub port: i64,
+    /// Its settings.
+    #[serde(default)]
+    pub tls: FrontendTlsConfig,
+}
+
+/// Client certificate settings of a port.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FrontendTlsConfig {
+    /// How client certificates are validated.
+    pub validation: Option<FrontendValidation>,
+}
+
+/// `validation`: the CAs client certificates must chain to, and how strictly.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendValidation {
+    /// ConfigMaps (key `ca.crt`) with the CA certificates.
+    #[serde(default)]
+    pub ca_certificate_refs: Vec<ObjectRef>,
+    /// `AllowValidOnly` (default) or `AllowInsecureFallback`.
+    pub mode: Option<String>,
 }
 
 /// `Gateway.spec.tls.backend`.

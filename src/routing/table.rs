@@ -38,6 +38,8 @@ pub struct RoutingTable {
 pub struct Bind {
     /// Whether the socket terminates TLS (HTTPS listeners).
     pub tls: bool,
+    /// Client certificate validation on this socket, if its Gateway asks for it.
+    pub client_auth: Option<Arc<crate::tls::ClientAuth>>,
     /// Ordered most specific hostname first; a listener without hostname comes last.
     pub listeners: Vec<ListenerRoutes>,
 }

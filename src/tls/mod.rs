@@ -88,12 +88,17 @@ impl pingora_core::listeners::TlsAccept for RecordServerName {
 }
 
 /// The TLS acceptor of one socket: TLS 1.2 and 1.3 (Pingora's rustls settings), ALPN h2 then
-/// http/1.1, certificates from `resolver`, and the SNI recorded per connection.
-pub fn acceptor(resolver: Arc<SniResolver>) -> pingora_core::listeners::tls::Acceptor {
+/// http/1.1, certificates from `resolver`, client certificates checked by `clients`, and the
+/// SNI recorded per connection.
+pub fn acceptor(
+    resolver: Arc<SniResolver>,
+    clients: Arc<ClientVerifier>,
+) -> pingora_core::listeners::tls::Acceptor {
     let callbacks: pingora_core::listeners::TlsAcceptCallbacks = Box::new(RecordServerName);
     let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
         .expect("settings without files cannot fail");
     settings.set_cert_resolver(resolver);
+    settings.set_client_cert_verifier(clients);
     settings.enable_h2();
     settings.build()
 }
@@ -146,4 +151,152 @@ pub fn client_cert_key(
         pem.chain.iter().map(|c| c.to_vec()).collect(),
         pem.key.secret_der().to_vec(),
     )))
+}
+
+/// Client certificate validation of one port (`Gateway.spec.tls.frontend`).
+#[derive(Debug)]
+pub struct ClientAuth {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    /// `AllowInsecureFallback`: ask for a certificate, accept the connection whatever comes.
+    pub insecure_fallback: bool,
+}
+
+/// Builds the validation of a port from PEM CA certificates.
+pub fn client_auth(
+    cas: &[rustls::pki_types::CertificateDer<'static>],
+    insecure_fallback: bool,
+) -> Result<Arc<ClientAuth>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots
+            .add(ca.clone())
+            .map_err(|e| format!("CA certificate rejected: {e}"))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| format!("cannot build a client certificate verifier: {e}"))?;
+    Ok(Arc::new(ClientAuth {
+        verifier,
+        insecure_fallback,
+    }))
+}
+
+/// Reads the PEM certificates of a CA ConfigMap (`data["ca.crt"]`).
+pub fn config_map_cas(
+    config_map: &serde_json::Value,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = config_map["data"]["ca.crt"]
+        .as_str()
+        .ok_or("the ConfigMap has no data key ca.crt")?;
+    let cas = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("ca.crt is not PEM: {e}"))?;
+    if cas.is_empty() {
+        return Err("ca.crt holds no CERTIFICATE block".to_string());
+    }
+    Ok(cas)
+}
+
+/// The client certificate verifier of one TLS socket. Like [`SniResolver`] it holds no
+/// configuration itself: each handshake reads the live table, so validation settings change
+/// without reopening the socket. A port without validation does not ask for certificates.
+pub struct ClientVerifier {
+    table: Arc<ArcSwap<RoutingTable>>,
+    bind: SocketAddr,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientVerifier {
+    /// The verifier for the socket `bind`.
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, bind: SocketAddr) -> Self {
+        ClientVerifier {
+            table,
+            bind,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        }
+    }
+
+    fn auth(&self) -> Option<Arc<ClientAuth>> {
+        self.table.load().binds.get(&self.bind)?.client_auth.clone()
+    }
+}
+
+impl std::fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientVerifier")
+            .field("bind", &self.bind)
+            .finish()
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.auth().is_some()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.auth().is_some_and(|a| !a.insecure_fallback)
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // The hints would have to outlive the table they come from; clients pick their
+        // certificate without them.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let Some(auth) = self.auth() else {
+            return Ok(rustls::server::danger::ClientCertVerified::assertion());
+        };
+        match auth
+            .verifier
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Err(_) if auth.insecure_fallback => {
+                Ok(rustls::server::danger::ClientCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }

@@ -52,6 +52,10 @@ pub(super) struct ListenerState {
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
     /// A TLS listener in Passthrough mode: connections are routed by SNI, not terminated.
     pub passthrough: bool,
+    /// Client certificate validation of the listener's port.
+    pub client_auth: Option<Arc<crate::tls::ClientAuth>>,
+    /// The validation accepts connections whatever certificate comes (`AllowInsecureFallback`).
+    pub insecure_frontend: bool,
 }
 
 impl ListenerState {
@@ -252,7 +256,10 @@ fn gateway_state(
     let listeners = spec
         .listeners
         .iter()
-        .map(|l| listener_state(l, &gateway.key.namespace, snapshot))
+        .map(|l| {
+            let frontend = spec.tls.as_ref().and_then(|t| t.frontend.as_ref());
+            listener_state(l, &gateway.key.namespace, frontend, snapshot)
+        })
         .collect::<Vec<_>>();
     let mut state = GatewayState {
         namespace: gateway.key.namespace.clone(),
@@ -347,6 +354,7 @@ fn backend_client_certificate(
 fn listener_state(
     l: &api::Listener,
     gateway_namespace: &str,
+    frontend: Option<&api::FrontendTls>,
     snapshot: &Snapshot,
 ) -> ListenerState {
     let protocol = l.protocol.clone();
@@ -365,6 +373,8 @@ fn listener_state(
         attached: 0,
         certificate: None,
         passthrough: false,
+        client_auth: None,
+        insecure_frontend: false,
     };
     let defaults: &[&'static str] = match protocol.as_str() {
         "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
@@ -428,8 +438,99 @@ fn listener_state(
     }
     if protocol == "HTTPS" || protocol == "TLS" {
         check_tls(l, gateway_namespace, snapshot, &mut state);
+        if state.certificate.is_some() {
+            check_client_validation(l, gateway_namespace, frontend, snapshot, &mut state);
+        }
     }
     state
+}
+
+/// Client certificate validation for an HTTPS listener: the port's `perPort` entry, else the
+/// `default`. A listener whose validation names no usable CA is not accepted
+/// (`NoValidCACertificate`): serving it without the validation asked for would be unsafe.
+fn check_client_validation(
+    l: &api::Listener,
+    gateway_namespace: &str,
+    frontend: Option<&api::FrontendTls>,
+    snapshot: &Snapshot,
+    state: &mut ListenerState,
+) {
+    let Some(frontend) = frontend else { return };
+    let config = frontend
+        .per_port
+        .iter()
+        .find(|p| p.port == l.port)
+        .map(|p| &p.tls)
+        .or(frontend.default.as_ref());
+    let Some(validation) = config.and_then(|c| c.validation.as_ref()) else {
+        return;
+    };
+    let insecure = validation.mode.as_deref() == Some("AllowInsecureFallback");
+    let mut cas = Vec::new();
+    for r in &validation.ca_certificate_refs {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("ConfigMap");
+        let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
+        let problem = if !group.is_empty() || kind != "ConfigMap" {
+            Some((
+                "InvalidCACertificateKind",
+                format!(
+                    "caCertificateRef {group}/{kind} {}: only ConfigMaps hold CA certificates",
+                    r.name
+                ),
+            ))
+        } else if namespace != gateway_namespace
+            && !super::routes::grant_allows(
+                snapshot,
+                GATEWAY_GROUP,
+                "Gateway",
+                gateway_namespace,
+                "",
+                "ConfigMap",
+                namespace,
+                &r.name,
+            )
+        {
+            Some(("RefNotPermitted", format!("ConfigMap {namespace}/{}: no ReferenceGrant in {namespace} allows Gateways from {gateway_namespace}", r.name)))
+        } else {
+            match snapshot
+                .get(Kind::ConfigMap, namespace, &r.name)
+                .map(|cm| crate::tls::config_map_cas(&cm.body))
+            {
+                Some(Ok(found)) => {
+                    cas.extend(found);
+                    None
+                }
+                Some(Err(e)) => Some((
+                    "InvalidCACertificateRef",
+                    format!("ConfigMap {namespace}/{}: {e}", r.name),
+                )),
+                None => Some((
+                    "InvalidCACertificateRef",
+                    format!("ConfigMap {namespace}/{} does not exist", r.name),
+                )),
+            }
+        };
+        if let Some(p) = problem {
+            state.resolved.get_or_insert(p);
+        }
+    }
+    match crate::tls::client_auth(&cas, insecure) {
+        Ok(auth) if !cas.is_empty() => {
+            state.client_auth = Some(auth);
+            state.insecure_frontend = insecure;
+        }
+        Ok(_) | Err(_) => {
+            state.accepted = Some((
+                "NoValidCACertificate",
+                "client certificate validation names no usable CA certificate".to_string(),
+            ));
+            state.resolved.get_or_insert((
+                "InvalidCACertificateRef",
+                "no usable CA certificate".to_string(),
+            ));
+        }
+    }
 }
 
 fn check_tls(
@@ -668,6 +769,9 @@ impl Gateways {
                         .entry(SocketAddr::new(ip, port))
                         .or_insert_with(Bind::default);
                     bind.tls = l.protocol != "HTTP";
+                    if bind.client_auth.is_none() {
+                        bind.client_auth = l.client_auth.clone();
+                    }
                     bind.listeners.push(ListenerRoutes {
                         gateway: Arc::from(gateway.key().as_str()),
                         name: Arc::from(l.name.as_str()),
@@ -714,6 +818,14 @@ impl Gateways {
                 c.set("Programmed", false, reason, msg.clone());
             } else {
                 c.set("Programmed", true, "Programmed", "Gateway is served");
+            }
+            if gateway.listeners.iter().any(|l| l.insecure_frontend) {
+                c.set(
+                    "InsecureFrontendValidationMode",
+                    true,
+                    "ConfigurationChanged",
+                    "a port accepts clients whose certificate is missing or invalid (AllowInsecureFallback)",
+                );
             }
             // Gateway-level references: the client certificate for TLS backends.
             match &gateway.backend_cert_problem {
