@@ -56,14 +56,20 @@ USABLE_ADDRESS = "127.0.10.250"
 UNUSABLE_ADDRESS = "198.51.100.7"
 
 
+# Features this gateway claims, for tests that upstream skips when a feature is supported.
+SUPPORTED = {"TLSRouteModeMixed", "TLSRouteModeTerminate"}
+
+
 def skip_reason(test):
     """Why a test cannot run against this gateway here, or None."""
+    claimed = SUPPORTED & set(test.get("skip_if_supported") or [])
+    if claimed:
+        return f"does not apply: the gateway supports {', '.join(sorted(claimed))}"
     if test.get("standalone_applicable") is False:
         return "only meaningful for an implementation that creates Kubernetes objects"
     features = set(test["features"])
     unsupported = {
         "HTTPRouteRetry": "retries are not implemented",
-        "TLSRouteModeTerminate": "TLSRoute over terminated TLS is not implemented",
         "HTTPRouteBackendProtocolH2C": "needs an h2c-only echo backend in the runner",
     }
     for feature, reason in unsupported.items():

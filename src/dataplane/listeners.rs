@@ -180,10 +180,15 @@ async fn serve_connection(
     if let Err(err) = tcp.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
+    let mut forward_to = None;
     let tcp = match (&acceptor, local) {
         (Some(_), Some(local)) => match route_tls(tcp, local, &cx).await {
-            Some(tcp) => tcp,
-            None => {
+            TlsNext::Http(tcp) => tcp,
+            TlsNext::Tcp(tcp, endpoint) => {
+                forward_to = Some(endpoint);
+                tcp
+            }
+            TlsNext::Done => {
                 cx.metrics.connections_open.dec();
                 return;
             }
@@ -202,6 +207,11 @@ async fn serve_connection(
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
                 Ok(Ok(tls)) => {
                     tls_result("ok");
+                    if let Some(endpoint) = forward_to {
+                        passthrough::forward_stream(tls, endpoint).await;
+                        cx.metrics.connections_open.dec();
+                        return;
+                    }
                     Some(Box::new(tls))
                 }
                 Ok(Err(err)) => {
@@ -224,22 +234,33 @@ async fn serve_connection(
     cx.metrics.connections_open.dec();
 }
 
+/// What a TLS socket does with a connection after its ClientHello.
+enum TlsNext {
+    /// Handled already (forwarded, refused or failed).
+    Done,
+    /// Terminate, then serve HTTP.
+    Http(TcpStream),
+    /// Terminate, then forward the decrypted stream to this endpoint (TLSRoute, Terminate mode).
+    Tcp(TcpStream, SocketAddr),
+}
+
 /// Reads the ClientHello of a connection to a TLS socket and either forwards the connection
 /// (TLS passthrough), refuses it, or hands it back for termination.
-async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) -> Option<TcpStream> {
+async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) -> TlsNext {
     let count = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
     match passthrough::peek_client_hello(&tcp, HANDSHAKE_TIMEOUT).await {
         None => {
             count("timeout");
-            None
+            TlsNext::Done
         }
         Some(Hello::Parsed(sni)) => {
             match passthrough::choose(&cx.table.load(), &local, sni.as_deref()) {
-                passthrough::Route::Terminate => Some(tcp),
+                passthrough::Route::Terminate => TlsNext::Http(tcp),
+                passthrough::Route::TerminateTcp(endpoint) => TlsNext::Tcp(tcp, endpoint),
                 passthrough::Route::Forward(endpoint) => {
                     count("passthrough");
                     passthrough::forward(tcp, endpoint).await;
-                    None
+                    TlsNext::Done
                 }
                 passthrough::Route::Reject => {
                     count("rejected");
@@ -247,7 +268,7 @@ async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) ->
                         sni = sni.as_deref().unwrap_or(""),
                         "no listener or route serves this SNI"
                     );
-                    None
+                    TlsNext::Done
                 }
             }
         }
@@ -260,7 +281,7 @@ async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) ->
             } else {
                 count("failed");
             }
-            None
+            TlsNext::Done
         }
     }
 }

@@ -21,6 +21,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Route {
     /// Terminate TLS here (an HTTPS listener took the SNI).
     Terminate,
+    /// Terminate TLS here and forward the decrypted stream to this endpoint (a TLS listener in
+    /// Terminate mode).
+    TerminateTcp(SocketAddr),
     /// Forward the raw stream to this endpoint.
     Forward(SocketAddr),
     /// Close the connection: no listener or route serves the SNI, or the route has no endpoint.
@@ -64,7 +67,8 @@ pub fn choose(table: &RoutingTable, bind: &SocketAddr, sni: Option<&str>) -> Rou
     let Some(listener) = listener else {
         return Route::Reject;
     };
-    if listener.certificate.is_some() {
+    let terminate_tcp = listener.scheme == "tls" && listener.certificate.is_some();
+    if listener.certificate.is_some() && !terminate_tcp {
         return Route::Terminate;
     }
     let rule = listener
@@ -76,6 +80,7 @@ pub fn choose(table: &RoutingTable, bind: &SocketAddr, sni: Option<&str>) -> Rou
             (Some(_), None) => false,
         });
     match rule.and_then(|(_, rule)| pick_endpoint(rule)) {
+        Some(endpoint) if terminate_tcp => Route::TerminateTcp(endpoint),
         Some(endpoint) => Route::Forward(endpoint),
         None => Route::Reject,
     }
@@ -101,7 +106,15 @@ fn pick_endpoint(rule: &Rule) -> Option<SocketAddr> {
 }
 
 /// Copies bytes both ways between the client and `endpoint` until either side closes.
-pub async fn forward(mut client: TcpStream, endpoint: SocketAddr) {
+pub async fn forward(client: TcpStream, endpoint: SocketAddr) {
+    forward_stream(client, endpoint).await
+}
+
+/// Copies bytes both ways between a client stream (raw, or already decrypted) and `endpoint`.
+pub async fn forward_stream<S>(mut client: S, endpoint: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await;
     let mut upstream = match upstream {
         Ok(Ok(s)) => s,

@@ -546,15 +546,8 @@ fn check_tls(
             state.passthrough = true;
             return;
         }
-        // TLSRoute over terminated TLS is not implemented; refusing the listener says so in
-        // the spec's terms instead of accepting configuration that would not be served.
-        state.accepted = Some((
-            "UnsupportedValue",
-            "tls.mode Terminate on a TLS listener is not supported; use Passthrough, or an HTTPS listener"
-                .to_string(),
-        ));
-        state.supported_kinds.clear();
-        return;
+        // Terminate mode: the certificate is read below like an HTTPS listener's, and the
+        // listener's TLSRoutes get the decrypted stream.
     } else if mode != "Terminate" {
         state.accepted = Some((
             "UnsupportedValue",
@@ -777,10 +770,10 @@ impl Gateways {
                         name: Arc::from(l.name.as_str()),
                         hostname: l.hostname.clone(),
                         port: l.port,
-                        scheme: if l.protocol == "HTTPS" {
-                            "https"
-                        } else {
-                            "http"
+                        scheme: match l.protocol.as_str() {
+                            "HTTPS" => "https",
+                            "TLS" => "tls",
+                            _ => "http",
                         },
                         certificate: l.certificate.clone(),
                         backend_client_cert: gateway.backend_client_cert.clone(),
