@@ -102,6 +102,10 @@ struct RunArgs {
     /// Share of requests written to the JSON access log on stdout, 0.0 to 1.0 (0 turns it off).
     #[arg(long, default_value_t = 1.0, env = "PORTCULLIS_ACCESS_LOG_SAMPLE")]
     access_log_sample: f64,
+    /// Count every request in the labelled request metrics (`--request-metrics=false` turns them
+    /// off, for measuring what they cost).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    request_metrics: bool,
     #[command(flatten)]
     compile: CompileArgs,
     #[command(flatten)]
@@ -374,6 +378,7 @@ fn run(args: RunArgs) -> ExitCode {
             admin_addr: args.admin_addr,
             drain_timeout: args.drain_timeout,
             access_log_sample: args.access_log_sample,
+            request_metrics: args.request_metrics,
             status_reports: None,
         };
         let Some(config_dir) = args.config_dir else {

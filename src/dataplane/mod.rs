@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub drain_timeout: Duration,
     /// Share of requests written to the access log (0 turns it off).
     pub access_log_sample: f64,
+    /// Count each request in the labelled request metrics.
+    pub request_metrics: bool,
     /// Where each new status report is also sent, for a provider that writes status back.
     pub status_reports: Option<tokio::sync::watch::Sender<Arc<StatusReport>>>,
 }
@@ -81,7 +83,12 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
     );
     let mut proxy = pingora_proxy::http_proxy(
         &conf,
-        proxy::Proxy::new(shared.table.clone(), metrics.clone(), access_log),
+        proxy::Proxy::new(
+            shared.table.clone(),
+            metrics.clone(),
+            access_log,
+            options.request_metrics,
+        ),
     );
     let mut server_options = pingora_core::apps::HttpServerOptions::default();
     server_options.h2c = true;

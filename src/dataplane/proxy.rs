@@ -39,19 +39,23 @@ pub struct Proxy {
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
+    request_metrics: bool,
 }
 
 impl Proxy {
-    /// A proxy reading `table`, counting into `metrics` and logging into `access_log`.
+    /// A proxy reading `table`, counting into `metrics` (per request only when
+    /// `request_metrics`) and logging into `access_log`.
     pub fn new(
         table: Arc<ArcSwap<RoutingTable>>,
         metrics: Arc<Metrics>,
         access_log: AccessLog,
+        request_metrics: bool,
     ) -> Self {
         Proxy {
             table,
             metrics,
             access_log,
+            request_metrics,
         }
     }
 }
@@ -353,20 +357,22 @@ impl ProxyHttp for Proxy {
         let route = ctx.rule.as_ref().map(|r| &*r.route);
         let req = session.req_header();
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
-        self.metrics.observe_request(
-            &RequestLabels {
-                gateway: ctx.gateway.as_deref().unwrap_or(""),
-                listener: ctx.listener.as_deref().unwrap_or(""),
-                route: route.unwrap_or(""),
-                rule: rule_index.as_deref().unwrap_or(""),
-                backend: ctx.backend_name.as_deref().unwrap_or(""),
-                method: req.method.as_str(),
-                status,
-            },
-            elapsed,
-            bytes_in,
-            bytes_out,
-        );
+        if self.request_metrics {
+            self.metrics.observe_request(
+                &RequestLabels {
+                    gateway: ctx.gateway.as_deref().unwrap_or(""),
+                    listener: ctx.listener.as_deref().unwrap_or(""),
+                    route: route.unwrap_or(""),
+                    rule: rule_index.as_deref().unwrap_or(""),
+                    backend: ctx.backend_name.as_deref().unwrap_or(""),
+                    method: req.method.as_str(),
+                    status,
+                },
+                elapsed,
+                bytes_in,
+                bytes_out,
+            );
+        }
         if self.access_log.sampled() {
             self.access_log.write(&access_log::Entry {
                 time: jiff::Timestamp::now().to_string(),
