@@ -54,7 +54,8 @@ LABEL org.opencontainers.image.title="portcullis" \
       org.opencontainers.image.url="https://portcullis.dev" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
-# Roots for TLS to backends that do not name their own CA (BackendTLSPolicy wellKnownCACertificates).
+# The CA roots: Pingora loads them when the gateway starts (and stops the process without them);
+# they verify backends whose BackendTLSPolicy asks for well-known CAs.
 COPY --from=caps /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=caps /portcullis /portcullis
 USER 65532:65532
