@@ -86,6 +86,9 @@ pub(crate) struct Test {
     pub(crate) manifests: Vec<String>,
     /// `namespace/name` of the Gateway requests go to.
     pub(crate) gateway: Option<String>,
+    /// Upstream skips the test when the implementation claims one of these features.
+    #[serde(default)]
+    pub(crate) skip_if_supported: Vec<String>,
     pub(crate) standalone_applicable: Option<bool>,
     #[serde(default)]
     pub(crate) cases: Vec<Case>,

@@ -528,7 +528,7 @@ pub(crate) fn status_problems(
         if !ok {
             out.push(format!(
                 "{what}: has accepted parents {}",
-                summarize_parents(&parents)
+                summarize_parents(&parents, "parentRef")
             ));
         }
     }
@@ -548,7 +548,8 @@ pub(crate) fn status_problems(
     }
     if e.conditions_have_latest_observed_generation {
         let mut lists = vec![&st["conditions"]];
-        for p in st["parents"].as_array().into_iter().flatten() {
+        let parents = st["parents"].as_array().into_iter().flatten();
+        for p in parents.chain(st["ancestors"].as_array().into_iter().flatten()) {
             lists.push(&p["conditions"]);
         }
         for list in lists {
@@ -578,19 +579,27 @@ pub(crate) fn status_problems(
     out
 }
 
-/// Checks a route's `status.parents` entry for the Gateway `parent` (`namespace/name`).
+/// Checks a route's `status.parents` entry for the Gateway `parent` (`namespace/name`); for a
+/// policy (BackendTLSPolicy), which reports `status.ancestors` with `ancestorRef`, that entry.
 fn parent_problems(o: &StatusObject, parent: &str, want: &[Condition], what: &str) -> Vec<String> {
     let mut out = Vec::new();
     let (pns, pname) = parent.split_once('/').unwrap_or(("default", parent));
-    let parents: Vec<&Value> = o.status["parents"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .collect();
+    let (entries, ref_key) = match o.status["parents"].as_array() {
+        Some(parents) => (parents.iter().collect::<Vec<_>>(), "parentRef"),
+        None => (
+            o.status["ancestors"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .collect(),
+            "ancestorRef",
+        ),
+    };
+    let parents = entries;
     let matching: Vec<&Value> = parents
         .iter()
         .filter(|p| {
-            let r = &p["parentRef"];
+            let r = &p[ref_key];
             r["name"].as_str() == Some(pname)
                 && r["namespace"].as_str().unwrap_or(&o.namespace) == pns
         })
@@ -598,23 +607,23 @@ fn parent_problems(o: &StatusObject, parent: &str, want: &[Condition], what: &st
         .collect();
     if matching.is_empty() {
         out.push(format!(
-            "{what}: no status.parents entry for Gateway {parent}; parents: {}",
-            summarize_parents(&parents)
+            "{what}: no status entry for Gateway {parent}; parents: {}",
+            summarize_parents(&parents, ref_key)
         ));
         return out;
     }
     for p in &matching {
-        let r = &p["parentRef"];
+        let r = &p[ref_key];
         if r["group"].as_str() != Some(GATEWAY_GROUP) || r["kind"].as_str() != Some("Gateway") {
             out.push(format!(
-                "{what}: parentRef for {parent} must spell out group {GATEWAY_GROUP} and kind \
+                "{what}: {ref_key} for {parent} must spell out group {GATEWAY_GROUP} and kind \
                  Gateway, got group {} kind {}",
                 r["group"], r["kind"]
             ));
         }
         if r["namespace"].is_null() && o.namespace != pns {
             out.push(format!(
-                "{what}: parentRef for {parent} omits the namespace of a Gateway in another namespace"
+                "{what}: {ref_key} for {parent} omits the namespace of a Gateway in another namespace"
             ));
         }
         if p["controllerName"].as_str() != Some(CONTROLLER_NAME) {
@@ -721,7 +730,7 @@ fn summarize_conditions(conditions: &Value) -> String {
     }
 }
 
-fn summarize_parents(parents: &[&Value]) -> String {
+fn summarize_parents(parents: &[&Value], ref_key: &str) -> String {
     if parents.is_empty() {
         return "none".to_string();
     }
@@ -730,8 +739,8 @@ fn summarize_parents(parents: &[&Value]) -> String {
         .map(|p| {
             format!(
                 "{}/{}: {}",
-                p["parentRef"]["namespace"].as_str().unwrap_or("-"),
-                p["parentRef"]["name"].as_str().unwrap_or("?"),
+                p[ref_key]["namespace"].as_str().unwrap_or("-"),
+                p[ref_key]["name"].as_str().unwrap_or("?"),
                 summarize_conditions(&p["conditions"])
             )
         })

@@ -171,10 +171,12 @@ async fn run(args: Args) -> ExitCode {
             }
         };
         let needs = scope::needs(test, &suite, &own_docs);
-        match scope::skip_reason(&needs, run_all) {
+        let skip = scope::not_applicable(test)
+            .or_else(|| scope::skip_reason(&needs, run_all).map(str::to_string));
+        match skip {
             Some(reason) => results.push(TestResult {
                 test,
-                outcome: Outcome::Skip(reason.to_string()),
+                outcome: Outcome::Skip(reason),
             }),
             None => to_run.push(*test),
         }

@@ -2,7 +2,8 @@
 //!
 //! A test is described by what it needs beyond plain HTTP (read from its data, never from its
 //! name); it runs when every need is in scope. `PORTCULLIS_CONFORMANCE_ALL=1` runs every test
-//! regardless, and then every failure counts.
+//! regardless, and then every failure counts. Tests that upstream skips for a feature the gateway
+//! claims ([`CLAIMED_FEATURES`]) never run: they do not apply.
 
 use std::collections::HashSet;
 
@@ -50,6 +51,26 @@ pub(crate) const SCOPE: &[(Need, bool, &str)] = &[
         "certificate-dependent status checks (TLS) are not in scope yet",
     ),
 ];
+
+/// Features the gateway claims (upstream's SupportedFeatures), for the tests upstream skips when
+/// one is claimed (`skip_if_supported`): such tests do not apply, whatever the scope.
+pub(crate) const CLAIMED_FEATURES: &[&str] = &["TLSRouteModeMixed", "TLSRouteModeTerminate"];
+
+/// Why a test does not apply to this gateway at all, if it does not.
+pub(crate) fn not_applicable(test: &Test) -> Option<String> {
+    let claimed: Vec<&str> = test
+        .skip_if_supported
+        .iter()
+        .map(String::as_str)
+        .filter(|f| CLAIMED_FEATURES.contains(f))
+        .collect();
+    (!claimed.is_empty()).then(|| {
+        format!(
+            "does not apply: upstream skips it when {} is supported",
+            claimed.join(", ")
+        )
+    })
+}
 
 /// What a test needs, in [`SCOPE`] order.
 pub(crate) fn needs(test: &Test, suite: &Suite, own_docs: &[Value]) -> Vec<Need> {
