@@ -3,6 +3,7 @@
 #
 #  1. The Dockerfile's build: release, fat LTO, one codegen unit, stripped, for the static musl
 #     target, from a copy of exactly the files that .dockerignore lets into the build context.
+#     (The image builds with `cargo auditable`, which only adds the dependency list as data.)
 #  2. `file` and `ldd` find no dynamic dependencies; its size is printed.
 #  3. Copied alone into an empty directory, it runs there (chroot) as 65532:65532 with no
 #     supplementary groups, no capabilities and no_new_privs: `--help`; then, with the CA bundle
