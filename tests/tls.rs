@@ -494,9 +494,6 @@ fn assert_secret_is_rejected(cert_pem: &str, key_pem: &str) {
 }
 
 #[test]
-#[ignore = "gateway bug: a tls.key that does not belong to tls.crt is accepted \
-            (ResolvedRefs=True, Programmed=True) and every handshake then fails at the \
-            client's signature check"]
 fn certificate_with_a_key_that_does_not_match_is_an_invalid_certificate_ref() {
     let pki = Pki::new();
     let cert = pki.self_signed("cert", KeyType::Rsa2048, &["bad.example"]);
@@ -505,8 +502,6 @@ fn certificate_with_a_key_that_does_not_match_is_an_invalid_certificate_ref() {
 }
 
 #[test]
-#[ignore = "gateway bug: a CERTIFICATE PEM block that is not X.509 DER is accepted \
-            (ResolvedRefs=True, Programmed=True) and sent to clients, which reject it"]
 fn certificate_block_that_is_not_x509_is_an_invalid_certificate_ref() {
     let pki = Pki::new();
     let key = pki.self_signed("key", KeyType::EcdsaP256, &["bad.example"]);

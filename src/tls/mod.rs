@@ -26,9 +26,19 @@ use crate::routing::table::{host_matches, RoutingTable};
 /// Builds the rustls key a listener serves from a `kubernetes.io/tls` Secret body.
 pub fn certified_key(secret: &serde_json::Value) -> Result<Arc<CertifiedKey>, String> {
     let pem = certificate::check_secret(secret)?;
+    for (i, der) in pem.chain.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("tls.crt certificate {} is not X.509: {e}", i + 1))?;
+    }
     let key = rustls::crypto::ring::sign::any_supported_type(&pem.key)
         .map_err(|e| format!("tls.key is not a supported RSA, ECDSA or Ed25519 key: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(pem.chain, key)))
+    let certified = CertifiedKey::new(pem.chain, key);
+    // A key that does not belong to the certificate would fail every handshake at the
+    // client; refuse it here, where it is a configuration error with a name.
+    certified
+        .keys_match()
+        .map_err(|e| format!("tls.key does not belong to the certificate in tls.crt: {e}"))?;
+    Ok(Arc::new(certified))
 }
 
 /// Picks a certificate by SNI from the live table, for one socket.
