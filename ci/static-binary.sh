@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the binary that the image ships and shows that it needs nothing else:
 #
-#  1. The Dockerfile's build: release, fat LTO, one codegen unit, stripped, for the static musl
-#     target, from a copy of exactly the files that .dockerignore lets into the build context.
-#     (The image builds with `cargo auditable`, which only adds the dependency list as data.)
+#  1. The Dockerfile's build: `cargo auditable build`, release, fat LTO, one codegen unit,
+#     stripped, for the static musl target, from a copy of exactly the files that .dockerignore
+#     lets into the build context. The binary carries its dependency list (for image scanners).
 #  2. `file` and `ldd` find no dynamic dependencies; its size is printed.
 #  3. Copied alone into an empty directory, it runs there (chroot) as 65532:65532 with no
 #     supplementary groups, no capabilities and no_new_privs: `--help`; then, with the CA bundle
@@ -38,6 +38,7 @@ need=()
 command -v musl-gcc >/dev/null || need+=(musl-tools)
 command -v cmake >/dev/null || need+=(cmake)
 command -v file >/dev/null || need+=(file)
+command -v readelf >/dev/null || need+=(binutils)
 command -v curl >/dev/null || need+=(curl)
 command -v setcap >/dev/null || need+=(libcap2-bin)
 command -v setpriv >/dev/null || need+=(util-linux)
@@ -66,6 +67,8 @@ if ! rustup target list --installed | grep -qx "$target"; then
   fi
 fi
 
+command -v cargo-auditable >/dev/null || cargo install --locked cargo-auditable@0.7.7
+
 # A target directory of its own: a different profile and target than the everyday builds, which
 # it would otherwise lock and invalidate.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target/static}"
@@ -83,7 +86,7 @@ while read -r rule; do
   echo "  $path"
 done < <(grep '^!' .dockerignore)
 
-step "cargo build --release --target $target (LTO, stripped)"
+step "cargo auditable build --release --target $target (LTO, stripped)"
 started=$SECONDS
 (
   cd "$context"
@@ -92,7 +95,7 @@ started=$SECONDS
     CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
     RUSTFLAGS="$rustflags" \
-    cargo build --locked --release --target "$target" --bin portcullis
+    cargo auditable build --locked --release --target "$target" --bin portcullis
 )
 echo "built in $((SECONDS - started)) s"
 bin="$CARGO_TARGET_DIR/$target/release/portcullis"
@@ -112,6 +115,8 @@ case "$ldd_out" in
   *"not a dynamic executable"* | *"statically linked"*) ;;
   *) fail "unexpected ldd output" ;;
 esac
+readelf -S "$bin" | grep -q '\.dep-v0' || fail "the binary carries no dependency list (.dep-v0)"
+echo "dependency list: embedded (.dep-v0)"
 size=$(stat -c %s "$bin")
 echo "size: $size bytes ($((size / 1024 / 1024)) MiB)"
 
@@ -222,6 +227,18 @@ run_in() {
   fi
 }
 
+# Waits until the backend itself answers, so that a failure later is the gateway's.
+wait_backend() {
+  local ns="$1" url="$2" i
+  for i in $(seq 1 100); do
+    if [ "$(run_in "$ns" curl -fsS --max-time 2 "$url" 2>/dev/null)" = "$token" ]; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  fail "the backend at $url did not answer within 10 s"
+}
+
 wait_ready() {
   local ns="$1" admin="$2" pid="$3" i
   for i in $(seq 1 150); do
@@ -291,6 +308,7 @@ write_config "$root" "$backend_port"
 python3 -m http.server --bind 127.0.0.1 --directory "$work/www" "$backend_port" \
   >"$work/backend.log" 2>&1 &
 pids+=($!)
+wait_backend - "http://127.0.0.1:$backend_port/"
 log="$work/gateway.log"
 "${jail[@]}" "$root" -- /portcullis run --config-dir /config --admin-addr "127.0.0.1:$admin_port" \
   --address-pool 127.0.0.1 --port-offset "$offset" >"$log" 2>&1 &
@@ -353,6 +371,7 @@ ip -n "$netns" link set lo up
 ip netns exec "$netns" python3 -m http.server --bind 127.0.0.1 --directory "$work/www" 8080 \
   >"$work/backend-netns.log" 2>&1 &
 pids+=($!)
+wait_backend "$netns" http://127.0.0.1:8080/
 
 root=$(make_root capable)
 add_ca_bundle "$root"
