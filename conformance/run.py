@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -52,7 +53,10 @@ STATUS_WAIT = 30  # upstream waits up to 180 s; our compile takes milliseconds
 CONSISTENCY_WAIT = 30
 # GatewayStaticAddresses: an address in the gateway's --address-pool, and one outside it. The
 # unusable one is a documentation address (RFC 5737) that only ever appears in configuration.
-USABLE_ADDRESS = "127.0.10.250"
+# Each run takes its own loopback /24, so that two runs on one machine (a developer's and CI's,
+# say) never bind the same sockets.
+SUBNET = f"127.{random.randint(16, 250)}.{random.randint(1, 250)}"
+USABLE_ADDRESS = f"{SUBNET}.250"
 UNUSABLE_ADDRESS = "198.51.100.7"
 
 
@@ -88,7 +92,7 @@ class Gateway:
         self.log = open(os.path.join(workdir, "gateway.log"), "w")
         self.proc = subprocess.Popen(
             [binary, "run", "--config-dir", self.dir, "--admin-addr", self.admin,
-             "--address-pool", "127.0.10.1-127.0.10.250", "--port-offset", str(PORT_OFFSET),
+             "--address-pool", f"{SUBNET}.1-{SUBNET}.250", "--port-offset", str(PORT_OFFSET),
              "--access-log-sample", "0"],
             stdout=self.log, stderr=self.log)
         deadline = time.time() + 30
