@@ -115,6 +115,9 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
                     break;
                 }
             }
+            // A socket that could not be bound (port taken, address missing) is tried again
+            // by recompiling, which also refreshes its listener's status.
+            _ = tokio::time::sleep(BIND_RETRY), if !sockets.failed.is_empty() => {}
             _ = terminate.recv() => break,
         }
         tokio::time::sleep(DEBOUNCE).await;
@@ -132,9 +135,11 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
         let rules = compiled.rules;
         // Sockets first, then the table: a new listener's first request finds its routes.
         sockets.reconcile(&binds);
+        let mut report = compiled.report;
+        mark_unbound(&mut report, &table, &sockets.failed);
         shared.table.store(Arc::new(table));
-        let problems = compiled.report.problems();
-        let report = Arc::new(compiled.report);
+        let problems = report.problems();
+        let report = Arc::new(report);
         shared.report.store(report.clone());
         if let Some(reports) = &options.status_reports {
             reports.send_replace(report);
@@ -195,6 +200,48 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
     }
     tracing::info!(open = metrics.connections_open.get(), "stopped");
     Ok(())
+}
+
+/// How often sockets that could not be bound are tried again.
+pub const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Marks the listeners of sockets that could not be bound as not programmed: the compiler
+/// cannot know that a port is taken, only the bind can.
+fn mark_unbound(
+    report: &mut StatusReport,
+    table: &RoutingTable,
+    failed: &std::collections::HashMap<SocketAddr, String>,
+) {
+    for (addr, error) in failed {
+        let Some(bind) = table.binds.get(addr) else {
+            continue;
+        };
+        for listener in &bind.listeners {
+            let Some((namespace, name)) = listener.gateway.split_once('/') else {
+                continue;
+            };
+            let gateway = report.objects.iter_mut().find(|o| {
+                o.kind == crate::controller::Kind::Gateway
+                    && o.namespace == namespace
+                    && o.name == name
+            });
+            let Some(gateway) = gateway else { continue };
+            let listeners = gateway.status["listeners"].as_array_mut();
+            for l in listeners
+                .into_iter()
+                .flatten()
+                .filter(|l| l["name"] == *listener.name)
+            {
+                for c in l["conditions"].as_array_mut().into_iter().flatten() {
+                    if c["type"] == "Programmed" {
+                        c["status"] = "False".into();
+                        c["reason"] = "Pending".into();
+                        c["message"] = format!("cannot listen on {addr}: {error}; retrying").into();
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A stream of SIGTERM and SIGINT.
