@@ -12,6 +12,8 @@
 //! - Routes: one `status.parents[]` entry per parentRef of ours, marked with our
 //!   `controllerName`; entries of other controllers are left as they are (GEP-1364, and the
 //!   `RouteParentStatus` documentation).
+//! - BackendTLSPolicy: likewise one `status.ancestors[]` entry per Gateway of ours whose routes
+//!   use the policy (`PolicyAncestorStatus`).
 //!
 //! A condition whose `status` did not change keeps its `lastTransitionTime`, as `metav1.Condition`
 //! asks; the compiler stamps every condition with the compile time, so the times are carried
@@ -45,7 +47,12 @@ const CONFLICT_ATTEMPTS: usize = 3;
 pub fn writes_status(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute
+        Kind::GatewayClass
+            | Kind::Gateway
+            | Kind::HttpRoute
+            | Kind::GrpcRoute
+            | Kind::TlsRoute
+            | Kind::BackendTlsPolicy
     )
 }
 
@@ -287,8 +294,8 @@ impl Writer {
 /// The status to write, given what the object has (`current`) and what the compiler says
 /// (`computed`); `None` when the object already says it.
 ///
-/// For routes only `parents` is returned, holding the other controllers' entries unchanged
-/// followed by ours; for other kinds, every key of `computed`. Condition times are carried over
+/// For routes only `parents` is returned (for policies, `ancestors`), holding the other
+/// controllers' entries unchanged followed by ours; for other kinds, every key of `computed`. Condition times are carried over
 /// from `current` wherever a condition's status did not change.
 pub fn desired_status(
     kind: Kind,
@@ -297,22 +304,28 @@ pub fn desired_status(
     controller_name: &str,
 ) -> Option<Value> {
     let mut computed = without_nulls(computed);
-    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute) {
-        let old: &[Value] = current["parents"].as_array().map_or(&[], Vec::as_slice);
+    let shared_list = match kind {
+        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => Some(("parents", "parentRef")),
+        Kind::BackendTlsPolicy => Some(("ancestors", "ancestorRef")),
+        _ => None,
+    };
+    if let Some((list, reference)) = shared_list {
+        let old: &[Value] = current[list].as_array().map_or(&[], Vec::as_slice);
         let mut parents: Vec<Value> = old
             .iter()
             .filter(|p| p["controllerName"] != controller_name)
             .cloned()
             .collect();
-        for mut ours in computed["parents"].as_array().cloned().unwrap_or_default() {
-            if let Some(before) = old.iter().find(|p| {
-                p["controllerName"] == controller_name && p["parentRef"] == ours["parentRef"]
-            }) {
+        for mut ours in computed[list].as_array().cloned().unwrap_or_default() {
+            if let Some(before) = old
+                .iter()
+                .find(|p| p["controllerName"] == controller_name && p[reference] == ours[reference])
+            {
                 carry_times(&mut ours["conditions"], &before["conditions"]);
             }
             parents.push(ours);
         }
-        return (parents.as_slice() != old).then(|| json!({ "parents": parents }));
+        return (parents.as_slice() != old).then(|| json!({ list: parents }));
     }
     let Value::Object(fields) = &mut computed else {
         return None;
@@ -464,5 +477,22 @@ mod tests {
         let out = desired_status(Kind::Gateway, &Value::Null, &computed, OURS).unwrap();
         assert_eq!(out, json!({"conditions": []}));
         assert_eq!(desired_status(Kind::Gateway, &out, &computed, OURS), None);
+    }
+
+    #[test]
+    fn policy_ancestors_of_other_controllers_are_kept() {
+        let theirs = json!({"ancestorRef": {"name": "other"}, "controllerName": "example.com/x",
+                            "conditions": []});
+        let current = json!({"ancestors": [theirs]});
+        let computed = json!({"ancestors": [{"ancestorRef": {"name": "gw"}, "controllerName": OURS,
+                                             "conditions": []}]});
+        let out = desired_status(Kind::BackendTlsPolicy, &current, &computed, OURS).unwrap();
+        let ancestors = out["ancestors"].as_array().unwrap();
+        assert_eq!(ancestors.len(), 2);
+        assert_eq!(ancestors[0], theirs);
+        assert_eq!(
+            desired_status(Kind::BackendTlsPolicy, &out, &computed, OURS),
+            None
+        );
     }
 }
