@@ -16,7 +16,10 @@ the restatement of the Gateway API v1.6.1 conformance suite in `../shared/confor
 It prints a table of tests and a closing line `N passed, M failed, K skipped`, and exits 1 when a
 test that ran failed. Tests it cannot run here are skipped with the reason. Usage:
 
-    conformance/run.py [--binary target/debug/portcullis] [TEST_NAME ...]
+    conformance/run.py [--binary target/debug/portcullis] [--kube] [TEST_NAME ...]
+
+With --kube, the same tests run in Kubernetes mode against the local API server of the Rust
+tests (see the Kubernetes mode section below).
 """
 
 import argparse
@@ -126,6 +129,166 @@ class Gateway:
             self.proc.kill()
 
 
+# -- Kubernetes mode (--kube) ------------------------------------------------------------------
+#
+# The same tests with the objects served by the local API server of the Kubernetes-mode tests
+# (tests/kube_apiserver_main.rs, built with cargo), created and changed through its HTTP API as a
+# client would, the gateway started without --config-dir, and every status expectation checked
+# against what the controller wrote back to the API server instead of the admin `/status`.
+
+# kind -> (API path prefix, plural, namespaced), at the versions the local API server serves.
+KUBE_KINDS = {
+    "GatewayClass": ("apis/gateway.networking.k8s.io/v1", "gatewayclasses", False),
+    "Gateway": ("apis/gateway.networking.k8s.io/v1", "gateways", True),
+    "HTTPRoute": ("apis/gateway.networking.k8s.io/v1", "httproutes", True),
+    "GRPCRoute": ("apis/gateway.networking.k8s.io/v1", "grpcroutes", True),
+    "TLSRoute": ("apis/gateway.networking.k8s.io/v1alpha2", "tlsroutes", True),
+    "ReferenceGrant": ("apis/gateway.networking.k8s.io/v1beta1", "referencegrants", True),
+    "Service": ("api/v1", "services", True),
+    "Namespace": ("api/v1", "namespaces", False),
+    "Secret": ("api/v1", "secrets", True),
+    "ConfigMap": ("api/v1", "configmaps", True),
+    "EndpointSlice": ("apis/discovery.k8s.io/v1", "endpointslices", True),
+}
+# Kinds whose status the controller writes, read back for the status checks.
+KUBE_STATUS_KINDS = ["GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute"]
+
+
+def kube_api_server_binary():
+    """Builds the local API server's test target and returns its executable."""
+    out = subprocess.run(
+        ["cargo", "test", "--locked", "--test", "kube_apiserver_main", "--no-run",
+         "--message-format=json"],
+        cwd=REPO, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable") and \
+                msg["target"]["name"] == "kube_apiserver_main":
+            return msg["executable"]
+    raise RuntimeError("cargo did not report the kube_apiserver_main executable")
+
+
+class KubeGateway:
+    """The local API server and the gateway reading it; the same interface as `Gateway`."""
+
+    def __init__(self, binary, workdir):
+        url_file = os.path.join(workdir, "apiserver.url")
+        self.server_log = open(os.path.join(workdir, "apiserver.log"), "w")
+        self.server = subprocess.Popen(
+            [kube_api_server_binary()], stdin=subprocess.PIPE, stdout=self.server_log,
+            stderr=self.server_log, env=dict(os.environ, PORTCULLIS_APISERVER_URL_FILE=url_file))
+        deadline = time.time() + 30
+        while not os.path.exists(url_file):
+            if time.time() > deadline or self.server.poll() is not None:
+                raise RuntimeError("the local API server did not start; see apiserver.log")
+            time.sleep(0.05)
+        with open(url_file) as f:
+            self.url = f.read().strip()
+        self.applied = {}  # (kind, namespace, name) -> the document last sent
+        kubeconfig = os.path.join(workdir, "kubeconfig")
+        with open(kubeconfig, "w") as f:
+            yaml.safe_dump({
+                "apiVersion": "v1", "kind": "Config",
+                "clusters": [{"name": "local", "cluster": {"server": self.url}}],
+                "users": [{"name": "conformance", "user": {"token": "conformance"}}],
+                "contexts": [{"name": "local", "context": {"cluster": "local", "user": "conformance",
+                                                           "namespace": "portcullis-system"}}],
+                "current-context": "local"}, f)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "POD_NAME",
+                            "POD_NAMESPACE", "PORTCULLIS_CONFIG_DIR", "PORTCULLIS_WATCH_NAMESPACES")}
+        env["KUBECONFIG"] = kubeconfig
+        self.admin = f"127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(workdir, "gateway.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary, "run", "--admin-addr", self.admin, "--leader-elect=false",
+             "--address-pool", f"{SUBNET}.1-{SUBNET}.250", "--port-offset", str(PORT_OFFSET),
+             "--access-log-sample", "0"],
+            stdout=self.log, stderr=self.log, env=env)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://{self.admin}/healthz", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the gateway did not start; see gateway.log")
+
+    def request(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}/{path}", data=data, method=method,
+                                     headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    def path(self, kind, ns, name=None):
+        prefix, plural, namespaced = KUBE_KINDS[kind]
+        path = f"{prefix}/namespaces/{ns}/{plural}" if namespaced else f"{prefix}/{plural}"
+        return f"{path}/{name}" if name else path
+
+    def key(self, doc):
+        namespaced = KUBE_KINDS[doc["kind"]][2]
+        ns = doc["metadata"].get("namespace", "default") if namespaced else ""
+        return doc["kind"], ns, doc["metadata"]["name"]
+
+    def write(self, files):
+        """Makes the API server hold exactly these documents: creates, replaces and deletes."""
+        wanted = {}
+        for docs in files.values():
+            for d in docs:
+                if d.get("kind") in KUBE_KINDS:  # kinds it does not serve cannot be created
+                    wanted[self.key(d)] = d
+        for key in [k for k in self.applied if k not in wanted]:
+            self.request("DELETE", self.path(*key))
+            del self.applied[key]
+        # Namespaces first, as a client creating them in order would.
+        for key, doc in sorted(wanted.items(), key=lambda kv: kv[0][0] != "Namespace"):
+            if self.applied.get(key) == doc:
+                continue
+            body = copy.deepcopy(doc)
+            body.setdefault("metadata", {})
+            if key[1]:
+                body["metadata"]["namespace"] = key[1]
+            code, reply = self.request("POST", self.path(key[0], key[1]), body)
+            if code == 409:
+                code, reply = self.request("PUT", self.path(*key), body)
+            if code >= 300:
+                raise RuntimeError(f"API server refused {key}: {code} {reply.get('message')}")
+            self.applied[key] = copy.deepcopy(doc)
+
+    def status(self):
+        """A report shaped like the admin `/status`, from the objects on the API server."""
+        objects = []
+        for kind in KUBE_STATUS_KINDS:
+            prefix, plural, _ = KUBE_KINDS[kind]
+            code, body = self.request("GET", f"{prefix}/{plural}")
+            for o in body.get("items", []) if code == 200 else []:
+                m = o["metadata"]
+                # Not written yet reads as no conditions, which the checks keep polling on.
+                status = o.get("status") or {}
+                status.setdefault("conditions", [])
+                objects.append({"kind": kind, "namespace": m.get("namespace", ""), "name": m["name"],
+                                "generation": m.get("generation"), "status": status})
+        return {"objects": objects}
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.server.stdin.close()
+        try:
+            self.server.wait(10)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+
+# -- end of Kubernetes mode ---------------------------------------------------------------------
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -140,7 +303,7 @@ def load_manifest(data_dir, name):
 
 
 class Runner:
-    def __init__(self, data_dir, binary, workdir):
+    def __init__(self, data_dir, binary, workdir, gateway=Gateway):
         self.data_dir = data_dir
         with open(os.path.join(data_dir, "cases.json")) as f:
             self.cases = json.load(f)
@@ -161,7 +324,7 @@ class Runner:
         for b in self.cases["backends"]:
             if b["echo"].startswith("alias-of:"):
                 self.echoes[(b["namespace"], b["service"])] = self.echoes[(b["namespace"], b["echo"][9:])]
-        self.gateway = Gateway(binary, workdir)
+        self.gateway = gateway(binary, workdir)
 
     # -- configuration -------------------------------------------------------------------
 
@@ -597,10 +760,12 @@ def main():
     parser.add_argument("--binary", default=os.path.join(REPO, "target", "debug", "portcullis"))
     parser.add_argument("--data", default=os.environ.get("PORTCULLIS_CONFORMANCE_DIR",
                                                          os.path.join(REPO, "..", "shared", "conformance")))
+    parser.add_argument("--kube", action="store_true",
+                        help="Kubernetes mode: objects on the local API server, status read from it")
     parser.add_argument("tests", nargs="*")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="portcullis-conformance-")
-    runner = Runner(args.data, args.binary, workdir)
+    runner = Runner(args.data, args.binary, workdir, KubeGateway if args.kube else Gateway)
     results = []
     try:
         for test in runner.cases["tests"]:
