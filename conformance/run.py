@@ -149,9 +149,10 @@ KUBE_KINDS = {
     "Secret": ("api/v1", "secrets", True),
     "ConfigMap": ("api/v1", "configmaps", True),
     "EndpointSlice": ("apis/discovery.k8s.io/v1", "endpointslices", True),
+    "BackendTLSPolicy": ("apis/gateway.networking.k8s.io/v1", "backendtlspolicies", True),
 }
 # Kinds whose status the controller writes, read back for the status checks.
-KUBE_STATUS_KINDS = ["GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute"]
+KUBE_STATUS_KINDS = ["GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "TLSRoute", "BackendTLSPolicy"]
 
 
 def kube_api_server_binary():

@@ -101,6 +101,14 @@ const RESOURCES: &[Resource] = &[
         status: false,
     },
     Resource {
+        group: GATEWAY,
+        version: "v1",
+        plural: "backendtlspolicies",
+        kind: "BackendTLSPolicy",
+        namespaced: true,
+        status: true,
+    },
+    Resource {
         group: "",
         version: "v1",
         plural: "services",
