@@ -128,6 +128,9 @@ struct CompileArgs {
     /// Serve listener port P on socket port Q (`80=8080,443=8443`); wins over --port-offset.
     #[arg(long, value_parser = parse_port_map)]
     port_map: Option<PortMap>,
+    /// Serve only this Gateway (namespace/name); the others are left to other processes.
+    #[arg(long, env = "PORTCULLIS_GATEWAY")]
+    gateway: Option<String>,
 }
 
 #[derive(Clone)]
@@ -142,6 +145,7 @@ impl CompileArgs {
             address_pool: self.address_pool.0.clone(),
             port_offset: self.port_offset,
             port_map: self.port_map.clone().map(|m| m.0).unwrap_or_default(),
+            only_gateway: self.gateway.clone(),
             ..CompileOptions::default()
         }
     }

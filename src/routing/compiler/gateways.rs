@@ -176,6 +176,11 @@ pub(super) fn compile(
         let Some(class_accepted) = our_classes.get(class) else {
             continue; // another controller's Gateway
         };
+        if let Some(only) = &options.only_gateway {
+            if *only != format!("{}/{}", gateway.key.namespace, gateway.key.name) {
+                continue; // served, and reported, by the process scoped to it
+            }
+        }
         let mut state = gateway_state(gateway, *class_accepted, snapshot, options);
         // Addresses: a Gateway keeps what it had; explicit requests are honoured first.
         if state.address.is_none() && state.address_problem.is_none() {

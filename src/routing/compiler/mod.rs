@@ -42,6 +42,9 @@ pub struct CompileOptions {
     /// Addresses already handed out, by `namespace/name` of the Gateway, so that a Gateway keeps
     /// its address when others come and go.
     pub assigned: BTreeMap<String, IpAddr>,
+    /// Serve only this Gateway (`namespace/name`), leaving the others (and their status) to other
+    /// processes: a Deployment per Gateway for full isolation.
+    pub only_gateway: Option<String>,
     /// RFC 3339 time to stamp new conditions with.
     pub now: String,
 }
@@ -54,6 +57,7 @@ impl Default for CompileOptions {
             port_offset: 0,
             port_map: BTreeMap::new(),
             assigned: BTreeMap::new(),
+            only_gateway: None,
             now: "1970-01-01T00:00:00Z".to_string(),
         }
     }

@@ -184,3 +184,20 @@ fn durations_parse_as_the_spec_writes_them() {
     assert_eq!(parse_duration("0s").unwrap(), None);
     assert!(parse_duration("1.5s").is_err());
 }
+
+#[test]
+fn a_process_scoped_to_one_gateway_serves_and_reports_only_that_one() {
+    let yaml = format!(
+        "{BASE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: other, namespace: infra}}\n\
+         spec: {{gatewayClassName: portcullis, listeners: [{{name: http, port: 80, protocol: HTTP}}]}}\n"
+    );
+    let options = CompileOptions {
+        only_gateway: Some("infra/other".to_string()),
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(&yaml), &options);
+    assert!(c.report.get(Kind::Gateway, "infra", "other").is_some());
+    assert!(c.report.get(Kind::Gateway, "infra", "gw").is_none());
+    assert_eq!(c.table.binds.len(), 1);
+}
