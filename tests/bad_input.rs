@@ -151,6 +151,7 @@ async fn last_good_table_keeps_serving_through_bad_edits() {
             .arg(dir.path())
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
