@@ -155,7 +155,11 @@ pub async fn run(
     let mut failing = false;
     loop {
         let mut retry: Option<Instant> = None;
-        if *leading.borrow_and_update() {
+        let leader = *leading.borrow_and_update();
+        crate::dataplane::metrics::global()
+            .leader
+            .set(i64::from(leader));
+        if leader {
             let report = reports.borrow_and_update().clone();
             statuses.borrow_and_update();
             match writer.write(&report, &leading).await {
@@ -212,11 +216,16 @@ impl Writer {
             if !*leading.borrow() {
                 break;
             }
+            let writes = &crate::dataplane::metrics::global().status_writes;
             match self.write_one(object).await {
-                Ok(Outcome::Written) => written += 1,
+                Ok(Outcome::Written) => {
+                    written += 1;
+                    writes.with_label_values(&["ok"]).inc();
+                }
                 Ok(Outcome::Unchanged | Outcome::Skipped) => {}
                 Err(err) => {
                     failed += 1;
+                    writes.with_label_values(&["failed"]).inc();
                     tracing::debug!(object = %format_args!("{} {}/{}", object.kind, object.namespace, object.name), error = %err, "status write failed");
                     last_error = Some(err);
                 }

@@ -316,6 +316,13 @@ impl Metrics {
     }
 }
 
+/// The process's metrics. One registry per process: the Kubernetes controller (watches, status
+/// writer, leader election) counts into the same one the data plane serves on `/metrics`.
+pub fn global() -> &'static std::sync::Arc<Metrics> {
+    static METRICS: std::sync::OnceLock<std::sync::Arc<Metrics>> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| std::sync::Arc::new(Metrics::new()))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -63,7 +63,11 @@ pub struct RunOptions {
 
 /// Serves traffic from `store` until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = metrics::global().clone();
+    if options.status_reports.is_none() {
+        // Standalone: nothing to elect, the report on /status is this process's own.
+        metrics.leader.set(1);
+    }
     let shared = Arc::new(Shared {
         table: Arc::new(ArcSwap::from_pointee(RoutingTable::default())),
         report: ArcSwap::from_pointee(StatusReport::default()),

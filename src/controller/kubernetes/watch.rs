@@ -156,6 +156,10 @@ impl Watch {
                             State::Listed(version)
                         }
                         Ended::Gone => {
+                            crate::dataplane::metrics::global()
+                                .watch_restarts
+                                .with_label_values(&[self.resource.kind.as_str()])
+                                .inc();
                             tracing::info!(
                                 resource_version = %version,
                                 "resource version expired (410 Gone); listing again"
@@ -164,6 +168,10 @@ impl Watch {
                         }
                         Ended::NotServed => State::Relist,
                         Ended::Failed(err) => {
+                            crate::dataplane::metrics::global()
+                                .watch_restarts
+                                .with_label_values(&[self.resource.kind.as_str()])
+                                .inc();
                             self.report_error("watch", &err);
                             tokio::time::sleep(backoff.next_delay()).await;
                             State::Listed(version)
