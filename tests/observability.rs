@@ -2,26 +2,13 @@
 //! was sent, `promtool check metrics` accepts the scrape, and each request leaves one JSON line
 //! with its request id.
 
+mod common;
+
+use common::{free_port, Killed};
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(echo_port: u16) -> String {
     format!(
