@@ -153,7 +153,7 @@ class Bench:
         self.load(target, sc, 1, latency=False)
         pids = target.pids()
         backend_pids = self.backend.pids()
-        cpu0 = procs.cpu_seconds(pids)
+        user0, sys0 = procs.cpu_split(pids)
         back0 = procs.cpu_seconds(backend_pids)
         busy0 = procs.system_busy_seconds()
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -161,7 +161,8 @@ class Bench:
         wall0 = time.monotonic()
         thr = self.load(target, sc, self.seconds, latency=False)
         wall = time.monotonic() - wall0
-        cpu = procs.cpu_seconds(pids) - cpu0
+        user1, sys1 = procs.cpu_split(pids)
+        cpu = (user1 - user0) + (sys1 - sys0)
         back = procs.cpu_seconds(backend_pids) - back0
         busy = procs.system_busy_seconds() - busy0
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -178,6 +179,7 @@ class Bench:
             "requests": requests,
             "failed": thr["failed"],
             "cpu_s": cpu,
+            "kernel_share": (sys1 - sys0) / cpu if cpu else None,
             "cpu_per_10k": cpu / requests * 1e4 if requests and target.is_proxy else None,
             "req_per_cpu_s": requests / cpu if cpu and target.is_proxy else None,
             "backend_cpu_per_10k": back / requests * 1e4 if requests else None,
@@ -270,10 +272,12 @@ class Bench:
                     time.sleep(due - now)
                 written[version] = time.monotonic()
                 target.churn(version)
-            # Let the last change be served (a reload still running ends first).
+            # Let the last change be served: nginx reloads once more if the last write came
+            # while a reload ran; both get up to 30 s to serve it.
             if isinstance(target, targets.Nginx):
-                target.reap()
-            time.sleep(1.5)
+                target.finish()
+            procs.wait_until(lambda: probe.seen and probe.seen[-1][1] >= version - 1, 30)
+            time.sleep(0.5)
             probe.stop()
             out, err = wrk.communicate(timeout=60)
             load = loadgen.parse_wrk(out, err)
@@ -422,19 +426,23 @@ class Bench:
                 wrk = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True)
                 time.sleep(1.0)
-                pids = ",".join(str(p) for p in target.pids())
-                stat = subprocess.run(["perf", "stat", "-x,", "-e", ",".join(events), "-p", pids,
-                                       "--", "sleep", str(seconds)],
-                                      capture_output=True, text=True)
+                stats = {}
+                for who, pids in (("proxy", target.pids()), ("backend", self.backend.pids())):
+                    stats[who] = subprocess.Popen(
+                        ["perf", "stat", "-x,", "-e", ",".join(events),
+                         "-p", ",".join(str(p) for p in pids), "--", "sleep", str(seconds)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 load = loadgen.parse_wrk(*wrk.communicate(timeout=60))
                 requests = load["rps"] * seconds
-                counts = {}
-                for line in stat.stderr.splitlines():
-                    parts = line.split(",")
-                    if len(parts) > 2 and parts[0].strip().isdigit():
-                        name = parts[2].split(":")[-1].replace("sys_enter_", "")
-                        counts["all" if name == "sys_enter" else name] = int(parts[0])
-                out[target.name] = {n: c / requests for n, c in counts.items() if c}
+                for who, proc in stats.items():
+                    counts = {}
+                    for line in proc.communicate(timeout=30)[1].splitlines():
+                        parts = line.split(",")
+                        if len(parts) > 2 and parts[0].strip().isdigit():
+                            name = parts[2].split(":")[-1].replace("sys_enter_", "")
+                            counts["all" if name == "sys_enter" else name] = int(parts[0])
+                    key = target.name if who == "proxy" else f"{target.name}:backend"
+                    out[key] = {n: c / requests for n, c in counts.items() if c}
             except Exception as e:  # noqa: BLE001
                 out[target.name] = {"error": str(e)[:300]}
             finally:

@@ -82,14 +82,20 @@ def _stat(pid):
 
 def cpu_seconds(pids):
     """utime + stime of the processes (all their threads), in seconds."""
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids):
+    """(utime, stime) of the processes (all their threads), in seconds."""
+    user = system = 0
     for pid in pids:
         try:
             fields = _stat(pid)
         except (FileNotFoundError, ProcessLookupError):
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def children(pid):

@@ -80,9 +80,16 @@ def write(res, out_dir, name):
         f.write("\n".join(md))
 
 
+def cpu_cell(r):
+    if r.get("cpu_per_10k") is None:
+        return "—"
+    share = r.get("kernel_share")
+    return f"{r['cpu_per_10k']:.3f}" + (f" ({share * 100:.0f}%)" if share is not None else "")
+
+
 def main_table(res):
     out = ["## Every scenario\n",
-           "| scenario | target | req/s | failed | CPU s / 10k req | req per CPU-s | peak RSS MiB "
+           "| scenario | target | req/s | failed | CPU s / 10k req (kernel share) | req per CPU-s | peak RSS MiB "
            "| p50 ms | p99 ms | p99.9 ms | at req/s | other load |",
            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for sc in res["scenarios"]:
@@ -97,7 +104,7 @@ def main_table(res):
             rss = r["peak_rss_kib"] / 1024 if r.get("peak_rss_kib") else None
             out.append(
                 f"| {sc['title']} | {LABELS[t]} | {num(r['rps'])} | {r['failed'] + r['latency_failed']} "
-                f"| {num(r['cpu_per_10k'], 3)} | {num(r['req_per_cpu_s'])} | {num(rss, 1)} "
+                f"| {cpu_cell(r)} | {num(r['req_per_cpu_s'])} | {num(rss, 1)} "
                 f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['p999_ms']:.2f} "
                 f"| {num(r['latency_rate'])} | {r['foreign_cpu_pct']:.0f}%"
                 f"{' (2 runs)' if r.get('runs') else ''} |")
@@ -367,8 +374,15 @@ def profile_section(prof, out_dir, name):
         names = sorted({n for v in ok.values() for n in v if n != "all"},
                        key=lambda n: -max(v.get(n, 0) for v in ok.values()))
         out.append("System calls per request under the HTTP/1.1 keep-alive load (perf's syscall "
-                   "tracepoints, all threads of the proxy):\n")
-        out.append("| syscall | " + " | ".join(LABELS[t] for t in ok) + " |")
+                   "tracepoints, all threads of the process), made by each proxy and by the "
+                   "backend behind it:\n")
+        def label(key):
+            t, _, side = key.partition(":")
+            return f"backend behind {LABELS[t]}" if side else LABELS[t]
+
+        order = [k for t in TARGETS for k in (t, f"{t}:backend") if k in ok]
+        ok = {k: ok[k] for k in order}
+        out.append("| syscall | " + " | ".join(label(k) for k in ok) + " |")
         out.append("|---|" + "--:|" * len(ok))
         for n in ["all"] + [n for n in names if max(v.get(n, 0) for v in ok.values()) >= 0.01]:
             out.append(f"| {n} | " + " | ".join(f"{v.get(n, 0):.2f}" for v in ok.values()) + " |")

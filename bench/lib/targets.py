@@ -222,7 +222,7 @@ class Nginx(Target):
         configs.write_atomically(
             os.path.join(self.work, "churn.conf"), configs.nginx_churn_conf(self.ports, churn_version or 0)
         )
-        self.reloads, self.reload_failures, self.reloading = 0, 0, None
+        self.reloads, self.reload_failures, self.reloading, self.dirty = 0, 0, None, False
         self.proc = procs.start(self.command() + ["-g", "daemon off;"],
                                 os.path.join(self.work, "stdout.log"), cpus=self.cpus)
         if not procs.wait_until(lambda: get(self.ports["http"], "/")[0] == 200, 120,
@@ -240,9 +240,14 @@ class Nginx(Target):
         # the whole configuration before it signals the master, which then parses it again, so
         # at thousands of routes a reload takes longer than the 100 ms between changes. A change
         # written while one runs is picked up by the next.
+        self.dirty = True
         if self.reloading is not None and self.reloading.poll() is None:
             return
+        self.reload()
+
+    def reload(self):
         self.reap_one()
+        self.dirty = False
         self.reloading = subprocess.Popen(
             ["taskset", "-c", self.cpus] + self.command() + ["-s", "reload"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -253,6 +258,14 @@ class Nginx(Target):
         if self.reloading is not None:
             self.reload_failures += self.reloading.wait() != 0
             self.reloading = None
+
+    def finish(self):
+        """After the last change: waits for the running reload, then reloads once more if a
+        change came after it started."""
+        self.reap_one()
+        if self.dirty:
+            self.reload()
+            self.reap_one()
 
     def reap(self):
         """Waits for the last reload; returns (reloads started, reloads that failed)."""
