@@ -4,8 +4,10 @@
 //! added and removed at runtime. So the gateway runs its own accept loop per socket: it accepts a
 //! tokio `TcpStream`, sets `TCP_NODELAY` (without it, Nagle's algorithm meets delayed ACKs and
 //! every keep-alive response waits about 40 ms), turns it into a Pingora `Stream` whose socket
-//! digest already knows both addresses (so no request pays a `getsockname` call), and hands it to
-//! the shared proxy through `ServerApp::process_new`, looping while the connection is reusable.
+//! digest already knows both addresses (so no request pays a `getsockname` call), gives a
+//! plaintext one a write buffer ([`super::coalesce`]: header and body in one `sendto`), and hands
+//! it to the shared proxy through `ServerApp::process_new`, looping while the connection is
+//! reusable.
 //!
 //! On a TLS socket the connection's task first peeks at the ClientHello: an SNI taken by a TLS
 //! passthrough listener is forwarded raw to its TLSRoute's backend ([`super::passthrough`]);
@@ -34,6 +36,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::coalesce::Coalescing;
 use super::metrics::Metrics;
 use super::passthrough;
 use super::proxy::Proxy;
@@ -201,7 +204,7 @@ async fn serve_connection(
     let mut stream = Stream::from(tcp);
     stream.set_socket_digest(digest);
     let first: Option<pingora_core::protocols::Stream> = match acceptor {
-        None => Some(Box::new(stream)),
+        None => Some(Box::new(Coalescing::new(stream))),
         Some(acceptor) => {
             let tls_result = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {

@@ -8,6 +8,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod coalesce;
 pub mod listeners;
 pub mod metrics;
 pub mod mirror;
@@ -129,7 +130,24 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
         let snapshot = store.snapshot();
         let started = Instant::now();
         compile_options.now = crate::controller::directory::now_rfc3339();
-        let compiled = compile(&snapshot, &compile_options);
+        // A compile of thousands of routes takes tens of milliseconds: run it where it does not
+        // hold up the requests that this runtime's workers are serving.
+        let job = {
+            let options = compile_options.clone();
+            tokio::task::spawn_blocking(move || {
+                let compiled = compile(&snapshot, &options);
+                (snapshot, compiled)
+            })
+        };
+        let (snapshot, compiled) = match job.await {
+            Ok(done) => done,
+            Err(err) => {
+                // The compiler never fails on input; a panic is a bug. Keep serving the last
+                // table and say so.
+                tracing::error!(error = %err, "compile failed; keeping the last configuration");
+                continue;
+            }
+        };
         let took = started.elapsed();
         compile_options.assigned = compiled.assigned.clone();
         generation += 1;
@@ -141,7 +159,10 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
         sockets.reconcile(&binds);
         let mut report = compiled.report;
         mark_unbound(&mut report, &table, &sockets.failed);
-        shared.table.store(Arc::new(table));
+        let previous = shared.table.swap(Arc::new(table));
+        // Freeing a large table is as slow as building it; do it off the serving threads too
+        // (requests still holding it free it when they end).
+        tokio::task::spawn_blocking(move || drop(previous));
         let problems = report.problems();
         let report = Arc::new(report);
         shared.report.store(report.clone());
