@@ -1,10 +1,15 @@
 //! The directory provider: standalone mode's source of objects.
 //!
 //! Every `*.yaml` / `*.yml` file under the configuration directory (recursively, multi-document)
-//! is read into the [`Store`]. The directory is polled every 250 ms rather than watched through
-//! inotify: editors and `kubectl`-style tools replace files by rename, and config maps mounted
-//! into pods swap a symlink, both of which inotify reports unreliably, while a poll that compares
-//! modification time and size first costs next to nothing.
+//! is read into the [`Store`]. A change is noticed two ways. inotify wakes the provider as soon
+//! as a file is closed after writing, created, moved or deleted in the directory or a
+//! subdirectory, so an edit is applied within milliseconds. And every [`POLL_INTERVAL`] the
+//! directory is scanned anyway: inotify misses some cases (a file changed through a symlink that
+//! points out of the watched tree, watch limits reached, file systems without inotify), and a
+//! scan that compares modification time and size first costs next to nothing. Config maps
+//! mounted into pods swap their `..data` symlink by rename, which the watch on the directory
+//! sees. Scanning and parsing run on a thread of their own, never on the threads that serve
+//! traffic.
 //!
 //! The provider also fills in what the API server would: `metadata.generation` starts at 1 and
 //! is bumped whenever an object's `spec` changes, and `metadata.creationTimestamp` is set to the
@@ -13,17 +18,24 @@
 //! A file that fails to parse is reported with its path and line, and the objects it held before
 //! stay in the store, so the gateway keeps serving its last good configuration.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde_json::Value;
 
 use super::object::{Object, ObjectKey};
 use super::store::{SourceError, Store};
 
-/// How often the directory is scanned for changes.
+/// How often the directory is scanned for changes that inotify did not report.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long the provider waits after an inotify event for the rest of a burst (a tool writing
+/// several files, or a write followed by a rename) before it scans.
+pub const SETTLE: Duration = Duration::from_millis(5);
 
 struct FileState {
     modified: Option<SystemTime>,
@@ -200,12 +212,27 @@ impl DirectoryProvider {
         object
     }
 
-    /// Scans forever, every [`POLL_INTERVAL`].
-    pub async fn run(mut self) {
-        let mut tick = tokio::time::interval(POLL_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Applies changes forever, on a thread of its own: at once when inotify reports one, and
+    /// at the latest every [`POLL_INTERVAL`].
+    pub async fn run(self) {
+        let spawned = std::thread::Builder::new()
+            .name("config-dir".into())
+            .spawn(move || self.watch());
+        if let Err(err) = spawned {
+            tracing::error!(error = %err, "cannot start the configuration directory watcher");
+        }
+    }
+
+    fn watch(mut self) {
+        let mut notify = Notify::start();
+        if let Some(n) = &mut notify {
+            n.watch_tree(&self.dir);
+        }
         loop {
-            tick.tick().await;
+            match &mut notify {
+                Some(n) => n.wait(POLL_INTERVAL),
+                None => std::thread::sleep(POLL_INTERVAL),
+            }
             if let Err(err) = self.sync() {
                 let source = self.dir.display().to_string();
                 let message = format!("cannot read configuration directory: {err}");
@@ -218,6 +245,92 @@ impl DirectoryProvider {
                     }],
                 );
             }
+            if let Some(n) = &mut notify {
+                n.watch_tree(&self.dir);
+            }
+        }
+    }
+}
+
+/// inotify watches on the configuration directory and its subdirectories.
+struct Notify {
+    inotify: Inotify,
+    watched: HashSet<PathBuf>,
+}
+
+impl Notify {
+    /// The watches, or `None` (and a log line) where inotify is not available: the provider
+    /// then relies on its scans alone.
+    fn start() -> Option<Notify> {
+        match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
+            Ok(inotify) => Some(Notify {
+                inotify,
+                watched: HashSet::new(),
+            }),
+            Err(err) => {
+                tracing::warn!(error = %err, "inotify unavailable; scanning the configuration directory every 250 ms");
+                None
+            }
+        }
+    }
+
+    /// Watches every directory of the tree not watched yet. A directory that went away drops
+    /// its watch by itself; it is forgotten here so that one created again under the same name
+    /// is watched again.
+    fn watch_tree(&mut self, root: &Path) {
+        let mut dirs = vec![root.to_path_buf()];
+        collect_dirs(root, &mut dirs);
+        self.watched.retain(|d| dirs.contains(d));
+        let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF;
+        for dir in dirs {
+            if self.watched.contains(&dir) {
+                continue;
+            }
+            match self.inotify.add_watch(&dir, mask) {
+                Ok(_) => {
+                    self.watched.insert(dir);
+                }
+                Err(err) => {
+                    // Most likely fs.inotify.max_user_watches; the scans still see the change.
+                    tracing::debug!(dir = %dir.display(), error = %err, "cannot watch directory");
+                }
+            }
+        }
+    }
+
+    /// Blocks until inotify reports something (and a burst has settled) or `timeout` passes.
+    fn wait(&mut self, timeout: Duration) {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        if matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0) {
+            std::thread::sleep(SETTLE);
+            // Drain what queued up; the events themselves do not matter, the scan finds what
+            // changed.
+            while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
+        }
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if !hidden && path.is_dir() {
+            out.push(path.clone());
+            collect_dirs(&path, out);
         }
     }
 }
