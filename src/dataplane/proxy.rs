@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use http::header::{HeaderName, HeaderValue};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -174,23 +175,23 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        if let Some(ip) = client {
-            let forwarded = match upstream
+        // Header names are constants and values are built by hand: these three headers go on
+        // every request, and parsing names or formatting through `fmt` showed in profiles.
+        if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            let mut forwarded = String::with_capacity(48);
+            if let Some(prev) = upstream
                 .headers
-                .get("x-forwarded-for")
+                .get(&X_FORWARDED_FOR)
                 .and_then(|v| v.to_str().ok())
             {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip,
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
+                forwarded.push_str(prev);
+                forwarded.push_str(", ");
+            }
+            push_ip(&mut forwarded, addr.ip());
+            upstream.insert_header(X_FORWARDED_FOR, forwarded)?;
         }
-        upstream.insert_header("x-forwarded-proto", ctx.scheme)?;
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme))?;
+        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
@@ -422,7 +423,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
         {
             Some(id) if !id.is_empty() && id.len() <= 200 => id.to_string(),
-            _ => format!("{:032x}", rand::rng().random::<u128>()),
+            _ => new_request_id(rand::rng().random::<u128>()),
         };
         let host = request_host(req).unwrap_or_default();
         let path = req.uri.path();
@@ -720,6 +721,43 @@ fn redirect_location(
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A request id: 32 lowercase hex digits.
+fn new_request_id(bits: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    (0..32)
+        .rev()
+        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
+        .collect()
+}
+
+/// Appends an IP address as text; IPv4 without going through `fmt`.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    use std::fmt::Write;
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -733,5 +771,32 @@ mod tests {
         assert_eq!(replace_path(&root, "/foo/baz", Some("/foo")), "/baz");
         assert_eq!(replace_path(&root, "/foo", Some("/foo")), "/");
         assert_eq!(replace_path(&p, "/x", Some("/")), "/bar/x");
+    }
+
+    #[test]
+    fn client_addresses_format_as_std_does() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.20.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "192.168.1.250",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits() {
+        assert_eq!(new_request_id(0), "0".repeat(32));
+        assert_eq!(new_request_id(u128::MAX), "f".repeat(32));
+        let bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
+        assert_eq!(new_request_id(bits), format!("{bits:032x}"));
     }
 }
