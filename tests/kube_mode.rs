@@ -29,9 +29,13 @@ fn namespace(name: &str, labels: Value) -> Value {
 }
 
 fn gateway(namespace: &str, allowed: Value) -> Value {
+    named_gateway(namespace, "gw", allowed)
+}
+
+fn named_gateway(namespace: &str, name: &str, allowed: Value) -> Value {
     json!({
         "apiVersion": GATEWAY_API, "kind": "Gateway",
-        "metadata": {"name": "gw", "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "gatewayClassName": "portcullis",
             "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
@@ -675,4 +679,88 @@ async fn the_gateway_starts_once_the_api_server_is_reachable() {
         accepted(&server, "apps", "web")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_scoped_to_two_gateways_share_a_route_without_undoing_each_other() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(named_gateway("apps", "gw-a", json!({"from": "Same"})));
+    server.apply(named_gateway("apps", "gw-b", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+        "metadata": {"name": "shared", "namespace": "apps"},
+        "spec": {
+            "parentRefs": [{"name": "gw-a"}, {"name": "gw-b"}],
+            "hostnames": ["shared.example"],
+            "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}],
+        },
+    }));
+
+    // One process per Gateway, each electing its own status writer (the default Lease name
+    // follows --gateway).
+    let gw_a = Gateway::start(
+        &server,
+        "scoped-a",
+        loopback(19),
+        &["--gateway", "apps/gw-a"],
+    );
+    let gw_b = Gateway::start(
+        &server,
+        "scoped-b",
+        loopback(20),
+        &["--gateway", "apps/gw-b"],
+    );
+    let http = client();
+    for gw in [&gw_a, &gw_b] {
+        eventually("each process serves the shared route", WAIT, || async {
+            (gw.backend(&http, "shared.example", "/").await.as_deref() == Some("a")).then_some(())
+        })
+        .await;
+    }
+    let accepted_by = |parents: &[Value], gateway: &str| {
+        parents.iter().any(|p| {
+            p["parentRef"]["name"] == gateway
+                && p["controllerName"] == CONTROLLER
+                && condition(&p["conditions"], "Accepted").is_some_and(|c| c["status"] == "True")
+        })
+    };
+    let parents = eventually("both processes' entries are written", WAIT, || async {
+        let parents = route_status(&server, "apps", "shared")["parents"]
+            .as_array()?
+            .clone();
+        (accepted_by(&parents, "gw-a") && accepted_by(&parents, "gw-b")).then_some(parents)
+    })
+    .await;
+    assert_eq!(parents.len(), 2, "one entry per Gateway: {parents:?}");
+    let route_writes = || {
+        status_writes(&server)
+            .into_iter()
+            .filter(|r| r.path.contains("/httproutes/shared/"))
+            .collect::<Vec<_>>()
+    };
+    let writers: std::collections::BTreeSet<String> =
+        route_writes().into_iter().map(|r| r.token).collect();
+    assert_eq!(
+        writers,
+        ["scoped-a", "scoped-b"].map(String::from).into(),
+        "each process wrote its own entry"
+    );
+
+    // Settled: neither process rewrites what the other wrote.
+    let settled = route_writes().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = route_writes();
+    assert_eq!(
+        later.len(),
+        settled,
+        "the route's status kept being rewritten: {:?}",
+        &later[settled..]
+    );
+    assert_eq!(
+        route_status(&server, "apps", "shared")["parents"].as_array(),
+        Some(&parents)
+    );
 }

@@ -25,7 +25,9 @@
 //! liveness probe finds nothing listening; give the pod a `startupProbe`.
 //!
 //! Status is written by one replica only when `--leader-elect` is on ([`leader`]);
-//! every replica serves traffic.
+//! every replica serves traffic. Processes scoped with `--gateway` elect per Gateway (each has
+//! its own Lease) and write, of a route attached to several Gateways, only their Gateway's
+//! `parents` entry ([`status_writer::Owner`]).
 //!
 //! Permissions needed (RBAC): `list` and `watch` on `gatewayclasses`, `gateways`, `httproutes`,
 //! `grpcroutes`, `tlsroutes`, `referencegrants` and `backendtlspolicies`
@@ -66,9 +68,11 @@ pub struct KubernetesArgs {
     /// replica always writes status.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
-    /// Name of the leader-election Lease.
-    #[arg(long, default_value = "portcullis")]
-    pub lease_name: String,
+    /// Name of the leader-election Lease; defaults to `portcullis`, or with `--gateway NS/NAME`
+    /// to `portcullis.NS.NAME`, so that the processes serving different Gateways each elect
+    /// their own status writer instead of one of them writing for all.
+    #[arg(long)]
+    pub lease_name: Option<String>,
     /// How long a leader holds the Lease without renewing it before another replica takes over.
     #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
@@ -223,13 +227,17 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
 
     let (reports, report_rx) = channel::channel(Arc::new(StatusReport::default()));
     options.status_reports = Some(reports);
-    let controller_name = options.compile.controller_name.clone();
+    let owner = status_writer::Owner {
+        controller_name: options.compile.controller_name.clone(),
+        gateway: options.compile.only_gateway.clone(),
+    };
     let (always, mut leading) = channel::channel(true);
     let mut election = None;
     if args.leader_elect {
         let lease = LeaseConfig::new(
             args.namespace.unwrap_or(default_namespace),
-            args.lease_name,
+            args.lease_name
+                .unwrap_or_else(|| default_lease_name(options.compile.only_gateway.as_deref())),
             args.leader_identity.unwrap_or_else(default_identity),
             args.lease_duration,
         );
@@ -238,7 +246,7 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
         election = Some(elector);
     }
     tokio::spawn(
-        status_writer::run(client, statuses, report_rx, leading, controller_name)
+        status_writer::run(client, statuses, report_rx, leading, owner)
             .instrument(tracing::info_span!("status_writer")),
     );
     let served = dataplane::run(store, options).await;
@@ -297,6 +305,15 @@ async fn sync(
     synced.send_replace(true);
     // The watches hold receivers; the sender may go, the value stays.
     Ok(())
+}
+
+/// `portcullis`, or `portcullis.NS.NAME` for a process scoped to Gateway `NS/NAME`. A namespace
+/// has no dots, so two Gateways never share a name.
+fn default_lease_name(gateway: Option<&str>) -> String {
+    match gateway.and_then(|g| g.split_once('/')) {
+        Some((namespace, name)) => format!("portcullis.{namespace}.{name}"),
+        None => "portcullis".to_string(),
+    }
 }
 
 /// The pod name (the host name inside a pod) with a random suffix, so that two processes on one
@@ -359,6 +376,15 @@ mod tests {
         assert!(b.next_delay() >= Duration::from_millis(1600));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn scoped_processes_elect_per_gateway() {
+        assert_eq!(default_lease_name(None), "portcullis");
+        assert_eq!(
+            default_lease_name(Some("infra/public")),
+            "portcullis.infra.public"
+        );
     }
 
     #[test]

@@ -201,3 +201,25 @@ fn a_process_scoped_to_one_gateway_serves_and_reports_only_that_one() {
     assert!(c.report.get(Kind::Gateway, "infra", "gw").is_none());
     assert_eq!(c.table.binds.len(), 1);
 }
+
+#[test]
+fn a_scoped_process_reports_only_the_parent_entry_of_its_gateway() {
+    let yaml = format!(
+        "{BASE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: other, namespace: infra}}\n\
+         spec: {{gatewayClassName: portcullis, listeners: [{{name: http, port: 80, protocol: HTTP}}]}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: both, namespace: infra}}\n\
+         spec: {{parentRefs: [{{name: gw}}, {{name: other}}], rules: [{{backendRefs: [{{name: svc, port: 8080}}]}}]}}\n"
+    );
+    let options = CompileOptions {
+        only_gateway: Some("infra/other".to_string()),
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(&yaml), &options);
+    let route = c.report.get(Kind::HttpRoute, "infra", "both").unwrap();
+    let parents = route.status["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    assert_eq!(parents[0]["parentRef"]["name"], "other");
+    assert_eq!(parents[0]["parentRef"]["namespace"], "infra");
+}
