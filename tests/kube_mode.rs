@@ -764,3 +764,119 @@ async fn processes_scoped_to_two_gateways_share_a_route_without_undoing_each_oth
         Some(&parents)
     );
 }
+
+/// Our condition `type_` on a route's parent entry, once written for the route's current
+/// generation: (status, reason).
+fn our_condition(
+    server: &ApiServer,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String)> {
+    let route = server.get(GATEWAY_API, "HTTPRoute", namespace, name)?;
+    let parent = our_parent(&route["status"])?;
+    let c = condition(&parent["conditions"], type_)?;
+    if c["observedGeneration"] != route["metadata"]["generation"] {
+        return None;
+    }
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+/// The Events regarding an HTTPRoute.
+fn route_events(server: &ApiServer, namespace: &str, name: &str) -> Vec<Value> {
+    server
+        .objects("events.k8s.io/v1", "Event")
+        .into_iter()
+        .filter(|e| {
+            e["regarding"]["kind"] == "HTTPRoute"
+                && e["regarding"]["namespace"] == namespace
+                && e["regarding"]["name"] == name
+        })
+        .collect()
+}
+
+/// How many times events were observed: an Event counts once, or as many times as its series
+/// says when repeats were folded into it.
+fn occurrences(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_backend_is_missing_gets_a_warning_event_once_per_breakage() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "web", "web.example", "apps", "missing"));
+
+    let gw = Gateway::start(&server, "replica", loopback(21), &[]);
+    let http = client();
+    let unresolved = ("False".to_string(), "BackendNotFound".to_string());
+    let resolved = ("True".to_string(), "ResolvedRefs".to_string());
+    eventually("the broken route's status is written", WAIT, || async {
+        (our_condition(&server, "apps", "web", "ResolvedRefs")? == unresolved).then_some(())
+    })
+    .await;
+    let events = eventually("a Warning Event is recorded", WAIT, || async {
+        let events = route_events(&server, "apps", "web");
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    let uid =
+        server.get(GATEWAY_API, "HTTPRoute", "apps", "web").unwrap()["metadata"]["uid"].clone();
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "BackendNotFound");
+    assert_eq!(event["action"], "Reconcile");
+    assert_eq!(event["reportingController"], CONTROLLER);
+    assert_eq!(event["regarding"]["uid"], uid);
+    assert_eq!(event["regarding"]["apiVersion"], GATEWAY_API);
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing"),
+        "the note is the condition's message: {event}"
+    );
+    assert_eq!(occurrences(&events), 1);
+
+    // Recompiles that leave the route broken record nothing more.
+    server.apply(route("apps", "other", "other.example", "apps", "svc"));
+    eventually("an unrelated route serves", WAIT, || async {
+        (gw.backend(&http, "other.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        occurrences(&route_events(&server, "apps", "web")),
+        1,
+        "a steady broken state records one event"
+    );
+
+    // Fixed, then broken again: a second occurrence.
+    server.apply(route("apps", "web", "web.example", "apps", "svc"));
+    eventually("the fixed route's status is written", WAIT, || async {
+        (our_condition(&server, "apps", "web", "ResolvedRefs")? == resolved).then_some(())
+    })
+    .await;
+    assert_eq!(occurrences(&route_events(&server, "apps", "web")), 1);
+    server.apply(route("apps", "web", "web.example", "apps", "missing"));
+    eventually("the route broken again is reported", WAIT, || async {
+        (our_condition(&server, "apps", "web", "ResolvedRefs")? == unresolved).then_some(())
+    })
+    .await;
+    eventually("breaking it again records again", WAIT, || async {
+        (occurrences(&route_events(&server, "apps", "web")) == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(occurrences(&route_events(&server, "apps", "web")), 2);
+}

@@ -34,7 +34,9 @@
 //! (`gateway.networking.k8s.io`), `services`, `namespaces`, `secrets` and `configmaps` (core)
 //! and `endpointslices` (`discovery.k8s.io`); `get` on the
 //! five Gateway API kinds and `patch` on their `/status`; `get`, `create` and `update` on
-//! `leases` (`coordination.k8s.io`) in the Lease's namespace. With `--watch-namespaces`, Roles
+//! `leases` (`coordination.k8s.io`) in the Lease's namespace; `create` and `patch` on `events`
+//! (`events.k8s.io`) where the objects are (for GatewayClasses, `default`), to record the
+//! Warning Events of [`events`](super::events). With `--watch-namespaces`, Roles
 //! in those namespaces suffice for the namespaced kinds; GatewayClasses and Namespaces are still
 //! read cluster-wide.
 
@@ -47,6 +49,7 @@ use rand::Rng;
 use tokio::sync::{oneshot, watch as channel};
 use tracing::Instrument;
 
+use super::events::Events;
 use super::leader::{self, LeaseConfig};
 use super::status_writer::{self, StatusCache};
 use super::{Kind, Object, Store};
@@ -76,8 +79,8 @@ pub struct KubernetesArgs {
     /// How long a leader holds the Lease without renewing it before another replica takes over.
     #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
-    /// Identity written into the Lease; defaults to the pod name (or host name) and a random
-    /// suffix.
+    /// Identity written into the Lease and into Events as `reportingInstance`; defaults to the
+    /// pod name (or host name) and a random suffix.
     #[arg(long, env = "POD_NAME")]
     pub leader_identity: Option<String>,
 }
@@ -231,6 +234,12 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
         controller_name: options.compile.controller_name.clone(),
         gateway: options.compile.only_gateway.clone(),
     };
+    let identity = args.leader_identity.unwrap_or_else(default_identity);
+    let events = Events::start(
+        client.clone(),
+        owner.controller_name.clone(),
+        identity.clone(),
+    );
     let (always, mut leading) = channel::channel(true);
     let mut election = None;
     if args.leader_elect {
@@ -238,7 +247,7 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
             args.namespace.unwrap_or(default_namespace),
             args.lease_name
                 .unwrap_or_else(|| default_lease_name(options.compile.only_gateway.as_deref())),
-            args.leader_identity.unwrap_or_else(default_identity),
+            identity,
             args.lease_duration,
         );
         let elector = leader::start(client.clone(), lease);
@@ -246,7 +255,7 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
         election = Some(elector);
     }
     tokio::spawn(
-        status_writer::run(client, statuses, report_rx, leading, owner)
+        status_writer::run(client, statuses, report_rx, leading, owner, events)
             .instrument(tracing::info_span!("status_writer")),
     );
     let served = dataplane::run(store, options).await;

@@ -22,13 +22,16 @@
 //! A condition whose `status` did not change keeps its `lastTransitionTime`, as `metav1.Condition`
 //! asks; the compiler stamps every condition with the compile time, so the times are carried
 //! over here. Only the elected leader writes ([`leader`](super::leader)); on becoming leader it
-//! compares everything, which repairs whatever the previous leader left undone.
+//! compares everything, which repairs whatever the previous leader left undone. A write that
+//! makes a condition report a problem it did not report before also records a Warning Event
+//! ([`events`]).
 //!
 //! The writer knows nothing about routing: it moves JSON that the compiler shaped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::Client;
@@ -36,6 +39,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::events::{self, Events};
 use super::kubernetes::Backoff;
 use super::{Kind, ObjectKey};
 use crate::routing::{ObjectStatus, StatusReport};
@@ -69,6 +73,8 @@ pub struct Seen {
     pub resource_version: String,
     /// `metadata.generation`.
     pub generation: i64,
+    /// `metadata.uid`, which Events name the object by.
+    pub uid: String,
     /// `status`, or null.
     pub status: Value,
 }
@@ -79,6 +85,7 @@ impl Seen {
             resource,
             resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
             generation: object.metadata.generation.unwrap_or(1),
+            uid: object.metadata.uid.clone().unwrap_or_default(),
             status: object.data.get("status").cloned().unwrap_or(Value::Null),
         }
     }
@@ -148,11 +155,13 @@ pub async fn run(
     mut reports: watch::Receiver<Arc<StatusReport>>,
     mut leading: watch::Receiver<bool>,
     owner: Owner,
+    events: Events,
 ) {
     let writer = Writer {
         client,
         cache: cache.clone(),
         owner,
+        events,
     };
     let mut statuses = cache.subscribe();
     let mut backoff = Backoff::new();
@@ -198,6 +207,7 @@ struct Writer {
     client: Client,
     cache: StatusCache,
     owner: Owner,
+    events: Events,
 }
 
 enum Outcome {
@@ -278,6 +288,7 @@ impl Writer {
                 .await
             {
                 Ok(updated) => {
+                    self.record_events(object, &seen, &status);
                     self.cache
                         .record(key, Seen::from_object(seen.resource, &updated));
                     return Ok(Outcome::Written);
@@ -294,6 +305,30 @@ impl Writer {
         }
         tracing::debug!(object = %key, "status still conflicting; trying again later");
         Ok(Outcome::Skipped)
+    }
+
+    /// Records a Warning Event for each problem the written status reports that the status it
+    /// replaced (`seen`) did not.
+    fn record_events(&self, object: &ObjectStatus, seen: &Seen, written: &Value) {
+        let warnings = events::new_warnings(
+            object.kind,
+            &object.namespace,
+            &seen.status,
+            written,
+            &self.owner,
+        );
+        if warnings.is_empty() {
+            return;
+        }
+        let regarding = ObjectReference {
+            api_version: Some(seen.resource.api_version.clone()),
+            kind: Some(object.kind.as_str().to_string()),
+            namespace: object.kind.namespaced().then(|| object.namespace.clone()),
+            name: Some(object.name.clone()),
+            uid: Some(seen.uid.clone()).filter(|u| !u.is_empty()),
+            ..ObjectReference::default()
+        };
+        self.events.record(&regarding, warnings);
     }
 
     fn api(&self, resource: &ApiResource, namespace: &str, kind: Kind) -> Api<DynamicObject> {
@@ -321,7 +356,7 @@ impl Owner {
     /// Whether `entry` (whose reference is under `reference`) of an object in `namespace` is
     /// ours to write. A reference's namespace defaults to the object's, its group and kind to
     /// a Gateway's (`ParentReference`).
-    fn owns(&self, entry: &Value, reference: &str, namespace: &str) -> bool {
+    pub(crate) fn owns(&self, entry: &Value, reference: &str, namespace: &str) -> bool {
         if entry["controllerName"] != self.controller_name.as_str() {
             return false;
         }

@@ -415,6 +415,7 @@ impl Watch {
     fn object(&self, resource: &ApiResource, object: DynamicObject) -> Option<Object> {
         let resource_version = object.metadata.resource_version.clone().unwrap_or_default();
         let generation = object.metadata.generation.unwrap_or(1);
+        let uid = object.metadata.uid.clone().unwrap_or_default();
         let Ok(Value::Object(mut doc)) = serde_json::to_value(object) else {
             return None;
         };
@@ -443,6 +444,7 @@ impl Watch {
                     resource: resource.clone(),
                     resource_version,
                     generation,
+                    uid,
                     status: status.unwrap_or(Value::Null),
                 },
             );
