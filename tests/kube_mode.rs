@@ -880,3 +880,73 @@ async fn a_route_whose_backend_is_missing_gets_a_warning_event_once_per_breakage
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(occurrences(&route_events(&server, "apps", "web")), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_addresses_follow_the_gateways_service_and_fall_back_to_the_pod_ip() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "web", "app.example", "apps", "svc"));
+
+    // The Service is looked for in the client configuration's namespace, portcullis-system.
+    let gw = Gateway::start(
+        &server,
+        "replica",
+        loopback(22),
+        &["--gateway-service", "portcullis", "--pod-ip", "192.0.2.10"],
+    );
+    let http = client();
+    let addresses = || {
+        server
+            .get(GATEWAY_API, "Gateway", "apps", "gw")
+            .map(|g| g["status"]["addresses"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let reported = |expected: Value| {
+        let addresses = &addresses;
+        async move {
+            eventually(&format!("the Gateway reports {expected}"), WAIT, || async {
+                (addresses() == expected).then_some(())
+            })
+            .await
+        }
+    };
+    // Before the Service exists: the pod's IP.
+    reported(json!([{"type": "IPAddress", "value": "192.0.2.10"}])).await;
+    // The data plane binds as before, whatever is reported.
+    assert_eq!(
+        gw.backend(&http, "app.example", "/").await.as_deref(),
+        Some("a")
+    );
+
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "portcullis", "namespace": "portcullis-system"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20",
+                 "ports": [{"name": "http", "port": 80}]},
+    }));
+    // No load balancer yet: the cluster IP.
+    reported(json!([{"type": "IPAddress", "value": "10.96.0.20"}])).await;
+    let ingress = |ingress: Value| json!({"loadBalancer": {"ingress": ingress}});
+    server.set_status(
+        "v1",
+        "Service",
+        "portcullis-system",
+        "portcullis",
+        ingress(json!([{"ip": "203.0.113.10"}])),
+    );
+    reported(json!([{"type": "IPAddress", "value": "203.0.113.10"}])).await;
+    server.set_status(
+        "v1",
+        "Service",
+        "portcullis-system",
+        "portcullis",
+        ingress(json!([{"hostname": "lb.example.com"}])),
+    );
+    reported(json!([{"type": "Hostname", "value": "lb.example.com"}])).await;
+
+    assert!(server.remove("v1", "Service", "portcullis-system", "portcullis"));
+    reported(json!([{"type": "IPAddress", "value": "192.0.2.10"}])).await;
+}

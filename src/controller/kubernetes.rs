@@ -7,7 +7,9 @@
 //!   some (the `watch` submodule). Objects are stored without `status`, `metadata.managedFields`,
 //!   `metadata.resourceVersion` and the `kubectl` last-applied annotation: the compiler reads
 //!   none of them, and leaving them out means that our own status writes, and no-op updates,
-//!   do not cause a recompile.
+//!   do not cause a recompile. Services keep `status.loadBalancer`: with `--gateway-service`,
+//!   the gateway's own Service's is what Gateways report in `status.addresses` (Services'
+//!   status is not ours to write, so keeping it costs no recompile of our own).
 //! - Secrets only of type `kubernetes.io/tls` (a field selector): the gateway needs certificates,
 //!   not the cluster's other credentials.
 //! - Namespaces as metadata only: their labels are what `allowedRoutes` selectors match.
@@ -54,7 +56,7 @@ use super::leader::{self, LeaseConfig};
 use super::status_writer::{self, StatusCache};
 use super::{Kind, Object, Store};
 use crate::dataplane::{self, RunOptions};
-use crate::routing::StatusReport;
+use crate::routing::{ReportedAddresses, StatusReport};
 
 /// Command-line settings of Kubernetes mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -63,10 +65,21 @@ pub struct KubernetesArgs {
     /// cluster scoped and always watched whole.
     #[arg(long, value_delimiter = ',', env = "PORTCULLIS_WATCH_NAMESPACES")]
     pub watch_namespaces: Vec<String>,
-    /// Namespace of the leader-election Lease; defaults to the namespace of the client
-    /// configuration (the pod's own namespace in a cluster).
+    /// Namespace of the leader-election Lease and of `--gateway-service`; defaults to the
+    /// namespace of the client configuration (the pod's own namespace in a cluster).
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
+    /// The Service in front of the gateway pods: Gateways report its load balancer ingress
+    /// (else its external IPs, else its cluster IPs) as their `status.addresses`, since that is
+    /// what clients reach. It is read through the Service watch, so with `--watch-namespaces`
+    /// its namespace must be among them.
+    #[arg(long, env = "PORTCULLIS_GATEWAY_SERVICE")]
+    pub gateway_service: Option<String>,
+    /// The pod's IP (downward API `status.podIP`): reported as the Gateways' address while
+    /// `--gateway-service` does not exist or has no address. Without either flag, Gateways
+    /// report the address their listeners bind.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
     /// Elect one replica to write status (every replica serves traffic). With `false`, this
     /// replica always writes status.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -220,7 +233,17 @@ impl Resource {
 /// the status writer and the data plane.
 pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Result<()> {
     let config = kube::Config::infer().await.map_err(Error::from)?;
-    let default_namespace = config.default_namespace.clone();
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    options.compile.reported_addresses = ReportedAddresses {
+        service: args
+            .gateway_service
+            .clone()
+            .map(|name| (namespace.clone(), name)),
+        pod_ip: args.pod_ip,
+    };
     tracing::info!(server = %config.cluster_url, "reading Gateway API objects from the Kubernetes API");
     let client = kube::Client::try_from(config).map_err(Error::from)?;
 
@@ -244,7 +267,7 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
     let mut election = None;
     if args.leader_elect {
         let lease = LeaseConfig::new(
-            args.namespace.unwrap_or(default_namespace),
+            namespace,
             args.lease_name
                 .unwrap_or_else(|| default_lease_name(options.compile.only_gateway.as_deref())),
             identity,

@@ -223,3 +223,64 @@ fn a_scoped_process_reports_only_the_parent_entry_of_its_gateway() {
     assert_eq!(parents[0]["parentRef"]["name"], "other");
     assert_eq!(parents[0]["parentRef"]["namespace"], "infra");
 }
+
+fn reported(yaml: &str, pod_ip: Option<&str>) -> serde_json::Value {
+    let options = CompileOptions {
+        reported_addresses: ReportedAddresses {
+            service: Some(("portcullis-system".to_string(), "portcullis".to_string())),
+            pod_ip: pod_ip.map(|ip| ip.parse().unwrap()),
+        },
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(&format!("{BASE}{yaml}")), &options);
+    c.report.get(Kind::Gateway, "infra", "gw").unwrap().status["addresses"].clone()
+}
+
+#[test]
+fn gateways_report_their_services_addresses_in_the_order_clients_reach_them() {
+    let service = |spec: &str, status: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\n\
+             metadata: {{name: portcullis, namespace: portcullis-system}}\n\
+             spec: {spec}\nstatus: {status}\n"
+        )
+    };
+    let all = service(
+        "{clusterIP: 10.0.0.5, clusterIPs: [10.0.0.5, 'fd00::5'], externalIPs: [198.51.100.4]}",
+        "{loadBalancer: {ingress: [{ip: 203.0.113.9}, {hostname: lb.example.com}]}}",
+    );
+    assert_eq!(
+        reported(&all, Some("192.0.2.1")),
+        serde_json::json!([
+            {"type": "IPAddress", "value": "203.0.113.9"},
+            {"type": "Hostname", "value": "lb.example.com"},
+        ])
+    );
+    let external = service(
+        "{clusterIP: 10.0.0.5, externalIPs: [198.51.100.4]}",
+        "{loadBalancer: {}}",
+    );
+    assert_eq!(
+        reported(&external, None),
+        serde_json::json!([{"type": "IPAddress", "value": "198.51.100.4"}])
+    );
+    let cluster = service("{clusterIPs: [10.0.0.5, 'fd00::5']}", "{}");
+    assert_eq!(
+        reported(&cluster, None),
+        serde_json::json!([
+            {"type": "IPAddress", "value": "10.0.0.5"},
+            {"type": "IPAddress", "value": "fd00::5"},
+        ])
+    );
+    // Headless: no address of its own, so the pod's.
+    let headless = service("{clusterIP: None}", "{}");
+    assert_eq!(
+        reported(&headless, Some("192.0.2.1")),
+        serde_json::json!([{"type": "IPAddress", "value": "192.0.2.1"}])
+    );
+    // No Service yet, no pod IP: the bind address, as without either setting.
+    assert_eq!(
+        reported("", None),
+        serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}])
+    );
+}
