@@ -29,9 +29,13 @@ fn namespace(name: &str, labels: Value) -> Value {
 }
 
 fn gateway(namespace: &str, allowed: Value) -> Value {
+    named_gateway(namespace, "gw", allowed)
+}
+
+fn named_gateway(namespace: &str, name: &str, allowed: Value) -> Value {
     json!({
         "apiVersion": GATEWAY_API, "kind": "Gateway",
-        "metadata": {"name": "gw", "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "gatewayClassName": "portcullis",
             "listeners": [{"name": "http", "port": 80, "protocol": "HTTP",
@@ -675,4 +679,274 @@ async fn the_gateway_starts_once_the_api_server_is_reachable() {
         accepted(&server, "apps", "web")
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_scoped_to_two_gateways_share_a_route_without_undoing_each_other() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(named_gateway("apps", "gw-a", json!({"from": "Same"})));
+    server.apply(named_gateway("apps", "gw-b", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+        "metadata": {"name": "shared", "namespace": "apps"},
+        "spec": {
+            "parentRefs": [{"name": "gw-a"}, {"name": "gw-b"}],
+            "hostnames": ["shared.example"],
+            "rules": [{"backendRefs": [{"name": "svc", "port": 80}]}],
+        },
+    }));
+
+    // One process per Gateway, each electing its own status writer (the default Lease name
+    // follows --gateway).
+    let gw_a = Gateway::start(
+        &server,
+        "scoped-a",
+        loopback(19),
+        &["--gateway", "apps/gw-a"],
+    );
+    let gw_b = Gateway::start(
+        &server,
+        "scoped-b",
+        loopback(20),
+        &["--gateway", "apps/gw-b"],
+    );
+    let http = client();
+    for gw in [&gw_a, &gw_b] {
+        eventually("each process serves the shared route", WAIT, || async {
+            (gw.backend(&http, "shared.example", "/").await.as_deref() == Some("a")).then_some(())
+        })
+        .await;
+    }
+    let accepted_by = |parents: &[Value], gateway: &str| {
+        parents.iter().any(|p| {
+            p["parentRef"]["name"] == gateway
+                && p["controllerName"] == CONTROLLER
+                && condition(&p["conditions"], "Accepted").is_some_and(|c| c["status"] == "True")
+        })
+    };
+    let parents = eventually("both processes' entries are written", WAIT, || async {
+        let parents = route_status(&server, "apps", "shared")["parents"]
+            .as_array()?
+            .clone();
+        (accepted_by(&parents, "gw-a") && accepted_by(&parents, "gw-b")).then_some(parents)
+    })
+    .await;
+    assert_eq!(parents.len(), 2, "one entry per Gateway: {parents:?}");
+    let route_writes = || {
+        status_writes(&server)
+            .into_iter()
+            .filter(|r| r.path.contains("/httproutes/shared/"))
+            .collect::<Vec<_>>()
+    };
+    let writers: std::collections::BTreeSet<String> =
+        route_writes().into_iter().map(|r| r.token).collect();
+    assert_eq!(
+        writers,
+        ["scoped-a", "scoped-b"].map(String::from).into(),
+        "each process wrote its own entry"
+    );
+
+    // Settled: neither process rewrites what the other wrote.
+    let settled = route_writes().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = route_writes();
+    assert_eq!(
+        later.len(),
+        settled,
+        "the route's status kept being rewritten: {:?}",
+        &later[settled..]
+    );
+    assert_eq!(
+        route_status(&server, "apps", "shared")["parents"].as_array(),
+        Some(&parents)
+    );
+}
+
+/// Our condition `type_` on a route's parent entry, once written for the route's current
+/// generation: (status, reason).
+fn our_condition(
+    server: &ApiServer,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String)> {
+    let route = server.get(GATEWAY_API, "HTTPRoute", namespace, name)?;
+    let parent = our_parent(&route["status"])?;
+    let c = condition(&parent["conditions"], type_)?;
+    if c["observedGeneration"] != route["metadata"]["generation"] {
+        return None;
+    }
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
+}
+
+/// The Events regarding an HTTPRoute.
+fn route_events(server: &ApiServer, namespace: &str, name: &str) -> Vec<Value> {
+    server
+        .objects("events.k8s.io/v1", "Event")
+        .into_iter()
+        .filter(|e| {
+            e["regarding"]["kind"] == "HTTPRoute"
+                && e["regarding"]["namespace"] == namespace
+                && e["regarding"]["name"] == name
+        })
+        .collect()
+}
+
+/// How many times events were observed: an Event counts once, or as many times as its series
+/// says when repeats were folded into it.
+fn occurrences(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_backend_is_missing_gets_a_warning_event_once_per_breakage() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "web", "web.example", "apps", "missing"));
+
+    let gw = Gateway::start(&server, "replica", loopback(21), &[]);
+    let http = client();
+    let unresolved = ("False".to_string(), "BackendNotFound".to_string());
+    let resolved = ("True".to_string(), "ResolvedRefs".to_string());
+    eventually("the broken route's status is written", WAIT, || async {
+        (our_condition(&server, "apps", "web", "ResolvedRefs")? == unresolved).then_some(())
+    })
+    .await;
+    let events = eventually("a Warning Event is recorded", WAIT, || async {
+        let events = route_events(&server, "apps", "web");
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let event = &events[0];
+    let uid =
+        server.get(GATEWAY_API, "HTTPRoute", "apps", "web").unwrap()["metadata"]["uid"].clone();
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "BackendNotFound");
+    assert_eq!(event["action"], "Reconcile");
+    assert_eq!(event["reportingController"], CONTROLLER);
+    assert_eq!(event["regarding"]["uid"], uid);
+    assert_eq!(event["regarding"]["apiVersion"], GATEWAY_API);
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("missing"),
+        "the note is the condition's message: {event}"
+    );
+    assert_eq!(occurrences(&events), 1);
+
+    // Recompiles that leave the route broken record nothing more.
+    server.apply(route("apps", "other", "other.example", "apps", "svc"));
+    eventually("an unrelated route serves", WAIT, || async {
+        (gw.backend(&http, "other.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        occurrences(&route_events(&server, "apps", "web")),
+        1,
+        "a steady broken state records one event"
+    );
+
+    // Fixed, then broken again: a second occurrence.
+    server.apply(route("apps", "web", "web.example", "apps", "svc"));
+    eventually("the fixed route's status is written", WAIT, || async {
+        (our_condition(&server, "apps", "web", "ResolvedRefs")? == resolved).then_some(())
+    })
+    .await;
+    assert_eq!(occurrences(&route_events(&server, "apps", "web")), 1);
+    server.apply(route("apps", "web", "web.example", "apps", "missing"));
+    eventually("the route broken again is reported", WAIT, || async {
+        (our_condition(&server, "apps", "web", "ResolvedRefs")? == unresolved).then_some(())
+    })
+    .await;
+    eventually("breaking it again records again", WAIT, || async {
+        (occurrences(&route_events(&server, "apps", "web")) == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(occurrences(&route_events(&server, "apps", "web")), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_addresses_follow_the_gateways_service_and_fall_back_to_the_pod_ip() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "web", "app.example", "apps", "svc"));
+
+    // The Service is looked for in the client configuration's namespace, portcullis-system.
+    let gw = Gateway::start(
+        &server,
+        "replica",
+        loopback(22),
+        &["--gateway-service", "portcullis", "--pod-ip", "192.0.2.10"],
+    );
+    let http = client();
+    let addresses = || {
+        server
+            .get(GATEWAY_API, "Gateway", "apps", "gw")
+            .map(|g| g["status"]["addresses"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let reported = |expected: Value| {
+        let addresses = &addresses;
+        async move {
+            eventually(&format!("the Gateway reports {expected}"), WAIT, || async {
+                (addresses() == expected).then_some(())
+            })
+            .await
+        }
+    };
+    // Before the Service exists: the pod's IP.
+    reported(json!([{"type": "IPAddress", "value": "192.0.2.10"}])).await;
+    // The data plane binds as before, whatever is reported.
+    assert_eq!(
+        gw.backend(&http, "app.example", "/").await.as_deref(),
+        Some("a")
+    );
+
+    server.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "portcullis", "namespace": "portcullis-system"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20",
+                 "ports": [{"name": "http", "port": 80}]},
+    }));
+    // No load balancer yet: the cluster IP.
+    reported(json!([{"type": "IPAddress", "value": "10.96.0.20"}])).await;
+    let ingress = |ingress: Value| json!({"loadBalancer": {"ingress": ingress}});
+    server.set_status(
+        "v1",
+        "Service",
+        "portcullis-system",
+        "portcullis",
+        ingress(json!([{"ip": "203.0.113.10"}])),
+    );
+    reported(json!([{"type": "IPAddress", "value": "203.0.113.10"}])).await;
+    server.set_status(
+        "v1",
+        "Service",
+        "portcullis-system",
+        "portcullis",
+        ingress(json!([{"hostname": "lb.example.com"}])),
+    );
+    reported(json!([{"type": "Hostname", "value": "lb.example.com"}])).await;
+
+    assert!(server.remove("v1", "Service", "portcullis-system", "portcullis"));
+    reported(json!([{"type": "IPAddress", "value": "192.0.2.10"}])).await;
 }

@@ -7,7 +7,9 @@
 //!   some (the `watch` submodule). Objects are stored without `status`, `metadata.managedFields`,
 //!   `metadata.resourceVersion` and the `kubectl` last-applied annotation: the compiler reads
 //!   none of them, and leaving them out means that our own status writes, and no-op updates,
-//!   do not cause a recompile.
+//!   do not cause a recompile. Services keep `status.loadBalancer`: with `--gateway-service`,
+//!   the gateway's own Service's is what Gateways report in `status.addresses` (Services'
+//!   status is not ours to write, so keeping it costs no recompile of our own).
 //! - Secrets only of type `kubernetes.io/tls` (a field selector): the gateway needs certificates,
 //!   not the cluster's other credentials.
 //! - Namespaces as metadata only: their labels are what `allowedRoutes` selectors match.
@@ -25,14 +27,18 @@
 //! liveness probe finds nothing listening; give the pod a `startupProbe`.
 //!
 //! Status is written by one replica only when `--leader-elect` is on ([`leader`]);
-//! every replica serves traffic.
+//! every replica serves traffic. Processes scoped with `--gateway` elect per Gateway (each has
+//! its own Lease) and write, of a route attached to several Gateways, only their Gateway's
+//! `parents` entry ([`status_writer::Owner`]).
 //!
 //! Permissions needed (RBAC): `list` and `watch` on `gatewayclasses`, `gateways`, `httproutes`,
 //! `grpcroutes`, `tlsroutes`, `referencegrants` and `backendtlspolicies`
 //! (`gateway.networking.k8s.io`), `services`, `namespaces`, `secrets` and `configmaps` (core)
 //! and `endpointslices` (`discovery.k8s.io`); `get` on the
 //! five Gateway API kinds and `patch` on their `/status`; `get`, `create` and `update` on
-//! `leases` (`coordination.k8s.io`) in the Lease's namespace. With `--watch-namespaces`, Roles
+//! `leases` (`coordination.k8s.io`) in the Lease's namespace; `create` and `patch` on `events`
+//! (`events.k8s.io`) where the objects are (for GatewayClasses, `default`), to record the
+//! Warning Events of [`events`](super::events). With `--watch-namespaces`, Roles
 //! in those namespaces suffice for the namespaced kinds; GatewayClasses and Namespaces are still
 //! read cluster-wide.
 
@@ -45,11 +51,12 @@ use rand::Rng;
 use tokio::sync::{oneshot, watch as channel};
 use tracing::Instrument;
 
+use super::events::Events;
 use super::leader::{self, LeaseConfig};
 use super::status_writer::{self, StatusCache};
 use super::{Kind, Object, Store};
 use crate::dataplane::{self, RunOptions};
-use crate::routing::StatusReport;
+use crate::routing::{ReportedAddresses, StatusReport};
 
 /// Command-line settings of Kubernetes mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,22 +65,35 @@ pub struct KubernetesArgs {
     /// cluster scoped and always watched whole.
     #[arg(long, value_delimiter = ',', env = "PORTCULLIS_WATCH_NAMESPACES")]
     pub watch_namespaces: Vec<String>,
-    /// Namespace of the leader-election Lease; defaults to the namespace of the client
-    /// configuration (the pod's own namespace in a cluster).
+    /// Namespace of the leader-election Lease and of `--gateway-service`; defaults to the
+    /// namespace of the client configuration (the pod's own namespace in a cluster).
     #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: Option<String>,
+    /// The Service in front of the gateway pods: Gateways report its load balancer ingress
+    /// (else its external IPs, else its cluster IPs) as their `status.addresses`, since that is
+    /// what clients reach. It is read through the Service watch, so with `--watch-namespaces`
+    /// its namespace must be among them.
+    #[arg(long, env = "PORTCULLIS_GATEWAY_SERVICE")]
+    pub gateway_service: Option<String>,
+    /// The pod's IP (downward API `status.podIP`): reported as the Gateways' address while
+    /// `--gateway-service` does not exist or has no address. Without either flag, Gateways
+    /// report the address their listeners bind.
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
     /// Elect one replica to write status (every replica serves traffic). With `false`, this
     /// replica always writes status.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
-    /// Name of the leader-election Lease.
-    #[arg(long, default_value = "portcullis")]
-    pub lease_name: String,
+    /// Name of the leader-election Lease; defaults to `portcullis`, or with `--gateway NS/NAME`
+    /// to `portcullis.NS.NAME`, so that the processes serving different Gateways each elect
+    /// their own status writer instead of one of them writing for all.
+    #[arg(long)]
+    pub lease_name: Option<String>,
     /// How long a leader holds the Lease without renewing it before another replica takes over.
     #[arg(long, default_value = "15s", value_parser = parse_lease_duration)]
     pub lease_duration: Duration,
-    /// Identity written into the Lease; defaults to the pod name (or host name) and a random
-    /// suffix.
+    /// Identity written into the Lease and into Events as `reportingInstance`; defaults to the
+    /// pod name (or host name) and a random suffix.
     #[arg(long, env = "POD_NAME")]
     pub leader_identity: Option<String>,
 }
@@ -213,7 +233,17 @@ impl Resource {
 /// the status writer and the data plane.
 pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Result<()> {
     let config = kube::Config::infer().await.map_err(Error::from)?;
-    let default_namespace = config.default_namespace.clone();
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    options.compile.reported_addresses = ReportedAddresses {
+        service: args
+            .gateway_service
+            .clone()
+            .map(|name| (namespace.clone(), name)),
+        pod_ip: args.pod_ip,
+    };
     tracing::info!(server = %config.cluster_url, "reading Gateway API objects from the Kubernetes API");
     let client = kube::Client::try_from(config).map_err(Error::from)?;
 
@@ -223,14 +253,24 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
 
     let (reports, report_rx) = channel::channel(Arc::new(StatusReport::default()));
     options.status_reports = Some(reports);
-    let controller_name = options.compile.controller_name.clone();
+    let owner = status_writer::Owner {
+        controller_name: options.compile.controller_name.clone(),
+        gateway: options.compile.only_gateway.clone(),
+    };
+    let identity = args.leader_identity.unwrap_or_else(default_identity);
+    let events = Events::start(
+        client.clone(),
+        owner.controller_name.clone(),
+        identity.clone(),
+    );
     let (always, mut leading) = channel::channel(true);
     let mut election = None;
     if args.leader_elect {
         let lease = LeaseConfig::new(
-            args.namespace.unwrap_or(default_namespace),
-            args.lease_name,
-            args.leader_identity.unwrap_or_else(default_identity),
+            namespace,
+            args.lease_name
+                .unwrap_or_else(|| default_lease_name(options.compile.only_gateway.as_deref())),
+            identity,
             args.lease_duration,
         );
         let elector = leader::start(client.clone(), lease);
@@ -238,7 +278,7 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
         election = Some(elector);
     }
     tokio::spawn(
-        status_writer::run(client, statuses, report_rx, leading, controller_name)
+        status_writer::run(client, statuses, report_rx, leading, owner, events)
             .instrument(tracing::info_span!("status_writer")),
     );
     let served = dataplane::run(store, options).await;
@@ -297,6 +337,15 @@ async fn sync(
     synced.send_replace(true);
     // The watches hold receivers; the sender may go, the value stays.
     Ok(())
+}
+
+/// `portcullis`, or `portcullis.NS.NAME` for a process scoped to Gateway `NS/NAME`. A namespace
+/// has no dots, so two Gateways never share a name.
+fn default_lease_name(gateway: Option<&str>) -> String {
+    match gateway.and_then(|g| g.split_once('/')) {
+        Some((namespace, name)) => format!("portcullis.{namespace}.{name}"),
+        None => "portcullis".to_string(),
+    }
 }
 
 /// The pod name (the host name inside a pod) with a random suffix, so that two processes on one
@@ -359,6 +408,15 @@ mod tests {
         assert!(b.next_delay() >= Duration::from_millis(1600));
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn scoped_processes_elect_per_gateway() {
+        assert_eq!(default_lease_name(None), "portcullis");
+        assert_eq!(
+            default_lease_name(Some("infra/public")),
+            "portcullis.infra.public"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! routing table when it changes.
 
 pub mod directory;
+pub mod events;
 pub mod kubernetes;
 pub mod leader;
 mod object;

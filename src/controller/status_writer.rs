@@ -14,17 +14,24 @@
 //!   `RouteParentStatus` documentation).
 //! - BackendTLSPolicy: likewise one `status.ancestors[]` entry per Gateway of ours whose routes
 //!   use the policy (`PolicyAncestorStatus`).
+//! - A process scoped to one Gateway (`--gateway`) owns, of the entries marked with our
+//!   `controllerName`, only those whose reference is its Gateway: the process serving another
+//!   Gateway writes the others ([`Owner`]). Entries keep their place in the list, so that two
+//!   processes writing one route agree on its order.
 //!
 //! A condition whose `status` did not change keeps its `lastTransitionTime`, as `metav1.Condition`
 //! asks; the compiler stamps every condition with the compile time, so the times are carried
 //! over here. Only the elected leader writes ([`leader`](super::leader)); on becoming leader it
-//! compares everything, which repairs whatever the previous leader left undone.
+//! compares everything, which repairs whatever the previous leader left undone. A write that
+//! makes a condition report a problem it did not report before also records a Warning Event
+//! ([`events`]).
 //!
 //! The writer knows nothing about routing: it moves JSON that the compiler shaped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::Client;
@@ -32,6 +39,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::events::{self, Events};
 use super::kubernetes::Backoff;
 use super::{Kind, ObjectKey};
 use crate::routing::{ObjectStatus, StatusReport};
@@ -65,6 +73,8 @@ pub struct Seen {
     pub resource_version: String,
     /// `metadata.generation`.
     pub generation: i64,
+    /// `metadata.uid`, which Events name the object by.
+    pub uid: String,
     /// `status`, or null.
     pub status: Value,
 }
@@ -75,6 +85,7 @@ impl Seen {
             resource,
             resource_version: object.metadata.resource_version.clone().unwrap_or_default(),
             generation: object.metadata.generation.unwrap_or(1),
+            uid: object.metadata.uid.clone().unwrap_or_default(),
             status: object.data.get("status").cloned().unwrap_or(Value::Null),
         }
     }
@@ -143,12 +154,14 @@ pub async fn run(
     cache: StatusCache,
     mut reports: watch::Receiver<Arc<StatusReport>>,
     mut leading: watch::Receiver<bool>,
-    controller_name: String,
+    owner: Owner,
+    events: Events,
 ) {
     let writer = Writer {
         client,
         cache: cache.clone(),
-        controller_name,
+        owner,
+        events,
     };
     let mut statuses = cache.subscribe();
     let mut backoff = Backoff::new();
@@ -193,7 +206,8 @@ pub async fn run(
 struct Writer {
     client: Client,
     cache: StatusCache,
-    controller_name: String,
+    owner: Owner,
+    events: Events,
 }
 
 enum Outcome {
@@ -253,9 +267,10 @@ impl Writer {
             }
             let Some(status) = desired_status(
                 object.kind,
+                &object.namespace,
                 &seen.status,
                 &object.status,
-                &self.controller_name,
+                &self.owner,
             ) else {
                 return Ok(Outcome::Unchanged);
             };
@@ -273,6 +288,7 @@ impl Writer {
                 .await
             {
                 Ok(updated) => {
+                    self.record_events(object, &seen, &status);
                     self.cache
                         .record(key, Seen::from_object(seen.resource, &updated));
                     return Ok(Outcome::Written);
@@ -291,6 +307,30 @@ impl Writer {
         Ok(Outcome::Skipped)
     }
 
+    /// Records a Warning Event for each problem the written status reports that the status it
+    /// replaced (`seen`) did not.
+    fn record_events(&self, object: &ObjectStatus, seen: &Seen, written: &Value) {
+        let warnings = events::new_warnings(
+            object.kind,
+            &object.namespace,
+            &seen.status,
+            written,
+            &self.owner,
+        );
+        if warnings.is_empty() {
+            return;
+        }
+        let regarding = ObjectReference {
+            api_version: Some(seen.resource.api_version.clone()),
+            kind: Some(object.kind.as_str().to_string()),
+            namespace: object.kind.namespaced().then(|| object.namespace.clone()),
+            name: Some(object.name.clone()),
+            uid: Some(seen.uid.clone()).filter(|u| !u.is_empty()),
+            ..ObjectReference::default()
+        };
+        self.events.record(&regarding, warnings);
+    }
+
     fn api(&self, resource: &ApiResource, namespace: &str, kind: Kind) -> Api<DynamicObject> {
         if kind.namespaced() {
             Api::namespaced_with(self.client.clone(), namespace, resource)
@@ -300,41 +340,84 @@ impl Writer {
     }
 }
 
-/// The status to write, given what the object has (`current`) and what the compiler says
-/// (`computed`); `None` when the object already says it.
-///
-/// For routes only `parents` is returned (for policies, `ancestors`), holding the other
-/// controllers' entries unchanged followed by ours; for other kinds, every key of `computed`. Condition times are carried over
-/// from `current` wherever a condition's status did not change.
-pub fn desired_status(
-    kind: Kind,
-    current: &Value,
-    computed: &Value,
-    controller_name: &str,
-) -> Option<Value> {
-    let mut computed = without_nulls(computed);
-    let shared_list = match kind {
+/// Which entries of the shared lists (a route's `parents`, a policy's `ancestors`) this process
+/// writes.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// Our `controllerName`: entries of other controllers are never ours.
+    pub controller_name: String,
+    /// With `--gateway`, the one Gateway (`namespace/name`) this process serves. Another process
+    /// of ours, scoped to another Gateway, writes the entries of its Gateway under the same
+    /// `controllerName`; dropping those would make the two processes undo each other's writes.
+    pub gateway: Option<String>,
+}
+
+impl Owner {
+    /// Whether `entry` (whose reference is under `reference`) of an object in `namespace` is
+    /// ours to write. A reference's namespace defaults to the object's, its group and kind to
+    /// a Gateway's (`ParentReference`).
+    pub(crate) fn owns(&self, entry: &Value, reference: &str, namespace: &str) -> bool {
+        if entry["controllerName"] != self.controller_name.as_str() {
+            return false;
+        }
+        let Some(gateway) = &self.gateway else {
+            return true;
+        };
+        let r = &entry[reference];
+        let group = r["group"].as_str().unwrap_or(GATEWAY_GROUP);
+        let kind = r["kind"].as_str().unwrap_or("Gateway");
+        let ref_namespace = r["namespace"].as_str().unwrap_or(namespace);
+        let name = r["name"].as_str().unwrap_or_default();
+        group == GATEWAY_GROUP
+            && kind == "Gateway"
+            && gateway.split_once('/') == Some((ref_namespace, name))
+    }
+}
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// The shared list of a kind and the key of each entry's reference, for kinds that have one.
+pub(crate) fn shared_list(kind: Kind) -> Option<(&'static str, &'static str)> {
+    match kind {
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => Some(("parents", "parentRef")),
         Kind::BackendTlsPolicy => Some(("ancestors", "ancestorRef")),
         _ => None,
-    };
-    if let Some((list, reference)) = shared_list {
+    }
+}
+
+/// The status to write, given what the object in `namespace` has (`current`) and what the
+/// compiler says (`computed`); `None` when the object already says it.
+///
+/// For routes only `parents` is returned (for policies, `ancestors`): the entries that are not
+/// ours stay as and where they are, ours are replaced in place or dropped when the compiler no
+/// longer reports them, and new ones of ours go at the end. Keeping positions matters when two
+/// processes share the list (`--gateway` scoping): were each to move its entries last, they
+/// would reorder the list back and forth forever. For other kinds, every key of `computed`.
+/// Condition times are carried over from `current` wherever a condition's status did not
+/// change.
+pub fn desired_status(
+    kind: Kind,
+    namespace: &str,
+    current: &Value,
+    computed: &Value,
+    owner: &Owner,
+) -> Option<Value> {
+    let mut computed = without_nulls(computed);
+    if let Some((list, reference)) = shared_list(kind) {
         let old: &[Value] = current[list].as_array().map_or(&[], Vec::as_slice);
-        let mut parents: Vec<Value> = old
-            .iter()
-            .filter(|p| p["controllerName"] != controller_name)
-            .cloned()
-            .collect();
-        for mut ours in computed[list].as_array().cloned().unwrap_or_default() {
-            if let Some(before) = old
-                .iter()
-                .find(|p| p["controllerName"] == controller_name && p[reference] == ours[reference])
-            {
-                carry_times(&mut ours["conditions"], &before["conditions"]);
+        let mut ours = computed[list].as_array().cloned().unwrap_or_default();
+        let mut entries: Vec<Value> = Vec::with_capacity(old.len().max(ours.len()));
+        for before in old {
+            if !owner.owns(before, reference, namespace) {
+                entries.push(before.clone());
+            } else if let Some(at) = ours.iter().position(|o| o[reference] == before[reference]) {
+                let mut entry = ours.remove(at);
+                carry_times(&mut entry["conditions"], &before["conditions"]);
+                entries.push(entry);
             }
-            parents.push(ours);
         }
-        return (parents.as_slice() != old).then(|| json!({ list: parents }));
+        entries.extend(ours);
+        return (entries.as_slice() != old).then(|| json!({ list: entries }));
     }
     let Value::Object(fields) = &mut computed else {
         return None;
@@ -393,6 +476,20 @@ mod tests {
 
     const OURS: &str = "portcullis.dev/gateway-controller";
 
+    fn unscoped() -> Owner {
+        Owner {
+            controller_name: OURS.to_string(),
+            gateway: None,
+        }
+    }
+
+    fn scoped_to(gateway: &str) -> Owner {
+        Owner {
+            controller_name: OURS.to_string(),
+            gateway: Some(gateway.to_string()),
+        }
+    }
+
     fn condition(type_: &str, status: &str, time: &str) -> Value {
         json!({"type": type_, "status": status, "reason": type_, "message": "",
                "observedGeneration": 1, "lastTransitionTime": time})
@@ -405,7 +502,7 @@ mod tests {
         let computed =
             json!({"conditions": [condition("Accepted", "True", "2030-01-01T00:00:00Z")]});
         assert_eq!(
-            desired_status(Kind::GatewayClass, &current, &computed, OURS),
+            desired_status(Kind::GatewayClass, "apps", &current, &computed, &unscoped()),
             None
         );
     }
@@ -420,7 +517,7 @@ mod tests {
             condition("Accepted", "True", "2030-01-01T00:00:00Z"),
             condition("Programmed", "False", "2030-01-01T00:00:00Z"),
         ]});
-        let out = desired_status(Kind::Gateway, &current, &computed, OURS).unwrap();
+        let out = desired_status(Kind::Gateway, "apps", &current, &computed, &unscoped()).unwrap();
         assert_eq!(
             out["conditions"][0]["lastTransitionTime"],
             "2020-01-01T00:00:00Z"
@@ -440,7 +537,7 @@ mod tests {
         let computed = json!({"listeners": [
             {"name": "a", "attachedRoutes": 2, "conditions": [condition("Accepted", "True", "new")]},
         ]});
-        let out = desired_status(Kind::Gateway, &current, &computed, OURS).unwrap();
+        let out = desired_status(Kind::Gateway, "apps", &current, &computed, &unscoped()).unwrap();
         assert_eq!(out["listeners"].as_array().unwrap().len(), 1);
         assert_eq!(out["listeners"][0]["attachedRoutes"], 2);
         assert_eq!(
@@ -458,13 +555,14 @@ mod tests {
         let current = json!({"parents": [theirs, stale]});
         let computed = json!({"parents": [{"parentRef": {"name": "gw"}, "controllerName": OURS,
                                            "conditions": [condition("Accepted", "True", "t1")]}]});
-        let out = desired_status(Kind::HttpRoute, &current, &computed, OURS).unwrap();
+        let out =
+            desired_status(Kind::HttpRoute, "apps", &current, &computed, &unscoped()).unwrap();
         let parents = out["parents"].as_array().unwrap();
         assert_eq!(parents.len(), 2);
         assert_eq!(parents[0], theirs);
         assert_eq!(parents[1]["parentRef"]["name"], "gw");
         // Written as computed; the next comparison finds nothing to do.
-        let again = desired_status(Kind::HttpRoute, &out, &computed, OURS);
+        let again = desired_status(Kind::HttpRoute, "apps", &out, &computed, &unscoped());
         assert_eq!(again, None);
     }
 
@@ -475,7 +573,7 @@ mod tests {
         let computed = json!({"parents": [{"parentRef": {"name": "gw"}, "controllerName": OURS,
             "conditions": [condition("Accepted", "True", "t1")]}]});
         assert_eq!(
-            desired_status(Kind::HttpRoute, &current, &computed, OURS),
+            desired_status(Kind::HttpRoute, "apps", &current, &computed, &unscoped()),
             None
         );
     }
@@ -483,9 +581,13 @@ mod tests {
     #[test]
     fn nulls_are_not_written() {
         let computed = json!({"conditions": [], "addresses": null});
-        let out = desired_status(Kind::Gateway, &Value::Null, &computed, OURS).unwrap();
+        let out =
+            desired_status(Kind::Gateway, "apps", &Value::Null, &computed, &unscoped()).unwrap();
         assert_eq!(out, json!({"conditions": []}));
-        assert_eq!(desired_status(Kind::Gateway, &out, &computed, OURS), None);
+        assert_eq!(
+            desired_status(Kind::Gateway, "apps", &out, &computed, &unscoped()),
+            None
+        );
     }
 
     #[test]
@@ -495,13 +597,124 @@ mod tests {
         let current = json!({"ancestors": [theirs]});
         let computed = json!({"ancestors": [{"ancestorRef": {"name": "gw"}, "controllerName": OURS,
                                              "conditions": []}]});
-        let out = desired_status(Kind::BackendTlsPolicy, &current, &computed, OURS).unwrap();
+        let out = desired_status(
+            Kind::BackendTlsPolicy,
+            "apps",
+            &current,
+            &computed,
+            &unscoped(),
+        )
+        .unwrap();
         let ancestors = out["ancestors"].as_array().unwrap();
         assert_eq!(ancestors.len(), 2);
         assert_eq!(ancestors[0], theirs);
         assert_eq!(
-            desired_status(Kind::BackendTlsPolicy, &out, &computed, OURS),
+            desired_status(Kind::BackendTlsPolicy, "apps", &out, &computed, &unscoped()),
             None
         );
+    }
+
+    fn entry(reference: &str, gateway: Value, controller: &str, time: &str) -> Value {
+        json!({reference: gateway, "controllerName": controller,
+               "conditions": [condition("Accepted", "True", time)]})
+    }
+
+    #[test]
+    fn a_scoped_process_leaves_the_entry_of_the_other_gateway_alone() {
+        let gw_a = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                          "namespace": "apps", "name": "gw-a"});
+        let gw_b = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                          "namespace": "apps", "name": "gw-b"});
+        let theirs = entry("parentRef", gw_b.clone(), OURS, "t0");
+        // Written by the process serving gw-b; the one serving gw-a then adds its own.
+        let current = json!({"parents": [theirs.clone()]});
+        let computed = json!({"parents": [entry("parentRef", gw_a.clone(), OURS, "t1")]});
+        let a = scoped_to("apps/gw-a");
+        let out = desired_status(Kind::HttpRoute, "apps", &current, &computed, &a).unwrap();
+        let parents = out["parents"].as_array().unwrap();
+        assert_eq!(parents.len(), 2);
+        assert_eq!(parents[0], theirs);
+        assert_eq!(parents[1]["parentRef"], gw_a);
+        // Both processes now find nothing to write: no back and forth.
+        assert_eq!(
+            desired_status(Kind::HttpRoute, "apps", &out, &computed, &a),
+            None
+        );
+        let b = scoped_to("apps/gw-b");
+        let computed_b = json!({"parents": [entry("parentRef", gw_b, OURS, "t2")]});
+        assert_eq!(
+            desired_status(Kind::HttpRoute, "apps", &out, &computed_b, &b),
+            None
+        );
+        // Unscoped, the same entry would be taken for a stale one of ours and dropped.
+        let unscoped_out =
+            desired_status(Kind::HttpRoute, "apps", &current, &computed, &unscoped()).unwrap();
+        assert_eq!(unscoped_out["parents"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_scoped_process_drops_its_own_stale_entry_and_reads_default_namespaces() {
+        // A parentRef without namespace names a Gateway in the route's namespace.
+        let stale = entry(
+            "parentRef",
+            json!({"name": "gw-a", "sectionName": "old"}),
+            OURS,
+            "t0",
+        );
+        let elsewhere = entry(
+            "parentRef",
+            json!({"namespace": "infra", "name": "gw-a"}),
+            OURS,
+            "t0",
+        );
+        let current = json!({"parents": [stale, elsewhere.clone()]});
+        let computed = json!({"parents": []});
+        let out = desired_status(
+            Kind::HttpRoute,
+            "apps",
+            &current,
+            &computed,
+            &scoped_to("apps/gw-a"),
+        )
+        .unwrap();
+        assert_eq!(out, json!({"parents": [elsewhere]}));
+    }
+
+    #[test]
+    fn a_scoped_process_owns_only_its_gateways_policy_ancestor() {
+        let gw_a = json!({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                          "namespace": "apps", "name": "gw-a"});
+        let theirs = entry(
+            "ancestorRef",
+            json!({"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                   "namespace": "apps", "name": "gw-b"}),
+            OURS,
+            "t0",
+        );
+        let current = json!({"ancestors": [theirs.clone()]});
+        let computed = json!({"ancestors": [entry("ancestorRef", gw_a, OURS, "t1")]});
+        let a = scoped_to("apps/gw-a");
+        let out = desired_status(Kind::BackendTlsPolicy, "apps", &current, &computed, &a).unwrap();
+        assert_eq!(out["ancestors"][0], theirs);
+        assert_eq!(out["ancestors"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            desired_status(Kind::BackendTlsPolicy, "apps", &out, &computed, &a),
+            None
+        );
+    }
+
+    #[test]
+    fn entries_keep_their_place_when_rewritten() {
+        let gw = json!({"name": "gw"});
+        let theirs = entry("parentRef", json!({"name": "x"}), "example.com/x", "t0");
+        let current =
+            json!({"parents": [entry("parentRef", gw.clone(), OURS, "t0"), theirs.clone()]});
+        let mut changed = entry("parentRef", gw, OURS, "t1");
+        changed["conditions"][0]["status"] = json!("False");
+        let computed = json!({"parents": [changed]});
+        let out =
+            desired_status(Kind::HttpRoute, "apps", &current, &computed, &unscoped()).unwrap();
+        assert_eq!(out["parents"][0]["conditions"][0]["status"], "False");
+        assert_eq!(out["parents"][1], theirs);
     }
 }

@@ -10,6 +10,8 @@ pub mod explain;
 pub mod status;
 pub mod table;
 
-pub use compiler::{compile, intersect_hostnames, parse_duration, CompileOptions, Compiled};
+pub use compiler::{
+    compile, intersect_hostnames, parse_duration, CompileOptions, Compiled, ReportedAddresses,
+};
 pub use status::{Condition, ObjectStatus, StatusReport};
 pub use table::{Miss, RequestView, RoutingTable};

@@ -11,7 +11,8 @@
 //! - WATCH (`watch=true`, `resourceVersion`, `allowWatchBookmarks`, `timeoutSeconds`) streaming
 //!   ADDED / MODIFIED / DELETED / BOOKMARK lines, and an ERROR event with code 410 when the
 //!   requested version is older than the compaction point;
-//! - GET / POST / PUT / PATCH / DELETE of objects; PUT and PATCH of `/status`; merge patches
+//! - GET / POST / PUT / PATCH / DELETE of objects (Events of `events.k8s.io/v1` included); PUT
+//!   and PATCH of `/status`; merge patches
 //!   (`merge-patch+json`, and `apply-patch+yaml` / `strategic-merge-patch+json` with merge
 //!   semantics); `metadata.resourceVersion` in a PUT or a patch is a precondition (409);
 //!   `metadata.generation` goes up when anything outside metadata and status changes.
@@ -145,6 +146,14 @@ const RESOURCES: &[Resource] = &[
         version: "v1",
         plural: "endpointslices",
         kind: "EndpointSlice",
+        namespaced: true,
+        status: false,
+    },
+    Resource {
+        group: "events.k8s.io",
+        version: "v1",
+        plural: "events",
+        kind: "Event",
         namespaced: true,
         status: false,
     },
@@ -421,6 +430,20 @@ impl ApiServer {
             .objects
             .get(&(index, scoped(index, namespace), name.to_string()))
             .cloned()
+    }
+
+    /// Every stored object of a kind, in namespace then name order.
+    pub(crate) fn objects(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        let Some(index) = resource_of(api_version, kind) else {
+            return Vec::new();
+        };
+        let state = self.shared.lock();
+        state
+            .objects
+            .iter()
+            .filter(|((r, _, _), _)| *r == index)
+            .map(|(_, o)| o.clone())
+            .collect()
     }
 
     /// Every request so far.

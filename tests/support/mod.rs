@@ -54,6 +54,9 @@ impl Process {
             .env_remove("KUBERNETES_SERVICE_PORT")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
+            .env_remove("POD_IP")
+            .env_remove("PORTCULLIS_GATEWAY_SERVICE")
+            .env_remove("PORTCULLIS_GATEWAY")
             .env_remove("PORTCULLIS_CONFIG_DIR")
             .env("PORTCULLIS_LOG", "info,portcullis::controller=debug");
         for (k, v) in envs {

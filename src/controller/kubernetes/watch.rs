@@ -415,6 +415,7 @@ impl Watch {
     fn object(&self, resource: &ApiResource, object: DynamicObject) -> Option<Object> {
         let resource_version = object.metadata.resource_version.clone().unwrap_or_default();
         let generation = object.metadata.generation.unwrap_or(1);
+        let uid = object.metadata.uid.clone().unwrap_or_default();
         let Ok(Value::Object(mut doc)) = serde_json::to_value(object) else {
             return None;
         };
@@ -443,6 +444,7 @@ impl Watch {
                     resource: resource.clone(),
                     resource_version,
                     generation,
+                    uid,
                     status: status.unwrap_or(Value::Null),
                 },
             );
@@ -451,9 +453,22 @@ impl Watch {
     }
 }
 
-/// Removes what the compiler never reads and returns the `status` taken out.
+/// Removes what the compiler never reads and returns the `status` taken out. A Service keeps
+/// `status.loadBalancer`: the gateway's own Service's is what Gateways report as their
+/// addresses. Services' status is never ours to write, so keeping it causes no recompile on our
+/// writes.
 fn strip(kind: crate::controller::Kind, doc: &mut Map<String, Value>) -> Option<Value> {
     let status = doc.remove("status");
+    if kind == crate::controller::Kind::Service {
+        if let Some(load_balancer) = status.as_ref().map(|s| &s["loadBalancer"]) {
+            if !load_balancer.is_null() {
+                doc.insert(
+                    "status".to_string(),
+                    serde_json::json!({ "loadBalancer": load_balancer }),
+                );
+            }
+        }
+    }
     if kind == crate::controller::Kind::Namespace {
         doc.retain(|k, _| matches!(k.as_str(), "apiVersion" | "kind" | "metadata"));
     }
@@ -495,6 +510,23 @@ mod tests {
                 "metadata": {"name": "a", "labels": {"team": "x"}, "annotations": {"keep": "me"}}
             })
         );
+    }
+
+    #[test]
+    fn a_service_keeps_its_load_balancer_status() {
+        let mut doc = json!({
+            "metadata": {"name": "portcullis", "resourceVersion": "4"},
+            "spec": {"type": "LoadBalancer"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}, "conditions": []}
+        });
+        strip(Kind::Service, doc.as_object_mut().unwrap());
+        assert_eq!(
+            doc["status"],
+            json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}})
+        );
+        let mut without = json!({"metadata": {"name": "s"}, "spec": {}});
+        strip(Kind::Service, without.as_object_mut().unwrap());
+        assert_eq!(without.get("status"), None);
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! unresolvable certificate marks that listener, never its siblings. The Gateway's own
 //! conditions summarize its listeners as the spec describes (`Accepted` stays true with reason
 //! `ListenersNotValid` while at least one listener is valid).
+//!
+//! A Gateway's address is the one its listeners bind, from `--address-pool`. What its
+//! `status.addresses` report can differ: in a cluster, clients reach the gateway through its
+//! Service, so when [`ReportedAddresses`] names one, the Service's addresses (or the pod's IP)
+//! are reported instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +17,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::routes::CompiledRoute;
-use super::CompileOptions;
+use super::{CompileOptions, ReportedAddresses};
 use crate::controller::{Kind, Object, Snapshot};
 use crate::routing::api::{self, GatewayClassSpec, GatewaySpec, LabelSelector};
 use crate::routing::status::{Conditions, ObjectStatus, StatusReport};
@@ -128,6 +133,9 @@ impl GatewayState {
 /// All Gateways of ours, by `namespace/name`.
 pub(super) struct Gateways {
     pub by_key: BTreeMap<(String, String), GatewayState>,
+    /// `status.addresses` of every Gateway, when they come from the gateway's Service or pod
+    /// rather than from each Gateway's bind address.
+    reported: Option<Vec<Value>>,
 }
 
 pub(super) fn compile(
@@ -214,7 +222,71 @@ pub(super) fn compile(
         }
         by_key.insert((state.namespace.clone(), state.name.clone()), state);
     }
-    Gateways { by_key }
+    Gateways {
+        by_key,
+        reported: reported_addresses(snapshot, &options.reported_addresses),
+    }
+}
+
+/// The addresses clients reach the gateway at, as [`ReportedAddresses`] orders them; `None`
+/// when neither a Service nor a pod IP is configured (or the Service yields none and there is
+/// no pod IP), leaving each Gateway its bind address.
+fn reported_addresses(snapshot: &Snapshot, from: &ReportedAddresses) -> Option<Vec<Value>> {
+    let from_service = from
+        .service
+        .as_ref()
+        .and_then(|(namespace, name)| snapshot.get(Kind::Service, namespace, name))
+        .map(|service| service_addresses(&service.body))
+        .filter(|addresses| !addresses.is_empty());
+    from_service.or_else(|| {
+        from.pod_ip
+            .map(|ip| vec![json!({"type": "IPAddress", "value": ip.to_string()})])
+    })
+}
+
+/// A Service's addresses: load balancer ingress, else external IPs, else cluster IPs.
+fn service_addresses(service: &Value) -> Vec<Value> {
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            // A headless Service's clusterIP is "None".
+            .filter(|s| !s.is_empty() && *s != "None")
+            .map(str::to_string)
+            .collect()
+    };
+    let ip = |value: &String| json!({"type": "IPAddress", "value": value});
+    let mut out: Vec<Value> = Vec::new();
+    for ingress in service["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let address = match (ingress["ip"].as_str(), ingress["hostname"].as_str()) {
+            (Some(v), _) if !v.is_empty() => json!({"type": "IPAddress", "value": v}),
+            (_, Some(h)) if !h.is_empty() => json!({"type": "Hostname", "value": h}),
+            _ => continue,
+        };
+        if !out.contains(&address) {
+            out.push(address);
+        }
+    }
+    if out.is_empty() {
+        out = strings(&service["spec"]["externalIPs"])
+            .iter()
+            .map(ip)
+            .collect();
+    }
+    if out.is_empty() {
+        let mut cluster = strings(&service["spec"]["clusterIPs"]);
+        if cluster.is_empty() {
+            cluster = strings(&Value::Array(vec![service["spec"]["clusterIP"].clone()]));
+        }
+        out = cluster.iter().map(ip).collect();
+    }
+    out
 }
 
 fn gateway_state(
@@ -835,12 +907,16 @@ impl Gateways {
                     "all references are resolved",
                 ),
             }
-            let addresses: Vec<Value> = gateway
-                .address
-                .filter(|_| gateway.problem.is_none())
-                .map(|a| json!({"type": "IPAddress", "value": a.to_string()}))
-                .into_iter()
-                .collect();
+            // What clients reach: the gateway's Service or pod when configured, else the
+            // address the listeners bind. A Gateway that is not served reports none.
+            let addresses: Vec<Value> = match (&self.reported, gateway.address) {
+                _ if gateway.problem.is_some() => Vec::new(),
+                (Some(reported), Some(_)) => reported.clone(),
+                (_, bound) => bound
+                    .map(|a| json!({"type": "IPAddress", "value": a.to_string()}))
+                    .into_iter()
+                    .collect(),
+            };
             report.objects.push(ObjectStatus {
                 api_version: format!("{GATEWAY_GROUP}/v1"),
                 kind: Kind::Gateway,

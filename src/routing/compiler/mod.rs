@@ -45,8 +45,24 @@ pub struct CompileOptions {
     /// Serve only this Gateway (`namespace/name`), leaving the others (and their status) to other
     /// processes: a Deployment per Gateway for full isolation.
     pub only_gateway: Option<String>,
+    /// Where Gateway `status.addresses` come from when not from the bind address.
+    pub reported_addresses: ReportedAddresses,
     /// RFC 3339 time to stamp new conditions with.
     pub now: String,
+}
+
+/// What a Gateway's `status.addresses` report in a cluster, where clients reach the gateway
+/// through its Service rather than at the address its listeners bind (often `0.0.0.0`).
+///
+/// In order: the Service's `status.loadBalancer.ingress` (IPs and host names), else its
+/// `spec.externalIPs`, else its cluster IPs; without the Service (or before it exists), the
+/// pod's IP; with neither set, the address the Gateway's listeners bind.
+#[derive(Debug, Clone, Default)]
+pub struct ReportedAddresses {
+    /// The gateway's own Service: (namespace, name).
+    pub service: Option<(String, String)>,
+    /// The pod's IP (from the downward API).
+    pub pod_ip: Option<IpAddr>,
 }
 
 impl Default for CompileOptions {
@@ -58,6 +74,7 @@ impl Default for CompileOptions {
             port_map: BTreeMap::new(),
             assigned: BTreeMap::new(),
             only_gateway: None,
+            reported_addresses: ReportedAddresses::default(),
             now: "1970-01-01T00:00:00Z".to_string(),
         }
     }

@@ -201,3 +201,86 @@ fn a_process_scoped_to_one_gateway_serves_and_reports_only_that_one() {
     assert!(c.report.get(Kind::Gateway, "infra", "gw").is_none());
     assert_eq!(c.table.binds.len(), 1);
 }
+
+#[test]
+fn a_scoped_process_reports_only_the_parent_entry_of_its_gateway() {
+    let yaml = format!(
+        "{BASE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: other, namespace: infra}}\n\
+         spec: {{gatewayClassName: portcullis, listeners: [{{name: http, port: 80, protocol: HTTP}}]}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: both, namespace: infra}}\n\
+         spec: {{parentRefs: [{{name: gw}}, {{name: other}}], rules: [{{backendRefs: [{{name: svc, port: 8080}}]}}]}}\n"
+    );
+    let options = CompileOptions {
+        only_gateway: Some("infra/other".to_string()),
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(&yaml), &options);
+    let route = c.report.get(Kind::HttpRoute, "infra", "both").unwrap();
+    let parents = route.status["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 1, "{parents:?}");
+    assert_eq!(parents[0]["parentRef"]["name"], "other");
+    assert_eq!(parents[0]["parentRef"]["namespace"], "infra");
+}
+
+fn reported(yaml: &str, pod_ip: Option<&str>) -> serde_json::Value {
+    let options = CompileOptions {
+        reported_addresses: ReportedAddresses {
+            service: Some(("portcullis-system".to_string(), "portcullis".to_string())),
+            pod_ip: pod_ip.map(|ip| ip.parse().unwrap()),
+        },
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(&format!("{BASE}{yaml}")), &options);
+    c.report.get(Kind::Gateway, "infra", "gw").unwrap().status["addresses"].clone()
+}
+
+#[test]
+fn gateways_report_their_services_addresses_in_the_order_clients_reach_them() {
+    let service = |spec: &str, status: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\n\
+             metadata: {{name: portcullis, namespace: portcullis-system}}\n\
+             spec: {spec}\nstatus: {status}\n"
+        )
+    };
+    let all = service(
+        "{clusterIP: 10.0.0.5, clusterIPs: [10.0.0.5, 'fd00::5'], externalIPs: [198.51.100.4]}",
+        "{loadBalancer: {ingress: [{ip: 203.0.113.9}, {hostname: lb.example.com}]}}",
+    );
+    assert_eq!(
+        reported(&all, Some("192.0.2.1")),
+        serde_json::json!([
+            {"type": "IPAddress", "value": "203.0.113.9"},
+            {"type": "Hostname", "value": "lb.example.com"},
+        ])
+    );
+    let external = service(
+        "{clusterIP: 10.0.0.5, externalIPs: [198.51.100.4]}",
+        "{loadBalancer: {}}",
+    );
+    assert_eq!(
+        reported(&external, None),
+        serde_json::json!([{"type": "IPAddress", "value": "198.51.100.4"}])
+    );
+    let cluster = service("{clusterIPs: [10.0.0.5, 'fd00::5']}", "{}");
+    assert_eq!(
+        reported(&cluster, None),
+        serde_json::json!([
+            {"type": "IPAddress", "value": "10.0.0.5"},
+            {"type": "IPAddress", "value": "fd00::5"},
+        ])
+    );
+    // Headless: no address of its own, so the pod's.
+    let headless = service("{clusterIP: None}", "{}");
+    assert_eq!(
+        reported(&headless, Some("192.0.2.1")),
+        serde_json::json!([{"type": "IPAddress", "value": "192.0.2.1"}])
+    );
+    // No Service yet, no pod IP: the bind address, as without either setting.
+    assert_eq!(
+        reported("", None),
+        serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}])
+    );
+}
