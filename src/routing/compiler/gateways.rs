@@ -170,7 +170,7 @@ pub(super) fn compile(
         our_classes.insert(class.key.name.clone(), accepted);
         report.objects.push(status_of(
             class,
-            json!({ "conditions": conditions.into_vec() }),
+            json!({ "conditions": conditions.into_json() }),
         ));
     }
 
@@ -826,7 +826,7 @@ impl Gateways {
                     "name": l.name,
                     "attachedRoutes": l.attached,
                     "supportedKinds": l.supported_kinds.iter().map(|k| json!({"group": GATEWAY_GROUP, "kind": k})).collect::<Vec<_>>(),
-                    "conditions": c.into_vec(),
+                    "conditions": c.into_json(),
                 }));
                 if let (true, Some(ip), Some(port)) = (
                     served && matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TLS"),
@@ -925,7 +925,7 @@ impl Gateways {
                 generation: gateway.generation,
                 status: json!({
                     "addresses": addresses,
-                    "conditions": c.into_vec(),
+                    "conditions": c.into_json(),
                     "listeners": listener_status,
                 }),
             });

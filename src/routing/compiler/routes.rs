@@ -6,14 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use regex::Regex;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::gateways::{Gateways, Problem};
 use super::hostnames::intersect;
 use super::{parse_duration, CompileOptions};
 use crate::controller::{Kind, Object, Snapshot};
 use crate::routing::api::{self, BackendRef, HttpFilter, HttpMatch, RouteSpec};
-use crate::routing::status::{Conditions, ObjectStatus, StatusReport};
+use crate::routing::status::{object, Conditions, ObjectStatus, StatusReport};
 use crate::routing::table::{
     Backend, Conditions as MatchConditions, Cors, Entry, Filter, HeaderEdits, HostIndex, Mirror,
     PathIndex, PathReplace, Redirect, Rewrite, Rule, ServiceBackend, ValueCondition, ValueMatch,
@@ -171,11 +171,14 @@ pub(super) fn compile(
             parent_ref
                 .namespace
                 .get_or_insert_with(|| route.key.namespace.clone());
-            parents.push(json!({
-                "parentRef": parent_ref,
-                "controllerName": options.controller_name,
-                "conditions": c.into_vec(),
-            }));
+            parents.push(object([
+                ("parentRef", json!(parent_ref)),
+                (
+                    "controllerName",
+                    Value::from(options.controller_name.as_str()),
+                ),
+                ("conditions", c.into_json()),
+            ]));
         }
         report.objects.push(ObjectStatus {
             api_version: route.body["apiVersion"]
@@ -186,7 +189,7 @@ pub(super) fn compile(
             namespace: route.key.namespace.clone(),
             name: route.key.name.clone(),
             generation: route.generation,
-            status: json!({ "parents": parents }),
+            status: object([("parents", Value::Array(parents))]),
         });
     }
     policy_status(&backends.policies, options, report);
@@ -888,11 +891,11 @@ fn policy_status(
                     Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
                     None => c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved"),
                 }
-                json!({
-                    "ancestorRef": {"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": ns, "name": name},
-                    "controllerName": options.controller_name,
-                    "conditions": c.into_vec(),
-                })
+                object([
+                    ("ancestorRef", json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": ns, "name": name})),
+                    ("controllerName", Value::from(options.controller_name.as_str())),
+                    ("conditions", c.into_json()),
+                ])
             })
             .collect();
         report.objects.push(ObjectStatus {
@@ -901,7 +904,7 @@ fn policy_status(
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             generation: used.generation,
-            status: json!({ "ancestors": ancestors }),
+            status: object([("ancestors", Value::Array(ancestors))]),
         });
     }
 }
