@@ -390,6 +390,7 @@ fn run(args: RunArgs) -> ExitCode {
             access_log_sample: args.access_log_sample,
             request_metrics: args.request_metrics,
             status_reports: None,
+            initial_sync: None,
         };
         let Some(config_dir) = args.config_dir else {
             return portcullis::controller::kubernetes::run(args.kubernetes, options).await;

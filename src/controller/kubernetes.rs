@@ -22,9 +22,9 @@
 //! so the last table keeps serving while the watches retry, and they resume from the last
 //! `resourceVersion` they saw, or re-list when the server says that version is gone (410).
 //!
-//! Known shortcoming: the admin endpoint, `/healthz` included, comes up only with the data plane,
-//! so while the initial lists run (or while the API server cannot be reached at startup) a
-//! liveness probe finds nothing listening; give the pod a `startupProbe`.
+//! The admin endpoint comes up before the initial lists: `/healthz` answers while they run (or
+//! while the API server cannot be reached at startup), and `/readyz` turns ready only once the
+//! first table compiled from the complete lists is live.
 //!
 //! Status is written by one replica only when `--leader-elect` is on ([`leader`]);
 //! every replica serves traffic. Processes scoped with `--gateway` elect per Gateway (each has
@@ -249,7 +249,16 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
 
     let store = Store::new();
     let statuses = StatusCache::new();
-    sync(&client, &args.watch_namespaces, &store, &statuses).await?;
+    // The initial lists run while the admin endpoint already answers liveness probes; the
+    // data plane compiles nothing before they are complete.
+    options.initial_sync = Some({
+        let (client, namespaces) = (client.clone(), args.watch_namespaces.clone());
+        let (store, statuses) = (store.clone(), statuses.clone());
+        Box::pin(async move {
+            sync(&client, &namespaces, &store, &statuses).await?;
+            Ok(())
+        })
+    });
 
     let (reports, report_rx) = channel::channel(Arc::new(StatusReport::default()));
     options.status_reports = Some(reports);

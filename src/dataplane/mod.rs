@@ -60,10 +60,19 @@ pub struct RunOptions {
     pub request_metrics: bool,
     /// Where each new status report is also sent, for a provider that writes status back.
     pub status_reports: Option<tokio::sync::watch::Sender<Arc<StatusReport>>>,
+    /// What must finish before the first compile, such as the initial lists of a provider that
+    /// reads the Kubernetes API. The admin endpoint comes up before it, so liveness probes are
+    /// answered while it runs; `/readyz` stays unready until the first table is live. An error
+    /// ends the run.
+    pub initial_sync: Option<InitialSync>,
 }
 
+/// See [`RunOptions::initial_sync`].
+pub type InitialSync =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
 /// Serves traffic from `store` until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
+pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     let metrics = metrics::global().clone();
     if options.status_reports.is_none() {
         // Standalone: nothing to elect, the report on /status is this process's own.
@@ -80,6 +89,9 @@ pub async fn run(store: Store, options: RunOptions) -> anyhow::Result<()> {
     })?;
     tracing::info!(addr = %options.admin_addr, "admin endpoint listening");
     tokio::spawn(admin::serve(admin, shared.clone()));
+    if let Some(initial_sync) = options.initial_sync.take() {
+        initial_sync.await?;
+    }
 
     let conf = Arc::new(ServerConf::default());
     let access_log = access_log::AccessLog::start(
