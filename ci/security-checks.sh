@@ -5,7 +5,7 @@
 #   yamllint     manifests, chart values, workflows, tool settings
 #   hadolint     the Dockerfile
 #   kustomize    both overlays build (kubectl kustomize, where kubectl is installed)
-#   helm         the chart lints and renders with three sets of values, and rejects a bad one
+#   helm         the chart lints and renders with four sets of values, and rejects a bad one
 #                (the helm CLI where installed, otherwise Helm's own engine through the
 #                helm-python-sdk package)
 #   checkov      manifests, rendered chart, Dockerfile, workflows
@@ -73,7 +73,7 @@ trap 'rm -rf "$out"' EXIT
 # --- lint -------------------------------------------------------------------------------------
 check "shellcheck" shellcheck ci/security-checks.sh ci/static-binary.sh
 check "yamllint" "$tools/bin/yamllint" --strict manifests charts/portcullis/values.yaml \
-  charts/portcullis/Chart.yaml .github .yamllint.yaml .hadolint.yaml
+  charts/portcullis/Chart.yaml charts/portcullis/ci .github .yamllint.yaml .hadolint.yaml
 check "hadolint Dockerfile" "$tools/bin/hadolint" Dockerfile
 
 # --- render -----------------------------------------------------------------------------------
@@ -91,26 +91,39 @@ else
   not_here "kustomize overlays" "kubectl is not installed (tests/manifests.rs still checks that the kustomizations name every file)"
 fi
 
-# The chart with its defaults (a Deployment, every namespace), as a DaemonSet, and scoped to two
-# namespaces with the image pinned by digest. Each goes to a directory of its own.
+# The chart with its defaults (a Deployment, every namespace), as a DaemonSet, scoped to two
+# namespaces with the image pinned by digest, and with one workload per Gateway (a values file,
+# `@path`, which tests/manifests.rs reads too). Each goes to a directory of its own.
 digest="sha256:$(printf '0%.0s' $(seq 1 64))"
 value_sets=(
   "default:{}"
   "daemonset:{\"kind\": \"DaemonSet\"}"
   "namespaced:{\"watchNamespaces\": [\"team-a\", \"team-b\"], \"replicas\": 3, \"image\": {\"repository\": \"ghcr.io/portcullis-dev/portcullis\", \"digest\": \"$digest\"}}"
+  "per-gateway:@charts/portcullis/ci/per-gateway-values.yaml"
 )
 render_with_helm() {
-  local name="$1" values="$2"
-  echo "$values" >"$out/$name-values.json"
+  local name="$1" values="$2" file
+  if [[ "$values" == @* ]]; then
+    file="${values#@}"
+  else
+    file="$out/$name-values.json"
+    echo "$values" >"$file"
+  fi
   helm template portcullis charts/portcullis --namespace portcullis-system \
-    --values "$out/$name-values.json" --output-dir "$out/chart/$name" >/dev/null
+    --values "$file" --output-dir "$out/chart/$name" >/dev/null
 }
 render_with_sdk() {
   local name="$1" values="$2"
   "$tools/bin/python" - "$name" "$values" "$out/chart/$name" <<'EOF'
 import json, os, sys
+import yaml
 import helm_python as helm
-name, values, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+name, values, out = sys.argv[1], sys.argv[2], sys.argv[3]
+if values.startswith("@"):
+    with open(values[1:]) as f:
+        values = yaml.safe_load(f)
+else:
+    values = json.loads(values)
 with helm.Chart.load("charts/portcullis") as chart:
     chart.validate_schema(values)
     rendered = chart.render(values, name="portcullis", namespace="portcullis-system",
@@ -157,6 +170,13 @@ chart() {
   fi
   rm -rf "$out/chart/bad"
   echo "kind: StatefulSet rejected: $(grep -m1 -o 'Deployment.*' "$out/bad.log" || true)"
+  # Two workloads for one Gateway would both write its status.
+  if "$renderer" bad '{"gateways": [{"namespace": "infra", "name": "public"}, {"namespace": "infra", "name": "public"}]}' 2>"$out/bad.log"; then
+    echo "a Gateway listed twice was accepted"
+    return 1
+  fi
+  rm -rf "$out/chart/bad"
+  echo "a Gateway listed twice rejected: $(grep -m1 -o 'gateways\[1\].*' "$out/bad.log" || true)"
 }
 check "helm chart: lint and render" chart
 

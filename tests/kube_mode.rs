@@ -950,3 +950,91 @@ async fn gateway_addresses_follow_the_gateways_service_and_fall_back_to_the_pod_
     assert!(server.remove("v1", "Service", "portcullis-system", "portcullis"));
     reported(json!([{"type": "IPAddress", "value": "192.0.2.10"}])).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_leaves_our_gateway_loses_our_status_entry_and_keeps_the_others() {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "GatewayClass",
+        "metadata": {"name": "other"},
+        "spec": {"controllerName": "example.com/other-controller"},
+    }));
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    let mut elsewhere = named_gateway("apps", "elsewhere", json!({"from": "Same"}));
+    elsewhere["spec"]["gatewayClassName"] = json!("other");
+    server.apply(elsewhere);
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", "web", "web.example", "apps", "svc"));
+    // Routes that never named a Gateway of ours: nothing of ours to write there, ever.
+    let mut bystander = route("apps", "bystander", "bystander.example", "apps", "svc");
+    bystander["spec"]["parentRefs"] = json!([{"name": "elsewhere"}]);
+    server.apply(bystander);
+    // The other controller's entry for its own Gateway, as it would write it.
+    let theirs = json!({
+        "parentRef": {"name": "elsewhere", "namespace": "apps", "group": "gateway.networking.k8s.io", "kind": "Gateway"},
+        "controllerName": "example.com/other-controller",
+        "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                        "observedGeneration": 1, "lastTransitionTime": "2020-01-01T00:00:00Z"}],
+    });
+    for name in ["web", "bystander"] {
+        server.set_status(
+            GATEWAY_API,
+            "HTTPRoute",
+            "apps",
+            name,
+            json!({"parents": [theirs.clone()]}),
+        );
+    }
+
+    let gw = Gateway::start(&server, "replica", loopback(23), &["--leader-elect=false"]);
+    let http = client();
+    eventually("the route serves", WAIT, || async {
+        (gw.backend(&http, "web.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    eventually("our entry is written beside theirs", WAIT, || async {
+        let (status, _) = accepted(&server, "apps", "web")?;
+        (status == "True").then_some(())
+    })
+    .await;
+
+    // The route now names only the other controller's Gateway: the compiler no longer reports
+    // it, and our entry must not linger.
+    let mut moved = route("apps", "web", "web.example", "apps", "svc");
+    moved["spec"]["parentRefs"] = json!([{"name": "elsewhere"}]);
+    server.apply(moved);
+    let parents = eventually("our entry is removed", WAIT, || async {
+        let status = route_status(&server, "apps", "web");
+        our_parent(&status)
+            .is_none()
+            .then(|| status["parents"].clone())
+    })
+    .await;
+    assert_eq!(
+        parents,
+        json!([theirs]),
+        "the other controller's entry stays"
+    );
+    eventually("the route stops serving", WAIT, || async {
+        (gw.get(&http, "web.example", "/").await.map(|r| r.0) == Some(404)).then_some(())
+    })
+    .await;
+
+    // Settled: no more writes to the route, and none ever to the bystander.
+    let writes_to = |name: &str| {
+        status_writes(&server)
+            .into_iter()
+            .filter(|r| r.path.contains(&format!("/httproutes/{name}/")))
+            .count()
+    };
+    let settled = writes_to("web");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(writes_to("web"), settled, "the route kept being rewritten");
+    assert_eq!(writes_to("bystander"), 0, "a route never ours was written");
+    assert_eq!(
+        route_status(&server, "apps", "bystander")["parents"],
+        json!([theirs])
+    );
+}

@@ -3,11 +3,14 @@
 //! Every YAML document under `manifests/` must parse into its API type without losing a field
 //! (a misspelt field would otherwise be dropped in silence, and with it a security setting), run
 //! pods that meet the restricted Pod Security Standard, and grant exactly the API permissions of
-//! the table below. `ci/security-checks.sh` renders the Helm chart and sets
-//! `PORTCULLIS_RENDERED_MANIFESTS` to the rendered directories (separated by `:`), which are then
-//! held to the same rules.
+//! the table below, with each workload's leader-election Lease granted by name.
+//! `ci/security-checks.sh` renders the Helm chart and sets `PORTCULLIS_RENDERED_MANIFESTS` to the
+//! rendered directories (separated by `:`), which are then held to the same rules, and to one
+//! more: each workload has its own Service and PodDisruptionBudget, selecting its pods and no
+//! other's. The directory rendered from `charts/portcullis/ci/per-gateway-values.yaml` must hold
+//! one workload per Gateway listed there.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -21,14 +24,15 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use portcullis::controller::kubernetes::default_lease_name;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
 
 const NAMESPACE: &str = "portcullis-system";
 const SERVICE_ACCOUNT: &str = "portcullis";
-const LEASE: &str = "portcullis";
 const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 const USER: i64 = 65532;
 const ADMIN_PORT: i32 = 9901;
@@ -70,17 +74,13 @@ const CLUSTER_GRANTS: &[(&str, &[&str], &[&str])] = &[
     ("events.k8s.io", &["events"], &["create", "patch"]),
 ];
 
-/// What the gateway may do in its own namespace only: its leader-election Lease.
-/// (API group, resource, verbs, resource name).
-const OWN_NAMESPACE_GRANTS: &[(&str, &str, &[&str], Option<&str>)] = &[
-    ("coordination.k8s.io", "leases", &["create"], None),
-    (
-        "coordination.k8s.io",
-        "leases",
-        &["get", "update"],
-        Some(LEASE),
-    ),
-];
+/// What the gateway may do in its own namespace only: create its leader-election Lease (RBAC
+/// cannot limit `create` by name). (API group, resource, verbs).
+const OWN_NAMESPACE_GRANTS: &[(&str, &str, &[&str])] =
+    &[("coordination.k8s.io", "leases", &["create"])];
+
+/// What each workload may do to its own Lease, and only to its own: granted by name.
+const OWN_LEASE_VERBS: &[&str] = &["get", "update"];
 
 /// Resources of the table that are not namespaced: a Role cannot grant them.
 const CLUSTER_SCOPED: &[&str] = &["gatewayclasses", "gatewayclasses/status", "namespaces"];
@@ -184,6 +184,46 @@ impl Manifests {
         deployments.chain(daemon_sets).collect()
     }
 
+    /// Every gateway workload: the pod templates, with what their pods select and elect by.
+    fn workloads(&self) -> Vec<Workload> {
+        let deployments = self.deployments.iter().filter_map(|d| {
+            let spec = d.spec.as_ref()?;
+            Some(("Deployment", &d.metadata, &spec.selector, &spec.template))
+        });
+        let daemon_sets = self.daemon_sets.iter().filter_map(|d| {
+            let spec = d.spec.as_ref()?;
+            Some(("DaemonSet", &d.metadata, &spec.selector, &spec.template))
+        });
+        deployments
+            .chain(daemon_sets)
+            .map(|(kind, metadata, selector, template)| {
+                let args = template
+                    .spec
+                    .iter()
+                    .flat_map(|s| &s.containers)
+                    .find(|c| c.name == "portcullis")
+                    .and_then(|c| c.args.clone())
+                    .unwrap_or_default();
+                let gateway = flag(&args, "--gateway");
+                let lease = flag(&args, "--lease-name")
+                    .unwrap_or_else(|| default_lease_name(gateway.as_deref()));
+                Workload {
+                    name: format!("{kind} {}", name_of(metadata)),
+                    namespace: metadata.namespace.clone().unwrap_or_default(),
+                    selector: selector.clone(),
+                    labels: template
+                        .metadata
+                        .as_ref()
+                        .and_then(|m| m.labels.clone())
+                        .unwrap_or_default(),
+                    gateway,
+                    lease,
+                    service: flag(&args, "--gateway-service"),
+                }
+            })
+            .collect()
+    }
+
     /// Every permission granted, with where it applies.
     fn grants(&self) -> Result<BTreeSet<Grant>, String> {
         let mut out = BTreeSet::new();
@@ -206,6 +246,40 @@ impl Manifests {
         }
         Ok(out)
     }
+}
+
+/// One gateway workload (a Deployment or a DaemonSet), as far as these rules look at it.
+struct Workload {
+    /// `Kind namespace/name`.
+    name: String,
+    namespace: String,
+    /// `spec.selector`.
+    selector: LabelSelector,
+    /// The labels of its pods.
+    labels: BTreeMap<String, String>,
+    /// `--gateway`: the one Gateway it serves, if scoped.
+    gateway: Option<String>,
+    /// The Lease it elects its status writer through: `--lease-name`, else the binary's default.
+    lease: String,
+    /// `--gateway-service`.
+    service: Option<String>,
+}
+
+/// Whether `selector` picks pods labelled `labels`; an error for a selector these rules cannot
+/// judge (`matchExpressions`) or that picks every pod (empty).
+fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, String> {
+    if selector
+        .match_expressions
+        .as_ref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        return Err("uses matchExpressions, which these rules do not evaluate".to_string());
+    }
+    let wanted = selector.match_labels.clone().unwrap_or_default();
+    if wanted.is_empty() {
+        return Err("selects every pod".to_string());
+    }
+    Ok(wanted.iter().all(|(k, v)| labels.get(k) == Some(v)))
 }
 
 fn is_kustomization(file: &Path) -> bool {
@@ -347,8 +421,8 @@ fn expand(rule: &PolicyRule, scope: &Scope, out: &mut BTreeSet<Grant>) -> Result
     Ok(())
 }
 
-/// The allowed table as grants, with the Lease in `namespace`.
-fn allowed_grants(namespace: &str) -> BTreeSet<Grant> {
+/// The allowed table as grants, with the Leases named `leases` in `namespace`.
+fn allowed_grants(namespace: &str, leases: &BTreeSet<String>) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for (group, resources, verbs) in CLUSTER_GRANTS {
         for resource in *resources {
@@ -363,14 +437,25 @@ fn allowed_grants(namespace: &str) -> BTreeSet<Grant> {
             }
         }
     }
-    for (group, resource, verbs, name) in OWN_NAMESPACE_GRANTS {
+    for (group, resource, verbs) in OWN_NAMESPACE_GRANTS {
         for verb in *verbs {
             out.insert(Grant {
                 scope: Scope::Namespace(namespace.to_string()),
                 group: group.to_string(),
                 resource: resource.to_string(),
                 verb: verb.to_string(),
-                name: name.map(str::to_string),
+                name: None,
+            });
+        }
+    }
+    for lease in leases {
+        for verb in OWN_LEASE_VERBS {
+            out.insert(Grant {
+                scope: Scope::Namespace(namespace.to_string()),
+                group: "coordination.k8s.io".to_string(),
+                resource: "leases".to_string(),
+                verb: verb.to_string(),
+                name: Some(lease.clone()),
             });
         }
     }
@@ -379,8 +464,7 @@ fn allowed_grants(namespace: &str) -> BTreeSet<Grant> {
 
 /// Whether `grant` is in the table, reading a Role's grant of a namespaced resource in any
 /// namespace as the narrower form of the same cluster-wide grant (the chart's watchNamespaces).
-fn is_allowed(grant: &Grant, own_namespace: &str) -> bool {
-    let allowed = allowed_grants(own_namespace);
+fn is_allowed(grant: &Grant, allowed: &BTreeSet<Grant>) -> bool {
     if allowed.contains(grant) {
         return true;
     }
@@ -426,12 +510,14 @@ fn rbac_problems(manifests: &Manifests, exact: bool) -> Vec<String> {
         Ok(grants) => grants,
         Err(problem) => return vec![problem],
     };
+    let leases = manifests.workloads().into_iter().map(|w| w.lease).collect();
+    let allowed = allowed_grants(&own, &leases);
     let mut problems: Vec<String> = grants
         .iter()
-        .filter(|g| !is_allowed(g, &own))
+        .filter(|g| !is_allowed(g, &allowed))
         .map(|g| format!("grants {g}, which is not in the allowed table"))
         .collect();
-    let missing = allowed_grants(&own).into_iter().filter(|wanted| {
+    let missing = allowed.into_iter().filter(|wanted| {
         if exact {
             !grants.contains(wanted)
         } else {
@@ -495,6 +581,118 @@ fn binding_problems(manifests: &Manifests) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Each workload apart from the others: its selector, its Service (`--gateway-service`) and its
+/// PodDisruptionBudget pick its pods and no other workload's; its Lease is its own, and for a
+/// workload scoped to one Gateway the Lease the binary elects through when run by hand; and no
+/// workload serving every Gateway runs beside scoped ones, which would serve theirs twice.
+fn workload_problems(manifests: &Manifests) -> Vec<String> {
+    let workloads = manifests.workloads();
+    let mut problems = Vec::new();
+    let scoped = workloads.iter().filter(|w| w.gateway.is_some()).count();
+    if scoped > 0 && scoped < workloads.len() {
+        problems.push(
+            "a workload serving every Gateway runs beside workloads scoped to one Gateway, \
+             whose Gateways would then be served twice"
+                .to_string(),
+        );
+    }
+    let mut leases = BTreeSet::new();
+    for w in &workloads {
+        if !leases.insert(&w.lease) {
+            problems.push(format!(
+                "{}: Lease {} is another workload's too",
+                w.name, w.lease
+            ));
+        }
+        if let Some(gateway) = &w.gateway {
+            let default = default_lease_name(Some(gateway));
+            if w.lease != default {
+                problems.push(format!(
+                    "{}: elects through Lease {}, not {default}, the one `portcullis run \
+                     --gateway {gateway}` elects through",
+                    w.name, w.lease
+                ));
+            }
+        }
+        let others: Vec<&Workload> = workloads.iter().filter(|o| o.name != w.name).collect();
+        let check =
+            |what: String, selector: &LabelSelector| selector_problems(&what, selector, w, &others);
+        problems.extend(check(format!("{}'s own selector", w.name), &w.selector));
+        let service = w.service.as_ref().and_then(|name| {
+            manifests.services.iter().find(|s| {
+                s.metadata.name.as_ref() == Some(name)
+                    && s.metadata.namespace.as_ref() == Some(&w.namespace)
+            })
+        });
+        match service {
+            Some(service) => {
+                let selector = LabelSelector {
+                    match_labels: service.spec.as_ref().and_then(|s| s.selector.clone()),
+                    ..LabelSelector::default()
+                };
+                problems.extend(check(
+                    format!("Service {}", name_of(&service.metadata)),
+                    &selector,
+                ));
+            }
+            None => problems.push(format!(
+                "{}: --gateway-service {:?} names no Service in {}",
+                w.name, w.service, w.namespace
+            )),
+        }
+        let budgets: Vec<&PodDisruptionBudget> = manifests
+            .disruption_budgets
+            .iter()
+            .filter(|b| {
+                let selector = b.spec.as_ref().and_then(|s| s.selector.clone());
+                selector.is_some_and(|s| selects(&s, &w.labels) == Ok(true))
+            })
+            .collect();
+        match budgets[..] {
+            [budget] => {
+                let selector = budget.spec.as_ref().and_then(|s| s.selector.clone());
+                problems.extend(check(
+                    format!("PodDisruptionBudget {}", name_of(&budget.metadata)),
+                    &selector.unwrap_or_default(),
+                ));
+            }
+            _ => problems.push(format!(
+                "{}: {} PodDisruptionBudgets select its pods, not one",
+                w.name,
+                budgets.len()
+            )),
+        }
+    }
+    problems
+}
+
+/// What `selector`, held by `what`, gets wrong: not picking `workload`'s pods, or picking those
+/// of one of `others` as well.
+fn selector_problems(
+    what: &str,
+    selector: &LabelSelector,
+    workload: &Workload,
+    others: &[&Workload],
+) -> Vec<String> {
+    match selects(selector, &workload.labels) {
+        Err(problem) => vec![format!("{what}: {problem}")],
+        Ok(false) => vec![format!(
+            "{what} does not select the pods of {}",
+            workload.name
+        )],
+        Ok(true) => others
+            .iter()
+            .filter(|o| selects(selector, &o.labels) == Ok(true))
+            .map(|o| {
+                format!(
+                    "{what} selects the pods of {} as well as those of {}",
+                    o.name, workload.name
+                )
+            })
+            .collect(),
+    }
 }
 
 /// The restricted Pod Security Standard (plus this project's own rules: uid 65532, read-only
@@ -892,6 +1090,104 @@ fn kustomizations_name_every_manifest_and_only_existing_files() {
     }
 }
 
+#[test]
+fn a_lease_granted_to_no_workload_is_caught_and_so_is_a_workload_without_its_own() {
+    let mut manifests = Manifests::load(&manifests_dir());
+    let templates = manifests
+        .deployments
+        .iter_mut()
+        .filter_map(|d| d.spec.as_mut().map(|s| &mut s.template))
+        .chain(
+            manifests
+                .daemon_sets
+                .iter_mut()
+                .filter_map(|d| d.spec.as_mut().map(|s| &mut s.template)),
+        );
+    for template in templates {
+        let container = &mut template.spec.as_mut().unwrap().containers[0];
+        for arg in container.args.iter_mut().flatten() {
+            if arg.starts_with("--lease-name=") {
+                *arg = "--lease-name=elsewhere".to_string();
+            }
+        }
+    }
+    let problems = rbac_problems(&manifests, true);
+    let named = |text: &str| problems.iter().any(|p| p.starts_with(text));
+    assert!(
+        named(
+            "does not grant get leases (coordination.k8s.io) in portcullis-system named elsewhere"
+        ),
+        "{problems:?}"
+    );
+    assert!(
+        named("grants update leases (coordination.k8s.io) in portcullis-system named portcullis,"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn workloads_that_share_a_service_or_mix_scopes_are_caught() {
+    let mut manifests = Manifests::load(&manifests_dir());
+    manifests.daemon_sets.clear();
+    assert_no_problems("one workload", &workload_problems(&manifests));
+    // A second workload scoped to one Gateway, with the first one's labels and Service.
+    let mut scoped = manifests.deployments[0].clone();
+    scoped.metadata.name = Some("portcullis-apps-web".to_string());
+    let spec = scoped.spec.as_mut().unwrap();
+    let container = &mut spec.template.spec.as_mut().unwrap().containers[0];
+    let args = container.args.get_or_insert_with(Vec::new);
+    args.retain(|a| !a.starts_with("--lease-name="));
+    args.push("--gateway=apps/web".to_string());
+    manifests.deployments.push(scoped);
+    let problems = workload_problems(&manifests);
+    let says = |text: &str| problems.iter().any(|p| p.contains(text));
+    assert!(
+        says("runs beside workloads scoped to one Gateway"),
+        "{problems:?}"
+    );
+    assert!(
+        says("Service portcullis-system/portcullis selects the pods of Deployment portcullis-system/portcullis-apps-web"),
+        "{problems:?}"
+    );
+    assert!(
+        says("PodDisruptionBudget portcullis-system/portcullis selects the pods of Deployment portcullis-system/portcullis-apps-web"),
+        "{problems:?}"
+    );
+    assert!(
+        !says("Lease"),
+        "the scoped workload elects by default: {problems:?}"
+    );
+}
+
+/// The name `ci/security-checks.sh` gives the chart rendered with `PER_GATEWAY_VALUES`.
+const PER_GATEWAY_RENDER: &str = "per-gateway";
+const PER_GATEWAY_VALUES: &str = "charts/portcullis/ci/per-gateway-values.yaml";
+
+/// The Gateways (`namespace/name`) listed in [`PER_GATEWAY_VALUES`].
+fn per_gateway_values() -> BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(PER_GATEWAY_VALUES);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let values: Value = serde_yaml::from_str(&text).unwrap();
+    let gateways: BTreeSet<String> = values["gateways"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            format!(
+                "{}/{}",
+                g["namespace"].as_str().unwrap(),
+                g["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        gateways.len() > 1,
+        "{}: list at least two Gateways",
+        path.display()
+    );
+    gateways
+}
+
 /// The Helm chart, rendered by `ci/security-checks.sh` with several sets of values.
 #[test]
 fn rendered_chart_meets_the_same_rules() {
@@ -899,14 +1195,34 @@ fn rendered_chart_meets_the_same_rules() {
         eprintln!("PORTCULLIS_RENDERED_MANIFESTS is not set: the chart is checked by ci/security-checks.sh");
         return;
     };
-    for dir in std::env::split_paths(&dirs) {
+    let dirs: Vec<PathBuf> = std::env::split_paths(&dirs).collect();
+    assert!(
+        dirs.iter().any(|d| d.ends_with(PER_GATEWAY_RENDER)),
+        "no chart rendered with {PER_GATEWAY_VALUES} (a directory named {PER_GATEWAY_RENDER})"
+    );
+    for dir in dirs {
         let manifests = Manifests::load(&dir);
         let at = dir.display();
+        let served: BTreeSet<String> = manifests
+            .workloads()
+            .into_iter()
+            .filter_map(|w| w.gateway)
+            .collect();
+        if dir.ends_with(PER_GATEWAY_RENDER) {
+            assert_eq!(
+                served,
+                per_gateway_values(),
+                "{at}: a workload for each Gateway of {PER_GATEWAY_VALUES}"
+            );
+        } else {
+            assert!(served.is_empty(), "{at}: workloads scoped to {served:?}");
+        }
         assert_eq!(
-            manifests.pod_templates().len(),
-            1,
-            "{at}: one workload expected"
+            manifests.workloads().len(),
+            served.len().max(1),
+            "{at}: one workload per listed Gateway, else one for all"
         );
+        assert_no_problems(&format!("{at}: workloads"), &workload_problems(&manifests));
         assert_no_problems(
             &format!("{at}: pod templates"),
             &all_pod_problems(&manifests),

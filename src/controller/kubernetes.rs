@@ -35,8 +35,11 @@
 //! `grpcroutes`, `tlsroutes`, `referencegrants` and `backendtlspolicies`
 //! (`gateway.networking.k8s.io`), `services`, `namespaces`, `secrets` and `configmaps` (core)
 //! and `endpointslices` (`discovery.k8s.io`); `get` on the
-//! five Gateway API kinds and `patch` on their `/status`; `get`, `create` and `update` on
-//! `leases` (`coordination.k8s.io`) in the Lease's namespace; `create` and `patch` on `events`
+//! five Gateway API kinds and `patch` on their `/status`; with `--leader-elect` (the default),
+//! `create` on `leases` (`coordination.k8s.io`) in the Lease's namespace, and `get` and
+//! `update` on the Lease itself, which a Role can name in `resourceNames`: `portcullis`, or
+//! `portcullis.NS.NAME` for a process scoped with `--gateway NS/NAME`, unless `--lease-name`
+//! says otherwise (`create` cannot be limited by name); `create` and `patch` on `events`
 //! (`events.k8s.io`) where the objects are (for GatewayClasses, `default`), to record the
 //! Warning Events of [`events`](super::events). With `--watch-namespaces`, Roles
 //! in those namespaces suffice for the namespaced kinds; GatewayClasses and Namespaces are still
@@ -80,8 +83,8 @@ pub struct KubernetesArgs {
     /// report the address their listeners bind.
     #[arg(long, env = "POD_IP")]
     pub pod_ip: Option<std::net::IpAddr>,
-    /// Elect one replica to write status (every replica serves traffic). With `false`, this
-    /// replica always writes status.
+    /// Elect one replica to write status (every replica serves traffic), through the Lease
+    /// `--lease-name`. With `false`, this replica always writes status.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
     /// Name of the leader-election Lease; defaults to `portcullis`, or with `--gateway NS/NAME`
@@ -348,9 +351,10 @@ async fn sync(
     Ok(())
 }
 
-/// `portcullis`, or `portcullis.NS.NAME` for a process scoped to Gateway `NS/NAME`. A namespace
-/// has no dots, so two Gateways never share a name.
-fn default_lease_name(gateway: Option<&str>) -> String {
+/// The Lease elected through when `--lease-name` is not given: `portcullis`, or
+/// `portcullis.NS.NAME` for a process scoped to Gateway `NS/NAME`. A namespace has no dots, so
+/// two Gateways never share a name. Manifests that grant the Lease by name use this.
+pub fn default_lease_name(gateway: Option<&str>) -> String {
     match gateway.and_then(|g| g.split_once('/')) {
         Some((namespace, name)) => format!("portcullis.{namespace}.{name}"),
         None => "portcullis".to_string(),

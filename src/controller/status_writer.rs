@@ -19,6 +19,13 @@
 //!   Gateway writes the others ([`Owner`]). Entries keep their place in the list, so that two
 //!   processes writing one route agree on its order.
 //!
+//! The compiler reports only routes with a parentRef to one of our Gateways, and only policies
+//! that such routes use. A route edited to leave our Gateways (or a policy no route of ours
+//! uses any more) is therefore missing from the report, yet still carries the entry we wrote
+//! earlier. So the writer also goes through the objects it has seen: each one that the report
+//! leaves out but that holds an entry of ours gets that entry removed ([`stale_entries`]). Only
+//! those objects are written; the rest of the cluster's routes are left untouched.
+//!
 //! A condition whose `status` did not change keeps its `lastTransitionTime`, as `metav1.Condition`
 //! asks; the compiler stamps every condition with the compile time, so the times are carried
 //! over here. Only the elected leader writes ([`leader`](super::leader)); on becoming leader it
@@ -28,7 +35,7 @@
 //!
 //! The writer knows nothing about routing: it moves JSON that the compiler shaped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -146,6 +153,15 @@ impl StatusCache {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
+
+    /// The objects for which `keep` holds, as last seen.
+    fn select(&self, keep: impl Fn(&ObjectKey, &Seen) -> bool) -> Vec<(ObjectKey, Seen)> {
+        self.lock()
+            .iter()
+            .filter(|(key, seen)| keep(key, seen))
+            .map(|(key, seen)| (key.clone(), seen.clone()))
+            .collect()
+    }
 }
 
 /// Writes each new report while `leading` is true, until the report sender goes away.
@@ -164,6 +180,11 @@ pub async fn run(
         events,
     };
     let mut statuses = cache.subscribe();
+    // The channel opens on an empty placeholder, not on a compile: written as a report, it
+    // would make every entry of ours look stale. Wait for the first compile.
+    if reports.changed().await.is_err() {
+        return;
+    }
     let mut backoff = Backoff::new();
     let mut failing = false;
     loop {
@@ -226,7 +247,9 @@ impl Writer {
         let started = std::time::Instant::now();
         let (mut written, mut failed) = (0usize, 0usize);
         let mut last_error = None;
-        for object in report.objects.iter().filter(|o| writes_status(o.kind)) {
+        let stale = stale_entries(&self.cache, report, &self.owner);
+        let reported = report.objects.iter().filter(|o| writes_status(o.kind));
+        for object in reported.chain(&stale) {
             if !*leading.borrow() {
                 break;
             }
@@ -338,6 +361,56 @@ impl Writer {
             Api::all_with(self.client.clone(), resource)
         }
     }
+}
+
+/// The objects that `report` leaves out but whose shared list still holds an entry `owner`
+/// owns, each with its list emptied of ours: written like reported objects, they lose our
+/// entries and keep everyone else's ([`desired_status`]).
+///
+/// Known shortcoming: the report does not say which store revision it was compiled from, so
+/// the writer cannot tell a report that dropped an object from one compiled before the object
+/// was attached. Our own entries come only from reports that included the object, and reports
+/// arrive in order, so this matters only just after the leader changes: a new leader whose
+/// latest compile lags the old leader's may remove an entry the old leader had just written,
+/// and puts it back with its next compile.
+pub fn stale_entries(
+    cache: &StatusCache,
+    report: &StatusReport,
+    owner: &Owner,
+) -> Vec<ObjectStatus> {
+    let reported: HashSet<ObjectKey> = report
+        .objects
+        .iter()
+        .map(|o| ObjectKey::new(o.kind, &o.namespace, &o.name))
+        .collect();
+    let holds_ours = |key: &ObjectKey, seen: &Seen| {
+        let Some((list, reference)) = shared_list(key.kind) else {
+            return false;
+        };
+        !reported.contains(key)
+            && seen.status[list].as_array().is_some_and(|entries| {
+                entries
+                    .iter()
+                    .any(|e| owner.owns(e, reference, &key.namespace))
+            })
+    };
+    cache
+        .select(holds_ours)
+        .into_iter()
+        .filter_map(|(key, seen)| {
+            let (list, _) = shared_list(key.kind)?;
+            Some(ObjectStatus {
+                api_version: seen.resource.api_version,
+                kind: key.kind,
+                namespace: key.namespace,
+                name: key.name,
+                // The generation seen: should the object change before the write, the write
+                // is skipped and the next report decides.
+                generation: seen.generation,
+                status: json!({ list: [] }),
+            })
+        })
+        .collect()
 }
 
 /// Which entries of the shared lists (a route's `parents`, a policy's `ancestors`) this process
@@ -700,6 +773,131 @@ mod tests {
         assert_eq!(
             desired_status(Kind::BackendTlsPolicy, "apps", &out, &computed, &a),
             None
+        );
+    }
+
+    fn seen(kind: Kind, status: Value) -> Seen {
+        Seen {
+            resource: ApiResource {
+                group: GATEWAY_GROUP.to_string(),
+                version: "v1".to_string(),
+                api_version: format!("{GATEWAY_GROUP}/v1"),
+                kind: kind.as_str().to_string(),
+                plural: String::new(),
+            },
+            resource_version: "7".to_string(),
+            generation: 2,
+            uid: String::new(),
+            status,
+        }
+    }
+
+    fn reported(kind: Kind, name: &str) -> ObjectStatus {
+        ObjectStatus {
+            api_version: format!("{GATEWAY_GROUP}/v1"),
+            kind,
+            namespace: "apps".to_string(),
+            name: name.to_string(),
+            generation: 2,
+            status: json!({"parents": []}),
+        }
+    }
+
+    /// The names of the objects [`stale_entries`] picks, sorted.
+    fn stale_names(cache: &StatusCache, report: &StatusReport, owner: &Owner) -> Vec<String> {
+        let mut names: Vec<String> = stale_entries(cache, report, owner)
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn objects_the_report_leaves_out_lose_only_our_entries() {
+        let gw = json!({"name": "gw"});
+        let ours = entry("parentRef", gw.clone(), OURS, "t0");
+        let theirs = entry("parentRef", json!({"name": "x"}), "example.com/x", "t0");
+        let cache = StatusCache::new();
+        let record = |kind: Kind, name: &str, status: Value| {
+            cache.record(ObjectKey::new(kind, "apps", name), seen(kind, status));
+        };
+        record(
+            Kind::HttpRoute,
+            "attached",
+            json!({"parents": [ours.clone()]}),
+        );
+        record(
+            Kind::GrpcRoute,
+            "left",
+            json!({"parents": [theirs.clone(), ours.clone()]}),
+        );
+        record(
+            Kind::TlsRoute,
+            "never-ours",
+            json!({"parents": [theirs.clone()]}),
+        );
+        record(Kind::HttpRoute, "no-status", Value::Null);
+        record(
+            Kind::BackendTlsPolicy,
+            "unused",
+            json!({"ancestors": [entry("ancestorRef", gw, OURS, "t0")]}),
+        );
+        // A Gateway's status is whole ours and always reported: never taken for a stale list.
+        record(Kind::Gateway, "gw", json!({"conditions": []}));
+        let report = StatusReport {
+            objects: vec![reported(Kind::HttpRoute, "attached")],
+            ..StatusReport::default()
+        };
+
+        assert_eq!(
+            stale_names(&cache, &report, &unscoped()),
+            ["left", "unused"]
+        );
+        for stale in stale_entries(&cache, &report, &unscoped()) {
+            let key = ObjectKey::new(stale.kind, "apps", &stale.name);
+            let current = cache.get(&key).unwrap().status;
+            let out =
+                desired_status(stale.kind, "apps", &current, &stale.status, &unscoped()).unwrap();
+            match stale.kind {
+                Kind::GrpcRoute => assert_eq!(out, json!({"parents": [theirs.clone()]})),
+                _ => assert_eq!(out, json!({"ancestors": []})),
+            }
+        }
+    }
+
+    #[test]
+    fn a_scoped_process_finds_stale_only_its_own_gateways_entry() {
+        let gw_a = json!({"namespace": "apps", "name": "gw-a"});
+        let gw_b = json!({"namespace": "apps", "name": "gw-b"});
+        let cache = StatusCache::new();
+        cache.record(
+            ObjectKey::new(Kind::HttpRoute, "apps", "for-b"),
+            seen(
+                Kind::HttpRoute,
+                json!({"parents": [entry("parentRef", gw_b.clone(), OURS, "t0")]}),
+            ),
+        );
+        cache.record(
+            ObjectKey::new(Kind::HttpRoute, "apps", "left-a"),
+            seen(
+                Kind::HttpRoute,
+                json!({"parents": [entry("parentRef", gw_a, OURS, "t0"),
+                                   entry("parentRef", gw_b.clone(), OURS, "t0")]}),
+            ),
+        );
+        let a = scoped_to("apps/gw-a");
+        let stale = stale_entries(&cache, &StatusReport::default(), &a);
+        assert_eq!(stale.len(), 1, "only the route with gw-a's entry");
+        let current = cache
+            .get(&ObjectKey::new(Kind::HttpRoute, "apps", "left-a"))
+            .unwrap()
+            .status;
+        let out = desired_status(Kind::HttpRoute, "apps", &current, &stale[0].status, &a);
+        assert_eq!(
+            out,
+            Some(json!({"parents": [entry("parentRef", gw_b, OURS, "t0")]})),
+            "the entry of the process serving gw-b stays"
         );
     }
 
