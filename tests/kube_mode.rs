@@ -632,6 +632,23 @@ async fn readiness_waits_for_every_initial_list() {
     let started = Instant::now();
     let gw = Gateway::start(&server, "replica", loopback(17), &["--leader-elect=false"]);
     let http = client();
+    // While the slow list runs, the process is alive (liveness probes pass) but not ready.
+    eventually(
+        "/healthz answers during the initial lists",
+        WAIT,
+        || async { (gw.admin_status(&http, "/healthz").await == Some(200)).then_some(()) },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "/healthz answered only after {:?}, once the slow list was done",
+        started.elapsed()
+    );
+    assert_eq!(
+        gw.readyz(&http).await,
+        Some(503),
+        "not ready before the lists"
+    );
     eventually("the gateway turns ready", WAIT, || async {
         (gw.readyz(&http).await == Some(200)).then_some(())
     })

@@ -253,8 +253,13 @@ impl Gateway {
 
     /// The admin endpoint's `/readyz` status code.
     pub(crate) async fn readyz(&self, client: &reqwest::Client) -> Option<u16> {
+        self.admin_status(client, "/readyz").await
+    }
+
+    /// The status code of an admin endpoint path, `None` while nothing answers.
+    pub(crate) async fn admin_status(&self, client: &reqwest::Client, path: &str) -> Option<u16> {
         let response = client
-            .get(format!("http://{}/readyz", self.admin))
+            .get(format!("http://{}{path}", self.admin))
             .send()
             .await
             .ok()?;
