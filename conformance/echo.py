@@ -1,7 +1,9 @@
 """Echo backends for the conformance runner.
 
-One HTTP/1.1 server per Service on 127.0.0.1 (any free port). Every answer is JSON describing the
-request as received (path with query, host, method, headers, the Service and namespace that
+One HTTP/1.1 server per Service on 127.0.0.1 (any free port), standing for the echo's port 3000
+(8443 with TLS), and beside each plain one an HTTP/2-over-cleartext-only server standing for its
+port 3001, which refuses plain HTTP/1.1 with 400. Every answer is JSON describing the request as
+received (path with query, host, method, protocol, headers, the Service and namespace that
 answered), as the upstream suite's echo server does, plus:
 
 - `delay=<Go duration>` query parameter: wait before answering;
@@ -21,6 +23,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
 
 
@@ -33,7 +40,9 @@ def go_duration(text):
 
 
 class Echo:
-    """One echo server standing for a Service."""
+    """One echo server standing for a Service: HTTP/1.1 on its target port (3000, or 8443 with
+    TLS) and, without TLS, HTTP/2 over cleartext only on 3001, as the upstream echo's pods serve
+    both. Whichever protocol a request arrives on, the answer is the same JSON."""
 
     def __init__(self, namespace, service, tls_files=None, target_port=3000, client_ca=None):
         self.namespace, self.service = namespace, service
@@ -48,37 +57,22 @@ class Echo:
                 pass
 
             def handle_one(self):
-                with echo.lock:
-                    echo.seen.append((self.command, self.path))
                 length = int(self.headers.get("content-length") or 0)
                 if length:
                     self.rfile.read(length)
                 if self.path.split("?")[0] == "/ws" and self.headers.get("upgrade", "").lower() == "websocket":
+                    echo.record(self.command, self.path)
                     return self.websocket()
-                query = self.path.split("?", 1)[1] if "?" in self.path else ""
-                for pair in query.split("&"):
-                    if pair.startswith("delay="):
-                        time.sleep(min(go_duration(pair[6:]), 30))
-                headers = {}
-                for name, value in self.headers.items():
-                    headers.setdefault(name, []).append(value)
-                reply = {
-                    "path": self.path, "host": self.headers.get("host", ""), "method": self.command,
-                    "proto": self.request_version, "headers": headers,
-                    "namespace": echo.namespace, "service": echo.service, "pod": echo.service + "-0",
-                }
+                tls = None
                 if isinstance(self.connection, ssl.SSLSocket):
                     peer = self.connection.getpeercert(binary_form=True)
-                    reply["tls"] = {"serverName": getattr(self.connection, "sni", None),
-                                    "peerCertificates": [ssl.DER_cert_to_PEM_cert(peer)] if peer else []}
-                body = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for item in (self.headers.get("x-echo-set-header") or "").split(","):
-                    if ":" in item:
-                        name, value = item.split(":", 1)
-                        self.send_header(name.strip(), value.strip())
+                    tls = {"serverName": getattr(self.connection, "sni", None),
+                           "peerCertificates": [ssl.DER_cert_to_PEM_cert(peer)] if peer else []}
+                status, headers, body = echo.answer(self.command, self.path, self.headers.get("host", ""),
+                                                    self.request_version, self.headers.items(), tls)
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
@@ -121,10 +115,218 @@ class Echo:
         self.port = self.server.server_address[1]
         self.ports = {target_port: self.port}
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        if not tls_files:
+            self.ports[3001] = H2cListener(self.answer).port
+
+    def record(self, method, path):
+        with self.lock:
+            self.seen.append((method, path))
+
+    def answer(self, method, path, host, proto, request_headers, tls=None):
+        """(status, response headers, body) for one request, whatever protocol carried it: the
+        JSON description of the request, after the `delay` it asks for, with the response
+        headers `X-Echo-Set-Header` asks for."""
+        self.record(method, path)
+        query = path.split("?", 1)[1] if "?" in path else ""
+        for pair in query.split("&"):
+            if pair.startswith("delay="):
+                time.sleep(min(go_duration(pair[6:]), 30))
+        headers = {}
+        for name, value in request_headers:
+            headers.setdefault(name, []).append(value)
+        reply = {
+            "path": path, "host": host, "method": method, "proto": proto, "headers": headers,
+            "namespace": self.namespace, "service": self.service, "pod": self.service + "-0",
+        }
+        if tls:
+            reply["tls"] = tls
+        body = json.dumps(reply).encode()
+        out = [("content-type", "application/json"), ("content-length", str(len(body)))]
+        for _, wanted in (h for h in request_headers if h[0].lower() == "x-echo-set-header"):
+            for item in wanted.split(","):
+                if ":" in item:
+                    name, value = item.split(":", 1)
+                    out.append((name.strip(), value.strip()))
+        return 200, out, body
 
     def paths_seen(self):
         with self.lock:
             return [p for _, p in self.seen]
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class H2cListener:
+    """An echo port that speaks only HTTP/2 over cleartext: prior knowledge, or an HTTP/1.1
+    request asking to upgrade to h2c (RFC 7540 section 3.2). Any other HTTP/1.1 request gets 400,
+    so a 200 from it proves the client (the gateway) spoke HTTP/2. `answer` is the echo's
+    `Echo.answer`.
+
+    One thread per connection reads frames through the sans-IO `h2` state machine; each request
+    is answered on a thread of its own, so that a delayed answer does not hold up the other
+    streams the gateway multiplexes on the connection."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def _accept(self, sock):
+        while True:
+            conn, _ = sock.accept()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, sock):
+        try:
+            with sock:
+                self._exchange(sock)
+        except (OSError, h2.exceptions.ProtocolError):
+            pass  # the peer went away or broke the protocol: drop the connection
+
+    def _exchange(self, sock):
+        """Tells the two ways in apart from the first bytes, then runs the HTTP/2 connection."""
+        data = b""
+        while not data.startswith(H2_PREFACE):
+            if data and not H2_PREFACE.startswith(data) and b"\r\n\r\n" in data:
+                break  # a complete HTTP/1 request head
+            chunk = sock.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        upgraded = None
+        if data.startswith(H2_PREFACE):
+            conn.initiate_connection()
+        else:
+            head, _, data = data.partition(b"\r\n\r\n")
+            upgraded = self._upgrade(sock, conn, head, data)
+            if upgraded is None:
+                return
+            data = upgraded.pop("rest")
+        h2c = H2cConnection(sock, conn, self.answer)
+        with h2c.lock:
+            h2c.send()
+        if upgraded:
+            # The upgrading request is stream 1, already complete from the client's side.
+            threading.Thread(target=h2c.respond, args=(1, upgraded["headers"]), daemon=True).start()
+        while data:
+            h2c.receive(data)
+            data = sock.recv(65536)
+
+    def _upgrade(self, sock, conn, head, rest):
+        """Switches an h2c Upgrade request to HTTP/2 and returns it as HTTP/2 headers of stream
+        1 (plus the bytes read past it); answers anything else with 400 and returns None."""
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, version = (lines[0].split(" ") + ["", "", ""])[:3]
+        headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:] if ":" in line]
+        fields = {k.lower(): v for k, v in headers}
+        connection = {t.strip().lower() for t in fields.get("connection", "").split(",")}
+        if not (version == "HTTP/1.1" and fields.get("upgrade", "").lower() == "h2c" and
+                "http2-settings" in fields and {"upgrade", "http2-settings"} <= connection and
+                "transfer-encoding" not in fields):
+            body = b"this port speaks only HTTP/2 over cleartext (h2c)\n"
+            sock.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\n"
+                         b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            # Read what the client still sends (a body) before closing, so that the close does
+            # not turn into a reset that could destroy the 400 before the client reads it.
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(2)
+            while sock.recv(65536):
+                pass
+            return None
+        # The upgrading request's body comes before the switch; the echo only needs it read.
+        length = int(fields.get("content-length") or 0)
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            rest += chunk
+        rest = rest[length:]
+        sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n")
+        conn.initiate_upgrade_connection(fields["http2-settings"])
+        hop_by_hop = {"connection", "upgrade", "http2-settings", "host", "keep-alive", "content-length"}
+        as_h2 = [(":method", method), (":path", target), (":scheme", "http"),
+                 (":authority", fields.get("host", ""))]
+        as_h2 += [(k.lower(), v) for k, v in headers if k.lower() not in hop_by_hop]
+        return {"headers": as_h2, "rest": rest}
+
+
+class H2cConnection:
+    """One server-side HTTP/2 connection over a socket: requests in, echo answers out, with
+    flow control respected for answers larger than the peer's window."""
+
+    def __init__(self, sock, conn, answer):
+        self.sock, self.conn, self.answer = sock, conn, answer
+        self.lock = threading.Lock()  # the h2 state machine and the socket are shared with answer threads
+        self.requests = {}  # stream id -> request headers, until the request ends
+        self.pending = {}  # stream id -> response body bytes the flow-control window holds back
+
+    def send(self):
+        """Writes what the state machine has queued; called with the lock held."""
+        out = self.conn.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def receive(self, data):
+        with self.lock:
+            events = self.conn.receive_data(data)
+            for event in events:
+                if isinstance(event, h2.events.RequestReceived):
+                    self.requests[event.stream_id] = event.headers
+                elif isinstance(event, h2.events.DataReceived):
+                    # The body is not echoed; hand the window back so the client can go on.
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id in self.requests:
+                    threading.Thread(target=self.respond, args=(event.stream_id, self.requests.pop(event.stream_id)),
+                                     daemon=True).start()
+                elif isinstance(event, h2.events.StreamReset):
+                    self.requests.pop(event.stream_id, None)
+                    self.pending.pop(event.stream_id, None)
+                elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                    for stream_id in list(self.pending):
+                        try:
+                            self.flush(stream_id)
+                        except h2.exceptions.StreamClosedError:
+                            self.pending.pop(stream_id, None)
+            self.send()
+
+    def respond(self, stream_id, headers):
+        pseudo = {k: v for k, v in headers if k.startswith(":")}
+        fields = [(k, v) for k, v in headers if not k.startswith(":")]
+        host = pseudo.get(":authority") or next((v for k, v in fields if k == "host"), "")
+        status, out, body = self.answer(pseudo.get(":method", ""), pseudo.get(":path", ""), host, "HTTP/2.0",
+                                        fields)
+        head_only = pseudo.get(":method") == "HEAD"
+        with self.lock:
+            try:
+                self.conn.send_headers(stream_id, [(":status", str(status))] + [(k.lower(), v) for k, v in out],
+                                       end_stream=head_only)
+                if not head_only:
+                    self.pending[stream_id] = body
+                    self.flush(stream_id)
+                self.send()
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError, OSError):
+                self.pending.pop(stream_id, None)  # the client went away or reset the stream
+
+    def flush(self, stream_id):
+        """Sends as much of a pending body as the windows allow, ending the stream with its
+        last byte; called with the lock held."""
+        body = self.pending[stream_id]
+        while body:
+            size = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size, len(body))
+            if size <= 0:
+                break
+            self.conn.send_data(stream_id, body[:size])
+            body = body[size:]
+        if body:
+            self.pending[stream_id] = body
+        else:
+            del self.pending[stream_id]
+            self.conn.end_stream(stream_id)
 
 
 def read_frame(stream):

@@ -77,7 +77,6 @@ def skip_reason(test):
     features = set(test["features"])
     unsupported = {
         "HTTPRouteRetry": "retries are not implemented",
-        "HTTPRouteBackendProtocolH2C": "needs an h2c-only echo backend in the runner",
     }
     for feature, reason in unsupported.items():
         if feature in features:
@@ -353,8 +352,9 @@ class Runner:
                 continue
             ports = []
             for p in svc["spec"].get("ports", []):
-                # Each Service port points at the echo's listener for its targetPort; a target
-                # port the echo does not serve (the h2c-only 3001) gets no endpoint port.
+                # Each Service port points at the echo's listener for its targetPort (3000
+                # HTTP/1.1, 3001 h2c only); a target port the echo does not serve gets no
+                # endpoint port.
                 real = e.ports.get(p.get("targetPort", p["port"]))
                 if real:
                     port = {"port": real}
