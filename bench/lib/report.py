@@ -179,7 +179,7 @@ def churn_table(churn):
     out.append(
         f"{c0['routes']:,} routes, steady paced load spread over them, one route changed every "
         f"100 ms for {c0['seconds']} s: Portcullis by rewriting its YAML file atomically (the "
-        "gateway polls the directory every 250 ms), nginx by rewriting an included file and "
+        "gateway watches its directory with inotify), nginx by rewriting an included file and "
         "`nginx -s reload`. A probe asks the changed route for its `x-bench-version` header "
         "every 2 ms; change-to-served is the time from writing version N to the first answer "
         "carrying N or later.\n")
