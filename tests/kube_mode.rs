@@ -73,6 +73,19 @@ fn service(server: &ApiServer, namespace: &str, name: &str, port: u16) {
     }));
 }
 
+/// The common start: an API server holding our GatewayClass, a Gateway in `apps` that admits
+/// routes of its namespace, a Service `svc` in front of echo backend "a", and one HTTPRoute
+/// `name` for `host` whose backendRef names `backend`. Keep the echo alive as long as the test.
+async fn one_route(name: &str, host: &str, backend: &str) -> (ApiServer, Echo) {
+    let server = ApiServer::start().await;
+    let a = Echo::start("a");
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    service(&server, "apps", "svc", a.port);
+    server.apply(route("apps", name, host, "apps", backend));
+    (server, a)
+}
+
 fn route_status(server: &ApiServer, namespace: &str, name: &str) -> Value {
     server
         .get(GATEWAY_API, "HTTPRoute", namespace, name)
@@ -381,12 +394,7 @@ async fn traffic_never_stops_while_the_api_server_is_away_and_watches_recover() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
-    let server = ApiServer::start().await;
-    let a = Echo::start("a");
-    server.apply(gateway_class());
-    server.apply(gateway("apps", json!({"from": "Same"})));
-    service(&server, "apps", "svc", a.port);
-    server.apply(route("apps", "first", "first.example", "apps", "svc"));
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
 
     let address = loopback(14);
     let lease = |name: &'static str| {
@@ -620,12 +628,7 @@ async fn a_leader_that_shuts_down_hands_the_lease_over_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_every_initial_list() {
-    let server = ApiServer::start().await;
-    let a = Echo::start("a");
-    server.apply(gateway_class());
-    server.apply(gateway("apps", json!({"from": "Same"})));
-    service(&server, "apps", "svc", a.port);
-    server.apply(route("apps", "web", "app.example", "apps", "svc"));
+    let (server, _backend) = one_route("web", "app.example", "svc").await;
     // Endpoints arrive last: a table compiled before them would answer 503.
     server.delay_lists("endpointslices", Duration::from_secs(2));
 
@@ -667,12 +670,7 @@ async fn readiness_waits_for_every_initial_list() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_starts_once_the_api_server_is_reachable() {
-    let server = ApiServer::start().await;
-    let a = Echo::start("a");
-    server.apply(gateway_class());
-    server.apply(gateway("apps", json!({"from": "Same"})));
-    service(&server, "apps", "svc", a.port);
-    server.apply(route("apps", "web", "app.example", "apps", "svc"));
+    let (server, _backend) = one_route("web", "app.example", "svc").await;
     server.stop();
 
     let gw = Gateway::start(&server, "replica", loopback(18), &[]);
@@ -826,12 +824,7 @@ fn occurrences(events: &[Value]) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_whose_backend_is_missing_gets_a_warning_event_once_per_breakage() {
-    let server = ApiServer::start().await;
-    let a = Echo::start("a");
-    server.apply(gateway_class());
-    server.apply(gateway("apps", json!({"from": "Same"})));
-    service(&server, "apps", "svc", a.port);
-    server.apply(route("apps", "web", "web.example", "apps", "missing"));
+    let (server, _backend) = one_route("web", "web.example", "missing").await;
 
     let gw = Gateway::start(&server, "replica", loopback(21), &[]);
     let http = client();
@@ -900,12 +893,7 @@ async fn a_route_whose_backend_is_missing_gets_a_warning_event_once_per_breakage
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_addresses_follow_the_gateways_service_and_fall_back_to_the_pod_ip() {
-    let server = ApiServer::start().await;
-    let a = Echo::start("a");
-    server.apply(gateway_class());
-    server.apply(gateway("apps", json!({"from": "Same"})));
-    service(&server, "apps", "svc", a.port);
-    server.apply(route("apps", "web", "app.example", "apps", "svc"));
+    let (server, _backend) = one_route("web", "app.example", "svc").await;
 
     // The Service is looked for in the client configuration's namespace, portcullis-system.
     let gw = Gateway::start(
