@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::gateways::{Gateways, Problem};
 use super::hostnames::intersect;
 use super::{parse_duration, CompileOptions};
-use crate::controller::{Kind, Object, Snapshot};
+use crate::controller::{Kind, Object, Snapshot, SourceError};
 use crate::routing::api::{self, BackendRef, HttpFilter, HttpMatch, RouteSpec};
 use crate::routing::status::{object, Conditions, ObjectStatus, StatusReport};
 use crate::routing::table::{
@@ -86,13 +86,32 @@ pub(super) fn compile(
             Kind::TlsRoute => api::read::<api::TlsRouteSpec>(route.spec()).map(Into::into),
             _ => api::read(route.spec()),
         };
-        let parents_of_ours = spec.as_ref().map(|s| {
-            s.parent_refs
-                .iter()
-                .filter(|p| parent_is_ours(p, &route.key.namespace, gateways))
-                .count()
-        });
-        if matches!(parents_of_ours, Ok(0)) {
+        // A spec that does not decode still names its parents, most of the time: read them on
+        // their own, so that the route is reported on the Gateways it meant (Accepted=False)
+        // rather than silently dropped.
+        let parent_refs: Vec<api::ParentRef> = match &spec {
+            Ok(s) => s.parent_refs.clone(),
+            Err(e) => match api::read::<Vec<api::ParentRef>>(&route.spec()["parentRefs"]) {
+                Ok(refs) => refs,
+                Err(_) => {
+                    report.errors.push(SourceError {
+                        source: format!(
+                            "{} {}/{}",
+                            route.key.kind, route.key.namespace, route.key.name
+                        ),
+                        message: format!(
+                            "spec does not parse, nor do its parentRefs, so no status can be \
+                             written: {e}"
+                        ),
+                    });
+                    continue;
+                }
+            },
+        };
+        if !parent_refs
+            .iter()
+            .any(|p| parent_is_ours(p, &route.key.namespace, gateways))
+        {
             continue;
         }
         let (compiled, accepted_problem, resolved_problem) = match spec.as_ref() {
@@ -124,11 +143,7 @@ pub(super) fn compile(
         };
         let compiled = Arc::new(compiled);
         let mut parents = Vec::new();
-        for parent in spec
-            .as_ref()
-            .map(|s| s.parent_refs.clone())
-            .unwrap_or_default()
-        {
+        for parent in parent_refs {
             if !parent_is_ours(&parent, &route.key.namespace, gateways) {
                 continue;
             }

@@ -131,6 +131,44 @@ fn missing_backend_reports_backend_not_found_and_still_attaches() {
 }
 
 #[test]
+fn a_route_whose_spec_does_not_decode_is_reported_not_dropped() {
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - backendRefs: [{name: svc, port: eighty}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    let accepted = &status["parents"][0]["conditions"][0];
+    assert_eq!(accepted["type"], "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "UnsupportedValue");
+    assert!(accepted["message"]
+        .as_str()
+        .unwrap()
+        .contains("does not parse"));
+    assert!(!c.report.problems().is_empty(), "counted as a problem");
+    assert!(lookup_route(&c, "h", "/", &[]).is_none());
+
+    // Without readable parentRefs nothing can carry a condition: the report says so instead.
+    let yaml = format!(
+        "{BASE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: b, namespace: infra}}\nspec:\n  parentRefs: gw\n"
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    assert!(c.report.get(Kind::HttpRoute, "infra", "b").is_none());
+    assert!(
+        c.report
+            .errors
+            .iter()
+            .any(|e| e.source == "HTTPRoute infra/b"),
+        "{:?}",
+        c.report.errors
+    );
+}
+
+#[test]
 fn invalid_regex_drops_the_rule_with_unsupported_value() {
     let yaml = format!(
         "{BASE}{}",
