@@ -418,6 +418,14 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_name_is_refused_like_a_missing_one() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ''}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert!(objects.is_empty());
+        assert!(errors[0].contains("metadata.name"), "{}", errors[0]);
+    }
+
+    #[test]
     fn broken_edit_keeps_previous_objects_and_spec_change_bumps_generation() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a.yaml");

@@ -217,6 +217,7 @@ impl Object {
         let meta = &body["metadata"];
         let name = meta["name"]
             .as_str()
+            .filter(|n| !n.is_empty())
             .ok_or(ObjectError::Missing("metadata.name"))?;
         let namespace = meta["namespace"].as_str().unwrap_or("default");
         let labels = meta["labels"]
