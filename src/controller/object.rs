@@ -99,6 +99,11 @@ impl Kind {
         !matches!(self, Kind::GatewayClass | Kind::Namespace)
     }
 
+    /// Whether this kind is a route: HTTPRoute, GRPCRoute or TLSRoute.
+    pub fn is_route(self) -> bool {
+        matches!(self, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute)
+    }
+
     /// Whether a change to this kind's `spec` bumps `metadata.generation`, as the API server does
     /// for custom resources. Core objects without a spec keep generation unset.
     pub fn has_generation(self) -> bool {

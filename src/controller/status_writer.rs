@@ -248,7 +248,11 @@ impl Writer {
         let (mut written, mut failed) = (0usize, 0usize);
         let mut last_error = None;
         let stale = stale_entries(&self.cache, report, &self.owner);
-        let reported = report.objects.iter().filter(|o| writes_status(o.kind));
+        let reported = report
+            .objects
+            .iter()
+            .map(|o| o.as_ref())
+            .filter(|o| writes_status(o.kind));
         for object in reported.chain(&stale) {
             if !*leading.borrow() {
                 break;
@@ -408,6 +412,7 @@ pub fn stale_entries(
                 // is skipped and the next report decides.
                 generation: seen.generation,
                 status: json!({ list: [] }),
+                problems: Default::default(),
             })
         })
         .collect()
@@ -800,6 +805,7 @@ mod tests {
             name: name.to_string(),
             generation: 2,
             status: json!({"parents": []}),
+            problems: Default::default(),
         }
     }
 
@@ -846,7 +852,7 @@ mod tests {
         // A Gateway's status is whole ours and always reported: never taken for a stale list.
         record(Kind::Gateway, "gw", json!({"conditions": []}));
         let report = StatusReport {
-            objects: vec![reported(Kind::HttpRoute, "attached")],
+            objects: vec![reported(Kind::HttpRoute, "attached").into()],
             ..StatusReport::default()
         };
 

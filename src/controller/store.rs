@@ -184,6 +184,12 @@ impl Snapshot {
         kind_range(&self.objects, kind).map(|(_, o)| o.as_ref())
     }
 
+    /// Every object of one kind, shared: two snapshots hold the same `Arc` for an object
+    /// that did not change between them.
+    pub fn arcs_of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Object>> {
+        kind_range(&self.objects, kind).map(|(_, o)| o)
+    }
+
     /// One object by identity.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&Object> {
         self.objects

@@ -24,7 +24,7 @@ use arc_swap::ArcSwap;
 use pingora_core::server::configuration::ServerConf;
 
 use crate::controller::Store;
-use crate::routing::{compile, CompileOptions, RoutingTable, StatusReport};
+use crate::routing::{compile_with, CompileCache, CompileOptions, RoutingTable, StatusReport};
 
 /// How long the compile loop waits for more changes after the first one, so that a burst of
 /// writes (a `kubectl apply` of many objects, a directory sync) compiles once.
@@ -123,6 +123,8 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     changes.mark_changed();
     let mut compile_options = options.compile;
     let mut generation = 0u64;
+    // Moved into each compile job and back: what the next compile can reuse.
+    let mut cache = Some(CompileCache::default());
     let mut last_problems: Vec<String> = Vec::new();
     let mut terminate = signal()?;
     loop {
@@ -146,16 +148,20 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         // hold up the requests that this runtime's workers are serving.
         let job = {
             let options = compile_options.clone();
+            let mut taken = cache.take().unwrap_or_default();
             tokio::task::spawn_blocking(move || {
-                let compiled = compile(&snapshot, &options);
-                (snapshot, compiled)
+                let compiled = compile_with(&snapshot, &options, &mut taken);
+                (snapshot, compiled, taken)
             })
         };
         let (snapshot, compiled) = match job.await {
-            Ok(done) => done,
+            Ok((snapshot, compiled, kept)) => {
+                cache = Some(kept);
+                (snapshot, compiled)
+            }
             Err(err) => {
                 // The compiler never fails on input; a panic is a bug. Keep serving the last
-                // table and say so.
+                // table and say so; the next compile starts from an empty cache.
                 tracing::error!(error = %err, "compile failed; keeping the last configuration");
                 continue;
             }
@@ -263,6 +269,8 @@ fn mark_unbound(
                     && o.name == name
             });
             let Some(gateway) = gateway else { continue };
+            let gateway = Arc::make_mut(gateway);
+            gateway.problems = Default::default();
             let listeners = gateway.status["listeners"].as_array_mut();
             for l in listeners
                 .into_iter()

@@ -222,9 +222,18 @@ pub fn describe(table: &RoutingTable) -> Value {
 }
 
 fn describe_listener(l: &ListenerRoutes) -> Value {
-    let mut hosts: Vec<(String, &PathIndex)> =
-        l.hosts.exact.iter().map(|(h, p)| (h.clone(), p)).collect();
-    hosts.extend(l.hosts.wildcard.iter().map(|(s, p)| (format!("*{s}"), p)));
+    let mut hosts: Vec<(String, &PathIndex)> = l
+        .hosts
+        .exact
+        .iter()
+        .map(|(h, p)| (h.clone(), &**p))
+        .collect();
+    hosts.extend(
+        l.hosts
+            .wildcard
+            .iter()
+            .map(|(s, p)| (format!("*{s}"), &**p)),
+    );
     hosts.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(p) = &l.hosts.any {
         hosts.push(("*".to_string(), p));

@@ -4,6 +4,8 @@
 //! Kubernetes `status` of that kind, so that the same JSON is printed by `portcullis check`,
 //! served on the admin address, and written back to the API server.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -120,6 +122,42 @@ pub struct ObjectStatus {
     pub generation: i64,
     /// The `status` stanza, shaped as Kubernetes shapes it for this kind.
     pub status: Value,
+    /// What [`ObjectStatus::problems`] found, computed on first use. Statuses are shared
+    /// between compiles, so an unchanged route's are not looked through again; code that
+    /// changes `status` after that must reset this.
+    #[serde(skip)]
+    pub problems: std::sync::OnceLock<Vec<String>>,
+}
+
+impl ObjectStatus {
+    /// One line for each `Accepted` condition (the object's own, or a route parent's) that is
+    /// not true.
+    pub fn problems(&self) -> &[String] {
+        self.problems.get_or_init(|| {
+            let mut out = Vec::new();
+            let mut lists: Vec<&Value> = vec![&self.status["conditions"]];
+            if let Some(parents) = self.status["parents"].as_array() {
+                lists.extend(parents.iter().map(|p| &p["conditions"]));
+            }
+            for list in lists {
+                for c in list.as_array().into_iter().flatten() {
+                    if c["type"] == "Accepted" && c["status"] != "True" {
+                        let id = if self.namespace.is_empty() {
+                            format!("{} {}", self.kind, self.name)
+                        } else {
+                            format!("{} {}/{}", self.kind, self.namespace, self.name)
+                        };
+                        out.push(format!(
+                            "{id}: not accepted ({}): {}",
+                            c["reason"].as_str().unwrap_or(""),
+                            c["message"].as_str().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+            out
+        })
+    }
 }
 
 impl Serialize for Kind {
@@ -131,8 +169,9 @@ impl Serialize for Kind {
 /// Everything the compiler has to say about its input.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatusReport {
-    /// Per-object status, in kind then namespace/name order.
-    pub objects: Vec<ObjectStatus>,
+    /// Per-object status, in kind then namespace/name order. Shared, because an incremental
+    /// compile hands on the status of every unchanged route as it was.
+    pub objects: Vec<Arc<ObjectStatus>>,
     /// Inputs that never became objects (files that do not parse, unknown kinds).
     pub errors: Vec<SourceError>,
 }
@@ -147,26 +186,7 @@ impl StatusReport {
             .map(|e| format!("{}: {}", e.source, e.message))
             .collect();
         for o in &self.objects {
-            let id = if o.namespace.is_empty() {
-                format!("{} {}", o.kind, o.name)
-            } else {
-                format!("{} {}/{}", o.kind, o.namespace, o.name)
-            };
-            let mut lists: Vec<&Value> = vec![&o.status["conditions"]];
-            if let Some(parents) = o.status["parents"].as_array() {
-                lists.extend(parents.iter().map(|p| &p["conditions"]));
-            }
-            for list in lists {
-                for c in list.as_array().into_iter().flatten() {
-                    if c["type"] == "Accepted" && c["status"] != "True" {
-                        out.push(format!(
-                            "{id}: not accepted ({}): {}",
-                            c["reason"].as_str().unwrap_or(""),
-                            c["message"].as_str().unwrap_or("")
-                        ));
-                    }
-                }
-            }
+            out.extend(o.problems().iter().cloned());
         }
         out
     }
@@ -176,6 +196,7 @@ impl StatusReport {
         self.objects
             .iter()
             .find(|o| o.kind == kind && o.namespace == namespace && o.name == name)
+            .map(|o| o.as_ref())
     }
 }
 

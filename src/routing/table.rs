@@ -67,15 +67,17 @@ pub struct ListenerRoutes {
     pub passthrough: Vec<(Option<String>, Arc<Rule>)>,
 }
 
-/// Rule entries of one listener by request host.
+/// Rule entries of one listener by request host. Each host's entries are shared: a compile
+/// hands on those of every host whose routes did not change, so one route's change rebuilds
+/// (and frees) one host's entries, not the listener's.
 #[derive(Default)]
 pub struct HostIndex {
     /// Exact hostnames.
-    pub exact: HashMap<String, PathIndex>,
+    pub exact: HashMap<String, Arc<PathIndex>>,
     /// Wildcards by their suffix including the leading dot (`.example.com`).
-    pub wildcard: HashMap<String, PathIndex>,
+    pub wildcard: HashMap<String, Arc<PathIndex>>,
     /// Routes without any hostname.
-    pub any: Option<PathIndex>,
+    pub any: Option<Arc<PathIndex>>,
 }
 
 /// Rule entries of one host bucket by request path.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::routes::CompiledRoute;
+use super::routes::{CompiledRoute, Hostnames, IndexCache};
 use super::{CompileOptions, ReportedAddresses};
 use crate::controller::{Kind, Object, Snapshot};
 use crate::routing::api::{self, GatewayClassSpec, GatewaySpec, LabelSelector};
@@ -51,7 +51,7 @@ pub(super) struct ListenerState {
     pub not_programmed: Option<Problem>,
     pub supported_kinds: Vec<&'static str>,
     pub namespaces: NamespacePolicy,
-    pub routes: Vec<(Arc<CompiledRoute>, Vec<Option<String>>)>,
+    pub routes: Vec<(Arc<CompiledRoute>, Hostnames)>,
     pub attached: i64,
     /// The first certificateRef's key, for HTTPS listeners.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
@@ -743,8 +743,8 @@ fn mark_conflicts(listeners: &mut [ListenerState]) {
     }
 }
 
-fn status_of(object: &Object, status: Value) -> ObjectStatus {
-    ObjectStatus {
+fn status_of(object: &Object, status: Value) -> Arc<ObjectStatus> {
+    Arc::new(ObjectStatus {
         api_version: object.body["apiVersion"]
             .as_str()
             .unwrap_or_default()
@@ -754,13 +754,13 @@ fn status_of(object: &Object, status: Value) -> ObjectStatus {
         name: object.key.name.clone(),
         generation: object.generation,
         status,
-    }
+        problems: Default::default(),
+    })
 }
 
 impl Gateways {
-    pub(super) fn get_mut(&mut self, namespace: &str, name: &str) -> Option<&mut GatewayState> {
-        self.by_key
-            .get_mut(&(namespace.to_string(), name.to_string()))
+    pub(super) fn get(&self, namespace: &str, name: &str) -> Option<&GatewayState> {
+        self.by_key.get(&(namespace.to_string(), name.to_string()))
     }
 
     pub(super) fn assigned(&self) -> BTreeMap<String, IpAddr> {
@@ -770,12 +770,15 @@ impl Gateways {
             .collect()
     }
 
-    /// Writes every Gateway's status and builds the table from the attached routes.
+    /// Writes every Gateway's status and builds the table from the attached routes, reusing
+    /// the host entries in `indexes` (by Gateway and listener) that are still valid.
     pub(super) fn into_table(
         self,
         options: &CompileOptions,
         report: &mut StatusReport,
+        indexes: &mut HashMap<(String, String), IndexCache>,
     ) -> (RoutingTable, usize) {
+        let mut previous = std::mem::take(indexes);
         let mut table = RoutingTable::default();
         let mut rules = 0;
         for gateway in self.by_key.into_values() {
@@ -854,7 +857,13 @@ impl Gateways {
                         },
                         certificate: l.certificate.clone(),
                         backend_client_cert: gateway.backend_client_cert.clone(),
-                        hosts: HostIndex::build(&l.routes),
+                        hosts: {
+                            let key = (gateway.key(), l.name.clone());
+                            let mut cache = previous.remove(&key).unwrap_or_default();
+                            let hosts = HostIndex::build(&l.routes, &mut cache);
+                            indexes.insert(key, cache);
+                            hosts
+                        },
                         passthrough: super::routes::passthrough_table(&l.routes),
                     });
                 }
@@ -917,7 +926,7 @@ impl Gateways {
                     .into_iter()
                     .collect(),
             };
-            report.objects.push(ObjectStatus {
+            report.objects.push(Arc::new(ObjectStatus {
                 api_version: format!("{GATEWAY_GROUP}/v1"),
                 kind: Kind::Gateway,
                 namespace: gateway.namespace.clone(),
@@ -928,7 +937,8 @@ impl Gateways {
                     "conditions": c.into_json(),
                     "listeners": listener_status,
                 }),
-            });
+                problems: Default::default(),
+            }));
         }
         for bind in table.binds.values_mut() {
             // Most specific listener hostname first: exact, then longer wildcards, then none.

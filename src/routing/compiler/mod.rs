@@ -11,6 +11,11 @@
 //!    endpoints), then attached to the listeners its parentRefs select and allow;
 //! 3. the table is assembled per bound socket from the attached rules, sorted by precedence.
 //!
+//! A [`CompileCache`] carried from one compile to the next makes the second pass incremental:
+//! while nothing but routes changed, a route whose object is unchanged is not translated
+//! again, and a change of one route among ten thousand costs little more than that one route.
+//! The cache never changes the result: [`compile`] is [`compile_with`] and an empty cache.
+//!
 //! Problems in user objects never stop compilation: they become conditions, and the part of the
 //! configuration they touch answers as the spec says (500 for an unresolvable backendRef).
 
@@ -21,7 +26,9 @@ mod routes;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::controller::Snapshot;
+use std::sync::Arc;
+
+use crate::controller::{Kind, Object, Snapshot};
 
 use super::status::StatusReport;
 use super::table::RoutingTable;
@@ -29,7 +36,7 @@ use super::table::RoutingTable;
 pub use hostnames::intersect as intersect_hostnames;
 
 /// Settings that are not in the objects.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CompileOptions {
     /// GatewayClasses with this `controllerName` are ours.
     pub controller_name: String,
@@ -57,7 +64,7 @@ pub struct CompileOptions {
 /// In order: the Service's `status.loadBalancer.ingress` (IPs and host names), else its
 /// `spec.externalIPs`, else its cluster IPs; without the Service (or before it exists), the
 /// pod's IP; with neither set, the address the Gateway's listeners bind.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportedAddresses {
     /// The gateway's own Service: (namespace, name).
     pub service: Option<(String, String)>,
@@ -109,14 +116,72 @@ pub struct Compiled {
 
 /// Compiles a snapshot. Never fails: problems are in the report.
 pub fn compile(snapshot: &Snapshot, options: &CompileOptions) -> Compiled {
+    compile_with(snapshot, options, &mut CompileCache::default())
+}
+
+/// What one compile leaves for the next, so that it need not redo work whose inputs did not
+/// change. Keep one per compile loop; its contents never change a compile's result.
+#[derive(Default)]
+pub struct CompileCache {
+    /// Every object that is not a route, as the last compile saw it. Holding them keeps their
+    /// addresses from being reused, so pointer equality means "the same object".
+    world: Vec<Arc<Object>>,
+    /// The options of the last compile, with `now` cleared.
+    options: Option<CompileOptions>,
+    routes: routes::RouteCache,
+    /// Host entries of every served listener, by Gateway `namespace/name` and listener name.
+    indexes: std::collections::HashMap<(String, String), routes::IndexCache>,
+}
+
+impl CompileCache {
+    /// Drops what cannot be reused for `snapshot`: route outcomes depend on every Gateway,
+    /// listener, Service, EndpointSlice, ReferenceGrant, policy, Secret and Namespace, so any
+    /// change to one of those (or to the options) starts over.
+    fn prepare(&mut self, snapshot: &Snapshot, options: &CompileOptions) {
+        let world: Vec<Arc<Object>> = Kind::ALL
+            .into_iter()
+            .filter(|k| !k.is_route())
+            .flat_map(|k| snapshot.arcs_of_kind(k).cloned())
+            .collect();
+        let options = CompileOptions {
+            now: String::new(),
+            ..options.clone()
+        };
+        let same_world = world.len() == self.world.len()
+            && world
+                .iter()
+                .zip(&self.world)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same_world || self.options.as_ref() != Some(&options) {
+            self.routes.clear();
+        }
+        self.world = world;
+        self.options = Some(options);
+    }
+}
+
+/// Compiles a snapshot, reusing what `cache` holds from the previous compile where its inputs
+/// are unchanged, and leaving in it what the next compile can reuse.
+pub fn compile_with(
+    snapshot: &Snapshot,
+    options: &CompileOptions,
+    cache: &mut CompileCache,
+) -> Compiled {
+    cache.prepare(snapshot, options);
     let mut report = StatusReport {
         objects: Vec::new(),
         errors: snapshot.errors.clone(),
     };
     let mut gateways = gateways::compile(snapshot, options, &mut report);
-    let endpoints = routes::compile(snapshot, &mut gateways, options, &mut report);
+    let endpoints = routes::compile(
+        snapshot,
+        &mut gateways,
+        options,
+        &mut report,
+        &mut cache.routes,
+    );
     let assigned = gateways.assigned();
-    let (table, rules) = gateways.into_table(options, &mut report);
+    let (table, rules) = gateways.into_table(options, &mut report, &mut cache.indexes);
     report
         .objects
         .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));

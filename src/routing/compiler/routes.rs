@@ -43,7 +43,7 @@ struct MatchRank {
     no_method: bool,
     headers: std::cmp::Reverse<usize>,
     query: std::cmp::Reverse<usize>,
-    /// Position of the route among the listener's routes by age and name.
+    /// Position of the route, by age and name, among the routes serving the same host.
     route: usize,
     /// Rule index times 1000 plus match index.
     position: usize,
@@ -67,145 +67,47 @@ pub(super) struct CompiledRoute {
     partially_invalid: Option<Problem>,
 }
 
-/// Translates every HTTPRoute and GRPCRoute and attaches it; returns the ready endpoint count of
-/// every backend referred to.
+/// Translates every HTTPRoute, GRPCRoute and TLSRoute and attaches it; returns the ready
+/// endpoint count of every backend referred to.
+///
+/// A route whose object is the one `cache` saw last time, in an unchanged world, is not
+/// translated again: its [`RouteOutcome`] is replayed. Everything else is computed afresh and
+/// recorded for the next compile.
 pub(super) fn compile(
     snapshot: &Snapshot,
     gateways: &mut Gateways,
     options: &CompileOptions,
     report: &mut StatusReport,
+    cache: &mut RouteCache,
 ) -> std::collections::BTreeMap<String, usize> {
     let mut backends = BackendCache::default();
+    // Routes come in key order, and the outcomes were kept in the order they came last time:
+    // one walk pairs each route with its previous outcome, passing those of deleted routes.
+    let mut previous = std::mem::take(&mut cache.routes).into_iter().peekable();
     let routes = snapshot
-        .of_kind(Kind::HttpRoute)
-        .chain(snapshot.of_kind(Kind::GrpcRoute))
-        .chain(snapshot.of_kind(Kind::TlsRoute));
+        .arcs_of_kind(Kind::HttpRoute)
+        .chain(snapshot.arcs_of_kind(Kind::GrpcRoute))
+        .chain(snapshot.arcs_of_kind(Kind::TlsRoute));
     for route in routes {
-        let spec: Result<RouteSpec, String> = match route.key.kind {
-            Kind::GrpcRoute => api::read::<api::GrpcRouteSpec>(route.spec()).map(Into::into),
-            Kind::TlsRoute => api::read::<api::TlsRouteSpec>(route.spec()).map(Into::into),
-            _ => api::read(route.spec()),
-        };
-        // A spec that does not decode still names its parents, most of the time: read them on
-        // their own, so that the route is reported on the Gateways it meant (Accepted=False)
-        // rather than silently dropped.
-        let parent_refs: Vec<api::ParentRef> = match &spec {
-            Ok(s) => s.parent_refs.clone(),
-            Err(e) => match api::read::<Vec<api::ParentRef>>(&route.spec()["parentRefs"]) {
-                Ok(refs) => refs,
-                Err(_) => {
-                    report.errors.push(SourceError {
-                        source: format!(
-                            "{} {}/{}",
-                            route.key.kind, route.key.namespace, route.key.name
-                        ),
-                        message: format!(
-                            "spec does not parse, nor do its parentRefs, so no status can be \
-                             written: {e}"
-                        ),
-                    });
-                    continue;
+        let mut reused = None;
+        while let Some(old) = previous.peek() {
+            if Arc::ptr_eq(&old.route, route) {
+                reused = previous.next();
+                break;
+            }
+            match old.route.key.cmp(&route.key) {
+                std::cmp::Ordering::Less => drop(previous.next()),
+                std::cmp::Ordering::Equal => {
+                    drop(previous.next());
+                    break;
                 }
-            },
-        };
-        if !parent_refs
-            .iter()
-            .any(|p| parent_is_ours(p, &route.key.namespace, gateways))
-        {
-            continue;
+                std::cmp::Ordering::Greater => break,
+            }
         }
-        let (compiled, accepted_problem, resolved_problem) = match spec.as_ref() {
-            Ok(spec) => {
-                let ours: Vec<(String, String)> = spec
-                    .parent_refs
-                    .iter()
-                    .filter(|p| parent_is_ours(p, &route.key.namespace, gateways))
-                    .map(|p| {
-                        let ns = p
-                            .namespace
-                            .clone()
-                            .unwrap_or_else(|| route.key.namespace.clone());
-                        (ns, p.name.clone())
-                    })
-                    .collect();
-                translate(route, spec, snapshot, &mut backends, &ours)
-            }
-            Err(e) => (
-                CompiledRoute {
-                    order: Default::default(),
-                    rules: Vec::new(),
-                    kind: route.key.kind,
-                    partially_invalid: None,
-                },
-                Some(("UnsupportedValue", format!("spec does not parse: {e}"))),
-                None,
-            ),
-        };
-        let compiled = Arc::new(compiled);
-        let mut parents = Vec::new();
-        for parent in parent_refs {
-            if !parent_is_ours(&parent, &route.key.namespace, gateways) {
-                continue;
-            }
-            let hostnames = spec
-                .as_ref()
-                .map(|s| s.hostnames.clone())
-                .unwrap_or_default();
-            let attach = if accepted_problem.is_some() {
-                accepted_problem.clone()
-            } else {
-                attach(route, &parent, &hostnames, &compiled, snapshot, gateways)
-            };
-            let mut c = Conditions::new(route.generation, &options.now);
-            match attach {
-                Some((reason, msg)) => c.set("Accepted", false, reason, msg),
-                None => c.set("Accepted", true, "Accepted", "route is attached"),
-            }
-            match &resolved_problem {
-                Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
-                None => c.set(
-                    "ResolvedRefs",
-                    true,
-                    "ResolvedRefs",
-                    "all references are resolved",
-                ),
-            }
-            if let Some((reason, msg)) = &compiled.partially_invalid {
-                c.set(
-                    "PartiallyInvalid",
-                    true,
-                    reason,
-                    format!("{msg}; the other rules are served"),
-                );
-            }
-            let mut parent_ref = parent.clone();
-            parent_ref
-                .group
-                .get_or_insert_with(|| GATEWAY_GROUP.to_string());
-            parent_ref.kind.get_or_insert_with(|| "Gateway".to_string());
-            parent_ref
-                .namespace
-                .get_or_insert_with(|| route.key.namespace.clone());
-            parents.push(object([
-                ("parentRef", json!(parent_ref)),
-                (
-                    "controllerName",
-                    Value::from(options.controller_name.as_str()),
-                ),
-                ("conditions", c.into_json()),
-            ]));
-        }
-        report.objects.push(ObjectStatus {
-            api_version: route.body["apiVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            kind: route.key.kind,
-            namespace: route.key.namespace.clone(),
-            name: route.key.name.clone(),
-            generation: route.generation,
-            status: object([("parents", Value::Array(parents))]),
-        });
+        let outcome = reused
+            .unwrap_or_else(|| translate_route(route, snapshot, gateways, options, &mut backends));
+        outcome.apply(gateways, &mut backends, report);
+        cache.routes.push(outcome);
     }
     policy_status(&backends.policies, options, report);
     backends
@@ -216,6 +118,249 @@ pub(super) fn compile(
             Backend::Invalid { .. } => None,
         })
         .collect()
+}
+
+/// Route outcomes from the previous compile, in route key order. The compiler empties it whenever
+/// anything but a route changed (see [`super::CompileCache`]), since any other object can
+/// change how a route resolves or attaches.
+#[derive(Default)]
+pub(super) struct RouteCache {
+    routes: Vec<RouteOutcome>,
+}
+
+impl RouteCache {
+    pub(super) fn clear(&mut self) {
+        self.routes.clear();
+    }
+}
+
+/// Everything one route contributes to a compile, so that it can be added again without
+/// being computed again.
+pub(super) struct RouteOutcome {
+    /// The object this was computed from: reusable only while the store holds this very one.
+    route: Arc<Object>,
+    /// A report error, when not even the route's parentRefs could be read.
+    error: Option<SourceError>,
+    /// The route's status, when it names a Gateway of ours.
+    status: Option<Arc<ObjectStatus>>,
+    compiled: Arc<CompiledRoute>,
+    /// Where it attaches: Gateway (namespace, name), listener index, effective hostnames.
+    attachments: Vec<((String, String), usize, Hostnames)>,
+    /// The Service ports its backendRefs resolved, in the order resolved.
+    backends: Vec<UsedBackend>,
+    /// The Gateways of ours it names, for the status of the policies it uses.
+    parents: Vec<(String, String)>,
+}
+
+/// The hostnames a route serves on one listener (`None`: any), shared between compiles.
+pub(super) type Hostnames = Arc<[Option<String>]>;
+
+/// One Service port a route resolved, and the BackendTLSPolicy that applied to it.
+struct UsedBackend {
+    key: ServiceKey,
+    backend: Arc<Backend>,
+    /// The policy and its use as first recorded (without ancestors).
+    policy: Option<(crate::controller::ObjectKey, PolicyUse)>,
+}
+
+impl RouteOutcome {
+    /// Adds the route to its listeners, its status to the report, its backends and policy uses
+    /// to this compile's.
+    fn apply(
+        &self,
+        gateways: &mut Gateways,
+        backends: &mut BackendCache,
+        report: &mut StatusReport,
+    ) {
+        if let Some(error) = &self.error {
+            report.errors.push(error.clone());
+        }
+        if let Some(status) = &self.status {
+            report.objects.push(status.clone());
+        }
+        for (gateway, listener, hosts) in &self.attachments {
+            if let Some(l) = gateways
+                .by_key
+                .get_mut(gateway)
+                .and_then(|g| g.listeners.get_mut(*listener))
+            {
+                l.attached += 1;
+                l.routes.push((self.compiled.clone(), hosts.clone()));
+            }
+        }
+        for used in &self.backends {
+            if !backends.services.contains_key(&used.key) {
+                backends
+                    .services
+                    .insert(used.key.clone(), used.backend.clone());
+            }
+            if let Some((policy, first)) = &used.policy {
+                backends
+                    .service_policy
+                    .insert(used.key.clone(), policy.clone());
+                let entry = backends
+                    .policies
+                    .entry(policy.clone())
+                    .or_insert_with(|| first.clone());
+                for parent in &self.parents {
+                    if !entry.ancestors.contains(parent) {
+                        entry.ancestors.push(parent.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Translates one route and works out where it attaches, without changing anything but
+/// `backends` (which only caches what any route would resolve the same way).
+fn translate_route(
+    route: &Arc<Object>,
+    snapshot: &Snapshot,
+    gateways: &Gateways,
+    options: &CompileOptions,
+    backends: &mut BackendCache,
+) -> RouteOutcome {
+    let mut outcome = RouteOutcome {
+        route: route.clone(),
+        error: None,
+        status: None,
+        compiled: Arc::new(CompiledRoute {
+            order: Default::default(),
+            rules: Vec::new(),
+            kind: route.key.kind,
+            partially_invalid: None,
+        }),
+        attachments: Vec::new(),
+        backends: Vec::new(),
+        parents: Vec::new(),
+    };
+    let spec: Result<RouteSpec, String> = match route.key.kind {
+        Kind::GrpcRoute => api::read::<api::GrpcRouteSpec>(route.spec()).map(Into::into),
+        Kind::TlsRoute => api::read::<api::TlsRouteSpec>(route.spec()).map(Into::into),
+        _ => api::read(route.spec()),
+    };
+    // A spec that does not decode still names its parents, most of the time: read them on
+    // their own, so that the route is reported on the Gateways it meant (Accepted=False)
+    // rather than silently dropped.
+    let parent_refs: Vec<api::ParentRef> = match &spec {
+        Ok(s) => s.parent_refs.clone(),
+        Err(e) => match api::read::<Vec<api::ParentRef>>(&route.spec()["parentRefs"]) {
+            Ok(refs) => refs,
+            Err(_) => {
+                outcome.error = Some(SourceError {
+                    source: format!(
+                        "{} {}/{}",
+                        route.key.kind, route.key.namespace, route.key.name
+                    ),
+                    message: format!(
+                        "spec does not parse, nor do its parentRefs, so no status can be \
+                         written: {e}"
+                    ),
+                });
+                return outcome;
+            }
+        },
+    };
+    let ours: Vec<&api::ParentRef> = parent_refs
+        .iter()
+        .filter(|p| parent_is_ours(p, &route.key.namespace, gateways))
+        .collect();
+    if ours.is_empty() {
+        return outcome;
+    }
+    outcome.parents = ours
+        .iter()
+        .map(|p| {
+            let ns = p
+                .namespace
+                .clone()
+                .unwrap_or_else(|| route.key.namespace.clone());
+            (ns, p.name.clone())
+        })
+        .collect();
+    let (accepted_problem, resolved_problem) = match spec.as_ref() {
+        Ok(spec) => {
+            let (compiled, accepted, resolved) =
+                translate(route, spec, snapshot, backends, &outcome.parents);
+            outcome.compiled = Arc::new(compiled);
+            (accepted, resolved)
+        }
+        Err(e) => (
+            Some(("UnsupportedValue", format!("spec does not parse: {e}"))),
+            None,
+        ),
+    };
+    outcome.backends = backends.take_used();
+    let hostnames = spec
+        .as_ref()
+        .map(|s| s.hostnames.as_slice())
+        .unwrap_or_default();
+    let mut parents = Vec::new();
+    for parent in ours {
+        let attach = match &accepted_problem {
+            Some(problem) => Some(problem.clone()),
+            None => attach(
+                route,
+                parent,
+                hostnames,
+                snapshot,
+                gateways,
+                &mut outcome.attachments,
+            ),
+        };
+        let mut c = Conditions::new(route.generation, &options.now);
+        match attach {
+            Some((reason, msg)) => c.set("Accepted", false, reason, msg),
+            None => c.set("Accepted", true, "Accepted", "route is attached"),
+        }
+        match &resolved_problem {
+            Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
+            None => c.set(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references are resolved",
+            ),
+        }
+        if let Some((reason, msg)) = &outcome.compiled.partially_invalid {
+            c.set(
+                "PartiallyInvalid",
+                true,
+                reason,
+                format!("{msg}; the other rules are served"),
+            );
+        }
+        let mut parent_ref = parent.clone();
+        parent_ref
+            .group
+            .get_or_insert_with(|| GATEWAY_GROUP.to_string());
+        parent_ref.kind.get_or_insert_with(|| "Gateway".to_string());
+        parent_ref
+            .namespace
+            .get_or_insert_with(|| route.key.namespace.clone());
+        parents.push(object([
+            ("parentRef", json!(parent_ref)),
+            (
+                "controllerName",
+                Value::from(options.controller_name.as_str()),
+            ),
+            ("conditions", c.into_json()),
+        ]));
+    }
+    outcome.status = Some(Arc::new(ObjectStatus {
+        api_version: route.body["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        kind: route.key.kind,
+        namespace: route.key.namespace.clone(),
+        name: route.key.name.clone(),
+        generation: route.generation,
+        status: object([("parents", Value::Array(parents))]),
+        problems: Default::default(),
+    }));
+    outcome
 }
 
 fn parent_is_ours(parent: &api::ParentRef, route_namespace: &str, gateways: &Gateways) -> bool {
@@ -230,26 +375,25 @@ fn parent_is_ours(parent: &api::ParentRef, route_namespace: &str, gateways: &Gat
         ))
 }
 
-/// Attaches a route to the listeners one parentRef selects. Returns the `Accepted=False`
-/// reason when it attaches nowhere.
+/// Works out which listeners one parentRef attaches a route to, adding them to
+/// `attachments`. Returns the `Accepted=False` reason when it attaches nowhere.
 fn attach(
     route: &Object,
     parent: &api::ParentRef,
     hostnames: &[String],
-    compiled: &Arc<CompiledRoute>,
     snapshot: &Snapshot,
-    gateways: &mut Gateways,
+    gateways: &Gateways,
+    attachments: &mut Vec<((String, String), usize, Hostnames)>,
 ) -> Option<Problem> {
     let namespace = parent
         .namespace
         .clone()
         .unwrap_or_else(|| route.key.namespace.clone());
-    let gateway = gateways.get_mut(&namespace, &parent.name)?;
-    let gateway_namespace = gateway.namespace.clone();
+    let gateway = gateways.get(&namespace, &parent.name)?;
     let mut selected = 0;
     let mut allowed = 0;
     let mut attached = 0;
-    for l in gateway.listeners.iter_mut() {
+    for (index, l) in gateway.listeners.iter().enumerate() {
         if parent.section_name.as_ref().is_some_and(|s| *s != l.name)
             || parent.port.is_some_and(|p| p != i64::from(l.port))
         {
@@ -259,7 +403,7 @@ fn attach(
         if !l.allows(
             route.key.kind.as_str(),
             &route.key.namespace,
-            &gateway_namespace,
+            &gateway.namespace,
             snapshot,
         ) {
             continue;
@@ -270,8 +414,11 @@ fn attach(
             continue;
         }
         attached += 1;
-        l.attached += 1;
-        l.routes.push((compiled.clone(), hosts));
+        attachments.push((
+            (namespace.clone(), parent.name.clone()),
+            index,
+            hosts.into(),
+        ));
     }
     if attached > 0 {
         None
@@ -669,13 +816,50 @@ fn path_replace(p: &api::PathModifier) -> Result<PathReplace, String> {
     }
 }
 
+/// A Service port as a backendRef names it: namespace, name, port, and whether it is spoken
+/// to over HTTP/2 cleartext whatever the port says (GRPCRoute).
+type ServiceKey = (String, String, i64, bool);
+
 /// Backends shared between rules, so that one Service port is resolved once per compile.
 #[derive(Default)]
 struct BackendCache {
-    services: HashMap<(String, String, i64, bool), Arc<Backend>>,
+    services: HashMap<ServiceKey, Arc<Backend>>,
     policies: HashMap<crate::controller::ObjectKey, PolicyUse>,
     /// Which policy applies to a cached Service port.
-    service_policy: HashMap<(String, String, i64, bool), crate::controller::ObjectKey>,
+    service_policy: HashMap<ServiceKey, crate::controller::ObjectKey>,
+    /// The Service ports resolved since [`BackendCache::take_used`] was last called.
+    used: Vec<ServiceKey>,
+}
+
+impl BackendCache {
+    /// The Service ports resolved by the route just translated, with what they resolved to.
+    fn take_used(&mut self) -> Vec<UsedBackend> {
+        let mut out: Vec<UsedBackend> = Vec::new();
+        for key in std::mem::take(&mut self.used) {
+            if out.iter().any(|u| u.key == key) {
+                continue;
+            }
+            let Some(backend) = self.services.get(&key) else {
+                continue;
+            };
+            let policy = self.service_policy.get(&key).and_then(|p| {
+                let used = self.policies.get(p)?;
+                Some((
+                    p.clone(),
+                    PolicyUse {
+                        ancestors: Vec::new(),
+                        ..used.clone()
+                    },
+                ))
+            });
+            out.push(UsedBackend {
+                backend: backend.clone(),
+                key,
+                policy,
+            });
+        }
+        out
+    }
 }
 
 fn resolve_backend(
@@ -729,6 +913,7 @@ fn try_resolve(
         ));
     };
     let key = (namespace.clone(), b.name.clone(), port, ctx.h2c);
+    cache.used.push(key.clone());
     if let Some(hit) = cache.services.get(&key) {
         if let Some(policy) = cache.service_policy.get(&key) {
             if let Some(used) = cache.policies.get_mut(policy) {
@@ -788,7 +973,7 @@ fn try_resolve(
 /// (with the Gateways of the routing route as ancestors) in `cache`.
 fn backend_tls(
     ctx: &RefContext<'_>,
-    service_key: &(String, String, i64, bool),
+    service_key: &ServiceKey,
     service: &str,
     port_name: Option<&str>,
     cache: &mut BackendCache,
@@ -913,18 +1098,20 @@ fn policy_status(
                 ])
             })
             .collect();
-        report.objects.push(ObjectStatus {
+        report.objects.push(Arc::new(ObjectStatus {
             api_version: used.api_version.clone(),
             kind: key.kind,
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             generation: used.generation,
             status: object([("ancestors", Value::Array(ancestors))]),
-        });
+            problems: Default::default(),
+        }));
     }
 }
 
 /// A BackendTLSPolicy in use, for its status.
+#[derive(Clone)]
 struct PolicyUse {
     generation: i64,
     api_version: String,
@@ -1022,83 +1209,116 @@ struct Bucket {
     regex: Vec<(MatchRank, Regex, Entry)>,
 }
 
+/// A listener's host index as last built: for each host, the routes its entries came from
+/// (in precedence order) and the entries. A host whose routes are the very same ones, in the
+/// same order, keeps its entries. Holding the routes keeps their addresses from being reused.
+#[derive(Default)]
+pub(super) struct IndexCache {
+    hosts: HashMap<Option<String>, HostEntries>,
+}
+
+/// The routes serving one host, in precedence order, and the entries built from them.
+type HostEntries = (Vec<Arc<CompiledRoute>>, Arc<PathIndex>);
+
 impl HostIndex {
     /// Builds the index of one listener from the routes attached to it and their effective
-    /// hostnames there.
-    pub(super) fn build(routes: &[(Arc<CompiledRoute>, Vec<Option<String>>)]) -> HostIndex {
+    /// hostnames there, reusing from `cache` the entries of hosts whose routes did not change
+    /// and leaving this build's in it.
+    pub(super) fn build(
+        routes: &[(Arc<CompiledRoute>, Hostnames)],
+        cache: &mut IndexCache,
+    ) -> HostIndex {
         // Routes in precedence order across routes: oldest first, then namespace/name.
-        let mut ordered: Vec<&(Arc<CompiledRoute>, Vec<Option<String>>)> = routes.iter().collect();
+        let mut ordered: Vec<&(Arc<CompiledRoute>, Hostnames)> = routes
+            .iter()
+            .filter(|(route, _)| route.kind != Kind::TlsRoute)
+            .collect();
         ordered.sort_by(|a, b| a.0.order.cmp(&b.0.order));
-        let mut buckets: HashMap<Option<String>, Bucket> = HashMap::new();
-        for (route_order, (route, hosts)) in ordered.into_iter().enumerate() {
-            if route.kind == Kind::TlsRoute {
-                continue;
-            }
-            for host in hosts {
-                let bucket = buckets.entry(host.clone()).or_default();
-                for m in &route.rules {
-                    let prefix = match &m.path {
-                        PathKind::Prefix(p) => Some(Arc::from(p.as_str())),
-                        _ => None,
-                    };
-                    let entry = Entry {
-                        conditions: m.conditions.clone(),
-                        rule: m.rule.clone(),
-                        prefix,
-                    };
-                    let rank = MatchRank {
-                        route: route_order,
-                        ..m.rank
-                    };
-                    match &m.path {
-                        PathKind::Exact(p) => bucket
-                            .exact
-                            .entry(p.clone())
-                            .or_default()
-                            .push((rank, entry)),
-                        PathKind::Prefix(p) => bucket
-                            .prefix
-                            .entry(p.clone())
-                            .or_default()
-                            .push((rank, entry)),
-                        PathKind::Regex(r) => bucket.regex.push((rank, r.clone(), entry)),
-                    }
-                }
+        let mut by_host: HashMap<&Option<String>, Vec<Arc<CompiledRoute>>> = HashMap::new();
+        for (route, hosts) in ordered {
+            for host in hosts.iter() {
+                by_host.entry(host).or_default().push(route.clone());
             }
         }
-        let finish = |mut v: Vec<(MatchRank, Entry)>| -> Vec<Entry> {
-            v.sort_by_key(|(rank, _)| *rank);
-            v.into_iter().map(|(_, e)| e).collect()
-        };
+        let mut previous = std::mem::take(&mut cache.hosts);
         let mut index = HostIndex::default();
-        for (host, mut bucket) in buckets {
-            bucket.regex.sort_by_key(|(rank, _, _)| *rank);
-            let paths = PathIndex {
-                exact: bucket
-                    .exact
-                    .into_iter()
-                    .map(|(k, v)| (k, finish(v)))
-                    .collect(),
-                prefix: bucket
-                    .prefix
-                    .into_iter()
-                    .map(|(k, v)| (k, finish(v)))
-                    .collect(),
-                regex: bucket.regex.into_iter().map(|(_, r, e)| (r, e)).collect(),
+        for (host, routes) in by_host {
+            let reused = previous.remove_entry(host).filter(|(_, (before, _))| {
+                before.len() == routes.len()
+                    && before.iter().zip(&routes).all(|(a, b)| Arc::ptr_eq(a, b))
+            });
+            let (host, paths) = match reused {
+                Some((host, (_, paths))) => (host, paths),
+                None => (host.clone(), Arc::new(path_index(&routes))),
             };
-            match host {
-                None => index.any = Some(paths),
+            match host.as_deref() {
+                None => index.any = Some(paths.clone()),
                 Some(h) => match h.strip_prefix('*') {
                     Some(suffix) => {
-                        index.wildcard.insert(suffix.to_string(), paths);
+                        index.wildcard.insert(suffix.to_string(), paths.clone());
                     }
                     None => {
-                        index.exact.insert(h, paths);
+                        index.exact.insert(h.to_string(), paths.clone());
                     }
                 },
             }
+            cache.hosts.insert(host, (routes, paths));
         }
         index
+    }
+}
+
+/// The entries of one host, from the routes that serve it in precedence order.
+fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
+    let mut bucket = Bucket::default();
+    for (route_order, route) in routes.iter().enumerate() {
+        for m in &route.rules {
+            let prefix = match &m.path {
+                PathKind::Prefix(p) => Some(Arc::from(p.as_str())),
+                _ => None,
+            };
+            let entry = Entry {
+                conditions: m.conditions.clone(),
+                rule: m.rule.clone(),
+                prefix,
+            };
+            // Only the order of routes within this host matters to precedence.
+            let rank = MatchRank {
+                route: route_order,
+                ..m.rank
+            };
+            match &m.path {
+                PathKind::Exact(p) => bucket
+                    .exact
+                    .entry(p.clone())
+                    .or_default()
+                    .push((rank, entry)),
+                PathKind::Prefix(p) => bucket
+                    .prefix
+                    .entry(p.clone())
+                    .or_default()
+                    .push((rank, entry)),
+                PathKind::Regex(r) => bucket.regex.push((rank, r.clone(), entry)),
+            }
+        }
+    }
+    let finish = |mut v: Vec<(MatchRank, Entry)>| -> Vec<Entry> {
+        v.sort_by_key(|(rank, _)| *rank);
+        v.into_iter().map(|(_, e)| e).collect()
+    };
+    bucket.regex.sort_by_key(|(rank, _, _)| *rank);
+    PathIndex {
+        exact: bucket
+            .exact
+            .into_iter()
+            .map(|(k, v)| (k, finish(v)))
+            .collect(),
+        prefix: bucket
+            .prefix
+            .into_iter()
+            .map(|(k, v)| (k, finish(v)))
+            .collect(),
+        regex: bucket.regex.into_iter().map(|(_, r, e)| (r, e)).collect(),
     }
 }
 
@@ -1106,7 +1326,7 @@ impl HostIndex {
 /// hostname first (exact, then longer wildcards, then routes without hostnames), ties by route
 /// age and name.
 pub(super) fn passthrough_table(
-    routes: &[(Arc<CompiledRoute>, Vec<Option<String>>)],
+    routes: &[(Arc<CompiledRoute>, Hostnames)],
 ) -> Vec<(Option<String>, Arc<Rule>)> {
     let mut out: Vec<(Option<String>, &CompiledRoute, Arc<Rule>)> = Vec::new();
     for (route, hosts) in routes {
@@ -1116,7 +1336,7 @@ pub(super) fn passthrough_table(
         let Some(first) = route.rules.first() else {
             continue;
         };
-        for host in hosts {
+        for host in hosts.iter() {
             out.push((host.clone(), route, first.rule.clone()));
         }
     }

@@ -322,3 +322,145 @@ fn gateways_report_their_services_addresses_in_the_order_clients_reach_them() {
         serde_json::json!([{"type": "IPAddress", "value": "127.0.0.1"}])
     );
 }
+
+/// Objects for the incremental tests: a second Gateway in another namespace, a policy-backed
+/// Service and a spread of routes over exact, wildcard and shared hosts.
+const INCREMENTAL_BASE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: web}
+spec:
+  gatewayClassName: portcullis
+  listeners:
+  - {name: web, port: 81, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: secure, namespace: infra}
+spec: {ports: [{name: https, port: 443}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: secure-tls, namespace: infra}
+spec:
+  targetRefs: [{group: "", kind: Service, name: secure}]
+  validation: {hostname: secure.example, wellKnownCACertificates: System}
+"#;
+
+fn incremental_route(name: &str, host: &str, path: &str, backend: &str, port: u16) -> String {
+    format!(
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: infra}}
+spec:
+  parentRefs: [{{name: gw}}, {{name: edge, namespace: web}}]
+  hostnames: ["{host}"]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: {path}}}}}]
+    backendRefs: [{{name: {backend}, port: {port}}}]
+"#
+    )
+}
+
+/// The table, the report and the counts of a compile, as comparable JSON.
+fn outcome(c: &Compiled) -> serde_json::Value {
+    serde_json::json!({
+        "table": crate::routing::explain::describe(&c.table),
+        "report": serde_json::to_value(&c.report).unwrap(),
+        "rules": c.rules,
+        "endpoints": c.endpoints,
+        "assigned": c.assigned,
+    })
+}
+
+#[test]
+fn an_incremental_compile_equals_a_fresh_one() {
+    let store = crate::controller::Store::new();
+    let load = |yaml: &str| {
+        let (objects, errors) = parse_manifests(yaml).expect("test YAML parses");
+        assert!(errors.is_empty(), "{errors:?}");
+        store.apply(&[], objects);
+    };
+    load(BASE);
+    load(INCREMENTAL_BASE);
+    load(&incremental_route("a", "a.example", "/", "svc", 8080));
+    load(&incremental_route("b", "shared.example", "/b", "svc", 8080));
+    load(&incremental_route(
+        "c",
+        "shared.example",
+        "/c",
+        "secure",
+        443,
+    ));
+    load(&incremental_route(
+        "d",
+        "*.wild.example",
+        "/",
+        "secure",
+        443,
+    ));
+    load(&incremental_route("e", "e.example", "/", "missing", 80));
+    let options = CompileOptions {
+        address_pool: vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
+        ..Default::default()
+    };
+    let mut cache = CompileCache::default();
+    let check = |cache: &mut CompileCache, step: &str| -> Compiled {
+        let snapshot = store.snapshot();
+        let incremental = compile_with(&snapshot, &options, cache);
+        let fresh = compile(&snapshot, &options);
+        assert_eq!(outcome(&incremental), outcome(&fresh), "after {step}");
+        incremental
+    };
+    let first = check(&mut cache, "the first compile");
+    let shared_paths = |c: &Compiled| {
+        let bind = "127.0.0.1:80".parse().unwrap();
+        c.table.binds[&bind].listeners[0].hosts.exact["a.example"].clone()
+    };
+
+    // One route changes: the others' host entries are handed on, not rebuilt.
+    load(&incremental_route(
+        "b",
+        "shared.example",
+        "/bb",
+        "svc",
+        8080,
+    ));
+    let second = check(&mut cache, "a route changed");
+    assert!(Arc::ptr_eq(&shared_paths(&first), &shared_paths(&second)));
+    assert_eq!(
+        lookup_route(&second, "shared.example", "/bb", &[]).as_deref(),
+        Some("infra/b#0")
+    );
+
+    // Routes come and go; one moves to a host another route serves.
+    store.delete(&crate::controller::ObjectKey::new(
+        Kind::HttpRoute,
+        "infra",
+        "c",
+    ));
+    load(&incremental_route("f", "a.example", "/f", "secure", 443));
+    let third = check(&mut cache, "routes were added and deleted");
+    assert!(!Arc::ptr_eq(&shared_paths(&second), &shared_paths(&third)));
+
+    // A Service changes: every route may resolve differently, so everything is redone.
+    load(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: missing, namespace: infra}\n\
+         spec: {ports: [{name: http, port: 80}]}\n",
+    );
+    check(&mut cache, "a Service appeared");
+
+    // Options change (here the address pool): redone as well.
+    let options = CompileOptions {
+        address_pool: vec!["127.0.0.3".parse().unwrap(), "127.0.0.2".parse().unwrap()],
+        ..options.clone()
+    };
+    let snapshot = store.snapshot();
+    let incremental = compile_with(&snapshot, &options, &mut cache);
+    assert_eq!(
+        outcome(&incremental),
+        outcome(&compile(&snapshot, &options))
+    );
+}
