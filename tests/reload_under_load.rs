@@ -111,6 +111,16 @@ async fn scrape(client: &reqwest::Client, admin: SocketAddr, metric: &str) -> f6
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_endpoints_change_100_times_under_keepalive_load() {
+    reload_under_load(None).await;
+}
+
+/// The same on one serving thread, where the compile loop shares the thread with requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_endpoints_change_100_times_on_one_thread() {
+    reload_under_load(Some("1")).await;
+}
+
+async fn reload_under_load(threads: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let (echo_1, echo_2) = (free_port(), free_port());
     let _e1 = spawn(&[
@@ -134,15 +144,19 @@ async fn routes_and_endpoints_change_100_times_under_keepalive_load() {
     let listen = free_port();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let offset = (i32::from(listen) - 80).to_string();
-    let _gw = spawn(&[
+    let mut args = vec![
         "run",
         "--config-dir",
         dir.path().to_str().unwrap(),
-        "--admin-addr",
-        &admin.to_string(),
         "--port-offset",
         &offset,
-    ]);
+    ];
+    let admin_text = admin.to_string();
+    args.extend(["--admin-addr", &admin_text]);
+    if let Some(threads) = threads {
+        args.extend(["--threads", threads]);
+    }
+    let _gw = spawn(&args);
     let url = format!("http://127.0.0.1:{listen}/");
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(8)

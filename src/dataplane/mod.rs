@@ -141,23 +141,28 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         }
         tokio::time::sleep(DEBOUNCE).await;
         changes.borrow_and_update();
-        let snapshot = store.snapshot();
         let started = Instant::now();
         compile_options.now = crate::controller::directory::now_rfc3339();
-        // A compile of thousands of routes takes tens of milliseconds: run it where it does not
-        // hold up the requests that this runtime's workers are serving.
+        // Taking the snapshot, compiling it and counting its objects take milliseconds at
+        // thousands of routes: do it where it does not hold up the requests being served.
         let job = {
             let options = compile_options.clone();
             let mut taken = cache.take().unwrap_or_default();
+            let store = store.clone();
             tokio::task::spawn_blocking(move || {
+                let snapshot = store.snapshot();
                 let compiled = compile_with(&snapshot, &options, &mut taken);
-                (snapshot, compiled, taken)
+                let counts: Vec<(crate::controller::Kind, usize)> = crate::controller::Kind::ALL
+                    .into_iter()
+                    .map(|kind| (kind, snapshot.of_kind(kind).count()))
+                    .collect();
+                (compiled, taken, counts)
             })
         };
-        let (snapshot, compiled) = match job.await {
-            Ok((snapshot, compiled, kept)) => {
+        let (compiled, counts) = match job.await {
+            Ok((compiled, kept, counts)) => {
                 cache = Some(kept);
-                (snapshot, compiled)
+                (compiled, counts)
             }
             Err(err) => {
                 // The compiler never fails on input; a panic is a bug. Keep serving the last
@@ -193,11 +198,11 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         metrics.config_generation.set(generation as i64);
         metrics.rules.set(rules as i64);
         metrics.objects.reset();
-        for kind in crate::controller::Kind::ALL {
+        for (kind, count) in &counts {
             metrics
                 .objects
                 .with_label_values(&[kind.as_str()])
-                .set(snapshot.of_kind(kind).count() as i64);
+                .set(*count as i64);
         }
         metrics.endpoints_ready.reset();
         for (backend, ready) in &compiled.endpoints {
@@ -209,7 +214,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         metrics.config_problems.set(problems.len() as i64);
         tracing::info!(
             generation,
-            objects = snapshot.len(),
+            objects = counts.iter().map(|(_, n)| n).sum::<usize>(),
             rules,
             sockets = binds.len(),
             problems = problems.len(),
