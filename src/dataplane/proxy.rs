@@ -188,10 +188,10 @@ impl ProxyHttp for Proxy {
                 forwarded.push_str(", ");
             }
             push_ip(&mut forwarded, addr.ip());
-            upstream.insert_header(X_FORWARDED_FOR, forwarded)?;
+            upstream.insert_header(X_FORWARDED_FOR_WIRE, forwarded)?;
         }
-        upstream.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme))?;
-        upstream.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream.insert_header(X_FORWARDED_PROTO_WIRE, HeaderValue::from_static(ctx.scheme))?;
+        upstream.insert_header(X_REQUEST_ID_WIRE, ctx.request_id.as_str())?;
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
@@ -722,8 +722,12 @@ fn redirect_location(
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+// The same names as Pingora's case-preserving header map keeps them for the wire. Given a
+// `HeaderName`, it would title-case a fresh copy on every insert; a static string is taken as is.
+const X_FORWARDED_FOR_WIRE: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO_WIRE: &str = "X-Forwarded-Proto";
+const X_REQUEST_ID_WIRE: &str = "X-Request-Id";
 
 /// A request id: 32 lowercase hex digits.
 fn new_request_id(bits: u128) -> String {
