@@ -112,6 +112,34 @@ fn check_reports_every_mistake_and_exits_nonzero() {
     assert!(report["objects"].as_array().is_some_and(|o| !o.is_empty()));
 }
 
+/// Offline, a directory is read once: a file that does not parse never held objects, so the
+/// commands must report its error without claiming that earlier objects are kept.
+#[test]
+fn offline_commands_do_not_claim_to_keep_objects_of_a_broken_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("malformed.yaml"), BAD[0].1).unwrap();
+    let check = portcullis().arg("check").arg(dir.path()).output().unwrap();
+    let explain = portcullis()
+        .args(["explain", "--config-dir"])
+        .arg(dir.path())
+        .args(["--listener", "app/gw/http", "--host", "a.example"])
+        .output()
+        .unwrap();
+    for (command, out) in [("check", check), ("explain", explain)] {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stdout.contains("malformed.yaml") || stderr.contains("malformed.yaml"),
+            "{command} does not report the broken file:\n{stdout}\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("previous objects") && !stderr.contains("held before"),
+            "{command} claims to keep objects it never loaded:\n{stderr}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_good_table_keeps_serving_through_bad_edits() {
     let dir = tempfile::tempdir().unwrap();

@@ -127,8 +127,15 @@ impl DirectoryProvider {
             Err(message) => {
                 // Keep the objects this file held before: a half-saved edit must not take
                 // routes down. Remember the new mtime so the error is reported once, not
-                // re-parsed every poll; the next save changes it again.
-                tracing::warn!(file = %source, error = %message, "manifest file does not parse; keeping its previous objects");
+                // re-parsed every poll; the next save changes it again. A file that never
+                // parsed (always so for `check` and `explain`, which read the directory once)
+                // held nothing, and the log must not claim otherwise.
+                let held = self.files.get(path).map_or(0, |state| state.keys.len());
+                if held > 0 {
+                    tracing::warn!(file = %source, error = %message, objects = held, "manifest file does not parse; keeping the objects it held before");
+                } else {
+                    tracing::warn!(file = %source, error = %message, "manifest file does not parse; none of its objects are loaded");
+                }
                 if let Some(state) = self.files.get_mut(path) {
                     state.modified = modified;
                     state.len = len;
