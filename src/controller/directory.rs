@@ -361,7 +361,8 @@ fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
 
 /// Parses a multi-document YAML text into objects. A syntax error anywhere fails the whole text
 /// (with its line), since the documents after it cannot be trusted; a document that is valid YAML
-/// but not a usable object (unknown kind, no name) is reported and skipped.
+/// but not a usable object (unknown kind, no name) is reported, with its number and the line it
+/// starts on, and skipped.
 pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String> {
     use serde::Deserialize;
     let mut objects = Vec::new();
@@ -370,11 +371,24 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String>
         let value = match Value::deserialize(document) {
             Ok(value) => value,
             Err(err) => {
-                let at = err
-                    .location()
-                    .map(|l| format!("line {}, column {}", l.line(), l.column()))
-                    .unwrap_or_else(|| format!("document {}", index + 1));
-                return Err(format!("YAML syntax error at {at}: {err}"));
+                let Some(at) = err.location() else {
+                    return Err(format!(
+                        "YAML syntax error in document {}: {err}",
+                        index + 1
+                    ));
+                };
+                // serde_yaml's message already ends its problem with " at line L column C";
+                // the location is given once, up front, as in every other error here.
+                let message = err.to_string().replacen(
+                    &format!(" at line {} column {}", at.line(), at.column()),
+                    "",
+                    1,
+                );
+                return Err(format!(
+                    "YAML syntax error at line {}, column {}: {message}",
+                    at.line(),
+                    at.column()
+                ));
             }
         };
         if value.is_null() {
@@ -383,10 +397,39 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String>
         match Object::from_document(value) {
             Ok(Some(object)) => objects.push(object),
             Ok(None) => {}
-            Err(err) => errors.push(format!("document {}: {err}", index + 1)),
+            Err(err) => errors.push((index, err)),
         }
     }
+    let lines = if errors.is_empty() {
+        Vec::new()
+    } else {
+        document_lines(text)
+    };
+    let errors = errors
+        .into_iter()
+        .map(|(index, err)| match lines.get(index).copied().flatten() {
+            Some(line) => format!("document {} (line {line}): {err}", index + 1),
+            None => format!("document {}: {err}", index + 1),
+        })
+        .collect();
     Ok((objects, errors))
+}
+
+/// The line each document of `text` starts on (its first node), by document number from 0;
+/// `None` for an empty document. serde_yaml keeps the positions of a document's nodes to
+/// itself, but an error it raises while reading one carries the position of the node it
+/// stopped at: reading a document as `()` fails on its first node. Run only for a text with
+/// a bad document, so a good file is parsed once.
+fn document_lines(text: &str) -> Vec<Option<usize>> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|document| {
+            <()>::deserialize(document)
+                .err()
+                .and_then(|err| err.location())
+                .map(|at| at.line())
+        })
+        .collect()
 }
 
 /// The current time as Kubernetes writes timestamps (RFC 3339, second precision, UTC).
@@ -408,6 +451,30 @@ mod tests {
         let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  labels: [oops\n";
         let err = parse_manifests(text).unwrap_err();
         assert!(err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_its_location_once() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: [unclosed\n";
+        let err = parse_manifests(text).unwrap_err();
+        assert!(
+            err.starts_with("YAML syntax error at line 5, column 1: "),
+            "{err}"
+        );
+        assert!(!err.contains("line 5 column 1"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_document_is_named_with_the_line_it_starts_on() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n# no name\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {namespace: n}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert_eq!(objects.len(), 1);
+        assert!(
+            errors[0].starts_with("document 2 (line 6): "),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]
