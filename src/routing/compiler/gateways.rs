@@ -708,39 +708,61 @@ fn valid_hostname(h: &str) -> bool {
 }
 
 /// Listeners sharing a port must agree on protocol and differ in hostname (spec: Listener
-/// "Conflicted"). The first listener written keeps the port; later ones are marked.
+/// "Conflicted"). The first listener written keeps the port; later ones are marked. A listener
+/// is judged only against the ones that kept their place (accepted, not conflicted): a
+/// conflicted sibling is not on the port, so it neither blocks a later listener nor is named
+/// as the one serving the port.
 fn mark_conflicts(listeners: &mut [ListenerState]) {
     for i in 0..listeners.len() {
-        for j in 0..i {
-            if listeners[j].port != listeners[i].port || listeners[j].accepted.is_some() {
-                continue;
-            }
-            let compatible = |p: &str| {
-                if p == "HTTPS" || p == "TLS" {
-                    "tls"
-                } else {
-                    "clear"
-                }
+        let (earlier, rest) = listeners.split_at_mut(i);
+        let l = &mut rest[0];
+        let holders: Vec<&ListenerState> = earlier
+            .iter()
+            .filter(|h| h.port == l.port && h.accepted.is_none() && h.conflicted.is_none())
+            .collect();
+        // The holders share one protocol family (a later one of the other family is marked).
+        // A holder can be accepted and still not served (an unresolved certificate, say), so
+        // the message names one that is served, or says that none is.
+        if let Some(first) = holders
+            .iter()
+            .find(|h| tls_family(&h.protocol) != tls_family(&l.protocol))
+        {
+            let message = match holders.iter().find(|h| h.served()) {
+                Some(h) => format!(
+                    "port {} is served by listener {:?} with protocol {}; move this {} listener \
+                     to another port",
+                    l.port, h.name, h.protocol, l.protocol
+                ),
+                None => format!(
+                    "port {} is held by listener {:?} with protocol {}, and no listener is served \
+                     on it (see their conditions); move this {} listener to another port",
+                    l.port, first.name, first.protocol, l.protocol
+                ),
             };
-            if compatible(&listeners[j].protocol) != compatible(&listeners[i].protocol) {
-                listeners[i].conflicted = Some((
-                    "ProtocolConflict",
-                    format!(
-                        "port {} is used by listener {:?} with protocol {}",
-                        listeners[i].port, listeners[j].name, listeners[j].protocol
-                    ),
-                ));
-            } else if listeners[j].hostname == listeners[i].hostname {
-                listeners[i].conflicted = Some((
-                    "HostnameConflict",
-                    format!(
-                        "listener {:?} already serves this hostname on port {}",
-                        listeners[j].name, listeners[i].port
-                    ),
-                ));
-            }
+            l.conflicted = Some(("ProtocolConflict", message));
+        } else if let Some(h) = holders.iter().find(|h| h.hostname == l.hostname) {
+            let message = if h.served() {
+                format!(
+                    "listener {:?} already serves this hostname on port {}; give this listener \
+                     another hostname or port",
+                    h.name, l.port
+                )
+            } else {
+                format!(
+                    "listener {:?} holds this hostname on port {} but is not served (see its \
+                     conditions); give this listener another hostname or port",
+                    h.name, l.port
+                )
+            };
+            l.conflicted = Some(("HostnameConflict", message));
         }
     }
+}
+
+/// Whether a protocol starts with a TLS handshake; only protocols on the same side of that
+/// line can share a port.
+fn tls_family(protocol: &str) -> bool {
+    protocol == "HTTPS" || protocol == "TLS"
 }
 
 fn status_of(object: &Object, status: Value) -> Arc<ObjectStatus> {

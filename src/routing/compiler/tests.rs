@@ -210,6 +210,44 @@ fn duplicate_listener_is_conflicted_and_unknown_protocol_not_accepted() {
 }
 
 #[test]
+fn a_conflicted_listener_names_the_listener_served_on_its_port() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: a, port: 80, protocol: HTTP, hostname: a.example}\n  \
+         - {name: b, port: 80, protocol: HTTP, hostname: a.example}\n  \
+         - {name: c, port: 80, protocol: TLS, tls: {mode: Passthrough}}\n  \
+         - {name: d, port: 80, protocol: HTTP, hostname: d.example}\n  \
+         - {name: e, port: 443, protocol: HTTPS}\n  \
+         - {name: f, port: 443, protocol: HTTP}",
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let conflicted = |n: usize| {
+        gw["listeners"][n]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Conflicted")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(conflicted(1)["reason"], "HostnameConflict");
+    // c clashes with a and with b; b is conflicted itself, so a is the one on port 80.
+    let c2 = conflicted(2);
+    assert_eq!(c2["reason"], "ProtocolConflict");
+    let message = c2["message"].as_str().unwrap();
+    assert!(message.contains("served by listener \"a\""), "{message}");
+    assert!(!message.contains("\"b\""), "{message}");
+    // Only served listeners hold the port: d shares it with a, not with c.
+    assert_eq!(conflicted(3)["status"], "False");
+    // e (no certificate) keeps port 443 but is not served: f's message says so.
+    let f = conflicted(5);
+    assert_eq!(f["reason"], "ProtocolConflict");
+    let message = f["message"].as_str().unwrap();
+    assert!(message.contains("no listener is served"), "{message}");
+}
+
+#[test]
 fn durations_parse_as_the_spec_writes_them() {
     assert_eq!(
         parse_duration("1m30s").unwrap(),
