@@ -3,7 +3,8 @@
 //! Each listener is judged on its own: an unsupported protocol, an invalid route kind or an
 //! unresolvable certificate marks that listener, never its siblings. The Gateway's own
 //! conditions summarize its listeners as the spec describes (`Accepted` stays true with reason
-//! `ListenersNotValid` while at least one listener is valid).
+//! `ListenersNotValid` while at least one listener is valid; `ResolvedRefs` is false with reason
+//! `ListenersNotResolved` while a listener's references do not resolve).
 //!
 //! A Gateway's address is the one its listeners bind, from `--address-pool`. What its
 //! `status.addresses` report can differ: in a cluster, clients reach the gateway through its
@@ -928,10 +929,36 @@ impl Gateways {
                     "a port accepts clients whose certificate is missing or invalid (AllowInsecureFallback)",
                 );
             }
-            // Gateway-level references: the client certificate for TLS backends.
-            match &gateway.backend_cert_problem {
-                Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
-                None => c.set(
+            // The spec's Gateway ResolvedRefs covers the Gateway's own references (the client
+            // certificate for TLS backends) and summarizes its listeners' ResolvedRefs, so a
+            // listener whose references do not resolve makes it false too.
+            let unresolved: Vec<String> = gateway
+                .listeners
+                .iter()
+                .filter_map(|l| {
+                    let (reason, _) = l.resolved.as_ref()?;
+                    Some(format!("{:?} ({reason})", l.name))
+                })
+                .collect();
+            let listeners_problem = match unresolved.as_slice() {
+                [] => None,
+                [one] => Some(format!(
+                    "listener {one} has unresolved references; see its ResolvedRefs condition"
+                )),
+                many => Some(format!(
+                    "listeners {} have unresolved references; see their ResolvedRefs conditions",
+                    many.join(", ")
+                )),
+            };
+            match (&gateway.backend_cert_problem, listeners_problem) {
+                (Some((reason, msg)), None) => c.set("ResolvedRefs", false, reason, msg.clone()),
+                (Some((reason, msg)), Some(listeners)) => {
+                    c.set("ResolvedRefs", false, reason, format!("{msg}; {listeners}"))
+                }
+                (None, Some(listeners)) => {
+                    c.set("ResolvedRefs", false, "ListenersNotResolved", listeners)
+                }
+                (None, None) => c.set(
                     "ResolvedRefs",
                     true,
                     "ResolvedRefs",

@@ -248,6 +248,37 @@ fn a_conflicted_listener_names_the_listener_served_on_its_port() {
 }
 
 #[test]
+fn gateway_resolved_refs_summarizes_its_listeners() {
+    let gateway_condition = |yaml: &str| {
+        let c = compile(&snapshot(yaml), &CompileOptions::default());
+        let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+        gw["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(gateway_condition(BASE)["status"], "True");
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP}\n  \
+         - {name: https, port: 443, protocol: HTTPS, \
+         tls: {certificateRefs: [{name: missing}]}}",
+    );
+    let resolved = gateway_condition(&yaml);
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "ListenersNotResolved");
+    let message = resolved["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"https\" (InvalidCertificateRef)"),
+        "{message}"
+    );
+    assert!(!message.contains("\"http\""), "{message}");
+}
+
+#[test]
 fn durations_parse_as_the_spec_writes_them() {
     assert_eq!(
         parse_duration("1m30s").unwrap(),
