@@ -7,6 +7,8 @@
 #   ROUNDS=5 CALLS=50000 bench/grpc_unary.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=SCRIPTDIR/../scripts/lib/manifests.sh
+source scripts/lib/manifests.sh
 ROUNDS=${ROUNDS:-3}
 CALLS=${CALLS:-20000}
 scripts/install-deps
@@ -34,18 +36,10 @@ pids+=($!)
 
 listen=$(free_port)
 admin=$(free_port)
-cat > "$work/all.yaml" <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: portcullis}
-spec: {controllerName: portcullis.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: bench}
-spec:
-  gatewayClassName: portcullis
-  listeners: [{name: web, port: 80, protocol: HTTP}]
+{
+  manifest_gateway_class
+  manifest_gateway bench gw "$(manifest_listener web 80 HTTP)"
+  cat <<YAML
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -53,19 +47,9 @@ metadata: {name: echo, namespace: bench}
 spec:
   parentRefs: [{name: gw}]
   rules: [{matches: [{method: {service: bench.Echo}}], backendRefs: [{name: echo, port: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: bench}
-spec: {ports: [{port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: echo-1, namespace: bench, labels: {kubernetes.io/service-name: echo}}
-addressType: IPv4
-endpoints: [{addresses: [127.0.0.1]}]
-ports: [{port: $backend}]
 YAML
+  manifest_backend bench echo "$backend"
+} >"$work/all.yaml"
 "$bin" run --config-dir "$work" --admin-addr "127.0.0.1:$admin" --port-offset $((listen - 80)) \
   --access-log-sample 0 2>/dev/null &
 pids+=($!)

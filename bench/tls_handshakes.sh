@@ -14,6 +14,8 @@
 #   bench/tls_handshakes.sh [--binary PATH]      # RUN_SECONDS=4 CLIENTS=2 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=SCRIPTDIR/../scripts/lib/manifests.sh
+source scripts/lib/manifests.sh
 
 RUN_SECONDS=${RUN_SECONDS:-4}
 CLIENTS=${CLIENTS:-2}
@@ -70,52 +72,15 @@ pids+=($!)
 
 # Portcullis: one listener per certificate, without hostname (s_time sends no SNI).
 mkdir "$work/config"
-cat >"$work/config/gateway.yaml" <<EOF
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: portcullis}
-spec: {controllerName: portcullis.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: bench}
-spec:
-  gatewayClassName: portcullis
-  listeners:
-  - {name: rsa, port: 443, protocol: HTTPS, tls: {mode: Terminate, certificateRefs: [{name: rsa}]}}
-  - {name: ecdsa, port: 8443, protocol: HTTPS, tls: {mode: Terminate, certificateRefs: [{name: ecdsa}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: bench}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: echo, port: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: bench}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: echo-1, namespace: bench, labels: {kubernetes.io/service-name: echo}}
-addressType: IPv4
-endpoints: [{addresses: [127.0.0.1]}]
-ports: [{name: http, port: $echo_port}]
----
-apiVersion: v1
-kind: Secret
-metadata: {name: rsa, namespace: bench}
-type: kubernetes.io/tls
-data: {tls.crt: $(base64 -w0 "$work/rsa.crt"), tls.key: $(base64 -w0 "$work/rsa.key")}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: ecdsa, namespace: bench}
-type: kubernetes.io/tls
-data: {tls.crt: $(base64 -w0 "$work/ecdsa.crt"), tls.key: $(base64 -w0 "$work/ecdsa.key")}
-EOF
+{
+  manifest_gateway_class
+  manifest_gateway bench gw "$(manifest_https_listener rsa 443 rsa)" \
+    "$(manifest_https_listener ecdsa 8443 ecdsa)"
+  manifest_http_route bench echo gw echo
+  manifest_backend bench echo "$echo_port"
+  manifest_tls_secret bench rsa "$work/rsa.crt" "$work/rsa.key"
+  manifest_tls_secret bench ecdsa "$work/ecdsa.crt" "$work/ecdsa.key"
+} >"$work/config/gateway.yaml"
 "$binary" run --config-dir "$work/config" --admin-addr "127.0.0.1:$admin_port" \
   --address-pool 127.0.0.1 --port-map "443=${port[portcullis-rsa]},8443=${port[portcullis-ecdsa]}" \
   --access-log-sample 0 >"$work/portcullis.log" 2>&1 &

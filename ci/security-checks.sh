@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Security checks of what Portcullis ships, all offline but for installing the tools:
 #
-#   lint         ci/security-checks.sh and ci/static-binary.sh (shellcheck)
+#   lint         the shell scripts of ci/ and bench/ and the library they source (shellcheck)
 #   yamllint     manifests, chart values, workflows, tool settings
 #   hadolint     the Dockerfile
 #   kustomize    both overlays build (kubectl kustomize, where kubectl is installed)
@@ -71,7 +71,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 # --- lint -------------------------------------------------------------------------------------
-check "shellcheck" shellcheck ci/security-checks.sh ci/static-binary.sh
+check "shellcheck" shellcheck ci/*.sh bench/*.sh scripts/lib/*.sh
 check "yamllint" "$tools/bin/yamllint" --strict manifests charts/portcullis/values.yaml \
   charts/portcullis/Chart.yaml charts/portcullis/ci .github .yamllint.yaml .hadolint.yaml
 check "hadolint Dockerfile" "$tools/bin/hadolint" Dockerfile

@@ -22,6 +22,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
+# shellcheck source=SCRIPTDIR/../scripts/lib/manifests.sh
+source scripts/lib/manifests.sh
 
 step() { printf '\n== %s\n' "$*"; }
 fail() {
@@ -165,49 +167,18 @@ add_ca_bundle() {
 write_config() {
   local config="$1/config" backend_port="$2"
   mkdir -m 755 "$config"
-  cat >"$config/gateway.yaml" <<EOF
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: portcullis}
-spec:
-  controllerName: portcullis.dev/gateway-controller
+  {
+    manifest_gateway_class
+    cat <<'YAML'
 ---
 apiVersion: v1
 kind: Namespace
 metadata: {name: static}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: web, namespace: static}
-spec:
-  gatewayClassName: portcullis
-  listeners:
-    - {name: http, port: 80, protocol: HTTP}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: site, namespace: static}
-spec:
-  parentRefs: [{name: web}]
-  rules:
-    - backendRefs: [{name: site, port: 80}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: site, namespace: static}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: site-1
-  namespace: static
-  labels: {kubernetes.io/service-name: site}
-addressType: IPv4
-endpoints: [{addresses: [127.0.0.1], conditions: {ready: true}}]
-ports: [{name: http, port: $backend_port}]
-EOF
+YAML
+    manifest_gateway static web "$(manifest_listener http 80 HTTP)"
+    manifest_http_route static site web site
+    manifest_backend static site "$backend_port"
+  } >"$config/gateway.yaml"
   chmod 644 "$config/gateway.yaml"
 }
 

@@ -16,6 +16,8 @@ set -euo pipefail
 report=""
 [ "${1:-}" = "--evaluate" ] && report=$(realpath "$2")
 cd "$(dirname "$0")/.."
+# shellcheck source=SCRIPTDIR/../scripts/lib/manifests.sh
+source scripts/lib/manifests.sh
 
 SCAN_TIMEOUT=${TESTSSL_SCAN_TIMEOUT:-300}
 
@@ -140,54 +142,17 @@ echo_port=$(free_port)
 admin_port=$(free_port)
 https_port=$(free_port)
 mkdir "$work/config"
-cat >"$work/config/gateway.yaml" <<EOF
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: portcullis}
-spec: {controllerName: portcullis.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: testssl}
-spec:
-  gatewayClassName: portcullis
-  listeners:
-  - {name: rsa, port: 443, protocol: HTTPS, hostname: rsa.example, tls: {mode: Terminate, certificateRefs: [{name: rsa}]}}
-  - {name: ecdsa, port: 443, protocol: HTTPS, hostname: ecdsa.example, tls: {mode: Terminate, certificateRefs: [{name: ecdsa}]}}
-  # For clients without SNI, such as testssl.sh's renegotiation check.
-  - {name: default, port: 443, protocol: HTTPS, tls: {mode: Terminate, certificateRefs: [{name: rsa}]}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: echo, namespace: testssl}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: echo, port: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: testssl}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: echo-1, namespace: testssl, labels: {kubernetes.io/service-name: echo}}
-addressType: IPv4
-endpoints: [{addresses: [127.0.0.1]}]
-ports: [{name: http, port: $echo_port}]
----
-apiVersion: v1
-kind: Secret
-metadata: {name: rsa, namespace: testssl}
-type: kubernetes.io/tls
-data: {tls.crt: $(base64 -w0 "$work/rsa.crt"), tls.key: $(base64 -w0 "$work/rsa.key")}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: ecdsa, namespace: testssl}
-type: kubernetes.io/tls
-data: {tls.crt: $(base64 -w0 "$work/ecdsa.crt"), tls.key: $(base64 -w0 "$work/ecdsa.key")}
-EOF
+{
+  manifest_gateway_class
+  # The third listener is for clients without SNI, such as testssl.sh's renegotiation check.
+  manifest_gateway testssl gw "$(manifest_https_listener rsa 443 rsa rsa.example)" \
+    "$(manifest_https_listener ecdsa 443 ecdsa ecdsa.example)" \
+    "$(manifest_https_listener default 443 rsa)"
+  manifest_http_route testssl echo gw echo
+  manifest_backend testssl echo "$echo_port"
+  manifest_tls_secret testssl rsa "$work/rsa.crt" "$work/rsa.key"
+  manifest_tls_secret testssl ecdsa "$work/ecdsa.crt" "$work/ecdsa.key"
+} >"$work/config/gateway.yaml"
 
 "$binary" echo --listen "127.0.0.1:$echo_port" --name testssl >"$work/echo.log" 2>&1 &
 pids+=($!)
