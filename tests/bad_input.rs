@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::manifests::{endpoint_slice, gateway, gateway_class, http_route, listener, service};
 use common::{free_port, Killed};
 
 use std::process::{Command, Stdio};
@@ -12,38 +13,20 @@ fn portcullis() -> Command {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
 }
 
-const GOOD: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: portcullis}
-spec: {controllerName: portcullis.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: app}
-spec:
-  gatewayClassName: portcullis
-  listeners: [{name: http, port: 80, protocol: HTTP}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: good, namespace: app}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: svc, port: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: app}
-spec: {ports: [{name: http, port: 80}]}
-"#;
+/// A Gateway with an HTTP listener and a route to Service `svc`, whose endpoints are in a file
+/// of their own ([`endpoints`]).
+fn good() -> String {
+    [
+        gateway_class(),
+        gateway("app", "gw", &listener("http", 80, "HTTP")),
+        http_route("app", "good", "gw", &[], "svc"),
+        service("app", "svc"),
+    ]
+    .concat()
+}
 
 fn endpoints(port: u16) -> String {
-    format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: svc-1, namespace: app, \
-         labels: {{kubernetes.io/service-name: svc}}}}\naddressType: IPv4\n\
-         endpoints: [{{addresses: [127.0.0.1]}}]\nports: [{{name: http, port: {port}}}]\n"
-    )
+    endpoint_slice("app", "svc", port)
 }
 
 /// Every kind of mistake in one directory, beside a good configuration.
@@ -76,7 +59,7 @@ const BAD: &[(&str, &str)] = &[
 #[test]
 fn check_reports_every_mistake_and_exits_nonzero() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
     std::fs::write(dir.path().join("endpoints.yaml"), endpoints(9)).unwrap();
     for (name, text) in BAD {
         std::fs::write(dir.path().join(name), text).unwrap();
@@ -157,7 +140,7 @@ async fn last_good_table_keeps_serving_through_bad_edits() {
             .spawn()
             .unwrap(),
     );
-    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
     std::fs::write(dir.path().join("endpoints.yaml"), endpoints(echo_port)).unwrap();
     let (listen, admin) = (free_port(), free_port());
     let _gw = Killed(

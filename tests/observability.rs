@@ -4,61 +4,25 @@
 
 mod common;
 
+use common::manifests::{endpoint_slice, gateway, gateway_class, http_route, listener, service};
 use common::{free_port, Killed};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Host a.example routed to an echo backend, b.example to a Service without endpoints.
 fn config(echo_port: u16) -> String {
-    format!(
-        r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: obs}}
-spec:
-  gatewayClassName: portcullis
-  listeners: [{{name: web, port: 80, protocol: HTTP}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: route-a, namespace: obs}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [a.example]
-  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: route-b, namespace: obs}}
-spec:
-  parentRefs: [{{name: gw}}]
-  hostnames: [b.example]
-  rules: [{{backendRefs: [{{name: empty, port: 80}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: obs}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: empty, namespace: obs}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo-1, namespace: obs, labels: {{kubernetes.io/service-name: echo}}}}
-addressType: IPv4
-endpoints: [{{addresses: [127.0.0.1]}}]
-ports: [{{name: http, port: {echo_port}}}]
-"#
-    )
+    [
+        gateway_class(),
+        gateway("obs", "gw", &listener("web", 80, "HTTP")),
+        http_route("obs", "route-a", "gw", &["a.example"], "echo"),
+        http_route("obs", "route-b", "gw", &["b.example"], "empty"),
+        service("obs", "echo"),
+        service("obs", "empty"),
+        endpoint_slice("obs", "echo", echo_port),
+    ]
+    .concat()
 }
 
 fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::manifests::{endpoint_slice, gateway, gateway_class, listener, service};
 use common::{free_port, Killed};
 
 use std::net::SocketAddr;
@@ -35,25 +36,16 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-const GATEWAY: &str = r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {name: portcullis}
-spec: {controllerName: portcullis.dev/gateway-controller}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: churn}
-spec:
-  gatewayClassName: portcullis
-  listeners: [{name: http, port: 80, protocol: HTTP}]
-"#;
+/// The GatewayClass and a Gateway with one HTTP listener, the file that never changes.
+fn gateway_config() -> String {
+    gateway_class() + &gateway("churn", "gw", &listener("http", 80, "HTTP"))
+}
 
-/// The route sends `/` to `service`; both Services' endpoints are given explicitly, so that a
-/// step can move a Service to the other echo process.
-fn config(step: usize, service: &str, a_port: u16, b_port: u16) -> String {
-    format!(
-        r#"
+/// The route sends `/` to Service `target`; both Services' endpoints are given explicitly, so
+/// that a step can move a Service to the other echo process.
+fn config(step: usize, target: &str, a_port: u16, b_port: u16) -> String {
+    let route = format!(
+        r#"---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: r, namespace: churn}}
@@ -63,33 +55,17 @@ spec:
   - filters:
     - type: ResponseHeaderModifier
       responseHeaderModifier: {{set: [{{name: x-step, value: "{step}"}}]}}
-    backendRefs: [{{name: {service}, port: 80}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: svc-a, namespace: churn}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: svc-b, namespace: churn}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: svc-a-1, namespace: churn, labels: {{kubernetes.io/service-name: svc-a}}}}
-addressType: IPv4
-endpoints: [{{addresses: [127.0.0.1]}}]
-ports: [{{name: http, port: {a_port}}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: svc-b-1, namespace: churn, labels: {{kubernetes.io/service-name: svc-b}}}}
-addressType: IPv4
-endpoints: [{{addresses: [127.0.0.1]}}]
-ports: [{{name: http, port: {b_port}}}]
+    backendRefs: [{{name: {target}, port: 80}}]
 "#
-    )
+    );
+    [
+        route,
+        service("churn", "svc-a"),
+        service("churn", "svc-b"),
+        endpoint_slice("churn", "svc-a", a_port),
+        endpoint_slice("churn", "svc-b", b_port),
+    ]
+    .concat()
 }
 
 /// Reads one unlabelled sample from the admin endpoint's metrics.
@@ -137,7 +113,7 @@ async fn reload_under_load(threads: Option<&str>) {
         "--name",
         "two",
     ]);
-    std::fs::write(dir.path().join("gateway.yaml"), GATEWAY).unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), gateway_config()).unwrap();
     let routes = dir.path().join("routes.yaml");
     write_atomically(&routes, &config(0, "svc-a", echo_1, echo_2));
 

@@ -5,6 +5,7 @@
 //! the status of unusable certificate references, ReferenceGrants, and a Secret rotated under
 //! load. The `openssl` and `curl` commands must be installed: without them the tests fail.
 
+mod common;
 mod tls_support;
 
 use std::sync::atomic::{AtomicBool, Ordering};

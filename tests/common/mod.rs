@@ -1,7 +1,9 @@
 //! Helpers shared by the tests that start the real binary: a child process killed when dropped,
-//! and a free loopback port.
+//! a free loopback port, and the Gateway API manifests of their config directories.
 
 #![allow(dead_code, reason = "each test binary uses only some of the helpers")]
+
+pub(crate) mod manifests;
 
 use std::net::TcpListener;
 use std::process::Child;

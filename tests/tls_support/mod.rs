@@ -4,7 +4,7 @@
 //! Everything listens on loopback, on ports the kernel picks; every wait has a deadline.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
+
+use crate::common::free_port;
+use crate::common::manifests::{backend, gateway, gateway_class, http_route};
 
 /// The namespace of the Gateway, its route and its backend.
 pub(crate) const NAMESPACE: &str = "tls";
@@ -104,15 +107,6 @@ fn openssl(args: &[&str], input: &[u8]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// A free TCP port on loopback.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a probe socket")
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -352,33 +346,15 @@ pub(crate) fn https_listener_ref(
     )
 }
 
+/// The GatewayClass, a route from every listener of Gateway `gw` to Service `echo`, and its
+/// endpoint on the echo backend.
 fn base_manifests(echo_port: u16) -> String {
-    format!(
-        r#"apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: portcullis}}
-spec: {{controllerName: portcullis.dev/gateway-controller}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: echo, namespace: {NAMESPACE}}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: {NAMESPACE}}}
-spec: {{ports: [{{name: http, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo-1, namespace: {NAMESPACE}, labels: {{kubernetes.io/service-name: echo}}}}
-addressType: IPv4
-endpoints: [{{addresses: [127.0.0.1]}}]
-ports: [{{name: http, port: {echo_port}}}]
-"#
-    )
+    [
+        gateway_class(),
+        http_route(NAMESPACE, "echo", "gw", &[], "echo"),
+        backend(NAMESPACE, "echo", echo_port),
+    ]
+    .concat()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -600,11 +576,7 @@ impl Gateway {
 }
 
 fn gateway_manifest(listeners: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
-         metadata: {{name: gw, namespace: {NAMESPACE}}}\n\
-         spec:\n  gatewayClassName: portcullis\n  listeners:\n{listeners}"
-    )
+    gateway(NAMESPACE, "gw", listeners)
 }
 
 /// Polls `probe` every 50 ms until it returns `Some`, failing the test with `what` after 15 s.
