@@ -100,7 +100,7 @@ fn check_reports_every_mistake_and_exits_nonzero() {
 #[test]
 fn offline_commands_do_not_claim_to_keep_objects_of_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("good.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
     std::fs::write(dir.path().join("malformed.yaml"), BAD[0].1).unwrap();
     let check = portcullis().arg("check").arg(dir.path()).output().unwrap();
     let explain = portcullis()
