@@ -126,7 +126,7 @@ pub struct CompileCache {
     /// Every object that is not a route, as the last compile saw it. Holding them keeps their
     /// addresses from being reused, so pointer equality means "the same object".
     world: Vec<Arc<Object>>,
-    /// The options of the last compile, with `now` cleared.
+    /// The options of the last compile, with `now` and `assigned` cleared.
     options: Option<CompileOptions>,
     routes: routes::RouteCache,
     /// Host entries of every served listener, by Gateway `namespace/name` and listener name.
@@ -143,8 +143,12 @@ impl CompileCache {
             .filter(|k| !k.is_route())
             .flat_map(|k| snapshot.arcs_of_kind(k).cloned())
             .collect();
+        // Neither the time stamp nor the addresses handed out matter to a route: it attaches to
+        // listeners, whatever address their Gateway binds. (The compile loop feeds `assigned`
+        // back after every compile, so comparing it would throw the cache away after the first.)
         let options = CompileOptions {
             now: String::new(),
+            assigned: BTreeMap::new(),
             ..options.clone()
         };
         let same_world = world.len() == self.world.len()

@@ -471,16 +471,18 @@ fn an_incremental_compile_equals_a_fresh_one() {
         443,
     ));
     load(&incremental_route("e", "e.example", "/", "missing", 80));
-    let options = CompileOptions {
+    let mut options = CompileOptions {
         address_pool: vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
         ..Default::default()
     };
     let mut cache = CompileCache::default();
-    let check = |cache: &mut CompileCache, step: &str| -> Compiled {
+    // As the compile loop does: the addresses handed out are fed back into the options.
+    let mut check = |cache: &mut CompileCache, step: &str| -> Compiled {
         let snapshot = store.snapshot();
         let incremental = compile_with(&snapshot, &options, cache);
         let fresh = compile(&snapshot, &options);
         assert_eq!(outcome(&incremental), outcome(&fresh), "after {step}");
+        options.assigned = incremental.assigned.clone();
         incremental
     };
     let first = check(&mut cache, "the first compile");
@@ -524,7 +526,7 @@ fn an_incremental_compile_equals_a_fresh_one() {
     // Options change (here the address pool): redone as well.
     let options = CompileOptions {
         address_pool: vec!["127.0.0.3".parse().unwrap(), "127.0.0.2".parse().unwrap()],
-        ..options.clone()
+        ..CompileOptions::default()
     };
     let snapshot = store.snapshot();
     let incremental = compile_with(&snapshot, &options, &mut cache);
