@@ -134,9 +134,11 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    /// Drops what cannot be reused for `snapshot`: route outcomes depend on every Gateway,
-    /// listener, Service, EndpointSlice, ReferenceGrant, policy, Secret and Namespace, so any
-    /// change to one of those (or to the options) starts over.
+    /// Drops what cannot be reused for `snapshot`. Route outcomes depend on every Gateway,
+    /// listener, Service, ReferenceGrant, policy, Secret and Namespace, so a change to one of
+    /// those (or to the options) starts over. EndpointSlices are the exception, because they
+    /// change all the time in a cluster (every pod that starts, stops or turns ready): when only
+    /// they changed, only the routes whose backends are their Services are redone.
     fn prepare(&mut self, snapshot: &Snapshot, options: &CompileOptions) {
         let world: Vec<Arc<Object>> = Kind::ALL
             .into_iter()
@@ -151,16 +153,52 @@ impl CompileCache {
             assigned: BTreeMap::new(),
             ..options.clone()
         };
-        let same_world = world.len() == self.world.len()
-            && world
-                .iter()
-                .zip(&self.world)
-                .all(|(a, b)| Arc::ptr_eq(a, b));
-        if !same_world || self.options.as_ref() != Some(&options) {
-            self.routes.clear();
+        match endpoint_changes(&self.world, &world) {
+            _ if self.options.as_ref() != Some(&options) => self.routes.clear(),
+            None => self.routes.clear(),
+            Some(services) if !services.is_empty() => self.routes.forget_services(&services),
+            Some(_) => {}
         }
         self.world = world;
         self.options = Some(options);
+    }
+}
+
+/// The Services (namespace, name) whose EndpointSlices differ between two worlds (both sorted
+/// by key, as snapshots list them), when nothing but EndpointSlices does; `None` otherwise.
+fn endpoint_changes(
+    old: &[Arc<Object>],
+    new: &[Arc<Object>],
+) -> Option<std::collections::HashSet<(String, String)>> {
+    let mut services = std::collections::HashSet::new();
+    let mut note = |o: &Object| -> Option<()> {
+        if o.key.kind != Kind::EndpointSlice {
+            return None;
+        }
+        if let Some(service) = o.labels.get("kubernetes.io/service-name") {
+            services.insert((o.key.namespace.clone(), service.clone()));
+        }
+        Some(())
+    };
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return Some(services),
+            (Some(x), Some(y)) if Arc::ptr_eq(x, y) => {
+                a.next();
+                b.next();
+            }
+            (Some(x), Some(y)) => match x.key.cmp(&y.key) {
+                std::cmp::Ordering::Less => note(a.next()?)?,
+                std::cmp::Ordering::Greater => note(b.next()?)?,
+                std::cmp::Ordering::Equal => {
+                    note(a.next()?)?;
+                    note(b.next()?)?;
+                }
+            },
+            (Some(_), None) => note(a.next()?)?,
+            (None, Some(_)) => note(b.next()?)?,
+        }
     }
 }
 

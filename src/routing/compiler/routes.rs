@@ -121,8 +121,8 @@ pub(super) fn compile(
 }
 
 /// Route outcomes from the previous compile, in route key order. The compiler empties it whenever
-/// anything but a route changed (see [`super::CompileCache`]), since any other object can
-/// change how a route resolves or attaches.
+/// anything but a route or an EndpointSlice changed (see [`super::CompileCache`]), since any
+/// other object can change how a route resolves or attaches.
 #[derive(Default)]
 pub(super) struct RouteCache {
     routes: Vec<RouteOutcome>,
@@ -131,6 +131,21 @@ pub(super) struct RouteCache {
 impl RouteCache {
     pub(super) fn clear(&mut self) {
         self.routes.clear();
+    }
+
+    /// Drops the outcomes of routes with a backendRef to one of `services` (namespace, name),
+    /// whose endpoints changed.
+    pub(super) fn forget_services(
+        &mut self,
+        services: &std::collections::HashSet<(String, String)>,
+    ) {
+        self.routes.retain(|outcome| {
+            !outcome.backends.iter().any(|used| {
+                services
+                    .iter()
+                    .any(|(namespace, name)| used.key.0 == *namespace && used.key.1 == *name)
+            })
+        });
     }
 }
 

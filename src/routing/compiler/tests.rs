@@ -516,6 +516,23 @@ fn an_incremental_compile_equals_a_fresh_one() {
     let third = check(&mut cache, "routes were added and deleted");
     assert!(!Arc::ptr_eq(&shared_paths(&second), &shared_paths(&third)));
 
+    // Only an EndpointSlice changes: the routes to its Service are redone, the others kept.
+    let wildcard_paths = |c: &Compiled| {
+        let bind = "127.0.0.1:80".parse().unwrap();
+        c.table.binds[&bind].listeners[0].hosts.wildcard[".wild.example"].clone()
+    };
+    load(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: svc-1, \
+         namespace: infra, labels: {kubernetes.io/service-name: svc}}\naddressType: IPv4\n\
+         endpoints: [{addresses: [127.0.0.9]}]\nports: [{name: http, port: 9998}]\n",
+    );
+    let fourth = check(&mut cache, "an EndpointSlice changed");
+    assert!(Arc::ptr_eq(
+        &wildcard_paths(&third),
+        &wildcard_paths(&fourth)
+    ));
+    assert!(!Arc::ptr_eq(&shared_paths(&third), &shared_paths(&fourth)));
+
     // A Service changes: every route may resolve differently, so everything is redone.
     load(
         "apiVersion: v1\nkind: Service\nmetadata: {name: missing, namespace: infra}\n\
