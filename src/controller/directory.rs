@@ -17,6 +17,11 @@
 //!
 //! A file that fails to parse is reported with its path and line, and the objects it held before
 //! stay in the store, so the gateway keeps serving its last good configuration.
+//!
+//! Objects belong to their content, not to a file name: an object stays in the store while any
+//! file holds it, so renaming a file, or moving an object from one file to another, never takes
+//! it away. When two files hold the same object, the copy read last is served and a warning
+//! names both files; when that file lets go of it, the other file's copy is read again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -55,6 +60,8 @@ pub struct DirectoryProvider {
     store: Store,
     files: BTreeMap<PathBuf, FileState>,
     tracked: HashMap<ObjectKey, Tracked>,
+    /// The files holding each object, in the order read: the store has the last one's copy.
+    owners: HashMap<ObjectKey, Vec<PathBuf>>,
 }
 
 impl DirectoryProvider {
@@ -65,6 +72,7 @@ impl DirectoryProvider {
             store,
             files: BTreeMap::new(),
             tracked: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
@@ -93,17 +101,56 @@ impl DirectoryProvider {
             .filter(|p| !seen.contains(p))
             .cloned()
             .collect();
+        let mut reread = Vec::new();
         for path in gone {
             if let Some(state) = self.files.remove(&path) {
-                for key in &state.keys {
-                    self.tracked.remove(key);
-                }
-                self.store.apply(&state.keys, Vec::new());
+                let removed = self.release(&path, state.keys, &mut reread);
+                self.store.apply(&removed, Vec::new());
             }
             self.store
                 .set_source_errors(&path.display().to_string(), Vec::new());
         }
+        self.reread(reread);
         Ok(())
+    }
+
+    /// Lets `path` go of `keys`. Returns the keys no other file holds, to remove from the
+    /// store; adds to `reread` the files whose copy must be served again because the store held
+    /// the copy from `path`.
+    fn release(
+        &mut self,
+        path: &Path,
+        keys: Vec<ObjectKey>,
+        reread: &mut Vec<PathBuf>,
+    ) -> Vec<ObjectKey> {
+        let mut removed = Vec::new();
+        for key in keys {
+            let Some(owners) = self.owners.get_mut(&key) else {
+                continue;
+            };
+            let served = owners.last().is_some_and(|p| p == path);
+            owners.retain(|p| p != path);
+            match owners.last() {
+                None => {
+                    self.owners.remove(&key);
+                    self.tracked.remove(&key);
+                    removed.push(key);
+                }
+                Some(other) if served && !reread.contains(other) => reread.push(other.clone()),
+                Some(_) => {}
+            }
+        }
+        removed
+    }
+
+    /// Reads files again whose copy of an object must be served once more.
+    fn reread(&mut self, paths: Vec<PathBuf>) {
+        for path in paths {
+            if let Some(state) = self.files.get(&path) {
+                let (modified, len) = (state.modified, state.len);
+                self.load_file(&path, modified, len);
+            }
+        }
     }
 
     fn load_file(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) {
@@ -166,9 +213,16 @@ impl DirectoryProvider {
             .get(path)
             .map(|s| s.keys.clone())
             .unwrap_or_default();
-        let removed: Vec<ObjectKey> = old_keys.into_iter().filter(|k| !keys.contains(k)).collect();
-        for key in &removed {
-            self.tracked.remove(key);
+        let let_go: Vec<ObjectKey> = old_keys.into_iter().filter(|k| !keys.contains(k)).collect();
+        let mut reread = Vec::new();
+        let removed = self.release(path, let_go, &mut reread);
+        for key in &keys {
+            let owners = self.owners.entry(key.clone()).or_default();
+            owners.retain(|p| p != path);
+            if let Some(other) = owners.last() {
+                tracing::warn!(object = %key, file = %source, also_in = %other.display(), "object defined in two files; serving the copy read last");
+            }
+            owners.push(path.to_path_buf());
         }
         self.store.apply(&removed, objects);
         let errors = errors
@@ -187,6 +241,7 @@ impl DirectoryProvider {
                 keys,
             },
         );
+        self.reread(reread);
     }
 
     /// Fills in generation and creation time the way the API server would.
@@ -530,5 +585,60 @@ mod tests {
         let r = snap.get(super::super::Kind::HttpRoute, "n", "r").unwrap();
         assert_eq!(r.generation, 2);
         assert!(snap.errors.is_empty());
+    }
+
+    #[test]
+    fn objects_follow_their_content_across_renames_and_moves() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let service = |name: &str, port: u16| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: n}}\n\
+                 spec: {{ports: [{{port: {port}}}]}}\n"
+            )
+        };
+        let port_of = |store: &Store, name: &str| {
+            store
+                .snapshot()
+                .get(Kind::Service, "n", name)
+                .map(|o| o.spec()["ports"][0]["port"].as_i64().unwrap())
+        };
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        let (b, a, z) = (
+            dir.path().join("b.yaml"),
+            dir.path().join("a.yaml"),
+            dir.path().join("z.yaml"),
+        );
+        std::fs::write(&b, service("one", 1) + &service("two", 2)).unwrap();
+        provider.sync().unwrap();
+
+        // Renamed to a name sorting before, then after, the old one: nothing is lost.
+        std::fs::rename(&b, &a).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(port_of(&store, "one"), Some(1));
+        std::fs::rename(&a, &z).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(
+            (port_of(&store, "one"), port_of(&store, "two")),
+            (Some(1), Some(2))
+        );
+
+        // "two" moves to its own file: it stays, in one sync or two.
+        std::fs::write(&a, service("two", 2)).unwrap();
+        provider.sync().unwrap();
+        std::fs::write(&z, service("one", 1)).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(port_of(&store, "two"), Some(2));
+
+        // Two files hold "one" with different ports: the copy read last is served, and when
+        // that file lets go of it the other copy is served again.
+        std::fs::write(&a, service("two", 2) + &service("one", 10)).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(port_of(&store, "one"), Some(10));
+        std::fs::remove_file(&a).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(port_of(&store, "one"), Some(1));
+        assert_eq!(port_of(&store, "two"), None);
     }
 }
