@@ -708,3 +708,42 @@ fn rotated_certificate_is_served_from_the_next_handshake_without_failed_requests
     let r = curl_https(gw.https, HOST, "/", &ca.cert_path, &[]);
     assert_eq!(r.code, 200, "{r:?}");
 }
+
+/// A listener port switching from TLS to cleartext is reopened at once: the old socket is
+/// closed before the new one is bound, so the new one never waits for the bind retry (and its
+/// listener is never reported as pending in between).
+#[test]
+fn a_port_switching_between_tls_and_cleartext_is_reopened_without_a_pending_bind() {
+    let pki = Pki::new();
+    let cert = pki.self_signed("web", KeyType::EcdsaP256, &["web.example"]);
+    let gw = Gateway::start(
+        &https_listener("web", None, "web"),
+        vec![secret_file("web", &cert)],
+    );
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    gw.write(
+        "gateway.yaml",
+        &common::manifests::gateway(
+            NAMESPACE,
+            "gw",
+            "  - {name: web, port: 443, protocol: HTTP}\n",
+        ),
+    );
+    let url = format!("http://{}/", gw.https);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if curl(&url, &[]).code == 200 {
+            break;
+        }
+        let programmed = gw.condition("web", "Programmed");
+        assert!(
+            programmed.as_ref().is_none_or(|c| c.reason != "Pending"),
+            "the cleartext socket waited for a bind retry: {programmed:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the port never served cleartext HTTP"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

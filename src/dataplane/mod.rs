@@ -179,7 +179,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         let binds: Vec<(SocketAddr, bool)> = table.binds.iter().map(|(a, b)| (*a, b.tls)).collect();
         let rules = compiled.rules;
         // Sockets first, then the table: a new listener's first request finds its routes.
-        sockets.reconcile(&binds);
+        sockets.reconcile(&binds).await;
         let mut report = compiled.report;
         mark_unbound(&mut report, &table, &sockets.failed);
         let previous = shared.table.swap(Arc::new(table));
