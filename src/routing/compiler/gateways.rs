@@ -175,8 +175,6 @@ pub(super) fn compile(
         ));
     }
 
-    let mut by_key = BTreeMap::new();
-    let mut taken: Vec<IpAddr> = Vec::new();
     let mut pending = Vec::new();
     for gateway in snapshot.of_kind(Kind::Gateway) {
         let class = gateway.spec()["gatewayClassName"]
@@ -190,42 +188,72 @@ pub(super) fn compile(
                 continue; // served, and reported, by the process scoped to it
             }
         }
-        let mut state = gateway_state(gateway, *class_accepted, snapshot, options);
-        // Addresses: a Gateway keeps what it had; explicit requests are honoured first.
-        if state.address.is_none() && state.address_problem.is_none() {
-            if let Some(prev) = options.assigned.get(&state.key()) {
-                state.address = Some(*prev);
-            }
-        }
-        if let Some(addr) = state.address {
-            if taken.contains(&addr) {
-                state.address = None;
-            } else {
-                taken.push(addr);
-            }
-        }
-        pending.push(state);
+        pending.push(gateway_state(gateway, *class_accepted, snapshot, options));
     }
-    for mut state in pending {
-        if state.address.is_none() && state.address_problem.is_none() {
-            match options.address_pool.iter().find(|a| !taken.contains(a)) {
-                Some(addr) => {
-                    state.address = Some(*addr);
-                    taken.push(*addr);
-                }
-                None => {
-                    state.address_problem = Some((
-                        "AddressNotAssigned",
-                        "the address pool is exhausted; widen --address-pool".to_string(),
-                    ))
-                }
-            }
-        }
-        by_key.insert((state.namespace.clone(), state.name.clone()), state);
-    }
+    assign_addresses(&mut pending, options);
+    let by_key = pending
+        .into_iter()
+        .map(|state| ((state.namespace.clone(), state.name.clone()), state))
+        .collect();
     Gateways {
         by_key,
         reported: reported_addresses(snapshot, &options.reported_addresses),
+    }
+}
+
+/// Gives each Gateway its address, in three rounds: addresses requested in `spec.addresses`
+/// first (a second request for one address is refused, naming the Gateway that holds it); then
+/// each Gateway keeps the address it had (`options.assigned`), so that others coming and going
+/// do not move it; then the rest take free pool addresses, in name order.
+fn assign_addresses(gateways: &mut [GatewayState], options: &CompileOptions) {
+    let mut taken: Vec<(IpAddr, String)> = Vec::new();
+    for state in gateways.iter_mut() {
+        let Some(addr) = state.address else { continue };
+        match taken.iter().find(|(a, _)| *a == addr) {
+            Some((_, holder)) => {
+                state.address = None;
+                state.address_problem = Some((
+                    "AddressNotUsable",
+                    format!(
+                        "address {addr} is requested by Gateway {holder} too; request another \
+                         address of --address-pool"
+                    ),
+                ));
+            }
+            None => taken.push((addr, state.key())),
+        }
+    }
+    for state in gateways.iter_mut() {
+        if state.address.is_some() || state.address_problem.is_some() {
+            continue;
+        }
+        if let Some(prev) = options.assigned.get(&state.key()) {
+            if !taken.iter().any(|(a, _)| a == prev) {
+                state.address = Some(*prev);
+                taken.push((*prev, state.key()));
+            }
+        }
+    }
+    for state in gateways.iter_mut() {
+        if state.address.is_some() || state.address_problem.is_some() {
+            continue;
+        }
+        match options
+            .address_pool
+            .iter()
+            .find(|a| !taken.iter().any(|(t, _)| t == *a))
+        {
+            Some(addr) => {
+                state.address = Some(*addr);
+                taken.push((*addr, state.key()));
+            }
+            None => {
+                state.address_problem = Some((
+                    "AddressNotAssigned",
+                    "the address pool is exhausted; widen --address-pool".to_string(),
+                ))
+            }
+        }
     }
 }
 

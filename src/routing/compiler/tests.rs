@@ -552,3 +552,59 @@ fn an_incremental_compile_equals_a_fresh_one() {
         outcome(&compile(&snapshot, &options))
     );
 }
+
+#[test]
+fn a_requested_address_wins_over_one_kept_and_a_second_request_is_refused() {
+    let gateway = |name: &str, address: Option<&str>| {
+        let addresses = address.map_or(String::new(), |a| {
+            format!("  addresses: [{{type: IPAddress, value: {a}}}]\n")
+        });
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: {name}, namespace: infra}}\nspec:\n  gatewayClassName: portcullis\n\
+             {addresses}  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"
+        )
+    };
+    let text = [
+        BASE.to_string(),
+        gateway("gw-a", None),
+        gateway("gw-b", Some("127.0.0.1")),
+        gateway("gw-c", Some("127.0.0.1")),
+    ]
+    .concat();
+    // gw-a had 127.0.0.1 before gw-b asked for it; BASE's gw takes the next pool address.
+    let options = CompileOptions {
+        address_pool: ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect(),
+        assigned: [("infra/gw-a".to_string(), "127.0.0.1".parse().unwrap())].into(),
+        ..Default::default()
+    };
+    let c = compile(&snapshot(&text), &options);
+    let address = |name: &str| {
+        c.assigned
+            .get(&format!("infra/{name}"))
+            .map(|a| a.to_string())
+    };
+    assert_eq!(address("gw-b").as_deref(), Some("127.0.0.1"));
+    assert_eq!(address("gw").as_deref(), Some("127.0.0.2"));
+    assert_eq!(address("gw-a").as_deref(), Some("127.0.0.3"));
+    assert_eq!(address("gw-c"), None);
+    let status = &c.report.get(Kind::Gateway, "infra", "gw-c").unwrap().status;
+    let programmed = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Programmed")
+        .unwrap();
+    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["reason"], "AddressNotUsable");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .unwrap()
+            .contains("infra/gw-b"),
+        "{programmed}"
+    );
+}
