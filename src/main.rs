@@ -309,6 +309,15 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
                 );
                 print_conditions("    ", &p["conditions"]);
             }
+            for a in o.status["ancestors"].as_array().into_iter().flatten() {
+                let r = &a["ancestorRef"];
+                println!(
+                    "  ancestor {}/{}",
+                    r["namespace"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or("")
+                );
+                print_conditions("    ", &a["conditions"]);
+            }
         }
     }
     let problems = report.problems();

@@ -130,14 +130,17 @@ pub struct ObjectStatus {
 }
 
 impl ObjectStatus {
-    /// One line for each `Accepted` condition (the object's own, or a route parent's) that is
-    /// not true.
+    /// One line for each `Accepted` condition (the object's own, a route parent's or a policy
+    /// ancestor's) that is not true.
     pub fn problems(&self) -> &[String] {
         self.problems.get_or_init(|| {
             let mut out = Vec::new();
             let mut lists: Vec<&Value> = vec![&self.status["conditions"]];
             if let Some(parents) = self.status["parents"].as_array() {
                 lists.extend(parents.iter().map(|p| &p["conditions"]));
+            }
+            if let Some(ancestors) = self.status["ancestors"].as_array() {
+                lists.extend(ancestors.iter().map(|a| &a["conditions"]));
             }
             for list in lists {
                 for c in list.as_array().into_iter().flatten() {

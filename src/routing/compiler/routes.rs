@@ -1100,11 +1100,24 @@ fn policy_status(
             .ancestors
             .iter()
             .map(|(ns, name)| {
+                // The spec's reasons: a CA certificate reference that does not resolve makes
+                // ResolvedRefs false and the policy not accepted for want of a valid CA
+                // (NoValidCACertificate); any other problem makes it not accepted (Invalid).
+                // Either way the Service's traffic is refused (500), never sent in cleartext.
                 let mut c = Conditions::new(used.generation, &options.now);
-                c.set("Accepted", true, "Accepted", "policy is applied to its Service");
                 match &used.problem {
-                    Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
-                    None => c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved"),
+                    None => {
+                        c.set("Accepted", true, "Accepted", "policy is applied to its Service");
+                        c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved");
+                    }
+                    Some((reason @ ("InvalidCACertificateRef" | "InvalidKind"), msg)) => {
+                        c.set("Accepted", false, "NoValidCACertificate", format!("{msg}; requests to the Service are refused"));
+                        c.set("ResolvedRefs", false, reason, msg.clone());
+                    }
+                    Some((_, msg)) => {
+                        c.set("Accepted", false, "Invalid", format!("{msg}; requests to the Service are refused"));
+                        c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved");
+                    }
                 }
                 object([
                     ("ancestorRef", json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": ns, "name": name})),

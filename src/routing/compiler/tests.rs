@@ -608,3 +608,73 @@ fn a_requested_address_wins_over_one_kept_and_a_second_request_is_refused() {
         "{programmed}"
     );
 }
+
+#[test]
+fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
+    let policy = |name: &str, service: &str, validation: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
+             metadata: {{name: {name}, namespace: infra}}\nspec:\n  \
+             targetRefs: [{{group: \"\", kind: Service, name: {service}}}]\n  \
+             validation: {validation}\n"
+        )
+    };
+    let service = |name: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: infra}}\n\
+             spec: {{ports: [{{name: https, port: 443}}]}}\n"
+        )
+    };
+    let text = [
+        BASE.to_string(),
+        service("no-ca"),
+        service("missing-ca"),
+        policy("no-ca", "no-ca", "{hostname: a.example}"),
+        policy(
+            "missing-ca",
+            "missing-ca",
+            "{hostname: b.example, caCertificateRefs: [{group: \"\", kind: ConfigMap, name: nope}]}",
+        ),
+        route("r", "  rules:\n  - backendRefs: [{name: no-ca, port: 443}, {name: missing-ca, port: 443}]\n"),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    let conditions = |name: &str| {
+        let status = &c
+            .report
+            .get(Kind::BackendTlsPolicy, "infra", name)
+            .unwrap()
+            .status;
+        let list = status["ancestors"][0]["conditions"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let find = |t: &str| {
+            let c = list.iter().find(|c| c["type"] == t).unwrap();
+            (
+                c["status"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        };
+        (find("Accepted"), find("ResolvedRefs"))
+    };
+    let pair = |s: &str, r: &str| (s.to_string(), r.to_string());
+    assert_eq!(
+        conditions("no-ca"),
+        (pair("False", "Invalid"), pair("True", "ResolvedRefs"))
+    );
+    assert_eq!(
+        conditions("missing-ca"),
+        (
+            pair("False", "NoValidCACertificate"),
+            pair("False", "InvalidCACertificateRef")
+        )
+    );
+    let problems = c.report.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("BackendTLSPolicy infra/no-ca")),
+        "{problems:?}"
+    );
+}
