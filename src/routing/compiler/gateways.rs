@@ -378,7 +378,7 @@ fn gateway_state(
         backend_cert_problem,
         listeners,
     };
-    mark_conflicts(&mut state.listeners);
+    mark_conflicts(&mut state.listeners, options);
     state
 }
 
@@ -741,13 +741,21 @@ fn valid_hostname(h: &str) -> bool {
 /// is judged only against the ones that kept their place (accepted, not conflicted): a
 /// conflicted sibling is not on the port, so it neither blocks a later listener nor is named
 /// as the one serving the port.
-fn mark_conflicts(listeners: &mut [ListenerState]) {
+fn mark_conflicts(listeners: &mut [ListenerState], options: &CompileOptions) {
     for i in 0..listeners.len() {
         let (earlier, rest) = listeners.split_at_mut(i);
         let l = &mut rest[0];
+        // Listeners meet on the socket they are served on: with `--port-map`, two listener
+        // ports can be one socket.
+        let socket = options.socket_port(l.port);
         let holders: Vec<&ListenerState> = earlier
             .iter()
-            .filter(|h| h.port == l.port && h.accepted.is_none() && h.conflicted.is_none())
+            .filter(|h| {
+                socket.is_some()
+                    && options.socket_port(h.port) == socket
+                    && h.accepted.is_none()
+                    && h.conflicted.is_none()
+            })
             .collect();
         // The holders share one protocol family (a later one of the other family is marked).
         // A holder can be accepted and still not served (an unresolved certificate, say), so

@@ -678,3 +678,32 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn listeners_mapped_onto_one_socket_conflict_like_listeners_on_one_port() {
+    let text = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP}\n  - name: alt\n    port: 8443\n    \
+         protocol: HTTPS\n    tls: {certificateRefs: [{name: cert}]}",
+    );
+    let options = CompileOptions {
+        port_map: [(80, 8443)].into(),
+        ..Default::default()
+    };
+    let c = compile(&snapshot(&text), &options);
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let alt = gw["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "alt")
+        .unwrap();
+    let conflicted = alt["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Conflicted")
+        .unwrap();
+    assert_eq!(conflicted["status"], "True", "{alt}");
+    assert_eq!(conflicted["reason"], "ProtocolConflict", "{alt}");
+}
