@@ -979,10 +979,10 @@ impl Gateways {
             let listeners_problem = match unresolved.as_slice() {
                 [] => None,
                 [one] => Some(format!(
-                    "listener {one} has unresolved references; see its ResolvedRefs condition"
+                    "listener {one} is not resolved; see its ResolvedRefs condition"
                 )),
                 many => Some(format!(
-                    "listeners {} have unresolved references; see their ResolvedRefs conditions",
+                    "listeners {} are not resolved; see their ResolvedRefs conditions",
                     many.join(", ")
                 )),
             };
