@@ -60,6 +60,19 @@ impl<'a> Conditions<'a> {
         });
     }
 
+    /// Sets `ResolvedRefs`: false with the reason and message of `problem`, else true.
+    pub fn set_resolved_refs(&mut self, problem: Option<(&str, &str)>) {
+        match problem {
+            Some((reason, message)) => self.set("ResolvedRefs", false, reason, message),
+            None => self.set(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references are resolved",
+            ),
+        }
+    }
+
     /// Whether a condition of `type_` is set and true.
     pub fn is_true(&self, type_: &str) -> bool {
         self.list

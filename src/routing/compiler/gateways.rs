@@ -853,15 +853,7 @@ impl Gateways {
                         c.set("Accepted", true, "Accepted", "listener is accepted")
                     }
                 }
-                match &l.resolved {
-                    Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
-                    None => c.set(
-                        "ResolvedRefs",
-                        true,
-                        "ResolvedRefs",
-                        "all references are resolved",
-                    ),
-                }
+                c.set_resolved_refs(l.resolved.as_ref().map(|(r, m)| (*r, m.as_str())));
                 match &l.conflicted {
                     Some((reason, msg)) => c.set("Conflicted", true, reason, msg.clone()),
                     None => c.set("Conflicted", false, "NoConflicts", "no conflicts"),
@@ -994,12 +986,7 @@ impl Gateways {
                 (None, Some(listeners)) => {
                     c.set("ResolvedRefs", false, "ListenersNotResolved", listeners)
                 }
-                (None, None) => c.set(
-                    "ResolvedRefs",
-                    true,
-                    "ResolvedRefs",
-                    "all references are resolved",
-                ),
+                (None, None) => c.set_resolved_refs(None),
             }
             // What clients reach: the gateway's Service or pod when configured, else the
             // address the listeners bind. A Gateway that is not served reports none.

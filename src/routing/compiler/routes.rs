@@ -329,15 +329,7 @@ fn translate_route(
             Some((reason, msg)) => c.set("Accepted", false, reason, msg),
             None => c.set("Accepted", true, "Accepted", "route is attached"),
         }
-        match &resolved_problem {
-            Some((reason, msg)) => c.set("ResolvedRefs", false, reason, msg.clone()),
-            None => c.set(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references are resolved",
-            ),
-        }
+        c.set_resolved_refs(resolved_problem.as_ref().map(|(r, m)| (*r, m.as_str())));
         if let Some((reason, msg)) = &outcome.compiled.partially_invalid {
             c.set(
                 "PartiallyInvalid",
@@ -1108,7 +1100,7 @@ fn policy_status(
                 match &used.problem {
                     None => {
                         c.set("Accepted", true, "Accepted", "policy is applied to its Service");
-                        c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved");
+                        c.set_resolved_refs(None);
                     }
                     Some((reason @ ("InvalidCACertificateRef" | "InvalidKind"), msg)) => {
                         c.set("Accepted", false, "NoValidCACertificate", format!("{msg}; requests to the Service are refused"));
@@ -1116,7 +1108,7 @@ fn policy_status(
                     }
                     Some((_, msg)) => {
                         c.set("Accepted", false, "Invalid", format!("{msg}; requests to the Service are refused"));
-                        c.set("ResolvedRefs", true, "ResolvedRefs", "all references are resolved");
+                        c.set_resolved_refs(None);
                     }
                 }
                 object([

@@ -62,6 +62,16 @@ fn lookup_route(c: &Compiled, host: &str, path: &str, headers: &[(&str, &str)]) 
         .map(|m| format!("{}#{}", m.entry.rule.route, m.entry.rule.index))
 }
 
+/// The condition of `type_` in a `conditions` list.
+fn condition<'a>(conditions: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
+    conditions
+        .as_array()
+        .expect("a conditions list")
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {conditions}"))
+}
+
 fn route(name: &str, body: &str) -> String {
     format!(
         "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  parentRefs: [{{name: gw}}]\n{body}"
@@ -592,12 +602,7 @@ fn a_requested_address_wins_over_one_kept_and_a_second_request_is_refused() {
     assert_eq!(address("gw-a").as_deref(), Some("127.0.0.3"));
     assert_eq!(address("gw-c"), None);
     let status = &c.report.get(Kind::Gateway, "infra", "gw-c").unwrap().status;
-    let programmed = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Programmed")
-        .unwrap();
+    let programmed = condition(&status["conditions"], "Programmed");
     assert_eq!(programmed["status"], "False");
     assert_eq!(programmed["reason"], "AddressNotUsable");
     assert!(
@@ -698,12 +703,7 @@ fn listeners_mapped_onto_one_socket_conflict_like_listeners_on_one_port() {
         .iter()
         .find(|l| l["name"] == "alt")
         .unwrap();
-    let conflicted = alt["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Conflicted")
-        .unwrap();
+    let conflicted = condition(&alt["conditions"], "Conflicted");
     assert_eq!(conflicted["status"], "True", "{alt}");
     assert_eq!(conflicted["reason"], "ProtocolConflict", "{alt}");
 }
