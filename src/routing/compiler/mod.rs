@@ -12,8 +12,9 @@
 //! 3. the table is assembled per bound socket from the attached rules, sorted by precedence.
 //!
 //! A [`CompileCache`] carried from one compile to the next makes the second pass incremental:
-//! while nothing but routes changed, a route whose object is unchanged is not translated
-//! again, and a change of one route among ten thousand costs little more than that one route.
+//! while nothing but routes (and EndpointSlices) changed, a route whose inputs are unchanged is
+//! not translated again, and a change of one route among ten thousand costs little more than
+//! that one route.
 //! The cache never changes the result: [`compile`] is [`compile_with`] and an empty cache.
 //!
 //! Problems in user objects never stop compilation: they become conditions, and the part of the
@@ -25,7 +26,6 @@ mod routes;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-
 use std::sync::Arc;
 
 use crate::controller::{Kind, Object, Snapshot};
