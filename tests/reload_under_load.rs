@@ -85,14 +85,13 @@ async fn scrape(client: &reqwest::Client, admin: SocketAddr, metric: &str) -> f6
         .unwrap_or(f64::NAN)
 }
 
+/// Runs with the default threads, then on one serving thread, where the compile loop shares
+/// the thread with requests. One after the other, not as two tests: tests of one binary run
+/// in parallel, and ports picked by [`free_port`] in one could be picked again by the other
+/// before its processes bind them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_and_endpoints_change_100_times_under_keepalive_load() {
     reload_under_load(None).await;
-}
-
-/// The same on one serving thread, where the compile loop shares the thread with requests.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_and_endpoints_change_100_times_on_one_thread() {
     reload_under_load(Some("1")).await;
 }
 
