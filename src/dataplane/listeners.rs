@@ -89,23 +89,22 @@ impl Listeners {
     /// Binds the sockets in `wanted` (address, terminates TLS) that are not bound yet and stops
     /// the ones not wanted; a socket that switches between cleartext and TLS is reopened.
     pub async fn reconcile(&mut self, wanted: &[(SocketAddr, bool)]) {
-        let mut stopped = Vec::new();
-        self.running.retain(|addr, (tls, task)| {
-            let keep = wanted.contains(&(*addr, *tls));
-            if !keep {
+        let unwanted: Vec<SocketAddr> = self
+            .running
+            .iter()
+            .filter(|(addr, (tls, _))| !wanted.contains(&(**addr, *tls)))
+            .map(|(addr, _)| *addr)
+            .collect();
+        // An aborted accept loop drops its socket only when the runtime next gets to it; its
+        // handle resolves after that. Wait for it, or a socket reopened on the same address (a
+        // port switching between cleartext and TLS) would find it still bound and wait for the
+        // bind retry.
+        for addr in unwanted {
+            if let Some((_, task)) = self.running.remove(&addr) {
                 task.abort();
-                stopped.push((*addr, task.abort_handle()));
+                let _ = task.await;
+                tracing::info!(%addr, "listener socket closed");
             }
-            keep
-        });
-        // An aborted accept loop drops its socket only when the runtime next gets to it. Wait
-        // for that, or a socket reopened on the same address (a port switching between
-        // cleartext and TLS) would find it still bound and wait for the bind retry.
-        for (addr, task) in stopped {
-            while !task.is_finished() {
-                tokio::task::yield_now().await;
-            }
-            tracing::info!(%addr, "listener socket closed");
         }
         self.failed.clear();
         for &(addr, tls) in wanted {

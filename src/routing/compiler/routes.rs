@@ -1097,17 +1097,18 @@ fn policy_status(
                 // (NoValidCACertificate); any other problem makes it not accepted (Invalid).
                 // Either way the Service's traffic is refused (500), never sent in cleartext.
                 let mut c = Conditions::new(used.generation, &options.now);
+                let refused = |msg: &str| format!("{msg}; requests to the Service are refused");
                 match &used.problem {
                     None => {
                         c.set("Accepted", true, "Accepted", "policy is applied to its Service");
                         c.set_resolved_refs(None);
                     }
                     Some((reason @ ("InvalidCACertificateRef" | "InvalidKind"), msg)) => {
-                        c.set("Accepted", false, "NoValidCACertificate", format!("{msg}; requests to the Service are refused"));
-                        c.set("ResolvedRefs", false, reason, msg.clone());
+                        c.set("Accepted", false, "NoValidCACertificate", refused(msg));
+                        c.set_resolved_refs(Some((reason, msg)));
                     }
                     Some((_, msg)) => {
-                        c.set("Accepted", false, "Invalid", format!("{msg}; requests to the Service are refused"));
+                        c.set("Accepted", false, "Invalid", refused(msg));
                         c.set_resolved_refs(None);
                     }
                 }
