@@ -9,6 +9,8 @@ answered), as the upstream suite's echo server does, plus:
 - `delay=<Go duration>` query parameter: wait before answering;
 - `X-Echo-Set-Header: Name:value,...`: add those headers to the answer;
 - `/ws`: a WebSocket endpoint echoing text and binary messages (RFC 6455);
+- `/retry/...?responseCode=C&succeedAfter=N&uuid=U`: the first N requests with one `uuid` fail,
+  with status C, or without `responseCode` by resetting the connection; later ones are echoed;
 - a record of every request received, for mirror checks.
 """
 
@@ -17,8 +19,10 @@ import hashlib
 import json
 import re
 import socket
+import urllib.parse
 import ssl
 import struct
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,12 +35,26 @@ import h2.exceptions
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
 
 
+class ResetConnection(Exception):
+    """Raised by `Echo.answer` when the request asks for its connection to be reset."""
+
+
 def go_duration(text):
     """Seconds in a Go duration such as 1s, 500ms, 1m30s."""
     total = 0.0
     for value, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", text or ""):
         total += float(value) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}[unit]
     return total
+
+
+class QuietServer(ThreadingHTTPServer):
+    """An HTTP server that does not print a traceback when a peer resets its connection: the
+    gateway does that on purpose, for example to a backend connection it gives up after a
+    retried status."""
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class Echo:
@@ -47,6 +65,7 @@ class Echo:
     def __init__(self, namespace, service, tls_files=None, target_port=3000, client_ca=None):
         self.namespace, self.service = namespace, service
         self.seen = []  # (method, path) of every request, for mirror checks
+        self.failures = {}  # uuid -> failed answers so far, for /retry/
         self.lock = threading.Lock()
         echo = self
 
@@ -68,8 +87,14 @@ class Echo:
                     peer = self.connection.getpeercert(binary_form=True)
                     tls = {"serverName": getattr(self.connection, "sni", None),
                            "peerCertificates": [ssl.DER_cert_to_PEM_cert(peer)] if peer else []}
-                status, headers, body = echo.answer(self.command, self.path, self.headers.get("host", ""),
-                                                    self.request_version, self.headers.items(), tls)
+                try:
+                    status, headers, body = echo.answer(self.command, self.path, self.headers.get("host", ""),
+                                                        self.request_version, self.headers.items(), tls)
+                except ResetConnection:
+                    # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    return
                 self.send_response(status)
                 for name, value in headers:
                     self.send_header(name, value)
@@ -97,7 +122,7 @@ class Echo:
                         self.wfile.write(make_frame(opcode, payload, mask=False))
                         self.wfile.flush()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         if tls_files:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -128,6 +153,11 @@ class Echo:
         headers `X-Echo-Set-Header` asks for."""
         self.record(method, path)
         query = path.split("?", 1)[1] if "?" in path else ""
+        if path.startswith("/retry/"):
+            failure = self.flaky(query)
+            if failure is not None:
+                body = b"failing as asked\n"
+                return failure, [("content-type", "text/plain"), ("content-length", str(len(body)))], body
         for pair in query.split("&"):
             if pair.startswith("delay="):
                 time.sleep(min(go_duration(pair[6:]), 30))
@@ -148,6 +178,20 @@ class Echo:
                     name, value = item.split(":", 1)
                     out.append((name.strip(), value.strip()))
         return 200, out, body
+
+    def flaky(self, query):
+        """The status a `/retry/` request fails with, or None once its `uuid` has failed
+        `succeedAfter` times; raises ResetConnection when no `responseCode` is given."""
+        params = dict(urllib.parse.parse_qsl(query))
+        uuid = params.get("uuid", "")
+        with self.lock:
+            failed = self.failures.get(uuid, 0)
+            if failed >= int(params.get("succeedAfter", "0")):
+                return None
+            self.failures[uuid] = failed + 1
+        if "responseCode" not in params:
+            raise ResetConnection()
+        return int(params["responseCode"])
 
     def paths_seen(self):
         with self.lock:
@@ -298,8 +342,14 @@ class H2cConnection:
         pseudo = {k: v for k, v in headers if k.startswith(":")}
         fields = [(k, v) for k, v in headers if not k.startswith(":")]
         host = pseudo.get(":authority") or next((v for k, v in fields if k == "host"), "")
-        status, out, body = self.answer(pseudo.get(":method", ""), pseudo.get(":path", ""), host, "HTTP/2.0",
-                                        fields)
+        try:
+            status, out, body = self.answer(pseudo.get(":method", ""), pseudo.get(":path", ""), host, "HTTP/2.0",
+                                            fields)
+        except ResetConnection:
+            with self.lock:
+                self.conn.reset_stream(stream_id)
+                self.send()
+            return
         head_only = pseudo.get(":method") == "HEAD"
         with self.lock:
             try:

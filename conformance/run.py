@@ -74,13 +74,6 @@ def skip_reason(test):
         return f"does not apply: the gateway supports {', '.join(sorted(claimed))}"
     if test.get("standalone_applicable") is False:
         return "only meaningful for an implementation that creates Kubernetes objects"
-    features = set(test["features"])
-    unsupported = {
-        "HTTPRouteRetry": "retries are not implemented",
-    }
-    for feature, reason in unsupported.items():
-        if feature in features:
-            return reason
     return None
 
 

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub upstream_connections: IntCounterVec,
     /// Upstream failures by backend and kind (`connect`, `timeout`, `other`).
     pub upstream_failures: IntCounterVec,
+    /// Backend requests sent again, under a rule's `retry` or after a pooled connection failed,
+    /// by backend.
+    pub upstream_retries: IntCounterVec,
     /// Ready endpoints per backend Service port, as of the served table.
     pub endpoints_ready: IntGaugeVec,
     /// Client connections open now.
@@ -138,6 +141,11 @@ impl Metrics {
                 "portcullis_upstream_failures_total",
                 "Requests whose upstream failed, by backend and kind.",
                 &["backend", "kind"],
+            ),
+            upstream_retries: counter(
+                "portcullis_upstream_retries_total",
+                "Backend requests sent again (a rule's retry, or a pooled connection that failed), by backend.",
+                &["backend"],
             ),
             endpoints_ready: IntGaugeVec::new(
                 Opts::new(
@@ -235,6 +243,7 @@ impl Metrics {
             Box::new(m.response_bytes.clone()),
             Box::new(m.upstream_connections.clone()),
             Box::new(m.upstream_failures.clone()),
+            Box::new(m.upstream_retries.clone()),
             Box::new(m.endpoints_ready.clone()),
             Box::new(m.connections_open.clone()),
             Box::new(m.connections_accepted.clone()),

@@ -13,6 +13,12 @@
 //! | the backend has no ready endpoint         | 503    |
 //! | the backend cannot be reached             | 502    |
 //! | the rule's timeout passed                 | 504    |
+//!
+//! A rule with `retry` sends the request again (after its backoff, to the Service's next
+//! endpoint) when the backend answers one of the listed statuses, cannot be connected to, or
+//! closes the connection before answering; the last try's answer is the one the client gets.
+//! Only a request whose body Pingora still holds whole (its retry buffer) is sent again, and
+//! never once anything has gone back to the client or `timeouts.request` would be passed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +35,9 @@ use rand::Rng;
 use super::access_log::{self, AccessLog};
 use super::metrics::{Metrics, RequestLabels};
 use super::mirror;
-use crate::routing::table::{Backend, Cors, Filter, HeaderEdits, PathReplace, RequestView, Rule};
+use crate::routing::table::{
+    Backend, Cors, Filter, HeaderEdits, PathReplace, RequestView, RetryPolicy, Rule,
+};
 use crate::routing::RoutingTable;
 
 /// Concurrent streams the gateway opens on one HTTP/2 connection to a backend.
@@ -78,6 +86,10 @@ pub struct RequestCtx {
     prefix: Option<Arc<str>>,
     scheme: &'static str,
     status: u16,
+    /// Tries sent to a backend so far (`upstream_peer` calls).
+    attempts: u32,
+    /// The status `upstream_response_filter` turned into a retry, until `error_while_proxy`.
+    retried_status: Option<u16>,
 }
 
 #[async_trait]
@@ -101,6 +113,8 @@ impl ProxyHttp for Proxy {
             prefix: None,
             scheme: "http",
             status: 0,
+            attempts: 0,
+            retried_status: None,
         }
     }
 
@@ -133,6 +147,10 @@ impl ProxyHttp for Proxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.attempts += 1;
+        if ctx.attempts > 1 {
+            self.prepare_retry(ctx).await;
+        }
         let (endpoint, h2c) = ctx
             .upstream
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
@@ -157,9 +175,13 @@ impl ProxyHttp for Proxy {
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         if let Some(rule) = &ctx.rule {
             // Both rule timeouts bound how long the backend may stay silent (Pingora's read
-            // timeout). Known shortcoming: `timeouts.request` is therefore not an end-to-end
-            // deadline on a response that keeps trickling in.
-            let timeout = match (rule.request_timeout, rule.backend_timeout) {
+            // timeout); a retry gets only what is left of `timeouts.request`. Known shortcoming:
+            // `timeouts.request` is therefore not an end-to-end deadline on a response that
+            // keeps trickling in.
+            let left = rule
+                .request_timeout
+                .map(|t| t.saturating_sub(ctx.started.elapsed()).max(MIN_TRY_TIMEOUT));
+            let timeout = match (left, rule.backend_timeout) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -230,8 +252,8 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _response: &mut ResponseHeader,
+        session: &mut Session,
+        response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(started), Some(backend)) = (ctx.upstream_started, &ctx.backend_name) {
@@ -239,7 +261,64 @@ impl ProxyHttp for Proxy {
             ctx.upstream_elapsed = Some(elapsed);
             self.metrics.observe_upstream(backend, elapsed);
         }
+        let status = response.status.as_u16();
+        let listed = retry_policy(ctx).is_some_and(|p| p.retries_status(status));
+        if listed && may_retry(session, ctx) {
+            // Failing here, before the response goes anywhere, makes Pingora drop this backend
+            // connection and call `upstream_peer` again.
+            ctx.retried_status = Some(status);
+            let mut e = Error::explain(
+                ErrorType::HTTPStatus(status),
+                "the backend answered a status the rule retries",
+            );
+            e.set_retry(true);
+            return Err(e.into_up());
+        }
         Ok(())
+    }
+
+    /// Marks upstream failures retried under the rule's `retry`; without one, keeps Pingora's
+    /// own policy (a reused connection that failed is retried once for an idempotent request).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.retried_status.take().is_some() {
+            return e;
+        }
+        let broken = *e.esource() == pingora_core::ErrorSource::Upstream
+            && !matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::HTTPStatus(_)
+            );
+        if retry_policy(ctx).is_some() && broken && may_retry(session, ctx) {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if retry_policy(ctx).is_some() && may_retry(session, ctx) {
+            e.set_retry(true);
+        }
+        e
     }
 
     async fn connected_to_upstream(
@@ -407,7 +486,57 @@ enum Decision {
     Preflight(Vec<(&'static str, String)>),
 }
 
+/// The shortest read timeout a try gets, however little of `timeouts.request` is left: the
+/// request is then answered 504 promptly instead of failing before it is sent.
+const MIN_TRY_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The rule's retry policy, if the request matched a rule that has one.
+fn retry_policy(ctx: &RequestCtx) -> Option<&RetryPolicy> {
+    ctx.rule.as_ref().and_then(|r| r.retry.as_ref())
+}
+
+/// Whether the request may be sent to a backend once more: the rule allows another try, the
+/// whole request body is still held for it, nothing has been sent to the client, and the
+/// backoff ends before `timeouts.request` does.
+fn may_retry(session: &mut Session, ctx: &RequestCtx) -> bool {
+    let (Some(rule), Some(policy)) = (&ctx.rule, retry_policy(ctx)) else {
+        return false;
+    };
+    if ctx.attempts > policy.attempts || session.response_written().is_some() {
+        return false;
+    }
+    let downstream = session.as_mut();
+    if !downstream.is_body_done() || downstream.retry_buffer_truncated() {
+        return false;
+    }
+    rule.request_timeout
+        .is_none_or(|deadline| ctx.started.elapsed() + policy.backoff < deadline)
+}
+
 impl Proxy {
+    /// Before a retry: counts it, waits the rule's backoff and moves on to the Service's next
+    /// endpoint, so a retry does not land on the endpoint that just failed when others exist.
+    async fn prepare_retry(&self, ctx: &mut RequestCtx) {
+        let Some(rule) = ctx.rule.clone() else {
+            return;
+        };
+        if let Some(backend) = &ctx.backend_name {
+            self.metrics
+                .upstream_retries
+                .with_label_values(&[backend])
+                .inc();
+        }
+        if let Some(policy) = &rule.retry {
+            tokio::time::sleep(policy.backoff).await;
+        }
+        let target = ctx.backend.map(|i| rule.backends[i].target.as_ref());
+        if let (Some(Backend::Service(service)), Some((_, h2c))) = (target, ctx.upstream) {
+            if let Some(endpoint) = service.pick() {
+                ctx.upstream = Some((endpoint, h2c));
+            }
+        }
+    }
+
     /// Looks the request up and chooses its fate. Synchronous on purpose: the table is loaded
     /// once here and dropped before anything awaits.
     fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> Decision {

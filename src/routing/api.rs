@@ -314,6 +314,8 @@ pub struct HttpRule {
     pub backend_refs: Vec<BackendRef>,
     /// Request and backend request timeouts.
     pub timeouts: Option<Timeouts>,
+    /// When to send a request to the backend again.
+    pub retry: Option<Retry>,
 }
 
 /// `rules[].matches[]`.
@@ -366,6 +368,19 @@ pub struct Timeouts {
     pub request: Option<String>,
     /// One request from the gateway to a backend.
     pub backend_request: Option<String>,
+}
+
+/// `rules[].retry`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// Backend response statuses that are retried (400-599).
+    #[serde(default)]
+    pub codes: Vec<i64>,
+    /// How many times a request may be retried, after the first try.
+    pub attempts: Option<i64>,
+    /// The least time to wait before each retry.
+    pub backoff: Option<String>,
 }
 
 /// `rules[].filters[]` and `backendRefs[].filters[]`.
@@ -697,6 +712,7 @@ impl From<GrpcRule> for HttpRule {
             filters: r.filters,
             backend_refs: r.backend_refs,
             timeouts: None,
+            retry: None,
         }
     }
 }

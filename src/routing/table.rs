@@ -158,6 +158,35 @@ pub struct Rule {
     pub request_timeout: Option<Duration>,
     /// Deadline for one request to a backend.
     pub backend_timeout: Option<Duration>,
+    /// When a failed backend request is sent again.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// `rules[].retry`, checked: which answers are retried, how often, and how long to wait.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Backend statuses that are retried. Failures to connect, and connections that close
+    /// before a response begins, are retried whatever the list holds.
+    pub codes: Vec<u16>,
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Wait before each retry.
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// Retries allowed when `rules[].retry.attempts` is not given.
+    pub const DEFAULT_ATTEMPTS: u32 = 1;
+    /// The wait before a retry when `rules[].retry.backoff` is not given.
+    pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
+    /// The most retries one request gets, whatever a route asks: each holds a client waiting
+    /// and adds load to a backend that is already failing.
+    pub const MAX_ATTEMPTS: u32 = 10;
+
+    /// Whether an answer with `status` is tried again.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.codes.contains(&status)
+    }
 }
 
 /// A backendRef with its weight.

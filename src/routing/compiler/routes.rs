@@ -16,8 +16,8 @@ use crate::routing::api::{self, BackendRef, HttpFilter, HttpMatch, RouteSpec};
 use crate::routing::status::{object, Conditions, ObjectStatus, StatusReport};
 use crate::routing::table::{
     Backend, Conditions as MatchConditions, Cors, Entry, Filter, HeaderEdits, HostIndex, Mirror,
-    PathIndex, PathReplace, Redirect, Rewrite, Rule, ServiceBackend, ValueCondition, ValueMatch,
-    WeightedBackend,
+    PathIndex, PathReplace, Redirect, RetryPolicy, Rewrite, Rule, ServiceBackend, ValueCondition,
+    ValueMatch, WeightedBackend,
 };
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -561,6 +561,7 @@ fn translate_rule(
         ),
         None => (None, None),
     };
+    let retry = rule.retry.as_ref().map(translate_retry).transpose()?;
     let compiled_rule = Arc::new(Rule {
         route: route_id.clone(),
         index,
@@ -570,6 +571,7 @@ fn translate_rule(
         backends: weighted,
         request_timeout,
         backend_timeout,
+        retry,
     });
     let default_match = [HttpMatch::default()];
     let matches = if rule.matches.is_empty() {
@@ -582,6 +584,40 @@ fn translate_rule(
         .enumerate()
         .map(|(i, m)| translate_match(m, compiled_rule.clone(), index * 1000 + i))
         .collect()
+}
+
+/// Checks `rules[].retry` as the API server's schema would, and fills in its defaults.
+fn translate_retry(retry: &api::Retry) -> Result<RetryPolicy, String> {
+    let codes = retry
+        .codes
+        .iter()
+        .map(|&code| match u16::try_from(code) {
+            Ok(code @ 400..=599) => Ok(code),
+            _ => Err(format!(
+                "retry code {code} is not an error status: codes must be within 400-599"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let attempts = match retry.attempts {
+        None => RetryPolicy::DEFAULT_ATTEMPTS,
+        Some(n) if n < 0 => {
+            return Err(format!("retry attempts must not be negative, got {n}"));
+        }
+        Some(n) => u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .min(RetryPolicy::MAX_ATTEMPTS),
+    };
+    let backoff = match retry.backoff.as_deref() {
+        None => RetryPolicy::DEFAULT_BACKOFF,
+        Some(text) => parse_duration(text)
+            .map_err(|e| format!("retry backoff: {e}"))?
+            .unwrap_or_default(),
+    };
+    Ok(RetryPolicy {
+        codes,
+        attempts,
+        backoff,
+    })
 }
 
 fn translate_match(

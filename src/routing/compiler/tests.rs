@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::controller::{directory::parse_manifests, Kind, Snapshot};
-use crate::routing::table::RequestView;
+use crate::routing::table::{RequestView, RetryPolicy};
 
 fn snapshot(yaml: &str) -> Snapshot {
     let (objects, errors) = parse_manifests(yaml).expect("test YAML parses");
@@ -706,4 +706,71 @@ fn listeners_mapped_onto_one_socket_conflict_like_listeners_on_one_port() {
     let conflicted = condition(&alt["conditions"], "Conflicted");
     assert_eq!(conflicted["status"], "True", "{alt}");
     assert_eq!(conflicted["reason"], "ProtocolConflict", "{alt}");
+}
+
+#[test]
+fn retry_is_checked_and_its_defaults_filled_in() {
+    let retry_of = |path: &str, c: &Compiled| {
+        let header = |_: &str| -> Vec<&str> { Vec::new() };
+        let view = RequestView {
+            host: "h",
+            path,
+            query: None,
+            method: "GET",
+            header: &header,
+        };
+        let bind = "127.0.0.1:80".parse().unwrap();
+        let matched = c.table.lookup(&bind, &view).expect("a rule matches");
+        matched.entry.rule.retry.clone()
+    };
+    let rule = |path: &str, retry: &str| {
+        format!("  - matches: [{{path: {{value: {path}}}}}]\n    retry: {retry}\n    backendRefs: [{{name: svc, port: 8080}}]\n")
+    };
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            &format!(
+                "  rules:\n{}{}{}",
+                rule("/given", "{codes: [500, 503], attempts: 3, backoff: 1s}"),
+                rule("/defaults", "{}"),
+                rule("/many", "{codes: [502], attempts: 1000}"),
+            )
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let given = retry_of("/given", &c).expect("a retry policy");
+    assert_eq!(given.codes, [500, 503]);
+    assert_eq!(given.attempts, 3);
+    assert_eq!(given.backoff, std::time::Duration::from_secs(1));
+    let defaults = retry_of("/defaults", &c).expect("a retry policy");
+    assert!(defaults.codes.is_empty());
+    assert_eq!(defaults.attempts, RetryPolicy::DEFAULT_ATTEMPTS);
+    assert_eq!(defaults.backoff, RetryPolicy::DEFAULT_BACKOFF);
+    assert_eq!(
+        retry_of("/many", &c).unwrap().attempts,
+        RetryPolicy::MAX_ATTEMPTS
+    );
+
+    // What the API server's schema refuses is refused here, naming the field.
+    for (retry, says) in [
+        ("{codes: [200]}", "retry code 200 is not an error status"),
+        (
+            "{codes: [500], attempts: -1}",
+            "retry attempts must not be negative",
+        ),
+        ("{backoff: soon}", "retry backoff: invalid duration"),
+    ] {
+        let yaml = format!(
+            "{BASE}{}",
+            route("b", &format!("  rules:\n{}", rule("/", retry)))
+        );
+        let c = compile(&snapshot(&yaml), &CompileOptions::default());
+        let status = &c.report.get(Kind::HttpRoute, "infra", "b").unwrap().status;
+        let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+        assert_eq!(accepted["status"], "False", "{retry}");
+        assert_eq!(accepted["reason"], "UnsupportedValue", "{retry}");
+        let message = accepted["message"].as_str().unwrap();
+        assert!(message.contains(says), "{retry}: {message}");
+    }
 }

@@ -1,0 +1,231 @@
+//! `rules[].retry` end to end: the binary in front of a backend that fails on demand. A listed
+//! status is retried with the whole request body, the last answer passes through as the backend
+//! gave it, an unlisted status and a rule without `retry` go back at once, and an endpoint that
+//! refuses connections is retried on the Service's next endpoint.
+
+mod common;
+
+use common::manifests::{gateway, gateway_class, listener, service};
+use common::{free_port, Killed};
+
+use std::convert::Infallible;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+
+/// What the backend does and what it saw.
+#[derive(Default)]
+struct Flaky {
+    /// Answers still to fail, and the status they fail with.
+    failures: Mutex<(usize, u16)>,
+    /// `METHOD body` of every request received.
+    seen: Mutex<Vec<String>>,
+}
+
+impl Flaky {
+    fn fail_next(&self, count: usize, status: u16) {
+        *self.failures.lock().unwrap() = (count, status);
+        self.seen.lock().unwrap().clear();
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let method = req.method().to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        self.seen.lock().unwrap().push(format!("{method} {body}"));
+        let mut failures = self.failures.lock().unwrap();
+        if failures.0 > 0 {
+            failures.0 -= 1;
+            return Response::builder()
+                .status(failures.1)
+                .body(Full::new(Bytes::from_static(b"failing as asked\n")))
+                .unwrap();
+        }
+        Response::new(Full::new(Bytes::from(format!("ok:{body}"))))
+    }
+}
+
+/// Serves `flaky` on 127.0.0.1:`port`, HTTP/1.1 with keep-alive.
+async fn serve(flaky: Arc<Flaky>, port: u16) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let flaky = flaky.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let flaky = flaky.clone();
+                    async move { Ok::<_, Infallible>(flaky.answer(req).await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+}
+
+/// An HTTPRoute for `host` sending everything to port 80 of `service`, with `retry` if given.
+fn route(name: &str, host: &str, service: &str, retry: Option<&str>) -> String {
+    let retry = retry.map_or(String::new(), |r| format!("    retry: {r}\n"));
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: {name}, namespace: rt}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [{host}]\n  rules:\n\
+         \x20 - backendRefs: [{{name: {service}, port: 80}}]\n{retry}"
+    )
+}
+
+/// The EndpointSlice of `service`: port `port` on each of `addresses`.
+fn endpoints(service: &str, addresses: &str, port: u16) -> String {
+    format!(
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {service}-1, namespace: rt, \
+         labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\n\
+         endpoints: [{{addresses: [{addresses}]}}]\nports: [{{name: http, port: {port}}}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_backend_requests_are_retried_as_the_rule_says() {
+    let backend_port = free_port();
+    let flaky = Arc::new(Flaky::default());
+    serve(flaky.clone(), backend_port).await;
+
+    // `half` has two endpoints: 127.0.0.2 refuses connections (nothing listens there), and
+    // 127.0.0.1 is the backend.
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route(
+            "retried",
+            "retry.example",
+            "flaky",
+            Some("{codes: [503], attempts: 2, backoff: 10ms}"),
+        ),
+        route("plain", "plain.example", "flaky", None),
+        route(
+            "half-retried",
+            "half.example",
+            "half",
+            Some("{attempts: 1}"),
+        ),
+        route("half-plain", "half-plain.example", "half", None),
+        service("rt", "flaky"),
+        endpoints("flaky", "127.0.0.1", backend_port),
+        service("rt", "half"),
+        endpoints("half", "127.0.0.2, 127.0.0.1", backend_port),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("all.yaml"), config).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let _gateway = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config-dir"])
+            .arg(dir.path())
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+            .args(["--access-log-sample", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(format!("http://127.0.0.1:{admin}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://127.0.0.1:{listen}/");
+    let send = |host: &'static str, body: Option<&'static str>| {
+        let request = match body {
+            Some(body) => client.post(&url).body(body),
+            None => client.get(&url),
+        };
+        async move {
+            let r = request.header("host", host).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+
+    // Two 503s, then success: the client sees only the success, and every try carried the body.
+    flaky.fail_next(2, 503);
+    assert_eq!(
+        send("retry.example", Some("payload")).await,
+        (200, "ok:payload".to_string())
+    );
+    assert_eq!(flaky.seen(), ["POST payload"; 3]);
+
+    // More failures than tries: the backend's own last answer comes back, body and all.
+    flaky.fail_next(5, 503);
+    assert_eq!(
+        send("retry.example", None).await,
+        (503, "failing as asked\n".to_string())
+    );
+    assert_eq!(flaky.seen().len(), 3, "the first try and two retries");
+
+    // A status the rule does not list, and a rule without retry, go back at once.
+    flaky.fail_next(1, 500);
+    assert_eq!(send("retry.example", None).await.0, 500);
+    assert_eq!(flaky.seen().len(), 1);
+    flaky.fail_next(1, 503);
+    assert_eq!(send("plain.example", None).await.0, 503);
+    assert_eq!(flaky.seen().len(), 1);
+
+    // An endpoint refusing connections: retried on the next endpoint, or a 502 without retry.
+    flaky.fail_next(0, 200);
+    for _ in 0..6 {
+        assert_eq!(send("half.example", None).await.0, 200);
+    }
+    let mut plain = Vec::new();
+    for _ in 0..6 {
+        plain.push(send("half-plain.example", None).await.0);
+    }
+    assert!(
+        plain.contains(&502),
+        "round robin reaches the dead endpoint: {plain:?}"
+    );
+
+    let metrics = client
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retries = |backend: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("portcullis_upstream_retries_total{"))
+            .filter(|l| l.contains(&format!("backend=\"{backend}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(retries("rt/flaky:80"), 4.0, "{metrics}");
+    assert!(retries("rt/half:80") >= 1.0, "{metrics}");
+}
