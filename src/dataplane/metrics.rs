@@ -78,7 +78,7 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Access log lines dropped because stdout could not keep up.
     pub access_log_dropped: IntCounter,
-    /// Mirror copies dropped because too many were in flight.
+    /// Mirror copies dropped: too many in flight, or a mirror that fell behind the body.
     pub mirror_dropped: IntCounter,
 }
 
@@ -216,7 +216,7 @@ impl Metrics {
             .expect("static metric definition"),
             mirror_dropped: IntCounter::new(
                 "portcullis_mirror_dropped_total",
-                "Mirror copies dropped because too many were in flight.",
+                "Mirror copies dropped: too many in flight, or a mirror that could not keep up with the body.",
             )
             .expect("static metric definition"),
             registry,

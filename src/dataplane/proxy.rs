@@ -90,6 +90,8 @@ pub struct RequestCtx {
     attempts: u32,
     /// The status `upstream_response_filter` turned into a retry, until `error_while_proxy`.
     retried_status: Option<u16>,
+    /// Mirror copies still waiting for (the rest of) the request body.
+    mirror_bodies: Vec<mirror::MirrorBody>,
 }
 
 #[async_trait]
@@ -115,11 +117,13 @@ impl ProxyHttp for Proxy {
             status: 0,
             attempts: 0,
             retried_status: None,
+            mirror_bodies: Vec::new(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match self.decide(session, ctx) {
+        let with_body = !session.as_mut().is_body_empty();
+        match self.decide(session, with_body, ctx) {
             Decision::Forward => Ok(false),
             Decision::Respond(status) => respond(session, ctx, status).await,
             Decision::Preflight(headers) => {
@@ -140,6 +144,21 @@ impl ProxyHttp for Proxy {
                 Ok(true)
             }
         }
+    }
+
+    /// Hands each body chunk to the mirror copies, as it goes to the backend.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !ctx.mirror_bodies.is_empty() {
+            ctx.mirror_bodies
+                .retain(|copy| copy.send(body.as_ref(), end_of_stream));
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -517,6 +536,9 @@ impl Proxy {
     /// Before a retry: counts it, waits the rule's backoff and moves on to the Service's next
     /// endpoint, so a retry does not land on the endpoint that just failed when others exist.
     async fn prepare_retry(&self, ctx: &mut RequestCtx) {
+        // The retry replays the body from Pingora's buffer, through the body filter again: a copy
+        // still taking the body would get its first chunks twice, so it is abandoned instead.
+        ctx.mirror_bodies.clear();
         let Some(rule) = ctx.rule.clone() else {
             return;
         };
@@ -539,7 +561,7 @@ impl Proxy {
 
     /// Looks the request up and chooses its fate. Synchronous on purpose: the table is loaded
     /// once here and dropped before anything awaits.
-    fn decide(&self, session: &Session, ctx: &mut RequestCtx) -> Decision {
+    fn decide(&self, session: &Session, with_body: bool, ctx: &mut RequestCtx) -> Decision {
         let table = self.table.load();
         let Some(bind) = session.server_addr().and_then(|a| a.as_inet()).copied() else {
             return Decision::Respond(404);
@@ -607,7 +629,10 @@ impl Proxy {
                         redirect_location(r, ctx, host, path, query, matched.listener.port);
                     return Decision::Redirect(r.status, location);
                 }
-                Filter::Mirror(m) => mirror::spawn(m, req, &self.metrics),
+                Filter::Mirror(m) => {
+                    ctx.mirror_bodies
+                        .extend(mirror::spawn(m, req, with_body, &self.metrics));
+                }
                 Filter::Cors(cors) => {
                     if let Some(headers) = preflight(cors, req) {
                         return Decision::Preflight(headers);
@@ -623,7 +648,8 @@ impl Proxy {
         let weighted = &rule.backends[index];
         for filter in &weighted.filters {
             if let Filter::Mirror(m) = filter {
-                mirror::spawn(m, req, &self.metrics);
+                ctx.mirror_bodies
+                    .extend(mirror::spawn(m, req, with_body, &self.metrics));
             }
         }
         match weighted.target.as_ref() {

@@ -1,7 +1,12 @@
-//! `rules[].retry` end to end: the binary in front of a backend that fails on demand. A listed
-//! status is retried with the whole request body, the last answer passes through as the backend
-//! gave it, an unlisted status and a rule without `retry` go back at once, and an endpoint that
-//! refuses connections is retried on the Service's next endpoint.
+//! What the gateway sends to backends beyond the plain forward, end to end: the binary in front
+//! of backends that fail on demand and record what they receive.
+//!
+//! - `rules[].retry`: a listed status is retried with the whole request body, the last answer
+//!   passes through as the backend gave it, an unlisted status and a rule without `retry` go
+//!   back at once, and an endpoint that refuses connections is retried on the Service's next
+//!   endpoint.
+//! - `RequestMirror`: the copy carries the request body, whether its length is given or it
+//!   comes chunked, and however many reads it takes.
 
 mod common;
 
@@ -78,14 +83,26 @@ async fn serve(flaky: Arc<Flaky>, port: u16) {
     });
 }
 
-/// An HTTPRoute for `host` sending everything to port 80 of `service`, with `retry` if given.
+/// An HTTPRoute for `host` sending everything to port 80 of `service`, with the rule's `retry`
+/// or `filters` (YAML flow values) if given.
 fn route(name: &str, host: &str, service: &str, retry: Option<&str>) -> String {
-    let retry = retry.map_or(String::new(), |r| format!("    retry: {r}\n"));
+    route_with(name, host, service, retry, None)
+}
+
+fn route_with(
+    name: &str,
+    host: &str,
+    service: &str,
+    retry: Option<&str>,
+    filters: Option<&str>,
+) -> String {
+    let extra = retry.map_or(String::new(), |r| format!("    retry: {r}\n"))
+        + &filters.map_or(String::new(), |f| format!("    filters: {f}\n"));
     format!(
         "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
          metadata: {{name: {name}, namespace: rt}}\n\
          spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [{host}]\n  rules:\n\
-         \x20 - backendRefs: [{{name: {service}, port: 80}}]\n{retry}"
+         \x20 - backendRefs: [{{name: {service}, port: 80}}]\n{extra}"
     )
 }
 
@@ -97,6 +114,57 @@ fn endpoints(service: &str, addresses: &str, port: u16) -> String {
          labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\n\
          endpoints: [{{addresses: [{addresses}]}}]\nports: [{{name: http, port: {port}}}]\n"
     )
+}
+
+/// The binary serving one config file, ready, with a client for it.
+struct Gateway {
+    _process: Killed,
+    _dir: tempfile::TempDir,
+    client: reqwest::Client,
+    listen: u16,
+    admin: u16,
+}
+
+impl Gateway {
+    async fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("all.yaml"), config).unwrap();
+        let (listen, admin) = (free_port(), free_port());
+        let process = Killed(
+            Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args(["run", "--config-dir"])
+                .arg(dir.path())
+                .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+                .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+                .args(["--access-log-sample", "0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "gateway never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Gateway {
+            _process: process,
+            _dir: dir,
+            client,
+            listen,
+            admin,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,36 +198,8 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
         endpoints("half", "127.0.0.2, 127.0.0.1", backend_port),
     ]
     .concat();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("all.yaml"), config).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let _gateway = Killed(
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config-dir"])
-            .arg(dir.path())
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-            .args(["--access-log-sample", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("http://127.0.0.1:{admin}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let gateway = Gateway::start(&config).await;
+    let (client, listen, admin) = (&gateway.client, gateway.listen, gateway.admin);
     let url = format!("http://127.0.0.1:{listen}/");
     let send = |host: &'static str, body: Option<&'static str>| {
         let request = match body {
@@ -228,4 +268,87 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
     };
     assert_eq!(retries("rt/flaky:80"), 4.0, "{metrics}");
     assert!(retries("rt/half:80") >= 1.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_copies_carry_the_request_body() {
+    let (primary_port, copy_port) = (free_port(), free_port());
+    let (primary, copy) = (Arc::new(Flaky::default()), Arc::new(Flaky::default()));
+    serve(primary.clone(), primary_port).await;
+    serve(copy.clone(), copy_port).await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with(
+            "mirrored",
+            "mirror.example",
+            "primary",
+            None,
+            Some("[{type: RequestMirror, requestMirror: {backendRef: {name: copy, port: 80}}}]"),
+        ),
+        service("rt", "primary"),
+        endpoints("primary", "127.0.0.1", primary_port),
+        service("rt", "copy"),
+        endpoints("copy", "127.0.0.1", copy_port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let url = format!("http://127.0.0.1:{}/", gateway.listen);
+    let copy_saw = |want: String| {
+        let copy = copy.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !copy.seen().contains(&want) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the copy never arrived: {:?}",
+                    copy.seen()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // A body of known length, then one of a megabyte: many reads, the copy gets all of it.
+    for body in ["a small body".to_string(), "x".repeat(1 << 20)] {
+        let r = gateway
+            .client
+            .post(&url)
+            .header("host", "mirror.example")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("ok:{body}"));
+        copy_saw(format!("POST {body}")).await;
+    }
+
+    // A chunked body: the copy is sent chunked too.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"POST / HTTP/1.1\r\nhost: mirror.example\r\ntransfer-encoding: chunked\r\n\
+          connection: close\r\n\r\n5\r\nhello\r\n6\r\n chunk\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok:hello chunk"), "{answer}");
+    copy_saw("POST hello chunk".to_string()).await;
+
+    // Without a body the copy has none either.
+    let r = gateway
+        .client
+        .get(&url)
+        .header("host", "mirror.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    copy_saw("GET ".to_string()).await;
 }
