@@ -58,11 +58,13 @@ impl Flaky {
     }
 }
 
-/// Serves `flaky` on 127.0.0.1:`port`, HTTP/1.1 with keep-alive.
-async fn serve(flaky: Arc<Flaky>, port: u16) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+/// Serves `flaky` on a port of 127.0.0.1 it returns, HTTP/1.1 with keep-alive. Binding port 0
+/// here, rather than a port picked before, leaves no window for tests running beside this one.
+async fn serve(flaky: Arc<Flaky>) -> u16 {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
+    let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -81,6 +83,7 @@ async fn serve(flaky: Arc<Flaky>, port: u16) {
             });
         }
     });
+    port
 }
 
 /// An HTTPRoute for `host` sending everything to port 80 of `service`, with the rule's `retry`
@@ -169,9 +172,8 @@ impl Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_backend_requests_are_retried_as_the_rule_says() {
-    let backend_port = free_port();
     let flaky = Arc::new(Flaky::default());
-    serve(flaky.clone(), backend_port).await;
+    let backend_port = serve(flaky.clone()).await;
 
     // `half` has two endpoints: 127.0.0.2 refuses connections (nothing listens there), and
     // 127.0.0.1 is the backend.
@@ -272,10 +274,8 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrored_copies_carry_the_request_body() {
-    let (primary_port, copy_port) = (free_port(), free_port());
     let (primary, copy) = (Arc::new(Flaky::default()), Arc::new(Flaky::default()));
-    serve(primary.clone(), primary_port).await;
-    serve(copy.clone(), copy_port).await;
+    let (primary_port, copy_port) = (serve(primary.clone()).await, serve(copy.clone()).await);
     let config = [
         gateway_class(),
         gateway("rt", "gw", &listener("web", 80, "HTTP")),
@@ -351,4 +351,76 @@ async fn mirrored_copies_carry_the_request_body() {
         .unwrap();
     assert_eq!(r.status(), 200);
     copy_saw("GET ".to_string()).await;
+}
+
+/// A backend that answers every request with a chunked body of `chunks` bytes, one every
+/// `every`: a response that keeps trickling in. Returns its port.
+async fn serve_trickle(chunks: usize, every: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+                if tcp.write_all(start).await.is_err() {
+                    return;
+                }
+                for _ in 0..chunks {
+                    tokio::time::sleep(every).await;
+                    if tcp.write_all(b"1\r\nx\r\n").await.is_err() {
+                        return;
+                    }
+                }
+                let _ = tcp.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
+    // 40 bytes, one every 100 ms: the backend is never silent for long, but the whole answer
+    // takes 4 s against a 1 s `timeouts.request`.
+    let port = serve_trickle(40, Duration::from_millis(100)).await;
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: slow, namespace: rt}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
+         \x20 - backendRefs: [{name: slow, port: 80}]\n    timeouts: {request: 1s}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route.to_string(),
+        service("rt", "slow"),
+        endpoints("slow", "127.0.0.1", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let started = Instant::now();
+    let r = gateway
+        .client
+        .get(format!("http://127.0.0.1:{}/", gateway.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the status went out before the deadline");
+    let body = r.bytes().await;
+    assert!(
+        body.is_err(),
+        "the body is cut off, not completed: {body:?}"
+    );
+    // The whole answer would take 4 s; cut off at the first chunk after 1 s, it ends well before.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
 }

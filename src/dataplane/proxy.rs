@@ -194,9 +194,11 @@ impl ProxyHttp for Proxy {
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         if let Some(rule) = &ctx.rule {
             // Both rule timeouts bound how long the backend may stay silent (Pingora's read
-            // timeout); a retry gets only what is left of `timeouts.request`. Known shortcoming:
-            // `timeouts.request` is therefore not an end-to-end deadline on a response that
-            // keeps trickling in.
+            // timeout), `timeouts.request` counting from the request's start: a retry gets only
+            // what is left of it. A response still streaming when it passes is cut off at its
+            // next chunk (`upstream_response_body_filter`). Known shortcoming: that check runs
+            // only when a chunk arrives, so a trickling response can run past the deadline by up
+            // to the silence this try was allowed.
             let left = rule
                 .request_timeout
                 .map(|t| t.saturating_sub(ctx.started.elapsed()).max(MIN_TRY_TIMEOUT));
@@ -294,6 +296,28 @@ impl ProxyHttp for Proxy {
             return Err(e.into_up());
         }
         Ok(())
+    }
+
+    /// `timeouts.request` ends a response still streaming when it passes: Pingora then closes the
+    /// client's connection (or resets its HTTP/2 stream) mid-body, as the status is already sent.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let deadline = ctx.rule.as_ref().and_then(|r| r.request_timeout);
+        if let Some(deadline) = deadline.filter(|_| !end_of_stream) {
+            if ctx.started.elapsed() > deadline {
+                return Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    "timeouts.request passed while the response was streaming",
+                )
+                .into_up());
+            }
+        }
+        Ok(None)
     }
 
     /// Marks upstream failures retried under the rule's `retry`; without one, keeps Pingora's
