@@ -16,11 +16,8 @@ ARG TARGET=""
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake musl-tools \
     && rm -rf /var/lib/apt/lists/*
-# The release profile of Cargo.toml, tightened for the shipped binary: whole-program LTO, one
-# codegen unit, symbols stripped.
-ENV CARGO_PROFILE_RELEASE_LTO=fat \
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
+# The release profile of Cargo.toml (whole-program LTO, one codegen unit), symbols stripped.
+ENV CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_TERM_COLOR=never
 # cargo-auditable embeds the dependency list in the binary, so that image scanners (Trivy) and
 # the SBOM see the crates inside it.

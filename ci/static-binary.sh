@@ -92,10 +92,8 @@ step "cargo auditable build --release --target $target (LTO, stripped)"
 started=$SECONDS
 (
   cd "$context"
-  # The same profile settings as the Dockerfile.
-  CARGO_PROFILE_RELEASE_LTO=fat \
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-    CARGO_PROFILE_RELEASE_STRIP=symbols \
+  # The same profile settings as the Dockerfile: Cargo.toml's release profile, stripped.
+  CARGO_PROFILE_RELEASE_STRIP=symbols \
     RUSTFLAGS="$rustflags" \
     cargo auditable build --locked --release --target "$target" --bin portcullis
 )
