@@ -12,6 +12,10 @@
 //!
 //! TLS connections are not wrapped: the rustls layer above the socket already gathers a record
 //! before it writes.
+//!
+//! The wrapper also answers Pingora's question, asked before every request on a cleartext
+//! connection, whether the connection opens with the HTTP/2 preface (h2c with prior knowledge);
+//! see [`Coalescing::try_peek`](Peek::try_peek).
 
 use std::fmt;
 use std::io;
@@ -27,25 +31,41 @@ use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
 };
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 
 /// The size of the write buffer: a typical response header plus a small body, about one
 /// Ethernet-sized TCP segment.
 pub const WRITE_BUFFER: usize = 1460;
 
+/// How long a connection may take to send the bytes that tell HTTP/2's preface from an
+/// HTTP/1 request line, once it has sent its first.
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection opens with when it speaks HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A plaintext client stream with a write buffer; see the module doc.
-pub struct Coalescing(BufWriter<Stream>);
+pub struct Coalescing {
+    inner: BufWriter<Stream>,
+    /// Whether the opening bytes were looked at already.
+    opened: bool,
+}
 
 impl Coalescing {
     /// Wraps an accepted stream.
     pub fn new(stream: Stream) -> Self {
-        Coalescing(BufWriter::with_capacity(WRITE_BUFFER, stream))
+        Coalescing {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            opened: false,
+        }
     }
 }
 
 impl fmt::Debug for Coalescing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Coalescing").field(self.0.get_ref()).finish()
+        f.debug_tuple("Coalescing")
+            .field(self.inner.get_ref())
+            .finish()
     }
 }
 
@@ -54,7 +74,7 @@ impl Drop for Coalescing {
         // Pingora flushes before it lets a connection go; should anything be left, the socket
         // is writable in the common case, so a non-blocking attempt is enough.
         let mut cx = Context::from_waker(Waker::noop());
-        let _ = Pin::new(&mut self.0).poll_flush(&mut cx);
+        let _ = Pin::new(&mut self.inner).poll_flush(&mut cx);
     }
 }
 
@@ -64,7 +84,7 @@ impl AsyncRead for Coalescing {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
@@ -74,7 +94,7 @@ impl AsyncWrite for Coalescing {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -82,26 +102,26 @@ impl AsyncWrite for Coalescing {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 #[async_trait]
 impl Shutdown for Coalescing {
     async fn shutdown(&mut self) {
-        if let Err(err) = AsyncWriteExt::shutdown(&mut self.0).await {
+        if let Err(err) = AsyncWriteExt::shutdown(&mut self.inner).await {
             tracing::debug!(error = %err, "closing a client connection");
         }
     }
@@ -109,49 +129,78 @@ impl Shutdown for Coalescing {
 
 impl UniqueID for Coalescing {
     fn id(&self) -> UniqueIDType {
-        self.0.get_ref().id()
+        self.inner.get_ref().id()
     }
 }
 
 impl Ssl for Coalescing {}
 
+/// Pingora reads 24 bytes and puts them back before every request, to see whether they are the
+/// HTTP/2 preface. Read that way, a request shorter than the preface (`GET / HTTP/1.0` and an
+/// empty line is 18 bytes) waits forever for bytes that never come, and every keep-alive request
+/// pays a copy and an allocation for the bytes put back. Here only the opening bytes of the
+/// connection are looked at, as far as they can still be the preface; later requests are
+/// answered "not the preface" at once.
 #[async_trait]
 impl Peek for Coalescing {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.0.get_mut().try_peek(buf).await
+        buf.fill(0);
+        if std::mem::replace(&mut self.opened, true) {
+            return Ok(true);
+        }
+        let stream = self.inner.get_mut();
+        let wanted = buf.len().min(H2_PREFACE.len());
+        let mut read = 0;
+        let opening = tokio::time::timeout(PREFACE_TIMEOUT, async {
+            while read < wanted {
+                let n = stream.read(&mut buf[read..wanted]).await?;
+                if n == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+                }
+                read += n;
+                if buf[..read] != H2_PREFACE[..read] {
+                    break;
+                }
+            }
+            Ok::<(), io::Error>(())
+        })
+        .await;
+        stream.rewind(&buf[..read]);
+        opening.unwrap_or_else(|_| Err(io::Error::from(io::ErrorKind::TimedOut)))?;
+        Ok(true)
     }
 }
 
 impl GetTimingDigest for Coalescing {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.0.get_ref().get_timing_digest()
+        self.inner.get_ref().get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.0.get_ref().get_read_pending_time()
+        self.inner.get_ref().get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.0.get_ref().get_write_pending_time()
+        self.inner.get_ref().get_write_pending_time()
     }
 }
 
 impl GetProxyDigest for Coalescing {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.0.get_ref().get_proxy_digest()
+        self.inner.get_ref().get_proxy_digest()
     }
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.0.get_mut().set_proxy_digest(digest)
+        self.inner.get_mut().set_proxy_digest(digest)
     }
 }
 
 impl GetSocketDigest for Coalescing {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.0.get_ref().get_socket_digest()
+        self.inner.get_ref().get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.0.get_mut().set_socket_digest(digest)
+        self.inner.get_mut().set_socket_digest(digest)
     }
 }

@@ -207,6 +207,10 @@ async fn serve_connection(
         },
         _ => tcp,
     };
+    if acceptor.is_none() && !first_byte(&tcp, &cx.shutdown).await {
+        cx.metrics.connections_open.dec();
+        return;
+    }
     let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
     let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
@@ -245,6 +249,33 @@ async fn serve_connection(
     }
     cx.metrics.connections_open.dec();
 }
+
+/// Waits for a new cleartext connection to send something. Pingora's first read on it (the
+/// HTTP/2 preface check) has no deadline and does not see shutdown, so a connection that never
+/// sends a byte would otherwise be held for good, and hold a shutdown for its whole drain
+/// timeout. It gets [`FIRST_BYTE_TIMEOUT`], and during shutdown the drain's grace period, as
+/// an idle keep-alive connection does. `false` when the connection is to be closed.
+async fn first_byte(tcp: &TcpStream, shutdown: &ShutdownWatch) -> bool {
+    let mut shutdown = shutdown.clone();
+    let draining = async {
+        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+            // No shutdown can come any more: only the timeout ends the wait.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(super::DRAIN_GRACE).await;
+    };
+    // A peek, not `readable()`: readiness can be reported for a socket with nothing to read.
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        peeked = tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut byte)) => {
+            matches!(peeked, Ok(Ok(n)) if n > 0)
+        }
+        () = draining => false,
+    }
+}
+
+/// How long a new cleartext connection may stay silent before it is closed.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a TLS socket does with a connection after its ClientHello.
 enum TlsNext {

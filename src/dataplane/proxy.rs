@@ -36,7 +36,7 @@ use super::access_log::{self, AccessLog};
 use super::metrics::{Metrics, RequestLabels};
 use super::mirror;
 use crate::routing::table::{
-    Backend, Cors, Filter, HeaderEdits, PathReplace, RequestView, RetryPolicy, Rule,
+    normalize_path, Backend, Cors, Filter, HeaderEdits, PathReplace, RequestView, RetryPolicy, Rule,
 };
 use crate::routing::RoutingTable;
 
@@ -122,6 +122,23 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // RFC 9112, section 3.2: an HTTP/1.1 request without a Host is answered 400. (HTTP/1.0
+        // may leave it out, and HTTP/2 carries the authority as a pseudo-header.)
+        let req = session.req_header();
+        if req.version == http::Version::HTTP_11 && request_host(req).is_none() {
+            return respond(session, ctx, 400).await;
+        }
+        // Match and forward on the path with its dot segments resolved (see `normalize_path`).
+        if let Some(path) = normalize_path(req.uri.path()) {
+            let uri = match req.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            match uri.parse::<http::Uri>() {
+                Ok(uri) => session.req_header_mut().set_uri(uri),
+                Err(_) => return respond(session, ctx, 400).await,
+            }
+        }
         let with_body = !session.as_mut().is_body_empty();
         match self.decide(session, with_body, ctx) {
             Decision::Forward => Ok(false),
@@ -221,14 +238,13 @@ impl ProxyHttp for Proxy {
         // Header names are constants and values are built by hand: these three headers go on
         // every request, and parsing names or formatting through `fmt` showed in profiles.
         if let Some(addr) = session.client_addr().and_then(|a| a.as_inet()) {
+            // Every X-Forwarded-For line the client sent, in order, then the client itself.
             let mut forwarded = String::with_capacity(48);
-            if let Some(prev) = upstream
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                forwarded.push_str(prev);
-                forwarded.push_str(", ");
+            for prev in upstream.headers.get_all(&X_FORWARDED_FOR) {
+                if let Ok(prev) = prev.to_str() {
+                    forwarded.push_str(prev);
+                    forwarded.push_str(", ");
+                }
             }
             push_ip(&mut forwarded, addr.ip());
             upstream.insert_header(X_FORWARDED_FOR_WIRE, forwarded)?;

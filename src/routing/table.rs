@@ -415,6 +415,67 @@ impl RoutingTable {
     }
 }
 
+/// The request path with its dot segments resolved (RFC 3986, section 5.2.4), or `None` when it
+/// has none. Routes are matched, and requests forwarded, on the resolved path: otherwise
+/// `/public/../admin` would be matched as `/public/...` by the gateway and served as `/admin` by
+/// a backend that resolves it, walking around the route meant for `/admin`. A segment is a dot
+/// segment whether its dots are written plainly or percent-encoded (`%2e`), as some backends
+/// decode them. Empty segments (`//`) are kept: they are not dot segments, and merging them
+/// would change what some backends serve.
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') || !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return None;
+    }
+    let segments = path[1..].split('/');
+    if !segments.clone().any(|s| dots(s).is_some()) {
+        return None;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    let mut ends_in_directory = false;
+    for segment in segments {
+        ends_in_directory = true;
+        match dots(segment) {
+            Some(1) => {}
+            Some(_) => {
+                kept.pop();
+            }
+            None => {
+                kept.push(segment);
+                ends_in_directory = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if ends_in_directory || out.is_empty() {
+        out.push('/');
+    }
+    Some(out)
+}
+
+/// 1 for a `.` segment, 2 for `..`, counting `%2e` as a dot; `None` for any other segment.
+fn dots(segment: &str) -> Option<u8> {
+    let mut rest = segment.as_bytes();
+    let mut count = 0u8;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2] | 0x20 == b'e' {
+            rest = &rest[3..];
+        } else {
+            return None;
+        }
+        count += 1;
+        if count > 2 {
+            return None;
+        }
+    }
+    (count > 0).then_some(count)
+}
+
 /// Lower-cases a host and strips a port and a trailing dot.
 pub fn normalize_host(host: &str) -> String {
     let host = if host.starts_with('[') {
@@ -536,5 +597,36 @@ impl Conditions {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn dot_segments_are_resolved_and_other_paths_left_alone() {
+        for (path, want) in [
+            ("/public/../admin", Some("/admin")),
+            ("/a/./b", Some("/a/b")),
+            ("/a/b/..", Some("/a/")),
+            ("/a/.", Some("/a/")),
+            ("/..", Some("/")),
+            ("/../../x", Some("/x")),
+            ("/a/%2e%2E/b", Some("/b")),
+            ("/a/.%2e/b", Some("/b")),
+            ("/a/%2e/b", Some("/a/b")),
+            ("/a//../b", Some("/a/b")),
+            // Not dot segments: left as they are.
+            ("/", None),
+            ("/a//b", None),
+            ("/.well-known/x", None),
+            ("/app.js", None),
+            ("/a/.../b", None),
+            ("/a/%2fb", None),
+            ("*", None),
+        ] {
+            assert_eq!(normalize_path(path).as_deref(), want, "{path}");
+        }
     }
 }

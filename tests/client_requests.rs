@@ -1,0 +1,183 @@
+//! How the gateway reads what clients send, over raw TCP so that nothing between the test and
+//! the gateway tidies the request up first:
+//!
+//! - requests shorter than the HTTP/2 preface are answered, and an HTTP/1.1 request without
+//!   Host gets 400;
+//! - dot segments are resolved before routes are matched, and the backend gets the resolved path;
+//! - every X-Forwarded-For line the client sent reaches the backend;
+//! - a connection that never sends a byte does not hold a shutdown for its drain timeout.
+
+mod common;
+
+use common::manifests::{backend, gateway, gateway_class, listener};
+use common::{free_port, Killed};
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `/admin` goes to the echo named `admin`, everything else to the one named `public`.
+fn config(admin_port: u16, public_port: u16) -> String {
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: split, namespace: cr}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /admin}}]\n\
+         \x20   backendRefs: [{name: admin, port: 80}]\n\
+         \x20 - backendRefs: [{name: public, port: 80}]\n";
+    [
+        gateway_class(),
+        gateway("cr", "gw", &listener("web", 80, "HTTP")),
+        route.to_string(),
+        backend("cr", "admin", admin_port),
+        backend("cr", "public", public_port),
+    ]
+    .concat()
+}
+
+fn echo(name: &str, port: u16) -> Killed {
+    Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["echo", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--name", name])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// The gateway on `config`, ready; returns the process and the listener's port.
+async fn start(dir: &std::path::Path, config: &str, drain: &str) -> (Killed, u16) {
+    std::fs::write(dir.join("all.yaml"), config).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config-dir"])
+            .arg(dir)
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+            .args(["--access-log-sample", "0", "--drain-timeout", drain])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = raw(
+            admin,
+            b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .starts_with("HTTP/1.1 200");
+        if ready {
+            return (child, listen);
+        }
+        assert!(Instant::now() < deadline, "gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `request` as it is and reads the answer until the gateway closes the connection (or
+/// 5 s pass; a request that is never answered gives an empty string).
+async fn raw(port: u16, request: &[u8]) -> String {
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        tcp.write_all(request).await?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(answer)) => answer,
+        _ => String::new(),
+    }
+}
+
+/// The JSON body of an echo's answer.
+fn echoed(answer: &str) -> serde_json::Value {
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_read_as_they_were_meant() {
+    let (admin_port, public_port) = (free_port(), free_port());
+    let _echoes = (echo("admin", admin_port), echo("public", public_port));
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, port) = start(dir.path(), &config(admin_port, public_port), "5s").await;
+
+    // 18 bytes, shorter than the 24 of the HTTP/2 preface: answered all the same (in HTTP/1.1,
+    // which RFC 9110 allows as the server's own version).
+    let answer = raw(port, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(echoed(&answer)["backend"], "public");
+    // HTTP/1.1 requires Host.
+    let answer = raw(port, b"GET / HTTP/1.1\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+
+    // The route for /admin is matched on the resolved path, and the backend gets that path.
+    for path in ["/public/../admin/x", "/public/%2e%2e/admin/x", "/./admin/x"] {
+        let request = format!("GET {path}?q=1 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+        let answer = raw(port, request.as_bytes()).await;
+        let body = echoed(&answer);
+        assert_eq!(body["backend"], "admin", "{path}");
+        assert_eq!(body["path"], "/admin/x?q=1", "{path}");
+    }
+    let answer = raw(
+        port,
+        b"GET /admin/../public HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(echoed(&answer)["backend"], "public");
+
+    // Two X-Forwarded-For lines: both reach the backend, then the client's own address.
+    let answer = raw(
+        port,
+        b"GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 192.0.2.1\r\n\
+          x-forwarded-for: 192.0.2.2, 192.0.2.3\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        echoed(&answer)["headers"]["x-forwarded-for"],
+        "192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_does_not_hold_a_shutdown() {
+    let (admin_port, public_port) = (free_port(), free_port());
+    let _echoes = (echo("admin", admin_port), echo("public", public_port));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut gateway, port) = start(dir.path(), &config(admin_port, public_port), "20s").await;
+    // Connected, never a byte sent; and a request line cut short of the preface's length.
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut partial = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    partial.write_all(b"GET /").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let asked = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &gateway.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = gateway.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(30),
+            "gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    // The drain grace is 1 s; the drain timeout of 20 s must not be waited out for them.
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "exit took {took:?}");
+}
