@@ -37,7 +37,8 @@ struct Cli {
         long,
         global = true,
         default_value = "text",
-        env = "PORTCULLIS_LOG_FORMAT"
+        env = "PORTCULLIS_LOG_FORMAT",
+        value_parser = ["text", "json"]
     )]
     log_format: String,
 }
@@ -47,7 +48,8 @@ enum Command {
     /// Serve traffic by the Gateway API objects in a directory of YAML (standalone mode).
     Run(RunArgs),
     /// Compile a directory of manifests offline and print every object's conditions.
-    /// Exits 1 when any object is not accepted or any file does not parse.
+    /// Exits 1 when a file does not parse, an object is not accepted, a reference does not
+    /// resolve, a rule is dropped, or the directory holds no objects.
     Check {
         /// Directory of YAML manifests.
         dir: PathBuf,
@@ -106,7 +108,7 @@ struct RunArgs {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Share of requests written to the JSON access log on stdout, 0.0 to 1.0 (0 turns it off).
-    #[arg(long, default_value_t = 1.0, env = "PORTCULLIS_ACCESS_LOG_SAMPLE")]
+    #[arg(long, default_value_t = 1.0, env = "PORTCULLIS_ACCESS_LOG_SAMPLE", value_parser = parse_share)]
     access_log_sample: f64,
     /// Count every request in the labelled request metrics (`--request-metrics=false` turns them
     /// off, for measuring what they cost).
@@ -133,8 +135,9 @@ struct CompileArgs {
     #[arg(long, default_value = "127.0.0.1", value_parser = parse_pool)]
     address_pool: AddressPool,
     /// Serve listener port P on socket port P + N, so that manifests written for 80 and 443 run
-    /// unprivileged.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    /// unprivileged. A listener whose port lands outside 1-65535 is reported not programmed.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-65534..=65534))]
     port_offset: i32,
     /// Serve listener port P on socket port Q (`80=8080,443=8443`); wins over --port-offset.
     #[arg(long, value_parser = parse_port_map)]
@@ -199,11 +202,20 @@ fn parse_port_map(text: &str) -> Result<PortMap, String> {
         let (from, to) = pair
             .split_once('=')
             .ok_or_else(|| format!("{pair}: expected LISTENER_PORT=SOCKET_PORT"))?;
-        let from: u16 = from.parse().map_err(|e| format!("{from}: {e}"))?;
-        let to: u16 = to.parse().map_err(|e| format!("{to}: {e}"))?;
-        map.insert(from, to);
+        let port = |p: &str| match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{pair}: {p} is not a port (1-65535)")),
+            Ok(port) => Ok(port),
+        };
+        map.insert(port(from)?, port(to)?);
     }
     Ok(PortMap(map))
+}
+
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+        _ => Err(format!("{text} is not a share between 0.0 and 1.0")),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -213,8 +225,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: escape codes in a file or a log collector are
+    // noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -269,8 +284,17 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
         eprintln!("error: cannot read {}: {err}", dir.display());
         return ExitCode::from(2);
     }
-    let compiled = compile(&store.snapshot(), &args.options());
+    let snapshot = store.snapshot();
+    let compiled = compile(&snapshot, &args.options());
     let report = compiled.report;
+    if snapshot.is_empty() && report.errors.is_empty() {
+        eprintln!(
+            "error: no Gateway API objects under {}: the directory holds no *.yaml or *.yml file \
+             with a document of a kind Portcullis reads",
+            dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     if json {
         println!(
             "{}",

@@ -143,8 +143,9 @@ pub struct ObjectStatus {
 }
 
 impl ObjectStatus {
-    /// One line for each `Accepted` condition (the object's own, a route parent's or a policy
-    /// ancestor's) that is not true.
+    /// One line for each condition (the object's own, a route parent's or a policy ancestor's)
+    /// that says the configuration is wrong: `Accepted` not true, `ResolvedRefs` false,
+    /// `PartiallyInvalid` true.
     pub fn problems(&self) -> &[String] {
         self.problems.get_or_init(|| {
             let mut out = Vec::new();
@@ -157,18 +158,26 @@ impl ObjectStatus {
             }
             for list in lists {
                 for c in list.as_array().into_iter().flatten() {
-                    if c["type"] == "Accepted" && c["status"] != "True" {
-                        let id = if self.namespace.is_empty() {
-                            format!("{} {}", self.kind, self.name)
-                        } else {
-                            format!("{} {}/{}", self.kind, self.namespace, self.name)
-                        };
-                        out.push(format!(
-                            "{id}: not accepted ({}): {}",
-                            c["reason"].as_str().unwrap_or(""),
-                            c["message"].as_str().unwrap_or("")
-                        ));
-                    }
+                    // What the configuration itself gets wrong: an object not accepted, a
+                    // reference that does not resolve (its requests answer 500), rules dropped
+                    // from an accepted route. Whether a socket could be bound is not a problem
+                    // of the configuration.
+                    let what = match (c["type"].as_str(), c["status"].as_str()) {
+                        (Some("Accepted"), Some(s)) if s != "True" => "not accepted",
+                        (Some("ResolvedRefs"), Some("False")) => "references not resolved",
+                        (Some("PartiallyInvalid"), Some("True")) => "partially invalid",
+                        _ => continue,
+                    };
+                    let id = if self.namespace.is_empty() {
+                        format!("{} {}", self.kind, self.name)
+                    } else {
+                        format!("{} {}/{}", self.kind, self.namespace, self.name)
+                    };
+                    out.push(format!(
+                        "{id}: {what} ({}): {}",
+                        c["reason"].as_str().unwrap_or(""),
+                        c["message"].as_str().unwrap_or("")
+                    ));
                 }
             }
             out

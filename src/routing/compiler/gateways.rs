@@ -866,10 +866,23 @@ impl Gateways {
                 if served {
                     c.set("Programmed", true, "Programmed", "listener is served");
                 } else {
+                    let off_range = || {
+                        socket.is_none().then(|| {
+                            (
+                                "Invalid",
+                                format!(
+                                    "port {} moved by --port-offset {} is not a port (1-65535); \
+                                     change the offset or map the port with --port-map",
+                                    l.port, options.port_offset
+                                ),
+                            )
+                        })
+                    };
                     let (reason, msg) = l
                         .not_programmed
                         .clone()
                         .or_else(|| gateway.address_problem.clone())
+                        .or_else(off_range)
                         .unwrap_or((
                             "Invalid",
                             "listener is not valid; see its other conditions".to_string(),

@@ -824,17 +824,23 @@ fn header_edits(m: &api::HeaderModifier) -> Result<HeaderEdits, String> {
             Ok(name.to_ascii_lowercase())
         }
     };
+    // A value with a control character (CR and LF above all) could not be sent: every request
+    // through the rule would fail. It is refused here, where it can be reported.
+    let pair = |h: &api::HeaderValue| {
+        if h.value
+            .bytes()
+            .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(format!(
+                "the value of header {:?} holds a control character (such as CR or LF)",
+                h.name
+            ));
+        }
+        Ok((check(&h.name)?, h.value.clone()))
+    };
     Ok(HeaderEdits {
-        set: m
-            .set
-            .iter()
-            .map(|h| Ok((check(&h.name)?, h.value.clone())))
-            .collect::<Result<_, String>>()?,
-        add: m
-            .add
-            .iter()
-            .map(|h| Ok((check(&h.name)?, h.value.clone())))
-            .collect::<Result<_, String>>()?,
+        set: m.set.iter().map(pair).collect::<Result<_, String>>()?,
+        add: m.add.iter().map(pair).collect::<Result<_, String>>()?,
         remove: m
             .remove
             .iter()

@@ -774,3 +774,63 @@ fn retry_is_checked_and_its_defaults_filled_in() {
         assert!(message.contains(says), "{retry}: {message}");
     }
 }
+
+#[test]
+fn a_listener_moved_out_of_the_port_range_says_why_it_is_not_programmed() {
+    let options = CompileOptions {
+        port_offset: 65_500,
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(BASE), &options);
+    let status = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let programmed = condition(&status["listeners"][0]["conditions"], "Programmed");
+    assert_eq!(programmed["status"], "False");
+    let message = programmed["message"].as_str().unwrap();
+    assert!(
+        message.contains("port 80 moved by --port-offset 65500 is not a port"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_header_value_with_a_line_break_is_refused_at_compile_time() {
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-a, value: \"a\\r\\nx-evil: 1\"}]}}]\n    backendRefs: [{name: svc, port: 8080}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "False");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(message.contains("control character"), "{message}");
+}
+
+#[test]
+fn unresolved_references_and_dropped_rules_are_problems() {
+    let yaml = format!(
+        "{BASE}{}{}",
+        route("a", "  rules:\n  - backendRefs: [{name: nowhere, port: 80}]\n"),
+        route(
+            "b",
+            "  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n  - matches: [{path: {type: RegularExpression, value: '(['}}]\n    backendRefs: [{name: svc, port: 8080}]\n"
+        ),
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let problems = c.report.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("HTTPRoute infra/a: references not resolved (BackendNotFound)")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("HTTPRoute infra/b: partially invalid")),
+        "{problems:?}"
+    );
+}
