@@ -2,8 +2,8 @@
 //! certificates from Secrets, and `curl`, `openssl s_client` and a rustls client check what it
 //! serves: the certificate picked by SNI (exact, wildcard, no hostname), every supported key
 //! type and a chain with an intermediate, ALPN, the protocol versions, the 400 for cleartext,
-//! the status of unusable certificate references, ReferenceGrants, and a Secret rotated under
-//! load. The `openssl` and `curl` commands must be installed: without them the tests fail.
+//! the status of unusable certificate references, ReferenceGrants, a Secret rotated under
+//! load, and one that turns bad while served. The `openssl` and `curl` commands must be installed: without them the tests fail.
 
 mod common;
 mod tls_support;
@@ -575,6 +575,52 @@ fn cross_namespace_certificate_ref_needs_a_reference_grant() {
 /// What one load worker saw: per request, the generation of the certificate served (its index
 /// in the rotation), or the error.
 type Outcomes = Vec<Result<usize, String>>;
+
+#[test]
+fn a_secret_that_turns_bad_leaves_its_last_certificate_served() {
+    const HOST: &str = "keep.example";
+    let pki = Pki::new();
+    let ca = pki.ca("keep-ca", KeyType::EcdsaP256, None);
+    let good = pki.leaf("keep-good", KeyType::EcdsaP256, &[HOST], &ca);
+    let other = pki.leaf("keep-other", KeyType::EcdsaP256, &[HOST], &ca);
+    let gw = Gateway::start(
+        &https_listener("keep", Some(HOST), "keep"),
+        vec![(
+            "secret-keep.yaml".to_string(),
+            tls_secret(NAMESPACE, "keep", &good.cert_pem, &good.key_pem),
+        )],
+    );
+    gw.wait_for_condition("keep", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some(HOST), &good);
+
+    // The certificate with another certificate's key: well-formed, but not a usable pair.
+    gw.write(
+        "secret-keep.yaml",
+        &tls_secret(NAMESPACE, "keep", &good.cert_pem, &other.key_pem),
+    );
+    let resolved = gw.wait_for_condition("keep", "ResolvedRefs", "False", "InvalidCertificateRef");
+    assert!(
+        resolved
+            .message
+            .contains("the last valid certificate it held is served"),
+        "{}",
+        resolved.message
+    );
+    let programmed = gw.condition("keep", "Programmed").unwrap();
+    assert_eq!(programmed.status, "True", "{programmed:?}");
+    let client = rustls_client(&[&ca]);
+    let mut conn = RustlsConnection::open(&client, gw.https, HOST).expect("handshake");
+    assert_eq!(conn.leaf_der(), good.der);
+    assert_eq!(conn.get("/", true), Ok(200));
+
+    // Fixed, with a new certificate: that one is served and the condition clears.
+    gw.write(
+        "secret-keep.yaml",
+        &tls_secret(NAMESPACE, "keep", &other.cert_pem, &other.key_pem),
+    );
+    gw.wait_for_condition("keep", "ResolvedRefs", "True", "ResolvedRefs");
+    gw.wait_until_served(Some(HOST), &other);
+}
 
 #[test]
 fn rotated_certificate_is_served_from_the_next_handshake_without_failed_requests() {

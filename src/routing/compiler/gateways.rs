@@ -62,7 +62,21 @@ pub(super) struct ListenerState {
     pub client_auth: Option<Arc<crate::tls::ClientAuth>>,
     /// The validation accepts connections whatever certificate comes (`AllowInsecureFallback`).
     pub insecure_frontend: bool,
+    /// Secrets whose certificate was read, by `(namespace, name)`, for [`CertificateMemory`].
+    pub certificates_read: Vec<((String, String), Arc<rustls::sign::CertifiedKey>)>,
+    /// The Secret whose content is not a usable certificate, with why.
+    pub broken_secret: Option<((String, String), String)>,
+    /// Served with the last usable certificate of a Secret that has since gone bad.
+    pub stale_certificate: bool,
 }
+
+/// The last usable certificate of each Secret a listener reads, kept across compiles. A Secret
+/// whose content turns bad (a cut-off PEM, a key that does not match) would otherwise take its
+/// listeners down at once; with the memory they go on serving the certificate they had, while
+/// their `ResolvedRefs` condition says what is wrong. A Secret that is deleted, or bad from the
+/// start, has nothing to fall back on: its listeners are not served.
+#[derive(Default)]
+pub(super) struct CertificateMemory(HashMap<(String, String), Arc<rustls::sign::CertifiedKey>>);
 
 impl ListenerState {
     /// Whether routes may attach at all (an invalid listener still counts attached routes).
@@ -92,8 +106,9 @@ impl ListenerState {
 
     fn resolved_ok_for_serving(&self) -> bool {
         // An invalid route kind leaves the listener usable for the kinds it does support; a
-        // certificate problem does not.
-        !matches!(&self.resolved, Some((reason, _)) if *reason != "InvalidRouteKinds")
+        // certificate problem does not, unless the last good certificate stands in.
+        self.stale_certificate
+            || !matches!(&self.resolved, Some((reason, _)) if *reason != "InvalidRouteKinds")
     }
 }
 
@@ -137,6 +152,45 @@ pub(super) struct Gateways {
     /// `status.addresses` of every Gateway, when they come from the gateway's Service or pod
     /// rather than from each Gateway's bind address.
     reported: Option<Vec<Value>>,
+}
+
+impl Gateways {
+    /// Lets listeners whose Secret went bad serve the last certificate it held (see
+    /// [`CertificateMemory`]), and remembers the certificates read this time. Only the first
+    /// certificateRef of a listener is served, so a stand-in is needed only when that one broke.
+    pub(super) fn keep_last_good_certificates(&mut self, memory: &mut CertificateMemory) {
+        let mut kept = HashMap::new();
+        for listener in self
+            .by_key
+            .values_mut()
+            .flat_map(|g| g.listeners.iter_mut())
+        {
+            // The served certificate is the first certificateRef's: a stand-in is only for a
+            // listener whose first Secret is the broken one.
+            let first_broke = listener.certificates_read.is_empty();
+            for (key, certificate) in listener.certificates_read.drain(..) {
+                kept.insert(key, certificate);
+            }
+            let Some((key, message)) = &listener.broken_secret else {
+                continue;
+            };
+            if !first_broke || listener.accepted.is_some() {
+                continue;
+            }
+            if let Some(last) = memory.0.get(key) {
+                listener.certificate = Some(last.clone());
+                listener.stale_certificate = true;
+                listener.resolved = Some((
+                    "InvalidCertificateRef",
+                    format!(
+                        "{message}; the last valid certificate it held is served until it is fixed"
+                    ),
+                ));
+                kept.insert(key.clone(), last.clone());
+            }
+        }
+        memory.0 = kept;
+    }
 }
 
 pub(super) fn compile(
@@ -481,6 +535,9 @@ fn listener_state(
         passthrough: false,
         client_auth: None,
         insecure_frontend: false,
+        certificates_read: Vec::new(),
+        broken_secret: None,
+        stale_certificate: false,
     };
     let defaults: &[&'static str] = match protocol.as_str() {
         "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
@@ -544,7 +601,9 @@ fn listener_state(
     }
     if protocol == "HTTPS" || protocol == "TLS" {
         check_tls(l, gateway_namespace, snapshot, &mut state);
-        if state.certificate.is_some() {
+        // With a broken Secret, the last good certificate may still be served: its client
+        // validation must be in force all the same.
+        if state.certificate.is_some() || state.broken_secret.is_some() {
             check_client_validation(l, gateway_namespace, frontend, snapshot, &mut state);
         }
     }
@@ -706,13 +765,15 @@ fn check_tls(
         };
         match crate::tls::certified_key(&secret.body) {
             Ok(key) => {
+                state
+                    .certificates_read
+                    .push(((namespace.to_string(), r.name.clone()), key.clone()));
                 state.certificate.get_or_insert(key);
             }
             Err(e) => {
-                state.resolved = Some((
-                    "InvalidCertificateRef",
-                    format!("Secret {namespace}/{}: {e}", r.name),
-                ));
+                let message = format!("Secret {namespace}/{}: {e}", r.name);
+                state.resolved = Some(("InvalidCertificateRef", message.clone()));
+                state.broken_secret = Some(((namespace.to_string(), r.name.clone()), message));
                 state.certificate = None;
                 return;
             }

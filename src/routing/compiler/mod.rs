@@ -131,6 +131,9 @@ pub struct CompileCache {
     routes: routes::RouteCache,
     /// Host entries of every served listener, by Gateway `namespace/name` and listener name.
     indexes: std::collections::HashMap<(String, String), routes::IndexCache>,
+    /// The last usable certificate of each Secret; never dropped by `prepare`, as it is what
+    /// stands in when a Secret changes for the worse.
+    certificates: gateways::CertificateMemory,
 }
 
 impl CompileCache {
@@ -215,6 +218,7 @@ pub fn compile_with(
         errors: snapshot.errors.clone(),
     };
     let mut gateways = gateways::compile(snapshot, options, &mut report);
+    gateways.keep_last_good_certificates(&mut cache.certificates);
     let endpoints = routes::compile(
         snapshot,
         &mut gateways,
