@@ -261,18 +261,24 @@ fn main() -> ExitCode {
             headers,
             compile: args,
         } => {
-            let question = portcullis::routing::explain::Question {
+            let headers = headers
+                .iter()
+                .map(|h| portcullis::routing::explain::parse_header(h))
+                .collect::<Result<Vec<_>, _>>();
+            let question = headers.map(|headers| portcullis::routing::explain::Question {
                 listener,
                 host,
                 path,
                 method,
-                headers: headers
-                    .iter()
-                    .filter_map(|h| h.split_once(':'))
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                    .collect(),
-            };
-            explain(&config_dir, &question, &args)
+                headers,
+            });
+            match question.and_then(|q| q.check().map(|()| q)) {
+                Ok(question) => explain(&config_dir, &question, &args),
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

@@ -71,9 +71,13 @@ fn answer(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             (StatusCode::OK, "application/json", body)
         }
         "/debug/explain" => {
-            let question = crate::routing::explain::Question::from_query(req.uri().query().unwrap_or(""));
-            let answer = question.answer(&shared.table.load());
-            (StatusCode::OK, "application/json", serde_json::to_string_pretty(&answer).unwrap_or_default())
+            match crate::routing::explain::Question::from_query(req.uri().query().unwrap_or("")) {
+                Ok(question) => {
+                    let answer = question.answer(&shared.table.load());
+                    (StatusCode::OK, "application/json", serde_json::to_string_pretty(&answer).unwrap_or_default())
+                }
+                Err(err) => (StatusCode::BAD_REQUEST, "text/plain", format!("{err}\n")),
+            }
         }
         _ => (
             StatusCode::NOT_FOUND,

@@ -322,8 +322,8 @@ pub struct Question {
 
 impl Question {
     /// Reads `listener`, `host`, `path`, `method` and repeated `header=name:value` from a URL
-    /// query string.
-    pub fn from_query(query: &str) -> Question {
+    /// query string; an error says which parameter is malformed.
+    pub fn from_query(query: &str) -> Result<Question, String> {
         let mut q = Question::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -333,16 +333,23 @@ impl Question {
                 "host" => q.host = v,
                 "path" => q.path = v,
                 "method" => q.method = v,
-                "header" => {
-                    if let Some((name, value)) = v.split_once(':') {
-                        q.headers
-                            .push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-                    }
-                }
+                "header" => q.headers.push(parse_header(&v)?),
                 _ => {}
             }
         }
-        q
+        q.check()?;
+        Ok(q)
+    }
+
+    /// Refuses what no request could carry: a path that does not start with `/`.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.path.is_empty() && !self.path.starts_with('/') {
+            return Err(format!(
+                "path {:?} must start with / (as in /api/users?id=1)",
+                self.path
+            ));
+        }
+        Ok(())
     }
 
     /// Explains the question against `table`.
@@ -352,6 +359,9 @@ impl Question {
             None => (self.path.as_str(), None),
         };
         let path = if path.is_empty() { "/" } else { path };
+        // As the proxy does: dot segments are resolved before anything is matched.
+        let resolved = super::table::normalize_path(path);
+        let path = resolved.as_deref().unwrap_or(path);
         let method = if self.method.is_empty() {
             "GET".to_string()
         } else {
@@ -371,7 +381,23 @@ impl Question {
             method: &method,
             header: &header,
         };
-        explain(table, &self.listener, &view)
+        let mut answer = explain(table, &self.listener, &view);
+        if resolved.is_some() {
+            answer
+                .steps
+                .insert(0, format!("path resolved to {path} (dot segments removed)"));
+        }
+        answer
+    }
+}
+
+/// A `name:value` header as the question gives it, the name lower-cased.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        }
+        _ => Err(format!("header {text:?} must be name:value")),
     }
 }
 
@@ -397,4 +423,20 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Question;
+
+    #[test]
+    fn malformed_questions_are_refused_with_the_parameter_named() {
+        let q = Question::from_query("listener=a/b/c&path=%2Fx&header=X-A:%201").unwrap();
+        assert_eq!(q.path, "/x");
+        assert_eq!(q.headers, [("x-a".to_string(), "1".to_string())]);
+        let err = Question::from_query("header=x-canary").unwrap_err();
+        assert!(err.contains("\"x-canary\" must be name:value"), "{err}");
+        let err = Question::from_query("path=api").unwrap_err();
+        assert!(err.contains("must start with /"), "{err}");
+    }
 }
