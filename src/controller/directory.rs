@@ -169,40 +169,10 @@ impl DirectoryProvider {
                 return;
             }
         };
-        let (objects, errors) = match parse_manifests(&text) {
-            Ok(parsed) => parsed,
-            Err(message) => {
-                // Keep the objects this file held before: a half-saved edit must not take
-                // routes down. Remember the new mtime so the error is reported once, not
-                // re-parsed every poll; the next save changes it again. A file that never
-                // parsed (always so for `check` and `explain`, which read the directory once)
-                // held nothing, and the log must not claim otherwise.
-                let held = self.files.get(path).map_or(0, |state| state.keys.len());
-                if held > 0 {
-                    tracing::warn!(file = %source, error = %message, objects = held, "manifest file does not parse; keeping the objects it held before");
-                } else {
-                    tracing::warn!(file = %source, error = %message, "manifest file does not parse; none of its objects are loaded");
-                }
-                if let Some(state) = self.files.get_mut(path) {
-                    state.modified = modified;
-                    state.len = len;
-                } else {
-                    self.files.insert(
-                        path.to_path_buf(),
-                        FileState {
-                            modified,
-                            len,
-                            keys: Vec::new(),
-                        },
-                    );
-                }
-                self.store.set_source_errors(
-                    &source,
-                    vec![SourceError {
-                        source: source.clone(),
-                        message,
-                    }],
-                );
+        let objects = match read_manifests(&text) {
+            Ok(objects) => objects,
+            Err(messages) => {
+                self.refuse(path, modified, len, messages);
                 return;
             }
         };
@@ -225,14 +195,7 @@ impl DirectoryProvider {
             owners.push(path.to_path_buf());
         }
         self.store.apply(&removed, objects);
-        let errors = errors
-            .into_iter()
-            .map(|message| SourceError {
-                source: source.clone(),
-                message,
-            })
-            .collect();
-        self.store.set_source_errors(&source, errors);
+        self.store.set_source_errors(&source, Vec::new());
         self.files.insert(
             path.to_path_buf(),
             FileState {
@@ -242,6 +205,44 @@ impl DirectoryProvider {
             },
         );
         self.reread(reread);
+    }
+
+    /// Records why the new content of `path` is not applied, and keeps the objects the file
+    /// held before: a half-saved edit or one bad document must not take routes down. The new
+    /// modification time is remembered so that the error is reported once, not re-read every
+    /// scan; the next save changes it again. A file that never loaded (always so for `check`
+    /// and `explain`, which read the directory once) held nothing, and the log must not claim
+    /// otherwise.
+    fn refuse(
+        &mut self,
+        path: &Path,
+        modified: Option<SystemTime>,
+        len: u64,
+        messages: Vec<String>,
+    ) {
+        let source = path.display().to_string();
+        let error = messages.join("; ");
+        let held = self.files.get(path).map_or(0, |state| state.keys.len());
+        if held > 0 {
+            tracing::warn!(file = %source, %error, objects = held, "manifest file not loaded; keeping the objects it held before");
+        } else {
+            tracing::warn!(file = %source, %error, "manifest file not loaded; none of its objects are served");
+        }
+        let state = self.files.entry(path.to_path_buf()).or_insert(FileState {
+            modified,
+            len,
+            keys: Vec::new(),
+        });
+        state.modified = modified;
+        state.len = len;
+        let errors = messages
+            .into_iter()
+            .map(|message| SourceError {
+                source: source.clone(),
+                message,
+            })
+            .collect();
+        self.store.set_source_errors(&source, errors);
     }
 
     /// Fills in generation and creation time the way the API server would.
@@ -417,8 +418,34 @@ fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
 /// Parses a multi-document YAML text into objects. A syntax error anywhere fails the whole text
 /// (with its line), since the documents after it cannot be trusted; a document that is valid YAML
 /// but not a usable object (unknown kind, no name) is reported, with its number and the line it
-/// starts on, and skipped.
+/// starts on, and skipped. The provider itself refuses a file with any such document
+/// ([`read_manifests`]); this lenient form is for tests that want the rest.
 pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String> {
+    let (objects, errors) = parse_documents(text)?;
+    let objects = objects.into_iter().map(|(_, object)| object).collect();
+    Ok((objects, name_documents(text, errors)))
+}
+
+/// What the provider loads from a file: every object in it, or, when any document fails, only
+/// the errors. A file is applied whole or not at all, like a file with a syntax error: serving
+/// half of an edit (a route without the Service it was written beside, or a file whose
+/// misspelt document silently deleted the object it held) is worse than serving the last good
+/// version and saying why.
+fn read_manifests(text: &str) -> Result<Vec<Object>, Vec<String>> {
+    let (objects, errors) = parse_documents(text).map_err(|message| vec![message])?;
+    if errors.is_empty() {
+        Ok(objects.into_iter().map(|(_, object)| object).collect())
+    } else {
+        Err(name_documents(text, errors))
+    }
+}
+
+/// The objects of a text and the documents that failed, each with its number from 0.
+#[allow(
+    clippy::type_complexity,
+    reason = "private, and read right where it is built"
+)]
+fn parse_documents(text: &str) -> Result<(Vec<(usize, Object)>, Vec<(usize, String)>), String> {
     use serde::Deserialize;
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -426,48 +453,66 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String>
         let value = match Value::deserialize(document) {
             Ok(value) => value,
             Err(err) => {
-                let Some(at) = err.location() else {
-                    return Err(format!(
-                        "YAML syntax error in document {}: {err}",
-                        index + 1
-                    ));
-                };
+                let at = err.location();
                 // serde_yaml's message already ends its problem with " at line L column C";
                 // the location is given once, up front, as in every other error here.
-                let message = err.to_string().replacen(
-                    &format!(" at line {} column {}", at.line(), at.column()),
-                    "",
-                    1,
-                );
-                return Err(format!(
-                    "YAML syntax error at line {}, column {}: {message}",
-                    at.line(),
-                    at.column()
-                ));
+                let message = match &at {
+                    Some(at) => err.to_string().replacen(
+                        &format!(" at line {} column {}", at.line(), at.column()),
+                        "",
+                        1,
+                    ),
+                    None => err.to_string(),
+                };
+                let place = at.as_ref().map_or(String::new(), |at| {
+                    format!(" at line {}, column {}", at.line(), at.column())
+                });
+                if is_yaml(text, index) {
+                    // Well-formed YAML that JSON cannot hold, such as a list as a mapping key
+                    // or a custom `!tag`: this document is wrong, the rest can be read.
+                    errors.push((index, format!("value of the wrong type{place}: {message}")));
+                    continue;
+                }
+                return Err(match at {
+                    Some(_) => format!("YAML syntax error{place}: {message}"),
+                    None => format!("YAML syntax error in document {}: {message}", index + 1),
+                });
             }
         };
         if value.is_null() {
             continue; // an empty document between two `---`
         }
         match Object::from_document(value) {
-            Ok(Some(object)) => objects.push(object),
+            Ok(Some(object)) => objects.push((index, object)),
             Ok(None) => {}
-            Err(err) => errors.push((index, err)),
+            Err(err) => errors.push((index, err.to_string())),
         }
     }
-    let lines = if errors.is_empty() {
-        Vec::new()
-    } else {
-        document_lines(text)
-    };
-    let errors = errors
+    Ok((objects, errors))
+}
+
+/// Whether document `index` of `text` is well-formed YAML, whatever its values. Asked only
+/// after reading it as JSON values failed, to tell a syntax error from a type error.
+fn is_yaml(text: &str, index: usize) -> bool {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .nth(index)
+        .is_some_and(|document| serde_yaml::Value::deserialize(document).is_ok())
+}
+
+/// Error messages for failed documents, each naming the document and the line it starts on.
+fn name_documents(text: &str, errors: Vec<(usize, String)>) -> Vec<String> {
+    if errors.is_empty() {
+        return Vec::new();
+    }
+    let lines = document_lines(text);
+    errors
         .into_iter()
         .map(|(index, err)| match lines.get(index).copied().flatten() {
             Some(line) => format!("document {} (line {line}): {err}", index + 1),
             None => format!("document {}: {err}", index + 1),
         })
-        .collect();
-    Ok((objects, errors))
+        .collect()
 }
 
 /// The line each document of `text` starts on (its first node), by document number from 0;
@@ -585,6 +630,95 @@ mod tests {
         let r = snap.get(super::super::Kind::HttpRoute, "n", "r").unwrap();
         assert_eq!(r.generation, 2);
         assert!(snap.errors.is_empty());
+    }
+
+    /// Two HTTPRoutes in one file; `second` is the text of the second document's body after
+    /// its `kind:` line.
+    fn two_routes(kind: &str, second_metadata: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: web, namespace: n}}\nspec: {{}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\n\
+             metadata: {second_metadata}\nspec: {{}}\n"
+        )
+    }
+
+    #[test]
+    fn a_bad_document_keeps_the_whole_file_at_its_last_good_content() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("routes.yaml");
+        std::fs::write(&file, two_routes("HTTPRoute", "{name: api, namespace: n}")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        assert!(store.snapshot().get(Kind::HttpRoute, "n", "api").is_some());
+
+        for (kind, metadata, expected) in [
+            (
+                "HTTPRoutes",
+                "{name: api, namespace: n}",
+                "unsupported kind HTTPRoutes",
+            ),
+            ("5", "{name: api, namespace: n}", "kind is not a string"),
+            (
+                "HTTPRoute",
+                "{name: [api], namespace: n}",
+                "metadata.name is not a string",
+            ),
+            (
+                "HTTPRoute",
+                "{name: api, labels: {canary: true}}",
+                "labels.canary is not a string",
+            ),
+        ] {
+            // A web route renamed in the same edit must not appear either: nothing of the
+            // new content is applied.
+            let text = two_routes(kind, metadata).replace("name: web", "name: web2");
+            std::fs::write(&file, text).unwrap();
+            provider.sync().unwrap();
+            let snap = store.snapshot();
+            assert!(
+                snap.get(Kind::HttpRoute, "n", "api").is_some(),
+                "{kind} {metadata}"
+            );
+            assert!(
+                snap.get(Kind::HttpRoute, "n", "web").is_some(),
+                "{kind} {metadata}"
+            );
+            assert!(
+                snap.get(Kind::HttpRoute, "n", "web2").is_none(),
+                "{kind} {metadata}"
+            );
+            assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+            let error = &snap.errors[0];
+            assert_eq!(error.source, file.display().to_string());
+            assert!(
+                error.message.starts_with("document 2 (line 6): "),
+                "{}",
+                error.message
+            );
+            assert!(error.message.contains(expected), "{}", error.message);
+            assert!(!error.message.contains("has no"), "{}", error.message);
+        }
+
+        std::fs::write(&file, two_routes("HTTPRoute", "{name: api, namespace: n}")).unwrap();
+        provider.sync().unwrap();
+        assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn yaml_that_json_cannot_hold_is_a_type_error_not_a_syntax_error() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {[x]: 1}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: c}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert_eq!(objects.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("document 2 (line 5): value of the wrong type"),
+            "{errors:?}"
+        );
+        assert!(!errors[0].contains("syntax"), "{errors:?}");
     }
 
     #[test]
