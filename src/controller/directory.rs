@@ -32,8 +32,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use serde_json::Value;
 
-use super::object::{Object, ObjectKey};
+use super::object::{Kind, Object, ObjectKey};
 use super::store::{SourceError, Store};
+use crate::routing::api;
 
 /// How often the directory is scanned for changes that inotify did not report.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -432,12 +433,75 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String>
 /// misspelt document silently deleted the object it held) is worse than serving the last good
 /// version and saying why.
 fn read_manifests(text: &str) -> Result<Vec<Object>, Vec<String>> {
-    let (objects, errors) = parse_documents(text).map_err(|message| vec![message])?;
+    let (objects, mut errors) = parse_documents(text).map_err(|message| vec![message])?;
+    for (index, object) in &objects {
+        if let Err(message) = decode_spec(object) {
+            errors.push((*index, message));
+        }
+    }
+    errors.sort_by_key(|(index, _)| *index);
     if errors.is_empty() {
         Ok(objects.into_iter().map(|(_, object)| object).collect())
     } else {
         Err(name_documents(text, errors))
     }
+}
+
+/// Refuses an object whose fields have the wrong type, as the API server's schema validation
+/// would before a cluster gateway ever sees it (`port: "eighty"`, an EndpointSlice address that
+/// is not an IP address). The typed views are the ones the compiler reads ([`api`]), decoded the
+/// same way, so that what loads here is what the compiler can use; a value it can read but does
+/// not support (an unknown listener protocol) still loads and is reported through a condition.
+/// An absent `spec` is left to the compiler, which reports it on the object.
+fn decode_spec(object: &Object) -> Result<(), String> {
+    let spec = object.spec();
+    let kind = object.key.kind;
+    let decoded = match kind {
+        _ if spec.is_null() && kind != Kind::EndpointSlice => Ok(()),
+        Kind::GatewayClass => api::read::<api::GatewayClassSpec>(spec).map(drop),
+        Kind::Gateway => api::read::<api::GatewaySpec>(spec).map(drop),
+        Kind::HttpRoute => api::read::<api::RouteSpec>(spec).map(drop),
+        Kind::GrpcRoute => api::read::<api::GrpcRouteSpec>(spec).map(drop),
+        Kind::TlsRoute => api::read::<api::TlsRouteSpec>(spec).map(drop),
+        Kind::ReferenceGrant => api::read::<api::ReferenceGrantSpec>(spec).map(drop),
+        Kind::BackendTlsPolicy => api::read::<api::BackendTlsPolicySpec>(spec).map(drop),
+        Kind::Service => api::read::<api::ServiceSpec>(spec).map(drop),
+        Kind::EndpointSlice => {
+            return api::read::<api::EndpointSlice>(&object.body)
+                .map_err(|e| format!("EndpointSlice has a value of the wrong type: {e}"))
+                .and_then(|slice| endpoint_addresses(&slice));
+        }
+        // Their data is read where it is used (a certificate, a CA bundle, labels), and a
+        // problem there is reported on the object that refers to it.
+        Kind::Namespace | Kind::Secret | Kind::ConfigMap => Ok(()),
+    };
+    decoded.map_err(|e| format!("{kind} spec has a value of the wrong type: {e}"))
+}
+
+/// Checks that every address of a slice is an IP address of its `addressType`, as the API
+/// server does. FQDN slices are not used by the gateway and are let through unchecked.
+fn endpoint_addresses(slice: &api::EndpointSlice) -> Result<(), String> {
+    let parses: fn(&str) -> bool = match slice.address_type.as_str() {
+        "IPv4" => |a| a.parse::<std::net::Ipv4Addr>().is_ok(),
+        "IPv6" => |a| a.parse::<std::net::Ipv6Addr>().is_ok(),
+        "FQDN" => return Ok(()),
+        other => {
+            return Err(format!(
+                "EndpointSlice addressType {other:?} is not IPv4, IPv6 or FQDN"
+            ))
+        }
+    };
+    for (i, endpoint) in slice.endpoints.iter().flatten().enumerate() {
+        for address in &endpoint.addresses {
+            if !parses(address) {
+                return Err(format!(
+                    "EndpointSlice endpoints[{i}] address {address:?} is not an {} address",
+                    slice.address_type
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The objects of a text and the documents that failed, each with its number from 0.
@@ -705,6 +769,114 @@ mod tests {
         std::fs::write(&file, two_routes("HTTPRoute", "{name: api, namespace: n}")).unwrap();
         provider.sync().unwrap();
         assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn type_errors_in_a_spec_are_refused_at_load_and_the_last_good_content_kept() {
+        use super::super::Kind;
+        let gateway = |port: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: gw, namespace: n}}\nspec:\n  gatewayClassName: c\n  \
+                 listeners: [{{name: http, protocol: HTTP, port: {port}}}]\n"
+            )
+        };
+        let route = |port: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r, namespace: n}}\n\
+                 spec:\n  rules: [{{backendRefs: [{{name: svc, port: {port}}}]}}]\n"
+            )
+        };
+        let service = |port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: n}}\n\
+                 spec: {{ports: [{{name: http, port: {port}}}]}}\n"
+            )
+        };
+        let slice = |kind: &str, address: &str, port: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: svc-1, namespace: n, \
+                 labels: {{kubernetes.io/service-name: svc}}}}\naddressType: {kind}\n\
+                 endpoints: [{{addresses: ['{address}']}}]\nports: [{{name: http, port: {port}}}]\n"
+            )
+        };
+        let cases = [
+            (
+                Kind::Gateway,
+                gateway("80"),
+                gateway("'80x'"),
+                "expected i64",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("eighty"),
+                "expected i64",
+            ),
+            (
+                Kind::Service,
+                service("80"),
+                service("'80'"),
+                "expected i64",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IPv4", "127.0.0.1", "x"),
+                "expected i64",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IPv4", "127.0.0.300", "8080"),
+                "not an IPv4 address",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv6", "::1", "8080"),
+                slice("IPv6", "127.0.0.1", "8080"),
+                "not an IPv6 address",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IP", "127.0.0.1", "8080"),
+                "not IPv4, IPv6 or FQDN",
+            ),
+        ];
+        for (kind, good, bad, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("a.yaml");
+            std::fs::write(&file, &good).unwrap();
+            let store = Store::new();
+            let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+            provider.sync().unwrap();
+            let before = store.snapshot().of_kind(kind).next().cloned().unwrap();
+            std::fs::write(&file, &bad).unwrap();
+            provider.sync().unwrap();
+            let snap = store.snapshot();
+            assert_eq!(snap.of_kind(kind).next(), Some(&before), "{bad}");
+            assert_eq!(snap.errors.len(), 1, "{bad}");
+            let message = &snap.errors[0].message;
+            assert!(message.starts_with("document 1 (line 1): "), "{message}");
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains("syntax"), "{message}");
+        }
+    }
+
+    #[test]
+    fn fqdn_slices_and_values_the_compiler_reports_still_load() {
+        let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                    metadata: {name: s, namespace: n}\naddressType: FQDN\n\
+                    endpoints: [{addresses: [backend.example]}]\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                    metadata: {name: gw, namespace: n}\nspec:\n  gatewayClassName: c\n  \
+                    listeners: [{name: x, protocol: SCTP, port: 80}]\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                    metadata: {name: r, namespace: n}\n";
+        assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
     }
 
     #[test]
