@@ -43,10 +43,22 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// several files, or a write followed by a rename) before it scans.
 pub const SETTLE: Duration = Duration::from_millis(5);
 
+/// The largest manifest file read. A whole file is held in memory as text and then as parsed
+/// values, several times its size, and the allocator keeps that memory afterwards; a real
+/// configuration is far smaller (ten thousand routes take a few MiB), so a bigger file is a
+/// mistake (a log or a dump written under the wrong name) that must not cost the gateway
+/// gigabytes.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What the provider knows of a file it has listed: the modification time and size last read
+/// (or refused), so that an unchanged file is not read again, and the objects it holds.
 struct FileState {
     modified: Option<SystemTime>,
     len: u64,
     keys: Vec<ObjectKey>,
+    /// Read again at the next scan even if unchanged: reading failed for a reason that can pass
+    /// without the file changing, such as its permissions.
+    retry: bool,
 }
 
 struct Tracked {
@@ -82,15 +94,15 @@ impl DirectoryProvider {
     pub fn sync(&mut self) -> std::io::Result<()> {
         let mut paths = Vec::new();
         collect_manifests(&self.dir, &mut paths)?;
-        let mut seen = Vec::with_capacity(paths.len());
+        let mut seen = HashSet::with_capacity(paths.len());
         for path in paths {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue; // removed between listing and reading: the next scan sees it gone
             };
             let modified = meta.modified().ok();
-            seen.push(path.clone());
+            seen.insert(path.clone());
             if let Some(state) = self.files.get(&path) {
-                if state.modified == modified && state.len == meta.len() {
+                if state.modified == modified && state.len == meta.len() && !state.retry {
                     continue;
                 }
             }
@@ -99,7 +111,7 @@ impl DirectoryProvider {
         let gone: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !seen.contains(p))
+            .filter(|p| !seen.contains(*p))
             .cloned()
             .collect();
         let mut reread = Vec::new();
@@ -156,17 +168,13 @@ impl DirectoryProvider {
 
     fn load_file(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) {
         let source = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_text(path, len) {
             Ok(text) => text,
-            Err(err) => {
-                let message = format!("cannot read file: {err}");
-                self.store.set_source_errors(
-                    &source,
-                    vec![SourceError {
-                        source: source.clone(),
-                        message,
-                    }],
-                );
+            Err((message, retry)) => {
+                self.refuse(path, modified, len, vec![message]);
+                if let Some(state) = self.files.get_mut(path) {
+                    state.retry = retry;
+                }
                 return;
             }
         };
@@ -184,7 +192,11 @@ impl DirectoryProvider {
             .get(path)
             .map(|s| s.keys.clone())
             .unwrap_or_default();
-        let let_go: Vec<ObjectKey> = old_keys.into_iter().filter(|k| !keys.contains(k)).collect();
+        let new_keys: HashSet<&ObjectKey> = keys.iter().collect();
+        let let_go: Vec<ObjectKey> = old_keys
+            .into_iter()
+            .filter(|k| !new_keys.contains(k))
+            .collect();
         let mut reread = Vec::new();
         let removed = self.release(path, let_go, &mut reread);
         for key in &keys {
@@ -203,6 +215,7 @@ impl DirectoryProvider {
                 modified,
                 len,
                 keys,
+                retry: false,
             },
         );
         self.reread(reread);
@@ -233,9 +246,11 @@ impl DirectoryProvider {
             modified,
             len,
             keys: Vec::new(),
+            retry: false,
         });
         state.modified = modified;
         state.len = len;
+        state.retry = false;
         let errors = messages
             .into_iter()
             .map(|message| SourceError {
@@ -287,6 +302,26 @@ impl DirectoryProvider {
         }
     }
 
+    /// [`Self::sync`], with a failure to read the directory reported in the store until a scan
+    /// reads it again (it was moved away and back, or its permissions were fixed).
+    fn sync_reporting(&mut self) {
+        let source = self.dir.display().to_string();
+        let errors = match self.sync() {
+            Ok(()) => Vec::new(),
+            Err(err) => {
+                tracing::warn!(dir = %source, error = %err, "cannot read configuration directory");
+                vec![SourceError {
+                    source: source.clone(),
+                    message: format!(
+                        "cannot read configuration directory: {err}; the objects read from it \
+                         before are kept"
+                    ),
+                }]
+            }
+        };
+        self.store.set_source_errors(&source, errors);
+    }
+
     fn watch(mut self) {
         let mut notify = Notify::start();
         if let Some(n) = &mut notify {
@@ -297,18 +332,7 @@ impl DirectoryProvider {
                 Some(n) => n.wait(POLL_INTERVAL),
                 None => std::thread::sleep(POLL_INTERVAL),
             }
-            if let Err(err) = self.sync() {
-                let source = self.dir.display().to_string();
-                let message = format!("cannot read configuration directory: {err}");
-                tracing::warn!(dir = %source, error = %err, "cannot read configuration directory");
-                self.store.set_source_errors(
-                    &source,
-                    vec![SourceError {
-                        source: source.clone(),
-                        message,
-                    }],
-                );
-            }
+            self.sync_reporting();
             if let Some(n) = &mut notify {
                 n.watch_tree(&self.dir);
             }
@@ -414,6 +438,38 @@ fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
     }
     out.sort();
     Ok(())
+}
+
+/// Reads a manifest file of `len` bytes (as listed) as text. The error says why not and whether
+/// reading it again unchanged may succeed.
+fn read_text(path: &Path, len: u64) -> Result<String, (String, bool)> {
+    use std::io::Read;
+    let too_big = |size: String| {
+        format!(
+            "file is {size}, more than the {} MiB a manifest file may have; split it into \
+             several files",
+            MAX_FILE_BYTES / (1024 * 1024)
+        )
+    };
+    if len > MAX_FILE_BYTES {
+        return Err((too_big(format!("{len} bytes")), false));
+    }
+    let file = std::fs::File::open(path).map_err(|e| (format!("cannot read file: {e}"), true))?;
+    // The file may have grown since it was listed: read one byte past the limit to know.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| (format!("cannot read file: {e}"), true))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err((too_big("still growing".to_string()), false));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        (
+            format!("file is not UTF-8 text (byte {at} is not); save it as UTF-8"),
+            false,
+        )
+    })
 }
 
 /// Parses a multi-document YAML text into objects. A syntax error anywhere fails the whole text
@@ -877,6 +933,73 @@ mod tests {
                     apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
                     metadata: {name: r, namespace: n}\n";
         assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
+    }
+
+    #[test]
+    fn errors_leave_with_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cfg");
+        std::fs::create_dir(&config).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(&config, store.clone());
+
+        // A file that is not UTF-8, then deleted.
+        let latin1 = config.join("latin1.yaml");
+        std::fs::write(&latin1, b"# caf\xe9\napiVersion: v1\n").unwrap();
+        provider.sync_reporting();
+        let errors = store.snapshot().errors;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("not UTF-8"), "{errors:?}");
+        std::fs::remove_file(&latin1).unwrap();
+        provider.sync_reporting();
+        assert!(store.snapshot().errors.is_empty());
+
+        // The directory moved away and back.
+        let away = dir.path().join("cfg.away");
+        std::fs::rename(&config, &away).unwrap();
+        provider.sync_reporting();
+        let errors = store.snapshot().errors;
+        assert!(
+            errors[0]
+                .message
+                .contains("cannot read configuration directory"),
+            "{errors:?}"
+        );
+        std::fs::rename(&away, &config).unwrap();
+        provider.sync_reporting();
+        assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_and_its_objects_kept() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n}\n",
+        )
+        .unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        // Sparse: the test costs no disk, and a provider that read it whole would still see
+        // only a YAML error, not the limit.
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        provider.sync().unwrap();
+        let snap = store.snapshot();
+        assert!(snap.get(Kind::Service, "n", "a").is_some());
+        assert_eq!(snap.errors.len(), 1);
+        assert!(
+            snap.errors[0].message.contains("16 MiB"),
+            "{:?}",
+            snap.errors
+        );
     }
 
     #[test]
