@@ -26,10 +26,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use serde_json::Value;
 
 use super::object::{Kind, Object, ObjectKey};
@@ -75,6 +75,13 @@ pub struct DirectoryProvider {
     tracked: HashMap<ObjectKey, Tracked>,
     /// The files holding each object, in the order read: the store has the last one's copy.
     owners: HashMap<ObjectKey, Vec<PathBuf>>,
+    /// The directories of the tree as last walked, root first: the ones to watch.
+    dirs: Vec<PathBuf>,
+    /// Directories skipped at the last walk because they were read under another path.
+    repeats: HashSet<PathBuf>,
+    /// While watching: which files are still being written. A one-off [`Self::sync`] (at start,
+    /// `check`, `explain`) reads every file as it is.
+    writes: Option<Writes>,
 }
 
 impl DirectoryProvider {
@@ -86,27 +93,38 @@ impl DirectoryProvider {
             files: BTreeMap::new(),
             tracked: HashMap::new(),
             owners: HashMap::new(),
+            dirs: Vec::new(),
+            repeats: HashSet::new(),
+            writes: None,
         }
     }
 
     /// Scans the directory once and applies what changed. Returns an error only when the
     /// directory itself cannot be read; problems in files are recorded in the store.
     pub fn sync(&mut self) -> std::io::Result<()> {
-        let mut paths = Vec::new();
-        collect_manifests(&self.dir, &mut paths)?;
-        let mut seen = HashSet::with_capacity(paths.len());
-        for path in paths {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue; // removed between listing and reading: the next scan sees it gone
-            };
-            let modified = meta.modified().ok();
-            seen.insert(path.clone());
+        let tree = walk(&self.dir)?;
+        self.note_repeats(&tree.repeats);
+        self.dirs = tree.dirs;
+        let mut seen = HashSet::with_capacity(tree.files.len());
+        for (path, meta) in tree.files {
+            let (modified, len) = (meta.modified().ok(), meta.len());
             if let Some(state) = self.files.get(&path) {
-                if state.modified == modified && state.len == meta.len() && !state.retry {
+                if state.modified == modified && state.len == len && !state.retry {
+                    seen.insert(path);
                     continue;
                 }
             }
-            self.load_file(&path, modified, meta.len());
+            let ready = self
+                .writes
+                .as_mut()
+                .is_none_or(|w| w.ready(&path, modified, len));
+            if ready {
+                self.load_file(&path, modified, len);
+            }
+            seen.insert(path);
+        }
+        if let Some(writes) = &mut self.writes {
+            writes.scanned(&seen);
         }
         let gone: Vec<PathBuf> = self
             .files
@@ -125,6 +143,17 @@ impl DirectoryProvider {
         }
         self.reread(reread);
         Ok(())
+    }
+
+    /// Warns once about each directory skipped because it was already read under another path
+    /// (a symlink loop such as `ln -s . again`), not at every scan.
+    fn note_repeats(&mut self, repeats: &[PathBuf]) {
+        for path in repeats {
+            if !self.repeats.contains(path) {
+                tracing::warn!(dir = %path.display(), "directory already read under another path (a symlink loop, or a second link to it); skipping it");
+            }
+        }
+        self.repeats = repeats.iter().cloned().collect();
     }
 
     /// Lets `path` go of `keys`. Returns the keys no other file holds, to remove from the
@@ -159,6 +188,15 @@ impl DirectoryProvider {
     /// Reads files again whose copy of an object must be served once more.
     fn reread(&mut self, paths: Vec<PathBuf>) {
         for path in paths {
+            // A file still being written is read when it is done: its new mtime says so.
+            // Meanwhile the store keeps the copy it had.
+            if self
+                .writes
+                .as_ref()
+                .is_some_and(|w| w.open.contains_key(&path))
+            {
+                continue;
+            }
             if let Some(state) = self.files.get(&path) {
                 let (modified, len) = (state.modified, state.len);
                 self.load_file(&path, modified, len);
@@ -323,27 +361,124 @@ impl DirectoryProvider {
     }
 
     fn watch(mut self) {
+        let mut writes = Writes::default();
         let mut notify = Notify::start();
         if let Some(n) = &mut notify {
-            n.watch_tree(&self.dir);
+            n.watch_dirs(&self.dirs);
         }
         loop {
             match &mut notify {
-                Some(n) => n.wait(POLL_INTERVAL),
+                Some(n) => n.wait(POLL_INTERVAL, &mut writes),
                 None => std::thread::sleep(POLL_INTERVAL),
             }
+            self.writes = Some(writes);
             self.sync_reporting();
+            writes = self.writes.take().unwrap_or_default();
             if let Some(n) = &mut notify {
-                n.watch_tree(&self.dir);
+                n.watch_dirs(&self.dirs);
             }
         }
+    }
+}
+
+/// How long a file that inotify saw written, and not yet closed, is left unread. Writers close
+/// a file when they are done (editors, `cp`, `kubectl`, configuration management); one that
+/// keeps it open must not stall the file forever, so past this it is read as it is.
+pub const WRITE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a change that inotify did not report (it is unavailable, its queue overflowed, the
+/// file was written through a symlink from outside the tree) must stay the same before it is
+/// read: without an event there is no telling whether the writer is done, and a writer
+/// pausing between two writes must not get its half file served.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// What the watcher knows of files being written, so that a half-written file is not read.
+#[derive(Default)]
+struct Writes {
+    /// Files inotify saw written and not yet closed, with when the first write was seen.
+    open: HashMap<PathBuf, Instant>,
+    /// Files inotify saw closed after writing, or renamed into place, since the last scan:
+    /// complete, to be read at once.
+    closed: HashSet<PathBuf>,
+    /// Changes a scan found that inotify did not account for: the modification time and size
+    /// first seen, and when.
+    unsettled: HashMap<PathBuf, (Option<SystemTime>, u64, Instant)>,
+}
+
+impl Writes {
+    /// Records one inotify event about `path`.
+    fn event(&mut self, path: PathBuf, mask: AddWatchFlags) {
+        if mask.intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO) {
+            self.open.remove(&path);
+            self.closed.insert(path);
+        } else if mask.intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM) {
+            self.open.remove(&path);
+            self.closed.remove(&path);
+        } else if mask.contains(AddWatchFlags::IN_MODIFY)
+            // A new file is written next; a new symlink or directory is complete as it is.
+            || (mask.contains(AddWatchFlags::IN_CREATE)
+                && !mask.contains(AddWatchFlags::IN_ISDIR)
+                && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()))
+        {
+            self.open.entry(path).or_insert_with(Instant::now);
+        }
+    }
+
+    /// inotify dropped events: what it said about open and closed files may be out of date, so
+    /// every change waits for [`QUIET`] until it reports again.
+    fn overflowed(&mut self) {
+        self.open.clear();
+        self.closed.clear();
+    }
+
+    /// Whether a file a scan found changed can be read now.
+    fn ready(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) -> bool {
+        if let Some(since) = self.open.get(path) {
+            if since.elapsed() < WRITE_WAIT {
+                return false;
+            }
+            tracing::warn!(file = %path.display(), "file still open for writing after {WRITE_WAIT:?}; reading it as it is");
+            self.open.remove(path);
+            return true;
+        }
+        if self.closed.contains(path) {
+            self.unsettled.remove(path);
+            return true;
+        }
+        let now = Instant::now();
+        match self.unsettled.get(path) {
+            Some(&(m, l, since)) if (m, l) == (modified, len) => {
+                if now.duration_since(since) < QUIET {
+                    return false;
+                }
+                self.unsettled.remove(path);
+                true
+            }
+            _ => {
+                self.unsettled
+                    .insert(path.to_path_buf(), (modified, len, now));
+                false
+            }
+        }
+    }
+
+    /// Forgets what the scan just done made stale: closings it has acted on, and files it no
+    /// longer lists.
+    fn scanned(&mut self, seen: &HashSet<PathBuf>) {
+        self.closed.clear();
+        self.open.retain(|p, _| seen.contains(p));
+        self.unsettled.retain(|p, _| seen.contains(p));
     }
 }
 
 /// inotify watches on the configuration directory and its subdirectories.
 struct Notify {
     inotify: Inotify,
-    watched: HashSet<PathBuf>,
+    /// The directories watched, by path.
+    watched: HashMap<PathBuf, WatchDescriptor>,
+    /// The paths of each watch. One directory reached by two paths has one watch, but the walk
+    /// reads a directory under one path only, so this is nearly always one path.
+    paths: HashMap<WatchDescriptor, Vec<PathBuf>>,
 }
 
 impl Notify {
@@ -353,7 +488,8 @@ impl Notify {
         match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
             Ok(inotify) => Some(Notify {
                 inotify,
-                watched: HashSet::new(),
+                watched: HashMap::new(),
+                paths: HashMap::new(),
             }),
             Err(err) => {
                 tracing::warn!(error = %err, "inotify unavailable; scanning the configuration directory every 250 ms");
@@ -362,14 +498,25 @@ impl Notify {
         }
     }
 
-    /// Watches every directory of the tree not watched yet. A directory that went away drops
-    /// its watch by itself; it is forgotten here so that one created again under the same name
-    /// is watched again.
-    fn watch_tree(&mut self, root: &Path) {
-        let mut dirs = vec![root.to_path_buf()];
-        collect_dirs(root, &mut dirs);
-        self.watched.retain(|d| dirs.contains(d));
+    /// Watches every directory of `dirs` (the tree as last walked) not watched yet, and
+    /// forgets the ones no longer in it.
+    fn watch_dirs(&mut self, dirs: &[PathBuf]) {
+        let wanted: HashSet<&PathBuf> = dirs.iter().collect();
+        let gone: Vec<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|d| !wanted.contains(d))
+            .cloned()
+            .collect();
+        for dir in gone {
+            if let Some(wd) = self.watched.remove(&dir) {
+                if let Some(paths) = self.paths.get_mut(&wd) {
+                    paths.retain(|p| p != &dir);
+                }
+            }
+        }
         let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
@@ -378,12 +525,13 @@ impl Notify {
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF;
         for dir in dirs {
-            if self.watched.contains(&dir) {
+            if self.watched.contains_key(dir) {
                 continue;
             }
-            match self.inotify.add_watch(&dir, mask) {
-                Ok(_) => {
-                    self.watched.insert(dir);
+            match self.inotify.add_watch(dir, mask) {
+                Ok(wd) => {
+                    self.watched.insert(dir.clone(), wd);
+                    self.paths.entry(wd).or_default().push(dir.clone());
                 }
                 Err(err) => {
                     // Most likely fs.inotify.max_user_watches; the scans still see the change.
@@ -393,50 +541,106 @@ impl Notify {
         }
     }
 
-    /// Blocks until inotify reports something (and a burst has settled) or `timeout` passes.
-    fn wait(&mut self, timeout: Duration) {
+    /// Forgets a watch whose directory went away or moved, so that the directory now at its
+    /// path is watched afresh.
+    fn forget(&mut self, wd: WatchDescriptor) {
+        for path in self.paths.remove(&wd).unwrap_or_default() {
+            self.watched.remove(&path);
+        }
+    }
+
+    /// Blocks until inotify reports something (and a burst has settled) or `timeout` passes,
+    /// and records in `writes` which files are being written.
+    fn wait(&mut self, timeout: Duration, writes: &mut Writes) {
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
-        if matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0) {
-            std::thread::sleep(SETTLE);
-            // Drain what queued up; the events themselves do not matter, the scan finds what
-            // changed.
-            while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
+        if !matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0) {
+            return;
+        }
+        std::thread::sleep(SETTLE);
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    writes.overflowed();
+                } else if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    self.forget(event.wd);
+                } else if event.mask.contains(AddWatchFlags::IN_MOVE_SELF) {
+                    // The watch follows the directory to its new place, where it is not wanted.
+                    let _ = self.inotify.rm_watch(event.wd);
+                    self.forget(event.wd);
+                } else if let Some(name) = &event.name {
+                    for dir in self.paths.get(&event.wd).into_iter().flatten() {
+                        writes.event(dir.join(name), event.mask);
+                    }
+                }
+            }
         }
     }
 }
 
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if !hidden && path.is_dir() {
-            out.push(path.clone());
-            collect_dirs(&path, out);
-        }
-    }
+/// What one walk of the configuration tree found.
+#[derive(Default)]
+struct Tree {
+    /// Manifest files, in path order, with their metadata (symlinks followed).
+    files: Vec<(PathBuf, std::fs::Metadata)>,
+    /// Directories, root first.
+    dirs: Vec<PathBuf>,
+    /// Directories skipped because the walk had already read them under another path.
+    repeats: Vec<PathBuf>,
 }
 
-fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+/// Lists the manifest files and directories under `root`. Each directory is read once, known
+/// by device and inode: a symlink back up the tree (`ln -s . again`) would otherwise be
+/// followed until the path is too long to open, reading every file dozens of times, and two
+/// such links make the walk exponential. Hidden entries are skipped: editor swap files and the
+/// `..data` links of mounted config maps.
+fn walk(root: &Path) -> std::io::Result<Tree> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(root)?;
+    let mut visited = HashSet::from([(meta.dev(), meta.ino())]);
+    let mut tree = Tree::default();
+    walk_dir(root, &mut visited, &mut tree)?;
+    Ok(tree)
+}
+
+fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    tree.dirs.push(dir.to_path_buf());
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    // In name order, so that files come out in path order and, of two paths to one
+    // directory, the same one is read at every scan.
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
         if name.starts_with('.') {
-            continue; // editor swap files and the `..data` links of mounted config maps
+            continue;
         }
-        if path.is_dir() {
-            collect_manifests(&path, out)?;
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(path);
+        let manifest = name.ends_with(".yaml") || name.ends_with(".yml");
+        let Ok(file_type) = entry.file_type() else {
+            continue; // removed since listed
+        };
+        if file_type.is_file() && !manifest {
+            continue; // saves a stat per file that is not a manifest
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // removed since listed, or a dangling symlink
+        };
+        if meta.is_dir() {
+            if visited.insert((meta.dev(), meta.ino())) {
+                walk_dir(&path, visited, tree)?;
+            } else {
+                tree.repeats.push(path);
+            }
+        } else if manifest && meta.is_file() {
+            // Regular files only: reading a FIFO named `x.yaml` would block the watcher.
+            tree.files.push((path, meta));
         }
     }
-    out.sort();
     Ok(())
 }
 
@@ -1000,6 +1204,121 @@ mod tests {
             "{:?}",
             snap.errors
         );
+    }
+
+    fn service(name: &str) -> String {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: n}}\n")
+    }
+
+    #[test]
+    fn symlink_loops_are_read_once_and_reported_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.yaml"), service("b")).unwrap();
+        symlink(".", dir.path().join("loop1")).unwrap();
+        symlink("..", dir.path().join("sub/loop2")).unwrap();
+        symlink("sub", dir.path().join("sub-again")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        // Two loops made the walk exponential: run it where a hang fails the test.
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            provider.sync().unwrap();
+            provider.sync().unwrap();
+            let _ = done.send(());
+            provider
+        });
+        finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the walk ends");
+        let provider = worker.join().unwrap();
+        let files: Vec<&PathBuf> = provider.files.keys().collect();
+        assert_eq!(
+            files,
+            [&dir.path().join("a.yaml"), &dir.path().join("sub/b.yaml")]
+        );
+        let mut repeats: Vec<&PathBuf> = provider.repeats.iter().collect();
+        repeats.sort();
+        assert_eq!(
+            repeats,
+            [
+                &dir.path().join("loop1"),
+                &dir.path().join("sub/loop2"),
+                &dir.path().join("sub-again"),
+            ]
+        );
+        assert_eq!(store.snapshot().len(), 2);
+        assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn a_file_still_open_for_writing_is_read_once_closed() {
+        use super::super::Kind;
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, service("a") + &service("b")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        let mut notify = Notify::start().expect("inotify works here");
+        notify.watch_dirs(&provider.dirs);
+        let mut writes = Writes::default();
+        let mut scan = |provider: &mut DirectoryProvider, writes: &mut Writes| {
+            notify.wait(Duration::from_millis(50), writes);
+            provider.writes = Some(std::mem::take(writes));
+            provider.sync().unwrap();
+            *writes = provider.writes.take().unwrap();
+        };
+
+        // The first half holds "a" only; "b" must not go while the writer pauses.
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(service("a").as_bytes()).unwrap();
+        file.flush().unwrap();
+        for _ in 0..3 {
+            scan(&mut provider, &mut writes);
+            assert!(store.snapshot().get(Kind::Service, "n", "b").is_some());
+        }
+        file.write_all(service("c").as_bytes()).unwrap();
+        drop(file);
+        scan(&mut provider, &mut writes);
+        let snap = store.snapshot();
+        assert!(snap.get(Kind::Service, "n", "b").is_none());
+        assert!(snap.get(Kind::Service, "n", "c").is_some());
+
+        // A writer that never closes is read anyway once WRITE_WAIT has passed.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(service("d").as_bytes()).unwrap();
+        scan(&mut provider, &mut writes);
+        assert!(store.snapshot().get(Kind::Service, "n", "d").is_none());
+        let long_ago = Instant::now().checked_sub(WRITE_WAIT).unwrap();
+        writes.open.insert(path.clone(), long_ago);
+        scan(&mut provider, &mut writes);
+        assert!(store.snapshot().get(Kind::Service, "n", "d").is_some());
+    }
+
+    #[test]
+    fn a_change_no_event_announced_is_read_once_it_stays_the_same() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.writes = Some(Writes::default());
+        std::fs::write(&path, service("a")).unwrap();
+        provider.sync().unwrap();
+        assert!(
+            store.snapshot().is_empty(),
+            "read at the first sight of a change"
+        );
+        std::thread::sleep(QUIET);
+        provider.sync().unwrap();
+        assert!(store.snapshot().get(Kind::Service, "n", "a").is_some());
     }
 
     #[test]
