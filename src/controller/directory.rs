@@ -15,8 +15,16 @@
 //! is bumped whenever an object's `spec` changes, and `metadata.creationTimestamp` is set to the
 //! time the object was first seen when the file does not carry one.
 //!
-//! A file that fails to parse is reported with its path and line, and the objects it held before
-//! stay in the store, so the gateway keeps serving its last good configuration.
+//! A file is applied whole or not at all. One that fails to parse, holds a document that is not
+//! a usable object, or holds an object the API server would refuse (a field of the wrong type,
+//! an EndpointSlice address that is not an IP address) is reported with its path and the line,
+//! and the objects it held before stay in the store, so the gateway keeps serving its last good
+//! configuration. So does a file over [`MAX_FILE_BYTES`].
+//!
+//! A file still being written is not read: inotify says when its writer closes it (bounded by
+//! [`WRITE_WAIT`]), and a change that no event accounted for is read once it has stayed the same
+//! for [`QUIET`]. Each directory is read once per scan, known by device and inode, so symlink
+//! loops are skipped.
 //!
 //! Objects belong to their content, not to a file name: an object stays in the store while any
 //! file holds it, so renaming a file, or moving an object from one file to another, never takes
