@@ -219,3 +219,241 @@ async fn last_good_table_keeps_serving_through_bad_edits() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// A gateway run on a config directory, with an echo backend for Service `app/svc`: the base
+/// file holds the GatewayClass, a Gateway `app/gw` with an HTTP listener, and the Service.
+struct Running {
+    dir: tempfile::TempDir,
+    client: reqwest::Client,
+    listen: u16,
+    admin: u16,
+    _echo: Killed,
+    _gateway: Killed,
+}
+
+impl Running {
+    async fn start(files: &[(&str, String)]) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let echo_port = free_port();
+        let echo = Killed(
+            portcullis()
+                .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+                .args(["--name", "svc"])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let base = [
+            gateway_class(),
+            gateway("app", "gw", &listener("http", 80, "HTTP")),
+            service("app", "svc"),
+        ]
+        .concat();
+        std::fs::write(dir.path().join("base.yaml"), base).unwrap();
+        std::fs::write(dir.path().join("endpoints.yaml"), endpoints(echo_port)).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let (listen, admin) = (free_port(), free_port());
+        let gateway = Killed(
+            portcullis()
+                .args(["run", "--config-dir"])
+                .arg(dir.path())
+                .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+                .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Running {
+            dir,
+            client,
+            listen,
+            admin,
+            _echo: echo,
+            _gateway: gateway,
+        }
+    }
+
+    fn write(&self, name: &str, text: impl AsRef<[u8]>) {
+        std::fs::write(self.dir.path().join(name), text).unwrap();
+    }
+
+    /// The status a request for `host` gets, or 0 when the gateway does not answer.
+    async fn status_of(&self, host: &str) -> u16 {
+        let url = format!("http://127.0.0.1:{}/", self.listen);
+        match self.client.get(url).header("host", host).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Waits (bounded) until a request for `host` gets `want`.
+    async fn wait_for(&self, host: &str, want: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.status_of(host).await != want {
+            assert!(Instant::now() < deadline, "{host} never got {want}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The `/status` errors as JSON text.
+    async fn errors(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/status", self.admin);
+        let body = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+        report["errors"].to_string()
+    }
+
+    /// Waits (bounded) until the `/status` errors satisfy `done`, and returns them.
+    async fn wait_for_errors(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let errors = self.errors().await;
+            if done(&errors) {
+                return errors;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "errors never as expected: {errors}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of the `portcullis_config_problems` gauge.
+    async fn config_problems(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let body = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix("portcullis_config_problems "))
+            .unwrap_or("absent")
+            .to_string()
+    }
+}
+
+/// Routes `a` and `b` of namespace `app`, for hosts a.example and b.example.
+fn two_routes() -> String {
+    http_route("app", "a", "gw", &["a.example"], "svc")
+        + &http_route("app", "b", "gw", &["b.example"], "svc")
+}
+
+/// A bad document or a wrongly typed field in a file of several objects keeps the whole file at
+/// its last good content, and the error leaves (with the problem gauge) once it is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_document_keeps_every_object_of_its_file_serving() {
+    let gw = Running::start(&[("routes.yaml", two_routes())]).await;
+    gw.wait_for("a.example", 200).await;
+    gw.wait_for("b.example", 200).await;
+
+    let edits = [
+        (
+            two_routes().replace(
+                "kind: HTTPRoute\nmetadata: {name: b",
+                "kind: HTTPRoutes\nmetadata: {name: b",
+            ),
+            "unsupported kind HTTPRoutes",
+        ),
+        (
+            two_routes().replace("name: b,", "name: [b],"),
+            "metadata.name is not a string",
+        ),
+        (
+            two_routes().replace("port: 80}]}]\n---", "port: eighty}]}]\n---"),
+            "expected i64",
+        ),
+    ];
+    for (text, expected) in edits {
+        assert_ne!(text, two_routes(), "the edit applies");
+        gw.write("routes.yaml", &text);
+        let errors = gw
+            .wait_for_errors(|e| e.contains("routes.yaml") && e.contains(expected))
+            .await;
+        assert!(errors.contains("(line "), "{errors}");
+        assert!(!errors.contains("syntax"), "{errors}");
+        for _ in 0..10 {
+            assert_eq!(gw.status_of("a.example").await, 200, "after {expected}");
+            assert_eq!(gw.status_of("b.example").await, 200, "after {expected}");
+        }
+    }
+
+    // A Service port that is a string, in the file the routes depend on.
+    let base = std::fs::read_to_string(gw.dir.path().join("base.yaml")).unwrap();
+    gw.write("base.yaml", base.replace("port: 80}", "port: '80'}"));
+    gw.wait_for_errors(|e| e.contains("base.yaml")).await;
+    assert_eq!(gw.status_of("a.example").await, 200);
+
+    // Fixed, and a file that is not UTF-8 comes and goes: every error leaves with its cause.
+    gw.write("base.yaml", base);
+    gw.write("routes.yaml", two_routes());
+    gw.write("latin1.yaml", b"# caf\xe9\n");
+    gw.wait_for_errors(|e| e.contains("latin1.yaml") && !e.contains("routes.yaml"))
+        .await;
+    std::fs::remove_file(gw.dir.path().join("latin1.yaml")).unwrap();
+    gw.wait_for_errors(|e| e == "[]").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.config_problems().await != "0" {
+        assert!(
+            Instant::now() < deadline,
+            "portcullis_config_problems stays up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gw.status_of("b.example").await, 200);
+}
+
+/// A writer that pauses halfway through a file, keeping it open, does not get its first half
+/// served: the objects of the second half keep answering until the file is complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_not_read_while_it_is_being_written() {
+    use std::io::Write;
+    let gw = Running::start(&[("routes.yaml", two_routes())]).await;
+    gw.wait_for("b.example", 200).await;
+
+    let path = gw.dir.path().join("routes.yaml");
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(http_route("app", "a", "gw", &["a.example"], "svc").as_bytes())
+        .unwrap();
+    file.flush().unwrap();
+    // Longer than a scan interval, and than the quiet time a change without events waits.
+    let pause = Instant::now() + Duration::from_millis(900);
+    let mut answers = 0;
+    while Instant::now() < pause {
+        assert_eq!(
+            gw.status_of("b.example").await,
+            200,
+            "the half file was served"
+        );
+        answers += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answers > 5);
+    file.write_all(http_route("app", "b", "gw", &["b.example"], "svc").as_bytes())
+        .unwrap();
+    drop(file);
+    for _ in 0..20 {
+        assert_eq!(gw.status_of("b.example").await, 200);
+        assert_eq!(gw.status_of("a.example").await, 200);
+    }
+}

@@ -15,8 +15,16 @@
 //! is bumped whenever an object's `spec` changes, and `metadata.creationTimestamp` is set to the
 //! time the object was first seen when the file does not carry one.
 //!
-//! A file that fails to parse is reported with its path and line, and the objects it held before
-//! stay in the store, so the gateway keeps serving its last good configuration.
+//! A file is applied whole or not at all. One that fails to parse, holds a document that is not
+//! a usable object, or holds an object the API server would refuse (a field of the wrong type,
+//! an EndpointSlice address that is not an IP address) is reported with its path and the line,
+//! and the objects it held before stay in the store, so the gateway keeps serving its last good
+//! configuration. So does a file over [`MAX_FILE_BYTES`].
+//!
+//! A file still being written is not read: inotify says when its writer closes it (bounded by
+//! [`WRITE_WAIT`]), and a change that no event accounted for is read once it has stayed the same
+//! for [`QUIET`]. Each directory is read once per scan, known by device and inode, so symlink
+//! loops are skipped.
 //!
 //! Objects belong to their content, not to a file name: an object stays in the store while any
 //! file holds it, so renaming a file, or moving an object from one file to another, never takes
@@ -26,14 +34,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use serde_json::Value;
 
-use super::object::{Object, ObjectKey};
+use super::object::{Kind, Object, ObjectKey};
 use super::store::{SourceError, Store};
+use crate::routing::api;
 
 /// How often the directory is scanned for changes that inotify did not report.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -42,10 +51,22 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// several files, or a write followed by a rename) before it scans.
 pub const SETTLE: Duration = Duration::from_millis(5);
 
+/// The largest manifest file read. A whole file is held in memory as text and then as parsed
+/// values, several times its size, and the allocator keeps that memory afterwards; a real
+/// configuration is far smaller (ten thousand routes take a few MiB), so a bigger file is a
+/// mistake (a log or a dump written under the wrong name) that must not cost the gateway
+/// gigabytes.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What the provider knows of a file it has listed: the modification time and size last read
+/// (or refused), so that an unchanged file is not read again, and the objects it holds.
 struct FileState {
     modified: Option<SystemTime>,
     len: u64,
     keys: Vec<ObjectKey>,
+    /// Read again at the next scan even if unchanged: reading failed for a reason that can pass
+    /// without the file changing, such as its permissions.
+    retry: bool,
 }
 
 struct Tracked {
@@ -62,6 +83,13 @@ pub struct DirectoryProvider {
     tracked: HashMap<ObjectKey, Tracked>,
     /// The files holding each object, in the order read: the store has the last one's copy.
     owners: HashMap<ObjectKey, Vec<PathBuf>>,
+    /// The directories of the tree as last walked, root first: the ones to watch.
+    dirs: Vec<PathBuf>,
+    /// Directories skipped at the last walk because they were read under another path.
+    repeats: HashSet<PathBuf>,
+    /// While watching: which files are still being written. A one-off [`Self::sync`] (at start,
+    /// `check`, `explain`) reads every file as it is.
+    writes: Option<Writes>,
 }
 
 impl DirectoryProvider {
@@ -73,32 +101,43 @@ impl DirectoryProvider {
             files: BTreeMap::new(),
             tracked: HashMap::new(),
             owners: HashMap::new(),
+            dirs: Vec::new(),
+            repeats: HashSet::new(),
+            writes: None,
         }
     }
 
     /// Scans the directory once and applies what changed. Returns an error only when the
     /// directory itself cannot be read; problems in files are recorded in the store.
     pub fn sync(&mut self) -> std::io::Result<()> {
-        let mut paths = Vec::new();
-        collect_manifests(&self.dir, &mut paths)?;
-        let mut seen = Vec::with_capacity(paths.len());
-        for path in paths {
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue; // removed between listing and reading: the next scan sees it gone
-            };
-            let modified = meta.modified().ok();
-            seen.push(path.clone());
+        let tree = walk(&self.dir)?;
+        self.note_repeats(&tree.repeats);
+        self.dirs = tree.dirs;
+        let mut seen = HashSet::with_capacity(tree.files.len());
+        for (path, meta) in tree.files {
+            let (modified, len) = (meta.modified().ok(), meta.len());
             if let Some(state) = self.files.get(&path) {
-                if state.modified == modified && state.len == meta.len() {
+                if state.modified == modified && state.len == len && !state.retry {
+                    seen.insert(path);
                     continue;
                 }
             }
-            self.load_file(&path, modified, meta.len());
+            let ready = self
+                .writes
+                .as_mut()
+                .is_none_or(|w| w.ready(&path, modified, len));
+            if ready {
+                self.load_file(&path, modified, len);
+            }
+            seen.insert(path);
+        }
+        if let Some(writes) = &mut self.writes {
+            writes.scanned(&seen);
         }
         let gone: Vec<PathBuf> = self
             .files
             .keys()
-            .filter(|p| !seen.contains(p))
+            .filter(|p| !seen.contains(*p))
             .cloned()
             .collect();
         let mut reread = Vec::new();
@@ -112,6 +151,17 @@ impl DirectoryProvider {
         }
         self.reread(reread);
         Ok(())
+    }
+
+    /// Warns once about each directory skipped because it was already read under another path
+    /// (a symlink loop such as `ln -s . again`), not at every scan.
+    fn note_repeats(&mut self, repeats: &[PathBuf]) {
+        for path in repeats {
+            if !self.repeats.contains(path) {
+                tracing::warn!(dir = %path.display(), "directory already read under another path (a symlink loop, or a second link to it); skipping it");
+            }
+        }
+        self.repeats = repeats.iter().cloned().collect();
     }
 
     /// Lets `path` go of `keys`. Returns the keys no other file holds, to remove from the
@@ -146,6 +196,15 @@ impl DirectoryProvider {
     /// Reads files again whose copy of an object must be served once more.
     fn reread(&mut self, paths: Vec<PathBuf>) {
         for path in paths {
+            // A file still being written is read when it is done: its new mtime says so.
+            // Meanwhile the store keeps the copy it had.
+            if self
+                .writes
+                .as_ref()
+                .is_some_and(|w| w.open.contains_key(&path))
+            {
+                continue;
+            }
             if let Some(state) = self.files.get(&path) {
                 let (modified, len) = (state.modified, state.len);
                 self.load_file(&path, modified, len);
@@ -155,54 +214,20 @@ impl DirectoryProvider {
 
     fn load_file(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) {
         let source = path.display().to_string();
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_text(path, len) {
             Ok(text) => text,
-            Err(err) => {
-                let message = format!("cannot read file: {err}");
-                self.store.set_source_errors(
-                    &source,
-                    vec![SourceError {
-                        source: source.clone(),
-                        message,
-                    }],
-                );
+            Err((message, retry)) => {
+                self.refuse(path, modified, len, vec![message]);
+                if let Some(state) = self.files.get_mut(path) {
+                    state.retry = retry;
+                }
                 return;
             }
         };
-        let (objects, errors) = match parse_manifests(&text) {
-            Ok(parsed) => parsed,
-            Err(message) => {
-                // Keep the objects this file held before: a half-saved edit must not take
-                // routes down. Remember the new mtime so the error is reported once, not
-                // re-parsed every poll; the next save changes it again. A file that never
-                // parsed (always so for `check` and `explain`, which read the directory once)
-                // held nothing, and the log must not claim otherwise.
-                let held = self.files.get(path).map_or(0, |state| state.keys.len());
-                if held > 0 {
-                    tracing::warn!(file = %source, error = %message, objects = held, "manifest file does not parse; keeping the objects it held before");
-                } else {
-                    tracing::warn!(file = %source, error = %message, "manifest file does not parse; none of its objects are loaded");
-                }
-                if let Some(state) = self.files.get_mut(path) {
-                    state.modified = modified;
-                    state.len = len;
-                } else {
-                    self.files.insert(
-                        path.to_path_buf(),
-                        FileState {
-                            modified,
-                            len,
-                            keys: Vec::new(),
-                        },
-                    );
-                }
-                self.store.set_source_errors(
-                    &source,
-                    vec![SourceError {
-                        source: source.clone(),
-                        message,
-                    }],
-                );
+        let objects = match read_manifests(&text) {
+            Ok(objects) => objects,
+            Err(messages) => {
+                self.refuse(path, modified, len, messages);
                 return;
             }
         };
@@ -213,7 +238,11 @@ impl DirectoryProvider {
             .get(path)
             .map(|s| s.keys.clone())
             .unwrap_or_default();
-        let let_go: Vec<ObjectKey> = old_keys.into_iter().filter(|k| !keys.contains(k)).collect();
+        let new_keys: HashSet<&ObjectKey> = keys.iter().collect();
+        let let_go: Vec<ObjectKey> = old_keys
+            .into_iter()
+            .filter(|k| !new_keys.contains(k))
+            .collect();
         let mut reread = Vec::new();
         let removed = self.release(path, let_go, &mut reread);
         for key in &keys {
@@ -225,7 +254,50 @@ impl DirectoryProvider {
             owners.push(path.to_path_buf());
         }
         self.store.apply(&removed, objects);
-        let errors = errors
+        self.store.set_source_errors(&source, Vec::new());
+        self.files.insert(
+            path.to_path_buf(),
+            FileState {
+                modified,
+                len,
+                keys,
+                retry: false,
+            },
+        );
+        self.reread(reread);
+    }
+
+    /// Records why the new content of `path` is not applied, and keeps the objects the file
+    /// held before: a half-saved edit or one bad document must not take routes down. The new
+    /// modification time is remembered so that the error is reported once, not re-read every
+    /// scan; the next save changes it again. A file that never loaded (always so for `check`
+    /// and `explain`, which read the directory once) held nothing, and the log must not claim
+    /// otherwise.
+    fn refuse(
+        &mut self,
+        path: &Path,
+        modified: Option<SystemTime>,
+        len: u64,
+        messages: Vec<String>,
+    ) {
+        let source = path.display().to_string();
+        let error = messages.join("; ");
+        let held = self.files.get(path).map_or(0, |state| state.keys.len());
+        if held > 0 {
+            tracing::warn!(file = %source, %error, objects = held, "manifest file not loaded; keeping the objects it held before");
+        } else {
+            tracing::warn!(file = %source, %error, "manifest file not loaded; none of its objects are served");
+        }
+        let state = self.files.entry(path.to_path_buf()).or_insert(FileState {
+            modified,
+            len,
+            keys: Vec::new(),
+            retry: false,
+        });
+        state.modified = modified;
+        state.len = len;
+        state.retry = false;
+        let errors = messages
             .into_iter()
             .map(|message| SourceError {
                 source: source.clone(),
@@ -233,15 +305,6 @@ impl DirectoryProvider {
             })
             .collect();
         self.store.set_source_errors(&source, errors);
-        self.files.insert(
-            path.to_path_buf(),
-            FileState {
-                modified,
-                len,
-                keys,
-            },
-        );
-        self.reread(reread);
     }
 
     /// Fills in generation and creation time the way the API server would.
@@ -285,39 +348,145 @@ impl DirectoryProvider {
         }
     }
 
+    /// [`Self::sync`], with a failure to read the directory reported in the store until a scan
+    /// reads it again (it was moved away and back, or its permissions were fixed).
+    fn sync_reporting(&mut self) {
+        let source = self.dir.display().to_string();
+        let errors = match self.sync() {
+            Ok(()) => Vec::new(),
+            Err(err) => {
+                tracing::warn!(dir = %source, error = %err, "cannot read configuration directory");
+                vec![SourceError {
+                    source: source.clone(),
+                    message: format!(
+                        "cannot read configuration directory: {err}; the objects read from it \
+                         before are kept"
+                    ),
+                }]
+            }
+        };
+        self.store.set_source_errors(&source, errors);
+    }
+
     fn watch(mut self) {
+        let mut writes = Writes::default();
         let mut notify = Notify::start();
         if let Some(n) = &mut notify {
-            n.watch_tree(&self.dir);
+            n.watch_dirs(&self.dirs);
         }
         loop {
             match &mut notify {
-                Some(n) => n.wait(POLL_INTERVAL),
+                Some(n) => n.wait(POLL_INTERVAL, &mut writes),
                 None => std::thread::sleep(POLL_INTERVAL),
             }
-            if let Err(err) = self.sync() {
-                let source = self.dir.display().to_string();
-                let message = format!("cannot read configuration directory: {err}");
-                tracing::warn!(dir = %source, error = %err, "cannot read configuration directory");
-                self.store.set_source_errors(
-                    &source,
-                    vec![SourceError {
-                        source: source.clone(),
-                        message,
-                    }],
-                );
-            }
+            self.writes = Some(writes);
+            self.sync_reporting();
+            writes = self.writes.take().unwrap_or_default();
             if let Some(n) = &mut notify {
-                n.watch_tree(&self.dir);
+                n.watch_dirs(&self.dirs);
             }
         }
+    }
+}
+
+/// How long a file that inotify saw written, and not yet closed, is left unread. Writers close
+/// a file when they are done (editors, `cp`, `kubectl`, configuration management); one that
+/// keeps it open must not stall the file forever, so past this it is read as it is.
+pub const WRITE_WAIT: Duration = Duration::from_secs(3);
+
+/// How long a change that inotify did not report (it is unavailable, its queue overflowed, the
+/// file was written through a symlink from outside the tree) must stay the same before it is
+/// read: without an event there is no telling whether the writer is done, and a writer
+/// pausing between two writes must not get its half file served.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// What the watcher knows of files being written, so that a half-written file is not read.
+#[derive(Default)]
+struct Writes {
+    /// Files inotify saw written and not yet closed, with when the first write was seen.
+    open: HashMap<PathBuf, Instant>,
+    /// Files inotify saw closed after writing, or renamed into place, since the last scan:
+    /// complete, to be read at once.
+    closed: HashSet<PathBuf>,
+    /// Changes a scan found that inotify did not account for: the modification time and size
+    /// first seen, and when.
+    unsettled: HashMap<PathBuf, (Option<SystemTime>, u64, Instant)>,
+}
+
+impl Writes {
+    /// Records one inotify event about `path`.
+    fn event(&mut self, path: PathBuf, mask: AddWatchFlags) {
+        if mask.intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO) {
+            self.open.remove(&path);
+            self.closed.insert(path);
+        } else if mask.intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM) {
+            self.open.remove(&path);
+            self.closed.remove(&path);
+        } else if mask.contains(AddWatchFlags::IN_MODIFY)
+            // A new file is written next; a new symlink or directory is complete as it is.
+            || (mask.contains(AddWatchFlags::IN_CREATE)
+                && !mask.contains(AddWatchFlags::IN_ISDIR)
+                && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()))
+        {
+            self.open.entry(path).or_insert_with(Instant::now);
+        }
+    }
+
+    /// inotify dropped events: what it said about open and closed files may be out of date, so
+    /// every change waits for [`QUIET`] until it reports again.
+    fn overflowed(&mut self) {
+        self.open.clear();
+        self.closed.clear();
+    }
+
+    /// Whether a file a scan found changed can be read now.
+    fn ready(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) -> bool {
+        if let Some(since) = self.open.get(path) {
+            if since.elapsed() < WRITE_WAIT {
+                return false;
+            }
+            tracing::warn!(file = %path.display(), "file still open for writing after {WRITE_WAIT:?}; reading it as it is");
+            self.open.remove(path);
+            return true;
+        }
+        if self.closed.contains(path) {
+            self.unsettled.remove(path);
+            return true;
+        }
+        let now = Instant::now();
+        match self.unsettled.get(path) {
+            Some(&(m, l, since)) if (m, l) == (modified, len) => {
+                if now.duration_since(since) < QUIET {
+                    return false;
+                }
+                self.unsettled.remove(path);
+                true
+            }
+            _ => {
+                self.unsettled
+                    .insert(path.to_path_buf(), (modified, len, now));
+                false
+            }
+        }
+    }
+
+    /// Forgets what the scan just done made stale: closings it has acted on, and files it no
+    /// longer lists.
+    fn scanned(&mut self, seen: &HashSet<PathBuf>) {
+        self.closed.clear();
+        self.open.retain(|p, _| seen.contains(p));
+        self.unsettled.retain(|p, _| seen.contains(p));
     }
 }
 
 /// inotify watches on the configuration directory and its subdirectories.
 struct Notify {
     inotify: Inotify,
-    watched: HashSet<PathBuf>,
+    /// The directories watched, by path.
+    watched: HashMap<PathBuf, WatchDescriptor>,
+    /// The paths of each watch. One directory reached by two paths has one watch, but the walk
+    /// reads a directory under one path only, so this is nearly always one path.
+    paths: HashMap<WatchDescriptor, Vec<PathBuf>>,
 }
 
 impl Notify {
@@ -327,7 +496,8 @@ impl Notify {
         match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
             Ok(inotify) => Some(Notify {
                 inotify,
-                watched: HashSet::new(),
+                watched: HashMap::new(),
+                paths: HashMap::new(),
             }),
             Err(err) => {
                 tracing::warn!(error = %err, "inotify unavailable; scanning the configuration directory every 250 ms");
@@ -336,14 +506,25 @@ impl Notify {
         }
     }
 
-    /// Watches every directory of the tree not watched yet. A directory that went away drops
-    /// its watch by itself; it is forgotten here so that one created again under the same name
-    /// is watched again.
-    fn watch_tree(&mut self, root: &Path) {
-        let mut dirs = vec![root.to_path_buf()];
-        collect_dirs(root, &mut dirs);
-        self.watched.retain(|d| dirs.contains(d));
+    /// Watches every directory of `dirs` (the tree as last walked) not watched yet, and
+    /// forgets the ones no longer in it.
+    fn watch_dirs(&mut self, dirs: &[PathBuf]) {
+        let wanted: HashSet<&PathBuf> = dirs.iter().collect();
+        let gone: Vec<PathBuf> = self
+            .watched
+            .keys()
+            .filter(|d| !wanted.contains(d))
+            .cloned()
+            .collect();
+        for dir in gone {
+            if let Some(wd) = self.watched.remove(&dir) {
+                if let Some(paths) = self.paths.get_mut(&wd) {
+                    paths.retain(|p| p != &dir);
+                }
+            }
+        }
         let mask = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MODIFY
             | AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
@@ -352,12 +533,13 @@ impl Notify {
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF;
         for dir in dirs {
-            if self.watched.contains(&dir) {
+            if self.watched.contains_key(dir) {
                 continue;
             }
-            match self.inotify.add_watch(&dir, mask) {
-                Ok(_) => {
-                    self.watched.insert(dir);
+            match self.inotify.add_watch(dir, mask) {
+                Ok(wd) => {
+                    self.watched.insert(dir.clone(), wd);
+                    self.paths.entry(wd).or_default().push(dir.clone());
                 }
                 Err(err) => {
                     // Most likely fs.inotify.max_user_watches; the scans still see the change.
@@ -367,58 +549,235 @@ impl Notify {
         }
     }
 
-    /// Blocks until inotify reports something (and a burst has settled) or `timeout` passes.
-    fn wait(&mut self, timeout: Duration) {
+    /// Forgets a watch whose directory went away or moved, so that the directory now at its
+    /// path is watched afresh.
+    fn forget(&mut self, wd: WatchDescriptor) {
+        for path in self.paths.remove(&wd).unwrap_or_default() {
+            self.watched.remove(&path);
+        }
+    }
+
+    /// Blocks until inotify reports something (and a burst has settled) or `timeout` passes,
+    /// and records in `writes` which files are being written.
+    fn wait(&mut self, timeout: Duration, writes: &mut Writes) {
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
-        if matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0) {
-            std::thread::sleep(SETTLE);
-            // Drain what queued up; the events themselves do not matter, the scan finds what
-            // changed.
-            while matches!(self.inotify.read_events(), Ok(events) if !events.is_empty()) {}
+        if !matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0) {
+            return;
+        }
+        std::thread::sleep(SETTLE);
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    writes.overflowed();
+                } else if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    self.forget(event.wd);
+                } else if event.mask.contains(AddWatchFlags::IN_MOVE_SELF) {
+                    // The watch follows the directory to its new place, where it is not wanted.
+                    let _ = self.inotify.rm_watch(event.wd);
+                    self.forget(event.wd);
+                } else if let Some(name) = &event.name {
+                    for dir in self.paths.get(&event.wd).into_iter().flatten() {
+                        writes.event(dir.join(name), event.mask);
+                    }
+                }
+            }
         }
     }
 }
 
-fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if !hidden && path.is_dir() {
-            out.push(path.clone());
-            collect_dirs(&path, out);
-        }
-    }
+/// What one walk of the configuration tree found.
+#[derive(Default)]
+struct Tree {
+    /// Manifest files, in path order, with their metadata (symlinks followed).
+    files: Vec<(PathBuf, std::fs::Metadata)>,
+    /// Directories, root first.
+    dirs: Vec<PathBuf>,
+    /// Directories skipped because the walk had already read them under another path.
+    repeats: Vec<PathBuf>,
 }
 
-fn collect_manifests(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+/// Lists the manifest files and directories under `root`. Each directory is read once, known
+/// by device and inode: a symlink back up the tree (`ln -s . again`) would otherwise be
+/// followed until the path is too long to open, reading every file dozens of times, and two
+/// such links make the walk exponential. Hidden entries are skipped: editor swap files and the
+/// `..data` links of mounted config maps.
+fn walk(root: &Path) -> std::io::Result<Tree> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(root)?;
+    let mut visited = HashSet::from([(meta.dev(), meta.ino())]);
+    let mut tree = Tree::default();
+    walk_dir(root, &mut visited, &mut tree)?;
+    Ok(tree)
+}
+
+fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    tree.dirs.push(dir.to_path_buf());
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    // In name order, so that files come out in path order and, of two paths to one
+    // directory, the same one is read at every scan.
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
         if name.starts_with('.') {
-            continue; // editor swap files and the `..data` links of mounted config maps
+            continue;
         }
-        if path.is_dir() {
-            collect_manifests(&path, out)?;
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            out.push(path);
+        let manifest = name.ends_with(".yaml") || name.ends_with(".yml");
+        let Ok(file_type) = entry.file_type() else {
+            continue; // removed since listed
+        };
+        if file_type.is_file() && !manifest {
+            continue; // saves a stat per file that is not a manifest
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue; // removed since listed, or a dangling symlink
+        };
+        if meta.is_dir() {
+            if visited.insert((meta.dev(), meta.ino())) {
+                walk_dir(&path, visited, tree)?;
+            } else {
+                tree.repeats.push(path);
+            }
+        } else if manifest && meta.is_file() {
+            // Regular files only: reading a FIFO named `x.yaml` would block the watcher.
+            tree.files.push((path, meta));
         }
     }
-    out.sort();
     Ok(())
+}
+
+/// Reads a manifest file of `len` bytes (as listed) as text. The error says why not and whether
+/// reading it again unchanged may succeed.
+fn read_text(path: &Path, len: u64) -> Result<String, (String, bool)> {
+    use std::io::Read;
+    let too_big = |size: String| {
+        format!(
+            "file is {size}, more than the {} MiB a manifest file may have; split it into \
+             several files",
+            MAX_FILE_BYTES / (1024 * 1024)
+        )
+    };
+    if len > MAX_FILE_BYTES {
+        return Err((too_big(format!("{len} bytes")), false));
+    }
+    let file = std::fs::File::open(path).map_err(|e| (format!("cannot read file: {e}"), true))?;
+    // The file may have grown since it was listed: read one byte past the limit to know.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| (format!("cannot read file: {e}"), true))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err((too_big("still growing".to_string()), false));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        (
+            format!("file is not UTF-8 text (byte {at} is not); save it as UTF-8"),
+            false,
+        )
+    })
 }
 
 /// Parses a multi-document YAML text into objects. A syntax error anywhere fails the whole text
 /// (with its line), since the documents after it cannot be trusted; a document that is valid YAML
 /// but not a usable object (unknown kind, no name) is reported, with its number and the line it
-/// starts on, and skipped.
+/// starts on, and skipped. The provider itself refuses a file with any such document
+/// ([`read_manifests`]); this lenient form is for tests that want the rest.
 pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String> {
+    let (objects, errors) = parse_documents(text)?;
+    let objects = objects.into_iter().map(|(_, object)| object).collect();
+    Ok((objects, name_documents(text, errors)))
+}
+
+/// What the provider loads from a file: every object in it, or, when any document fails, only
+/// the errors. A file is applied whole or not at all, like a file with a syntax error: serving
+/// half of an edit (a route without the Service it was written beside, or a file whose
+/// misspelt document silently deleted the object it held) is worse than serving the last good
+/// version and saying why.
+fn read_manifests(text: &str) -> Result<Vec<Object>, Vec<String>> {
+    let (objects, mut errors) = parse_documents(text).map_err(|message| vec![message])?;
+    for (index, object) in &objects {
+        if let Err(message) = decode_spec(object) {
+            errors.push((*index, message));
+        }
+    }
+    errors.sort_by_key(|(index, _)| *index);
+    if errors.is_empty() {
+        Ok(objects.into_iter().map(|(_, object)| object).collect())
+    } else {
+        Err(name_documents(text, errors))
+    }
+}
+
+/// Refuses an object whose fields have the wrong type, as the API server's schema validation
+/// would before a cluster gateway ever sees it (`port: "eighty"`, an EndpointSlice address that
+/// is not an IP address). The typed views are the ones the compiler reads ([`api`]), decoded the
+/// same way, so that what loads here is what the compiler can use; a value it can read but does
+/// not support (an unknown listener protocol) still loads and is reported through a condition.
+/// An absent `spec` is left to the compiler, which reports it on the object.
+fn decode_spec(object: &Object) -> Result<(), String> {
+    let spec = object.spec();
+    let kind = object.key.kind;
+    let decoded = match kind {
+        _ if spec.is_null() && kind != Kind::EndpointSlice => Ok(()),
+        Kind::GatewayClass => api::read::<api::GatewayClassSpec>(spec).map(drop),
+        Kind::Gateway => api::read::<api::GatewaySpec>(spec).map(drop),
+        Kind::HttpRoute => api::read::<api::RouteSpec>(spec).map(drop),
+        Kind::GrpcRoute => api::read::<api::GrpcRouteSpec>(spec).map(drop),
+        Kind::TlsRoute => api::read::<api::TlsRouteSpec>(spec).map(drop),
+        Kind::ReferenceGrant => api::read::<api::ReferenceGrantSpec>(spec).map(drop),
+        Kind::BackendTlsPolicy => api::read::<api::BackendTlsPolicySpec>(spec).map(drop),
+        Kind::Service => api::read::<api::ServiceSpec>(spec).map(drop),
+        Kind::EndpointSlice => {
+            return api::read::<api::EndpointSlice>(&object.body)
+                .map_err(|e| format!("EndpointSlice has a value of the wrong type: {e}"))
+                .and_then(|slice| endpoint_addresses(&slice));
+        }
+        // Their data is read where it is used (a certificate, a CA bundle, labels), and a
+        // problem there is reported on the object that refers to it.
+        Kind::Namespace | Kind::Secret | Kind::ConfigMap => Ok(()),
+    };
+    decoded.map_err(|e| format!("{kind} spec has a value of the wrong type: {e}"))
+}
+
+/// Checks that every address of a slice is an IP address of its `addressType`, as the API
+/// server does. FQDN slices are not used by the gateway and are let through unchecked.
+fn endpoint_addresses(slice: &api::EndpointSlice) -> Result<(), String> {
+    let parses: fn(&str) -> bool = match slice.address_type.as_str() {
+        "IPv4" => |a| a.parse::<std::net::Ipv4Addr>().is_ok(),
+        "IPv6" => |a| a.parse::<std::net::Ipv6Addr>().is_ok(),
+        "FQDN" => return Ok(()),
+        other => {
+            return Err(format!(
+                "EndpointSlice addressType {other:?} is not IPv4, IPv6 or FQDN"
+            ))
+        }
+    };
+    for (i, endpoint) in slice.endpoints.iter().flatten().enumerate() {
+        for address in &endpoint.addresses {
+            if !parses(address) {
+                return Err(format!(
+                    "EndpointSlice endpoints[{i}] address {address:?} is not an {} address",
+                    slice.address_type
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The objects of a text and the documents that failed, each with its number from 0.
+#[allow(
+    clippy::type_complexity,
+    reason = "private, and read right where it is built"
+)]
+fn parse_documents(text: &str) -> Result<(Vec<(usize, Object)>, Vec<(usize, String)>), String> {
     use serde::Deserialize;
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -426,48 +785,66 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String>
         let value = match Value::deserialize(document) {
             Ok(value) => value,
             Err(err) => {
-                let Some(at) = err.location() else {
-                    return Err(format!(
-                        "YAML syntax error in document {}: {err}",
-                        index + 1
-                    ));
-                };
+                let at = err.location();
                 // serde_yaml's message already ends its problem with " at line L column C";
                 // the location is given once, up front, as in every other error here.
-                let message = err.to_string().replacen(
-                    &format!(" at line {} column {}", at.line(), at.column()),
-                    "",
-                    1,
-                );
-                return Err(format!(
-                    "YAML syntax error at line {}, column {}: {message}",
-                    at.line(),
-                    at.column()
-                ));
+                let message = match &at {
+                    Some(at) => err.to_string().replacen(
+                        &format!(" at line {} column {}", at.line(), at.column()),
+                        "",
+                        1,
+                    ),
+                    None => err.to_string(),
+                };
+                let place = at.as_ref().map_or(String::new(), |at| {
+                    format!(" at line {}, column {}", at.line(), at.column())
+                });
+                if is_yaml(text, index) {
+                    // Well-formed YAML that JSON cannot hold, such as a list as a mapping key
+                    // or a custom `!tag`: this document is wrong, the rest can be read.
+                    errors.push((index, format!("value of the wrong type{place}: {message}")));
+                    continue;
+                }
+                return Err(match at {
+                    Some(_) => format!("YAML syntax error{place}: {message}"),
+                    None => format!("YAML syntax error in document {}: {message}", index + 1),
+                });
             }
         };
         if value.is_null() {
             continue; // an empty document between two `---`
         }
         match Object::from_document(value) {
-            Ok(Some(object)) => objects.push(object),
+            Ok(Some(object)) => objects.push((index, object)),
             Ok(None) => {}
-            Err(err) => errors.push((index, err)),
+            Err(err) => errors.push((index, err.to_string())),
         }
     }
-    let lines = if errors.is_empty() {
-        Vec::new()
-    } else {
-        document_lines(text)
-    };
-    let errors = errors
+    Ok((objects, errors))
+}
+
+/// Whether document `index` of `text` is well-formed YAML, whatever its values. Asked only
+/// after reading it as JSON values failed, to tell a syntax error from a type error.
+fn is_yaml(text: &str, index: usize) -> bool {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .nth(index)
+        .is_some_and(|document| serde_yaml::Value::deserialize(document).is_ok())
+}
+
+/// Error messages for failed documents, each naming the document and the line it starts on.
+fn name_documents(text: &str, errors: Vec<(usize, String)>) -> Vec<String> {
+    if errors.is_empty() {
+        return Vec::new();
+    }
+    let lines = document_lines(text);
+    errors
         .into_iter()
         .map(|(index, err)| match lines.get(index).copied().flatten() {
             Some(line) => format!("document {} (line {line}): {err}", index + 1),
             None => format!("document {}: {err}", index + 1),
         })
-        .collect();
-    Ok((objects, errors))
+        .collect()
 }
 
 /// The line each document of `text` starts on (its first node), by document number from 0;
@@ -585,6 +962,385 @@ mod tests {
         let r = snap.get(super::super::Kind::HttpRoute, "n", "r").unwrap();
         assert_eq!(r.generation, 2);
         assert!(snap.errors.is_empty());
+    }
+
+    /// Two HTTPRoutes in one file; `second` is the text of the second document's body after
+    /// its `kind:` line.
+    fn two_routes(kind: &str, second_metadata: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: web, namespace: n}}\nspec: {{}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: {kind}\n\
+             metadata: {second_metadata}\nspec: {{}}\n"
+        )
+    }
+
+    #[test]
+    fn a_bad_document_keeps_the_whole_file_at_its_last_good_content() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("routes.yaml");
+        std::fs::write(&file, two_routes("HTTPRoute", "{name: api, namespace: n}")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        assert!(store.snapshot().get(Kind::HttpRoute, "n", "api").is_some());
+
+        for (kind, metadata, expected) in [
+            (
+                "HTTPRoutes",
+                "{name: api, namespace: n}",
+                "unsupported kind HTTPRoutes",
+            ),
+            ("5", "{name: api, namespace: n}", "kind is not a string"),
+            (
+                "HTTPRoute",
+                "{name: [api], namespace: n}",
+                "metadata.name is not a string",
+            ),
+            (
+                "HTTPRoute",
+                "{name: api, labels: {canary: true}}",
+                "labels.canary is not a string",
+            ),
+        ] {
+            // A web route renamed in the same edit must not appear either: nothing of the
+            // new content is applied.
+            let text = two_routes(kind, metadata).replace("name: web", "name: web2");
+            std::fs::write(&file, text).unwrap();
+            provider.sync().unwrap();
+            let snap = store.snapshot();
+            assert!(
+                snap.get(Kind::HttpRoute, "n", "api").is_some(),
+                "{kind} {metadata}"
+            );
+            assert!(
+                snap.get(Kind::HttpRoute, "n", "web").is_some(),
+                "{kind} {metadata}"
+            );
+            assert!(
+                snap.get(Kind::HttpRoute, "n", "web2").is_none(),
+                "{kind} {metadata}"
+            );
+            assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+            let error = &snap.errors[0];
+            assert_eq!(error.source, file.display().to_string());
+            assert!(
+                error.message.starts_with("document 2 (line 6): "),
+                "{}",
+                error.message
+            );
+            assert!(error.message.contains(expected), "{}", error.message);
+            assert!(!error.message.contains("has no"), "{}", error.message);
+        }
+
+        std::fs::write(&file, two_routes("HTTPRoute", "{name: api, namespace: n}")).unwrap();
+        provider.sync().unwrap();
+        assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn type_errors_in_a_spec_are_refused_at_load_and_the_last_good_content_kept() {
+        use super::super::Kind;
+        let gateway = |port: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: gw, namespace: n}}\nspec:\n  gatewayClassName: c\n  \
+                 listeners: [{{name: http, protocol: HTTP, port: {port}}}]\n"
+            )
+        };
+        let route = |port: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r, namespace: n}}\n\
+                 spec:\n  rules: [{{backendRefs: [{{name: svc, port: {port}}}]}}]\n"
+            )
+        };
+        let service = |port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: n}}\n\
+                 spec: {{ports: [{{name: http, port: {port}}}]}}\n"
+            )
+        };
+        let slice = |kind: &str, address: &str, port: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: svc-1, namespace: n, \
+                 labels: {{kubernetes.io/service-name: svc}}}}\naddressType: {kind}\n\
+                 endpoints: [{{addresses: ['{address}']}}]\nports: [{{name: http, port: {port}}}]\n"
+            )
+        };
+        let cases = [
+            (
+                Kind::Gateway,
+                gateway("80"),
+                gateway("'80x'"),
+                "expected i64",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("eighty"),
+                "expected i64",
+            ),
+            (
+                Kind::Service,
+                service("80"),
+                service("'80'"),
+                "expected i64",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IPv4", "127.0.0.1", "x"),
+                "expected i64",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IPv4", "127.0.0.300", "8080"),
+                "not an IPv4 address",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv6", "::1", "8080"),
+                slice("IPv6", "127.0.0.1", "8080"),
+                "not an IPv6 address",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IP", "127.0.0.1", "8080"),
+                "not IPv4, IPv6 or FQDN",
+            ),
+        ];
+        for (kind, good, bad, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("a.yaml");
+            std::fs::write(&file, &good).unwrap();
+            let store = Store::new();
+            let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+            provider.sync().unwrap();
+            let before = store.snapshot().of_kind(kind).next().cloned().unwrap();
+            std::fs::write(&file, &bad).unwrap();
+            provider.sync().unwrap();
+            let snap = store.snapshot();
+            assert_eq!(snap.of_kind(kind).next(), Some(&before), "{bad}");
+            assert_eq!(snap.errors.len(), 1, "{bad}");
+            let message = &snap.errors[0].message;
+            assert!(message.starts_with("document 1 (line 1): "), "{message}");
+            assert!(message.contains(expected), "{message}");
+            assert!(!message.contains("syntax"), "{message}");
+        }
+    }
+
+    #[test]
+    fn fqdn_slices_and_values_the_compiler_reports_still_load() {
+        let text = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                    metadata: {name: s, namespace: n}\naddressType: FQDN\n\
+                    endpoints: [{addresses: [backend.example]}]\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                    metadata: {name: gw, namespace: n}\nspec:\n  gatewayClassName: c\n  \
+                    listeners: [{name: x, protocol: SCTP, port: 80}]\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                    metadata: {name: r, namespace: n}\n";
+        assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
+    }
+
+    #[test]
+    fn errors_leave_with_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cfg");
+        std::fs::create_dir(&config).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(&config, store.clone());
+
+        // A file that is not UTF-8, then deleted.
+        let latin1 = config.join("latin1.yaml");
+        std::fs::write(&latin1, b"# caf\xe9\napiVersion: v1\n").unwrap();
+        provider.sync_reporting();
+        let errors = store.snapshot().errors;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].message.contains("not UTF-8"), "{errors:?}");
+        std::fs::remove_file(&latin1).unwrap();
+        provider.sync_reporting();
+        assert!(store.snapshot().errors.is_empty());
+
+        // The directory moved away and back.
+        let away = dir.path().join("cfg.away");
+        std::fs::rename(&config, &away).unwrap();
+        provider.sync_reporting();
+        let errors = store.snapshot().errors;
+        assert!(
+            errors[0]
+                .message
+                .contains("cannot read configuration directory"),
+            "{errors:?}"
+        );
+        std::fs::rename(&away, &config).unwrap();
+        provider.sync_reporting();
+        assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_and_its_objects_kept() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n}\n",
+        )
+        .unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        // Sparse: the test costs no disk, and a provider that read it whole would still see
+        // only a YAML error, not the limit.
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
+        provider.sync().unwrap();
+        let snap = store.snapshot();
+        assert!(snap.get(Kind::Service, "n", "a").is_some());
+        assert_eq!(snap.errors.len(), 1);
+        assert!(
+            snap.errors[0].message.contains("16 MiB"),
+            "{:?}",
+            snap.errors
+        );
+    }
+
+    fn service(name: &str) -> String {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: n}}\n")
+    }
+
+    #[test]
+    fn symlink_loops_are_read_once_and_reported_once() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/b.yaml"), service("b")).unwrap();
+        symlink(".", dir.path().join("loop1")).unwrap();
+        symlink("..", dir.path().join("sub/loop2")).unwrap();
+        symlink("sub", dir.path().join("sub-again")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        // Two loops made the walk exponential: run it where a hang fails the test.
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            provider.sync().unwrap();
+            provider.sync().unwrap();
+            let _ = done.send(());
+            provider
+        });
+        finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the walk ends");
+        let provider = worker.join().unwrap();
+        let files: Vec<&PathBuf> = provider.files.keys().collect();
+        assert_eq!(
+            files,
+            [&dir.path().join("a.yaml"), &dir.path().join("sub/b.yaml")]
+        );
+        let mut repeats: Vec<&PathBuf> = provider.repeats.iter().collect();
+        repeats.sort();
+        assert_eq!(
+            repeats,
+            [
+                &dir.path().join("loop1"),
+                &dir.path().join("sub/loop2"),
+                &dir.path().join("sub-again"),
+            ]
+        );
+        assert_eq!(store.snapshot().len(), 2);
+        assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn a_file_still_open_for_writing_is_read_once_closed() {
+        use super::super::Kind;
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, service("a") + &service("b")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        let mut notify = Notify::start().expect("inotify works here");
+        notify.watch_dirs(&provider.dirs);
+        let mut writes = Writes::default();
+        let mut scan = |provider: &mut DirectoryProvider, writes: &mut Writes| {
+            notify.wait(Duration::from_millis(50), writes);
+            provider.writes = Some(std::mem::take(writes));
+            provider.sync().unwrap();
+            *writes = provider.writes.take().unwrap();
+        };
+
+        // The first half holds "a" only; "b" must not go while the writer pauses.
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(service("a").as_bytes()).unwrap();
+        file.flush().unwrap();
+        for _ in 0..3 {
+            scan(&mut provider, &mut writes);
+            assert!(store.snapshot().get(Kind::Service, "n", "b").is_some());
+        }
+        file.write_all(service("c").as_bytes()).unwrap();
+        drop(file);
+        scan(&mut provider, &mut writes);
+        let snap = store.snapshot();
+        assert!(snap.get(Kind::Service, "n", "b").is_none());
+        assert!(snap.get(Kind::Service, "n", "c").is_some());
+
+        // A writer that never closes is read anyway once WRITE_WAIT has passed.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(service("d").as_bytes()).unwrap();
+        scan(&mut provider, &mut writes);
+        assert!(store.snapshot().get(Kind::Service, "n", "d").is_none());
+        let long_ago = Instant::now().checked_sub(WRITE_WAIT).unwrap();
+        writes.open.insert(path.clone(), long_ago);
+        scan(&mut provider, &mut writes);
+        assert!(store.snapshot().get(Kind::Service, "n", "d").is_some());
+    }
+
+    #[test]
+    fn a_change_no_event_announced_is_read_once_it_stays_the_same() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.writes = Some(Writes::default());
+        std::fs::write(&path, service("a")).unwrap();
+        provider.sync().unwrap();
+        assert!(
+            store.snapshot().is_empty(),
+            "read at the first sight of a change"
+        );
+        std::thread::sleep(QUIET);
+        provider.sync().unwrap();
+        assert!(store.snapshot().get(Kind::Service, "n", "a").is_some());
+    }
+
+    #[test]
+    fn yaml_that_json_cannot_hold_is_a_type_error_not_a_syntax_error() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {[x]: 1}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: c}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert_eq!(objects.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("document 2 (line 5): value of the wrong type"),
+            "{errors:?}"
+        );
+        assert!(!errors[0].contains("syntax"), "{errors:?}");
     }
 
     #[test]

@@ -202,6 +202,12 @@ pub enum ObjectError {
     /// `apiVersion`, `kind` or `metadata.name` is missing.
     #[error("document has no {0}; every object needs apiVersion, kind and metadata.name")]
     Missing(&'static str),
+    /// `apiVersion`, `kind`, `metadata.name` or `metadata.namespace` is there but not a string.
+    #[error("{0} is not a string; write it as plain text, such as `name: api`")]
+    NotAString(&'static str),
+    /// A label value is not a string (the API server refuses `app: 1` or `canary: true`).
+    #[error("metadata.labels.{0} is not a string; quote the value, such as \"1\" or \"true\"")]
+    LabelNotAString(String),
     /// The kind is not one the gateway reads.
     #[error(transparent)]
     UnknownKind(#[from] UnknownKind),
@@ -212,27 +218,27 @@ impl Object {
     /// skipped on purpose (such as Deployments). A namespaced object without a namespace is
     /// put in `default`, as `kubectl apply` would.
     pub fn from_document(body: Value) -> Result<Option<Object>, ObjectError> {
-        let api_version = body["apiVersion"]
-            .as_str()
-            .ok_or(ObjectError::Missing("apiVersion"))?;
-        let kind = body["kind"].as_str().ok_or(ObjectError::Missing("kind"))?;
+        let api_version = text_field(&body["apiVersion"], "apiVersion")?;
+        let kind = text_field(&body["kind"], "kind")?;
         let Some(kind) = Kind::from_type(api_version, kind)? else {
             return Ok(None);
         };
         let meta = &body["metadata"];
-        let name = meta["name"]
-            .as_str()
-            .filter(|n| !n.is_empty())
-            .ok_or(ObjectError::Missing("metadata.name"))?;
-        let namespace = meta["namespace"].as_str().unwrap_or("default");
-        let labels = meta["labels"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let name = text_field(&meta["name"], "metadata.name")?;
+        if name.is_empty() {
+            return Err(ObjectError::Missing("metadata.name"));
+        }
+        let namespace = match &meta["namespace"] {
+            Value::Null => "default",
+            namespace => text_field(namespace, "metadata.namespace")?,
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for (key, value) in meta["labels"].as_object().into_iter().flatten() {
+            let value = value
+                .as_str()
+                .ok_or_else(|| ObjectError::LabelNotAString(key.clone()))?;
+            labels.insert(key.clone(), value.to_string());
+        }
         Ok(Some(Object {
             key: ObjectKey::new(kind, namespace, name),
             generation: meta["generation"].as_i64().unwrap_or(1),
@@ -248,5 +254,16 @@ impl Object {
     /// The object's `spec`, or JSON null.
     pub fn spec(&self) -> &Value {
         &self.body["spec"]
+    }
+}
+
+/// A field that must be a string: [`ObjectError::Missing`] when absent, and
+/// [`ObjectError::NotAString`] when it is a number, list or mapping, so that `name: [api]` is
+/// not reported as a missing name.
+fn text_field<'a>(value: &'a Value, field: &'static str) -> Result<&'a str, ObjectError> {
+    match value {
+        Value::Null => Err(ObjectError::Missing(field)),
+        Value::String(text) => Ok(text),
+        _ => Err(ObjectError::NotAString(field)),
     }
 }
