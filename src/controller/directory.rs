@@ -688,7 +688,7 @@ fn read_text(path: &Path, len: u64) -> Result<String, (String, bool)> {
 /// (with its line), since the documents after it cannot be trusted; a document that is valid YAML
 /// but not a usable object (unknown kind, no name) is reported, with its number and the line it
 /// starts on, and skipped. The provider itself refuses a file with any such document
-/// ([`read_manifests`]); this lenient form is for tests that want the rest.
+/// (`read_manifests`); this lenient form is for tests that want the rest.
 pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String> {
     let (objects, errors) = parse_documents(text)?;
     let objects = objects.into_iter().map(|(_, object)| object).collect();
