@@ -43,8 +43,11 @@ impl Flaky {
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let method = req.method().to_string();
-        let body = req.into_body().collect().await.unwrap().to_bytes();
-        let body = String::from_utf8_lossy(&body).into_owned();
+        let body = match req.into_body().collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            // A copy abandoned mid-body: recorded as such, never as a whole body.
+            Err(_) => "<cut short>".to_string(),
+        };
         self.seen.lock().unwrap().push(format!("{method} {body}"));
         let mut failures = self.failures.lock().unwrap();
         if failures.0 > 0 {
@@ -188,6 +191,12 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
         ),
         route("plain", "plain.example", "flaky", None),
         route(
+            "slow-retry",
+            "slow-retry.example",
+            "flaky",
+            Some("{codes: [503], attempts: 1, backoff: 1s}"),
+        ),
+        route(
             "half-retried",
             "half.example",
             "half",
@@ -238,6 +247,26 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
     assert_eq!(send("plain.example", None).await.0, 503);
     assert_eq!(flaky.seen().len(), 1);
 
+    // A client that gives up during the backoff: no retry is sent for it.
+    flaky.fail_next(1, 503);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(&url)
+        .header("host", "slow-retry.example")
+        .body("charge once")
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up: {gone:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        flaky.seen(),
+        ["POST charge once"],
+        "no retry after the client left"
+    );
+
     // An endpoint refusing connections: retried on the next endpoint, or a 502 without retry.
     flaky.fail_next(0, 200);
     for _ in 0..6 {
@@ -268,7 +297,7 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum()
     };
-    assert_eq!(retries("rt/flaky:80"), 4.0, "{metrics}");
+    assert_eq!(retries("rt/flaky:80"), 5.0, "{metrics}");
     assert!(retries("rt/half:80") >= 1.0, "{metrics}");
 }
 
@@ -309,8 +338,8 @@ async fn mirrored_copies_carry_the_request_body() {
         }
     };
 
-    // A body of known length, then one of a megabyte: many reads, the copy gets all of it.
-    for body in ["a small body".to_string(), "x".repeat(1 << 20)] {
+    // A body of known length, then one of 6 MiB: many reads, the copy gets all of it.
+    for body in ["a small body".to_string(), "x".repeat(6 << 20)] {
         let r = gateway
             .client
             .post(&url)
@@ -354,8 +383,9 @@ async fn mirrored_copies_carry_the_request_body() {
 }
 
 /// A backend that answers every request with a chunked body of `chunks` bytes, one every
-/// `every`: a response that keeps trickling in. Returns its port.
-async fn serve_trickle(chunks: usize, every: Duration) -> u16 {
+/// `every`: a response that keeps trickling in; with `slow_head`, its header comes in one byte
+/// every `every` instead. Returns its port.
+async fn serve_trickle(chunks: usize, every: Duration, slow_head: bool) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -373,8 +403,18 @@ async fn serve_trickle(chunks: usize, every: Duration) -> u16 {
                     head.push(byte[0]);
                 }
                 let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
-                if tcp.write_all(start).await.is_err() {
-                    return;
+                let pieces: Vec<&[u8]> = if slow_head {
+                    start.chunks(1).collect()
+                } else {
+                    vec![&start[..]]
+                };
+                for piece in pieces {
+                    if slow_head {
+                        tokio::time::sleep(every).await;
+                    }
+                    if tcp.write_all(piece).await.is_err() {
+                        return;
+                    }
                 }
                 for _ in 0..chunks {
                     tokio::time::sleep(every).await;
@@ -393,17 +433,22 @@ async fn serve_trickle(chunks: usize, every: Duration) -> u16 {
 async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
     // 40 bytes, one every 100 ms: the backend is never silent for long, but the whole answer
     // takes 4 s against a 1 s `timeouts.request`.
-    let port = serve_trickle(40, Duration::from_millis(100)).await;
+    let port = serve_trickle(40, Duration::from_millis(100), false).await;
+    let slow_head = serve_trickle(1, Duration::from_millis(50), true).await;
     let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
          metadata: {name: slow, namespace: rt}\n\
          spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
-         \x20 - backendRefs: [{name: slow, port: 80}]\n    timeouts: {request: 1s}\n";
+         \x20 - backendRefs: [{name: slow, port: 80}]\n    timeouts: {request: 1s}\n\
+         \x20 - matches: [{path: {value: /head}}]\n\
+         \x20   backendRefs: [{name: slow-head, port: 80}]\n    timeouts: {request: 1s}\n";
     let config = [
         gateway_class(),
         gateway("rt", "gw", &listener("web", 80, "HTTP")),
         route.to_string(),
         service("rt", "slow"),
         endpoints("slow", "127.0.0.1", port),
+        service("rt", "slow-head"),
+        endpoints("slow-head", "127.0.0.1", slow_head),
     ]
     .concat();
     let gateway = Gateway::start(&config).await;
@@ -423,4 +468,14 @@ async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
     // The whole answer would take 4 s; cut off at the first chunk after 1 s, it ends well before.
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    // A header trickled in over about 2.5 s, never silent for long: once it is whole, the
+    // deadline has passed and the client gets 504, not the backend's 200.
+    let r = gateway
+        .client
+        .get(format!("http://127.0.0.1:{}/head", gateway.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
 }

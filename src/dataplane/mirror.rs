@@ -5,10 +5,16 @@
 //! copies are dropped and counted, so a mirror outage cannot exhaust memory or sockets.
 //!
 //! A request body reaches the copy chunk by chunk as the proxy reads it for the real backend
-//! ([`MirrorBody::send`]): the chunks are shared, not copied, and at most [`MAX_QUEUED_BYTES`]
-//! wait for all mirrors together. A copy whose mirror cannot keep up is abandoned and counted:
-//! its connection is closed before the body ends, so the mirror never takes a cut body for a
-//! whole one.
+//! ([`MirrorBody::send`]): the chunks are shared, not copied, and at most
+//! [`MAX_QUEUED_PER_COPY`] wait for one copy and [`MAX_QUEUED_BYTES`] for all of them. A copy
+//! whose mirror cannot keep up, or that the real request leaves before its body ends (answered
+//! early, or failed), is abandoned and counted: its connection is closed before the body ends,
+//! so the mirror never takes a cut body for a whole one. Each step of a copy (connecting, each
+//! write, reading the answer) gets [`MIRROR_TIMEOUT`]; waiting for the client's next chunk gets
+//! no timeout of its own, since the real request bounds it.
+//!
+//! The copy carries what the real backend gets of the gateway's own: the request's
+//! X-Request-Id, and X-Forwarded-For with the client's address.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,12 +31,14 @@ use crate::routing::table::{Backend, Mirror};
 
 /// Copies in flight at most.
 pub const MAX_IN_FLIGHT: usize = 1024;
-const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one step of a copy may take: connecting, one write, reading the answer.
+pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Body bytes queued for all mirrors together at most.
 pub const MAX_QUEUED_BYTES: usize = 64 << 20;
-/// Body chunks queued for one mirror at most.
-const QUEUED_CHUNKS: usize = 16;
+/// Body bytes queued for one copy at most: a mirror on loopback or a LAN drains far faster,
+/// while a client uploads; a copy that falls this far behind is not keeping up.
+pub const MAX_QUEUED_PER_COPY: usize = 8 << 20;
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -42,38 +50,54 @@ enum Chunk {
     End,
 }
 
-/// The way a request's body reaches one copy of it.
+/// The way a request's body reaches one copy of it. Dropped before the body's end (the real
+/// request was answered or failed first), the copy is abandoned and counted.
 pub struct MirrorBody {
-    tx: mpsc::Sender<Chunk>,
+    tx: mpsc::UnboundedSender<Chunk>,
+    queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    done: bool,
 }
 
 impl MirrorBody {
     /// Hands the copy a chunk of the body (and its end, on the last one). `false` when the copy
     /// is finished or abandoned, and this handle is no longer needed.
-    pub fn send(&self, data: Option<&Bytes>, end: bool) -> bool {
+    pub fn send(&mut self, data: Option<&Bytes>, end: bool) -> bool {
         if let Some(data) = data.filter(|d| !d.is_empty()) {
             let len = data.len();
-            if QUEUED_BYTES.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+            let own = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+            let all = QUEUED_BYTES.fetch_add(len, Ordering::Relaxed) + len;
+            let sent = own <= MAX_QUEUED_PER_COPY
+                && all <= MAX_QUEUED_BYTES
+                && self.tx.send(Chunk::Data(data.clone())).is_ok();
+            if !sent {
+                self.queued.fetch_sub(len, Ordering::Relaxed);
                 QUEUED_BYTES.fetch_sub(len, Ordering::Relaxed);
-                self.metrics.mirror_dropped.inc();
-                return false;
-            }
-            if self.tx.try_send(Chunk::Data(data.clone())).is_err() {
-                QUEUED_BYTES.fetch_sub(len, Ordering::Relaxed);
-                self.metrics.mirror_dropped.inc();
+                self.abandon();
                 return false;
             }
         }
         if end {
-            // One more slot than data chunks is never guaranteed; a full queue here means the
-            // mirror is behind, and the copy is abandoned like any other that cannot keep up.
-            if self.tx.try_send(Chunk::End).is_err() {
-                self.metrics.mirror_dropped.inc();
+            if self.tx.send(Chunk::End).is_err() {
+                self.abandon();
             }
+            self.done = true;
             return false;
         }
         true
+    }
+
+    fn abandon(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.metrics.mirror_dropped.inc();
+        }
+    }
+}
+
+impl Drop for MirrorBody {
+    fn drop(&mut self) {
+        self.abandon();
     }
 }
 
@@ -83,6 +107,8 @@ pub fn spawn(
     mirror: &Mirror,
     req: &RequestHeader,
     with_body: bool,
+    request_id: &str,
+    client: Option<std::net::IpAddr>,
     metrics: &Arc<Metrics>,
 ) -> Option<MirrorBody> {
     if mirror.per_million < 1_000_000
@@ -113,18 +139,36 @@ pub fn spawn(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let chunked = with_body && length.is_none();
+    let mut forwarded = String::new();
     for (name, value) in req.headers.iter() {
         let name = name.as_str();
         if matches!(
             name,
-            "connection" | "content-length" | "transfer-encoding" | "keep-alive" | "upgrade"
+            "connection"
+                | "content-length"
+                | "transfer-encoding"
+                | "keep-alive"
+                | "upgrade"
+                | "x-request-id"
         ) {
             continue;
         }
-        has_host |= name == "host";
-        if let Ok(v) = value.to_str() {
-            head.push_str(&format!("{name}: {v}\r\n"));
+        let Ok(v) = value.to_str() else {
+            continue;
+        };
+        if name == "x-forwarded-for" {
+            forwarded.push_str(v);
+            forwarded.push_str(", ");
+            continue;
         }
+        has_host |= name == "host";
+        head.push_str(&format!("{name}: {v}\r\n"));
+    }
+    if let Some(client) = client {
+        head.push_str(&format!("x-forwarded-for: {forwarded}{client}\r\n"));
+    }
+    if !request_id.is_empty() {
+        head.push_str(&format!("x-request-id: {request_id}\r\n"));
     }
     if !has_host {
         if let Some(a) = req.uri.authority() {
@@ -137,54 +181,77 @@ pub fn spawn(
         (None, false) => head.push_str("content-length: 0\r\n"),
     }
     head.push_str("connection: close\r\n\r\n");
+    let queued = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = if with_body {
-        let (tx, rx) = mpsc::channel(QUEUED_CHUNKS);
+        let (tx, rx) = mpsc::unbounded_channel();
         (Some(tx), Some(rx))
     } else {
         (None, None)
     };
+    let step =
+        |what: &'static str| move |_| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
+    let task_queued = queued.clone();
     tokio::spawn(async move {
         let send = async {
-            let mut stream = tokio::net::TcpStream::connect(endpoint).await?;
-            stream.write_all(head.as_bytes()).await?;
+            let mut stream =
+                tokio::time::timeout(MIRROR_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
+                    .await
+                    .map_err(step("connecting"))??;
+            write(&mut stream, head.as_bytes()).await?;
             if let Some(rx) = rx {
-                send_body(&mut stream, rx, chunked).await?;
+                send_body(&mut stream, rx, &task_queued, chunked).await?;
             }
-            let mut sink = [0u8; 4096];
-            while stream.read(&mut sink).await? > 0 {}
-            Ok::<_, std::io::Error>(())
+            let drain = async {
+                let mut sink = [0u8; 4096];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            };
+            tokio::time::timeout(MIRROR_TIMEOUT, drain)
+                .await
+                .map_err(step("reading the answer"))?
         };
-        if let Err(err) = tokio::time::timeout(MIRROR_TIMEOUT, send)
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-        {
+        if let Err(err) = send.await {
             tracing::debug!(%endpoint, error = %err, "mirror request failed");
         }
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     });
     tx.map(|tx| MirrorBody {
         tx,
+        queued,
         metrics: metrics.clone(),
+        done: false,
     })
+}
+
+/// One write to the mirror, within [`MIRROR_TIMEOUT`].
+async fn write(stream: &mut tokio::net::TcpStream, data: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(MIRROR_TIMEOUT, stream.write_all(data))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing"))?
 }
 
 /// Writes the body chunks handed over by [`MirrorBody::send`], in the copy's framing. Fails,
 /// leaving the body unfinished, when the copy is abandoned.
 async fn send_body(
     stream: &mut tokio::net::TcpStream,
-    mut rx: mpsc::Receiver<Chunk>,
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    queued: &AtomicUsize,
     chunked: bool,
 ) -> std::io::Result<()> {
     let abandoned = || std::io::Error::other("copy abandoned before the end of the body");
+    let give_back = |len: usize| {
+        queued.fetch_sub(len, Ordering::Relaxed);
+        QUEUED_BYTES.fetch_sub(len, Ordering::Relaxed);
+    };
     let result = loop {
         match rx.recv().await {
             Some(Chunk::Data(data)) => {
-                QUEUED_BYTES.fetch_sub(data.len(), Ordering::Relaxed);
+                give_back(data.len());
                 if let Err(err) = write_chunk(stream, &data, chunked).await {
                     break Err(err);
                 }
             }
-            Some(Chunk::End) if chunked => break stream.write_all(b"0\r\n\r\n").await,
+            Some(Chunk::End) if chunked => break write(stream, b"0\r\n\r\n").await,
             Some(Chunk::End) => break Ok(()),
             None => break Err(abandoned()),
         }
@@ -193,7 +260,7 @@ async fn send_body(
     // of the budget first.
     rx.close();
     while let Ok(Chunk::Data(data)) = rx.try_recv() {
-        QUEUED_BYTES.fetch_sub(data.len(), Ordering::Relaxed);
+        give_back(data.len());
     }
     result
 }
@@ -204,11 +271,10 @@ async fn write_chunk(
     chunked: bool,
 ) -> std::io::Result<()> {
     if chunked {
-        let size = format!("{:x}\r\n", data.len());
-        stream.write_all(size.as_bytes()).await?;
-        stream.write_all(data).await?;
-        stream.write_all(b"\r\n").await
+        write(stream, format!("{:x}\r\n", data.len()).as_bytes()).await?;
+        write(stream, data).await?;
+        write(stream, b"\r\n").await
     } else {
-        stream.write_all(data).await
+        write(stream, data).await
     }
 }

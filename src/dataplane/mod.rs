@@ -109,6 +109,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     );
     let mut server_options = pingora_core::apps::HttpServerOptions::default();
     server_options.h2c = true;
+    // An HTTP/2 connection without open streams is closed after the same idle time as an
+    // HTTP/1.1 one between requests.
+    server_options.h2_idle_timeout = Some(proxy::KEEPALIVE_IDLE);
     proxy.server_options = Some(server_options);
     let (shutdown_tx, shutdown_rx) = listeners::shutdown_channel();
     let mut sockets = listeners::Listeners::new(

@@ -40,6 +40,10 @@ use crate::routing::table::{
 };
 use crate::routing::RoutingTable;
 
+/// How long a client connection may wait between requests before it is closed: HTTP/1.1
+/// keep-alive here, HTTP/2 through the server options (see `dataplane::run`).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
 /// Concurrent streams the gateway opens on one HTTP/2 connection to a backend.
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
@@ -122,6 +126,13 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        // Pingora keeps an HTTP/1.1 connection waiting for its next request forever; it gets
+        // KEEPALIVE_IDLE. (A client's `Connection: close` still wins.)
+        if session.as_ref().get_keepalive() == Some(0) {
+            session
+                .as_mut()
+                .set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
+        }
         // RFC 9112, section 3.2: an HTTP/1.1 request without a Host is answered 400. (HTTP/1.0
         // may leave it out, and HTTP/2 carries the authority as a pseudo-header.)
         let req = session.req_header();
@@ -173,19 +184,28 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         if !ctx.mirror_bodies.is_empty() {
             ctx.mirror_bodies
-                .retain(|copy| copy.send(body.as_ref(), end_of_stream));
+                .retain_mut(|copy| copy.send(body.as_ref(), end_of_stream));
         }
         Ok(())
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
         if ctx.attempts > 1 {
             self.prepare_retry(ctx).await;
+            // The client may have given up during the backoff: a retry then serves nobody, and
+            // the request's body can no longer be sent whole.
+            if client_gone(session) {
+                return Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "the client closed its connection before the retry",
+                )
+                .into_down());
+            }
         }
         let (endpoint, h2c) = ctx
             .upstream
@@ -212,10 +232,12 @@ impl ProxyHttp for Proxy {
         if let Some(rule) = &ctx.rule {
             // Both rule timeouts bound how long the backend may stay silent (Pingora's read
             // timeout), `timeouts.request` counting from the request's start: a retry gets only
-            // what is left of it. A response still streaming when it passes is cut off at its
-            // next chunk (`upstream_response_body_filter`). Known shortcoming: that check runs
-            // only when a chunk arrives, so a trickling response can run past the deadline by up
-            // to the silence this try was allowed.
+            // what is left of it. A backend that is never silent for that long is checked
+            // against the deadlines when its header is whole (504) and at each chunk of its body
+            // (cut off). Known shortcoming: those checks run only when the backend sends
+            // something, so a trickling backend can overrun a deadline by up to the silence
+            // this try was allowed, and one trickling its header in is answered 504 only once
+            // the header is complete.
             let left = rule
                 .request_timeout
                 .map(|t| t.saturating_sub(ctx.started.elapsed()).max(MIN_TRY_TIMEOUT));
@@ -298,6 +320,11 @@ impl ProxyHttp for Proxy {
             ctx.upstream_elapsed = Some(elapsed);
             self.metrics.observe_upstream(backend, elapsed);
         }
+        // A backend that trickles its header in keeps every read within the read timeout; the
+        // rule's deadlines are checked once the header is whole, before anything is sent on.
+        if let Some(passed) = deadline_passed(ctx) {
+            return Err(Error::explain(ErrorType::ReadTimedout, passed).into_up());
+        }
         let status = response.status.as_u16();
         let listed = retry_policy(ctx).is_some_and(|p| p.retries_status(status));
         if listed && may_retry(session, ctx) {
@@ -314,8 +341,9 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// `timeouts.request` ends a response still streaming when it passes: Pingora then closes the
-    /// client's connection (or resets its HTTP/2 stream) mid-body, as the status is already sent.
+    /// The rule's timeouts end a response still streaming when they pass: Pingora then closes
+    /// the client's connection (or resets its HTTP/2 stream) mid-body, as the status is already
+    /// sent.
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -323,14 +351,9 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let deadline = ctx.rule.as_ref().and_then(|r| r.request_timeout);
-        if let Some(deadline) = deadline.filter(|_| !end_of_stream) {
-            if ctx.started.elapsed() > deadline {
-                return Err(Error::explain(
-                    ErrorType::ReadTimedout,
-                    "timeouts.request passed while the response was streaming",
-                )
-                .into_up());
+        if !end_of_stream {
+            if let Some(passed) = deadline_passed(ctx) {
+                return Err(Error::explain(ErrorType::ReadTimedout, passed).into_up());
             }
         }
         Ok(None)
@@ -549,6 +572,37 @@ enum Decision {
 /// request is then answered 504 promptly instead of failing before it is sent.
 const MIN_TRY_TIMEOUT: Duration = Duration::from_millis(1);
 
+/// Whether the client's connection has closed, by a look at its socket that neither waits nor
+/// takes anything from it. Unknown (an HTTP/2 stream, whose connection is shared) counts as
+/// still there.
+fn client_gone(session: &Session) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let Some(fd) = session.as_ref().stream().map(|s| s.id()) else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Ok(0) | Err(nix::errno::Errno::ECONNRESET | nix::errno::Errno::EPIPE)
+    )
+}
+
+/// Which of the rule's timeouts has passed, if one has: `timeouts.request` counts from the
+/// request's start, `timeouts.backendRequest` from the start of this try.
+fn deadline_passed(ctx: &RequestCtx) -> Option<&'static str> {
+    let rule = ctx.rule.as_ref()?;
+    if rule
+        .request_timeout
+        .is_some_and(|t| ctx.started.elapsed() > t)
+    {
+        return Some("timeouts.request passed before the response was complete");
+    }
+    let started = ctx.upstream_started?;
+    rule.backend_timeout
+        .is_some_and(|t| started.elapsed() > t)
+        .then_some("timeouts.backendRequest passed before the response was complete")
+}
+
 /// The rule's retry policy, if the request matched a rule that has one.
 fn retry_policy(ctx: &RequestCtx) -> Option<&RetryPolicy> {
     ctx.rule.as_ref().and_then(|r| r.retry.as_ref())
@@ -617,6 +671,10 @@ impl Proxy {
             _ => new_request_id(rand::rng().random::<u128>()),
         };
         let host = request_host(req).unwrap_or_default();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         let path = req.uri.path();
         let query = req.uri.query();
         let header = |name: &str| -> Vec<&str> {
@@ -670,8 +728,9 @@ impl Proxy {
                     return Decision::Redirect(r.status, location);
                 }
                 Filter::Mirror(m) => {
-                    ctx.mirror_bodies
-                        .extend(mirror::spawn(m, req, with_body, &self.metrics));
+                    let copy =
+                        mirror::spawn(m, req, with_body, &ctx.request_id, client, &self.metrics);
+                    ctx.mirror_bodies.extend(copy);
                 }
                 Filter::Cors(cors) => {
                     if let Some(headers) = preflight(cors, req) {
@@ -688,8 +747,8 @@ impl Proxy {
         let weighted = &rule.backends[index];
         for filter in &weighted.filters {
             if let Filter::Mirror(m) = filter {
-                ctx.mirror_bodies
-                    .extend(mirror::spawn(m, req, with_body, &self.metrics));
+                let copy = mirror::spawn(m, req, with_body, &ctx.request_id, client, &self.metrics);
+                ctx.mirror_bodies.extend(copy);
             }
         }
         match weighted.target.as_ref() {

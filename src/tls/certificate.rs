@@ -13,6 +13,21 @@ pub struct CertifiedKeyPem {
     pub key: PrivateKeyDer<'static>,
 }
 
+/// A PEM error in words: the parser's own message shows the markers as lists of byte values.
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "the {} block has no END line (cut short?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Reads and checks a `kubernetes.io/tls` Secret body (`data` base64, or `stringData`).
 pub fn check_secret(secret: &serde_json::Value) -> Result<CertifiedKeyPem, String> {
     let type_ = secret["type"].as_str().unwrap_or("Opaque");
@@ -36,11 +51,11 @@ pub fn check_secret(secret: &serde_json::Value) -> Result<CertifiedKeyPem, Strin
     let key_pem = field("tls.key")?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("tls.crt is not PEM: {e}"))?;
+        .map_err(|e| format!("tls.crt is not PEM: {}", pem_error(&e)))?;
     if chain.is_empty() {
         return Err("tls.crt holds no CERTIFICATE block".to_string());
     }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("tls.key holds no usable private key: {e}"))?;
+        .map_err(|e| format!("tls.key holds no usable private key: {}", pem_error(&e)))?;
     Ok(CertifiedKeyPem { chain, key })
 }
