@@ -11,10 +11,9 @@
 mod common;
 
 use common::manifests::{gateway, gateway_class, listener, service};
-use common::{free_port, Killed};
+use common::{admin_text, run_gateway, wait_ready, Killed};
 
 use std::convert::Infallible;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -135,34 +134,12 @@ impl Gateway {
     async fn start(config: &str) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("all.yaml"), config).unwrap();
-        let (listen, admin) = (free_port(), free_port());
-        let process = Killed(
-            Command::new(env!("CARGO_BIN_EXE_portcullis"))
-                .args(["run", "--config-dir"])
-                .arg(dir.path())
-                .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-                .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-                .args(["--access-log-sample", "0"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let (process, listen, admin) = run_gateway(dir.path(), &["--access-log-sample", "0"]);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
-            assert!(Instant::now() < deadline, "gateway never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(&client, admin).await;
         Gateway {
             _process: process,
             _dir: dir,
@@ -281,14 +258,7 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
         "round robin reaches the dead endpoint: {plain:?}"
     );
 
-    let metrics = client
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_text(client, admin, "/metrics").await;
     let retries = |backend: &str| -> f64 {
         metrics
             .lines()

@@ -4,7 +4,7 @@
 mod common;
 
 use common::manifests::{endpoint_slice, gateway, gateway_class, http_route, listener, service};
-use common::{free_port, Killed};
+use common::{admin_text, free_port, run_gateway, Killed};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -142,18 +142,7 @@ async fn last_good_table_keeps_serving_through_bad_edits() {
     );
     std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
     std::fs::write(dir.path().join("endpoints.yaml"), endpoints(echo_port)).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let _gw = Killed(
-        portcullis()
-            .args(["run", "--config-dir"])
-            .arg(dir.path())
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_gw, listen, admin) = run_gateway(dir.path(), &[]);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -254,18 +243,7 @@ impl Running {
         for (name, text) in files {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
-        let (listen, admin) = (free_port(), free_port());
-        let gateway = Killed(
-            portcullis()
-                .args(["run", "--config-dir"])
-                .arg(dir.path())
-                .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-                .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let (gateway, listen, admin) = run_gateway(dir.path(), &[]);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -304,16 +282,7 @@ impl Running {
 
     /// The `/status` errors as JSON text.
     async fn errors(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/status", self.admin);
-        let body = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = admin_text(&self.client, self.admin, "/status").await;
         let report: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
         report["errors"].to_string()
     }
@@ -336,16 +305,7 @@ impl Running {
 
     /// The value of the `portcullis_config_problems` gauge.
     async fn config_problems(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
-        let body = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = admin_text(&self.client, self.admin, "/metrics").await;
         body.lines()
             .find_map(|l| l.strip_prefix("portcullis_config_problems "))
             .unwrap_or("absent")

@@ -10,7 +10,7 @@
 mod common;
 
 use common::manifests::{backend, gateway, gateway_class, listener};
-use common::{free_port, Killed};
+use common::{free_port, run_gateway, Killed};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,19 +49,8 @@ fn echo(name: &str, port: u16) -> Killed {
 /// The gateway on `config`, ready; returns the process and the listener's port.
 async fn start(dir: &std::path::Path, config: &str, drain: &str) -> (Killed, u16) {
     std::fs::write(dir.join("all.yaml"), config).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config-dir"])
-            .arg(dir)
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-            .args(["--access-log-sample", "0", "--drain-timeout", drain])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (child, listen, admin) =
+        run_gateway(dir, &["--access-log-sample", "0", "--drain-timeout", drain]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready = raw(

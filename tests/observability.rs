@@ -5,11 +5,11 @@
 mod common;
 
 use common::manifests::{endpoint_slice, gateway, gateway_class, http_route, listener, service};
-use common::{free_port, Killed};
+use common::{admin_text, free_port, wait_ready, Killed};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Host a.example routed to an echo backend, b.example to a Service without endpoints.
 fn config(echo_port: u16) -> String {
@@ -69,17 +69,7 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
         .build()
         .unwrap();
     let url = format!("http://127.0.0.1:{listen}/");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .get(format!("http://127.0.0.1:{admin}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready(&client, admin).await;
 
     for i in 0..7 {
         let r = client
@@ -110,14 +100,7 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
         assert_eq!(r.status(), 404);
     }
 
-    let metrics = client
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_text(&client, admin, "/metrics").await;
     let requests = "portcullis_requests_total";
     assert_eq!(
         sample(
