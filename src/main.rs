@@ -206,7 +206,9 @@ fn parse_port_map(text: &str) -> Result<PortMap, String> {
             Ok(0) | Err(_) => Err(format!("{pair}: {p} is not a port (1-65535)")),
             Ok(port) => Ok(port),
         };
-        map.insert(port(from)?, port(to)?);
+        if map.insert(port(from)?, port(to)?).is_some() {
+            return Err(format!("{pair}: listener port {from} is mapped twice"));
+        }
     }
     Ok(PortMap(map))
 }

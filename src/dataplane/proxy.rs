@@ -18,7 +18,8 @@
 //! endpoint) when the backend answers one of the listed statuses, cannot be connected to, or
 //! closes the connection before answering; the last try's answer is the one the client gets.
 //! Only a request whose body Pingora still holds whole (its retry buffer) is sent again, and
-//! never once anything has gone back to the client or `timeouts.request` would be passed.
+//! never once anything has gone back to the client, the client has closed its connection, or
+//! `timeouts.request` would be passed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
