@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::manifests::{gateway, gateway_class, listener, service};
+use common::manifests::{backend, gateway, gateway_class, listener, service};
 use common::{admin_text, run_gateway, wait_ready, Killed};
 
 use std::convert::Infallible;
@@ -111,7 +111,8 @@ fn route_with(
     )
 }
 
-/// The EndpointSlice of `service`: port `port` on each of `addresses`.
+/// The EndpointSlice of `service`: port `port` on each of `addresses` (for a Service with more
+/// than one endpoint; `manifests::backend` makes the one-endpoint kind).
 fn endpoints(service: &str, addresses: &str, port: u16) -> String {
     format!(
         "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
@@ -180,8 +181,7 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
             Some("{attempts: 1}"),
         ),
         route("half-plain", "half-plain.example", "half", None),
-        service("rt", "flaky"),
-        endpoints("flaky", "127.0.0.1", backend_port),
+        backend("rt", "flaky", backend_port),
         service("rt", "half"),
         endpoints("half", "127.0.0.2, 127.0.0.1", backend_port),
     ]
@@ -285,10 +285,8 @@ async fn mirrored_copies_carry_the_request_body() {
             None,
             Some("[{type: RequestMirror, requestMirror: {backendRef: {name: copy, port: 80}}}]"),
         ),
-        service("rt", "primary"),
-        endpoints("primary", "127.0.0.1", primary_port),
-        service("rt", "copy"),
-        endpoints("copy", "127.0.0.1", copy_port),
+        backend("rt", "primary", primary_port),
+        backend("rt", "copy", copy_port),
     ]
     .concat();
     let gateway = Gateway::start(&config).await;
@@ -415,10 +413,8 @@ async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
         gateway_class(),
         gateway("rt", "gw", &listener("web", 80, "HTTP")),
         route.to_string(),
-        service("rt", "slow"),
-        endpoints("slow", "127.0.0.1", port),
-        service("rt", "slow-head"),
-        endpoints("slow-head", "127.0.0.1", slow_head),
+        backend("rt", "slow", port),
+        backend("rt", "slow-head", slow_head),
     ]
     .concat();
     let gateway = Gateway::start(&config).await;

@@ -188,15 +188,11 @@ pub fn spawn(
     } else {
         (None, None)
     };
-    let step =
-        |what: &'static str| move |_| std::io::Error::new(std::io::ErrorKind::TimedOut, what);
     let task_queued = queued.clone();
     tokio::spawn(async move {
         let send = async {
-            let mut stream =
-                tokio::time::timeout(MIRROR_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
-                    .await
-                    .map_err(step("connecting"))??;
+            let connect = tokio::net::TcpStream::connect(endpoint);
+            let mut stream = within("connecting", connect).await?;
             write(&mut stream, head.as_bytes()).await?;
             if let Some(rx) = rx {
                 send_body(&mut stream, rx, &task_queued, chunked).await?;
@@ -204,11 +200,9 @@ pub fn spawn(
             let drain = async {
                 let mut sink = [0u8; 4096];
                 while stream.read(&mut sink).await? > 0 {}
-                Ok::<_, std::io::Error>(())
+                Ok(())
             };
-            tokio::time::timeout(MIRROR_TIMEOUT, drain)
-                .await
-                .map_err(step("reading the answer"))?
+            within("reading the answer", drain).await
         };
         if let Err(err) = send.await {
             tracing::debug!(%endpoint, error = %err, "mirror request failed");
@@ -223,11 +217,19 @@ pub fn spawn(
     })
 }
 
+/// One step of a copy, within [`MIRROR_TIMEOUT`]; `what` names the step if it times out.
+async fn within<T>(
+    what: &'static str,
+    step: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(MIRROR_TIMEOUT, step)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, what))?
+}
+
 /// One write to the mirror, within [`MIRROR_TIMEOUT`].
 async fn write(stream: &mut tokio::net::TcpStream, data: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(MIRROR_TIMEOUT, stream.write_all(data))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing"))?
+    within("writing", stream.write_all(data)).await
 }
 
 /// Writes the body chunks handed over by [`MirrorBody::send`], in the copy's framing. Fails,

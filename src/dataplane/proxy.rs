@@ -672,10 +672,13 @@ impl Proxy {
             _ => new_request_id(rand::rng().random::<u128>()),
         };
         let host = request_host(req).unwrap_or_default();
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        // The client's address, for mirror copies only: most requests have none to send.
+        let client = || {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        };
         let path = req.uri.path();
         let query = req.uri.query();
         let header = |name: &str| -> Vec<&str> {
@@ -730,7 +733,7 @@ impl Proxy {
                 }
                 Filter::Mirror(m) => {
                     let copy =
-                        mirror::spawn(m, req, with_body, &ctx.request_id, client, &self.metrics);
+                        mirror::spawn(m, req, with_body, &ctx.request_id, client(), &self.metrics);
                     ctx.mirror_bodies.extend(copy);
                 }
                 Filter::Cors(cors) => {
@@ -748,7 +751,8 @@ impl Proxy {
         let weighted = &rule.backends[index];
         for filter in &weighted.filters {
             if let Filter::Mirror(m) = filter {
-                let copy = mirror::spawn(m, req, with_body, &ctx.request_id, client, &self.metrics);
+                let copy =
+                    mirror::spawn(m, req, with_body, &ctx.request_id, client(), &self.metrics);
                 ctx.mirror_bodies.extend(copy);
             }
         }
