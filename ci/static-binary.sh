@@ -59,7 +59,8 @@ fi
 # --- 1. build ---------------------------------------------------------------------------------
 target="${TARGET:-x86_64-unknown-linux-musl}"
 rustflags=""
-if ! rustup target list --installed | grep -qx "$target"; then
+installed_targets=$(rustup target list --installed)
+if ! grep -qx "$target" <<<"$installed_targets"; then
   if ! rustup target add "$target"; then
     # Without the musl standard library, a glibc build with a static C runtime shows the same
     # thing (no dynamic dependencies), though it is not the image's exact build.
@@ -115,7 +116,10 @@ case "$ldd_out" in
   *"not a dynamic executable"* | *"statically linked"*) ;;
   *) fail "unexpected ldd output" ;;
 esac
-readelf -S "$bin" | grep -q '\.dep-v0' || fail "the binary carries no dependency list (.dep-v0)"
+# The section list is read whole before it is searched: with pipefail, `readelf | grep -q` fails
+# whenever grep stops at the match before readelf has written its last block (SIGPIPE).
+sections=$(readelf -S "$bin")
+grep -q '\.dep-v0' <<<"$sections" || fail "the binary carries no dependency list (.dep-v0)"
 echo "dependency list: embedded (.dep-v0)"
 size=$(stat -c %s "$bin")
 echo "size: $size bytes ($((size / 1024 / 1024)) MiB)"
