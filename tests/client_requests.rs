@@ -105,8 +105,14 @@ async fn requests_are_read_as_they_were_meant() {
     let answer = raw(port, b"GET / HTTP/1.1\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
 
-    // The route for /admin is matched on the resolved path, and the backend gets that path.
-    for path in ["/public/../admin/x", "/public/%2e%2e/admin/x", "/./admin/x"] {
+    // The route for /admin is matched on the path's normal form, and the backend gets that path.
+    for path in [
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/./admin/x",
+        "/%61dmin/x",
+        "/%61%64%6D%69%6E/%78",
+    ] {
         let request = format!("GET {path}?q=1 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
         let answer = raw(port, request.as_bytes()).await;
         let body = echoed(&answer);

@@ -359,7 +359,7 @@ impl Question {
             None => (self.path.as_str(), None),
         };
         let path = if path.is_empty() { "/" } else { path };
-        // As the proxy does: dot segments are resolved before anything is matched.
+        // As the proxy does: the path is put in its normal form before anything is matched.
         let resolved = super::table::normalize_path(path);
         let path = resolved.as_deref().unwrap_or(path);
         let method = if self.method.is_empty() {
@@ -383,9 +383,12 @@ impl Question {
         };
         let mut answer = explain(table, &self.listener, &view);
         if resolved.is_some() {
-            answer
-                .steps
-                .insert(0, format!("path resolved to {path} (dot segments removed)"));
+            answer.steps.insert(
+                0,
+                format!(
+                    "path normalized to {path} (encoded letters decoded, dot segments removed)"
+                ),
+            );
         }
         answer
     }

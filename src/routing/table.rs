@@ -415,17 +415,61 @@ impl RoutingTable {
     }
 }
 
-/// The request path with its dot segments resolved (RFC 3986, section 5.2.4), or `None` when it
-/// has none. Routes are matched, and requests forwarded, on the resolved path: otherwise
-/// `/public/../admin` would be matched as `/public/...` by the gateway and served as `/admin` by
-/// a backend that resolves it, walking around the route meant for `/admin`. A segment is a dot
-/// segment whether its dots are written plainly or percent-encoded (`%2e`), as some backends
-/// decode them. Empty segments (`//`) are kept: they are not dot segments, and merging them
-/// would change what some backends serve.
+/// The request path in its normal form (RFC 3986, section 6.2.2), or `None` when it already is.
+/// Routes are matched, and requests forwarded, on the normal form: otherwise `/public/../admin`
+/// or `/%61dmin` would be matched by the gateway as something other than `/admin`, and served as
+/// `/admin` by a backend that resolves them, walking around the route meant for `/admin`.
+///
+/// Two steps, in this order: percent-encoded unreserved characters (letters, digits, `-._~`) are
+/// decoded, since `%61` and `a` are the same character to every backend; then dot segments are
+/// resolved (section 5.2.4), including those that were written `%2e`. Other percent-encodings
+/// (`%2f`, `%20`) are left as they are: decoding them would change what the path means. Empty
+/// segments (`//`) are kept too: they are not dot segments, and merging them would change what
+/// some backends serve.
 pub fn normalize_path(path: &str) -> Option<String> {
     if !path.starts_with('/') || !path.bytes().any(|b| b == b'.' || b == b'%') {
         return None;
     }
+    let decoded = decode_unreserved(path);
+    let path = decoded.as_deref().unwrap_or(path);
+    remove_dot_segments(path).or(decoded)
+}
+
+/// `path` with every `%XX` that encodes an unreserved character replaced by that character, or
+/// `None` when it has none.
+fn decode_unreserved(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let unreserved_at = |i: usize| {
+        let hex = bytes.get(i + 1..i + 3)?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')).then_some(byte)
+    };
+    let first = (0..bytes.len()).find(|&i| bytes[i] == b'%' && unreserved_at(i).is_some())?;
+    let mut out = String::with_capacity(path.len());
+    out.push_str(&path[..first]);
+    let mut i = first;
+    while i < bytes.len() {
+        match (bytes[i] == b'%').then(|| unreserved_at(i)).flatten() {
+            Some(byte) => {
+                out.push(char::from(byte));
+                i += 3;
+            }
+            None => {
+                // Copy up to the next `%`: slicing there is safe, `%` being ASCII.
+                let next = path[i + 1..].find('%').map_or(bytes.len(), |n| i + 1 + n);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// `path` with its dot segments resolved, or `None` when it has none.
+fn remove_dot_segments(path: &str) -> Option<String> {
     let segments = path[1..].split('/');
     if !segments.clone().any(|s| dots(s).is_some()) {
         return None;
@@ -456,24 +500,13 @@ pub fn normalize_path(path: &str) -> Option<String> {
     Some(out)
 }
 
-/// 1 for a `.` segment, 2 for `..`, counting `%2e` as a dot; `None` for any other segment.
+/// 1 for a `.` segment, 2 for `..`; `None` for any other segment.
 fn dots(segment: &str) -> Option<u8> {
-    let mut rest = segment.as_bytes();
-    let mut count = 0u8;
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
-            rest = &rest[1..];
-        } else if rest.len() >= 3 && rest[0] == b'%' && rest[1] == b'2' && rest[2] | 0x20 == b'e' {
-            rest = &rest[3..];
-        } else {
-            return None;
-        }
-        count += 1;
-        if count > 2 {
-            return None;
-        }
+    match segment {
+        "." => Some(1),
+        ".." => Some(2),
+        _ => None,
     }
-    (count > 0).then_some(count)
 }
 
 /// Lower-cases a host and strips a port and a trailing dot.
@@ -617,6 +650,15 @@ mod tests {
             ("/a/.%2e/b", Some("/b")),
             ("/a/%2e/b", Some("/a/b")),
             ("/a//../b", Some("/a/b")),
+            // Encoded unreserved characters are decoded, other encodings kept.
+            ("/%61dmin", Some("/admin")),
+            ("/%41%7e%2D%5f%30", Some("/A~-_0")),
+            ("/a%2fb/%20/%25/%", None),
+            ("/%+6", None),
+            ("/caf%C3%A9/%61", Some("/caf%C3%A9/a")),
+            ("/é/%61/../b", Some("/é/b")),
+            ("/%6", None),
+            ("/%zz%6g", None),
             // Not dot segments: left as they are.
             ("/", None),
             ("/a//b", None),
