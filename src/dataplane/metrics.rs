@@ -5,6 +5,9 @@
 //! indexes) and from small fixed sets (method class, status class, outcome), never from the
 //! request itself, so the number of series stays bounded by the configuration.
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -13,26 +16,119 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::routing::table::Rule;
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// What one finished request is counted under.
-pub struct RequestLabels<'a> {
-    /// `namespace/name` of the Gateway, empty when no listener took the request.
-    pub gateway: &'a str,
+/// What one finished request is counted under: the objects whose names label its series.
+pub struct RequestSeries<'a> {
+    /// `namespace/name` of the Gateway; `None` when no listener took the request.
+    pub gateway: Option<&'a Arc<str>>,
     /// Listener name.
-    pub listener: &'a str,
-    /// `namespace/name` of the route.
-    pub route: &'a str,
-    /// Rule index, as text.
-    pub rule: &'a str,
+    pub listener: Option<&'a Arc<str>>,
+    /// The rule that matched: its route's `namespace/name` and its index label the series.
+    pub rule: Option<&'a Arc<Rule>>,
     /// `namespace/name:port` of the backend Service.
-    pub backend: &'a str,
+    pub backend: Option<&'a Arc<str>>,
     /// Request method.
     pub method: &'a str,
     /// Response status (0 when none was sent).
     pub status: u16,
+}
+
+/// The label values of request series and their metric handles, looked up once.
+///
+/// Finding a series in a Prometheus vector hashes every label value and takes the vector's lock,
+/// about 1% of the instructions of a small proxied request, several times that once thousands of
+/// routes make the vectors large. Here a series is found by the addresses of the objects that
+/// name it (Gateway, listener, rule, backend) plus the method and status class. Each entry holds
+/// those objects, so no address in a key can be reused for another object while the entry
+/// lives; the cache is emptied when it reaches `SERIES_CACHE_CAPACITY`, which bounds what old
+/// routing tables it keeps alive.
+#[derive(Default)]
+struct SeriesCache {
+    requests: Mutex<HashMap<[usize; 5], RequestHandles, BuildHasherDefault<AddressHasher>>>,
+    upstream: Mutex<HashMap<usize, UpstreamHandles, BuildHasherDefault<AddressHasher>>>,
+}
+
+const SERIES_CACHE_CAPACITY: usize = 4096;
+
+struct RequestHandles {
+    _names: SeriesNames,
+    requests: IntCounter,
+    duration: Histogram,
+    request_bytes: Option<IntCounter>,
+    response_bytes: Option<IntCounter>,
+}
+
+/// The Gateway, listener, rule and backend a request series is keyed by, held alive.
+struct SeriesNames {
+    _gateway: Option<Arc<str>>,
+    _listener: Option<Arc<str>>,
+    _rule: Option<Arc<Rule>>,
+    _backend: Option<Arc<str>>,
+}
+
+struct UpstreamHandles {
+    _backend: Arc<str>,
+    duration: Histogram,
+}
+
+/// Hashes cache keys: addresses and small indexes, chosen by the configuration and never by a
+/// request, so a fast multiplicative mix is enough.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+/// The address of what `value` points to, 0 for none.
+fn address<T: ?Sized>(value: Option<&Arc<T>>) -> usize {
+    value.map_or(0, |v| Arc::as_ptr(v) as *const u8 as usize)
+}
+
+/// A label value: the name, or empty for none.
+fn name(value: Option<&Arc<str>>) -> &str {
+    value.map_or("", |v| v)
+}
+
+/// A fixed label value for a method, and its index in the cache key.
+fn method_label(method: &str) -> (&str, usize) {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().position(|m| *m == method) {
+        Some(i) => (KNOWN[i], i),
+        None => ("other", KNOWN.len()),
+    }
+}
+
+/// The status class label, and its index in the cache key.
+fn status_class(status: u16) -> (&'static str, usize) {
+    match status {
+        100..=199 => ("1xx", 1),
+        200..=299 => ("2xx", 2),
+        300..=399 => ("3xx", 3),
+        400..=499 => ("4xx", 4),
+        500..=599 => ("5xx", 5),
+        _ => ("none", 0),
+    }
 }
 
 /// Every metric the process exports.
@@ -43,8 +139,11 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     request_bytes: IntCounterVec,
     response_bytes: IntCounterVec,
-    /// Upstream connections used, by whether they were reused from the pool.
-    pub upstream_connections: IntCounterVec,
+    upstream_connections: IntCounterVec,
+    /// Upstream connections reused from the pool.
+    pub upstream_connections_reused: IntCounter,
+    /// Upstream connections newly made.
+    pub upstream_connections_new: IntCounter,
     /// Upstream failures by backend and kind (`connect`, `timeout`, `other`).
     pub upstream_failures: IntCounterVec,
     /// Backend requests sent again, under a rule's `retry` or after a pooled connection failed,
@@ -80,6 +179,14 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Mirror copies dropped: too many in flight, or a mirror that fell behind the body.
     pub mirror_dropped: IntCounter,
+    series: SeriesCache,
+}
+
+/// The guarded value; a panic elsewhere while it was held leaves nothing half-written here.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -98,6 +205,11 @@ impl Metrics {
     /// Registers every metric in a fresh registry.
     pub fn new() -> Self {
         let registry = Registry::new();
+        let upstream_connections = counter(
+            "portcullis_upstream_connections_total",
+            "Upstream connections used, by whether they came from the pool.",
+            &["reused"],
+        );
         let m = Metrics {
             requests: counter(
                 "portcullis_requests_total",
@@ -132,11 +244,9 @@ impl Metrics {
                 "Response body bytes sent to clients.",
                 &["gateway"],
             ),
-            upstream_connections: counter(
-                "portcullis_upstream_connections_total",
-                "Upstream connections used, by whether they came from the pool.",
-                &["reused"],
-            ),
+            upstream_connections_reused: upstream_connections.with_label_values(&["true"]),
+            upstream_connections_new: upstream_connections.with_label_values(&["false"]),
+            upstream_connections,
             upstream_failures: counter(
                 "portcullis_upstream_failures_total",
                 "Requests whose upstream failed, by backend and kind.",
@@ -219,6 +329,7 @@ impl Metrics {
                 "Mirror copies dropped: too many in flight, or a mirror that could not keep up with the body.",
             )
             .expect("static metric definition"),
+            series: SeriesCache::default(),
             registry,
         };
         let build = IntGaugeVec::new(
@@ -271,48 +382,86 @@ impl Metrics {
     /// Counts one finished request.
     pub fn observe_request(
         &self,
-        l: &RequestLabels<'_>,
+        series: &RequestSeries<'_>,
         elapsed: Duration,
         bytes_in: usize,
         bytes_out: usize,
     ) {
-        let class = match l.status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "none",
-        };
-        let method = match l.method {
-            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" | "CONNECT"
-            | "TRACE" => l.method,
-            _ => "other",
-        };
-        self.requests
-            .with_label_values(&[
-                l.gateway, l.listener, l.route, l.rule, l.backend, method, class,
-            ])
-            .inc();
-        self.request_duration
-            .with_label_values(&[l.gateway, l.listener])
-            .observe(elapsed.as_secs_f64());
+        let (method, method_index) = method_label(series.method);
+        let (class, class_index) = status_class(series.status);
+        let key = [
+            address(series.gateway),
+            address(series.listener),
+            address(series.rule),
+            address(series.backend),
+            method_index << 8 | class_index,
+        ];
+        let mut cache = lock(&self.series.requests);
+        if cache.len() >= SERIES_CACHE_CAPACITY && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        let handles = cache.entry(key).or_insert_with(|| {
+            let gateway = name(series.gateway);
+            let listener = name(series.listener);
+            let (route, rule) = series.rule.map_or((String::new(), String::new()), |r| {
+                (r.route.to_string(), r.index.to_string())
+            });
+            RequestHandles {
+                requests: self.requests.with_label_values(&[
+                    gateway,
+                    listener,
+                    &route,
+                    &rule,
+                    name(series.backend),
+                    method,
+                    class,
+                ]),
+                duration: self
+                    .request_duration
+                    .with_label_values(&[gateway, listener]),
+                request_bytes: None,
+                response_bytes: None,
+                _names: SeriesNames {
+                    _gateway: series.gateway.cloned(),
+                    _listener: series.listener.cloned(),
+                    _rule: series.rule.cloned(),
+                    _backend: series.backend.cloned(),
+                },
+            }
+        });
+        handles.requests.inc();
+        handles.duration.observe(elapsed.as_secs_f64());
+        // The byte counters are made on first use, so that a Gateway shows none until it has
+        // carried a body.
+        let gateway = name(series.gateway);
         if bytes_in > 0 {
-            self.request_bytes
-                .with_label_values(&[l.gateway])
+            handles
+                .request_bytes
+                .get_or_insert_with(|| self.request_bytes.with_label_values(&[gateway]))
                 .inc_by(bytes_in as u64);
         }
         if bytes_out > 0 {
-            self.response_bytes
-                .with_label_values(&[l.gateway])
+            handles
+                .response_bytes
+                .get_or_insert_with(|| self.response_bytes.with_label_values(&[gateway]))
                 .inc_by(bytes_out as u64);
         }
     }
 
     /// Records how long a backend took to send its response header.
-    pub fn observe_upstream(&self, backend: &str, elapsed: Duration) {
-        self.upstream_duration
-            .with_label_values(&[backend])
+    pub fn observe_upstream(&self, backend: &Arc<str>, elapsed: Duration) {
+        let mut cache = lock(&self.series.upstream);
+        let key = address(Some(backend));
+        if cache.len() >= SERIES_CACHE_CAPACITY && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        cache
+            .entry(key)
+            .or_insert_with(|| UpstreamHandles {
+                duration: self.upstream_duration.with_label_values(&[&**backend]),
+                _backend: backend.clone(),
+            })
+            .duration
             .observe(elapsed.as_secs_f64());
     }
 
@@ -335,5 +484,115 @@ pub fn global() -> &'static std::sync::Arc<Metrics> {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(route: &str, index: usize) -> Arc<Rule> {
+        Arc::new(Rule {
+            route: route.into(),
+            index,
+            name: None,
+            filters: Vec::new(),
+            backends: Vec::new(),
+            total_weight: 0,
+            request_timeout: None,
+            backend_timeout: None,
+            retry: None,
+        })
+    }
+
+    /// The value of the one `portcullis_requests_total` series that has every label in `labels`.
+    fn requests(m: &Metrics, labels: &[(&str, &str)]) -> Option<u64> {
+        let text = m.render();
+        let mut series = text
+            .lines()
+            .filter(|l| l.starts_with("portcullis_requests_total{"))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            });
+        let value = series.next()?.rsplit(' ').next()?.parse().ok();
+        assert!(
+            series.next().is_none(),
+            "more than one series has {labels:?}"
+        );
+        value
+    }
+
+    #[test]
+    fn cached_series_count_under_the_names_of_their_objects() {
+        let m = Metrics::new();
+        let (gateway, listener): (Arc<str>, Arc<str>) = ("ns/gw".into(), "http".into());
+        let backend: Arc<str> = "ns/svc:80".into();
+        let (a, b) = (rule("ns/a", 0), rule("ns/b", 3));
+        let count = |rule: &Arc<Rule>, method: &str, status: u16| {
+            let series = RequestSeries {
+                gateway: Some(&gateway),
+                listener: Some(&listener),
+                rule: Some(rule),
+                backend: Some(&backend),
+                method,
+                status,
+            };
+            m.observe_request(&series, Duration::from_millis(1), 0, 10);
+        };
+        count(&a, "GET", 200);
+        count(&a, "GET", 204);
+        count(&b, "GET", 200);
+        count(&a, "BREW", 503);
+        m.observe_request(
+            &RequestSeries {
+                gateway: None,
+                listener: None,
+                rule: None,
+                backend: None,
+                method: "GET",
+                status: 404,
+            },
+            Duration::from_millis(1),
+            0,
+            0,
+        );
+        let a_get = [
+            ("gateway", "ns/gw"),
+            ("listener", "http"),
+            ("route", "ns/a"),
+            ("rule", "0"),
+            ("backend", "ns/svc:80"),
+            ("method", "GET"),
+            ("status_class", "2xx"),
+        ];
+        assert_eq!(requests(&m, &a_get), Some(2));
+        assert_eq!(requests(&m, &[("route", "ns/b"), ("rule", "3")]), Some(1));
+        assert_eq!(
+            requests(&m, &[("method", "other"), ("status_class", "5xx")]),
+            Some(1)
+        );
+        assert_eq!(
+            requests(
+                &m,
+                &[("gateway", ""), ("route", ""), ("status_class", "4xx")]
+            ),
+            Some(1)
+        );
+
+        // Emptied once full, the cache finds the same series again.
+        for i in 0..SERIES_CACHE_CAPACITY + 10 {
+            let other = rule("ns/many", i);
+            count(&other, "GET", 200);
+        }
+        count(&a, "GET", 200);
+        assert_eq!(requests(&m, &a_get), Some(3));
+        assert!(lock(&m.series.requests).len() < SERIES_CACHE_CAPACITY);
+
+        // Bytes are counted per Gateway; none was read, so no request-body series exists.
+        let text = m.render();
+        assert!(text.contains(r#"portcullis_response_body_bytes_total{gateway="ns/gw"} "#));
+        assert!(!text.contains("portcullis_request_body_bytes_total{"));
     }
 }

@@ -34,7 +34,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use rand::Rng;
 
 use super::access_log::{self, AccessLog};
-use super::metrics::{Metrics, RequestLabels};
+use super::metrics::{Metrics, RequestSeries};
 use super::mirror;
 use crate::routing::table::{
     normalize_path, Backend, Cors, Filter, HeaderEdits, PathReplace, RequestView, RetryPolicy, Rule,
@@ -140,7 +140,7 @@ impl ProxyHttp for Proxy {
         if req.version == http::Version::HTTP_11 && request_host(req).is_none() {
             return respond(session, ctx, 400).await;
         }
-        // Match and forward on the path with its dot segments resolved (see `normalize_path`).
+        // Match and forward on the path's normal form (see `normalize_path`).
         if let Some(path) = normalize_path(req.uri.path()) {
             let uri = match req.uri.query() {
                 Some(query) => format!("{path}?{query}"),
@@ -413,11 +413,11 @@ impl ProxyHttp for Proxy {
         _digest: Option<&pingora_core::protocols::Digest>,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let label = if reused { "true" } else { "false" };
-        self.metrics
-            .upstream_connections
-            .with_label_values(&[label])
-            .inc();
+        if reused {
+            self.metrics.upstream_connections_reused.inc();
+        } else {
+            self.metrics.upstream_connections_new.inc();
+        }
         Ok(())
     }
 
@@ -516,18 +516,15 @@ impl ProxyHttp for Proxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
         let elapsed = ctx.started.elapsed();
-        let rule_index = ctx.rule.as_ref().map(|r| r.index.to_string());
-        let route = ctx.rule.as_ref().map(|r| &*r.route);
         let req = session.req_header();
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         if self.request_metrics {
             self.metrics.observe_request(
-                &RequestLabels {
-                    gateway: ctx.gateway.as_deref().unwrap_or(""),
-                    listener: ctx.listener.as_deref().unwrap_or(""),
-                    route: route.unwrap_or(""),
-                    rule: rule_index.as_deref().unwrap_or(""),
-                    backend: ctx.backend_name.as_deref().unwrap_or(""),
+                &RequestSeries {
+                    gateway: ctx.gateway.as_ref(),
+                    listener: ctx.listener.as_ref(),
+                    rule: ctx.rule.as_ref(),
+                    backend: ctx.backend_name.as_ref(),
                     method: req.method.as_str(),
                     status,
                 },
@@ -549,7 +546,7 @@ impl ProxyHttp for Proxy {
                 duration: elapsed.as_secs_f64(),
                 upstream: ctx.upstream.map(|(addr, _)| addr.to_string()),
                 upstream_duration: ctx.upstream_elapsed.map(|d| d.as_secs_f64()),
-                route,
+                route: ctx.rule.as_ref().map(|r| &*r.route),
                 rule: ctx.rule.as_ref().map(|r| r.index),
                 request_id: &ctx.request_id,
             });
@@ -991,10 +988,14 @@ const X_REQUEST_ID_WIRE: &str = "X-Request-Id";
 /// A request id: 32 lowercase hex digits.
 fn new_request_id(bits: u128) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    (0..32)
-        .rev()
-        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
-        .collect()
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((bits >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    // Always ASCII, so never the empty default.
+    std::str::from_utf8(&digits)
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// Appends an IP address as text; IPv4 without going through `fmt`.
