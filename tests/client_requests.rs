@@ -3,7 +3,8 @@
 //!
 //! - requests shorter than the HTTP/2 preface are answered, and an HTTP/1.1 request without
 //!   Host gets 400;
-//! - dot segments are resolved before routes are matched, and the backend gets the resolved path;
+//! - paths are put in their normal form before routes are matched, and the backend gets it;
+//! - requests pipelined on one connection are answered in order;
 //! - every X-Forwarded-For line the client sent reaches the backend;
 //! - a connection that never sends a byte does not hold a shutdown for its drain timeout.
 
@@ -125,6 +126,33 @@ async fn requests_are_read_as_they_were_meant() {
     )
     .await;
     assert_eq!(echoed(&answer)["backend"], "public");
+
+    // Requests sent back to back without waiting for answers are answered in order, a body
+    // included (RFC 9112, section 9.3.2), each matched on its own.
+    let answer = raw(
+        port,
+        b"GET /admin/1 HTTP/1.1\r\nhost: a\r\n\r\n\
+          POST /p/2 HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc\
+          GET /admin/3 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let answers: Vec<_> = answer
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|a| {
+            let body = echoed(a);
+            (body["backend"].clone(), body["method"].clone(), body["path"].clone())
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            ("admin".into(), "GET".into(), "/admin/1".into()),
+            ("public".into(), "POST".into(), "/p/2".into()),
+            ("admin".into(), "GET".into(), "/admin/3".into()),
+        ],
+        "{answer:?}"
+    );
 
     // Two X-Forwarded-For lines: both reach the backend, then the client's own address.
     let answer = raw(

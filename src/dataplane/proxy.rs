@@ -134,6 +134,11 @@ impl ProxyHttp for Proxy {
                 .as_mut()
                 .set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
         }
+        // HTTP/1.1 requests a client sends back to back, without waiting for answers, are
+        // served one after another in order (RFC 9112, section 9.3.2); otherwise Pingora answers
+        // the first and closes the connection. The setting carries over to the connection's
+        // later requests.
+        session.as_mut().set_pipelining_enabled(true);
         // RFC 9112, section 3.2: an HTTP/1.1 request without a Host is answered 400. (HTTP/1.0
         // may leave it out, and HTTP/2 carries the authority as a pseudo-header.)
         let req = session.req_header();
