@@ -48,8 +48,9 @@ enum Command {
     /// Serve traffic by the Gateway API objects in a directory of YAML (standalone mode).
     Run(RunArgs),
     /// Compile a directory of manifests offline and print every object's conditions.
-    /// Exits 1 when a file does not parse, an object is not accepted, a reference does not
-    /// resolve, a rule is dropped, or the directory holds no objects.
+    /// Exits 1 when a file does not parse, an object or listener is not accepted, listeners
+    /// conflict, a reference does not resolve, a rule is dropped, a Gateway's address cannot be
+    /// had, or the directory holds no objects.
     Check {
         /// Directory of YAML manifests.
         dir: PathBuf,

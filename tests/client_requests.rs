@@ -141,7 +141,11 @@ async fn requests_are_read_as_they_were_meant() {
         .skip(1)
         .map(|a| {
             let body = echoed(a);
-            (body["backend"].clone(), body["method"].clone(), body["path"].clone())
+            (
+                body["backend"].clone(),
+                body["method"].clone(),
+                body["path"].clone(),
+            )
         })
         .collect();
     assert_eq!(

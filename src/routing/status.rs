@@ -143,38 +143,68 @@ pub struct ObjectStatus {
 }
 
 impl ObjectStatus {
-    /// One line for each condition (the object's own, a route parent's or a policy ancestor's)
-    /// that says the configuration is wrong: `Accepted` not true, `ResolvedRefs` false,
-    /// `PartiallyInvalid` true.
+    /// One line for each condition (the object's own, a listener's, a route parent's or a
+    /// policy ancestor's) that says the configuration is wrong: `Accepted` not true,
+    /// `ResolvedRefs` false, `PartiallyInvalid` or `Conflicted` true, or `Programmed` false for
+    /// a reason of the configuration (an address it asks for, an invalid listener set).
     pub fn problems(&self) -> &[String] {
         self.problems.get_or_init(|| {
+            let id = if self.namespace.is_empty() {
+                format!("{} {}", self.kind, self.name)
+            } else {
+                format!("{} {}/{}", self.kind, self.namespace, self.name)
+            };
             let mut out = Vec::new();
-            let mut lists: Vec<&Value> = vec![&self.status["conditions"]];
+            // Each list of conditions, with whom it is about and whether it is the object's own.
+            let mut lists: Vec<(String, &Value, bool)> =
+                vec![(id.clone(), &self.status["conditions"], true)];
+            if let Some(listeners) = self.status["listeners"].as_array() {
+                lists.extend(listeners.iter().map(|l| {
+                    let name = l["name"].as_str().unwrap_or("");
+                    (format!("{id} listener {name}"), &l["conditions"], false)
+                }));
+            }
             if let Some(parents) = self.status["parents"].as_array() {
-                lists.extend(parents.iter().map(|p| &p["conditions"]));
+                lists.extend(
+                    parents
+                        .iter()
+                        .map(|p| (id.clone(), &p["conditions"], false)),
+                );
             }
             if let Some(ancestors) = self.status["ancestors"].as_array() {
-                lists.extend(ancestors.iter().map(|a| &a["conditions"]));
+                lists.extend(
+                    ancestors
+                        .iter()
+                        .map(|a| (id.clone(), &a["conditions"], false)),
+                );
             }
-            for list in lists {
+            for (who, list, own) in lists {
                 for c in list.as_array().into_iter().flatten() {
-                    // What the configuration itself gets wrong: an object not accepted, a
-                    // reference that does not resolve (its requests answer 500), rules dropped
-                    // from an accepted route. Whether a socket could be bound is not a problem
-                    // of the configuration.
+                    // What the configuration itself gets wrong: an object or listener not
+                    // accepted, a reference that does not resolve (its requests answer 500),
+                    // rules dropped from an accepted route, listeners in conflict, an address
+                    // that cannot be had. Whether a socket could be bound (`Pending`) is not a
+                    // problem of the configuration; a listener is not programmed when its
+                    // Gateway is not, or for a reason its other conditions give already.
+                    let reason = c["reason"].as_str().unwrap_or("");
                     let what = match (c["type"].as_str(), c["status"].as_str()) {
                         (Some("Accepted"), Some(s)) if s != "True" => "not accepted",
                         (Some("ResolvedRefs"), Some("False")) => "references not resolved",
                         (Some("PartiallyInvalid"), Some("True")) => "partially invalid",
+                        (Some("Conflicted"), Some("True")) => "in conflict",
+                        (Some("Programmed"), Some("False"))
+                            if own
+                                && matches!(
+                                    reason,
+                                    "AddressNotAssigned" | "AddressNotUsable" | "Invalid"
+                                ) =>
+                        {
+                            "not programmed"
+                        }
                         _ => continue,
                     };
-                    let id = if self.namespace.is_empty() {
-                        format!("{} {}", self.kind, self.name)
-                    } else {
-                        format!("{} {}/{}", self.kind, self.namespace, self.name)
-                    };
                     out.push(format!(
-                        "{id}: {what} ({}): {}",
+                        "{who}: {what} ({}): {}",
                         c["reason"].as_str().unwrap_or(""),
                         c["message"].as_str().unwrap_or("")
                     ));

@@ -217,6 +217,18 @@ fn duplicate_listener_is_conflicted_and_unknown_protocol_not_accepted() {
     assert_eq!(listener(2, "Accepted")["reason"], "UnsupportedProtocol");
     assert_eq!(gw["conditions"][0]["reason"], "ListenersNotValid");
     assert_eq!(gw["conditions"][0]["status"], "True");
+    // Both are problems of the configuration (`check` fails on them), each named.
+    let problems = c.report.problems();
+    for want in [
+        "Gateway infra/gw listener dup: in conflict (HostnameConflict)",
+        "Gateway infra/gw listener odd: not accepted (UnsupportedProtocol)",
+    ] {
+        assert!(problems.iter().any(|p| p.starts_with(want)), "{problems:?}");
+    }
+    assert!(
+        !problems.iter().any(|p| p.contains("listener http:")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -612,6 +624,14 @@ fn a_requested_address_wins_over_one_kept_and_a_second_request_is_refused() {
             .contains("infra/gw-b"),
         "{programmed}"
     );
+    let problems = c.report.problems();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("Gateway infra/gw-c: not programmed (AddressNotUsable)")),
+        "{problems:?}"
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
 }
 
 #[test]
