@@ -41,6 +41,8 @@ pub async fn serve(addr: SocketAddr, name: String) -> std::io::Result<()> {
                         "backend": name,
                         "method": req.method().as_str(),
                         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                        // The request target as it came, absolute form included.
+                        "target": req.uri().to_string(),
                         "headers": headers,
                     });
                     let mut resp = Response::new(Full::new(Bytes::from(format!("{body:#}\n"))));

@@ -5,6 +5,7 @@
 //!   Host gets 400;
 //! - paths are put in their normal form before routes are matched, and the backend gets it;
 //! - requests pipelined on one connection are answered in order;
+//! - a target in absolute form is forwarded in origin form, with the host it names;
 //! - every X-Forwarded-For line the client sent reaches the backend;
 //! - a connection that never sends a byte does not hold a shutdown for its drain timeout.
 
@@ -126,6 +127,32 @@ async fn requests_are_read_as_they_were_meant() {
     )
     .await;
     assert_eq!(echoed(&answer)["backend"], "public");
+
+    // A target in absolute form names the host, which a Host header must repeat; the backend
+    // gets the origin form.
+    for (request, host, path) in [
+        (
+            &b"GET http://a/admin/x?q=1 HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n"[..],
+            "a",
+            "/admin/x?q=1",
+        ),
+        (
+            b"GET https://b:8080/public HTTP/1.1\r\nconnection: close\r\n\r\n",
+            "b:8080",
+            "/public",
+        ),
+    ] {
+        let answer = raw(port, request).await;
+        let body = echoed(&answer);
+        assert_eq!(body["target"], path, "{answer:?}");
+        assert_eq!(body["headers"]["host"], host, "{answer:?}");
+    }
+    let answer = raw(
+        port,
+        b"GET http://a/admin HTTP/1.1\r\nhost: b\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
 
     // Requests sent back to back without waiting for answers are answered in order, a body
     // included (RFC 9112, section 9.3.2), each matched on its own.

@@ -139,6 +139,26 @@ impl ProxyHttp for Proxy {
         // the first and closes the connection. The setting carries over to the connection's
         // later requests.
         session.as_mut().set_pipelining_enabled(true);
+        // RFC 9112, section 3.2.2: an HTTP/1 request in absolute form (`GET http://host/path`)
+        // names its host in the target. Pingora has checked that a Host header, if any, says
+        // the same; the route is chosen, and the backend asked, as for the origin form
+        // (`GET /path` with that Host), which Pingora would otherwise forward as it came.
+        if let Some(host) = absolute_form_host(session.req_header().raw_path()) {
+            let host = http::HeaderValue::from_bytes(host).ok();
+            let origin = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str());
+            let Some(Ok(uri)) = origin.map(str::parse::<http::Uri>) else {
+                return respond(session, ctx, 400).await;
+            };
+            let req = session.req_header_mut();
+            req.set_uri(uri);
+            if let (None, Some(host)) = (req.headers.get(http::header::HOST), host) {
+                req.insert_header(http::header::HOST, host)?;
+            }
+        }
         // RFC 9112, section 3.2: an HTTP/1.1 request without a Host is answered 400. (HTTP/1.0
         // may leave it out, and HTTP/2 carries the authority as a pseudo-header.)
         let req = session.req_header();
@@ -821,6 +841,21 @@ async fn respond(session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Re
             .await?;
     }
     Ok(true)
+}
+
+/// The authority of an HTTP/1 request target in absolute form (`http://host:port/path`), or
+/// `None` for any other form.
+fn absolute_form_host(target: &[u8]) -> Option<&[u8]> {
+    if target.first().is_none_or(|&b| b == b'/' || b == b'*') {
+        return None;
+    }
+    let start = target.windows(3).position(|w| w == b"://")? + 3;
+    let rest = &target[start..];
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// The Host a request names: the Host header, or the authority of an HTTP/2 request.
