@@ -102,7 +102,8 @@ struct RunArgs {
     /// gateway reads the Kubernetes API (KUBECONFIG, ~/.kube/config or in-cluster).
     #[arg(long, env = "PORTCULLIS_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
-    /// Address of the admin endpoint (/healthz, /readyz, /metrics, /status).
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics, /status, /debug/routes,
+    /// /debug/explain).
     #[arg(long, default_value = "127.0.0.1:9901", env = "PORTCULLIS_ADMIN_ADDR")]
     admin_addr: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.

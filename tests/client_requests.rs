@@ -7,7 +7,8 @@
 //! - requests pipelined on one connection are answered in order;
 //! - a target in absolute form is forwarded in origin form, with the host it names;
 //! - every X-Forwarded-For line the client sent reaches the backend;
-//! - a connection that never sends a byte does not hold a shutdown for its drain timeout.
+//! - a connection that never sends a byte does not hold a shutdown for its drain timeout;
+//! - the admin endpoint closes connections that send no header in time, and holds 64 at most.
 
 mod common;
 
@@ -48,8 +49,8 @@ fn echo(name: &str, port: u16) -> Killed {
     )
 }
 
-/// The gateway on `config`, ready; returns the process and the listener's port.
-async fn start(dir: &std::path::Path, config: &str, drain: &str) -> (Killed, u16) {
+/// The gateway on `config`, ready; returns the process, the listener's port and the admin port.
+async fn start(dir: &std::path::Path, config: &str, drain: &str) -> (Killed, u16, u16) {
     std::fs::write(dir.join("all.yaml"), config).unwrap();
     let (child, listen, admin) =
         run_gateway(dir, &["--access-log-sample", "0", "--drain-timeout", drain]);
@@ -62,7 +63,7 @@ async fn start(dir: &std::path::Path, config: &str, drain: &str) -> (Killed, u16
         .await
         .starts_with("HTTP/1.1 200");
         if ready {
-            return (child, listen);
+            return (child, listen, admin);
         }
         assert!(Instant::now() < deadline, "gateway never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -96,7 +97,7 @@ async fn requests_are_read_as_they_were_meant() {
     let (admin_port, public_port) = (free_port(), free_port());
     let _echoes = (echo("admin", admin_port), echo("public", public_port));
     let dir = tempfile::tempdir().unwrap();
-    let (_gateway, port) = start(dir.path(), &config(admin_port, public_port), "5s").await;
+    let (_gateway, port, _) = start(dir.path(), &config(admin_port, public_port), "5s").await;
 
     // 18 bytes, shorter than the 24 of the HTTP/2 preface: answered all the same (in HTTP/1.1,
     // which RFC 9110 allows as the server's own version).
@@ -203,7 +204,7 @@ async fn a_silent_connection_does_not_hold_a_shutdown() {
     let (admin_port, public_port) = (free_port(), free_port());
     let _echoes = (echo("admin", admin_port), echo("public", public_port));
     let dir = tempfile::tempdir().unwrap();
-    let (mut gateway, port) = start(dir.path(), &config(admin_port, public_port), "20s").await;
+    let (mut gateway, port, _) = start(dir.path(), &config(admin_port, public_port), "20s").await;
     // Connected, never a byte sent; and a request line cut short of the preface's length.
     let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -234,4 +235,66 @@ async fn a_silent_connection_does_not_hold_a_shutdown() {
     // The drain grace is 1 s; the drain timeout of 20 s must not be waited out for them.
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(10), "exit took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_bounds_what_a_client_can_hold() {
+    let (admin_port, public_port) = (free_port(), free_port());
+    let _echoes = (echo("admin", admin_port), echo("public", public_port));
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, _, admin) = start(dir.path(), &config(admin_port, public_port), "5s").await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", admin));
+    // Whether the gateway closes `tcp` within `limit`, reading whatever it sends.
+    async fn closed_within(tcp: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+        let mut sink = Vec::new();
+        matches!(
+            tokio::time::timeout(limit, tcp.read_to_end(&mut sink)).await,
+            Ok(Ok(_)) | Ok(Err(_))
+        )
+    }
+
+    // A silent connection, and one that trickles its header in, are closed once the header
+    // timeout (10 s) has passed.
+    let opened = Instant::now();
+    let mut silent = connect().await.unwrap();
+    let mut trickling = connect().await.unwrap();
+    trickling
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for i in 0..15 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let line = format!("x-{i}: y\r\n");
+            if trickling.write_all(line.as_bytes()).await.is_err() {
+                return Some(opened.elapsed());
+            }
+        }
+        None
+    });
+
+    // With 64 connections open (the two above and 62 more), the next is closed at once.
+    let mut held = Vec::new();
+    for _ in 0..62 {
+        held.push(connect().await.unwrap());
+    }
+    let mut extra = connect().await.unwrap();
+    assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
+    drop(held);
+
+    assert!(closed_within(&mut silent, Duration::from_secs(20)).await);
+    let took = opened.elapsed();
+    assert!(took >= Duration::from_secs(9), "closed after {took:?}");
+    let cut = trickle.await.unwrap();
+    assert!(
+        cut.is_some_and(|t| t < Duration::from_secs(14)),
+        "trickling header not cut: {cut:?}"
+    );
+    // Served as before.
+    let answer = raw(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
 }

@@ -12,32 +12,52 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use super::Shared;
 
+/// How long a client of the admin endpoint has to send a request's header, counted from when
+/// the connection opens or its previous answer was sent: a connection that stays silent, or
+/// trickles its header in, is closed after this.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Admin connections served at once. Scrapers and probes need a handful; past this a new
+/// connection is closed at once, so that the endpoint (often reachable from the whole cluster)
+/// cannot be made to hold an unbounded number of sockets.
+const ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the admin endpoint on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!("admin connection refused: {ADMIN_CONNECTIONS} already open");
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&req, &shared)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
