@@ -816,12 +816,32 @@ fn translate_filter(
     })
 }
 
+/// Headers that frame a message or manage its connection. The gateway sets them for each hop
+/// itself; a filter that changed them would make the message say a length it does not have
+/// (`content-length: 1` on a longer body) or the connection do what the proxy does not expect.
+const HOP_HEADERS: [&str; 8] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
 fn header_edits(m: &api::HeaderModifier) -> Result<HeaderEdits, String> {
     let check = |name: &str| {
+        let lower = name.to_ascii_lowercase();
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
             Err(format!("header name {name:?} is not valid"))
+        } else if HOP_HEADERS.contains(&lower.as_str()) {
+            Err(format!(
+                "header {name:?} frames the message or manages the connection, and is set by \
+                 the gateway for each hop; a filter may not change it"
+            ))
         } else {
-            Ok(name.to_ascii_lowercase())
+            Ok(lower)
         }
     };
     // A value with a control character (CR and LF above all) could not be sent: every request

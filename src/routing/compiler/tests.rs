@@ -830,6 +830,44 @@ fn a_header_value_with_a_line_break_is_refused_at_compile_time() {
 }
 
 #[test]
+fn a_filter_may_not_change_the_headers_that_frame_a_message() {
+    for (kind, field, edit) in [
+        (
+            "ResponseHeaderModifier",
+            "responseHeaderModifier",
+            "set: [{name: Content-Length, value: \"1\"}]",
+        ),
+        (
+            "RequestHeaderModifier",
+            "requestHeaderModifier",
+            "add: [{name: transfer-encoding, value: chunked}]",
+        ),
+        (
+            "RequestHeaderModifier",
+            "requestHeaderModifier",
+            "remove: [Connection]",
+        ),
+    ] {
+        let yaml = format!(
+            "{BASE}{}",
+            route(
+                "a",
+                &format!("  rules:\n  - filters: [{{type: {kind}, {field}: {{{edit}}}}}]\n    backendRefs: [{{name: svc, port: 8080}}]\n"),
+            )
+        );
+        let c = compile(&snapshot(&yaml), &CompileOptions::default());
+        let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+        let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+        assert_eq!(accepted["status"], "False", "{edit}");
+        let message = accepted["message"].as_str().unwrap();
+        assert!(
+            message.contains("set by the gateway for each hop"),
+            "{message}"
+        );
+    }
+}
+
+#[test]
 fn unresolved_references_and_dropped_rules_are_problems() {
     let yaml = format!(
         "{BASE}{}{}",
