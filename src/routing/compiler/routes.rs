@@ -491,9 +491,11 @@ fn translate(
                 valid_rules += 1;
                 out.rules.extend(matches);
             }
-            Err(msg) => {
-                unsupported.get_or_insert(("UnsupportedValue", format!("rule {index}: {msg}")));
-            }
+            // Every dropped rule is named, so that one pass fixes them all.
+            Err(msg) => match &mut unsupported {
+                Some((_, message)) => message.push_str(&format!("; rule {index}: {msg}")),
+                None => unsupported = Some(("UnsupportedValue", format!("rule {index}: {msg}"))),
+            },
         }
     }
     out.partially_invalid = unsupported.clone().filter(|_| valid_rules > 0);

@@ -874,10 +874,18 @@ fn unresolved_references_and_dropped_rules_are_problems() {
         route("a", "  rules:\n  - backendRefs: [{name: nowhere, port: 80}]\n"),
         route(
             "b",
-            "  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n  - matches: [{path: {type: RegularExpression, value: '(['}}]\n    backendRefs: [{name: svc, port: 8080}]\n"
+            "  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n  - matches: [{path: {type: RegularExpression, value: '(['}}]\n    backendRefs: [{name: svc, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: noslash}}]\n    backendRefs: [{name: svc, port: 8080}]\n"
         ),
     );
     let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    // Both dropped rules are named, not only the first.
+    let status = &c.report.get(Kind::HttpRoute, "infra", "b").unwrap().status;
+    let partially = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
+    let message = partially["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("rule 1: ") && message.contains("; rule 2: "),
+        "{message}"
+    );
     let problems = c.report.problems();
     assert!(
         problems
