@@ -227,8 +227,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A PORTCULLIS_LOG that does not parse is said once logging is up, not silently ignored.
+    let mut bad_filter = None;
+    let filter = match std::env::var("PORTCULLIS_LOG") {
+        Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|err| {
+            bad_filter = Some((text, err));
+            tracing_subscriber::EnvFilter::new("info")
+        }),
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+    };
     // Colours only for a person at a terminal: escape codes in a file or a log collector are
     // noise.
     let builder = tracing_subscriber::fmt()
@@ -239,6 +246,12 @@ fn init_logging(format: &str) {
         builder.json().init();
     } else {
         builder.init();
+    }
+    if let Some((text, err)) = bad_filter {
+        tracing::warn!(
+            "PORTCULLIS_LOG={text:?} is not a log filter ({err}); logging at info. Write a level \
+             (debug) or directives (portcullis=debug,pingora=warn)"
+        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! Metrics and access logs after known traffic: the counters and histogram counts follow what
 //! was sent, `promtool check metrics` accepts the scrape, and each request leaves one JSON line
-//! with its request id.
+//! with its request id; lines that cannot be written are counted as dropped.
 
 mod common;
 
@@ -213,4 +213,64 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
         Some(32),
         "a generated id"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let _echo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config-dir"])
+        .arg(dir.path())
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nobody reads the access log: its pipe is closed from the start.
+    drop(gateway.stdout.take());
+    let stderr = gateway.stderr.take().unwrap();
+    let _gateway = Killed(gateway);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_ready(&client, admin).await;
+    for _ in 0..5 {
+        let r = client
+            .get(format!("http://127.0.0.1:{listen}/"))
+            .header("host", "a.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "served though the log cannot be written");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = admin_text(&client, admin, "/metrics").await;
+        if sample(&metrics, "portcullis_access_log_dropped_total", &[]) >= 5.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Said once on stderr.
+    let said = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("cannot write the access log"))
+    });
+    let said = tokio::time::timeout(Duration::from_secs(5), said).await;
+    assert!(matches!(said, Ok(Ok(Some(_)))), "{said:?}");
 }

@@ -77,11 +77,13 @@ impl AccessLog {
         }
         let buffer = Arc::new(Mutex::new(Vec::with_capacity(64 << 10)));
         let shared = buffer.clone();
+        let write_failed = dropped.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut out = std::io::stdout();
                 let mut batch = Vec::with_capacity(64 << 10);
+                let mut warned = false;
                 loop {
                     std::thread::sleep(FLUSH_INTERVAL);
                     {
@@ -89,8 +91,20 @@ impl AccessLog {
                         std::mem::swap(&mut *pending, &mut batch);
                     }
                     if !batch.is_empty() {
-                        let _ = out.write_all(&batch);
-                        let _ = out.flush();
+                        // Stdout closed or broken (a pipe whose reader went away): the lines
+                        // are lost, so they are counted as dropped, and said once on stderr.
+                        if let Err(err) = out.write_all(&batch).and_then(|()| out.flush()) {
+                            let lines = batch.iter().filter(|&&b| b == b'\n').count();
+                            write_failed.inc_by(lines as u64);
+                            if !warned {
+                                tracing::warn!(
+                                    error = %err,
+                                    "cannot write the access log to stdout; its lines are \
+                                     dropped and counted in portcullis_access_log_dropped_total"
+                                );
+                                warned = true;
+                            }
+                        }
                         batch.clear();
                     }
                 }

@@ -464,6 +464,9 @@ impl ProxyHttp for Proxy {
         if let Some(origin) = origin {
             for filter in &rule.filters {
                 if let Filter::Cors(cors) = filter {
+                    // The answer depends on the Origin asked with: a cache must not hand one
+                    // origin's answer to another.
+                    response.append_header("vary", "Origin")?;
                     if cors.allows(origin) {
                         response.insert_header("access-control-allow-origin", origin)?;
                         if cors.credentials {
@@ -878,7 +881,7 @@ fn preflight(cors: &Cors, req: &RequestHeader) -> Option<Vec<(&'static str, Stri
     if req.method != http::Method::OPTIONS {
         return None;
     }
-    let mut out = Vec::new();
+    let mut out = vec![("vary", "Origin".to_string())];
     if !cors.allows(origin) {
         return Some(out);
     }
@@ -1075,6 +1078,30 @@ mod tests {
         assert_eq!(replace_path(&root, "/foo/baz", Some("/foo")), "/baz");
         assert_eq!(replace_path(&root, "/foo", Some("/foo")), "/");
         assert_eq!(replace_path(&p, "/x", Some("/")), "/bar/x");
+    }
+
+    #[test]
+    fn a_preflight_answer_varies_by_origin_allowed_or_not() {
+        let cors = Cors {
+            origins: vec!["https://a.example".into()],
+            methods: None,
+            headers: None,
+            expose: None,
+            credentials: false,
+            max_age: 5,
+        };
+        for (origin, allowed) in [("https://a.example", true), ("https://b.example", false)] {
+            let mut req = RequestHeader::build("OPTIONS", b"/", None).unwrap();
+            req.insert_header("origin", origin).unwrap();
+            req.insert_header("access-control-request-method", "GET")
+                .unwrap();
+            let answer = preflight(&cors, &req).unwrap();
+            assert!(answer.contains(&("vary", "Origin".into())), "{answer:?}");
+            let echoed = answer
+                .iter()
+                .any(|(n, v)| *n == "access-control-allow-origin" && v == origin);
+            assert_eq!(echoed, allowed, "{answer:?}");
+        }
     }
 
     #[test]
