@@ -50,7 +50,7 @@ enum Command {
     /// Compile a directory of manifests offline and print every object's conditions.
     /// Exits 1 when a file does not parse, an object or listener is not accepted, listeners
     /// conflict, a reference does not resolve, a rule is dropped, a Gateway's address cannot be
-    /// had, or the directory holds no objects.
+    /// had, or nothing in the directory is served. Objects nothing serves are named.
     Check {
         /// Directory of YAML manifests.
         dir: PathBuf,
@@ -366,6 +366,23 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
                 print_conditions("    ", &a["conditions"]);
             }
         }
+    }
+    // Not a failure (a shared directory may hold other controllers' objects), but said: a
+    // misspelt class or parent name otherwise makes objects vanish without a word.
+    for u in portcullis::routing::unserved(&snapshot, &report, &args.options()) {
+        if json {
+            eprintln!("not served: {u}");
+        } else {
+            println!("NOT SERVED {u}");
+        }
+    }
+    if report.objects.is_empty() {
+        eprintln!(
+            "error: nothing under {} is served: no GatewayClass there names controller {:?}",
+            dir.display(),
+            args.options().controller_name
+        );
+        return ExitCode::FAILURE;
     }
     let problems = report.problems();
     if problems.is_empty() {

@@ -95,6 +95,25 @@ fn check_reports_every_mistake_and_exits_nonzero() {
     assert!(report["objects"].as_array().is_some_and(|o| !o.is_empty()));
 }
 
+#[test]
+fn check_names_what_nothing_serves_and_fails_when_that_is_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints(9)).unwrap();
+    // A misspelt controller name: the class, its Gateway and its routes are all left alone.
+    let misspelt = good().replace(
+        "portcullis.dev/gateway-controller",
+        "portcullis.dev/gateway-controler",
+    );
+    assert_ne!(misspelt, good(), "the example names the controller");
+    std::fs::write(dir.path().join("good.yaml"), misspelt).unwrap();
+    let out = portcullis().arg("check").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("NOT SERVED GatewayClass"), "{stdout}");
+    assert!(stderr.contains("nothing under"), "{stderr}");
+}
+
 /// Offline, a directory is read once: a file that does not parse never held objects, so the
 /// commands must report its error without claiming that earlier objects are kept.
 #[test]

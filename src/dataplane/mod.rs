@@ -129,6 +129,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     // Moved into each compile job and back: what the next compile can reuse.
     let mut cache = Some(CompileCache::default());
     let mut last_problems: Vec<String> = Vec::new();
+    let mut last_unserved: Vec<String> = Vec::new();
+    // Standalone mode has no status writer: the status is ours to report, all of it.
+    let standalone = options.status_reports.is_none();
     let mut terminate = signal()?;
     loop {
         tokio::select! {
@@ -159,13 +162,20 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
                     .into_iter()
                     .map(|kind| (kind, snapshot.of_kind(kind).count()))
                     .collect();
-                (compiled, taken, counts)
+                // In a directory of one's own, an object nothing serves is most often a
+                // misspelt name; in a cluster it belongs to another controller.
+                let unserved = if standalone {
+                    crate::routing::unserved(&snapshot, &compiled.report, &options)
+                } else {
+                    Vec::new()
+                };
+                (compiled, taken, counts, unserved)
             })
         };
-        let (compiled, counts) = match job.await {
-            Ok((compiled, kept, counts)) => {
+        let (compiled, counts, unserved) = match job.await {
+            Ok((compiled, kept, counts, unserved)) => {
                 cache = Some(kept);
-                (compiled, counts)
+                (compiled, counts, unserved)
             }
             Err(err) => {
                 // The compiler never fails on input; a panic is a bug. Keep serving the last
@@ -228,6 +238,10 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
             tracing::warn!(problem = %p, "configuration problem");
         }
         last_problems = problems;
+        for u in unserved.iter().filter(|u| !last_unserved.contains(u)) {
+            tracing::warn!(object = %u, "not served");
+        }
+        last_unserved = unserved;
     }
     tracing::info!(
         drain_timeout_s = options.drain_timeout.as_secs_f64(),

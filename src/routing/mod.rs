@@ -11,8 +11,8 @@ pub mod status;
 pub mod table;
 
 pub use compiler::{
-    compile, compile_with, intersect_hostnames, parse_duration, CompileCache, CompileOptions,
-    Compiled, ReportedAddresses,
+    compile, compile_with, intersect_hostnames, parse_duration, unserved, CompileCache,
+    CompileOptions, Compiled, ReportedAddresses,
 };
 pub use status::{Condition, ObjectStatus, StatusReport};
 pub use table::{Miss, RequestView, RoutingTable};

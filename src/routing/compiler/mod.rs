@@ -273,5 +273,103 @@ pub fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String>
     Ok((!total.is_zero()).then_some(total))
 }
 
+/// Objects of the snapshot that this gateway neither serves nor writes a status for, each with
+/// the reason in words: a GatewayClass of another controller, a Gateway whose class is not one
+/// of ours, a route none of whose parentRefs names a Gateway served here. In a cluster these are
+/// normal (they belong to other controllers); in a directory of one's own, they are most often
+/// a misspelt name, and nothing else would say so. A process scoped to one Gateway leaves the
+/// others out of this list, as it leaves them out of everything.
+pub fn unserved(
+    snapshot: &Snapshot,
+    report: &StatusReport,
+    options: &CompileOptions,
+) -> Vec<String> {
+    let text = |o: &Object, pointer: &str| {
+        o.body
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let id = |o: &Object| {
+        if o.key.namespace.is_empty() {
+            o.key.name.clone()
+        } else {
+            format!("{}/{}", o.key.namespace, o.key.name)
+        }
+    };
+    let reported: std::collections::HashSet<(Kind, &str, &str)> = report
+        .objects
+        .iter()
+        .map(|o| (o.kind, o.namespace.as_str(), o.name.as_str()))
+        .collect();
+    let is_reported = |kind: Kind, o: &Object| {
+        reported.contains(&(kind, o.key.namespace.as_str(), o.key.name.as_str()))
+    };
+    let mut out = Vec::new();
+    let ours = &options.controller_name;
+    for class in snapshot.of_kind(Kind::GatewayClass) {
+        let controller = text(class, "/spec/controllerName");
+        if controller != *ours {
+            out.push(format!(
+                "GatewayClass {}: its controllerName {controller:?} is not {ours:?}, so its \
+                 Gateways are left to that controller",
+                id(class)
+            ));
+        }
+    }
+    for gateway in snapshot.of_kind(Kind::Gateway) {
+        let name = format!("{}/{}", gateway.key.namespace, gateway.key.name);
+        let in_scope = options
+            .only_gateway
+            .as_ref()
+            .is_none_or(|only| *only == name);
+        if !in_scope || is_reported(Kind::Gateway, gateway) {
+            continue;
+        }
+        let class = text(gateway, "/spec/gatewayClassName");
+        let why = match snapshot.get(Kind::GatewayClass, "", &class) {
+            None => "names no GatewayClass there is".to_string(),
+            Some(c) => format!("is of controller {:?}", text(c, "/spec/controllerName")),
+        };
+        out.push(format!(
+            "Gateway {name}: its gatewayClassName {class:?} {why}; it is not served"
+        ));
+    }
+    if options.only_gateway.is_some() {
+        return out;
+    }
+    for kind in [Kind::HttpRoute, Kind::GrpcRoute, Kind::TlsRoute] {
+        for route in snapshot.of_kind(kind) {
+            if is_reported(kind, route) {
+                continue;
+            }
+            let namespace = &route.key.namespace;
+            let parents: Vec<String> = route
+                .body
+                .pointer("/spec/parentRefs")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let ns = p["namespace"].as_str().unwrap_or(namespace);
+                    format!("{ns}/{}", p["name"].as_str().unwrap_or(""))
+                })
+                .collect();
+            out.push(format!(
+                "{kind} {}: none of its parentRefs ({}) names a Gateway served here; it is not \
+                 served",
+                id(route),
+                if parents.is_empty() {
+                    "none".to_string()
+                } else {
+                    parents.join(", ")
+                }
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -900,3 +900,50 @@ fn unresolved_references_and_dropped_rules_are_problems() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn objects_nothing_serves_are_named_with_the_reason() {
+    let yaml = format!(
+        "{BASE}{}{}{}{}",
+        route(
+            "served",
+            "  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n"
+        ),
+        route(
+            "lost",
+            "  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n"
+        )
+        .replace("[{name: gw}]", "[{name: wg}]"),
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+         metadata: {name: theirs}\nspec: {controllerName: example.com/other}\n",
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {name: typo, namespace: infra}\nspec:\n  gatewayClassName: portculis\n  \
+         listeners: [{name: http, port: 80, protocol: HTTP}]\n",
+    );
+    let options = CompileOptions::default();
+    let c = compile(&snapshot(&yaml), &options);
+    let unserved = unserved(&snapshot(&yaml), &c.report, &options);
+    assert_eq!(unserved.len(), 3, "{unserved:?}");
+    assert!(
+        unserved[0].starts_with("GatewayClass theirs: its controllerName \"example.com/other\"")
+    );
+    assert!(
+        unserved[1].starts_with(
+            "Gateway infra/typo: its gatewayClassName \"portculis\" names no GatewayClass"
+        ),
+        "{unserved:?}"
+    );
+    assert!(
+        unserved[2].starts_with("HTTPRoute infra/lost: none of its parentRefs (infra/wg)"),
+        "{unserved:?}"
+    );
+
+    // A process scoped to one Gateway says nothing of the others, nor of routes.
+    let scoped = CompileOptions {
+        only_gateway: Some("infra/gw".into()),
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(&yaml), &scoped);
+    let unserved = super::unserved(&snapshot(&yaml), &c.report, &scoped);
+    assert_eq!(unserved.len(), 1, "{unserved:?}");
+}
