@@ -743,7 +743,86 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         // problem there is reported on the object that refers to it.
         Kind::Namespace | Kind::Secret | Kind::ConfigMap => Ok(()),
     };
-    decoded.map_err(|e| format!("{kind} spec has a value of the wrong type: {e}"))
+    decoded.map_err(|e| format!("{kind} spec has a value of the wrong type: {e}"))?;
+    match unknown_fields(kind, spec).first() {
+        Some(missing) if missing.starts_with("missing field") => Err(format!(
+            "{kind} spec lacks a field the Gateway API requires: {missing}; check the spelling \
+             of the fields beside where it belongs"
+        )),
+        Some(field) => Err(format!(
+            "{kind} spec has a field the Gateway API does not define: {field}; check its \
+             spelling (the API server refuses unknown fields too)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The fields of a Gateway API `spec` that the API does not define, by path
+/// (`rules[0].backendRef`), found by decoding it into the complete types of the `gateway-api`
+/// crate and seeing which fields do not come back out. A misspelt field would otherwise be
+/// dropped without a word: `backendRef` for `backendRefs` leaves a rule without backends.
+/// When a required field is absent, serde's `missing field` message is the one entry. Kinds
+/// the crate does not hold, and specs it cannot decode for another reason (a value outside an
+/// enum, which the compiler reports on the object), are not checked.
+fn unknown_fields(kind: Kind, spec: &Value) -> Vec<String> {
+    use gateway_api::apis::{experimental as x, standard};
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+        spec: &Value,
+    ) -> Result<Value, String> {
+        match serde_json::from_value::<T>(spec.clone()) {
+            Ok(typed) => serde_json::to_value(typed).map_err(|_| String::new()),
+            // A required field that is absent (most often misspelt: `protcol`) is refused, as
+            // the API server refuses it. A value outside an enum is left to the compiler,
+            // which reports it on the object.
+            Err(e) if e.to_string().starts_with("missing field") => Err(e.to_string()),
+            Err(_) => Err(String::new()),
+        }
+    }
+    let known = match kind {
+        Kind::GatewayClass => round_trip::<x::gatewayclasses::GatewayClassSpec>(spec),
+        Kind::Gateway => round_trip::<x::gateways::GatewaySpec>(spec),
+        Kind::HttpRoute => round_trip::<x::httproutes::HttpRouteSpec>(spec),
+        Kind::GrpcRoute => round_trip::<x::grpcroutes::GrpcRouteSpec>(spec),
+        Kind::TlsRoute => round_trip::<x::tlsroutes::TlsRouteSpec>(spec),
+        Kind::ReferenceGrant => round_trip::<x::referencegrants::ReferenceGrantSpec>(spec),
+        Kind::BackendTlsPolicy => {
+            round_trip::<standard::backendtlspolicies::BackendTlsPolicySpec>(spec)
+        }
+        _ => Err(String::new()),
+    };
+    let mut out = Vec::new();
+    match known {
+        Ok(known) => missing_fields(spec, &known, String::new(), &mut out),
+        Err(missing) if !missing.is_empty() => out.push(missing),
+        Err(_) => {}
+    }
+    out
+}
+
+/// Adds to `out` each field of `given` (a null one aside) that `known` lacks, by path.
+fn missing_fields(given: &Value, known: &Value, path: String, out: &mut Vec<String>) {
+    match (given, known) {
+        (Value::Object(given), Value::Object(known)) => {
+            for (name, value) in given {
+                let field = if path.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{path}.{name}")
+                };
+                match known.get(name) {
+                    _ if value.is_null() => {}
+                    Some(known) => missing_fields(value, known, field, out),
+                    None => out.push(field),
+                }
+            }
+        }
+        (Value::Array(given), Value::Array(known)) if given.len() == known.len() => {
+            for (i, (g, k)) in given.iter().zip(known).enumerate() {
+                missing_fields(g, k, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Checks that every address of a slice is an IP address of its `addressType`, as the API
@@ -1040,7 +1119,8 @@ mod tests {
     }
 
     #[test]
-    fn type_errors_in_a_spec_are_refused_at_load_and_the_last_good_content_kept() {
+    fn type_errors_and_unknown_fields_in_a_spec_are_refused_at_load_and_the_last_good_content_kept()
+    {
         use super::super::Kind;
         let gateway = |port: &str| {
             format!(
@@ -1082,6 +1162,18 @@ mod tests {
                 route("80"),
                 route("eighty"),
                 "expected i64",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace("backendRefs", "backendRef"),
+                "does not define: rules[0].backendRef;",
+            ),
+            (
+                Kind::Gateway,
+                gateway("80"),
+                gateway("80").replace("protocol", "protcol"),
+                "requires: missing field `protocol`",
             ),
             (
                 Kind::Service,
