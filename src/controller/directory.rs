@@ -90,6 +90,8 @@ pub struct DirectoryProvider {
     /// While watching: which files are still being written. A one-off [`Self::sync`] (at start,
     /// `check`, `explain`) reads every file as it is.
     writes: Option<Writes>,
+    /// The last failure to read the directory itself, said once rather than at every scan.
+    dir_error: Option<String>,
 }
 
 impl DirectoryProvider {
@@ -104,6 +106,7 @@ impl DirectoryProvider {
             dirs: Vec::new(),
             repeats: HashSet::new(),
             writes: None,
+            dir_error: None,
         }
     }
 
@@ -353,9 +356,20 @@ impl DirectoryProvider {
     fn sync_reporting(&mut self) {
         let source = self.dir.display().to_string();
         let errors = match self.sync() {
-            Ok(()) => Vec::new(),
+            Ok(()) => {
+                if self.dir_error.take().is_some() {
+                    tracing::info!(dir = %source, "configuration directory readable again");
+                }
+                Vec::new()
+            }
             Err(err) => {
-                tracing::warn!(dir = %source, error = %err, "cannot read configuration directory");
+                // Scans run every POLL_INTERVAL: the same failure is logged once, not four
+                // times a second; a different one is logged again.
+                let text = err.to_string();
+                if self.dir_error.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(dir = %source, error = %err, "cannot read configuration directory; keeping the objects read from it before, and trying again every scan");
+                    self.dir_error = Some(text);
+                }
                 vec![SourceError {
                     source: source.clone(),
                     message: format!(
@@ -893,6 +907,22 @@ fn parse_documents(text: &str) -> Result<(Vec<(usize, Object)>, Vec<(usize, Stri
         if value.is_null() {
             continue; // an empty document between two `---`
         }
+        // `kubectl get -o yaml` writes several objects as one `kind: List` document; each of
+        // its items loads as a document of its own would.
+        if value.get("kind").and_then(Value::as_str) == Some("List") {
+            let Some(Value::Array(items)) = value.get("items") else {
+                errors.push((index, "a `kind: List` needs an `items` list".to_string()));
+                continue;
+            };
+            for (n, item) in items.iter().enumerate() {
+                match Object::from_document(item.clone()) {
+                    Ok(Some(object)) => objects.push((index, object)),
+                    Ok(None) => {}
+                    Err(err) => errors.push((index, format!("items[{n}]: {err}"))),
+                }
+            }
+            continue;
+        }
         match Object::from_document(value) {
             Ok(Some(object)) => objects.push((index, object)),
             Ok(None) => {}
@@ -989,6 +1019,29 @@ mod tests {
     }
 
     #[test]
+    fn the_items_of_a_list_load_as_documents() {
+        // As `kubectl get services -o yaml` writes them.
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - {apiVersion: v1, kind: Service, metadata: {name: a, namespace: n}}\n\
+                    - {apiVersion: v1, kind: Service, metadata: {name: b, namespace: n}}\n\
+                    ---\napiVersion: v1\nkind: Service\nmetadata: {name: c}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<&str> = objects.iter().map(|o| o.key.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+
+        // An item without a name is named by its place in the list.
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - {apiVersion: v1, kind: Service, metadata: {name: a}}\n\
+                    - {apiVersion: v1, kind: Service, metadata: {}}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert_eq!(objects.len(), 1);
+        assert!(errors[0].contains("items[1]: "), "{}", errors[0]);
+        let err = parse_manifests("apiVersion: v1\nkind: List\n").unwrap().1;
+        assert!(err[0].contains("needs an `items` list"), "{}", err[0]);
+    }
+
+    #[test]
     fn unknown_kind_is_reported_and_the_rest_loads() {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n\
                     apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: b}\n";
@@ -997,6 +1050,17 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert!(
             errors[0].contains("unsupported kind Widget"),
+            "{}",
+            errors[0]
+        );
+        // A kind the gateway reads, under the wrong apiVersion, is told where it belongs.
+        let text = "apiVersion: totally/bogus\nkind: HTTPRoute\nmetadata: {name: r}\n";
+        let errors = parse_manifests(text).unwrap().1;
+        assert!(
+            errors[0].contains(
+                "HTTPRoute belongs to API group gateway.networking.k8s.io \
+                 (apiVersion gateway.networking.k8s.io/v1"
+            ),
             "{}",
             errors[0]
         );

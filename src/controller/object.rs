@@ -124,6 +124,10 @@ impl Kind {
         Err(UnknownKind {
             api_version: api_version.to_string(),
             kind: kind.to_string(),
+            known_group: Kind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == kind)
+                .map(Kind::group),
         })
     }
 }
@@ -136,16 +140,37 @@ impl fmt::Display for Kind {
 
 /// An object whose `apiVersion`/`kind` pair the gateway does not read.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "unsupported kind {kind} ({api_version}); this gateway reads GatewayClass, Gateway, HTTPRoute, \
-     GRPCRoute, TLSRoute, ReferenceGrant, BackendTLSPolicy, Service, EndpointSlice, Namespace, \
-     Secret and ConfigMap"
-)]
 pub struct UnknownKind {
     /// The `apiVersion` as written.
     pub api_version: String,
     /// The `kind` as written.
     pub kind: String,
+    /// The API group of a kind the gateway reads, when only the `apiVersion` is wrong.
+    pub known_group: Option<&'static str>,
+}
+
+impl fmt::Display for UnknownKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, api_version) = (&self.kind, &self.api_version);
+        match self.known_group {
+            Some("") => write!(
+                f,
+                "{kind} belongs to the core API (apiVersion v1), not to apiVersion \
+                 {api_version}"
+            ),
+            Some(group) => write!(
+                f,
+                "{kind} belongs to API group {group} (apiVersion {group}/v1, or the version \
+                 its CRD serves), not to apiVersion {api_version}"
+            ),
+            None => write!(
+                f,
+                "unsupported kind {kind} ({api_version}); this gateway reads GatewayClass, \
+                 Gateway, HTTPRoute, GRPCRoute, TLSRoute, ReferenceGrant, BackendTLSPolicy, \
+                 Service, EndpointSlice, Namespace, Secret and ConfigMap"
+            ),
+        }
+    }
 }
 
 /// The identity of an object: kind, namespace (empty when cluster scoped) and name.
