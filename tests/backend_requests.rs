@@ -445,3 +445,79 @@ async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
         .unwrap();
     assert_eq!(r.status(), 504);
 }
+
+/// A backend that answers every request, whatever it asked, with `101 Switching Protocols` to
+/// WebSocket, then holds the connection open for a while. Returns its port.
+async fn serve_switching() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\n\
+                    upgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+                if tcp.write_all(answer).await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Sends `request` on a new connection to `port` and returns the status line of the answer.
+async fn status_line(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_may_switch_protocols_only_when_the_client_asked() {
+    let port = serve_switching().await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route("switch", "switch.example", "switch", None),
+        backend("rt", "switch", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+
+    // A plain GET offered no protocol to switch to: the 101 is the backend's fault.
+    let plain = "GET / HTTP/1.1\r\nhost: switch.example\r\n\r\n";
+    let line = status_line(gateway.listen, plain).await;
+    assert!(line.starts_with("HTTP/1.1 502"), "got {line:?}");
+
+    // A request that offers the upgrade gets the backend's 101: a WebSocket handshake.
+    let upgrade = "GET / HTTP/1.1\r\nhost: switch.example\r\n\
+                   connection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    let line = status_line(gateway.listen, upgrade).await;
+    assert!(line.starts_with("HTTP/1.1 101"), "got {line:?}");
+}

@@ -341,6 +341,23 @@ impl ProxyHttp for Proxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = response.status.as_u16();
+        // RFC 9110, section 7.8: a server switches only to a protocol the request offered in
+        // its Upgrade header. A 101 to any other request would leave the client holding a
+        // connection in a protocol it never asked for; the backend is at fault (502).
+        if status == 101 && !session.is_upgrade_req() {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "the backend switched protocols (101) on a request that asked for no upgrade",
+            )
+            .into_up());
+        }
+        // This filter also sees informational headers (100 Continue, 103 Early Hints), which
+        // Pingora passes on; the backend's time and the rule's decisions wait for the final
+        // header.
+        if response.status.is_informational() && status != 101 {
+            return Ok(());
+        }
         if let (Some(started), Some(backend)) = (ctx.upstream_started, &ctx.backend_name) {
             let elapsed = started.elapsed();
             ctx.upstream_elapsed = Some(elapsed);
@@ -351,7 +368,6 @@ impl ProxyHttp for Proxy {
         if let Some(passed) = deadline_passed(ctx) {
             return Err(Error::explain(ErrorType::ReadTimedout, passed).into_up());
         }
-        let status = response.status.as_u16();
         let listed = retry_policy(ctx).is_some_and(|p| p.retries_status(status));
         if listed && may_retry(session, ctx) {
             // Failing here, before the response goes anywhere, makes Pingora drop this backend
