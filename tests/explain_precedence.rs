@@ -1,6 +1,7 @@
 //! `explain` against the precedence cases of the Gateway API conformance set: for every request
 //! case of the matching and precedence tests, the rule `explain` names must send the request to
-//! the backend the case expects (or nowhere, for an expected 404). The cases come from
+//! the backend the case expects (or nowhere, for an expected 404); for the redirect and invalid
+//! backendRef cases, `explain` must give the status the gateway answers. The cases come from
 //! `../shared/conformance` (or `PORTCULLIS_CONFORMANCE_DIR`).
 
 #![allow(
@@ -24,6 +25,15 @@ const TESTS: &[&str] = &[
     "HTTPRouteExactPathMatching",
     "HTTPRouteListenerHostnameMatching",
     "HTTPRouteHostnameIntersection",
+    // Requests the gateway answers itself: `explain` gives the status.
+    "HTTPRouteRedirectHostAndStatus",
+    "HTTPRoute303Redirect",
+    "HTTPRoute307Redirect",
+    "HTTPRoute308Redirect",
+    "HTTPRouteInvalidBackendRefUnknownKind",
+    "HTTPRouteInvalidCrossNamespaceBackendRef",
+    "HTTPRouteInvalidNonExistentBackendRef",
+    "HTTPRouteNoBackendRefs",
 ];
 
 fn conformance_dir() -> PathBuf {
@@ -116,6 +126,14 @@ fn explain_names_the_rule_each_precedence_case_expects() {
             checked += 1;
             let ok = match (status, expect["backend"].as_str()) {
                 (404, _) => answer.matched.is_none(),
+                // A redirect or an unusable backendRef: the rule matches and the gateway
+                // answers with that status.
+                (301..=308 | 500, _) => {
+                    answer.matched.is_some() && answer.status.map(u64::from) == Some(status)
+                }
+                // No EndpointSlice is loaded here, so a forwarded request would find no
+                // endpoint (503); what matters is that it is not answered otherwise.
+                (_, Some(_)) if !matches!(answer.status, None | Some(503)) => false,
                 (_, Some(backend)) => answer.backends.iter().any(|b| {
                     let ns = expect["namespace"]
                         .as_str()

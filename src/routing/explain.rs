@@ -19,7 +19,9 @@ use super::table::{
 pub struct Explanation {
     /// `namespace/route#rule` of the winning rule, if any.
     pub matched: Option<String>,
-    /// The status the gateway answers when nothing matches (404), absent on a match.
+    /// The status the gateway answers itself: 404 when nothing matches, a RequestRedirect's
+    /// status, 500 for a rule with no usable backend, 503 for one whose only Service has no
+    /// ready endpoint. Absent when the request is forwarded (or may be, by weight).
     pub status: Option<u16>,
     /// `namespace/name:port` of the matched rule's backend Services.
     pub backends: Vec<String>,
@@ -82,15 +84,59 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
                 Backend::Invalid { .. } => None,
             })
             .collect();
+        let status = answered_by_gateway(&entry.rule, &mut steps);
         return Explanation {
             matched: Some(id),
-            status: None,
+            status,
             backends,
             steps,
         };
     }
     steps.push("no rule matches: 404".to_string());
     miss(steps)
+}
+
+/// What the proxy does with a request the rule matched, when the gateway answers it itself (as
+/// `request_filter` decides): the first RequestRedirect answers; a rule without backends, or
+/// whose backendRefs all failed to resolve, answers 500; a lone Service without ready
+/// endpoints answers 503. A share of the weight going to an unresolved backendRef is named as
+/// a step, since only that share gets 500.
+fn answered_by_gateway(rule: &super::table::Rule, steps: &mut Vec<String>) -> Option<u16> {
+    if let Some(status) = rule.filters.iter().find_map(|f| match f {
+        Filter::Redirect(r) => Some(r.status),
+        _ => None,
+    }) {
+        steps.push(format!(
+            "the rule's RequestRedirect filter answers {status}"
+        ));
+        return Some(status);
+    }
+    if rule.backends.is_empty() {
+        steps.push("the rule has no backendRef with weight above 0: 500".to_string());
+        return Some(500);
+    }
+    let mut invalid = 0;
+    for b in &rule.backends {
+        if let Backend::Invalid { reason } = b.target.as_ref() {
+            invalid += b.weight;
+            steps.push(format!(
+                "a backendRef of weight {} of {} answers 500: {reason}",
+                b.weight, rule.total_weight
+            ));
+        }
+    }
+    if invalid == rule.total_weight {
+        return Some(500);
+    }
+    if let [only] = rule.backends.as_slice() {
+        if let Backend::Service(service) = only.target.as_ref() {
+            if service.endpoints.is_empty() {
+                steps.push(format!("{} has no ready endpoint: 503", service.name));
+                return Some(503);
+            }
+        }
+    }
+    None
 }
 
 fn explain_hosts<'t>(
