@@ -223,6 +223,10 @@ fn parse_share(text: &str) -> Result<f64, String> {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
+    // A bare 0 needs no unit on the command line, as in `--drain-timeout 0`.
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
     portcullis::routing::parse_duration(text).map(|d| d.unwrap_or(Duration::ZERO))
 }
 
@@ -413,7 +417,10 @@ fn explain(
     }
     match answer.matched {
         Some(rule) => {
-            println!("=> {rule}");
+            match answer.status {
+                Some(status) => println!("=> {rule}, answered by the gateway ({status})"),
+                None => println!("=> {rule}"),
+            }
             ExitCode::SUCCESS
         }
         None => {

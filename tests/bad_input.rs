@@ -84,6 +84,13 @@ fn check_reports_every_mistake_and_exits_nonzero() {
             "missing {expected:?} in:\n{stdout}\n{stderr}"
         );
     }
+    // The regex crate's multi-line diagram is folded into one line that says what is wrong.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("invalid regular expression") && l.contains("unclosed")),
+        "the regex problem is not on one line:\n{stdout}"
+    );
     let json = portcullis()
         .arg("check")
         .arg("--json")

@@ -235,7 +235,15 @@ impl Resource {
 /// Runs the gateway from the Kubernetes API until SIGTERM or SIGINT: watches, leader election,
 /// the status writer and the data plane.
 pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Result<()> {
-    let config = kube::Config::infer().await.map_err(Error::from)?;
+    // Without --config-dir the gateway reads the Kubernetes API; someone trying it on a laptop
+    // most often meant standalone mode, so the error says both.
+    let config = kube::Config::infer().await.map_err(|err| {
+        anyhow::anyhow!(
+            "no --config-dir given, so reading from the Kubernetes API, but no cluster was \
+             found ({err}); run in a pod, set KUBECONFIG, or give --config-dir DIR to serve a \
+             directory of manifests"
+        )
+    })?;
     let namespace = args
         .namespace
         .clone()
