@@ -412,6 +412,10 @@ class Bench:
     def syscalls(self, seconds):
         """System calls per request of each proxy under the keep-alive load, by perf's syscall
         tracepoints (counted in the kernel, nothing sampled)."""
+        if not os.path.isdir(TRACEFS) and os.geteuid() == 0:
+            # A fresh VM may boot without tracefs mounted; perf's tracepoints live there.
+            subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
         names = [n for n in SYSCALLS if os.path.isdir(f"{TRACEFS}/sys_enter_{n}")]
         if not names:
             return {"error": f"no syscall tracepoints under {TRACEFS}"}

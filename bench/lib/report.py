@@ -369,7 +369,8 @@ def profile_section(prof, out_dir, name):
         out.append(f"| {c} | {pct:.1f}% |")
     out.append("")
     sc = prof.get("syscalls") or {}
-    ok = {t: v for t, v in sc.items() if "error" not in v}
+    # Either one error for the whole count (no tracepoints) or one per proxy.
+    ok = {t: v for t, v in sc.items() if isinstance(v, dict) and "error" not in v}
     if ok:
         names = sorted({n for v in ok.values() for n in v if n != "all"},
                        key=lambda n: -max(v.get(n, 0) for v in ok.values()))
