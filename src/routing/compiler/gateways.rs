@@ -782,7 +782,7 @@ fn check_tls(
 }
 
 /// RFC 1123 names, optionally with a leading `*.` label, as the spec's validation allows.
-fn valid_hostname(h: &str) -> bool {
+pub(super) fn valid_hostname(h: &str) -> bool {
     let name = h.strip_prefix("*.").unwrap_or(h);
     !name.is_empty()
         && name.len() <= 253

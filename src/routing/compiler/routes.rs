@@ -766,12 +766,13 @@ fn translate_filter(
             }
             Filter::Redirect(Arc::new(Redirect {
                 scheme: r.scheme.clone(),
-                hostname: r.hostname.clone(),
+                hostname: written_hostname(&r.hostname)?,
                 path: r.path.as_ref().map(path_replace).transpose()?,
                 port: r
                     .port
-                    .map(|p| {
-                        u16::try_from(p).map_err(|_| format!("redirect port {p} is out of range"))
+                    .map(|p| match u16::try_from(p) {
+                        Ok(port) if port > 0 => Ok(port),
+                        _ => Err(format!("redirect port {p} is not a port: give 1 to 65535")),
                     })
                     .transpose()?,
                 status,
@@ -783,7 +784,7 @@ fn translate_filter(
                 .as_ref()
                 .ok_or_else(|| missing("urlRewrite"))?;
             Filter::Rewrite(Arc::new(Rewrite {
-                hostname: r.hostname.clone(),
+                hostname: written_hostname(&r.hostname)?,
                 path: r.path.as_ref().map(path_replace).transpose()?,
             }))
         }
@@ -820,7 +821,14 @@ fn translate_filter(
                 headers: (!star(&c.allow_headers)).then(|| c.allow_headers.clone()),
                 expose: (!c.expose_headers.is_empty()).then(|| c.expose_headers.join(", ")),
                 credentials: c.allow_credentials.unwrap_or(false),
-                max_age: c.max_age.unwrap_or(5),
+                max_age: match c.max_age {
+                    Some(age) if age < 0 => {
+                        return Err(format!(
+                            "CORS maxAge {age} is negative; give seconds, 0 or more"
+                        ))
+                    }
+                    age => age.unwrap_or(5),
+                },
             }))
         }
         other => return Err(format!("filter type {other:?} is not supported")),
@@ -882,17 +890,63 @@ fn header_edits(m: &api::HeaderModifier) -> Result<HeaderEdits, String> {
 
 fn path_replace(p: &api::PathModifier) -> Result<PathReplace, String> {
     match p.type_.as_str() {
-        "ReplaceFullPath" => Ok(PathReplace::Full(
+        "ReplaceFullPath" => Ok(PathReplace::Full(written_path(
             p.replace_full_path
-                .clone()
+                .as_deref()
                 .ok_or("ReplaceFullPath needs replaceFullPath")?,
-        )),
-        "ReplacePrefixMatch" => Ok(PathReplace::Prefix(
+        )?)),
+        "ReplacePrefixMatch" => Ok(PathReplace::Prefix(written_path(
             p.replace_prefix_match
-                .clone()
+                .as_deref()
                 .ok_or("ReplacePrefixMatch needs replacePrefixMatch")?,
-        )),
+        )?)),
         other => Err(format!("path modifier type {other:?} is not supported")),
+    }
+}
+
+/// A path a filter writes into a request line or a `Location` header, checked as the API's
+/// validation of paths does: absolute, and made only of the characters a path may hold
+/// (RFC 3986 `pchar`, percent-encodings whole). Anything else (no leading `/`, a space, CR or
+/// LF) would put a broken request line or header on the wire for every request the rule takes.
+fn written_path(path: &str) -> Result<String, String> {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    let ok = path.starts_with('/')
+        && path.len() <= 1024
+        && loop {
+            let Some(&b) = bytes.get(i) else {
+                break true;
+            };
+            let fine = match b {
+                b'%' => bytes
+                    .get(i + 1..i + 3)
+                    .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)),
+                _ => b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b),
+            };
+            if !fine {
+                break false;
+            }
+            i += if b == b'%' { 3 } else { 1 };
+        };
+    if ok {
+        Ok(path.to_string())
+    } else {
+        Err(format!(
+            "path {path:?} is not an absolute path: it must start with / and hold only letters, \
+             digits, -._~!$&'()*+,;=:@/ and %XX escapes"
+        ))
+    }
+}
+
+/// A hostname a filter writes into a `Host` or `Location` header: an RFC 1123 name, without
+/// a wildcard, as the API's `PreciseHostname` allows.
+fn written_hostname(host: &Option<String>) -> Result<Option<String>, String> {
+    match host {
+        Some(h) if h.starts_with("*.") || !super::gateways::valid_hostname(h) => Err(format!(
+            "hostname {h:?} is not a hostname: write lower-case letters, digits, - and dots, \
+             without a wildcard or port"
+        )),
+        _ => Ok(host.clone()),
     }
 }
 
