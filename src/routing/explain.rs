@@ -97,10 +97,11 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
 }
 
 /// What the proxy does with a request the rule matched, when the gateway answers it itself (as
-/// `request_filter` decides): the first RequestRedirect answers; a rule without backends, or
-/// whose backendRefs all failed to resolve, answers 500; a lone Service without ready
-/// endpoints answers 503. A share of the weight going to an unresolved backendRef is named as
-/// a step, since only that share gets 500.
+/// `request_filter` decides): the first RequestRedirect answers; a rule without backends
+/// answers 500. Otherwise each backendRef takes its share of the weight: one that failed to
+/// resolve answers 500, a Service without ready endpoints 503, and each such share is named as
+/// a step. The status is given when no share forwards: the one answer, or of two, the one with
+/// the larger share.
 fn answered_by_gateway(rule: &super::table::Rule, steps: &mut Vec<String>) -> Option<u16> {
     if let Some(status) = rule.filters.iter().find_map(|f| match f {
         Filter::Redirect(r) => Some(r.status),
@@ -115,28 +116,34 @@ fn answered_by_gateway(rule: &super::table::Rule, steps: &mut Vec<String>) -> Op
         steps.push("the rule has no backendRef with weight above 0: 500".to_string());
         return Some(500);
     }
-    let mut invalid = 0;
+    let (mut unresolved, mut empty) = (0, 0);
     for b in &rule.backends {
-        if let Backend::Invalid { reason } = b.target.as_ref() {
-            invalid += b.weight;
-            steps.push(format!(
-                "a backendRef of weight {} of {} answers 500: {reason}",
-                b.weight, rule.total_weight
-            ));
-        }
-    }
-    if invalid == rule.total_weight {
-        return Some(500);
-    }
-    if let [only] = rule.backends.as_slice() {
-        if let Backend::Service(service) = only.target.as_ref() {
-            if service.endpoints.is_empty() {
-                steps.push(format!("{} has no ready endpoint: 503", service.name));
-                return Some(503);
+        let share = format!(
+            "a backendRef of weight {} of {}",
+            b.weight, rule.total_weight
+        );
+        match b.target.as_ref() {
+            Backend::Invalid { reason } => {
+                unresolved += b.weight;
+                steps.push(format!("{share} answers 500: {reason}"));
             }
+            Backend::Service(service) if service.endpoints.is_empty() => {
+                empty += b.weight;
+                steps.push(format!(
+                    "{share} answers 503: {} has no ready endpoint",
+                    service.name
+                ));
+            }
+            Backend::Service(_) => {}
         }
     }
-    None
+    if unresolved + empty < rule.total_weight {
+        None
+    } else if unresolved >= empty {
+        Some(500)
+    } else {
+        Some(503)
+    }
 }
 
 fn explain_hosts<'t>(
