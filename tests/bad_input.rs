@@ -443,3 +443,47 @@ async fn a_file_is_not_read_while_it_is_being_written() {
         assert_eq!(gw.status_of("a.example").await, 200);
     }
 }
+
+#[test]
+fn an_unreadable_subdirectory_is_reported_and_the_rest_is_read() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    mode(dir.path(), 0o755);
+    std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints(9)).unwrap();
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("more.yaml"), service("app", "more")).unwrap();
+    mode(&sub, 0o000);
+    // Root lists a directory whatever its mode, so as root the check runs as nobody.
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let mut check = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_portcullis"));
+        c
+    } else {
+        portcullis()
+    };
+    let out = check.arg("check").arg(dir.path()).output().unwrap();
+    mode(&sub, 0o755);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains(&format!("{}: cannot read directory", sub.display())),
+        "the subdirectory is not named:\n{all}"
+    );
+    // The rest of the tree was read: the route beside the subdirectory is accepted.
+    assert!(
+        all.lines()
+            .skip_while(|l| !l.contains("HTTPRoute app/good"))
+            .take(4)
+            .any(|l| l.contains("Accepted=True")),
+        "the route beside it was not read:\n{all}"
+    );
+}

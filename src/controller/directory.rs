@@ -67,6 +67,9 @@ struct FileState {
     /// Read again at the next scan even if unchanged: reading failed for a reason that can pass
     /// without the file changing, such as its permissions.
     retry: bool,
+    /// Why its last content was not loaded, if it was not: a file read again only to retry is
+    /// logged again only when the reason changes.
+    refused: Option<String>,
 }
 
 struct Tracked {
@@ -92,6 +95,8 @@ pub struct DirectoryProvider {
     writes: Option<Writes>,
     /// The last failure to read the directory itself, said once rather than at every scan.
     dir_error: Option<String>,
+    /// Subdirectories that could not be listed at the last scan, and why.
+    unreadable: HashMap<PathBuf, String>,
 }
 
 impl DirectoryProvider {
@@ -107,6 +112,7 @@ impl DirectoryProvider {
             repeats: HashSet::new(),
             writes: None,
             dir_error: None,
+            unreadable: HashMap::new(),
         }
     }
 
@@ -115,8 +121,17 @@ impl DirectoryProvider {
     pub fn sync(&mut self) -> std::io::Result<()> {
         let tree = walk(&self.dir)?;
         self.note_repeats(&tree.repeats);
+        self.note_unreadable(&tree.unreadable);
         self.dirs = tree.dirs;
         let mut seen = HashSet::with_capacity(tree.files.len());
+        // Files under a subdirectory that cannot be listed keep what they held, as files that
+        // cannot be read do.
+        seen.extend(
+            self.files
+                .keys()
+                .filter(|p| tree.unreadable.iter().any(|(dir, _)| p.starts_with(dir)))
+                .cloned(),
+        );
         for (path, meta) in tree.files {
             let (modified, len) = (meta.modified().ok(), meta.len());
             if let Some(state) = self.files.get(&path) {
@@ -154,6 +169,33 @@ impl DirectoryProvider {
         }
         self.reread(reread);
         Ok(())
+    }
+
+    /// Reports each subdirectory that cannot be listed: a warning when it starts or its reason
+    /// changes, an error in the store (on `/status`, in `check`) while it lasts.
+    fn note_unreadable(&mut self, unreadable: &[(PathBuf, String)]) {
+        for (dir, error) in unreadable {
+            if self.unreadable.get(dir) != Some(error) {
+                tracing::warn!(dir = %dir.display(), %error, "cannot read a subdirectory of the configuration directory; keeping the objects read from it before, reading the rest");
+            }
+            let errors = vec![SourceError {
+                source: dir.display().to_string(),
+                message: format!(
+                    "cannot read directory: {error}; the objects read from it before are kept"
+                ),
+            }];
+            self.store
+                .set_source_errors(&dir.display().to_string(), errors);
+        }
+        let now: HashMap<PathBuf, String> = unreadable.iter().cloned().collect();
+        for dir in self.unreadable.keys() {
+            if !now.contains_key(dir) {
+                tracing::info!(dir = %dir.display(), "subdirectory of the configuration directory readable again (or gone)");
+                self.store
+                    .set_source_errors(&dir.display().to_string(), Vec::new());
+            }
+        }
+        self.unreadable = now;
     }
 
     /// Warns once about each directory skipped because it was already read under another path
@@ -265,6 +307,7 @@ impl DirectoryProvider {
                 len,
                 keys,
                 retry: false,
+                refused: None,
             },
         );
         self.reread(reread);
@@ -285,10 +328,15 @@ impl DirectoryProvider {
     ) {
         let source = path.display().to_string();
         let error = messages.join("; ");
-        let held = self.files.get(path).map_or(0, |state| state.keys.len());
-        if held > 0 {
+        let previous = self.files.get(path);
+        let held = previous.map_or(0, |state| state.keys.len());
+        // An unreadable file is tried again at every scan; saying so four times a second would
+        // bury the rest of the log.
+        let retried = previous
+            .is_some_and(|state| state.retry && state.refused.as_deref() == Some(error.as_str()));
+        if !retried && held > 0 {
             tracing::warn!(file = %source, %error, objects = held, "manifest file not loaded; keeping the objects it held before");
-        } else {
+        } else if !retried {
             tracing::warn!(file = %source, %error, "manifest file not loaded; none of its objects are served");
         }
         let state = self.files.entry(path.to_path_buf()).or_insert(FileState {
@@ -296,10 +344,12 @@ impl DirectoryProvider {
             len,
             keys: Vec::new(),
             retry: false,
+            refused: None,
         });
         state.modified = modified;
         state.len = len;
         state.retry = false;
+        state.refused = Some(error);
         let errors = messages
             .into_iter()
             .map(|message| SourceError {
@@ -612,6 +662,8 @@ struct Tree {
     dirs: Vec<PathBuf>,
     /// Directories skipped because the walk had already read them under another path.
     repeats: Vec<PathBuf>,
+    /// Subdirectories that could not be listed, and why: what was read from them before stays.
+    unreadable: Vec<(PathBuf, String)>,
 }
 
 /// Lists the manifest files and directories under `root`. Each directory is read once, known
@@ -654,7 +706,11 @@ fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> s
         };
         if meta.is_dir() {
             if visited.insert((meta.dev(), meta.ino())) {
-                walk_dir(&path, visited, tree)?;
+                // One subdirectory that cannot be listed (its permissions, say) must not stop
+                // the rest of the tree from being read.
+                if let Err(err) = walk_dir(&path, visited, tree) {
+                    tree.unreadable.push((path, err.to_string()));
+                }
             } else {
                 tree.repeats.push(path);
             }
