@@ -830,6 +830,66 @@ fn a_header_value_with_a_line_break_is_refused_at_compile_time() {
 }
 
 #[test]
+fn what_a_filter_writes_must_be_well_formed() {
+    for (filter, wanted) in [
+        (
+            "{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: nos}}}",
+            "is not an absolute path",
+        ),
+        (
+            "{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: \"/a b\"}}}",
+            "is not an absolute path",
+        ),
+        (
+            "{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: \"/x\\r\\nset-cookie: a=1\"}}}",
+            "is not an absolute path",
+        ),
+        (
+            "{type: RequestRedirect, requestRedirect: {hostname: \"a.com\\r\\nset-cookie: a=1\"}}",
+            "is not a hostname",
+        ),
+        (
+            "{type: URLRewrite, urlRewrite: {hostname: \"*.example.com\"}}",
+            "is not a hostname",
+        ),
+        (
+            "{type: RequestRedirect, requestRedirect: {port: 0}}",
+            "is not a port",
+        ),
+        (
+            "{type: CORS, cors: {allowOrigins: [\"*\"], maxAge: -1}}",
+            "is negative",
+        ),
+    ] {
+        let yaml = format!(
+            "{BASE}{}",
+            route(
+                "a",
+                &format!("  rules:\n  - filters: [{filter}]\n    backendRefs: [{{name: svc, port: 8080}}]\n"),
+            )
+        );
+        let c = compile(&snapshot(&yaml), &CompileOptions::default());
+        let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+        let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+        assert_eq!(accepted["status"], "False", "{filter}");
+        let message = accepted["message"].as_str().unwrap();
+        assert!(message.contains(wanted), "{filter}: {message}");
+    }
+    // What the conformance set writes is accepted: `/`, percent-encodings, a plain name.
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - filters: [{type: URLRewrite, urlRewrite: {hostname: example.org, path: {type: ReplacePrefixMatch, replacePrefixMatch: \"/\"}}}]\n    backendRefs: [{name: svc, port: 8080}]\n  - matches: [{path: {value: /b}}]\n    filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath, replaceFullPath: \"/%7Eone/two;x=1\"}}}]\n",
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "True", "{accepted}");
+}
+
+#[test]
 fn a_filter_may_not_change_the_headers_that_frame_a_message() {
     for (kind, field, edit) in [
         (
@@ -946,4 +1006,49 @@ fn objects_nothing_serves_are_named_with_the_reason() {
     let c = compile(&snapshot(&yaml), &scoped);
     let unserved = super::unserved(&snapshot(&yaml), &c.report, &scoped);
     assert_eq!(unserved.len(), 1, "{unserved:?}");
+}
+
+#[test]
+fn explain_names_each_share_the_gateway_answers_itself() {
+    use crate::routing::explain::Question;
+    // `empty` has no EndpointSlice; `nowhere` does not exist.
+    let yaml = format!(
+        "{BASE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: infra}}\nspec: {{ports: [{{port: 80}}]}}\n{}",
+        route(
+            "a",
+            "  rules:\n  - matches: [{path: {value: /mixed}}]\n    backendRefs: [{name: svc, port: 8080}, {name: empty, port: 80}]\n\
+             \x20 - matches: [{path: {value: /none}}]\n    backendRefs: [{name: empty, port: 80, weight: 3}, {name: nowhere, port: 80}]\n\
+             \x20 - matches: [{path: {value: /empty}}]\n    backendRefs: [{name: empty, port: 80}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let ask = |path: &str| {
+        Question {
+            listener: "infra/gw/http".to_string(),
+            host: "a.example".to_string(),
+            path: path.to_string(),
+            method: "GET".to_string(),
+            headers: Vec::new(),
+        }
+        .answer(&c.table)
+    };
+    // Half the weight forwards: no status, but the 503 share is named.
+    let mixed = ask("/mixed");
+    assert_eq!(mixed.status, None);
+    assert!(
+        mixed
+            .steps
+            .iter()
+            .any(|s| s.contains("weight 1 of 2 answers 503")),
+        "{:?}",
+        mixed.steps
+    );
+    // Nothing forwards: the larger share's answer, each share named.
+    let none = ask("/none");
+    assert_eq!(none.status, Some(503), "{:?}", none.steps);
+    assert!(none
+        .steps
+        .iter()
+        .any(|s| s.contains("weight 1 of 4 answers 500")));
+    assert_eq!(ask("/empty").status, Some(503));
 }
