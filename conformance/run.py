@@ -686,15 +686,17 @@ class Runner:
                 else:
                     addresses.pop(0)
             elif "path" in change:
+                # `spec.rules[0].backendRefs[0].name`: field names, each with any list indexes.
+                keys = []
+                for part in change["path"].split("."):
+                    name, *indexes = part.replace("]", "").split("[")
+                    if name:
+                        keys.append(name)
+                    keys += [int(i) for i in indexes]
                 node = target
-                parts = change["path"].split(".")
-                for p in parts[:-1]:
-                    node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-                last = parts[-1]
-                if isinstance(node, list):
-                    node[int(last)] = change["value"]
-                else:
-                    node[last] = change["value"]
+                for key in keys[:-1]:
+                    node = node[key] if isinstance(key, int) else node.setdefault(key, {})
+                node[keys[-1]] = change["value"]
             else:
                 raise Failure(f"unknown step change {change}")
         self.write_docs()
