@@ -350,11 +350,26 @@ async fn mirrored_copies_carry_the_request_body() {
     copy_saw("GET ".to_string()).await;
 }
 
+/// Reads a request header byte by byte, so that nothing after it is consumed; false when the
+/// connection closes first.
+async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+            return false;
+        }
+        head.push(byte[0]);
+    }
+    true
+}
+
 /// A backend that answers every request with a chunked body of `chunks` bytes, one every
 /// `every`: a response that keeps trickling in; with `slow_head`, its header comes in one byte
 /// every `every` instead. Returns its port.
 async fn serve_trickle(chunks: usize, every: Duration, slow_head: bool) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
@@ -362,13 +377,8 @@ async fn serve_trickle(chunks: usize, every: Duration, slow_head: bool) -> u16 {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if !read_head(&mut tcp).await {
+                    return;
                 }
                 let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
                 let pieces: Vec<&[u8]> = if slow_head {
@@ -449,7 +459,7 @@ async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
 /// A backend that answers every request, whatever it asked, with `101 Switching Protocols` to
 /// WebSocket, then holds the connection open for a while. Returns its port.
 async fn serve_switching() -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
@@ -457,13 +467,8 @@ async fn serve_switching() -> u16 {
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
+                if !read_head(&mut tcp).await {
+                    return;
                 }
                 let answer = b"HTTP/1.1 101 Switching Protocols\r\n\
                     upgrade: websocket\r\nconnection: upgrade\r\n\r\n";

@@ -40,28 +40,39 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn counters_histograms_and_access_log_follow_known_traffic() {
-    let dir = tempfile::tempdir().unwrap();
+/// An echo backend, and the gateway in front of it serving [`config`] from `dir`, with its
+/// stdout (the access log) piped and its stderr as given. Returns the echo process, the gateway
+/// process (still to be wrapped in `Killed`), its listener port and its admin port.
+fn echo_and_gateway(
+    dir: &std::path::Path,
+    stderr: Stdio,
+) -> (Killed, std::process::Child, u16, u16) {
     let echo_port = free_port();
-    let _echo = Killed(
+    let echo = Killed(
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    std::fs::write(dir.join("all.yaml"), config(echo_port)).unwrap();
     let (listen, admin) = (free_port(), free_port());
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    let gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--config-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
+    (echo, gateway, listen, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_histograms_and_access_log_follow_known_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, mut gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::null());
     let stdout = gateway.stdout.take().unwrap();
     let _gateway = Killed(gateway);
     let client = reqwest::Client::builder()
@@ -218,25 +229,7 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let echo_port = free_port();
-    let _echo = Killed(
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--config-dir"])
-        .arg(dir.path())
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (_echo, mut gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
     // Nobody reads the access log: its pipe is closed from the start.
     drop(gateway.stdout.take());
     let stderr = gateway.stderr.take().unwrap();
