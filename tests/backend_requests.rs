@@ -350,6 +350,29 @@ async fn mirrored_copies_carry_the_request_body() {
     copy_saw("GET ".to_string()).await;
 }
 
+/// A backend of raw bytes on a port of 127.0.0.1 it returns: for each connection, once a
+/// request header has come in whole, `answer` writes whatever it likes.
+async fn serve_raw<F, A>(answer: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> A + Copy + Send + 'static,
+    A: std::future::Future<Output = ()> + Send,
+{
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut tcp).await {
+                    answer(tcp).await;
+                }
+            });
+        }
+    });
+    port
+}
+
 /// Reads a request header byte by byte, so that nothing after it is consumed; false when the
 /// connection closes first.
 async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
@@ -370,41 +393,30 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
 /// every `every` instead. Returns its port.
 async fn serve_trickle(chunks: usize, every: Duration, slow_head: bool) -> u16 {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if !read_head(&mut tcp).await {
-                    return;
-                }
-                let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
-                let pieces: Vec<&[u8]> = if slow_head {
-                    start.chunks(1).collect()
-                } else {
-                    vec![&start[..]]
-                };
-                for piece in pieces {
-                    if slow_head {
-                        tokio::time::sleep(every).await;
-                    }
-                    if tcp.write_all(piece).await.is_err() {
-                        return;
-                    }
-                }
-                for _ in 0..chunks {
-                    tokio::time::sleep(every).await;
-                    if tcp.write_all(b"1\r\nx\r\n").await.is_err() {
-                        return;
-                    }
-                }
-                let _ = tcp.write_all(b"0\r\n\r\n").await;
-            });
+    serve_raw(move |mut tcp| async move {
+        let start = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        let pieces: Vec<&[u8]> = if slow_head {
+            start.chunks(1).collect()
+        } else {
+            vec![&start[..]]
+        };
+        for piece in pieces {
+            if slow_head {
+                tokio::time::sleep(every).await;
+            }
+            if tcp.write_all(piece).await.is_err() {
+                return;
+            }
         }
-    });
-    port
+        for _ in 0..chunks {
+            tokio::time::sleep(every).await;
+            if tcp.write_all(b"1\r\nx\r\n").await.is_err() {
+                return;
+            }
+        }
+        let _ = tcp.write_all(b"0\r\n\r\n").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,25 +472,14 @@ async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
 /// WebSocket, then holds the connection open for a while. Returns its port.
 async fn serve_switching() -> u16 {
     use tokio::io::AsyncWriteExt;
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if !read_head(&mut tcp).await {
-                    return;
-                }
-                let answer = b"HTTP/1.1 101 Switching Protocols\r\n\
-                    upgrade: websocket\r\nconnection: upgrade\r\n\r\n";
-                if tcp.write_all(answer).await.is_ok() {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                }
-            });
+    serve_raw(|mut tcp| async move {
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\n\
+            upgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+        if tcp.write_all(answer).await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
-    });
-    port
+    })
+    .await
 }
 
 /// Sends `request` on a new connection to `port` and returns the status line of the answer.
