@@ -487,3 +487,165 @@ fn an_unreadable_subdirectory_is_reported_and_the_rest_is_read() {
         "the route beside it was not read:\n{all}"
     );
 }
+
+/// A listener whose port another process holds: the gateway is not ready until it can listen
+/// there (a rollout waits), its listener and Gateway say why, and it binds once the port is
+/// free. A port taken later, by a listener added to a running gateway, leaves the gateway ready
+/// and every other listener serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_port_taken_by_another_process_is_reported_and_retried() {
+    use common::wait_ready;
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let _echo = Killed(
+        portcullis()
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The ports that listeners 80 and 81 are mapped onto, held here until released.
+    let mut first = Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let mut second = Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let port = |l: &Option<std::net::TcpListener>| l.as_ref().unwrap().local_addr().unwrap().port();
+    let (first_port, second_port) = (port(&first), port(&second));
+    std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints(echo_port)).unwrap();
+    let map = format!("80={first_port},81={second_port}");
+    let (_gw, _, admin) = run_gateway(dir.path(), &["--port-map", &map]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .get(format!("http://127.0.0.1:{admin}{path}"))
+                .send()
+                .await
+                .ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    // The Gateway's condition `Programmed`, and listener `listener`'s, as (status, reason,
+    // message) triples.
+    let programmed = |listener: &'static str| async move {
+        let (_, body) = get("/status").await?;
+        let report: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let gw = report["objects"]
+            .as_array()?
+            .iter()
+            .find(|o| o["kind"] == "Gateway" && o["name"] == "gw")?
+            .clone();
+        let of = |conditions: &serde_json::Value| {
+            let c = conditions
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Programmed")?;
+            Some(format!("{} {} {}", c["status"], c["reason"], c["message"]))
+        };
+        let l = gw["status"]["listeners"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == listener)?
+            .clone();
+        Some((of(&gw["status"]["conditions"])?, of(&l["conditions"])?))
+    };
+    let unbound = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_listener_sockets_unbound "))
+            .map(str::to_string)
+    };
+
+    // While the port is held: unready, saying which socket, with both conditions pending.
+    let taken = format!("cannot listen on 127.0.0.1:{first_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let (Some((503, ready)), Some((gw, l))) =
+            (get("/readyz").await, programmed("http").await)
+        {
+            if ready.contains(&taken) && gw.contains("Pending") {
+                assert!(gw.starts_with("\"False\" \"Pending\""), "{gw}");
+                assert!(gw.contains("listener http") && gw.contains(&taken), "{gw}");
+                assert!(
+                    l.starts_with("\"False\" \"Pending\"") && l.contains(&taken),
+                    "{l}"
+                );
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz never named the taken port"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = get("/metrics").await.unwrap();
+    assert_eq!(unbound(&metrics).as_deref(), Some("1"), "{metrics}");
+
+    // Released: the retry binds it, the gateway turns ready and serves there.
+    first.take();
+    wait_ready(&client, admin).await;
+    let r = client
+        .get(format!("http://127.0.0.1:{first_port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (gw, l) = programmed("http").await.unwrap();
+    assert!(gw.starts_with("\"True\""), "{gw}");
+    assert!(l.starts_with("\"True\""), "{l}");
+
+    // A listener added on a port that is held: the gateway stays ready and listener http keeps
+    // serving; the new listener and its Gateway are pending.
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        good().replace(
+            &listener("http", 80, "HTTP"),
+            &(listener("http", 80, "HTTP") + &listener("more", 81, "HTTP")),
+        ),
+    )
+    .unwrap();
+    let taken = format!("cannot listen on 127.0.0.1:{second_port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some((gw, l)) = programmed("more").await {
+            if l.contains(&taken) {
+                assert!(gw.starts_with("\"False\" \"Pending\""), "{gw}");
+                assert!(gw.contains("listener more"), "{gw}");
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listener more never reported pending"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get("/readyz").await.map(|r| r.0), Some(200));
+    let r = client
+        .get(format!("http://127.0.0.1:{first_port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, metrics) = get("/metrics").await.unwrap();
+    assert_eq!(unbound(&metrics).as_deref(), Some("1"), "{metrics}");
+
+    second.take();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !programmed("http")
+        .await
+        .is_some_and(|(gw, _)| gw.starts_with("\"True\""))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Gateway never turned programmed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = get("/metrics").await.unwrap();
+    assert_eq!(unbound(&metrics).as_deref(), Some("0"), "{metrics}");
+}

@@ -3,7 +3,7 @@
 //! | path       | answer                                                              |
 //! |------------|---------------------------------------------------------------------|
 //! | `/healthz` | 200 while the process runs                                          |
-//! | `/readyz`  | 200 once the first routing table is live, 503 before                |
+//! | `/readyz`  | 200 once the first routing table is live with its listener sockets bound, 503 (saying why) before |
 //! | `/metrics` | Prometheus text format                                              |
 //! | `/status`  | the compiler's report as JSON, the same as `portcullis check --json` |
 //! | `/debug/routes` | the routing table as JSON, rules in the order they are tried   |
@@ -73,7 +73,7 @@ fn answer(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",
-            "no routing table yet\n".to_string(),
+            format!("{}\n", shared.waiting_for.load()),
         ),
         "/metrics" => (
             StatusCode::OK,

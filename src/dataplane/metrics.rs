@@ -171,6 +171,9 @@ pub struct Metrics {
     pub objects: IntGaugeVec,
     /// Objects not accepted plus inputs that do not parse.
     pub config_problems: IntGauge,
+    /// Listener sockets the configuration wants that could not be bound (port taken, address
+    /// missing); they are tried again every few seconds.
+    pub sockets_unbound: IntGauge,
     /// Route rules in the served table.
     pub rules: IntGauge,
     /// Watch streams restarted (Kubernetes mode).
@@ -309,6 +312,11 @@ impl Metrics {
                 "Objects not accepted plus inputs that do not parse.",
             )
             .expect("static metric definition"),
+            sockets_unbound: IntGauge::new(
+                "portcullis_listener_sockets_unbound",
+                "Listener sockets that could not be bound (port taken, address missing); retried every 2 s.",
+            )
+            .expect("static metric definition"),
             rules: IntGauge::new("portcullis_route_rules", "Route rules in the served table.")
                 .expect("static metric definition"),
             watch_restarts: counter(
@@ -368,6 +376,7 @@ impl Metrics {
             Box::new(m.compile_duration.clone()),
             Box::new(m.objects.clone()),
             Box::new(m.config_problems.clone()),
+            Box::new(m.sockets_unbound.clone()),
             Box::new(m.rules.clone()),
             Box::new(m.watch_restarts.clone()),
             Box::new(m.status_writes.clone()),

@@ -40,8 +40,14 @@ pub struct Shared {
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// The latest status report.
     pub report: ArcSwap<StatusReport>,
-    /// True once the first table is live.
+    /// True once the first table is live with every listener socket it wants bound. It stays
+    /// true afterwards: readiness gates a process coming up (a rollout waits for it), and a
+    /// socket that a later change cannot bind shows on its listener, its Gateway and
+    /// `portcullis_listener_sockets_unbound` rather than taking every other listener out of
+    /// service.
     pub ready: AtomicBool,
+    /// What `/readyz` says while not ready.
+    pub waiting_for: ArcSwap<String>,
     /// Metrics.
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -82,6 +88,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         table: Arc::new(ArcSwap::from_pointee(RoutingTable::default())),
         report: ArcSwap::from_pointee(StatusReport::default()),
         ready: AtomicBool::new(false),
+        waiting_for: ArcSwap::from_pointee("no routing table yet".to_string()),
         metrics: metrics.clone(),
     });
     let admin = admin::bind(options.admin_addr).await.map_err(|e| {
@@ -205,7 +212,14 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         if let Some(reports) = &options.status_reports {
             reports.send_replace(report);
         }
-        shared.ready.store(true, Ordering::Release);
+        metrics.sockets_unbound.set(sockets.failed.len() as i64);
+        if sockets.failed.is_empty() {
+            shared.ready.store(true, Ordering::Release);
+        } else if !shared.ready.load(Ordering::Acquire) {
+            shared
+                .waiting_for
+                .store(Arc::new(unbound_summary(&sockets.failed)));
+        }
         metrics.compiles.inc();
         metrics.compile_duration.observe(took.as_secs_f64());
         metrics.config_generation.set(generation as i64);
@@ -293,22 +307,48 @@ fn mark_unbound(
             let Some(gateway) = gateway else { continue };
             let gateway = Arc::make_mut(gateway);
             gateway.problems = Default::default();
+            let message = format!("cannot listen on {addr}: {error}; retrying");
             let listeners = gateway.status["listeners"].as_array_mut();
             for l in listeners
                 .into_iter()
                 .flatten()
                 .filter(|l| l["name"] == *listener.name)
             {
-                for c in l["conditions"].as_array_mut().into_iter().flatten() {
-                    if c["type"] == "Programmed" {
-                        c["status"] = "False".into();
-                        c["reason"] = "Pending".into();
-                        c["message"] = format!("cannot listen on {addr}: {error}; retrying").into();
-                    }
-                }
+                set_pending(&mut l["conditions"], &message);
             }
+            // A Gateway is programmed when all of it is served: one listener that cannot
+            // listen leaves it pending, as its clients on that port see.
+            let message = format!("listener {} {message}", listener.name);
+            set_pending(&mut gateway.status["conditions"], &message);
         }
     }
+}
+
+/// Turns a true `Programmed` condition among `conditions` to false with reason `Pending`. A
+/// condition already false keeps its own reason; when several listeners of a Gateway are
+/// pending, the Gateway's message names the first.
+fn set_pending(conditions: &mut serde_json::Value, message: &str) {
+    for c in conditions.as_array_mut().into_iter().flatten() {
+        if c["type"] == "Programmed" && c["status"] == "True" {
+            c["status"] = "False".into();
+            c["reason"] = "Pending".into();
+            c["message"] = message.into();
+        }
+    }
+}
+
+/// What `/readyz` says while listener sockets cannot be bound.
+fn unbound_summary(failed: &std::collections::HashMap<SocketAddr, String>) -> String {
+    let mut sockets: Vec<String> = failed
+        .iter()
+        .map(|(addr, error)| format!("cannot listen on {addr}: {error}"))
+        .collect();
+    sockets.sort();
+    format!(
+        "{}; retrying every {} s",
+        sockets.join("; "),
+        BIND_RETRY.as_secs()
+    )
 }
 
 /// A stream of SIGTERM and SIGINT.
