@@ -823,8 +823,61 @@ fn decode_spec(object: &Object) -> Result<(), String> {
             "{kind} spec has a field the Gateway API does not define: {field}; check its \
              spelling (the API server refuses unknown fields too)"
         )),
-        None => Ok(()),
+        None => schema_rules(kind, spec),
     }
+}
+
+/// The API server's own checks on values of the right type that the compiler would otherwise
+/// take as written: listener names unique within a Gateway (its list is keyed by name), route
+/// hostnames in the API's `Hostname` form (so `*` and `""` are refused, not read as
+/// catch-alls), HTTPRoute match methods from the API's list (`get` would match nothing).
+fn schema_rules(kind: Kind, spec: &Value) -> Result<(), String> {
+    let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
+    match kind {
+        Kind::Gateway => {
+            let mut seen = HashSet::new();
+            for (i, listener) in list(&spec["listeners"]).iter().enumerate() {
+                if let Some(name) = listener["name"].as_str() {
+                    if !seen.insert(name.to_string()) {
+                        return Err(format!(
+                            "Gateway spec.listeners[{i}]: a second listener named {name:?}; \
+                             give each listener of a Gateway its own name (the API server \
+                             refuses this too)"
+                        ));
+                    }
+                }
+            }
+        }
+        Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => {
+            for (i, hostname) in list(&spec["hostnames"]).iter().enumerate() {
+                let h = hostname.as_str().unwrap_or_default();
+                if !api::valid_hostname(h) || h.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(format!(
+                        "{kind} spec.hostnames[{i}] {h:?} is not a hostname: write a lower-case \
+                         DNS name, optionally with a leading `*.` label; to serve every \
+                         hostname, leave `hostnames` out"
+                    ));
+                }
+            }
+        }
+        _ => {}
+    }
+    if kind == Kind::HttpRoute {
+        for (i, rule) in list(&spec["rules"]).iter().enumerate() {
+            for (j, m) in list(&rule["matches"]).iter().enumerate() {
+                if let Some(method) = m["method"].as_str() {
+                    if !api::HTTP_METHODS.contains(&method) {
+                        return Err(format!(
+                            "HTTPRoute spec.rules[{i}].matches[{j}].method {method:?} is not \
+                             one of {}",
+                            api::HTTP_METHODS.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The fields of a Gateway API `spec` that the API does not define, by path
@@ -1296,6 +1349,52 @@ mod tests {
                 "requires: missing field `protocol`",
             ),
             (
+                Kind::Gateway,
+                gateway("80"),
+                gateway("80").replace(
+                    "[{name: http, protocol: HTTP, port: 80}]",
+                    "[{name: http, protocol: HTTP, port: 80}, {name: http, protocol: HTTP, port: 81}]",
+                ),
+                "spec.listeners[1]: a second listener named \"http\"",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace("spec:\n", "spec:\n  hostnames: ['*']\n"),
+                "spec.hostnames[0] \"*\" is not a hostname",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace("spec:\n", "spec:\n  hostnames: [a.example, '']\n"),
+                "spec.hostnames[1] \"\" is not a hostname",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace("spec:\n", "spec:\n  hostnames: [Web.Example]\n"),
+                "\"Web.Example\" is not a hostname: write a lower-case",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace("rules: [{", "rules: [{matches: [{method: get}], "),
+                "spec.rules[0].matches[0].method \"get\" is not one of GET, HEAD",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace("gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v9"),
+                "HTTPRoute is not served as apiVersion gateway.networking.k8s.io/v9: use \
+                 gateway.networking.k8s.io/v1",
+            ),
+            (
+                Kind::Service,
+                service("80"),
+                service("80").replace("apiVersion: v1", "apiVersion: v2"),
+                "Service belongs to the core API (apiVersion v1), not to apiVersion v2",
+            ),
+            (
                 Kind::Service,
                 service("80"),
                 service("'80'"),
@@ -1356,6 +1455,16 @@ mod tests {
                     listeners: [{name: x, protocol: SCTP, port: 80}]\n---\n\
                     apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
                     metadata: {name: r, namespace: n}\n";
+        assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
+        // Versions earlier releases served, wildcard and IP-shaped route hostnames (the API's
+        // pattern admits digits), and every method of the API's list load.
+        let text = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+                    metadata: {name: g, namespace: n}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\n\
+                    metadata: {name: t, namespace: n}\nspec: {hostnames: ['*.a.example', 10.0.0.1], rules: []}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                    metadata: {name: r, namespace: n}\nspec:\n  rules:\n  - matches:\n\
+                    \x20   - {method: GET}\n    - {method: PATCH}\n    - {method: CONNECT}\n";
         assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
     }
 

@@ -110,11 +110,28 @@ impl Kind {
         self.group() == "gateway.networking.k8s.io"
     }
 
-    /// Looks a kind up by its `apiVersion` group and `kind` name.
+    /// The versions of this kind's API that an `apiVersion` may name. For the Gateway API these
+    /// are every version its kinds have been served under, so that a manifest written for an
+    /// older release still loads; a version no release had (`v2`, `v1beta`) is refused.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self.group() {
+            "gateway.networking.k8s.io" => &["v1", "v1beta1", "v1alpha3", "v1alpha2"],
+            _ => &["v1"],
+        }
+    }
+
+    /// Looks a kind up by its `apiVersion` (group and version) and `kind` name.
     pub fn from_type(api_version: &str, kind: &str) -> Result<Option<Kind>, UnknownKind> {
-        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
         for k in Kind::ALL {
             if k.as_str() == kind && k.group() == group {
+                if !k.versions().contains(&version) {
+                    return Err(UnknownKind {
+                        api_version: api_version.to_string(),
+                        kind: kind.to_string(),
+                        known_group: Some(k.group()),
+                    });
+                }
                 return Ok(Some(k));
             }
         }
@@ -158,6 +175,16 @@ impl fmt::Display for UnknownKind {
                 "{kind} belongs to the core API (apiVersion v1), not to apiVersion \
                  {api_version}"
             ),
+            Some(group)
+                if api_version
+                    .rsplit_once('/')
+                    .is_some_and(|(g, _)| g == group) =>
+            {
+                write!(
+                    f,
+                    "{kind} is not served as apiVersion {api_version}: use {group}/v1"
+                )
+            }
             Some(group) => write!(
                 f,
                 "{kind} belongs to API group {group} (apiVersion {group}/v1, or the version \

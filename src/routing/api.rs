@@ -15,6 +15,27 @@ pub fn read<T: for<'de> Deserialize<'de>>(value: &serde_json::Value) -> Result<T
     T::deserialize(value).map_err(|e| e.to_string())
 }
 
+/// RFC 1123 names, optionally with a leading `*.` label, as the spec's validation allows.
+pub fn valid_hostname(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The methods an HTTPRoute match can name (the API's `HTTPMethod`).
+pub const HTTP_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
 /// `GatewayClass.spec`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]

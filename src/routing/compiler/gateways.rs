@@ -592,7 +592,7 @@ fn listener_state(
         _ => NamespacePolicy::Same,
     };
     if let Some(h) = &state.hostname {
-        if !valid_hostname(h) {
+        if !api::valid_hostname(h) {
             state.accepted.get_or_insert((
                 "Invalid",
                 format!("hostname {h:?} is not a valid DNS name or *. wildcard"),
@@ -779,22 +779,6 @@ fn check_tls(
             }
         }
     }
-}
-
-/// RFC 1123 names, optionally with a leading `*.` label, as the spec's validation allows.
-pub(super) fn valid_hostname(h: &str) -> bool {
-    let name = h.strip_prefix("*.").unwrap_or(h);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 /// Listeners sharing a port must agree on protocol and differ in hostname (spec: Listener

@@ -942,7 +942,7 @@ fn written_path(path: &str) -> Result<String, String> {
 /// a wildcard, as the API's `PreciseHostname` allows.
 fn written_hostname(host: &Option<String>) -> Result<Option<String>, String> {
     match host {
-        Some(h) if h.starts_with("*.") || !super::gateways::valid_hostname(h) => Err(format!(
+        Some(h) if h.starts_with("*.") || !crate::routing::api::valid_hostname(h) => Err(format!(
             "hostname {h:?} is not a hostname: write lower-case letters, digits, - and dots, \
              without a wildcard or port"
         )),
