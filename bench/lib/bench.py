@@ -17,6 +17,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -238,6 +239,55 @@ class Bench:
 
     def over_budget(self):
         return time.monotonic() - T0 > self.budget
+
+    # --- latency rounds -----------------------------------------------------------------------
+
+    def latency_rounds(self, rounds, seconds):
+        """The tail latency of one paced run moves more between runs than between proxies, so
+        the keep-alive paced run is repeated: every proxy started once, side by side, then
+        `rounds` rounds of one paced run each, the order turned every round so that no proxy
+        always follows the same one. Reports each proxy's median of p50, p99 and p99.9 over
+        the rounds and their ranges."""
+        sc = next(s for s in scenarios(self.quick) if s["id"] == "keepalive")
+        proxies = [t for t in self.targets if t.is_proxy]
+        log(f"latency: {rounds} rounds of {seconds} s at {self.rate:,} req/s, keep-alive")
+        runs = {t.name: [] for t in proxies}
+        errors = {}
+        try:
+            for t in proxies:
+                try:
+                    t.start(sc["routes"])
+                    t.check(None)
+                    self.load(t, sc, 1, latency=False)
+                except Exception as e:  # noqa: BLE001 - the others still run
+                    errors[t.name] = str(e)[:300]
+                    log(f"  {t.name}: FAILED: {e}")
+            live = [t for t in proxies if t.name not in errors]
+            for i in range(rounds):
+                turn = i % len(live) if live else 0
+                for t in live[turn:] + live[:turn]:
+                    lat = self.load(t, sc, seconds, latency=True)
+                    runs[t.name].append({k: lat[k] for k in
+                                         ("rps", "failed", "p50_ms", "p99_ms", "p999_ms")})
+                log("  round {}: ".format(i + 1) + ", ".join(
+                    f"{t.name} p99 {runs[t.name][-1]['p99_ms']:.2f} ms" for t in live))
+        finally:
+            for t in proxies:
+                t.stop()
+        out = []
+        for t in proxies:
+            if t.name in errors:
+                out.append({"target": t.name, "error": errors[t.name]})
+                continue
+            r = runs[t.name]
+            summary = {"target": t.name, "rounds": len(r), "runs": r,
+                       "failed": sum(x["failed"] for x in r)}
+            for k in ("p50_ms", "p99_ms", "p999_ms"):
+                values = sorted(x[k] for x in r)
+                summary[k] = {"median": statistics.median(values), "min": values[0],
+                              "max": values[-1]}
+            out.append(summary)
+        return {"rounds": rounds, "seconds": seconds, "rate": self.rate, "targets": out}
 
     # --- churn ------------------------------------------------------------------------------
 
@@ -553,8 +603,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated scenario ids (also churn, "
-                    "scale, profile)")
+    ap.add_argument("--only", default="", help="comma-separated scenario ids (also latency, "
+                    "churn, scale, profile)")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -595,6 +645,12 @@ def main():
                                 bench.churn(bench.targets[2], churn_routes, churn_seconds)]
         elif "churn" in previous:
             results["churn"] = previous["churn"]
+        if wanted("latency"):
+            results["latency"] = bench.latency_rounds(
+                int(os.environ.get("BENCH_LATENCY_ROUNDS", "2" if args.quick else "7")),
+                bench.latency_seconds)
+        elif "latency" in previous:
+            results["latency"] = previous["latency"]
         if wanted("scale"):
             results["scale"] = bench.scale((1000,) if args.quick else (1000, 10000, 50000))
         elif "scale" in previous:

@@ -69,6 +69,8 @@ def write(res, out_dir, name):
     chart = route_chart(res, out_dir, name)
     if chart:
         md.append(f"![throughput and p99 by route count]({os.path.basename(chart)})\n")
+    if res.get("latency"):
+        md.append(latency_table(res["latency"]))
     if res.get("churn"):
         md.append(churn_table(res["churn"]))
     if res.get("scale"):
@@ -168,6 +170,30 @@ def route_table(res):
                        f"{b['cpu_per_10k'] / a['cpu_per_10k']:.2f}x the CPU per request.")
     out.append("")
     return "\n".join(out)
+
+
+def latency_table(lat):
+    out = ["## Tail latency over repeated rounds\n",
+           f"HTTP/1.1 keep-alive, small body, paced at {lat['rate']:,} req/s: every proxy started "
+           f"once, then {lat['rounds']} rounds of one {lat['seconds']} s run each, the order "
+           "turned every round. Median over the rounds, with the lowest and highest round in "
+           "brackets. One run's p99 moves more from run to run than between proxies; the "
+           "median of several is the figure to compare.\n",
+           "| | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | failed |",
+           "|---|--:|--:|--:|--:|--:|"]
+    by = {t["target"]: t for t in lat["targets"]}
+    base = by.get("nginx", {}).get("p99_ms", {}).get("median")
+    for t in lat["targets"]:
+        if "error" in t:
+            out.append(f"| {LABELS[t['target']]} | failed: {t['error']} | | | | |")
+            continue
+
+        def cell(k):
+            v = t[k]
+            return f"{v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})"
+        out.append(f"| {LABELS[t['target']]} | {cell('p50_ms')} | {cell('p99_ms')} | "
+                   f"{cell('p999_ms')} | {ratio(t['p99_ms']['median'], base)} | {t['failed']} |")
+    return "\n".join(out) + "\n"
 
 
 def churn_table(churn):
