@@ -584,6 +584,19 @@ async fn a_listener_port_taken_by_another_process_is_reported_and_retried() {
     }
     let (_, metrics) = get("/metrics").await.unwrap();
     assert_eq!(unbound(&metrics).as_deref(), Some("1"), "{metrics}");
+    // A retry that fails again changes nothing: no recompile (the generation stays), and the
+    // status report, condition times included, is the same.
+    let generation = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_config_generation "))
+            .map(str::to_string)
+    };
+    let (_, status) = get("/status").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (_, later) = get("/metrics").await.unwrap();
+    assert_eq!(generation(&metrics), generation(&later));
+    assert_eq!(get("/status").await.unwrap().1, status);
 
     // Released: the retry binds it, the gateway turns ready and serves there.
     first.take();

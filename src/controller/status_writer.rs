@@ -49,6 +49,7 @@ use tokio::time::Instant;
 use super::events::{self, Events};
 use super::kubernetes::Backoff;
 use super::{Kind, ObjectKey};
+use crate::routing::status::carry_times;
 use crate::routing::{ObjectStatus, StatusReport};
 
 /// The field manager named in our writes.
@@ -515,22 +516,6 @@ pub fn desired_status(
     }
     let differs = fields.iter().any(|(k, v)| &current[k.as_str()] != v);
     differs.then_some(computed)
-}
-
-/// Gives each condition in `new` the `lastTransitionTime` of the condition of the same type in
-/// `old` when their `status` is the same.
-fn carry_times(new: &mut Value, old: &Value) {
-    let (Some(new), Some(old)) = (new.as_array_mut(), old.as_array()) else {
-        return;
-    };
-    for condition in new {
-        let before = old.iter().find(|o| o["type"] == condition["type"]);
-        if let Some(before) = before {
-            if before["status"] == condition["status"] && before["lastTransitionTime"].is_string() {
-                condition["lastTransitionTime"] = before["lastTransitionTime"].clone();
-            }
-        }
-    }
 }
 
 /// A copy without null object fields: the API server drops them, so writing them would make

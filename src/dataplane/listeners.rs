@@ -106,7 +106,7 @@ impl Listeners {
                 tracing::info!(%addr, "listener socket closed");
             }
         }
-        self.failed.clear();
+        let before = std::mem::take(&mut self.failed);
         for &(addr, tls) in wanted {
             if self.running.contains_key(&addr) {
                 continue;
@@ -114,8 +114,15 @@ impl Listeners {
             let listener = match bind(addr) {
                 Ok(listener) => listener,
                 Err(err) => {
-                    tracing::warn!(%addr, error = %err, "cannot bind listener socket; check that the address exists and the port is free");
-                    self.failed.insert(addr, err.to_string());
+                    let error = err.to_string();
+                    // Said once, and again only if the reason changes: the retries go on
+                    // every few seconds for as long as the port is held.
+                    if before.get(&addr) == Some(&error) {
+                        tracing::debug!(%addr, %error, "listener socket still cannot be bound");
+                    } else {
+                        tracing::warn!(%addr, %error, "cannot bind listener socket; check that the address exists and the port is free (retrying)");
+                    }
+                    self.failed.insert(addr, error);
                     continue;
                 }
             };

@@ -139,6 +139,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     let mut last_unserved: Vec<String> = Vec::new();
     // Standalone mode has no status writer: the status is ours to report, all of it.
     let standalone = options.status_reports.is_none();
+    // The last compile's report before sockets that could not be bound were marked on it, so
+    // that a bind retry can mark it again without compiling.
+    let mut compiled_report = StatusReport::default();
     let mut terminate = signal()?;
     loop {
         tokio::select! {
@@ -147,9 +150,20 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
                     break;
                 }
             }
-            // A socket that could not be bound (port taken, address missing) is tried again
-            // by recompiling, which also refreshes its listener's status.
-            _ = tokio::time::sleep(BIND_RETRY), if !sockets.failed.is_empty() => {}
+            // A socket that could not be bound (port taken, address missing) is tried again;
+            // the configuration did not change, so the table stays and only the status of
+            // its listeners is redone when a bind succeeds.
+            _ = tokio::time::sleep(BIND_RETRY), if !sockets.failed.is_empty() => {
+                let table = shared.table.load_full();
+                let binds: Vec<(SocketAddr, bool)> =
+                    table.binds.iter().map(|(a, b)| (*a, b.tls)).collect();
+                let before = sockets.failed.clone();
+                sockets.reconcile(&binds).await;
+                if sockets.failed != before {
+                    publish(&shared, &options.status_reports, compiled_report.clone(), &table, &sockets.failed);
+                }
+                continue;
+            }
             _ = terminate.recv() => break,
         }
         tokio::time::sleep(DEBOUNCE).await;
@@ -200,26 +214,20 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         let rules = compiled.rules;
         // Sockets first, then the table: a new listener's first request finds its routes.
         sockets.reconcile(&binds).await;
-        let mut report = compiled.report;
-        mark_unbound(&mut report, &table, &sockets.failed);
-        let previous = shared.table.swap(Arc::new(table));
+        let table = Arc::new(table);
+        let previous = shared.table.swap(table.clone());
         // Freeing a large table is as slow as building it; do it off the serving threads too
         // (requests still holding it free it when they end).
         tokio::task::spawn_blocking(move || drop(previous));
-        let problems = report.problems();
-        let report = Arc::new(report);
-        shared.report.store(report.clone());
-        if let Some(reports) = &options.status_reports {
-            reports.send_replace(report);
-        }
-        metrics.sockets_unbound.set(sockets.failed.len() as i64);
-        if sockets.failed.is_empty() {
-            shared.ready.store(true, Ordering::Release);
-        } else if !shared.ready.load(Ordering::Acquire) {
-            shared
-                .waiting_for
-                .store(Arc::new(unbound_summary(&sockets.failed)));
-        }
+        // The table is live before the status says so and readiness can turn.
+        compiled_report = compiled.report;
+        let problems = publish(
+            &shared,
+            &options.status_reports,
+            compiled_report.clone(),
+            &table,
+            &sockets.failed,
+        );
         metrics.compiles.inc();
         metrics.compile_duration.observe(took.as_secs_f64());
         metrics.config_generation.set(generation as i64);
@@ -284,6 +292,34 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
 /// How often sockets that could not be bound are tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(2);
 
+/// Publishes `report` (a compile's, for `table`) on `/status` and to the status writer, with
+/// the listeners of sockets in `failed` marked pending and condition times carried over from
+/// the report it replaces; updates readiness and the unbound-socket gauge. Returns the
+/// report's problems.
+fn publish(
+    shared: &Shared,
+    status_reports: &Option<tokio::sync::watch::Sender<Arc<StatusReport>>>,
+    mut report: StatusReport,
+    table: &RoutingTable,
+    failed: &std::collections::HashMap<SocketAddr, String>,
+) -> Vec<String> {
+    mark_unbound(&mut report, table, failed);
+    report.carry_transition_times(&shared.report.load());
+    let problems = report.problems();
+    let report = Arc::new(report);
+    shared.report.store(report.clone());
+    if let Some(reports) = status_reports {
+        reports.send_replace(report);
+    }
+    shared.metrics.sockets_unbound.set(failed.len() as i64);
+    if failed.is_empty() {
+        shared.ready.store(true, Ordering::Release);
+    } else if !shared.ready.load(Ordering::Acquire) {
+        shared.waiting_for.store(Arc::new(unbound_summary(failed)));
+    }
+    problems
+}
+
 /// Marks the listeners of sockets that could not be bound as not programmed: the compiler
 /// cannot know that a port is taken, only the bind can.
 fn mark_unbound(
@@ -307,7 +343,10 @@ fn mark_unbound(
             let Some(gateway) = gateway else { continue };
             let gateway = Arc::make_mut(gateway);
             gateway.problems = Default::default();
-            let message = format!("cannot listen on {addr}: {error}; retrying");
+            let message = format!(
+                "cannot listen on {addr}: {error}; retrying every {} s",
+                BIND_RETRY.as_secs()
+            );
             let listeners = gateway.status["listeners"].as_array_mut();
             for l in listeners
                 .into_iter()

@@ -215,6 +215,52 @@ impl ObjectStatus {
     }
 }
 
+/// Carries condition times from `old` into `new`, two `status` stanzas of one object: its own
+/// conditions, its listeners' (by name), and its entries in a route's `parents` or a policy's
+/// `ancestors` (by reference and controller).
+pub fn carry_status_times(new: &mut Value, old: &Value) {
+    // `get_mut`, not indexing: indexing a JSON object for writing adds a null field for a key
+    // it lacks (a route's status has no `conditions` of its own).
+    if let Some(conditions) = new.get_mut("conditions") {
+        carry_times(conditions, &old["conditions"]);
+    }
+    for (list, key) in [
+        ("listeners", "name"),
+        ("parents", "parentRef"),
+        ("ancestors", "ancestorRef"),
+    ] {
+        let Some(entries) = new.get_mut(list).and_then(Value::as_array_mut) else {
+            continue;
+        };
+        for entry in entries {
+            let before = old[list].as_array().and_then(|l| {
+                l.iter().find(|b| {
+                    b[key] == entry[key] && b["controllerName"] == entry["controllerName"]
+                })
+            });
+            if let (Some(before), Some(conditions)) = (before, entry.get_mut("conditions")) {
+                carry_times(conditions, &before["conditions"]);
+            }
+        }
+    }
+}
+
+/// Gives each condition in `new` the `lastTransitionTime` of the condition of the same type in
+/// `old` when their `status` is the same.
+pub fn carry_times(new: &mut Value, old: &Value) {
+    let (Some(new), Some(old)) = (new.as_array_mut(), old.as_array()) else {
+        return;
+    };
+    for condition in new {
+        let before = old.iter().find(|o| o["type"] == condition["type"]);
+        if let Some(before) = before {
+            if before["status"] == condition["status"] && before["lastTransitionTime"].is_string() {
+                condition["lastTransitionTime"] = before["lastTransitionTime"].clone();
+            }
+        }
+    }
+}
+
 impl Serialize for Kind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -246,6 +292,37 @@ impl StatusReport {
         out
     }
 
+    /// Gives every condition the `lastTransitionTime` it had in `previous` where its status is
+    /// the same, as `metav1.Condition` asks: the time says when the status last changed, not
+    /// when it was last computed. Statuses shared with `previous` (unchanged routes of an
+    /// incremental compile) have their times already.
+    pub fn carry_transition_times(&mut self, previous: &StatusReport) {
+        let before: std::collections::HashMap<(Kind, &str, &str), &ObjectStatus> = previous
+            .objects
+            .iter()
+            .map(|o| ((o.kind, o.namespace.as_str(), o.name.as_str()), o.as_ref()))
+            .collect();
+        for object in &mut self.objects {
+            let carried = {
+                let key = (object.kind, object.namespace.as_str(), object.name.as_str());
+                let Some(old) = before.get(&key) else {
+                    continue;
+                };
+                if std::ptr::eq(*old, object.as_ref()) {
+                    continue;
+                }
+                let mut status = object.status.clone();
+                carry_status_times(&mut status, &old.status);
+                (status != object.status).then_some(status)
+            };
+            if let Some(status) = carried {
+                let object = Arc::make_mut(object);
+                object.status = status;
+                object.problems = Default::default();
+            }
+        }
+    }
+
     /// One object's status, if reported.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<&ObjectStatus> {
         self.objects
@@ -258,6 +335,44 @@ impl StatusReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn condition_times_are_kept_while_the_status_stays_and_move_when_it_changes() {
+        let object = |accepted: &str, programmed: &str, time: &str| {
+            let c = |t: &str, s: &str| serde_json::json!({"type": t, "status": s, "lastTransitionTime": time});
+            Arc::new(ObjectStatus {
+                api_version: "gateway.networking.k8s.io/v1".into(),
+                kind: Kind::Gateway,
+                namespace: "n".into(),
+                name: "gw".into(),
+                generation: 1,
+                status: serde_json::json!({
+                    "conditions": [c("Accepted", accepted)],
+                    "listeners": [{"name": "http", "conditions": [c("Programmed", programmed)]}],
+                }),
+                problems: Default::default(),
+            })
+        };
+        let before = StatusReport {
+            objects: vec![object("True", "True", "T1")],
+            errors: Vec::new(),
+        };
+        let mut after = StatusReport {
+            objects: vec![object("True", "False", "T2")],
+            errors: Vec::new(),
+        };
+        after.carry_transition_times(&before);
+        let status = &after.objects[0].status;
+        assert_eq!(status["conditions"][0]["lastTransitionTime"], "T1");
+        assert_eq!(
+            status["listeners"][0]["conditions"][0]["lastTransitionTime"],
+            "T2"
+        );
+        // Nothing is added: a route's status, which has no `conditions` of its own, gets none.
+        let mut route = serde_json::json!({"parents": []});
+        carry_status_times(&mut route, &serde_json::json!({"parents": []}));
+        assert_eq!(route, serde_json::json!({"parents": []}));
+    }
 
     #[test]
     fn conditions_json_is_what_serde_would_write() {
