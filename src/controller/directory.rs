@@ -761,7 +761,7 @@ fn read_text(path: &Path, len: u64) -> Result<String, (String, bool)> {
 /// (`read_manifests`); this lenient form is for tests that want the rest.
 pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String> {
     let (objects, errors) = parse_documents(text)?;
-    let objects = objects.into_iter().map(|(_, object)| object).collect();
+    let objects = objects.into_iter().map(|(_, _, object)| object).collect();
     Ok((objects, name_documents(text, errors)))
 }
 
@@ -772,14 +772,15 @@ pub fn parse_manifests(text: &str) -> Result<(Vec<Object>, Vec<String>), String>
 /// version and saying why.
 fn read_manifests(text: &str) -> Result<Vec<Object>, Vec<String>> {
     let (objects, mut errors) = parse_documents(text).map_err(|message| vec![message])?;
-    for (index, object) in &objects {
+    for (index, item, object) in &objects {
         if let Err(message) = decode_spec(object) {
-            errors.push((*index, message));
+            let place = item.map_or(String::new(), |n| format!("items[{n}]: "));
+            errors.push((*index, format!("{place}{message}")));
         }
     }
     errors.sort_by_key(|(index, _)| *index);
     if errors.is_empty() {
-        Ok(objects.into_iter().map(|(_, object)| object).collect())
+        Ok(objects.into_iter().map(|(_, _, object)| object).collect())
     } else {
         Err(name_documents(text, errors))
     }
@@ -794,6 +795,7 @@ fn read_manifests(text: &str) -> Result<Vec<Object>, Vec<String>> {
 fn decode_spec(object: &Object) -> Result<(), String> {
     let spec = object.spec();
     let kind = object.key.kind;
+    let who = object.key.to_string();
     let decoded = match kind {
         _ if spec.is_null() && kind != Kind::EndpointSlice => Ok(()),
         Kind::GatewayClass => api::read::<api::GatewayClassSpec>(spec).map(drop),
@@ -806,41 +808,45 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         Kind::Service => api::read::<api::ServiceSpec>(spec).map(drop),
         Kind::EndpointSlice => {
             return api::read::<api::EndpointSlice>(&object.body)
-                .map_err(|e| format!("EndpointSlice has a value of the wrong type: {e}"))
+                .map_err(|e| format!("{who} has a value of the wrong type: {e}"))
                 .and_then(|slice| endpoint_addresses(&slice));
         }
         // Their data is read where it is used (a certificate, a CA bundle, labels), and a
         // problem there is reported on the object that refers to it.
         Kind::Namespace | Kind::Secret | Kind::ConfigMap => Ok(()),
     };
-    decoded.map_err(|e| format!("{kind} spec has a value of the wrong type: {e}"))?;
+    decoded.map_err(|e| format!("{who} spec has a value of the wrong type: {e}"))?;
     match unknown_fields(kind, spec).first() {
         Some(missing) if missing.starts_with("missing field") => Err(format!(
-            "{kind} spec lacks a field the Gateway API requires: {missing}; check the spelling \
+            "{who} spec lacks a field the Gateway API requires: {missing}; check the spelling \
              of the fields beside where it belongs"
         )),
         Some(field) => Err(format!(
-            "{kind} spec has a field the Gateway API does not define: {field}; check its \
+            "{who} spec has a field the Gateway API does not define: {field}; check its \
              spelling (the API server refuses unknown fields too)"
         )),
-        None => schema_rules(kind, spec),
+        None => schema_rules(kind, &who, spec),
     }
 }
 
 /// The API server's own checks on values of the right type that the compiler would otherwise
-/// take as written: listener names unique within a Gateway (its list is keyed by name), route
-/// hostnames in the API's `Hostname` form (so `*` and `""` are refused, not read as
-/// catch-alls), HTTPRoute match methods from the API's list (`get` would match nothing).
-fn schema_rules(kind: Kind, spec: &Value) -> Result<(), String> {
+/// take as written: listener names unique within a Gateway (its list is keyed by name),
+/// listener and route hostnames in the API's `Hostname` form (so `*` and `""` are refused, not
+/// read as catch-alls), HTTPRoute match methods from the API's list (`get` would match
+/// nothing).
+fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
     let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
     match kind {
         Kind::Gateway => {
             let mut seen = HashSet::new();
             for (i, listener) in list(&spec["listeners"]).iter().enumerate() {
+                if let Some(h) = listener["hostname"].as_str() {
+                    hostname(h).map_err(|e| format!("{who} spec.listeners[{i}].hostname {e}"))?;
+                }
                 if let Some(name) = listener["name"].as_str() {
                     if !seen.insert(name.to_string()) {
                         return Err(format!(
-                            "Gateway spec.listeners[{i}]: a second listener named {name:?}; \
+                            "{who} spec.listeners[{i}]: a second listener named {name:?}; \
                              give each listener of a Gateway its own name (the API server \
                              refuses this too)"
                         ));
@@ -849,15 +855,13 @@ fn schema_rules(kind: Kind, spec: &Value) -> Result<(), String> {
             }
         }
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => {
-            for (i, hostname) in list(&spec["hostnames"]).iter().enumerate() {
-                let h = hostname.as_str().unwrap_or_default();
-                if !api::valid_hostname(h) || h.bytes().any(|b| b.is_ascii_uppercase()) {
-                    return Err(format!(
-                        "{kind} spec.hostnames[{i}] {h:?} is not a hostname: write a lower-case \
-                         DNS name, optionally with a leading `*.` label; to serve every \
-                         hostname, leave `hostnames` out"
-                    ));
-                }
+            for (i, h) in list(&spec["hostnames"]).iter().enumerate() {
+                hostname(h.as_str().unwrap_or_default()).map_err(|e| {
+                    format!(
+                        "{who} spec.hostnames[{i}] {e}; to serve every hostname, leave \
+                         `hostnames` out"
+                    )
+                })?;
             }
         }
         _ => {}
@@ -867,15 +871,38 @@ fn schema_rules(kind: Kind, spec: &Value) -> Result<(), String> {
             for (j, m) in list(&rule["matches"]).iter().enumerate() {
                 if let Some(method) = m["method"].as_str() {
                     if !api::HTTP_METHODS.contains(&method) {
+                        let upper = method.to_ascii_uppercase();
+                        let hint = if api::HTTP_METHODS.contains(&upper.as_str()) {
+                            format!(" (methods are upper case: write {upper})")
+                        } else {
+                            String::new()
+                        };
                         return Err(format!(
-                            "HTTPRoute spec.rules[{i}].matches[{j}].method {method:?} is not \
-                             one of {}",
+                            "{who} spec.rules[{i}].matches[{j}].method {method:?} is not \
+                             one of {}{hint}",
                             api::HTTP_METHODS.join(", ")
                         ));
                     }
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks a hostname against the API's `Hostname` type: lower case, at most 253 characters.
+fn hostname(h: &str) -> Result<(), String> {
+    if h.len() > 253 {
+        return Err(format!(
+            "is {} characters long; a hostname has at most 253",
+            h.len()
+        ));
+    }
+    if !api::valid_hostname(h) || h.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "{h:?} is not a hostname: write a lower-case DNS name, optionally with a leading \
+             `*.` label"
+        ));
     }
     Ok(())
 }
@@ -974,12 +1001,15 @@ fn endpoint_addresses(slice: &api::EndpointSlice) -> Result<(), String> {
     Ok(())
 }
 
-/// The objects of a text and the documents that failed, each with its number from 0.
+/// The objects of a text and the documents that failed, each with its number from 0; an
+/// object that is an item of a `kind: List` also with its place in `items`.
 #[allow(
     clippy::type_complexity,
     reason = "private, and read right where it is built"
 )]
-fn parse_documents(text: &str) -> Result<(Vec<(usize, Object)>, Vec<(usize, String)>), String> {
+fn parse_documents(
+    text: &str,
+) -> Result<(Vec<(usize, Option<usize>, Object)>, Vec<(usize, String)>), String> {
     use serde::Deserialize;
     let mut objects = Vec::new();
     let mut errors = Vec::new();
@@ -1019,13 +1049,24 @@ fn parse_documents(text: &str) -> Result<(Vec<(usize, Object)>, Vec<(usize, Stri
         // `kubectl get -o yaml` writes several objects as one `kind: List` document; each of
         // its items loads as a document of its own would.
         if value.get("kind").and_then(Value::as_str) == Some("List") {
+            let api_version = value.get("apiVersion").and_then(Value::as_str);
+            if api_version != Some("v1") {
+                errors.push((
+                    index,
+                    format!(
+                        "a `kind: List` has apiVersion v1, not {}",
+                        api_version.map_or("none".to_string(), |v| format!("{v:?}"))
+                    ),
+                ));
+                continue;
+            }
             let Some(Value::Array(items)) = value.get("items") else {
                 errors.push((index, "a `kind: List` needs an `items` list".to_string()));
                 continue;
             };
             for (n, item) in items.iter().enumerate() {
                 match Object::from_document(item.clone()) {
-                    Ok(Some(object)) => objects.push((index, object)),
+                    Ok(Some(object)) => objects.push((index, Some(n), object)),
                     Ok(None) => {}
                     Err(err) => errors.push((index, format!("items[{n}]: {err}"))),
                 }
@@ -1033,7 +1074,7 @@ fn parse_documents(text: &str) -> Result<(Vec<(usize, Object)>, Vec<(usize, Stri
             continue;
         }
         match Object::from_document(value) {
-            Ok(Some(object)) => objects.push((index, object)),
+            Ok(Some(object)) => objects.push((index, None, object)),
             Ok(None) => {}
             Err(err) => errors.push((index, err.to_string())),
         }
@@ -1170,6 +1211,30 @@ mod tests {
                 "HTTPRoute belongs to API group gateway.networking.k8s.io \
                  (apiVersion gateway.networking.k8s.io/v1"
             ),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn errors_in_a_list_item_name_the_item_and_a_list_is_v1() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - {apiVersion: v1, kind: Service, metadata: {name: a, namespace: n}}\n\
+                    - apiVersion: gateway.networking.k8s.io/v1\n  kind: HTTPRoute\n  \
+                    metadata: {name: r, namespace: n}\n  spec: {hostnames: ['*']}\n";
+        let errors = read_manifests(text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "document 1 (line 1): items[1]: HTTPRoute n/r spec.hostnames[0] \"*\" is not"
+            ),
+            "{}",
+            errors[0]
+        );
+        let text = "apiVersion: example.com/v7\nkind: List\nitems: []\n";
+        let errors = read_manifests(text).unwrap_err();
+        assert!(
+            errors[0].contains("a `kind: List` has apiVersion v1, not \"example.com/v7\""),
             "{}",
             errors[0]
         );
@@ -1379,7 +1444,24 @@ mod tests {
                 Kind::HttpRoute,
                 route("80"),
                 route("80").replace("rules: [{", "rules: [{matches: [{method: get}], "),
-                "spec.rules[0].matches[0].method \"get\" is not one of GET, HEAD",
+                "HTTPRoute n/r spec.rules[0].matches[0].method \"get\" is not one of GET, \
+                 HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH (methods are upper \
+                 case: write GET)",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace(
+                    "spec:\n",
+                    &format!("spec:\n  hostnames: ['*.{}.example']\n", "a".repeat(244)),
+                ),
+                "spec.hostnames[0] is 254 characters long; a hostname has at most 253",
+            ),
+            (
+                Kind::Gateway,
+                gateway("80"),
+                gateway("80").replace("protocol: HTTP,", "protocol: HTTP, hostname: Web.Example,"),
+                "Gateway n/gw spec.listeners[0].hostname \"Web.Example\" is not a hostname",
             ),
             (
                 Kind::HttpRoute,
@@ -1456,6 +1538,14 @@ mod tests {
                     apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
                     metadata: {name: r, namespace: n}\n";
         assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
+        // As the API allows: a label of any length, a name of 253 characters with its `*.`.
+        let long = format!("*.{}.{}", "a".repeat(64), "b".repeat(186));
+        assert_eq!(long.len(), 253);
+        let text = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: r, namespace: n}}\nspec: {{hostnames: ['{long}']}}\n"
+        );
+        assert_eq!(read_manifests(&text).map(|o| o.len()), Ok(1));
         // Versions earlier releases served, wildcard and IP-shaped route hostnames (the API's
         // pattern admits digits), and every method of the API's list load.
         let text = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\

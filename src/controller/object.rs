@@ -187,8 +187,8 @@ impl fmt::Display for UnknownKind {
             }
             Some(group) => write!(
                 f,
-                "{kind} belongs to API group {group} (apiVersion {group}/v1, or the version \
-                 its CRD serves), not to apiVersion {api_version}"
+                "{kind} belongs to API group {group} (apiVersion {group}/v1), not to \
+                 apiVersion {api_version}"
             ),
             None => write!(
                 f,

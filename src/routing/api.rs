@@ -15,14 +15,16 @@ pub fn read<T: for<'de> Deserialize<'de>>(value: &serde_json::Value) -> Result<T
     T::deserialize(value).map_err(|e| e.to_string())
 }
 
-/// RFC 1123 names, optionally with a leading `*.` label, as the spec's validation allows.
+/// A hostname as the API's `Hostname` pattern allows it: labels of letters, digits and `-`
+/// (not at either end) joined by dots, optionally after a leading `*.`, 253 characters at most
+/// in all. Like the API, no limit is set on one label's length. Letters of either case pass
+/// here; where the API asks for lower case, the caller checks that.
 pub fn valid_hostname(h: &str) -> bool {
     let name = h.strip_prefix("*.").unwrap_or(h);
     !name.is_empty()
-        && name.len() <= 253
+        && h.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
-                && label.len() <= 63
                 && label
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
