@@ -119,8 +119,9 @@ class Bench:
 
     # --- one load run -----------------------------------------------------------------------
 
-    def load(self, target, sc, seconds, latency):
-        """One run of the scenario's tool against `target`; `latency` paces it at the rate."""
+    def load(self, target, sc, seconds, latency, spread=False):
+        """One run of the scenario's tool against `target`; `latency` paces it at the rate,
+        `spread` with random waits instead of fixed ones (HTTP/1.1 only)."""
         port, path = target.endpoint(sc["kind"], sc["body"])
         cpus = self.cpus["load"]
         if sc["kind"] == "http":
@@ -129,7 +130,7 @@ class Bench:
                 pace = 10
                 conns = max(1, self.rate * pace // 1000)
                 return loadgen.wrk(port, seconds, conns, path=path, rotate=rotate,
-                                   pace_ms=pace, close=sc["close"], cpus=cpus)
+                                   pace_ms=pace, close=sc["close"], cpus=cpus, spread=spread)
             return loadgen.wrk(port, seconds, self.connections, path=path, rotate=rotate,
                                close=sc["close"], cpus=cpus)
         if sc["kind"] == "h2c":
@@ -246,12 +247,16 @@ class Bench:
         """The tail latency of one paced run moves more between runs than between proxies, so
         the keep-alive paced run is repeated: every proxy started once, side by side, then
         `rounds` rounds of one paced run each, the order turned every round so that no proxy
-        always follows the same one. Reports each proxy's median of p50, p99 and p99.9 over
+        always follows the same one. Two arrival patterns: `bursts`, wrk's fixed wait per
+        connection, under which the connections stay in step and reach the proxy all at once
+        (the last of a burst waits for the others' processing), and `spread`, random waits,
+        as from independent clients. Reports each proxy's median of p50, p99 and p99.9 over
         the rounds and their ranges."""
         sc = next(s for s in scenarios(self.quick) if s["id"] == "keepalive")
         proxies = [t for t in self.targets if t.is_proxy]
         log(f"latency: {rounds} rounds of {seconds} s at {self.rate:,} req/s, keep-alive")
-        runs = {t.name: [] for t in proxies}
+        patterns = ("bursts", "spread")
+        runs = {(p, t.name): [] for p in patterns for t in proxies}
         errors = {}
         try:
             for t in proxies:
@@ -265,29 +270,35 @@ class Bench:
             live = [t for t in proxies if t.name not in errors]
             for i in range(rounds):
                 turn = i % len(live) if live else 0
-                for t in live[turn:] + live[:turn]:
-                    lat = self.load(t, sc, seconds, latency=True)
-                    runs[t.name].append({k: lat[k] for k in
-                                         ("rps", "failed", "p50_ms", "p99_ms", "p999_ms")})
-                log("  round {}: ".format(i + 1) + ", ".join(
-                    f"{t.name} p99 {runs[t.name][-1]['p99_ms']:.2f} ms" for t in live))
+                for pattern in patterns:
+                    for t in live[turn:] + live[:turn]:
+                        lat = self.load(t, sc, seconds, latency=True,
+                                        spread=pattern == "spread")
+                        runs[(pattern, t.name)].append(
+                            {k: lat[k] for k in ("rps", "failed", "p50_ms", "p99_ms", "p999_ms")})
+                    log(f"  round {i + 1}, {pattern}: " + ", ".join(
+                        f"{t.name} p99 {runs[(pattern, t.name)][-1]['p99_ms']:.2f} ms"
+                        for t in live))
         finally:
             for t in proxies:
                 t.stop()
-        out = []
-        for t in proxies:
-            if t.name in errors:
-                out.append({"target": t.name, "error": errors[t.name]})
-                continue
-            r = runs[t.name]
-            summary = {"target": t.name, "rounds": len(r), "runs": r,
-                       "failed": sum(x["failed"] for x in r)}
-            for k in ("p50_ms", "p99_ms", "p999_ms"):
-                values = sorted(x[k] for x in r)
-                summary[k] = {"median": statistics.median(values), "min": values[0],
-                              "max": values[-1]}
-            out.append(summary)
-        return {"rounds": rounds, "seconds": seconds, "rate": self.rate, "targets": out}
+        out = {}
+        for pattern in patterns:
+            rows = []
+            for t in proxies:
+                if t.name in errors:
+                    rows.append({"target": t.name, "error": errors[t.name]})
+                    continue
+                r = runs[(pattern, t.name)]
+                summary = {"target": t.name, "rounds": len(r), "runs": r,
+                           "failed": sum(x["failed"] for x in r)}
+                for k in ("p50_ms", "p99_ms", "p999_ms"):
+                    values = sorted(x[k] for x in r)
+                    summary[k] = {"median": statistics.median(values), "min": values[0],
+                                  "max": values[-1]}
+                rows.append(summary)
+            out[pattern] = rows
+        return {"rounds": rounds, "seconds": seconds, "rate": self.rate, "patterns": out}
 
     # --- churn ------------------------------------------------------------------------------
 
@@ -647,7 +658,7 @@ def main():
             results["churn"] = previous["churn"]
         if wanted("latency"):
             results["latency"] = bench.latency_rounds(
-                int(os.environ.get("BENCH_LATENCY_ROUNDS", "2" if args.quick else "7")),
+                int(os.environ.get("BENCH_LATENCY_ROUNDS", "2" if args.quick else "5")),
                 bench.latency_seconds)
         elif "latency" in previous:
             results["latency"] = previous["latency"]

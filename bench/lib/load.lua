@@ -4,6 +4,10 @@
 --              load is spread over every route of the set (each wrk thread starts elsewhere).
 -- PACE_MS      when set, each connection waits this long before each request, which bounds
 --              the rate at connections x 1000 / PACE_MS requests per second (the latency runs).
+--              Connections that start together then stay in step: the proxy sees a burst of
+--              every connection's request at once, each PACE_MS.
+-- PACE_SPREAD  when "1", each wait is drawn at random (exponential, mean PACE_MS, at most 10
+--              times it), so that requests arrive spread out as from independent clients.
 -- CLOSE        when "1", every request asks for Connection: close (a new connection each).
 --
 -- At the end one JSON line with the counts and the latency percentiles (microseconds).
@@ -11,6 +15,7 @@
 local rotate_file = os.getenv("ROTATE_FILE") or ""
 local pace = tonumber(os.getenv("PACE_MS") or "0") or 0
 local close = os.getenv("CLOSE") == "1"
+local spread = os.getenv("PACE_SPREAD") == "1"
 
 local requests = {}
 local next_index = 1
@@ -53,7 +58,12 @@ if rotate_file ~= "" then
   end
 end
 
-if pace > 0 then
+if pace > 0 and spread then
+  math.randomseed(os.time())
+  function delay()
+    return math.floor(math.min(-pace * math.log(1 - math.random()), 10 * pace))
+  end
+elseif pace > 0 then
   function delay()
     return pace
   end

@@ -18,12 +18,12 @@ LIB = os.path.dirname(os.path.abspath(__file__))
 
 
 def wrk_command(port, seconds, connections, path="/", host="bench.example", rotate=None,
-                pace_ms=0, close=False, cpus=None, timeout_s=5):
+                pace_ms=0, close=False, cpus=None, timeout_s=5, spread=False):
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}s",
            "-s", os.path.join(LIB, "load.lua"), "-H", f"Host: {host}",
            f"http://127.0.0.1:{port}{path}"]
     env = dict(os.environ, ROTATE_FILE=rotate or "", PACE_MS=str(pace_ms),
-               CLOSE="1" if close else "0")
+               CLOSE="1" if close else "0", PACE_SPREAD="1" if spread else "0")
     if cpus is not None:
         cmd = ["taskset", "-c", cpus] + cmd
     return cmd, env
