@@ -151,7 +151,7 @@ struct CompileArgs {
 
 #[derive(Clone)]
 struct AddressPool(Vec<IpAddr>);
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct PortMap(BTreeMap<u16, u16>);
 
 impl CompileArgs {
@@ -208,7 +208,14 @@ fn parse_port_map(text: &str) -> Result<PortMap, String> {
             Ok(0) | Err(_) => Err(format!("{pair}: {p} is not a port (1-65535)")),
             Ok(port) => Ok(port),
         };
-        if map.insert(port(from)?, port(to)?).is_some() {
+        let (from, to) = (port(from)?, port(to)?);
+        if let Some((other, _)) = map.iter().find(|(_, &socket)| socket == to) {
+            return Err(format!(
+                "{pair}: listener ports {other} and {from} are both mapped to socket port {to}; \
+                 give each its own"
+            ));
+        }
+        if map.insert(from, to).is_some() {
             return Err(format!("{pair}: listener port {from} is mapped twice"));
         }
     }
@@ -506,5 +513,27 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_map;
+
+    #[test]
+    fn a_port_map_gives_each_listener_port_its_own_socket_port() {
+        let map = parse_port_map("80=8080, 443=8443").unwrap();
+        assert_eq!(map.0.get(&443), Some(&8443));
+        assert_eq!(
+            parse_port_map("80=8080,81=8080").err().as_deref(),
+            Some(
+                "81=8080: listener ports 80 and 81 are both mapped to socket port 8080; give \
+                 each its own"
+            )
+        );
+        assert!(parse_port_map("80=8080,80=9090")
+            .unwrap_err()
+            .contains("listener port 80 is mapped twice"));
+        assert!(parse_port_map("80=0").unwrap_err().contains("not a port"));
     }
 }

@@ -90,6 +90,8 @@ pub struct DirectoryProvider {
     dirs: Vec<PathBuf>,
     /// Directories skipped at the last walk because they were read under another path.
     repeats: HashSet<PathBuf>,
+    /// Manifest names at the last walk that are symlinks to nothing (or to a loop).
+    broken_links: HashSet<PathBuf>,
     /// While watching: which files are still being written. A one-off [`Self::sync`] (at start,
     /// `check`, `explain`) reads every file as it is.
     writes: Option<Writes>,
@@ -110,6 +112,7 @@ impl DirectoryProvider {
             owners: HashMap::new(),
             dirs: Vec::new(),
             repeats: HashSet::new(),
+            broken_links: HashSet::new(),
             writes: None,
             dir_error: None,
             unreadable: HashMap::new(),
@@ -121,6 +124,7 @@ impl DirectoryProvider {
     pub fn sync(&mut self) -> std::io::Result<()> {
         let tree = walk(&self.dir)?;
         self.note_repeats(&tree.repeats);
+        self.note_broken_links(&tree.broken_links);
         self.note_unreadable(&tree.unreadable);
         self.dirs = tree.dirs;
         let mut seen = HashSet::with_capacity(tree.files.len());
@@ -207,6 +211,17 @@ impl DirectoryProvider {
             }
         }
         self.repeats = repeats.iter().cloned().collect();
+    }
+
+    /// Warns once about each manifest name that is a symlink to nothing: its target was
+    /// removed or renamed, or the link points at itself. It is read as absent.
+    fn note_broken_links(&mut self, links: &[PathBuf]) {
+        for path in links {
+            if !self.broken_links.contains(path) {
+                tracing::warn!(file = %path.display(), "symlink to a missing file (or a link loop); skipping it until its target exists");
+            }
+        }
+        self.broken_links = links.iter().cloned().collect();
     }
 
     /// Lets `path` go of `keys`. Returns the keys no other file holds, to remove from the
@@ -662,6 +677,8 @@ struct Tree {
     dirs: Vec<PathBuf>,
     /// Directories skipped because the walk had already read them under another path.
     repeats: Vec<PathBuf>,
+    /// Manifest names that are symlinks whose target cannot be reached.
+    broken_links: Vec<PathBuf>,
     /// Subdirectories that could not be listed, and why: what was read from them before stays.
     unreadable: Vec<(PathBuf, String)>,
 }
@@ -702,7 +719,11 @@ fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> s
         }
         let path = entry.path();
         let Ok(meta) = std::fs::metadata(&path) else {
-            continue; // removed since listed, or a dangling symlink
+            // Removed since listed, or a symlink to nothing.
+            if manifest && file_type.is_symlink() {
+                tree.broken_links.push(path);
+            }
+            continue;
         };
         if meta.is_dir() {
             if visited.insert((meta.dev(), meta.ino())) {
@@ -745,12 +766,17 @@ fn read_text(path: &Path, len: u64) -> Result<String, (String, bool)> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err((too_big("still growing".to_string()), false));
     }
-    String::from_utf8(bytes).map_err(|e| {
+    let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         (
             format!("file is not UTF-8 text (byte {at} is not); save it as UTF-8"),
             false,
         )
+    })?;
+    // A byte order mark (some Windows editors write one) is not part of the YAML.
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
     })
 }
 
@@ -1011,10 +1037,23 @@ fn parse_documents(
     text: &str,
 ) -> Result<(Vec<(usize, Option<usize>, Object)>, Vec<(usize, String)>), String> {
     use serde::Deserialize;
+    // A byte order mark, as some Windows editors write, is not part of the YAML.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // Merge keys (`<<: *defaults`) are applied as kubectl applies them. They need the YAML
+    // value first, so only a text that may hold one pays for it.
+    let merges = text.contains("<<");
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match Value::deserialize(document) {
+        let read = if merges {
+            serde_yaml::Value::deserialize(document).and_then(|mut yaml| {
+                yaml.apply_merge()?;
+                Value::deserialize(yaml)
+            })
+        } else {
+            Value::deserialize(document)
+        };
+        let value = match read {
             Ok(value) => value,
             Err(err) => {
                 let at = err.location();
@@ -1214,6 +1253,20 @@ mod tests {
             "{}",
             errors[0]
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_merge_keys_are_applied() {
+        let text = "\u{feff}apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n}\n";
+        assert_eq!(read_manifests(text).map(|o| o.len()), Ok(1));
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata:\n  <<: &base {name: a, namespace: n}\n  \
+                    name: b\n";
+        let objects = read_manifests(text).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[1].key.name, "b");
+        assert_eq!(objects[1].key.namespace, "n");
+        assert!(objects[1].body["metadata"].get("<<").is_none());
     }
 
     #[test]
@@ -1670,6 +1723,30 @@ mod tests {
         );
         assert_eq!(store.snapshot().len(), 2);
         assert!(store.snapshot().errors.is_empty());
+    }
+
+    #[test]
+    fn a_manifest_symlink_to_nothing_is_noted_and_read_as_absent() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
+        symlink("gone.yaml", dir.path().join("b.yaml")).unwrap();
+        symlink("c.yaml", dir.path().join("c.yaml")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        let mut links: Vec<&PathBuf> = provider.broken_links.iter().collect();
+        links.sort();
+        assert_eq!(
+            links,
+            [&dir.path().join("b.yaml"), &dir.path().join("c.yaml")]
+        );
+        assert_eq!(store.snapshot().len(), 1);
+        // Once its target exists, the link is read.
+        std::fs::write(dir.path().join("gone.yaml"), service("b")).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(provider.broken_links.len(), 1);
+        assert_eq!(store.snapshot().len(), 2);
     }
 
     #[test]
