@@ -1005,11 +1005,35 @@ fn resolve_backend(
     match try_resolve(ctx, b, cache) {
         Ok(backend) => backend,
         Err((reason, msg)) => {
-            unresolved.get_or_insert((reason, msg.clone()));
+            note_unresolved(unresolved, reason, &msg);
             Arc::new(Backend::Invalid { reason: msg })
         }
     }
 }
+
+/// Adds a reference that does not resolve to the route's `ResolvedRefs` problem. The condition
+/// has one reason, the first reference's; its message names every distinct one, so that one
+/// pass fixes them all, up to [`UNRESOLVED_NAMED`] (a condition message has a size limit).
+fn note_unresolved(unresolved: &mut Option<Problem>, reason: &'static str, msg: &str) {
+    match unresolved {
+        None => *unresolved = Some((reason, msg.to_string())),
+        Some((_, message)) => {
+            let named = message.split("; ").count();
+            if named > UNRESOLVED_NAMED || message.split("; ").any(|m| m == msg) {
+                return;
+            }
+            if named == UNRESOLVED_NAMED {
+                message.push_str("; and more");
+            } else {
+                message.push_str("; ");
+                message.push_str(msg);
+            }
+        }
+    }
+}
+
+/// How many references that do not resolve a route's `ResolvedRefs` message names.
+const UNRESOLVED_NAMED: usize = 8;
 
 fn try_resolve(
     ctx: &RefContext<'_>,

@@ -928,6 +928,35 @@ fn a_filter_may_not_change_the_headers_that_frame_a_message() {
 }
 
 #[test]
+fn every_backend_ref_that_does_not_resolve_is_named() {
+    let refs: String = (0..12)
+        .map(|i| format!("{{name: missing-{i}, port: 80}}, "))
+        .collect();
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            &format!("  rules:\n  - backendRefs: [{refs}{{name: missing-0, port: 80}}]\n"),
+        ),
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    let resolved = condition(&status["parents"][0]["conditions"], "ResolvedRefs");
+    assert_eq!(resolved["reason"], "BackendNotFound");
+    let message = resolved["message"].as_str().unwrap();
+    // The first eight distinct ones by name, each once, then a note that there are more.
+    for i in 0..8 {
+        assert_eq!(
+            message.matches(&format!("infra/missing-{i} ")).count(),
+            1,
+            "{message}"
+        );
+    }
+    assert!(!message.contains("missing-8"), "{message}");
+    assert!(message.ends_with("; and more"), "{message}");
+}
+
+#[test]
 fn unresolved_references_and_dropped_rules_are_problems() {
     let yaml = format!(
         "{BASE}{}{}",
