@@ -20,8 +20,8 @@ pub struct Explanation {
     /// `namespace/route#rule` of the winning rule, if any.
     pub matched: Option<String>,
     /// The status the gateway answers itself: 404 when nothing matches, a RequestRedirect's
-    /// status, 500 for a rule with no usable backend, 503 for one whose only Service has no
-    /// ready endpoint. Absent when the request is forwarded (or may be, by weight).
+    /// status, 204 for a CORS preflight, 500 for a rule with no usable backend, 503 for one
+    /// whose only Service has no ready endpoint. Absent when the request is forwarded (or may be, by weight).
     pub status: Option<u16>,
     /// `namespace/name:port` of the matched rule's backend Services.
     pub backends: Vec<String>,
@@ -84,7 +84,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
                 Backend::Invalid { .. } => None,
             })
             .collect();
-        let status = answered_by_gateway(&entry.rule, &mut steps);
+        let status = answered_by_gateway(&entry.rule, req, &mut steps);
         return Explanation {
             matched: Some(id),
             status,
@@ -97,20 +97,40 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
 }
 
 /// What the proxy does with a request the rule matched, when the gateway answers it itself (as
-/// `request_filter` decides): the first RequestRedirect answers; a rule without backends
+/// `request_filter` decides): the filters in order, where a RequestRedirect answers and a CORS
+/// filter answers a preflight (OPTIONS with `Origin` and `Access-Control-Request-Method`,
+/// 204), whichever comes first; then a rule without backends
 /// answers 500. Otherwise each backendRef takes its share of the weight: one that failed to
 /// resolve answers 500, a Service without ready endpoints 503, and each such share is named as
 /// a step. The status is given when no share forwards: the one answer, or of two, the one with
 /// the larger share.
-fn answered_by_gateway(rule: &super::table::Rule, steps: &mut Vec<String>) -> Option<u16> {
-    if let Some(status) = rule.filters.iter().find_map(|f| match f {
-        Filter::Redirect(r) => Some(r.status),
-        _ => None,
-    }) {
-        steps.push(format!(
-            "the rule's RequestRedirect filter answers {status}"
-        ));
-        return Some(status);
+fn answered_by_gateway(
+    rule: &super::table::Rule,
+    req: &RequestView<'_>,
+    steps: &mut Vec<String>,
+) -> Option<u16> {
+    let preflight = req.method == "OPTIONS"
+        && !(req.header)("origin").is_empty()
+        && !(req.header)("access-control-request-method").is_empty();
+    for filter in &rule.filters {
+        match filter {
+            Filter::Redirect(r) => {
+                steps.push(format!(
+                    "the rule's RequestRedirect filter answers {}",
+                    r.status
+                ));
+                return Some(r.status);
+            }
+            Filter::Cors(_) if preflight => {
+                steps.push(
+                    "the rule's CORS filter answers this preflight itself (OPTIONS with Origin \
+                     and Access-Control-Request-Method): 204"
+                        .to_string(),
+                );
+                return Some(204);
+            }
+            _ => {}
+        }
     }
     if rule.backends.is_empty() {
         steps.push("the rule has no backendRef with weight above 0: 500".to_string());

@@ -1081,3 +1081,43 @@ fn explain_names_each_share_the_gateway_answers_itself() {
         .any(|s| s.contains("weight 1 of 4 answers 500")));
     assert_eq!(ask("/empty").status, Some(503));
 }
+
+#[test]
+fn explain_knows_the_preflights_a_cors_filter_answers() {
+    use crate::routing::explain::Question;
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - filters:\n    - type: CORS\n      cors: {allowOrigins: ['https://app.example']}\n    \
+             backendRefs: [{name: svc, port: 8080}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let ask = |method: &str, headers: &[(&str, &str)]| {
+        Question {
+            listener: "infra/gw/http".to_string(),
+            host: "a.example".to_string(),
+            path: "/".to_string(),
+            method: method.to_string(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+        .answer(&c.table)
+    };
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "PUT"),
+    ];
+    let answered = ask("OPTIONS", &preflight);
+    assert_eq!(answered.status, Some(204), "{:?}", answered.steps);
+    assert!(answered
+        .steps
+        .iter()
+        .any(|s| s.contains("CORS filter answers")));
+    // Not a preflight: a plain OPTIONS, or the same headers on a GET, is forwarded.
+    assert_eq!(ask("OPTIONS", &preflight[..1]).status, None);
+    assert_eq!(ask("GET", &preflight).status, None);
+}
