@@ -311,14 +311,30 @@ fn describe_listener(l: &ListenerRoutes) -> Value {
     if let Some(p) = &l.hosts.any {
         hosts.push(("*".to_string(), p));
     }
-    json!({
+    let mut out = json!({
         "gateway": &*l.gateway,
         "listener": &*l.name,
         "hostname": l.hostname,
         "port": l.port,
         "scheme": l.scheme,
         "hosts": hosts.into_iter().map(|(h, p)| json!({"host": h, "rules": describe_paths(p)})).collect::<Vec<_>>(),
-    })
+    });
+    // A TLS passthrough listener routes by SNI, in the order tried: most specific first.
+    if !l.passthrough.is_empty() {
+        out["passthrough"] = l
+            .passthrough
+            .iter()
+            .map(|(sni, rule)| {
+                json!({
+                    "sni": sni.as_deref().unwrap_or("*"),
+                    "route": &*rule.route,
+                    "rule": rule.index,
+                    "backends": describe_backends(rule),
+                })
+            })
+            .collect();
+    }
+    out
 }
 
 fn describe_paths(p: &PathIndex) -> Vec<Value> {
@@ -356,15 +372,22 @@ fn describe_entry(kind: &str, path: &str, e: &Entry) -> Value {
         "headers": c.headers.iter().map(|h| json!({"name": h.name, "value": describe_value(&h.value)})).collect::<Vec<_>>(),
         "queryParams": c.query.iter().map(|q| json!({"name": q.name, "value": describe_value(&q.value)})).collect::<Vec<_>>(),
         "filters": e.rule.filters.iter().map(filter_name).collect::<Vec<_>>(),
-        "backends": e.rule.backends.iter().map(|b| match b.target.as_ref() {
+        "backends": describe_backends(&e.rule),
+    })
+}
+
+fn describe_backends(rule: &super::table::Rule) -> Vec<Value> {
+    rule.backends
+        .iter()
+        .map(|b| match b.target.as_ref() {
             Backend::Service(s) => json!({
                 "service": &*s.name,
                 "weight": b.weight,
                 "endpoints": s.endpoints.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             }),
             Backend::Invalid { reason } => json!({"invalid": reason, "weight": b.weight}),
-        }).collect::<Vec<_>>(),
-    })
+        })
+        .collect()
 }
 
 fn filter_name(f: &Filter) -> &'static str {

@@ -1121,3 +1121,33 @@ fn explain_knows_the_preflights_a_cors_filter_answers() {
     assert_eq!(ask("OPTIONS", &preflight[..1]).status, None);
     assert_eq!(ask("GET", &preflight).status, None);
 }
+
+#[test]
+fn debug_routes_shows_the_sni_table_of_a_passthrough_listener() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}\n",
+        "  - {name: http, port: 80, protocol: HTTP}\n  \
+         - {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}\n",
+    ) + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\n\
+         metadata: {name: t, namespace: infra}\n\
+         spec:\n  parentRefs: [{name: gw, sectionName: tls}]\n  hostnames: [db.example]\n  \
+         rules: [{backendRefs: [{name: svc, port: 8080}]}]\n";
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let routes = crate::routing::explain::describe(&c.table);
+    let listeners: Vec<&serde_json::Value> = routes["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["listeners"].as_array().unwrap())
+        .collect();
+    let tls = listeners.iter().find(|l| l["listener"] == "tls").unwrap();
+    assert_eq!(tls["passthrough"][0]["sni"], "db.example", "{tls}");
+    assert_eq!(tls["passthrough"][0]["route"], "infra/t", "{tls}");
+    assert_eq!(
+        tls["passthrough"][0]["backends"][0]["endpoints"][0],
+        "127.0.0.9:9999"
+    );
+    // An HTTP listener has no such table.
+    let http = listeners.iter().find(|l| l["listener"] == "http").unwrap();
+    assert!(http.get("passthrough").is_none(), "{http}");
+}
