@@ -685,7 +685,15 @@ impl Proxy {
                 .inc();
         }
         if let Some(policy) = &rule.retry {
-            tokio::time::sleep(policy.backoff).await;
+            // The backoff is the least wait (as the API defines it); up to half of it again at
+            // random spreads the retries of requests that failed together, so that a backend
+            // coming back is not met by all of them at once. Never past `timeouts.request`,
+            // which `may_retry` checked against the backoff alone.
+            let mut wait = policy.backoff.mul_f64(1.0 + rand::random::<f64>() / 2.0);
+            if let Some(deadline) = rule.request_timeout {
+                wait = wait.min(deadline.saturating_sub(ctx.started.elapsed()));
+            }
+            tokio::time::sleep(wait).await;
         }
         let target = ctx.backend.map(|i| rule.backends[i].target.as_ref());
         if let (Some(Backend::Service(service)), Some((_, h2c))) = (target, ctx.upstream) {
