@@ -793,3 +793,50 @@ fn a_port_switching_between_tls_and_cleartext_is_reopened_without_a_pending_bind
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A listener with several certificateRefs serves each client the one that names its SNI and
+/// that it can verify: an RSA and an ECDSA certificate for one name, chosen by the signature
+/// schemes the client offers, and a certificate per name on a wildcard listener.
+#[test]
+fn a_listener_with_several_certificates_serves_each_client_one_it_can_use() {
+    let pki = Pki::new();
+    let rsa = pki.self_signed("rsa", KeyType::Rsa2048, &["web.example"]);
+    let ecdsa = pki.self_signed("ecdsa", KeyType::EcdsaP256, &["web.example"]);
+    let other = pki.self_signed("other", KeyType::EcdsaP256, &["other.example"]);
+    let listener = "  - {name: web, port: 443, protocol: HTTPS, tls: {mode: Terminate, \
+                    certificateRefs: [{name: rsa}, {name: ecdsa}, {name: other}]}}\n";
+    let gw = Gateway::start(
+        listener,
+        vec![
+            secret_file("rsa", &rsa),
+            secret_file("ecdsa", &ecdsa),
+            secret_file("other", &other),
+        ],
+    );
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    let served = |sni: &str, extra: &[&str]| {
+        let h = s_client(gw.https, Some(sni), extra);
+        assert!(h.completed, "{sni} {extra:?}: {}", h.output);
+        h.leaf_der()
+    };
+    // Offering either, the first certificateRef that names the host.
+    assert_eq!(served("web.example", &[]), Some(rsa.der.clone()));
+    // A client that verifies only ECDSA signatures gets the ECDSA certificate; one that
+    // verifies only RSA ones gets the RSA certificate.
+    for version in ["-tls1_2", "-tls1_3"] {
+        assert_eq!(
+            served("web.example", &[version, "-sigalgs", "ECDSA+SHA256"]),
+            Some(ecdsa.der.clone()),
+            "{version}"
+        );
+        assert_eq!(
+            served("web.example", &[version, "-sigalgs", "RSA-PSS+SHA256"]),
+            Some(rsa.der.clone()),
+            "{version}"
+        );
+    }
+    // Another name: the certificate that names it, though it is not the first.
+    assert_eq!(served("other.example", &[]), Some(other.der.clone()));
+    // A name none covers: the first, as with one certificateRef.
+    assert_eq!(served("none.example", &[]), Some(rsa.der.clone()));
+}

@@ -56,8 +56,12 @@ pub struct ListenerRoutes {
     pub port: u16,
     /// `http` or `https`.
     pub scheme: &'static str,
-    /// The certificate served for this listener's hostname, on TLS sockets.
+    /// The certificate served for this listener's hostname, on TLS sockets: its first
+    /// certificateRef's.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// With several certificateRefs, all of them, in order, to choose from by the client's SNI
+    /// and signature schemes (an RSA and an ECDSA certificate, or one per name); empty with one.
+    pub certificates: Vec<crate::tls::Choice>,
     /// The client certificate the Gateway presents to TLS backends (`spec.tls.backend`).
     pub backend_client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
     /// Route rules by host.

@@ -41,6 +41,67 @@ pub fn certified_key(secret: &serde_json::Value) -> Result<Arc<CertifiedKey>, St
     Ok(Arc::new(certified))
 }
 
+/// One of several certificates a listener can serve, with the DNS names it covers.
+#[derive(Clone)]
+pub struct Choice {
+    /// The certificate and its key.
+    pub key: Arc<CertifiedKey>,
+    /// The DNS names of its subjectAltName extension, lower case (`*.example.com` kept as is).
+    pub names: Vec<String>,
+}
+
+impl Choice {
+    /// A choice of `key`, with the names its leaf certificate covers.
+    pub fn new(key: Arc<CertifiedKey>) -> Self {
+        let names = key
+            .cert
+            .first()
+            .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+            .and_then(|(_, cert)| {
+                cert.subject_alternative_name().ok().flatten().map(|san| {
+                    san.value
+                        .general_names
+                        .iter()
+                        .filter_map(|n| match n {
+                            x509_parser::extensions::GeneralName::DNSName(d) => {
+                                Some(d.to_ascii_lowercase())
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        Choice { key, names }
+    }
+
+    /// Whether the certificate names `sni`, exactly or by a `*.` wildcard of one label.
+    fn covers(&self, sni: &str) -> bool {
+        self.names.iter().any(|n| match n.strip_prefix("*.") {
+            Some(suffix) => sni
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
+            None => n == sni,
+        })
+    }
+}
+
+/// Of a listener's several certificates, the first that names the client's SNI and whose key
+/// can sign with a scheme the client offers; failing a name, the first whose key can; failing
+/// both, the first (the handshake then fails as it would with that one alone).
+fn choose(
+    choices: &[Choice],
+    sni: Option<&str>,
+    hello: &ClientHello<'_>,
+) -> Option<Arc<CertifiedKey>> {
+    let schemes = hello.signature_schemes();
+    let signs = |c: &&Choice| c.key.key.choose_scheme(schemes).is_some();
+    sni.and_then(|sni| choices.iter().filter(signs).find(|c| c.covers(sni)))
+        .or_else(|| choices.iter().find(signs))
+        .or(choices.first())
+        .map(|c| c.key.clone())
+}
+
 /// Picks a certificate by SNI from the live table, for one socket.
 pub struct SniResolver {
     table: Arc<ArcSwap<RoutingTable>>,
@@ -74,7 +135,13 @@ impl ResolvesServerCert for SniResolver {
                 (Some(h), Some(sni)) => host_matches(h, sni),
                 (Some(_), None) => false,
             })
-            .find_map(|l| l.certificate.clone())
+            .find_map(|l| {
+                if l.certificates.is_empty() {
+                    l.certificate.clone()
+                } else {
+                    choose(&l.certificates, sni.as_deref(), &hello)
+                }
+            })
     }
 }
 

@@ -56,6 +56,8 @@ pub(super) struct ListenerState {
     pub attached: i64,
     /// The first certificateRef's key, for HTTPS listeners.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// Every certificateRef's key, in order, when all of them resolve.
+    pub certificates: Vec<Arc<rustls::sign::CertifiedKey>>,
     /// A TLS listener in Passthrough mode: connections are routed by SNI, not terminated.
     pub passthrough: bool,
     /// Client certificate validation of the listener's port.
@@ -532,6 +534,7 @@ fn listener_state(
         routes: Vec::new(),
         attached: 0,
         certificate: None,
+        certificates: Vec::new(),
         passthrough: false,
         client_auth: None,
         insecure_frontend: false,
@@ -768,13 +771,15 @@ fn check_tls(
                 state
                     .certificates_read
                     .push(((namespace.to_string(), r.name.clone()), key.clone()));
-                state.certificate.get_or_insert(key);
+                state.certificate.get_or_insert(key.clone());
+                state.certificates.push(key);
             }
             Err(e) => {
                 let message = format!("Secret {namespace}/{}: {e}", r.name);
                 state.resolved = Some(("InvalidCertificateRef", message.clone()));
                 state.broken_secret = Some(((namespace.to_string(), r.name.clone()), message));
                 state.certificate = None;
+                state.certificates.clear();
                 return;
             }
         }
@@ -965,6 +970,15 @@ impl Gateways {
                             _ => "http",
                         },
                         certificate: l.certificate.clone(),
+                        // A stand-in for a broken first Secret is served alone.
+                        certificates: if l.certificates.len() > 1 && !l.stale_certificate {
+                            l.certificates
+                                .iter()
+                                .map(|key| crate::tls::Choice::new(key.clone()))
+                                .collect()
+                        } else {
+                            Vec::new()
+                        },
                         backend_client_cert: gateway.backend_client_cert.clone(),
                         hosts: {
                             let key = (gateway.key(), l.name.clone());
