@@ -162,6 +162,8 @@ impl CompileArgs {
             port_offset: self.port_offset,
             port_map: self.port_map.clone().map(|m| m.0).unwrap_or_default(),
             only_gateway: self.gateway.clone(),
+            // `check` reports conditions as of now, as a running gateway would.
+            now: portcullis::controller::directory::now_rfc3339(),
             ..CompileOptions::default()
         }
     }

@@ -90,7 +90,7 @@ pub struct DirectoryProvider {
     dirs: Vec<PathBuf>,
     /// Directories skipped at the last walk because they were read under another path.
     repeats: HashSet<PathBuf>,
-    /// Manifest names at the last walk that are symlinks to nothing (or to a loop).
+    /// Symlinks at the last walk whose target cannot be reached.
     broken_links: HashSet<PathBuf>,
     /// While watching: which files are still being written. A one-off [`Self::sync`] (at start,
     /// `check`, `explain`) reads every file as it is.
@@ -213,12 +213,13 @@ impl DirectoryProvider {
         self.repeats = repeats.iter().cloned().collect();
     }
 
-    /// Warns once about each manifest name that is a symlink to nothing: its target was
-    /// removed or renamed, or the link points at itself. It is read as absent.
+    /// Warns once about each symlink to nothing (its target was removed or renamed, or the link
+    /// points at itself): the file or directory it named is read as absent, and what it held
+    /// is no longer served.
     fn note_broken_links(&mut self, links: &[PathBuf]) {
         for path in links {
             if !self.broken_links.contains(path) {
-                tracing::warn!(file = %path.display(), "symlink to a missing file (or a link loop); skipping it until its target exists");
+                tracing::warn!(path = %path.display(), "symlink to nothing (its target is missing, or it loops); read as absent");
             }
         }
         self.broken_links = links.iter().cloned().collect();
@@ -677,7 +678,7 @@ struct Tree {
     dirs: Vec<PathBuf>,
     /// Directories skipped because the walk had already read them under another path.
     repeats: Vec<PathBuf>,
-    /// Manifest names that are symlinks whose target cannot be reached.
+    /// Symlinks whose target cannot be reached.
     broken_links: Vec<PathBuf>,
     /// Subdirectories that could not be listed, and why: what was read from them before stays.
     unreadable: Vec<(PathBuf, String)>,
@@ -719,8 +720,9 @@ fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> s
         }
         let path = entry.path();
         let Ok(meta) = std::fs::metadata(&path) else {
-            // Removed since listed, or a symlink to nothing.
-            if manifest && file_type.is_symlink() {
+            // Removed since listed, or a symlink to nothing: a file or a directory, what it
+            // held is gone.
+            if file_type.is_symlink() {
                 tree.broken_links.push(path);
             }
             continue;
@@ -817,11 +819,49 @@ fn read_manifests(text: &str) -> Result<Vec<Object>, Vec<String>> {
 /// is not an IP address). The typed views are the ones the compiler reads ([`api`]), decoded the
 /// same way, so that what loads here is what the compiler can use; a value it can read but does
 /// not support (an unknown listener protocol) still loads and is reported through a condition.
-/// An absent `spec` is left to the compiler, which reports it on the object.
+/// Fields Kubernetes does not define are refused too, beside `spec` and in `metadata` as in it,
+/// and so is a Gateway API object without a `spec`.
 fn decode_spec(object: &Object) -> Result<(), String> {
     let spec = object.spec();
     let kind = object.key.kind;
     let who = object.key.to_string();
+    let gateway_api = kind.group() == "gateway.networking.k8s.io";
+    let api = if gateway_api {
+        "the Gateway API"
+    } else {
+        "Kubernetes"
+    };
+    // The fields beside `metadata`: a misspelt `spec` would leave the object without one.
+    let top: &[&str] = match kind {
+        Kind::Secret => &["data", "stringData", "type", "immutable"],
+        Kind::ConfigMap => &["data", "binaryData", "immutable"],
+        Kind::EndpointSlice => &["addressType", "endpoints", "ports"],
+        _ => &["spec", "status"],
+    };
+    let fields = object.body.as_object().into_iter().flat_map(|m| m.keys());
+    for field in fields {
+        if !["apiVersion", "kind", "metadata"].contains(&field.as_str())
+            && !top.contains(&field.as_str())
+        {
+            return Err(format!(
+                "{who} has a field {api} does not define: {field}; check its spelling (the \
+                 API server refuses unknown fields too)"
+            ));
+        }
+    }
+    type Meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    if let Some(field) = unknown_in::<Meta>(&object.body["metadata"]).first() {
+        return Err(format!(
+            "{who} metadata has a field Kubernetes does not define: {field}; check its spelling"
+        ));
+    }
+    // Every Gateway API kind requires its spec; without one the object would be served as
+    // if emptied (a Gateway without listeners, a route without rules).
+    if gateway_api && spec.is_null() {
+        return Err(format!(
+            "{who} has no spec; every {kind} needs one (is `spec:` misspelt, or left empty?)"
+        ));
+    }
     let decoded = match kind {
         _ if spec.is_null() && kind != Kind::EndpointSlice => Ok(()),
         Kind::GatewayClass => api::read::<api::GatewayClassSpec>(spec).map(drop),
@@ -833,9 +873,16 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         Kind::BackendTlsPolicy => api::read::<api::BackendTlsPolicySpec>(spec).map(drop),
         Kind::Service => api::read::<api::ServiceSpec>(spec).map(drop),
         Kind::EndpointSlice => {
-            return api::read::<api::EndpointSlice>(&object.body)
-                .map_err(|e| format!("{who} has a value of the wrong type: {e}"))
-                .and_then(|slice| endpoint_addresses(&slice));
+            let slice = api::read::<api::EndpointSlice>(&object.body)
+                .map_err(|e| format!("{who} has a value of the wrong type: {e}"))?;
+            type Slice = k8s_openapi::api::discovery::v1::EndpointSlice;
+            if let Some(field) = unknown_in::<Slice>(&object.body).first() {
+                return Err(format!(
+                    "{who} has a field Kubernetes does not define: {field}; check its spelling \
+                     (an endpoint's misspelt `conditions` would leave it counted as ready)"
+                ));
+            }
+            return endpoint_addresses(&slice);
         }
         // Their data is read where it is used (a certificate, a CA bundle, labels), and a
         // problem there is reported on the object that refers to it.
@@ -844,12 +891,12 @@ fn decode_spec(object: &Object) -> Result<(), String> {
     decoded.map_err(|e| format!("{who} spec has a value of the wrong type: {e}"))?;
     match unknown_fields(kind, spec).first() {
         Some(missing) if missing.starts_with("missing field") => Err(format!(
-            "{who} spec lacks a field the Gateway API requires: {missing}; check the spelling \
-             of the fields beside where it belongs"
+            "{who} spec lacks a field {api} requires: {missing}; check the spelling of the \
+             fields beside where it belongs"
         )),
         Some(field) => Err(format!(
-            "{who} spec has a field the Gateway API does not define: {field}; check its \
-             spelling (the API server refuses unknown fields too)"
+            "{who} spec has a field {api} does not define: {field}; check its spelling (the \
+             API server refuses unknown fields too)"
         )),
         None => schema_rules(kind, &who, spec),
     }
@@ -942,18 +989,6 @@ fn hostname(h: &str) -> Result<(), String> {
 /// enum, which the compiler reports on the object), are not checked.
 fn unknown_fields(kind: Kind, spec: &Value) -> Vec<String> {
     use gateway_api::apis::{experimental as x, standard};
-    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
-        spec: &Value,
-    ) -> Result<Value, String> {
-        match serde_json::from_value::<T>(spec.clone()) {
-            Ok(typed) => serde_json::to_value(typed).map_err(|_| String::new()),
-            // A required field that is absent (most often misspelt: `protcol`) is refused, as
-            // the API server refuses it. A value outside an enum is left to the compiler,
-            // which reports it on the object.
-            Err(e) if e.to_string().starts_with("missing field") => Err(e.to_string()),
-            Err(_) => Err(String::new()),
-        }
-    }
     let known = match kind {
         Kind::GatewayClass => round_trip::<x::gatewayclasses::GatewayClassSpec>(spec),
         Kind::Gateway => round_trip::<x::gateways::GatewaySpec>(spec),
@@ -964,6 +999,7 @@ fn unknown_fields(kind: Kind, spec: &Value) -> Vec<String> {
         Kind::BackendTlsPolicy => {
             round_trip::<standard::backendtlspolicies::BackendTlsPolicySpec>(spec)
         }
+        Kind::Service => round_trip::<k8s_openapi::api::core::v1::ServiceSpec>(spec),
         _ => Err(String::new()),
     };
     let mut out = Vec::new();
@@ -973,6 +1009,30 @@ fn unknown_fields(kind: Kind, spec: &Value) -> Vec<String> {
         Err(_) => {}
     }
     out
+}
+
+/// The fields of `value` that type `T` does not define, by path; none when `value` does not
+/// decode as `T` at all (another check reports that).
+fn unknown_in<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(known) = round_trip::<T>(value) {
+        missing_fields(value, &known, String::new(), &mut out);
+    }
+    out
+}
+
+/// `value` decoded as `T` and encoded again: what `T` knows of it.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+    value: &Value,
+) -> Result<Value, String> {
+    match serde_json::from_value::<T>(value.clone()) {
+        Ok(typed) => serde_json::to_value(typed).map_err(|_| String::new()),
+        // A required field that is absent (most often misspelt: `protcol`) is refused, as the
+        // API server refuses it. A value outside an enum is left to the compiler, which
+        // reports it on the object.
+        Err(e) if e.to_string().starts_with("missing field") => Err(e.to_string()),
+        Err(_) => Err(String::new()),
+    }
 }
 
 /// Adds to `out` each field of `given` (a null one aside) that `known` lacks, by path.
@@ -1027,6 +1087,10 @@ fn endpoint_addresses(slice: &api::EndpointSlice) -> Result<(), String> {
     Ok(())
 }
 
+/// How deep a chain of merge keys (a mapping merged into one that is merged in turn) is
+/// followed.
+const MERGE_PASSES: usize = 16;
+
 /// The objects of a text and the documents that failed, each with its number from 0; an
 /// object that is an item of a `kind: List` also with its place in `items`.
 #[allow(
@@ -1047,7 +1111,15 @@ fn parse_documents(
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let read = if merges {
             serde_yaml::Value::deserialize(document).and_then(|mut yaml| {
-                yaml.apply_merge()?;
+                // One pass leaves the `<<` of a mapping that was itself merged in (a chain
+                // of merges): repeat until nothing changes.
+                for _ in 0..MERGE_PASSES {
+                    let before = yaml.clone();
+                    yaml.apply_merge()?;
+                    if yaml == before {
+                        break;
+                    }
+                }
                 Value::deserialize(yaml)
             })
         } else {
@@ -1164,12 +1236,10 @@ fn document_lines(text: &str) -> Vec<Option<usize>> {
 
 /// The current time as Kubernetes writes timestamps (RFC 3339, second precision, UTC).
 pub fn now_rfc3339() -> String {
+    // Whole seconds, cut rather than rounded: a rounded-up time would lie in the future.
     jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map_or_else(
-            |_| "1970-01-01T00:00:00Z".to_string(),
-            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        )
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 #[cfg(test)]
@@ -1265,6 +1335,15 @@ mod tests {
         let objects = read_manifests(text).unwrap();
         assert_eq!(objects.len(), 2);
         assert_eq!(objects[1].key.name, "b");
+        // A chain: a mapping merged into one that is merged in turn.
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - &a {apiVersion: v1, kind: Service, metadata: {name: a, namespace: n}}\n\
+                    - &b {<<: *a, kind: ConfigMap}\n\
+                    - {<<: *b, metadata: {name: c, namespace: n}}\n";
+        let objects = read_manifests(text).unwrap();
+        assert_eq!(objects.len(), 3);
+        assert_eq!(objects[2].key.to_string(), "ConfigMap n/c");
+        assert!(objects[2].body.get("<<").is_none());
         assert_eq!(objects[1].key.namespace, "n");
         assert!(objects[1].body["metadata"].get("<<").is_none());
     }
@@ -1536,6 +1615,36 @@ mod tests {
                 "expected i64",
             ),
             (
+                Kind::Gateway,
+                gateway("80"),
+                gateway("80").replace("spec:", "sepc:"),
+                "Gateway n/gw has a field the Gateway API does not define: sepc;",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace("spec:\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n", ""),
+                "HTTPRoute n/r has no spec; every HTTPRoute needs one",
+            ),
+            (
+                Kind::Service,
+                service("80"),
+                service("80").replace("namespace: n", "namespace: n, annotation: {a: b}"),
+                "Service n/svc metadata has a field Kubernetes does not define: annotation;",
+            ),
+            (
+                Kind::Service,
+                service("80"),
+                service("80").replace("name: http,", "name: http, targetPrt: 80,"),
+                "Service n/svc spec has a field Kubernetes does not define: ports[0].targetPrt;",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IPv4", "127.0.0.1", "8080").replace("'127.0.0.1']", "'127.0.0.1'], condition: {ready: false}"),
+                "has a field Kubernetes does not define: endpoints[0].condition;",
+            ),
+            (
                 Kind::EndpointSlice,
                 slice("IPv4", "127.0.0.1", "8080"),
                 slice("IPv4", "127.0.0.1", "x"),
@@ -1589,7 +1698,7 @@ mod tests {
                     metadata: {name: gw, namespace: n}\nspec:\n  gatewayClassName: c\n  \
                     listeners: [{name: x, protocol: SCTP, port: 80}]\n---\n\
                     apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-                    metadata: {name: r, namespace: n}\n";
+                    metadata: {name: r, namespace: n}\nspec: {}\n";
         assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
         // As the API allows: a label of any length, a name of 253 characters with its `*.`.
         let long = format!("*.{}.{}", "a".repeat(64), "b".repeat(186));
@@ -1602,7 +1711,7 @@ mod tests {
         // Versions earlier releases served, wildcard and IP-shaped route hostnames (the API's
         // pattern admits digits), and every method of the API's list load.
         let text = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
-                    metadata: {name: g, namespace: n}\n---\n\
+                    metadata: {name: g, namespace: n}\nspec: {from: [], to: []}\n---\n\
                     apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\n\
                     metadata: {name: t, namespace: n}\nspec: {hostnames: ['*.a.example', 10.0.0.1], rules: []}\n---\n\
                     apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
