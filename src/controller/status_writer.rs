@@ -491,7 +491,7 @@ pub fn desired_status(
                 entries.push(before.clone());
             } else if let Some(at) = ours.iter().position(|o| o[reference] == before[reference]) {
                 let mut entry = ours.remove(at);
-                carry_times(&mut entry["conditions"], &before["conditions"]);
+                carry_times(&mut entry["conditions"], &before["conditions"], None);
                 entries.push(entry);
             }
         }
@@ -502,7 +502,7 @@ pub fn desired_status(
         return None;
     };
     if let Some(conditions) = fields.get_mut("conditions") {
-        carry_times(conditions, &current["conditions"]);
+        carry_times(conditions, &current["conditions"], None);
     }
     if let Some(Value::Array(listeners)) = fields.get_mut("listeners") {
         for listener in listeners {
@@ -510,7 +510,7 @@ pub fn desired_status(
                 .as_array()
                 .and_then(|l| l.iter().find(|b| b["name"] == listener["name"]));
             if let Some(before) = before {
-                carry_times(&mut listener["conditions"], &before["conditions"]);
+                carry_times(&mut listener["conditions"], &before["conditions"], None);
             }
         }
     }

@@ -160,7 +160,8 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
                 let before = sockets.failed.clone();
                 sockets.reconcile(&binds).await;
                 if sockets.failed != before {
-                    publish(&shared, &options.status_reports, compiled_report.clone(), &table, &sockets.failed);
+                    let now = crate::controller::directory::now_rfc3339();
+                    publish(&shared, &options.status_reports, compiled_report.clone(), &table, &sockets.failed, &now);
                 }
                 continue;
             }
@@ -227,6 +228,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
             compiled_report.clone(),
             &table,
             &sockets.failed,
+            &compile_options.now,
         );
         metrics.compiles.inc();
         metrics.compile_duration.observe(took.as_secs_f64());
@@ -294,17 +296,18 @@ pub const BIND_RETRY: Duration = Duration::from_secs(2);
 
 /// Publishes `report` (a compile's, for `table`) on `/status` and to the status writer, with
 /// the listeners of sockets in `failed` marked pending and condition times carried over from
-/// the report it replaces; updates readiness and the unbound-socket gauge. Returns the
-/// report's problems.
+/// the report it replaces (a condition that changed gets `now`); updates readiness and the
+/// unbound-socket gauge. Returns the report's problems.
 fn publish(
     shared: &Shared,
     status_reports: &Option<tokio::sync::watch::Sender<Arc<StatusReport>>>,
     mut report: StatusReport,
     table: &RoutingTable,
     failed: &std::collections::HashMap<SocketAddr, String>,
+    now: &str,
 ) -> Vec<String> {
     mark_unbound(&mut report, table, failed);
-    report.carry_transition_times(&shared.report.load());
+    report.carry_transition_times(&shared.report.load(), now);
     let problems = report.problems();
     let report = Arc::new(report);
     shared.report.store(report.clone());
@@ -315,7 +318,9 @@ fn publish(
     if failed.is_empty() {
         shared.ready.store(true, Ordering::Release);
     } else if !shared.ready.load(Ordering::Acquire) {
-        shared.waiting_for.store(Arc::new(unbound_summary(failed)));
+        shared
+            .waiting_for
+            .store(Arc::new(unbound_summary(failed, table)));
     }
     problems
 }
@@ -376,11 +381,27 @@ fn set_pending(conditions: &mut serde_json::Value, message: &str) {
     }
 }
 
-/// What `/readyz` says while listener sockets cannot be bound.
-fn unbound_summary(failed: &std::collections::HashMap<SocketAddr, String>) -> String {
+/// What `/readyz` says while listener sockets cannot be bound: each socket, the listeners it
+/// serves, and why.
+fn unbound_summary(
+    failed: &std::collections::HashMap<SocketAddr, String>,
+    table: &RoutingTable,
+) -> String {
     let mut sockets: Vec<String> = failed
         .iter()
-        .map(|(addr, error)| format!("cannot listen on {addr}: {error}"))
+        .map(|(addr, error)| {
+            let listeners: Vec<String> = table
+                .binds
+                .get(addr)
+                .into_iter()
+                .flat_map(|b| &b.listeners)
+                .map(|l| format!("{}/{}", l.gateway, l.name))
+                .collect();
+            format!(
+                "cannot listen on {addr} (listener {}): {error}",
+                listeners.join(", ")
+            )
+        })
         .collect();
     sockets.sort();
     format!(

@@ -54,6 +54,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     access_log: AccessLog,
     request_metrics: bool,
+    failures: FailureLog,
 }
 
 impl Proxy {
@@ -70,6 +71,45 @@ impl Proxy {
             metrics,
             access_log,
             request_metrics,
+            failures: FailureLog::default(),
+        }
+    }
+}
+
+/// How often a failing backend is logged at most.
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Warnings about backends that fail (refused, timed out, a TLS certificate that does not
+/// verify): one per backend at the first failure, then at most one per
+/// [`FAILURE_LOG_INTERVAL`] with the number of failures in between, so that an outage is said
+/// in the log without one line per request (each request's failure is logged at debug).
+#[derive(Default)]
+struct FailureLog(std::sync::Mutex<std::collections::HashMap<Arc<str>, (Instant, u64)>>);
+
+impl FailureLog {
+    fn note(&self, backend: &Arc<str>, status: u16, error: &Error) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Backends come and go with the configuration: forget them all now and then rather
+        // than keep every name ever seen.
+        if seen.len() > 4096 {
+            seen.clear();
+        }
+        let now = Instant::now();
+        match seen.get_mut(backend) {
+            Some((last, since)) if now.duration_since(*last) < FAILURE_LOG_INTERVAL => {
+                *since += 1;
+            }
+            entry => {
+                let since = entry.map_or(0, |(_, since)| *since);
+                tracing::warn!(
+                    %backend,
+                    status,
+                    error = %error,
+                    failures_since_last_warning = since,
+                    "backend request failed"
+                );
+                seen.insert(backend.clone(), (now, 0));
+            }
         }
     }
 }
@@ -540,6 +580,7 @@ impl ProxyHttp for Proxy {
                 .upstream_failures
                 .with_label_values(&[backend, kind])
                 .inc();
+            self.failures.note(backend, code, e);
         }
         tracing::debug!(error = %e, status = code, request_id = %ctx.request_id, "request failed");
         FailToProxy {

@@ -218,11 +218,11 @@ impl ObjectStatus {
 /// Carries condition times from `old` into `new`, two `status` stanzas of one object: its own
 /// conditions, its listeners' (by name), and its entries in a route's `parents` or a policy's
 /// `ancestors` (by reference and controller).
-pub fn carry_status_times(new: &mut Value, old: &Value) {
+pub fn carry_status_times(new: &mut Value, old: &Value, changed_at: Option<&str>) {
     // `get_mut`, not indexing: indexing a JSON object for writing adds a null field for a key
     // it lacks (a route's status has no `conditions` of its own).
     if let Some(conditions) = new.get_mut("conditions") {
-        carry_times(conditions, &old["conditions"]);
+        carry_times(conditions, &old["conditions"], changed_at);
     }
     for (list, key) in [
         ("listeners", "name"),
@@ -239,15 +239,15 @@ pub fn carry_status_times(new: &mut Value, old: &Value) {
                 })
             });
             if let (Some(before), Some(conditions)) = (before, entry.get_mut("conditions")) {
-                carry_times(conditions, &before["conditions"]);
+                carry_times(conditions, &before["conditions"], changed_at);
             }
         }
     }
 }
 
 /// Gives each condition in `new` the `lastTransitionTime` of the condition of the same type in
-/// `old` when their `status` is the same.
-pub fn carry_times(new: &mut Value, old: &Value) {
+/// `old` when their `status` is the same, and `changed_at` (when given) when it is not.
+pub fn carry_times(new: &mut Value, old: &Value, changed_at: Option<&str>) {
     let (Some(new), Some(old)) = (new.as_array_mut(), old.as_array()) else {
         return;
     };
@@ -256,6 +256,8 @@ pub fn carry_times(new: &mut Value, old: &Value) {
         if let Some(before) = before {
             if before["status"] == condition["status"] && before["lastTransitionTime"].is_string() {
                 condition["lastTransitionTime"] = before["lastTransitionTime"].clone();
+            } else if let Some(at) = changed_at {
+                condition["lastTransitionTime"] = at.into();
             }
         }
     }
@@ -294,9 +296,9 @@ impl StatusReport {
 
     /// Gives every condition the `lastTransitionTime` it had in `previous` where its status is
     /// the same, as `metav1.Condition` asks: the time says when the status last changed, not
-    /// when it was last computed. Statuses shared with `previous` (unchanged routes of an
-    /// incremental compile) have their times already.
-    pub fn carry_transition_times(&mut self, previous: &StatusReport) {
+    /// when it was last computed; one whose status changed gets `changed_at`. Statuses shared
+    /// with `previous` (unchanged routes of an incremental compile) have their times already.
+    pub fn carry_transition_times(&mut self, previous: &StatusReport, changed_at: &str) {
         let before: std::collections::HashMap<(Kind, &str, &str), &ObjectStatus> = previous
             .objects
             .iter()
@@ -312,7 +314,7 @@ impl StatusReport {
                     continue;
                 }
                 let mut status = object.status.clone();
-                carry_status_times(&mut status, &old.status);
+                carry_status_times(&mut status, &old.status, Some(changed_at));
                 (status != object.status).then_some(status)
             };
             if let Some(status) = carried {
@@ -361,16 +363,17 @@ mod tests {
             objects: vec![object("True", "False", "T2")],
             errors: Vec::new(),
         };
-        after.carry_transition_times(&before);
+        after.carry_transition_times(&before, "T3");
         let status = &after.objects[0].status;
         assert_eq!(status["conditions"][0]["lastTransitionTime"], "T1");
+        // Changed: the time of the change, which a bind retry gives later than its compile's.
         assert_eq!(
             status["listeners"][0]["conditions"][0]["lastTransitionTime"],
-            "T2"
+            "T3"
         );
         // Nothing is added: a route's status, which has no `conditions` of its own, gets none.
         let mut route = serde_json::json!({"parents": []});
-        carry_status_times(&mut route, &serde_json::json!({"parents": []}));
+        carry_status_times(&mut route, &serde_json::json!({"parents": []}), None);
         assert_eq!(route, serde_json::json!({"parents": []}));
     }
 
