@@ -267,3 +267,49 @@ async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
     let said = tokio::time::timeout(Duration::from_secs(5), said).await;
     assert!(matches!(said, Ok(Ok(Some(_)))), "{said:?}");
 }
+
+/// A backend that fails is said in the log at its first failure, with the error, and not again
+/// for every request that fails after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_is_logged_once_not_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, mut gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let stderr = gateway.stderr.take().unwrap();
+    let _gateway = Killed(gateway);
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_ready(&client, admin).await;
+    drop(echo);
+    for _ in 0..4 {
+        let r = client
+            .get(format!("http://127.0.0.1:{listen}/"))
+            .header("host", "a.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+    }
+    // The lines of the four failures have been written by the time the answers came; a
+    // moment more for the reader thread.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = lines.lock().unwrap();
+    let failed: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("backend request failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{lines:#?}");
+    assert!(
+        failed[0].contains("WARN") && failed[0].contains("obs/echo"),
+        "{}",
+        failed[0]
+    );
+}
