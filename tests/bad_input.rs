@@ -34,7 +34,7 @@ const BAD: &[(&str, &str)] = &[
     ("malformed.yaml", "apiVersion: v1\nkind: Service\nmetadata:\n  name: [unclosed\n"),
     (
         "unknown-kind.yaml",
-        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: app}\n",
+        "apiVersion: v1\nkind: Servise\nmetadata: {name: w, namespace: app}\n",
     ),
     (
         "bad-regex.yaml",
@@ -74,7 +74,7 @@ fn check_reports_every_mistake_and_exits_nonzero() {
     );
     for expected in [
         "malformed.yaml: YAML syntax error at line",
-        "unsupported kind Widget",
+        "unsupported kind Servise (v1); did you mean Service?",
         "invalid regular expression",
         "HostnameConflict",
         "BackendNotFound",
@@ -209,7 +209,7 @@ async fn last_good_table_keeps_serving_through_bad_edits() {
             .unwrap();
         let report: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
         let errors = report["errors"].to_string();
-        if errors.contains("good.yaml") && errors.contains("Widget") {
+        if errors.contains("good.yaml") && errors.contains("Servise") {
             break;
         }
         assert!(Instant::now() < deadline, "errors not reported: {errors}");

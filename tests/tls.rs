@@ -839,4 +839,21 @@ fn a_listener_with_several_certificates_serves_each_client_one_it_can_use() {
     assert_eq!(served("other.example", &[]), Some(other.der.clone()));
     // A name none covers: the first, as with one certificateRef.
     assert_eq!(served("none.example", &[]), Some(rsa.der.clone()));
+
+    // One Secret goes bad (a certificate with another's key): the listener goes on serving
+    // the others, and says which one is broken.
+    gw.write(
+        "secret-ecdsa.yaml",
+        &tls_secret(NAMESPACE, "ecdsa", &ecdsa.cert_pem, &rsa.key_pem),
+    );
+    let resolved = gw.wait_for_condition("web", "ResolvedRefs", "False", "InvalidCertificateRef");
+    assert!(
+        resolved.message.contains("ecdsa") && resolved.message.contains("other certificates"),
+        "{}",
+        resolved.message
+    );
+    let programmed = gw.condition("web", "Programmed").unwrap();
+    assert_eq!(programmed.status, "True", "{programmed:?}");
+    assert_eq!(served("web.example", &[]), Some(rsa.der.clone()));
+    assert_eq!(served("other.example", &[]), Some(other.der.clone()));
 }

@@ -878,8 +878,7 @@ fn decode_spec(object: &Object) -> Result<(), String> {
             type Slice = k8s_openapi::api::discovery::v1::EndpointSlice;
             if let Some(field) = unknown_in::<Slice>(&object.body).first() {
                 return Err(format!(
-                    "{who} has a field Kubernetes does not define: {field}; check its spelling \
-                     (an endpoint's misspelt `conditions` would leave it counted as ready)"
+                    "{who} has a field Kubernetes does not define: {field}; check its spelling"
                 ));
             }
             return endpoint_addresses(&slice);
@@ -889,7 +888,16 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         Kind::Namespace | Kind::Secret | Kind::ConfigMap => Ok(()),
     };
     decoded.map_err(|e| format!("{who} spec has a value of the wrong type: {e}"))?;
+    let pre_v1 = !object.body["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.ends_with("/v1"));
     match unknown_fields(kind, spec).first() {
+        // TLSRoute's `hostnames` became required in v1; earlier versions may leave it out.
+        Some(missing)
+            if missing.starts_with("missing field") && kind == Kind::TlsRoute && pre_v1 =>
+        {
+            schema_rules(kind, &who, spec)
+        }
         Some(missing) if missing.starts_with("missing field") => Err(format!(
             "{who} spec lacks a field {api} requires: {missing}; check the spelling of the \
              fields beside where it belongs"
@@ -1087,6 +1095,18 @@ fn endpoint_addresses(slice: &api::EndpointSlice) -> Result<(), String> {
     Ok(())
 }
 
+/// Removes every object field whose value is null, at any depth.
+fn drop_null_fields(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            fields.retain(|_, v| !v.is_null());
+            fields.values_mut().for_each(drop_null_fields);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_null_fields),
+        _ => {}
+    }
+}
+
 /// How deep a chain of merge keys (a mapping merged into one that is merged in turn) is
 /// followed.
 const MERGE_PASSES: usize = 16;
@@ -1157,6 +1177,10 @@ fn parse_documents(
         if value.is_null() {
             continue; // an empty document between two `---`
         }
+        // A field written without a value (`hostnames:` from a template that rendered
+        // nothing) is absent, as the API server takes it.
+        let mut value = value;
+        drop_null_fields(&mut value);
         // `kubectl get -o yaml` writes several objects as one `kind: List` document; each of
         // its items loads as a document of its own would.
         if value.get("kind").and_then(Value::as_str) == Some("List") {
@@ -1302,13 +1326,22 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_reported_and_the_rest_loads() {
+        // Kinds the gateway does not read are left alone, as objects for others to read;
+        // one whose name is a near miss of a kind it reads is a misspelling, and refused.
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\n\
-                    apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: b}\n";
+                    apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: b}\n---\n\
+                    apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: c}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\n\
+                    metadata: {name: d}\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1\nkind: Gatway\nmetadata: {name: e}\n";
         let (objects, errors) = parse_manifests(text).unwrap();
         assert_eq!(objects.len(), 1);
-        assert_eq!(errors.len(), 1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].contains("unsupported kind Widget"),
+            errors[0].contains(
+                "unsupported kind Gatway (gateway.networking.k8s.io/v1); did you \
+                                mean Gateway?"
+            ),
             "{}",
             errors[0]
         );
@@ -1708,6 +1741,21 @@ mod tests {
              metadata: {{name: r, namespace: n}}\nspec: {{hostnames: ['{long}']}}\n"
         );
         assert_eq!(read_manifests(&text).map(|o| o.len()), Ok(1));
+        // Fields written without a value are absent, as the API server takes them; a
+        // TLSRoute before v1 may leave out `hostnames`.
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                    metadata: {name: r, namespace: n, labels: null}\n\
+                    spec:\n  hostnames:\n  parentRefs:\n  rules:\n  - matches:\n    \
+                    filters:\n    backendRefs:\n---\n\
+                    apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                    metadata: {name: s, namespace: n}\naddressType: IPv4\n\
+                    endpoints: [{addresses: [127.0.0.1], conditions: null}]\n---\n\
+                    apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\n\
+                    metadata: {name: t, namespace: n}\nspec: {rules: []}\n";
+        assert_eq!(read_manifests(text).map(|o| o.len()), Ok(3));
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\n\
+                    metadata: {name: t, namespace: n}\nspec: {rules: []}\n";
+        assert!(read_manifests(text).unwrap_err()[0].contains("missing field `hostnames`"));
         // Versions earlier releases served, wildcard and IP-shaped route hostnames (the API's
         // pattern admits digits), and every method of the API's list load.
         let text = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\

@@ -40,9 +40,18 @@ pub enum Kind {
     ConfigMap,
 }
 
-/// Kinds that are valid Kubernetes objects but that a standalone gateway has no use for, such as
-/// the Deployments of the demo backends. They are skipped quietly rather than reported.
-const IGNORED_KINDS: &[&str] = &["Deployment", "Pod", "ServiceAccount", "ConfigMapList"];
+/// Kinds skipped quietly although their names are close to ones the gateway reads: Gateway API
+/// kinds it does not serve (`TCPRoute` is one letter from `TLSRoute`). Any other kind it does
+/// not read is skipped too, unless its name is a near miss of one it reads.
+const IGNORED_KINDS: &[&str] = &[
+    "TCPRoute",
+    "UDPRoute",
+    "ListenerSet",
+    "XListenerSet",
+    "BackendTrafficPolicy",
+    "XBackendTrafficPolicy",
+    "ConfigMapList",
+];
 
 impl Kind {
     /// Every kind, in the order the compiler wants them listed.
@@ -138,13 +147,20 @@ impl Kind {
         if IGNORED_KINDS.contains(&kind) {
             return Ok(None);
         }
+        let known_group = Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == kind)
+            .map(Kind::group);
+        // Any other kind (a StatefulSet or a Role kept beside the routes, a Gateway API kind
+        // this gateway does not serve) is left to whoever reads it, unless its name is a near
+        // miss of one read here: a misspelt kind would otherwise lose its object without a word.
+        if known_group.is_none() && !Kind::ALL.into_iter().any(|k| near_miss(k.as_str(), kind)) {
+            return Ok(None);
+        }
         Err(UnknownKind {
             api_version: api_version.to_string(),
             kind: kind.to_string(),
-            known_group: Kind::ALL
-                .into_iter()
-                .find(|k| k.as_str() == kind)
-                .map(Kind::group),
+            known_group,
         })
     }
 }
@@ -190,14 +206,49 @@ impl fmt::Display for UnknownKind {
                 "{kind} belongs to API group {group} (apiVersion {group}/v1), not to \
                  apiVersion {api_version}"
             ),
-            None => write!(
-                f,
-                "unsupported kind {kind} ({api_version}); this gateway reads GatewayClass, \
-                 Gateway, HTTPRoute, GRPCRoute, TLSRoute, ReferenceGrant, BackendTLSPolicy, \
-                 Service, EndpointSlice, Namespace, Secret and ConfigMap"
-            ),
+            None => {
+                let near = Kind::ALL
+                    .into_iter()
+                    .find(|k| near_miss(k.as_str(), kind))
+                    .map_or(String::new(), |k| format!("did you mean {k}? "));
+                write!(
+                    f,
+                    "unsupported kind {kind} ({api_version}); {near}this gateway reads \
+                     GatewayClass, Gateway, HTTPRoute, GRPCRoute, TLSRoute, ReferenceGrant, \
+                     BackendTLSPolicy, Service, EndpointSlice, Namespace, Secret and ConfigMap"
+                )
+            }
         }
     }
+}
+
+/// Whether `written` looks like a misspelling of `kind`: the same letters in another case, or
+/// at most two letters added, dropped or changed (`HTTPRoutes`, `Gatway`), for names long
+/// enough that two edits do not reach unrelated kinds.
+fn near_miss(kind: &str, written: &str) -> bool {
+    let (a, b) = (kind.to_ascii_lowercase(), written.to_ascii_lowercase());
+    if a == b {
+        return true;
+    }
+    let allowed = if a.len() >= 7 { 2 } else { 1 };
+    edit_distance(a.as_bytes(), b.as_bytes()) <= allowed
+}
+
+/// Levenshtein distance: single-byte insertions, deletions and substitutions.
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &x) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &y) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(x != y))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
 }
 
 /// The identity of an object: kind, namespace (empty when cluster scoped) and name.

@@ -70,6 +70,11 @@ pub(super) struct ListenerState {
     pub broken_secret: Option<((String, String), String)>,
     /// Served with the last usable certificate of a Secret that has since gone bad.
     pub stale_certificate: bool,
+    /// The broken Secret is the first certificateRef's (whose certificate is served by
+    /// default).
+    pub broken_first: bool,
+    /// A Secret is broken but other certificateRefs are valid: the listener serves those.
+    pub serves_others: bool,
 }
 
 /// The last usable certificate of each Secret a listener reads, kept across compiles. A Secret
@@ -108,8 +113,10 @@ impl ListenerState {
 
     fn resolved_ok_for_serving(&self) -> bool {
         // An invalid route kind leaves the listener usable for the kinds it does support; a
-        // certificate problem does not, unless the last good certificate stands in.
+        // certificate problem does not, unless the last good certificate stands in or other
+        // certificateRefs are valid.
         self.stale_certificate
+            || self.serves_others
             || !matches!(&self.resolved, Some((reason, _)) if *reason != "InvalidRouteKinds")
     }
 }
@@ -158,8 +165,9 @@ pub(super) struct Gateways {
 
 impl Gateways {
     /// Lets listeners whose Secret went bad serve the last certificate it held (see
-    /// [`CertificateMemory`]), and remembers the certificates read this time. Only the first
-    /// certificateRef of a listener is served, so a stand-in is needed only when that one broke.
+    /// [`CertificateMemory`]), and remembers the certificates read this time. A stand-in is
+    /// taken for the first certificateRef only, the one served by default; a later one that
+    /// broke leaves the listener serving the valid others.
     pub(super) fn keep_last_good_certificates(&mut self, memory: &mut CertificateMemory) {
         let mut kept = HashMap::new();
         for listener in self
@@ -167,9 +175,7 @@ impl Gateways {
             .values_mut()
             .flat_map(|g| g.listeners.iter_mut())
         {
-            // The served certificate is the first certificateRef's: a stand-in is only for a
-            // listener whose first Secret is the broken one.
-            let first_broke = listener.certificates_read.is_empty();
+            let first_broke = listener.broken_first;
             for (key, certificate) in listener.certificates_read.drain(..) {
                 kept.insert(key, certificate);
             }
@@ -541,6 +547,8 @@ fn listener_state(
         certificates_read: Vec::new(),
         broken_secret: None,
         stale_certificate: false,
+        broken_first: false,
+        serves_others: false,
     };
     let defaults: &[&'static str] = match protocol.as_str() {
         "HTTP" | "HTTPS" => &["HTTPRoute", "GRPCRoute"],
@@ -730,7 +738,7 @@ fn check_tls(
         ));
         return;
     }
-    for r in &tls.certificate_refs {
+    for (index, r) in tls.certificate_refs.iter().enumerate() {
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
         let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
@@ -775,13 +783,20 @@ fn check_tls(
                 state.certificates.push(key);
             }
             Err(e) => {
-                let message = format!("Secret {namespace}/{}: {e}", r.name);
-                state.resolved = Some(("InvalidCertificateRef", message.clone()));
-                state.broken_secret = Some(((namespace.to_string(), r.name.clone()), message));
-                state.certificate = None;
-                state.certificates.clear();
-                return;
+                // The other certificateRefs are still read: those that are valid are served.
+                if state.broken_secret.is_none() {
+                    let message = format!("Secret {namespace}/{}: {e}", r.name);
+                    state.resolved = Some(("InvalidCertificateRef", message.clone()));
+                    state.broken_secret = Some(((namespace.to_string(), r.name.clone()), message));
+                    state.broken_first = index == 0;
+                }
             }
+        }
+    }
+    if state.broken_secret.is_some() && state.certificate.is_some() {
+        state.serves_others = true;
+        if let Some((_, message)) = &mut state.resolved {
+            message.push_str("; the listener's other certificates are served");
         }
     }
 }
@@ -971,13 +986,19 @@ impl Gateways {
                         },
                         certificate: l.certificate.clone(),
                         // A stand-in for a broken first Secret is served alone.
-                        certificates: if l.certificates.len() > 1 && !l.stale_certificate {
-                            l.certificates
-                                .iter()
-                                .map(|key| crate::tls::Choice::new(key.clone()))
-                                .collect()
-                        } else {
-                            Vec::new()
+                        // The stand-in for a broken first Secret comes first, as that Secret would.
+                        certificates: {
+                            let stand_in = l.stale_certificate.then(|| l.certificate.clone());
+                            let all: Vec<_> = stand_in
+                                .flatten()
+                                .into_iter()
+                                .chain(l.certificates.iter().cloned())
+                                .collect();
+                            if all.len() > 1 {
+                                all.into_iter().map(crate::tls::Choice::new).collect()
+                            } else {
+                                Vec::new()
+                            }
                         },
                         backend_client_cert: gateway.backend_client_cert.clone(),
                         hosts: {
