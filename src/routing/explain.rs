@@ -458,10 +458,12 @@ impl Question {
         // As the proxy does: the path is put in its normal form before anything is matched.
         let resolved = super::table::normalize_path(path);
         let path = resolved.as_deref().unwrap_or(path);
+        // As written: methods are case-sensitive, and the proxy matches them exactly (`get`
+        // is not `GET`, nor is `options` a CORS preflight).
         let method = if self.method.is_empty() {
             "GET".to_string()
         } else {
-            self.method.to_ascii_uppercase()
+            self.method.clone()
         };
         let header = |name: &str| -> Vec<&str> {
             self.headers
