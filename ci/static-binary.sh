@@ -12,7 +12,7 @@
 #  4. With the image's file capability (cap_net_bind_service=+ep) and the credentials a pod gets
 #     (uid 65532, every capability but NET_BIND_SERVICE dropped from all sets, no_new_privs), in
 #     a network namespace of its own, it serves a listener on port 80 itself. Without the file
-#     capability, port 80 stays closed.
+#     capability, port 80 stays closed and /readyz says so (503).
 #
 # Needs root (setcap, chroot, namespaces). Installs what is missing (Debian packages, the Rust
 # musl target). Idempotent; everything it starts is stopped on exit. All traffic is on loopback.
@@ -225,6 +225,22 @@ wait_ready() {
   fail "/readyz on $admin did not turn 200 within 30 s"
 }
 
+# Waits until /readyz answers 503 naming a socket it cannot bind (the gateway is up, and says
+# why it is not ready).
+wait_unready_for() {
+  local ns="$1" admin="$2" pid="$3" socket="$4" i body
+  for i in $(seq 1 150); do
+    kill -0 "$pid" 2>/dev/null || fail "the gateway exited"
+    body=$(run_in "$ns" curl -sS "http://$admin/readyz" 2>/dev/null || true)
+    if [[ "$body" == *"cannot listen on $socket"* ]]; then
+      echo "not ready, as it should not be: $body"
+      return 0
+    fi
+    sleep 0.2
+  done
+  fail "/readyz on $admin never said it cannot listen on $socket (last answer: $body)"
+}
+
 # Asserts one line of /proc/PID/status, e.g. `expect_status PID Uid "65532 65532 65532 65532"`.
 expect_status() {
   local pid="$1" field="$2" want="$3" got
@@ -366,7 +382,7 @@ expect_status "$gateway" NoNewPrivs 1
 expect_answer "$netns" http://127.0.0.1:80/
 stop_gateway "$gateway"
 
-step "port 80 without the file capability: closed"
+step "port 80 without the file capability: closed, and the gateway not ready"
 root=$(make_root incapable)
 add_ca_bundle "$root"
 write_config "$root" 8080
@@ -375,7 +391,8 @@ ip netns exec "$netns" python3 -c "$launcher" "$root" 65532 /portcullis run --co
   --admin-addr 127.0.0.1:9901 --address-pool 127.0.0.1 >"$log" 2>&1 &
 gateway=$!
 pids+=("$gateway")
-wait_ready "$netns" 127.0.0.1:9901 "$gateway"
+# Readiness waits for every listener socket: a pod that cannot open its port is not ready.
+wait_unready_for "$netns" 127.0.0.1:9901 "$gateway" 127.0.0.1:80
 expect_status "$gateway" CapEff 0000000000000000
 if run_in "$netns" curl -fsS --max-time 5 -o /dev/null http://127.0.0.1:80/ 2>/dev/null; then
   fail "port 80 answered without the capability"
