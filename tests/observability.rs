@@ -226,6 +226,18 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
     );
 }
 
+/// The status of `GET /` for host `a.example` through the gateway on `listen`.
+async fn status_of_a(client: &reqwest::Client, listen: u16) -> u16 {
+    client
+        .get(format!("http://127.0.0.1:{listen}/"))
+        .header("host", "a.example")
+        .send()
+        .await
+        .expect("the gateway answers")
+        .status()
+        .as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
     let dir = tempfile::tempdir().unwrap();
@@ -240,13 +252,8 @@ async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
         .unwrap();
     wait_ready(&client, admin).await;
     for _ in 0..5 {
-        let r = client
-            .get(format!("http://127.0.0.1:{listen}/"))
-            .header("host", "a.example")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "served though the log cannot be written");
+        let status = status_of_a(&client, listen).await;
+        assert_eq!(status, 200, "served though the log cannot be written");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -290,13 +297,7 @@ async fn a_failing_backend_is_logged_once_not_per_request() {
     wait_ready(&client, admin).await;
     drop(echo);
     for _ in 0..4 {
-        let r = client
-            .get(format!("http://127.0.0.1:{listen}/"))
-            .header("host", "a.example")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 502);
+        assert_eq!(status_of_a(&client, listen).await, 502);
     }
     // The lines of the four failures have been written by the time the answers came; a
     // moment more for the reader thread.
