@@ -552,11 +552,22 @@ async fn a_listener_port_taken_by_another_process_is_reported_and_retried() {
             .clone();
         Some((of(&gw["status"]["conditions"])?, of(&l["conditions"])?))
     };
-    let unbound = |metrics: &str| {
+    // The value of metric `name` (without labels) in `metrics`.
+    let gauge = |metrics: &str, name: &str| {
         metrics
             .lines()
-            .find_map(|l| l.strip_prefix("portcullis_listener_sockets_unbound "))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .map(str::to_string)
+    };
+    let unbound = |metrics: &str| gauge(metrics, "portcullis_listener_sockets_unbound");
+    // The status of a request through listener http's socket.
+    let through_http = || async {
+        client
+            .get(format!("http://127.0.0.1:{first_port}/"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok()
     };
 
     // While the port is held: unready, saying which socket, with both conditions pending.
@@ -586,12 +597,7 @@ async fn a_listener_port_taken_by_another_process_is_reported_and_retried() {
     assert_eq!(unbound(&metrics).as_deref(), Some("1"), "{metrics}");
     // A retry that fails again changes nothing: no recompile (the generation stays), and the
     // status report, condition times included, is the same.
-    let generation = |metrics: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("portcullis_config_generation "))
-            .map(str::to_string)
-    };
+    let generation = |metrics: &str| gauge(metrics, "portcullis_config_generation");
     let (_, status) = get("/status").await.unwrap();
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let (_, later) = get("/metrics").await.unwrap();
@@ -601,12 +607,7 @@ async fn a_listener_port_taken_by_another_process_is_reported_and_retried() {
     // Released: the retry binds it, the gateway turns ready and serves there.
     first.take();
     wait_ready(&client, admin).await;
-    let r = client
-        .get(format!("http://127.0.0.1:{first_port}/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(through_http().await, Some(200));
     let (gw, l) = programmed("http").await.unwrap();
     assert!(gw.starts_with("\"True\""), "{gw}");
     assert!(l.starts_with("\"True\""), "{l}");
@@ -638,12 +639,7 @@ async fn a_listener_port_taken_by_another_process_is_reported_and_retried() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get("/readyz").await.map(|r| r.0), Some(200));
-    let r = client
-        .get(format!("http://127.0.0.1:{first_port}/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(through_http().await, Some(200));
     let (_, metrics) = get("/metrics").await.unwrap();
     assert_eq!(unbound(&metrics).as_deref(), Some("1"), "{metrics}");
 

@@ -56,7 +56,7 @@ pub(super) struct ListenerState {
     pub attached: i64,
     /// The first certificateRef's key, for HTTPS listeners.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
-    /// Every certificateRef's key, in order, when all of them resolve.
+    /// The keys of the certificateRefs that hold a usable certificate, in order.
     pub certificates: Vec<Arc<rustls::sign::CertifiedKey>>,
     /// A TLS listener in Passthrough mode: connections are routed by SNI, not terminated.
     pub passthrough: bool,
@@ -985,8 +985,8 @@ impl Gateways {
                             _ => "http",
                         },
                         certificate: l.certificate.clone(),
-                        // A stand-in for a broken first Secret is served alone.
-                        // The stand-in for a broken first Secret comes first, as that Secret would.
+                        // With several, the stand-in for a broken first Secret comes first, as
+                        // that Secret would.
                         certificates: {
                             let stand_in = l.stale_certificate.then(|| l.certificate.clone());
                             let all: Vec<_> = stand_in
