@@ -11,9 +11,16 @@ scripts/install-deps
 cargo build --locked --release --bin portcullis
 bin=target/release/portcullis
 pids=()
+# Everything started here stops with the script, however it ends: Ctrl-C, a kill of the script
+# alone, or the gateway exiting. The gateway runs in the background so that the script, not
+# the gateway, receives a signal sent to the script, and hands it on.
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 "$bin" echo --listen 127.0.0.1:9001 --name api & pids+=($!)
 "$bin" echo --listen 127.0.0.1:9002 --name site & pids+=($!)
 "$bin" echo --listen 127.0.0.1:9003 --name canary & pids+=($!)
-echo "gateway: http://127.0.0.1:8080  admin: http://127.0.0.1:9901/status"
-"$bin" run --config-dir examples/standalone --port-offset 8000 --admin-addr 127.0.0.1:9901
+echo "gateway: http://127.0.0.1:8080  admin: http://127.0.0.1:9901/status  (Ctrl-C stops all)"
+"$bin" run --config-dir examples/standalone --port-offset 8000 --admin-addr 127.0.0.1:9901 &
+pids+=($!)
+wait "$!"
