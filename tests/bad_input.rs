@@ -367,7 +367,9 @@ async fn a_bad_document_keeps_every_object_of_its_file_serving() {
         ),
         (
             two_routes().replace("port: 80}]}]\n---", "port: eighty}]}]\n---"),
-            "expected i64",
+            // (the errors are matched as JSON text, where quotes are escaped)
+            "spec has a value of the wrong type: rules[0].backendRefs[0].port: invalid type: \
+             the string",
         ),
     ];
     for (text, expected) in edits {

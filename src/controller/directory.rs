@@ -838,21 +838,29 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         Kind::EndpointSlice => &["addressType", "endpoints", "ports"],
         _ => &["spec", "status"],
     };
-    let fields = object.body.as_object().into_iter().flat_map(|m| m.keys());
-    for field in fields {
-        if !["apiVersion", "kind", "metadata"].contains(&field.as_str())
-            && !top.contains(&field.as_str())
-        {
-            return Err(format!(
-                "{who} has a field {api} does not define: {field}; check its spelling (the \
-                 API server refuses unknown fields too)"
-            ));
-        }
+    let unknown: Vec<String> = (object.body.as_object().into_iter())
+        .flat_map(|m| m.keys())
+        .filter(|field| {
+            !["apiVersion", "kind", "metadata"].contains(&field.as_str())
+                && !top.contains(&field.as_str())
+        })
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "{who} has {} {api} does not define: {}; check the spelling (the API server \
+             refuses unknown fields too)",
+            a_field_or_fields(&unknown),
+            name_fields(&unknown)
+        ));
     }
     type Meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    if let Some(field) = unknown_in::<Meta>(&object.body["metadata"]).first() {
+    let unknown = unknown_in::<Meta>(&object.body["metadata"]);
+    if !unknown.is_empty() {
         return Err(format!(
-            "{who} metadata has a field Kubernetes does not define: {field}; check its spelling"
+            "{who} metadata has {} Kubernetes does not define: {}; check the spelling",
+            a_field_or_fields(&unknown),
+            name_fields(&unknown)
         ));
     }
     // Every Gateway API kind requires its spec; without one the object would be served as
@@ -876,9 +884,12 @@ fn decode_spec(object: &Object) -> Result<(), String> {
             let slice = api::read::<api::EndpointSlice>(&object.body)
                 .map_err(|e| format!("{who} has a value of the wrong type: {e}"))?;
             type Slice = k8s_openapi::api::discovery::v1::EndpointSlice;
-            if let Some(field) = unknown_in::<Slice>(&object.body).first() {
+            let unknown = unknown_in::<Slice>(&object.body);
+            if !unknown.is_empty() {
                 return Err(format!(
-                    "{who} has a field Kubernetes does not define: {field}; check its spelling"
+                    "{who} has {} Kubernetes does not define: {}; check the spelling",
+                    a_field_or_fields(&unknown),
+                    name_fields(&unknown)
                 ));
             }
             return endpoint_addresses(&slice);
@@ -891,7 +902,8 @@ fn decode_spec(object: &Object) -> Result<(), String> {
     let pre_v1 = !object.body["apiVersion"]
         .as_str()
         .is_some_and(|v| v.ends_with("/v1"));
-    match unknown_fields(kind, spec).first() {
+    let unknown = unknown_fields(kind, spec);
+    match unknown.first() {
         // TLSRoute's `hostnames` became required in v1; earlier versions may leave it out.
         Some(missing)
             if missing.starts_with("missing field") && kind == Kind::TlsRoute && pre_v1 =>
@@ -902,12 +914,33 @@ fn decode_spec(object: &Object) -> Result<(), String> {
             "{who} spec lacks a field {api} requires: {missing}; check the spelling of the \
              fields beside where it belongs"
         )),
-        Some(field) => Err(format!(
-            "{who} spec has a field {api} does not define: {field}; check its spelling (the \
-             API server refuses unknown fields too)"
+        Some(_) => Err(format!(
+            "{who} spec has {} {api} does not define: {}; check the spelling (the API server \
+             refuses unknown fields too)",
+            a_field_or_fields(&unknown),
+            name_fields(&unknown)
         )),
         None => schema_rules(kind, &who, spec),
     }
+}
+
+/// "a field" or "N fields", for an error naming `fields`.
+fn a_field_or_fields(fields: &[String]) -> String {
+    match fields.len() {
+        1 => "a field".to_string(),
+        n => format!("{n} fields"),
+    }
+}
+
+/// The first eight of `fields`, comma-separated, saying how many more there are: enough to
+/// fix a manifest in one pass without an error the size of the manifest.
+fn name_fields(fields: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut named = fields[..fields.len().min(SHOWN)].join(", ");
+    if fields.len() > SHOWN {
+        named.push_str(&format!(" and {} more", fields.len() - SHOWN));
+    }
+    named
 }
 
 /// The API server's own checks on values of the right type that the compiler would otherwise
@@ -1558,19 +1591,28 @@ mod tests {
                 Kind::Gateway,
                 gateway("80"),
                 gateway("'80x'"),
-                "expected i64",
+                "listeners[0].port: invalid type: the string \"80x\", expected a whole number",
             ),
             (
                 Kind::HttpRoute,
                 route("80"),
                 route("eighty"),
-                "expected i64",
+                "rules[0].backendRefs[0].port: invalid type: the string \"eighty\"",
             ),
             (
                 Kind::HttpRoute,
                 route("80"),
                 route("80").replace("backendRefs", "backendRef"),
                 "does not define: rules[0].backendRef;",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80")
+                    .replace("backendRefs", "backendRef")
+                    .replace("spec:\n", "spec:\n  hostname: [a.example]\n"),
+                "spec has 2 fields the Gateway API does not define: hostname, \
+                 rules[0].backendRef;",
             ),
             (
                 Kind::Gateway,
@@ -1645,7 +1687,7 @@ mod tests {
                 Kind::Service,
                 service("80"),
                 service("'80'"),
-                "expected i64",
+                "ports[0].port: invalid type: the string \"80\", expected a whole number",
             ),
             (
                 Kind::Gateway,
@@ -1681,7 +1723,7 @@ mod tests {
                 Kind::EndpointSlice,
                 slice("IPv4", "127.0.0.1", "8080"),
                 slice("IPv4", "127.0.0.1", "x"),
-                "expected i64",
+                "ports[0].port: invalid type: the string \"x\"",
             ),
             (
                 Kind::EndpointSlice,

@@ -11,8 +11,53 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 /// Reads a typed view of an object's `spec` (or of the whole body, for kinds without one).
+/// A value of the wrong type is named by its path from there (`rules[0].backendRefs[0].port`)
+/// and described in the manifest's terms ("a whole number", "a list"), not Rust's.
 pub fn read<T: for<'de> Deserialize<'de>>(value: &serde_json::Value) -> Result<T, String> {
-    T::deserialize(value).map_err(|e| e.to_string())
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let cause = in_manifest_terms(&e.inner().to_string());
+        match e.path().to_string() {
+            root if root == "." => cause,
+            path => format!("{path}: {cause}"),
+        }
+    })
+}
+
+/// Rewrites serde's type names in an error (`expected i64`, `invalid type: map`) into the
+/// words a manifest's author uses.
+fn in_manifest_terms(message: &str) -> String {
+    let (got, expected) = match message.split_once(", expected ") {
+        Some((got, expected)) => (got, Some(expected)),
+        None => (message, None),
+    };
+    let got = got
+        .replacen("invalid type: map", "invalid type: a mapping", 1)
+        .replacen("invalid type: sequence", "invalid type: a list", 1)
+        .replacen("invalid type: string", "invalid type: the string", 1)
+        .replacen("invalid type: integer", "invalid type: the number", 1)
+        .replacen(
+            "invalid type: floating point",
+            "invalid type: the number",
+            1,
+        )
+        .replacen("invalid type: boolean", "invalid type: the boolean", 1)
+        .replacen("invalid value: integer", "invalid value: the number", 1);
+    let Some(expected) = expected else {
+        return got;
+    };
+    let expected = match expected {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a sequence" => "a list",
+        "a map" => "a mapping",
+        other if other.starts_with("struct ") => "a mapping of fields",
+        other => other,
+    };
+    format!("{got}, expected {expected}")
 }
 
 /// A hostname as the API's `Hostname` pattern allows it: labels of letters, digits and `-`
@@ -862,4 +907,29 @@ pub struct BackendTlsValidation {
     /// The name sent as SNI and verified in the backend's certificate.
     #[serde(default)]
     pub hostname: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_path_in_the_manifest_s_words() {
+        let spec = serde_json::json!({
+            "rules": [{"backendRefs": [{"name": "a", "port": 80}, {"name": "b", "port": "eighty"}]}]
+        });
+        let e = read::<RouteSpec>(&spec).unwrap_err();
+        assert_eq!(
+            e,
+            "rules[0].backendRefs[1].port: invalid type: the string \"eighty\", expected a \
+             whole number"
+        );
+        let e = read::<RouteSpec>(&serde_json::json!({"rules": {"matches": []}})).unwrap_err();
+        assert_eq!(e, "rules: invalid type: a mapping, expected a list");
+        let e = read::<RouteSpec>(&serde_json::json!("rules")).unwrap_err();
+        assert_eq!(
+            e,
+            "invalid type: the string \"rules\", expected a mapping of fields"
+        );
+    }
 }
