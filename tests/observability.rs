@@ -309,7 +309,9 @@ async fn a_failing_backend_is_logged_once_not_per_request() {
         .collect();
     assert_eq!(failed.len(), 1, "{lines:#?}");
     assert!(
-        failed[0].contains("WARN") && failed[0].contains("obs/echo"),
+        failed[0].contains("WARN")
+            && failed[0].contains("obs/echo")
+            && failed[0].contains("failures=1"),
         "{}",
         failed[0]
     );

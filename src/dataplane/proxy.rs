@@ -81,8 +81,9 @@ const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Warnings about backends that fail (refused, timed out, a TLS certificate that does not
 /// verify): one per backend at the first failure, then at most one per
-/// [`FAILURE_LOG_INTERVAL`] with the number of failures in between, so that an outage is said
-/// in the log without one line per request (each request's failure is logged at debug).
+/// [`FAILURE_LOG_INTERVAL`], so that an outage is said in the log without one line per request
+/// (each request's failure is logged at debug). Each warning counts the failures it stands
+/// for: its own and those since the previous warning that were not logged (1 at the first).
 #[derive(Default)]
 struct FailureLog(std::sync::Mutex<std::collections::HashMap<Arc<str>, (Instant, u64)>>);
 
@@ -96,16 +97,16 @@ impl FailureLog {
         }
         let now = Instant::now();
         match seen.get_mut(backend) {
-            Some((last, since)) if now.duration_since(*last) < FAILURE_LOG_INTERVAL => {
-                *since += 1;
+            Some((last, unlogged)) if now.duration_since(*last) < FAILURE_LOG_INTERVAL => {
+                *unlogged += 1;
             }
             entry => {
-                let since = entry.map_or(0, |(_, since)| *since);
+                let failures = entry.map_or(0, |(_, unlogged)| *unlogged) + 1;
                 tracing::warn!(
                     %backend,
                     status,
                     error = %error,
-                    failures_since_last_warning = since,
+                    failures,
                     "backend request failed"
                 );
                 seen.insert(backend.clone(), (now, 0));
