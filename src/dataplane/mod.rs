@@ -326,51 +326,58 @@ fn publish(
 }
 
 /// Marks the listeners of sockets that could not be bound as not programmed: the compiler
-/// cannot know that a port is taken, only the bind can.
+/// cannot know that a port is taken, only the bind can. A Gateway is programmed when all of it
+/// is served, so one listener that cannot listen leaves its Gateway pending too; the Gateway's
+/// message names every such listener, by socket, in a stable order.
 fn mark_unbound(
     report: &mut StatusReport,
     table: &RoutingTable,
     failed: &std::collections::HashMap<SocketAddr, String>,
 ) {
+    use std::collections::BTreeMap;
+    let retrying = format!("retrying every {} s", BIND_RETRY.as_secs());
+    // Gateway -> socket -> (why, its listeners on that socket).
+    let mut pending: BTreeMap<&str, BTreeMap<SocketAddr, (&str, Vec<&str>)>> = BTreeMap::new();
     for (addr, error) in failed {
-        let Some(bind) = table.binds.get(addr) else {
+        for listener in table.binds.get(addr).into_iter().flat_map(|b| &b.listeners) {
+            let entry = pending.entry(&listener.gateway).or_default();
+            let (_, names) = entry.entry(*addr).or_insert((error, Vec::new()));
+            names.push(&listener.name);
+        }
+    }
+    for (key, sockets) in pending {
+        let Some((namespace, name)) = key.split_once('/') else {
             continue;
         };
-        for listener in &bind.listeners {
-            let Some((namespace, name)) = listener.gateway.split_once('/') else {
-                continue;
-            };
-            let gateway = report.objects.iter_mut().find(|o| {
-                o.kind == crate::controller::Kind::Gateway
-                    && o.namespace == namespace
-                    && o.name == name
-            });
-            let Some(gateway) = gateway else { continue };
-            let gateway = Arc::make_mut(gateway);
-            gateway.problems = Default::default();
-            let message = format!(
-                "cannot listen on {addr}: {error}; retrying every {} s",
-                BIND_RETRY.as_secs()
-            );
+        let gateway = report.objects.iter_mut().find(|o| {
+            o.kind == crate::controller::Kind::Gateway && o.namespace == namespace && o.name == name
+        });
+        let Some(gateway) = gateway else { continue };
+        let gateway = Arc::make_mut(gateway);
+        gateway.problems = Default::default();
+        let mut said = Vec::new();
+        for (addr, (error, mut names)) in sockets {
+            names.sort_unstable();
+            let cause = format!("cannot listen on {addr}: {error}");
             let listeners = gateway.status["listeners"].as_array_mut();
-            for l in listeners
-                .into_iter()
-                .flatten()
-                .filter(|l| l["name"] == *listener.name)
+            for l in (listeners.into_iter().flatten())
+                .filter(|l| l["name"].as_str().is_some_and(|n| names.contains(&n)))
             {
-                set_pending(&mut l["conditions"], &message);
+                set_pending(&mut l["conditions"], &format!("{cause}; {retrying}"));
             }
-            // A Gateway is programmed when all of it is served: one listener that cannot
-            // listen leaves it pending, as its clients on that port see.
-            let message = format!("listener {} {message}", listener.name);
-            set_pending(&mut gateway.status["conditions"], &message);
+            let which = match names.as_slice() {
+                [one] => format!("listener {one}"),
+                many => format!("listeners {}", many.join(", ")),
+            };
+            said.push(format!("{which} {cause}"));
         }
+        let message = format!("{}; {retrying}", said.join("; "));
+        set_pending(&mut gateway.status["conditions"], &message);
     }
 }
 
 /// Turns a true `Programmed` condition among `conditions` to false with reason `Pending`. A
-/// condition already false keeps its own reason; when several listeners of a Gateway are
-/// pending, the Gateway's message names the first.
+/// condition already false keeps its own reason.
 fn set_pending(conditions: &mut serde_json::Value, message: &str) {
     for c in conditions.as_array_mut().into_iter().flatten() {
         if c["type"] == "Programmed" && c["status"] == "True" {
@@ -425,4 +432,81 @@ fn signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
         let _ = tx.send(()).await;
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::{directory::parse_manifests, Kind, Snapshot};
+    use crate::routing::compile;
+
+    /// Three listeners on two sockets, neither of which can be had: each listener says its own
+    /// socket, and the Gateway names all three, grouped by socket, in the same order every time.
+    #[test]
+    fn a_gateway_pending_on_taken_sockets_names_every_listener_waiting() {
+        let yaml = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: c}
+spec: {controllerName: portcullis.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: n}
+spec:
+  gatewayClassName: c
+  listeners:
+  - {name: web-b, port: 80, protocol: HTTP, hostname: b.example}
+  - {name: web-a, port: 80, protocol: HTTP, hostname: a.example}
+  - {name: admin, port: 81, protocol: HTTP}
+"#;
+        let (objects, errors) = parse_manifests(yaml).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let options = CompileOptions {
+            address_pool: vec!["127.0.0.1".parse().unwrap()],
+            ..CompileOptions::default()
+        };
+        let compiled = compile(&Snapshot::from_objects(objects), &options);
+        let socket = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(compiled.table.binds.len(), 2);
+        let failed = [(socket(80), "in use"), (socket(81), "denied")]
+            .into_iter()
+            .map(|(a, e)| (a, e.to_string()))
+            .collect();
+        let mut messages = Vec::new();
+        for _ in 0..3 {
+            let mut report = compiled.report.clone();
+            mark_unbound(&mut report, &compiled.table, &failed);
+            let gateway = report.get(Kind::Gateway, "n", "gw").unwrap();
+            let programmed = |conditions: &serde_json::Value| {
+                let c = conditions
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|c| c["type"] == "Programmed")
+                    .unwrap()
+                    .clone();
+                assert_eq!(
+                    (&c["status"], &c["reason"]),
+                    (&"False".into(), &"Pending".into())
+                );
+                c["message"].as_str().unwrap().to_string()
+            };
+            for l in gateway.status["listeners"].as_array().unwrap() {
+                let port = if l["name"] == "admin" { 81 } else { 80 };
+                let message = programmed(&l["conditions"]);
+                assert!(
+                    message.starts_with(&format!("cannot listen on 127.0.0.1:{port}: ")),
+                    "{message}"
+                );
+            }
+            messages.push(programmed(&gateway.status["conditions"]));
+        }
+        assert_eq!(
+            messages[0],
+            "listeners web-a, web-b cannot listen on 127.0.0.1:80: in use; listener admin \
+             cannot listen on 127.0.0.1:81: denied; retrying every 2 s"
+        );
+        assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
+    }
 }
