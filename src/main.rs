@@ -313,6 +313,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// `println!` for the offline commands' reports, without its panic when the reader has gone
+/// (`portcullis check DIR | head`): the rest of the report is dropped and the exit status
+/// still says what was found.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
     let store = Store::new();
     let mut provider = DirectoryProvider::new(dir, store.clone());
@@ -332,13 +342,13 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
         for e in &report.errors {
-            println!("ERROR {}: {}", e.source, e.message);
+            out!("ERROR {}: {}", e.source, e.message);
         }
         for o in &report.objects {
             let id = if o.namespace.is_empty() {
@@ -346,10 +356,10 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             } else {
                 format!("{}/{}", o.namespace, o.name)
             };
-            println!("{} {id} (generation {})", o.kind, o.generation);
+            out!("{} {id} (generation {})", o.kind, o.generation);
             print_conditions("  ", &o.status["conditions"]);
             for l in o.status["listeners"].as_array().into_iter().flatten() {
-                println!(
+                out!(
                     "  listener {} (attachedRoutes {})",
                     l["name"].as_str().unwrap_or(""),
                     l["attachedRoutes"]
@@ -358,7 +368,7 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             }
             for p in o.status["parents"].as_array().into_iter().flatten() {
                 let r = &p["parentRef"];
-                println!(
+                out!(
                     "  parent {}/{}{}",
                     r["namespace"].as_str().unwrap_or(""),
                     r["name"].as_str().unwrap_or(""),
@@ -371,7 +381,7 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             }
             for a in o.status["ancestors"].as_array().into_iter().flatten() {
                 let r = &a["ancestorRef"];
-                println!(
+                out!(
                     "  ancestor {}/{}",
                     r["namespace"].as_str().unwrap_or(""),
                     r["name"].as_str().unwrap_or("")
@@ -386,7 +396,7 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
         if json {
             eprintln!("not served: {u}");
         } else {
-            println!("NOT SERVED {u}");
+            out!("NOT SERVED {u}");
         }
     }
     if report.objects.is_empty() {
@@ -422,18 +432,18 @@ fn explain(
     let compiled = compile(&store.snapshot(), &args.options());
     let answer = question.answer(&compiled.table);
     for step in &answer.steps {
-        println!("{step}");
+        out!("{step}");
     }
     match answer.matched {
         Some(rule) => {
             match answer.status {
-                Some(status) => println!("=> {rule}, answered by the gateway ({status})"),
-                None => println!("=> {rule}"),
+                Some(status) => out!("=> {rule}, answered by the gateway ({status})"),
+                None => out!("=> {rule}"),
             }
             ExitCode::SUCCESS
         }
         None => {
-            println!("=> no match (404)");
+            out!("=> no match (404)");
             ExitCode::FAILURE
         }
     }
@@ -441,7 +451,7 @@ fn explain(
 
 fn print_conditions(indent: &str, conditions: &serde_json::Value) {
     for c in conditions.as_array().into_iter().flatten() {
-        println!(
+        out!(
             "{indent}{}={} {}: {}",
             c["type"].as_str().unwrap_or(""),
             c["status"].as_str().unwrap_or(""),

@@ -6,6 +6,7 @@ mod common;
 use common::manifests::{endpoint_slice, gateway, gateway_class, http_route, listener, service};
 use common::{admin_text, free_port, run_gateway, Killed};
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -100,6 +101,46 @@ fn check_reports_every_mistake_and_exits_nonzero() {
     let report: serde_json::Value =
         serde_json::from_slice(&json.stdout).expect("--json prints JSON");
     assert!(report["objects"].as_array().is_some_and(|o| !o.is_empty()));
+}
+
+/// A manifest that cannot be read as a file (a symlink to nothing) is a problem `check`
+/// reports and fails on; a reader that stops early (`check | head -1`) ends the report without
+/// a panic, and the exit status still says what was found.
+#[test]
+fn check_fails_on_a_dangling_manifest_link_and_survives_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints(9)).unwrap();
+    // Enough routes for a report larger than a pipe holds: `check` is still writing when the
+    // reader goes.
+    let routes: String = (0..1000)
+        .map(|i| http_route("app", &format!("r{i}"), "gw", &[], "svc"))
+        .collect();
+    std::fs::write(dir.path().join("more.yaml"), routes).unwrap();
+    let out = portcullis().arg("check").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.len() > 128 * 1024, "{}", out.stdout.len());
+    std::os::unix::fs::symlink("moved.yaml", dir.path().join("routes.yaml")).unwrap();
+    let mut check = portcullis()
+        .arg("check")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the first line only, then close the pipe.
+    let mut first = String::new();
+    BufReader::new(check.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        first.contains("routes.yaml: symlink to nothing"),
+        "{first}\n{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

@@ -90,8 +90,9 @@ pub struct DirectoryProvider {
     dirs: Vec<PathBuf>,
     /// Directories skipped at the last walk because they were read under another path.
     repeats: HashSet<PathBuf>,
-    /// Symlinks at the last walk whose target cannot be reached.
-    broken_links: HashSet<PathBuf>,
+    /// Entries at the last walk that could not be read as files, and why: symlinks whose
+    /// target cannot be reached, manifest names that are not regular files.
+    skipped: HashMap<PathBuf, &'static str>,
     /// While watching: which files are still being written. A one-off [`Self::sync`] (at start,
     /// `check`, `explain`) reads every file as it is.
     writes: Option<Writes>,
@@ -112,7 +113,7 @@ impl DirectoryProvider {
             owners: HashMap::new(),
             dirs: Vec::new(),
             repeats: HashSet::new(),
-            broken_links: HashSet::new(),
+            skipped: HashMap::new(),
             writes: None,
             dir_error: None,
             unreadable: HashMap::new(),
@@ -124,7 +125,6 @@ impl DirectoryProvider {
     pub fn sync(&mut self) -> std::io::Result<()> {
         let tree = walk(&self.dir)?;
         self.note_repeats(&tree.repeats);
-        self.note_broken_links(&tree.broken_links);
         self.note_unreadable(&tree.unreadable);
         self.dirs = tree.dirs;
         let mut seen = HashSet::with_capacity(tree.files.len());
@@ -172,6 +172,7 @@ impl DirectoryProvider {
                 .set_source_errors(&path.display().to_string(), Vec::new());
         }
         self.reread(reread);
+        self.note_skipped(&tree.broken_links, &tree.not_regular);
         Ok(())
     }
 
@@ -213,16 +214,39 @@ impl DirectoryProvider {
         self.repeats = repeats.iter().cloned().collect();
     }
 
-    /// Warns once about each symlink to nothing (its target was removed or renamed, or the link
-    /// points at itself): the file or directory it named is read as absent, and what it held
-    /// is no longer served.
-    fn note_broken_links(&mut self, links: &[PathBuf]) {
-        for path in links {
-            if !self.broken_links.contains(path) {
-                tracing::warn!(path = %path.display(), "symlink to nothing (its target is missing, or it loops); read as absent");
+    /// Reports what the walk could not read as a file: a symlink to nothing (its target was
+    /// removed or renamed, or the link points at itself), read as absent, and a manifest name
+    /// that is not a regular file (a FIFO, a socket, a device: reading one could block the
+    /// watcher), skipped. Each is warned once. What such a manifest held is not served, so
+    /// while it lasts it is an error in the store too (on `/status`; `check` fails); a dangling
+    /// link of another name, perhaps once a directory, is only warned about.
+    fn note_skipped(&mut self, broken_links: &[PathBuf], not_regular: &[PathBuf]) {
+        let now: HashMap<PathBuf, &'static str> = (broken_links.iter())
+            .map(|p| (p.clone(), "symlink to nothing (its target is missing, or it loops); read as absent"))
+            .chain(not_regular.iter().map(|p| {
+                (p.clone(), "not a regular file (a FIFO, a socket or a device); skipped: write the manifest to a regular file")
+            }))
+            .collect();
+        for (path, why) in &now {
+            if self.skipped.get(path) != Some(why) {
+                tracing::warn!(path = %path.display(), "{why}");
+            }
+            if is_manifest_name(path) {
+                let source = path.display().to_string();
+                let errors = vec![SourceError {
+                    source: source.clone(),
+                    message: why.to_string(),
+                }];
+                self.store.set_source_errors(&source, errors);
             }
         }
-        self.broken_links = links.iter().cloned().collect();
+        for path in self.skipped.keys().filter(|p| !now.contains_key(*p)) {
+            if is_manifest_name(path) {
+                self.store
+                    .set_source_errors(&path.display().to_string(), Vec::new());
+            }
+        }
+        self.skipped = now;
     }
 
     /// Lets `path` go of `keys`. Returns the keys no other file holds, to remove from the
@@ -680,6 +704,8 @@ struct Tree {
     repeats: Vec<PathBuf>,
     /// Symlinks whose target cannot be reached.
     broken_links: Vec<PathBuf>,
+    /// Manifest names that are neither a directory nor a regular file.
+    not_regular: Vec<PathBuf>,
     /// Subdirectories that could not be listed, and why: what was read from them before stays.
     unreadable: Vec<(PathBuf, String)>,
 }
@@ -711,7 +737,7 @@ fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> s
         if name.starts_with('.') {
             continue;
         }
-        let manifest = name.ends_with(".yaml") || name.ends_with(".yml");
+        let manifest = is_manifest_name(Path::new(&*name));
         let Ok(file_type) = entry.file_type() else {
             continue; // removed since listed
         };
@@ -738,11 +764,18 @@ fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> s
                 tree.repeats.push(path);
             }
         } else if manifest && meta.is_file() {
-            // Regular files only: reading a FIFO named `x.yaml` would block the watcher.
             tree.files.push((path, meta));
+        } else if manifest {
+            // Regular files only: reading a FIFO named `x.yaml` would block the watcher.
+            tree.not_regular.push(path);
         }
     }
     Ok(())
+}
+
+/// Whether the provider reads a file of this name: `*.yaml` and `*.yml`.
+fn is_manifest_name(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
 }
 
 /// Reads a manifest file of `len` bytes (as listed) as text. The error says why not and whether
@@ -1925,27 +1958,54 @@ mod tests {
     }
 
     #[test]
-    fn a_manifest_symlink_to_nothing_is_noted_and_read_as_absent() {
+    fn manifests_that_cannot_be_read_as_files_are_errors_while_they_last() {
         use std::os::unix::fs::symlink;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
         symlink("gone.yaml", dir.path().join("b.yaml")).unwrap();
         symlink("c.yaml", dir.path().join("c.yaml")).unwrap();
+        // A link of another name may have been a directory: warned about, not an error.
+        symlink("gone-dir", dir.path().join("more")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.path().join("d.yaml"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
         let store = Store::new();
         let mut provider = DirectoryProvider::new(dir.path(), store.clone());
         provider.sync().unwrap();
-        let mut links: Vec<&PathBuf> = provider.broken_links.iter().collect();
-        links.sort();
+        let mut skipped: Vec<(&PathBuf, &str)> =
+            provider.skipped.iter().map(|(p, why)| (p, *why)).collect();
+        skipped.sort();
+        let names: Vec<&PathBuf> = skipped.iter().map(|(p, _)| *p).collect();
         assert_eq!(
-            links,
-            [&dir.path().join("b.yaml"), &dir.path().join("c.yaml")]
+            names,
+            ["b.yaml", "c.yaml", "d.yaml", "more"]
+                .map(|n| dir.path().join(n))
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        assert!(skipped[0].1.starts_with("symlink to nothing"));
+        assert!(skipped[2].1.starts_with("not a regular file"));
+        let errors = store.snapshot().errors.clone();
+        let sources: Vec<&String> = errors.iter().map(|e| &e.source).collect();
+        assert_eq!(
+            sources,
+            ["b.yaml", "c.yaml", "d.yaml"]
+                .map(|n| dir.path().join(n).display().to_string())
+                .iter()
+                .collect::<Vec<_>>()
         );
         assert_eq!(store.snapshot().len(), 1);
-        // Once its target exists, the link is read.
+        // Once its target exists, the link is read and its error goes.
         std::fs::write(dir.path().join("gone.yaml"), service("b")).unwrap();
+        std::fs::remove_file(dir.path().join("d.yaml")).unwrap();
         provider.sync().unwrap();
-        assert_eq!(provider.broken_links.len(), 1);
+        assert_eq!(provider.skipped.len(), 2);
         assert_eq!(store.snapshot().len(), 2);
+        let errors = store.snapshot().errors.clone();
+        let sources: Vec<&String> = errors.iter().map(|e| &e.source).collect();
+        assert_eq!(sources, [&dir.path().join("c.yaml").display().to_string()]);
     }
 
     #[test]
