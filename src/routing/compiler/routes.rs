@@ -65,6 +65,9 @@ pub(super) struct CompiledRoute {
     pub kind: Kind,
     /// Rules dropped for unsupported values while others were kept.
     partially_invalid: Option<Problem>,
+    /// Values served within the gateway's limits rather than as written, said in the
+    /// `Accepted` message so that the route's author learns of it.
+    limited: Vec<String>,
 }
 
 /// Translates every HTTPRoute, GRPCRoute and TLSRoute and attaches it; returns the ready
@@ -245,6 +248,7 @@ fn translate_route(
             rules: Vec::new(),
             kind: route.key.kind,
             partially_invalid: None,
+            limited: Vec::new(),
         }),
         attachments: Vec::new(),
         backends: Vec::new(),
@@ -327,7 +331,15 @@ fn translate_route(
         let mut c = Conditions::new(route.generation, &options.now);
         match attach {
             Some((reason, msg)) => c.set("Accepted", false, reason, msg),
-            None => c.set("Accepted", true, "Accepted", "route is attached"),
+            None if outcome.compiled.limited.is_empty() => {
+                c.set("Accepted", true, "Accepted", "route is attached")
+            }
+            None => c.set(
+                "Accepted",
+                true,
+                "Accepted",
+                format!("route is attached; {}", outcome.compiled.limited.join("; ")),
+            ),
         }
         c.set_resolved_refs(resolved_problem.as_ref().map(|(r, m)| (*r, m.as_str())));
         if let Some((reason, msg)) = &outcome.compiled.partially_invalid {
@@ -474,6 +486,7 @@ fn translate(
         rules: Vec::new(),
         kind: route.key.kind,
         partially_invalid: None,
+        limited: Vec::new(),
     };
     let mut unsupported: Option<Problem> = None;
     let mut unresolved: Option<Problem> = None;
@@ -490,6 +503,14 @@ fn translate(
             Ok(matches) => {
                 valid_rules += 1;
                 out.rules.extend(matches);
+                let attempts = rule.retry.as_ref().and_then(|r| r.attempts);
+                if let Some(n) = attempts.filter(|&n| n > i64::from(RetryPolicy::MAX_ATTEMPTS)) {
+                    out.limited.push(format!(
+                        "rule {index}: retry attempts {n} served as {}, the most one request \
+                         gets",
+                        RetryPolicy::MAX_ATTEMPTS
+                    ));
+                }
             }
             // Every dropped rule is named, so that one pass fixes them all.
             Err(msg) => match &mut unsupported {

@@ -771,6 +771,14 @@ fn retry_is_checked_and_its_defaults_filled_in() {
         retry_of("/many", &c).unwrap().attempts,
         RetryPolicy::MAX_ATTEMPTS
     );
+    // Served within the limit, and the route's Accepted message says so.
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(
+        accepted["message"],
+        "route is attached; rule 2: retry attempts 1000 served as 10, the most one request gets"
+    );
 
     // What the API server's schema refuses is refused here, naming the field.
     for (retry, says) in [
