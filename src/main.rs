@@ -430,7 +430,7 @@ fn explain(
         return ExitCode::from(2);
     }
     let compiled = compile(&store.snapshot(), &args.options());
-    let answer = question.answer(&compiled.table);
+    let answer = question.answer(&compiled.table, &compiled.report);
     for step in &answer.steps {
         out!("{step}");
     }

@@ -93,7 +93,7 @@ fn answer(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         "/debug/explain" => {
             match crate::routing::explain::Question::from_query(req.uri().query().unwrap_or("")) {
                 Ok(question) => {
-                    let answer = question.answer(&shared.table.load());
+                    let answer = question.answer(&shared.table.load(), &shared.report.load());
                     (StatusCode::OK, "application/json", serde_json::to_string_pretty(&answer).unwrap_or_default())
                 }
                 Err(err) => (StatusCode::BAD_REQUEST, "text/plain", format!("{err}\n")),

@@ -9,6 +9,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::status::StatusReport;
 use super::table::{
     host_matches, normalize_host, Backend, Entry, Failure, Filter, HostIndex, ListenerRoutes,
     PathIndex, RequestView, RoutingTable, ValueMatch,
@@ -29,6 +30,70 @@ pub struct Explanation {
     pub steps: Vec<String>,
 }
 
+/// How the first step begins when the question's listener is not in the table.
+const NOT_SERVED: &str = "no served listener is named";
+
+/// Why listener `namespace/gateway/listener` is not in the table, from the conditions of the
+/// compile that made it: no such Gateway served here, no such listener in it, or the false
+/// conditions that kept it out (most often an address `--address-pool` cannot give: explain
+/// places Gateways as the run it stands for would only when given the same flags).
+fn why_not_served(report: &StatusReport, listener: &str) -> String {
+    let mut parts = listener.splitn(3, '/');
+    let (Some(namespace), Some(gateway), Some(name)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return "name it as namespace/gateway/listener".to_string();
+    };
+    let Some(status) = report.get(crate::controller::Kind::Gateway, namespace, gateway) else {
+        return format!(
+            "no Gateway {namespace}/{gateway} is served here: is it in the configuration, with a \
+             GatewayClass of this controller?"
+        );
+    };
+    let listeners = status.status["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let Some(entry) = listeners.iter().find(|l| l["name"] == name) else {
+        let names: Vec<&str> = listeners
+            .iter()
+            .filter_map(|l| l["name"].as_str())
+            .collect();
+        return format!(
+            "Gateway {namespace}/{gateway} has no listener named {name:?}; it has: {}",
+            names.join(", ")
+        );
+    };
+    let not_true = |conditions: &Value| -> Vec<String> {
+        (conditions.as_array().into_iter().flatten())
+            // Every condition is good when true, except `Conflicted`.
+            .filter(|c| (c["type"] == "Conflicted") == (c["status"] == "True"))
+            .map(|c| {
+                format!(
+                    "{}={} {}: {}",
+                    c["type"].as_str().unwrap_or_default(),
+                    c["status"].as_str().unwrap_or_default(),
+                    c["reason"].as_str().unwrap_or_default(),
+                    c["message"].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    };
+    let mut why = not_true(&entry["conditions"]);
+    why.extend(
+        not_true(&status.status["conditions"])
+            .into_iter()
+            .map(|c| format!("Gateway {c}")),
+    );
+    let mut said = format!("listener {listener} is not served: {}", why.join("; "));
+    if why.iter().any(|c| c.contains("AddressNot")) {
+        said.push_str(
+            "; explain places Gateways on addresses as the run does only when given the same \
+             --address-pool",
+        );
+    }
+    said
+}
+
 /// Explains a request arriving on the socket of listener `gateway_ns/gateway_name/listener`.
 pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> Explanation {
     let mut steps = Vec::new();
@@ -44,7 +109,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
             .any(|l| format!("{}/{}", l.gateway, l.name) == listener)
     }) else {
         steps.push(format!(
-            "no served listener is named {listener:?} (expected namespace/gateway/listener)"
+            "{NOT_SERVED} {listener:?} (expected namespace/gateway/listener)"
         ));
         return miss(steps);
     };
@@ -449,7 +514,9 @@ impl Question {
     }
 
     /// Explains the question against `table`.
-    pub fn answer(&self, table: &RoutingTable) -> Explanation {
+    /// The answer from `table`; when the listener is not in it, `report` (the same compile's
+    /// conditions) says why.
+    pub fn answer(&self, table: &RoutingTable, report: &StatusReport) -> Explanation {
         let (path, query) = match self.path.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (self.path.as_str(), None),
@@ -480,6 +547,13 @@ impl Question {
             header: &header,
         };
         let mut answer = explain(table, &self.listener, &view);
+        if answer
+            .steps
+            .first()
+            .is_some_and(|s| s.starts_with(NOT_SERVED))
+        {
+            answer.steps.push(why_not_served(report, &self.listener));
+        }
         if resolved.is_some() {
             answer.steps.insert(
                 0,

@@ -1045,6 +1045,47 @@ fn objects_nothing_serves_are_named_with_the_reason() {
     assert_eq!(unserved.len(), 1, "{unserved:?}");
 }
 
+/// A question about a listener the table does not hold says why, from the same compile.
+#[test]
+fn explain_says_why_a_listener_is_not_served() {
+    use crate::routing::explain::Question;
+    let yaml = BASE.replace(
+        "  listeners:\n",
+        "  addresses: [{type: IPAddress, value: 127.0.0.5}]\n  listeners:\n",
+    );
+    let ask = |c: &Compiled, listener: &str| {
+        let answer = Question {
+            listener: listener.to_string(),
+            host: "a.example".to_string(),
+            path: "/".to_string(),
+            method: "GET".to_string(),
+            headers: Vec::new(),
+        }
+        .answer(&c.table, &c.report);
+        assert_eq!(answer.status, Some(404));
+        answer.steps.last().unwrap().clone()
+    };
+    let pool = |ip: &str| CompileOptions {
+        address_pool: vec![ip.parse().unwrap()],
+        ..CompileOptions::default()
+    };
+    let c = compile(&snapshot(&yaml), &pool("127.0.0.1"));
+    let why = ask(&c, "infra/gw/http");
+    assert!(
+        why.starts_with("listener infra/gw/http is not served: Programmed=False AddressNotUsable")
+            && why.ends_with("only when given the same --address-pool"),
+        "{why}"
+    );
+    assert_eq!(
+        ask(&c, "infra/gw/htp"),
+        "Gateway infra/gw has no listener named \"htp\"; it has: http"
+    );
+    assert!(ask(&c, "infra/other/http").starts_with("no Gateway infra/other is served here"));
+    // With the address it asks for, it is served.
+    let c = compile(&snapshot(&yaml), &pool("127.0.0.5"));
+    assert!(c.table.binds.len() == 1);
+}
+
 #[test]
 fn explain_names_each_share_the_gateway_answers_itself() {
     use crate::routing::explain::Question;
@@ -1067,7 +1108,7 @@ fn explain_names_each_share_the_gateway_answers_itself() {
             method: "GET".to_string(),
             headers: Vec::new(),
         }
-        .answer(&c.table)
+        .answer(&c.table, &c.report)
     };
     // Half the weight forwards: no status, but the 503 share is named.
     let mixed = ask("/mixed");
@@ -1113,7 +1154,7 @@ fn explain_knows_the_preflights_a_cors_filter_answers() {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
         }
-        .answer(&c.table)
+        .answer(&c.table, &c.report)
     };
     let preflight = [
         ("origin", "https://app.example"),
