@@ -120,7 +120,7 @@ fn explain_names_the_rule_each_precedence_case_expects() {
                     })
                     .unwrap_or_default(),
             };
-            let answer = question.answer(&compiled.table);
+            let answer = question.answer(&compiled.table, &compiled.report);
             let expect = &case["expect"];
             let status = expect["status"].as_u64().unwrap_or(200);
             checked += 1;
