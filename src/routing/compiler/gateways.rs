@@ -139,6 +139,8 @@ pub(super) struct GatewayState {
     pub namespace: String,
     pub name: String,
     generation: i64,
+    /// `metadata.creationTimestamp`: of two Gateways asking for one address, the older keeps it.
+    created: String,
     problem: Option<Problem>,
     address: Option<IpAddr>,
     address_problem: Option<Problem>,
@@ -152,6 +154,12 @@ pub(super) struct GatewayState {
 impl GatewayState {
     fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Not accepted, as a whole or in every listener: nothing of it could be served.
+    fn serves_nothing(&self) -> bool {
+        self.problem.is_some()
+            || (!self.listeners.is_empty() && self.listeners.iter().all(|l| l.accepted.is_some()))
     }
 }
 
@@ -264,12 +272,27 @@ pub(super) fn compile(
 }
 
 /// Gives each Gateway its address, in three rounds: addresses requested in `spec.addresses`
-/// first (a second request for one address is refused, naming the Gateway that holds it); then
-/// each Gateway keeps the address it had (`options.assigned`), so that others coming and going
-/// do not move it; then the rest take free pool addresses, in name order.
+/// first; then each Gateway keeps the address it had (`options.assigned`), so that others
+/// coming and going do not move it; then the rest take free pool addresses, in name order.
+///
+/// Of two requests for one address, the Gateway already serving on it keeps it, else the
+/// older one (then the first by namespace and name) gets it: a Gateway added later never takes
+/// the address, and with it the clients, of one that is serving. The other is refused, naming
+/// the holder. A Gateway that is not accepted takes no address: it would serve nothing on it.
 fn assign_addresses(gateways: &mut [GatewayState], options: &CompileOptions) {
     let mut taken: Vec<(IpAddr, String)> = Vec::new();
-    for state in gateways.iter_mut() {
+    for state in gateways.iter_mut().filter(|s| s.serves_nothing()) {
+        state.address = None;
+    }
+    let mut requests: Vec<&mut GatewayState> = gateways
+        .iter_mut()
+        .filter(|s| s.address.is_some())
+        .collect();
+    requests.sort_by_cached_key(|s| {
+        let holds = options.assigned.get(&s.key()) == s.address.as_ref();
+        (!holds, s.created.clone(), s.key())
+    });
+    for state in requests {
         let Some(addr) = state.address else { continue };
         match taken.iter().find(|(a, _)| *a == addr) {
             Some((_, holder)) => {
@@ -286,7 +309,7 @@ fn assign_addresses(gateways: &mut [GatewayState], options: &CompileOptions) {
         }
     }
     for state in gateways.iter_mut() {
-        if state.address.is_some() || state.address_problem.is_some() {
+        if state.address.is_some() || state.address_problem.is_some() || state.serves_nothing() {
             continue;
         }
         if let Some(prev) = options.assigned.get(&state.key()) {
@@ -297,7 +320,7 @@ fn assign_addresses(gateways: &mut [GatewayState], options: &CompileOptions) {
         }
     }
     for state in gateways.iter_mut() {
-        if state.address.is_some() || state.address_problem.is_some() {
+        if state.address.is_some() || state.address_problem.is_some() || state.serves_nothing() {
             continue;
         }
         match options
@@ -433,6 +456,7 @@ fn gateway_state(
         namespace: gateway.key.namespace.clone(),
         name: gateway.key.name.clone(),
         generation: gateway.generation,
+        created: gateway.creation_timestamp.clone(),
         problem,
         address,
         address_problem,
@@ -909,6 +933,7 @@ impl Gateways {
             let now = &options.now;
             let mut listener_status = Vec::new();
             let mut any_valid = false;
+            let mut any_served = false;
             for l in &gateway.listeners {
                 let mut c = Conditions::new(gateway.generation, now);
                 match &l.accepted {
@@ -928,6 +953,7 @@ impl Gateways {
                     && gateway.problem.is_none()
                     && gateway.address.is_some()
                     && socket.is_some();
+                any_served |= served;
                 if served {
                     c.set("Programmed", true, "Programmed", "listener is served");
                 } else {
@@ -1039,6 +1065,15 @@ impl Gateways {
                 );
             } else if let Some((reason, msg)) = &gateway.address_problem {
                 c.set("Programmed", false, reason, msg.clone());
+            } else if !any_served && !gateway.listeners.is_empty() {
+                // Accepted for its valid listeners, yet none of them can be served (each says
+                // why): nothing of it reaches a client.
+                c.set(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "no listener is served; see the listeners' Programmed conditions",
+                );
             } else {
                 c.set("Programmed", true, "Programmed", "Gateway is served");
             }

@@ -634,6 +634,104 @@ fn a_requested_address_wins_over_one_kept_and_a_second_request_is_refused() {
     assert_eq!(problems.len(), 1, "{problems:?}");
 }
 
+/// Of two requests for one address, the Gateway serving on it keeps it and otherwise the older
+/// one gets it, whatever their names; a Gateway that is not accepted takes no address at all.
+#[test]
+fn a_later_request_never_takes_a_serving_gateway_s_address_and_an_unaccepted_one_takes_none() {
+    let gateway = |name: &str, created: &str, address: &str, protocol: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: {name}, namespace: infra, creationTimestamp: '{created}'}}\n\
+             spec:\n  gatewayClassName: portcullis\n\
+             \x20 addresses: [{{type: IPAddress, value: {address}}}]\n\
+             \x20 listeners: [{{name: l, port: 80, protocol: {protocol}}}]\n"
+        )
+    };
+    let text = [
+        BASE.replace(
+            "name: gw,",
+            "name: gw, creationTimestamp: '2020-01-01T00:00:00Z',",
+        ),
+        gateway("a-new", "2025-01-01T00:00:00Z", "127.0.0.1", "HTTP"),
+        gateway("z-old", "2020-01-01T00:00:00Z", "127.0.0.1", "HTTP"),
+        gateway("b-serving", "2025-06-01T00:00:00Z", "127.0.0.2", "HTTP"),
+        gateway("a-newer", "2024-01-01T00:00:00Z", "127.0.0.2", "HTTP"),
+    ]
+    .concat();
+    let options = |pool: &[&str], assigned: &[(&str, &str)]| CompileOptions {
+        address_pool: pool.iter().map(|a| a.parse().unwrap()).collect(),
+        assigned: (assigned.iter())
+            .map(|(g, a)| (format!("infra/{g}"), a.parse().unwrap()))
+            .collect(),
+        ..Default::default()
+    };
+    let c = compile(
+        &snapshot(&text),
+        &options(
+            &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
+            &[("b-serving", "127.0.0.2")],
+        ),
+    );
+    let address = |c: &Compiled, name: &str| c.assigned.get(&format!("infra/{name}")).copied();
+    assert_eq!(address(&c, "z-old"), Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(address(&c, "a-new"), None);
+    assert_eq!(address(&c, "b-serving"), Some("127.0.0.2".parse().unwrap()));
+    assert_eq!(address(&c, "a-newer"), None);
+    let programmed = |c: &Compiled, name: &str| {
+        let status = &c.report.get(Kind::Gateway, "infra", name).unwrap().status;
+        condition(&status["conditions"], "Programmed").clone()
+    };
+    assert!(
+        programmed(&c, "a-newer")["message"]
+            .as_str()
+            .unwrap()
+            .contains("requested by Gateway infra/b-serving"),
+        "{}",
+        programmed(&c, "a-newer")
+    );
+
+    // A pool of one: a Gateway whose only listener is not valid takes nothing from it.
+    let text = [
+        BASE.to_string(),
+        gateway("a-udp", "2020-01-01T00:00:00Z", "127.0.0.1", "UDP")
+            .replace("  addresses: [{type: IPAddress, value: 127.0.0.1}]\n", ""),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &options(&["127.0.0.1"], &[]));
+    assert_eq!(address(&c, "a-udp"), None);
+    assert_eq!(address(&c, "gw"), Some("127.0.0.1".parse().unwrap()));
+    assert_eq!(programmed(&c, "gw")["status"], "True");
+}
+
+/// Accepted for a valid listener, but with none that can be served (its port is out of range
+/// once moved by --port-offset): the Gateway is not programmed, and that is a problem.
+#[test]
+fn a_gateway_with_no_listener_served_is_not_programmed() {
+    let options = CompileOptions {
+        address_pool: vec!["127.0.0.1".parse().unwrap()],
+        port_offset: 65500,
+        ..Default::default()
+    };
+    let c = compile(&snapshot(BASE), &options);
+    let status = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let listener = condition(&status["listeners"][0]["conditions"], "Programmed");
+    assert_eq!(listener["status"], "False");
+    let programmed = condition(&status["conditions"], "Programmed");
+    assert_eq!(
+        (&programmed["status"], &programmed["reason"]),
+        (&"False".into(), &"Invalid".into())
+    );
+    assert!(c.table.binds.is_empty());
+    assert!(
+        c.report
+            .problems()
+            .iter()
+            .any(|p| p.starts_with("Gateway infra/gw: not programmed")),
+        "{:?}",
+        c.report.problems()
+    );
+}
+
 #[test]
 fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
     let policy = |name: &str, service: &str, validation: &str| {
