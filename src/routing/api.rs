@@ -470,6 +470,8 @@ pub struct HttpFilter {
     pub request_mirror: Option<RequestMirror>,
     /// `CORS`.
     pub cors: Option<Cors>,
+    /// `ExtensionRef`: a custom filter, by reference.
+    pub extension_ref: Option<LocalRef>,
 }
 
 /// `filters[].cors`.

@@ -546,21 +546,29 @@ fn translate_rule(
     backends: &mut BackendCache,
     unresolved: &mut Option<Problem>,
 ) -> Result<Vec<CompiledMatch>, String> {
-    let filters = rule
+    // ExtensionRef filters are not applied but answered (see `unresolved_extension`).
+    let applied = |f: &&HttpFilter| f.type_ != "ExtensionRef";
+    let mut filters = rule
         .filters
         .iter()
+        .filter(applied)
         .map(|f| translate_filter(ctx, f, backends, unresolved))
         .collect::<Result<Vec<_>, _>>()?;
     let mut weighted = Vec::new();
     for b in &rule.backend_refs {
         let weight = u64::try_from(b.weight.unwrap_or(1))
             .map_err(|_| "backendRef weight must not be negative".to_string())?;
-        let target = resolve_backend(ctx, b, backends, unresolved);
-        let filters = b
+        let mut target = resolve_backend(ctx, b, backends, unresolved);
+        let mut filters = b
             .filters
             .iter()
+            .filter(applied)
             .map(|f| translate_filter(ctx, f, backends, unresolved))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(reason) = unresolved_extension(index, &b.filters, unresolved) {
+            target = Arc::new(Backend::Invalid { reason });
+            filters.clear();
+        }
         if weight > 0 {
             weighted.push(WeightedBackend {
                 weight,
@@ -585,6 +593,14 @@ fn translate_rule(
         None => (None, None),
     };
     let retry = rule.retry.as_ref().map(translate_retry).transpose()?;
+    if let Some(reason) = unresolved_extension(index, &rule.filters, unresolved) {
+        filters.clear();
+        weighted = vec![WeightedBackend {
+            weight: 1,
+            target: Arc::new(Backend::Invalid { reason }),
+            filters: Vec::new(),
+        }];
+    }
     let compiled_rule = Arc::new(Rule {
         route: route_id.clone(),
         index,
@@ -747,6 +763,31 @@ fn anchored(pattern: &str) -> Result<Regex, String> {
             .map_or_else(|| text.replace('\n', " "), str::to_string);
         format!("invalid regular expression {pattern:?}: {problem}")
     })
+}
+
+/// The first `ExtensionRef` among `filters`, noted as a reference that does not resolve.
+/// This controller defines no custom filter, and the spec forbids skipping one that cannot be
+/// resolved: the requests it would have processed (all of the rule's, or one backendRef's
+/// share) are answered 500, as for a backendRef that does not resolve, rather than served
+/// without it (an authentication filter, say).
+fn unresolved_extension(
+    rule: usize,
+    filters: &[HttpFilter],
+    unresolved: &mut Option<Problem>,
+) -> Option<String> {
+    let r = filters
+        .iter()
+        .find(|f| f.type_ == "ExtensionRef")?
+        .extension_ref
+        .clone()
+        .unwrap_or_default();
+    let msg = format!(
+        "rule {rule}: ExtensionRef filter {}/{} {:?}: this controller has no custom filters; \
+         requests it would process are answered 500",
+        r.group, r.kind, r.name
+    );
+    note_unresolved(unresolved, "InvalidKind", &msg);
+    Some(msg)
 }
 
 fn translate_filter(

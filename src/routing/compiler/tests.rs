@@ -1298,3 +1298,61 @@ fn debug_routes_shows_the_sni_table_of_a_passthrough_listener() {
     let http = listeners.iter().find(|l| l["listener"] == "http").unwrap();
     assert!(http.get("passthrough").is_none(), "{http}");
 }
+
+/// An ExtensionRef filter cannot be resolved here (there are no custom filters), and the spec
+/// forbids skipping it: the requests it would process are answered 500 by its own rule, never
+/// passed on to a broader rule or served without the filter.
+#[test]
+fn an_extension_ref_filter_is_answered_500_not_skipped() {
+    use crate::routing::explain::Question;
+    let ext = "{type: ExtensionRef, extensionRef: {group: foo.io, kind: Bar, name: baz}}";
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "r",
+            &format!(
+                "  rules:\n\
+                 \x20 - matches: [{{path: {{value: /x}}}}]\n    filters: [{ext}]\n    backendRefs: [{{name: svc, port: 8080}}]\n\
+                 \x20 - matches: [{{path: {{value: /y}}}}]\n    backendRefs: [{{name: svc, port: 8080, filters: [{ext}]}}]\n\
+                 \x20 - backendRefs: [{{name: svc, port: 8080}}]\n"
+            )
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let ask = |path: &str| {
+        Question {
+            listener: "infra/gw/http".to_string(),
+            host: "a.example".to_string(),
+            path: path.to_string(),
+            method: "GET".to_string(),
+            headers: Vec::new(),
+        }
+        .answer(&c.table, &c.report)
+    };
+    for (path, rule) in [("/x", "infra/r#0"), ("/y", "infra/r#1")] {
+        let answer = ask(path);
+        assert_eq!(answer.matched.as_deref(), Some(rule), "{answer:?}");
+        assert_eq!(answer.status, Some(500), "{answer:?}");
+    }
+    assert_eq!(ask("/z").status, None);
+    let status = &c.report.get(Kind::HttpRoute, "infra", "r").unwrap().status;
+    let conditions = &status["parents"][0]["conditions"];
+    assert_eq!(condition(conditions, "Accepted")["status"], "True");
+    let resolved = condition(conditions, "ResolvedRefs");
+    assert_eq!(
+        (&resolved["status"], &resolved["reason"]),
+        (&"False".into(), &"InvalidKind".into())
+    );
+    assert!(
+        resolved["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rule 0: ExtensionRef filter foo.io/Bar \"baz\""),
+        "{resolved}"
+    );
+    assert!(conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["type"] != "PartiallyInvalid"));
+}
