@@ -9,12 +9,28 @@
 
 mod common;
 
-use common::free_port;
+use common::{free_port, run_gateway, wait_ready, Killed};
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A Gateway with one listener on port 80 routing everything to the echo backend.
+fn config(echo_port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: portcullis}}\n\
+         spec: {{controllerName: portcullis.dev/gateway-controller}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: d}}\n\
+         spec: {{gatewayClassName: portcullis, listeners: [{{name: web, port: 80, protocol: HTTP}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: d}}\n\
+         spec: {{parentRefs: [{{name: gw}}], rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: d}}\nspec: {{ports: [{{port: 80}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: echo-1, namespace: d, labels: {{kubernetes.io/service-name: echo}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [127.0.0.1]}}]\nports: [{{port: {echo_port}}}]\n"
+        )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
@@ -25,22 +41,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::fs::write(
-        dir.path().join("all.yaml"),
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: portcullis}}\n\
-             spec: {{controllerName: portcullis.dev/gateway-controller}}\n---\n\
-             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: d}}\n\
-             spec: {{gatewayClassName: portcullis, listeners: [{{name: web, port: 80, protocol: HTTP}}]}}\n---\n\
-             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: d}}\n\
-             spec: {{parentRefs: [{{name: gw}}], rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]}}\n---\n\
-             apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: d}}\nspec: {{ports: [{{port: 80}}]}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: echo-1, namespace: d, labels: {{kubernetes.io/service-name: echo}}}}\n\
-             addressType: IPv4\nendpoints: [{{addresses: [127.0.0.1]}}]\nports: [{{port: {echo_port}}}]\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
     let listen = free_port();
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--config-dir"])
@@ -136,4 +137,83 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     assert!(status.success(), "exit status {status}");
     assert_eq!(failed, 0, "accepted requests failed during the drain");
     assert!(ok > 16, "too little load ran before SIGTERM ({ok})");
+}
+
+/// SIGHUP is said and ignored: the gateway keeps serving. At SIGTERM `/readyz` turns 503 at
+/// once, so that traffic is sent elsewhere while a request in flight still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_ignored_and_a_draining_gateway_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let echo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    let (mut gateway, listen, admin) = run_gateway(dir.path(), &["--drain-timeout", "10s"]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_ready(&client, admin).await;
+    let signal = |name: &str, pid: u32| {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    let pid = gateway.0.id();
+    let get = |url: String| {
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.ok()?;
+            Some((r.status().as_u16(), r.text().await.ok()?))
+        }
+    };
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    signal("HUP", pid);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        gateway.0.try_wait().unwrap().is_none(),
+        "SIGHUP ended the gateway"
+    );
+    let through = get(format!("http://127.0.0.1:{listen}/")).await;
+    assert_eq!(through.map(|r| r.0), Some(200));
+    assert_eq!(get(readyz.clone()).await.map(|r| r.0), Some(200));
+
+    let slow = tokio::spawn(get(format!("http://127.0.0.1:{listen}/slow?delay_ms=1500")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal("TERM", pid);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match get(readyz.clone()).await {
+            Some((503, body)) => {
+                assert!(body.contains("shutting down"), "{body}");
+                break;
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "still ready while draining: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        gateway.0.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    assert_eq!(slow.await.unwrap().map(|r| r.0), Some(200));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gateway.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(echo);
 }

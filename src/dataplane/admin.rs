@@ -3,7 +3,7 @@
 //! | path       | answer                                                              |
 //! |------------|---------------------------------------------------------------------|
 //! | `/healthz` | 200 while the process runs                                          |
-//! | `/readyz`  | 200 once the first routing table is live with its listener sockets bound, 503 (saying why) before |
+//! | `/readyz`  | 200 once the first routing table is live with its listener sockets bound, 503 (saying why) before and from SIGTERM on |
 //! | `/metrics` | Prometheus text format                                              |
 //! | `/status`  | the compiler's report as JSON, the same as `portcullis check --json` |
 //! | `/debug/routes` | the routing table as JSON, rules in the order they are tried   |

@@ -271,6 +271,12 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         drain_timeout_s = options.drain_timeout.as_secs_f64(),
         "shutting down: no new connections, draining in-flight requests"
     );
+    // Not ready from here on, so that whatever sends traffic here (a Service's endpoints, a
+    // load balancer's health check) stops doing so while open connections drain.
+    shared.waiting_for.store(Arc::new(
+        "shutting down: draining in-flight requests".to_string(),
+    ));
+    shared.ready.store(false, Ordering::Release);
     // Draining runs in three steps. New connections are refused at once. For a short grace
     // period, requests on open connections are still served but answered with
     // `Connection: close`, so busy clients move away cleanly; closing idle keep-alive connections
@@ -418,11 +424,20 @@ fn unbound_summary(
     )
 }
 
-/// A stream of SIGTERM and SIGINT.
+/// A stream of SIGTERM and SIGINT. SIGHUP, which would end the process at once by default
+/// (a closed terminal, or `kill -HUP` sent out of habit to make a proxy reload), is said in
+/// the log and otherwise ignored: there is nothing to reload, as configuration changes apply
+/// as they come.
 fn signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP ignored: configuration changes apply as they come, with no reload; SIGTERM stops the gateway");
+        }
+    });
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         tokio::select! {
