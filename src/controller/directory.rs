@@ -1471,6 +1471,59 @@ mod tests {
         );
     }
 
+    /// Names the API server refuses are refused here, quoted so that a control character
+    /// cannot forge a log line; valid ones of every shape load.
+    #[test]
+    fn names_and_namespaces_the_api_server_refuses_are_refused() {
+        let route = |name: &str, namespace: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: {name}, namespace: {namespace}}}\nspec: {{}}\n"
+            )
+        };
+        for (name, namespace) in [
+            ("r.v1-a", "team-a"),
+            ("0r", "n"),
+            (&"a".repeat(253)[..], "n"),
+        ] {
+            let (objects, errors) = parse_manifests(&route(name, namespace)).unwrap();
+            assert!(errors.is_empty(), "{name}: {errors:?}");
+            assert_eq!(objects.len(), 1);
+        }
+        for (name, namespace, says) in [
+            (
+                "\"r\\n2026 INFO fake\"",
+                "n",
+                r#"metadata.name "r\n2026 INFO fake" is not a valid name"#,
+            ),
+            ("Route", "n", r#"metadata.name "Route" is not"#),
+            ("r/x", "n", r#"metadata.name "r/x" is not"#),
+            ("rüte", "n", r#"metadata.name "rüte" is not"#),
+            ("-r", "n", r#"metadata.name "-r" is not"#),
+            (
+                "r",
+                "a.b",
+                r#"metadata.namespace "a.b" is not a valid name: use at most 63"#,
+            ),
+            (&"a".repeat(254)[..], "n", "use at most 253"),
+        ] {
+            let errors = parse_manifests(&route(name, namespace)).unwrap().1;
+            assert_eq!(errors.len(), 1, "{name}");
+            assert!(errors[0].contains(says), "{errors:?}");
+            assert!(!errors[0].contains('\n'), "{errors:?}");
+        }
+        // A Service name is a DNS label: no dots.
+        let errors = parse_manifests(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a.b, namespace: n}\nspec: {}\n",
+        )
+        .unwrap()
+        .1;
+        assert!(
+            errors[0].contains("metadata.name \"a.b\" is not a valid name"),
+            "{errors:?}"
+        );
+    }
+
     #[test]
     fn an_empty_name_is_refused_like_a_missing_one() {
         let text = "apiVersion: v1\nkind: Service\nmetadata: {name: ''}\n";

@@ -311,9 +311,62 @@ pub enum ObjectError {
     /// A label value is not a string (the API server refuses `app: 1` or `canary: true`).
     #[error("metadata.labels.{0} is not a string; quote the value, such as \"1\" or \"true\"")]
     LabelNotAString(String),
+    /// A name or namespace the API server would refuse (upper case, `/`, spaces, control
+    /// characters): it would also end up, as written, in logs and status.
+    #[error("{field} {value:?} is not a valid name: {rule}")]
+    InvalidName {
+        /// `metadata.name` or `metadata.namespace`.
+        field: &'static str,
+        /// The value as written.
+        value: String,
+        /// What a valid one looks like.
+        rule: &'static str,
+    },
     /// The kind is not one the gateway reads.
     #[error(transparent)]
     UnknownKind(#[from] UnknownKind),
+}
+
+/// The API's DNS-1123 subdomain (most object names) or, with `label`, DNS label (namespaces,
+/// Namespace and Service names): lower-case letters, digits and `-` (and `.` between labels
+/// of a subdomain), starting and ending with a letter or digit, 253 or 63 characters at most.
+fn check_name(field: &'static str, value: &str, label: bool) -> Result<(), ObjectError> {
+    let (max, rule) = if label {
+        (
+            63,
+            "use at most 63 lower-case letters, digits and '-', starting and ending with a \
+             letter or digit",
+        )
+    } else {
+        (
+            253,
+            "use at most 253 lower-case letters, digits, '-' and '.', each part between dots \
+             starting and ending with a letter or digit",
+        )
+    };
+    let part_ok = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !part.starts_with('-')
+            && !part.ends_with('-')
+    };
+    let ok = value.len() <= max
+        && if label {
+            part_ok(value)
+        } else {
+            value.split('.').all(part_ok)
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(ObjectError::InvalidName {
+            field,
+            value: value.to_string(),
+            rule,
+        })
+    }
 }
 
 impl Object {
@@ -335,6 +388,14 @@ impl Object {
             Value::Null => "default",
             namespace => text_field(namespace, "metadata.namespace")?,
         };
+        check_name(
+            "metadata.name",
+            name,
+            matches!(kind, Kind::Namespace | Kind::Service),
+        )?;
+        if !namespace.is_empty() {
+            check_name("metadata.namespace", namespace, true)?;
+        }
         let mut labels = std::collections::BTreeMap::new();
         for (key, value) in meta["labels"].as_object().into_iter().flatten() {
             let value = value
