@@ -28,8 +28,9 @@
 //!
 //! Objects belong to their content, not to a file name: an object stays in the store while any
 //! file holds it, so renaming a file, or moving an object from one file to another, never takes
-//! it away. When two files hold the same object, the copy read last is served and a warning
-//! names both files; when that file lets go of it, the other file's copy is read again.
+//! it away. When two files hold the same object, the copy of the last in path order is served
+//! (at start and while running alike), and the other file carries an error naming both; when
+//! that file lets go of it, the other file's copy is read again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -90,6 +91,8 @@ pub struct DirectoryProvider {
     dirs: Vec<PathBuf>,
     /// Directories skipped at the last walk because they were read under another path.
     repeats: HashSet<PathBuf>,
+    /// The duplicate-object errors last reported, by the file whose copy is not served.
+    duplicates: BTreeMap<PathBuf, Vec<SourceError>>,
     /// Entries at the last walk that could not be read as files, and why: symlinks whose
     /// target cannot be reached, manifest names that are not regular files.
     skipped: HashMap<PathBuf, &'static str>,
@@ -114,6 +117,7 @@ impl DirectoryProvider {
             dirs: Vec::new(),
             repeats: HashSet::new(),
             skipped: HashMap::new(),
+            duplicates: BTreeMap::new(),
             writes: None,
             dir_error: None,
             unreadable: HashMap::new(),
@@ -173,7 +177,46 @@ impl DirectoryProvider {
         }
         self.reread(reread);
         self.note_skipped(&tree.broken_links, &tree.not_regular);
+        self.note_duplicates();
         Ok(())
+    }
+
+    /// Reports each object defined in more than one file, on every file whose copy is not
+    /// served: a warning when it starts, an error (on `/status`, in `check`) while it lasts.
+    /// Which copy is served is decided by path, not by chance, but two sources of truth for
+    /// one object are a mistake waiting to happen: an edit to the other copy does nothing.
+    fn note_duplicates(&mut self) {
+        let mut now: BTreeMap<PathBuf, Vec<SourceError>> = BTreeMap::new();
+        for (key, owners) in self.owners.iter().filter(|(_, o)| o.len() > 1) {
+            let Some((served, others)) = owners.split_last() else {
+                continue;
+            };
+            for path in others {
+                now.entry(path.clone()).or_default().push(SourceError {
+                    source: path.display().to_string(),
+                    message: format!(
+                        "{key} is also defined in {}, whose copy is served (of several files \
+                         the last in path order wins); keep it in one file",
+                        served.display()
+                    ),
+                });
+            }
+        }
+        for (path, errors) in &mut now {
+            errors.sort_by(|a, b| a.message.cmp(&b.message));
+            if self.duplicates.get(path) != Some(errors) {
+                for e in errors.iter() {
+                    tracing::warn!(file = %path.display(), "{}", e.message);
+                }
+            }
+            self.store
+                .set_source_errors(&duplicates_source(path), errors.clone());
+        }
+        for path in self.duplicates.keys().filter(|p| !now.contains_key(*p)) {
+            self.store
+                .set_source_errors(&duplicates_source(path), Vec::new());
+        }
+        self.duplicates = now;
     }
 
     /// Reports each subdirectory that cannot be listed: a warning when it starts or its reason
@@ -316,7 +359,6 @@ impl DirectoryProvider {
                 return;
             }
         };
-        let objects: Vec<Object> = objects.into_iter().map(|o| self.fill_in(o)).collect();
         let keys: Vec<ObjectKey> = objects.iter().map(|o| o.key.clone()).collect();
         let old_keys = self
             .files
@@ -330,14 +372,20 @@ impl DirectoryProvider {
             .collect();
         let mut reread = Vec::new();
         let removed = self.release(path, let_go, &mut reread);
+        // Of an object defined in several files, the copy of the last file in path order is
+        // served, as at start, whatever order the files are written in; the others are kept
+        // for when that file lets it go, and reported (see `note_duplicates`).
         for key in &keys {
             let owners = self.owners.entry(key.clone()).or_default();
             owners.retain(|p| p != path);
-            if let Some(other) = owners.last() {
-                tracing::warn!(object = %key, file = %source, also_in = %other.display(), "object defined in two files; serving the copy read last");
-            }
-            owners.push(path.to_path_buf());
+            let at = owners.partition_point(|p| p.as_path() < path);
+            owners.insert(at, path.to_path_buf());
         }
+        let served: Vec<Object> = objects
+            .into_iter()
+            .filter(|o| self.owners[&o.key].last().is_some_and(|p| p == path))
+            .collect();
+        let objects: Vec<Object> = served.into_iter().map(|o| self.fill_in(o)).collect();
         self.store.apply(&removed, objects);
         self.store.set_source_errors(&source, Vec::new());
         self.files.insert(
@@ -771,6 +819,12 @@ fn walk_dir(dir: &Path, visited: &mut HashSet<(u64, u64)>, tree: &mut Tree) -> s
         }
     }
     Ok(())
+}
+
+/// The store's key for the duplicate-object errors of `path`, kept apart from the file's own
+/// errors (which a reload of it replaces).
+fn duplicates_source(path: &Path) -> String {
+    format!("{} (duplicates)", path.display())
 }
 
 /// Whether the provider reads a file of this name: `*.yaml` and `*.yml`.
@@ -2015,7 +2069,8 @@ mod tests {
         use std::os::unix::fs::symlink;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), service("a")).unwrap();
-        symlink("gone.yaml", dir.path().join("b.yaml")).unwrap();
+        // (A hidden target: it is not read on its own, so that the link's object has one file.)
+        symlink(".gone.yaml", dir.path().join("b.yaml")).unwrap();
         symlink("c.yaml", dir.path().join("c.yaml")).unwrap();
         // A link of another name may have been a directory: warned about, not an error.
         symlink("gone-dir", dir.path().join("more")).unwrap();
@@ -2051,7 +2106,7 @@ mod tests {
         );
         assert_eq!(store.snapshot().len(), 1);
         // Once its target exists, the link is read and its error goes.
-        std::fs::write(dir.path().join("gone.yaml"), service("b")).unwrap();
+        std::fs::write(dir.path().join(".gone.yaml"), service("b")).unwrap();
         std::fs::remove_file(dir.path().join("d.yaml")).unwrap();
         provider.sync().unwrap();
         assert_eq!(provider.skipped.len(), 2);
@@ -2187,14 +2242,40 @@ mod tests {
         provider.sync().unwrap();
         assert_eq!(port_of(&store, "two"), Some(2));
 
-        // Two files hold "one" with different ports: the copy read last is served, and when
-        // that file lets go of it the other copy is served again.
+        // Two files hold "one" with different ports: the copy of the last file in path order
+        // is served, whichever was written last, and the other file is told so. When that
+        // file lets go of it, the other copy is served.
+        let errors = |store: &Store| -> Vec<(String, String)> {
+            (store.snapshot().errors.iter())
+                .map(|e| (e.source.clone(), e.message.clone()))
+                .collect()
+        };
         std::fs::write(&a, service("two", 2) + &service("one", 10)).unwrap();
         provider.sync().unwrap();
+        assert_eq!(port_of(&store, "one"), Some(1));
+        assert_eq!(
+            errors(&store),
+            [(
+                a.display().to_string(),
+                format!(
+                    "Service n/one is also defined in {}, whose copy is served (of several \
+                     files the last in path order wins); keep it in one file",
+                    z.display()
+                )
+            )]
+        );
+        std::fs::write(&z, service("three", 3)).unwrap();
+        provider.sync().unwrap();
         assert_eq!(port_of(&store, "one"), Some(10));
+        assert_eq!(errors(&store), []);
+        std::fs::write(&z, service("three", 3) + &service("one", 1)).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(port_of(&store, "one"), Some(1));
+        assert_eq!(errors(&store).len(), 1);
         std::fs::remove_file(&a).unwrap();
         provider.sync().unwrap();
         assert_eq!(port_of(&store, "one"), Some(1));
         assert_eq!(port_of(&store, "two"), None);
+        assert_eq!(errors(&store), []);
     }
 }
