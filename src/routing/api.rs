@@ -283,6 +283,49 @@ pub struct LabelRequirement {
 }
 
 impl LabelSelector {
+    /// A selector that no set of labels satisfies.
+    pub fn nothing() -> Self {
+        LabelSelector {
+            match_labels: BTreeMap::new(),
+            match_expressions: vec![LabelRequirement {
+                key: String::new(),
+                operator: "In".to_string(),
+                values: Vec::new(),
+            }],
+        }
+    }
+
+    /// What makes the selector invalid, as Kubernetes defines one: an operator outside `In`,
+    /// `NotIn`, `Exists` and `DoesNotExist`, values missing for `In` and `NotIn` or given
+    /// for the other two.
+    pub fn problem(&self) -> Option<String> {
+        self.match_expressions.iter().find_map(|r| {
+            let needs_values = match r.operator.as_str() {
+                "In" | "NotIn" => true,
+                "Exists" | "DoesNotExist" => false,
+                other => {
+                    return Some(format!(
+                        "selector operator {other:?} for key {:?} is not one of In, NotIn, \
+                         Exists, DoesNotExist",
+                        r.key
+                    ))
+                }
+            };
+            (needs_values == r.values.is_empty()).then(|| {
+                format!(
+                    "selector operator {} for key {:?} {}",
+                    r.operator,
+                    r.key,
+                    if needs_values {
+                        "needs values"
+                    } else {
+                        "takes no values"
+                    }
+                )
+            })
+        })
+    }
+
     /// Whether `labels` satisfy the selector. An unknown operator matches nothing.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.match_labels

@@ -618,12 +618,24 @@ fn listener_state(
         .unwrap_or("Same")
     {
         "All" => NamespacePolicy::All,
-        "Selector" => NamespacePolicy::Selector(
-            allowed
-                .namespaces
-                .and_then(|n| n.selector)
-                .unwrap_or_default(),
-        ),
+        "Selector" => {
+            let selector = allowed.namespaces.and_then(|n| n.selector);
+            // Without a selector, or with one that cannot be evaluated, no namespace is
+            // selected and the listener says why: guessing "every namespace" would open it to
+            // routes its owner never meant to allow.
+            let problem = match &selector {
+                None => Some(
+                    "allowedRoutes.namespaces.from is Selector but no selector is given; add \
+                     one (`selector: {}` selects every namespace)"
+                        .to_string(),
+                ),
+                Some(selector) => selector.problem(),
+            };
+            if let Some(problem) = problem {
+                state.accepted.get_or_insert(("Invalid", problem));
+            }
+            NamespacePolicy::Selector(selector.unwrap_or_else(api::LabelSelector::nothing))
+        }
         _ => NamespacePolicy::Same,
     };
     if let Some(h) = &state.hostname {

@@ -1356,3 +1356,49 @@ fn an_extension_ref_filter_is_answered_500_not_skipped() {
         .iter()
         .all(|c| c["type"] != "PartiallyInvalid"));
 }
+
+/// `from: Selector` without a selector, or with one Kubernetes would not evaluate, selects no
+/// namespace and the listener says why; it never falls open to every namespace.
+#[test]
+fn a_missing_or_invalid_namespace_selector_admits_no_route() {
+    for (namespaces, says) in [
+        ("{from: Selector}", "no selector is given"),
+        (
+            "{from: Selector, selector: {matchExpressions: [{key: team, operator: Foo, values: [x]}]}}",
+            "selector operator \"Foo\" for key \"team\" is not one of",
+        ),
+        (
+            "{from: Selector, selector: {matchExpressions: [{key: team, operator: In}]}}",
+            "selector operator In for key \"team\" needs values",
+        ),
+    ] {
+        let yaml = BASE.replace(
+            "  - {name: http, port: 80, protocol: HTTP}",
+            &format!(
+                "  - {{name: http, port: 80, protocol: HTTP, allowedRoutes: {{namespaces: {namespaces}}}}}"
+            ),
+        ) + "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: other, labels: {team: x}}\n"
+            + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+               metadata: {name: r, namespace: other}\n\
+               spec: {parentRefs: [{name: gw, namespace: infra}], rules: [{}]}\n";
+        let c = compile(&snapshot(&yaml), &CompileOptions::default());
+        let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+        let accepted = condition(&gw["listeners"][0]["conditions"], "Accepted");
+        assert_eq!(accepted["status"], "False", "{namespaces}");
+        assert!(accepted["message"].as_str().unwrap().contains(says), "{accepted}");
+        let route = &c.report.get(Kind::HttpRoute, "other", "r").unwrap().status;
+        let attached = condition(&route["parents"][0]["conditions"], "Accepted");
+        assert_eq!(attached["status"], "False", "{namespaces}: {attached}");
+        assert_eq!(gw["listeners"][0]["attachedRoutes"], 0);
+    }
+    // An empty selector selects every namespace.
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, selector: {}}}}",
+    ) + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+           metadata: {name: r, namespace: other}\n\
+           spec: {parentRefs: [{name: gw, namespace: infra}], rules: [{}]}\n";
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    assert_eq!(gw["listeners"][0]["attachedRoutes"], 1);
+}
