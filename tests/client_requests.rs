@@ -297,4 +297,15 @@ async fn the_admin_endpoint_bounds_what_a_client_can_hold() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    // Every endpoint only reads: a request to change something is refused, not answered 200.
+    let answer = raw(
+        admin,
+        b"POST /status HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("allow: get, head"),
+        "{answer:?}"
+    );
 }

@@ -1041,6 +1041,8 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
         Kind::Gateway => {
             let mut seen = HashSet::new();
             for (i, listener) in list(&spec["listeners"]).iter().enumerate() {
+                port(&listener["port"])
+                    .map_err(|e| format!("{who} spec.listeners[{i}].port {e}"))?;
                 if let Some(h) = listener["hostname"].as_str() {
                     hostname(h).map_err(|e| format!("{who} spec.listeners[{i}].hostname {e}"))?;
                 }
@@ -1067,6 +1069,16 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
         }
         _ => {}
     }
+    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute) {
+        for (i, rule) in list(&spec["rules"]).iter().enumerate() {
+            for (j, backend) in list(&rule["backendRefs"]).iter().enumerate() {
+                if !backend["port"].is_null() {
+                    port(&backend["port"])
+                        .map_err(|e| format!("{who} spec.rules[{i}].backendRefs[{j}].port {e}"))?;
+                }
+            }
+        }
+    }
     if kind == Kind::HttpRoute {
         for (i, rule) in list(&spec["rules"]).iter().enumerate() {
             for (j, m) in list(&rule["matches"]).iter().enumerate() {
@@ -1089,6 +1101,14 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks a port number against the API's `PortNumber` type: 1 to 65535.
+fn port(value: &Value) -> Result<(), String> {
+    match value.as_i64() {
+        Some(1..=65535) => Ok(()),
+        _ => Err(format!("{value} is not a port: give 1 to 65535")),
+    }
 }
 
 /// Checks a hostname against the API's `Hostname` type: lower case, at most 253 characters.
@@ -1744,6 +1764,18 @@ mod tests {
                 route("80"),
                 route("80").replace("backendRefs", "backendRef"),
                 "does not define: rules[0].backendRef;",
+            ),
+            (
+                Kind::Gateway,
+                gateway("80"),
+                gateway("70000"),
+                "Gateway n/gw spec.listeners[0].port 70000 is not a port: give 1 to 65535",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("0"),
+                "HTTPRoute n/r spec.rules[0].backendRefs[0].port 0 is not a port",
             ),
             (
                 Kind::HttpRoute,

@@ -65,6 +65,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn answer(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    // Every endpoint only reads: anything but GET and HEAD is refused, so that a client that
+    // means to change something (`curl -X POST .../status`) is not told it did.
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+        let mut resp = Response::new(Full::new(Bytes::from_static(
+            b"method not allowed: the admin endpoints only answer GET and HEAD\n",
+        )));
+        *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        resp.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return resp;
+    }
     let (status, content_type, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" if shared.ready.load(Ordering::Acquire) => {

@@ -969,8 +969,9 @@ impl Gateways {
                 if served {
                     c.set("Programmed", true, "Programmed", "listener is served");
                 } else {
+                    // (A port that is not a port at all, 0 here, is said by `Accepted`.)
                     let off_range = || {
-                        socket.is_none().then(|| {
+                        (socket.is_none() && l.port != 0).then(|| {
                             (
                                 "Invalid",
                                 format!(

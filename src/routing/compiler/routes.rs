@@ -410,6 +410,7 @@ fn attach(
         .unwrap_or_else(|| route.key.namespace.clone());
     let gateway = gateways.get(&namespace, &parent.name)?;
     let mut selected = 0;
+    let mut kind_taken = false;
     let mut allowed = 0;
     let mut attached = 0;
     for (index, l) in gateway.listeners.iter().enumerate() {
@@ -419,6 +420,7 @@ fn attach(
             continue;
         }
         selected += 1;
+        kind_taken |= l.supported_kinds.contains(&route.key.kind.as_str());
         if !l.allows(
             route.key.kind.as_str(),
             &route.key.namespace,
@@ -447,6 +449,15 @@ fn attach(
             format!(
                 "Gateway {namespace}/{} has no listener matching this parentRef's sectionName/port",
                 parent.name
+            ),
+        ))
+    } else if !kind_taken {
+        Some((
+            "NotAllowedByListeners",
+            format!(
+                "no listener of Gateway {namespace}/{} that this parentRef selects takes {} \
+                 routes (see each listener's supportedKinds)",
+                parent.name, route.key.kind
             ),
         ))
     } else if allowed == 0 {

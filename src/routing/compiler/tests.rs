@@ -1402,3 +1402,36 @@ fn a_missing_or_invalid_namespace_selector_admits_no_route() {
     let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
     assert_eq!(gw["listeners"][0]["attachedRoutes"], 1);
 }
+
+/// A route refused by every listener it selects is told whether the kind or the namespace
+/// kept it out.
+#[test]
+fn not_allowed_by_listeners_says_whether_kind_or_namespace_is_the_cause() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP}\n  - {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}",
+    ) + "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+           metadata: {name: to-tls, namespace: infra}\n\
+           spec: {parentRefs: [{name: gw, sectionName: tls}], rules: [{}]}\n\
+           ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+           metadata: {name: elsewhere, namespace: other}\n\
+           spec: {parentRefs: [{name: gw, namespace: infra, sectionName: http}], rules: [{}]}\n";
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let message = |ns: &str, name: &str| {
+        let status = &c.report.get(Kind::HttpRoute, ns, name).unwrap().status;
+        let accepted = condition(&status["parents"][0]["conditions"], "Accepted").clone();
+        assert_eq!(accepted["reason"], "NotAllowedByListeners", "{accepted}");
+        accepted["message"].as_str().unwrap().to_string()
+    };
+    assert!(
+        message("infra", "to-tls")
+            .contains("takes HTTPRoute routes (see each listener's supportedKinds)"),
+        "{}",
+        message("infra", "to-tls")
+    );
+    assert!(
+        message("other", "elsewhere").contains("from namespace other"),
+        "{}",
+        message("other", "elsewhere")
+    );
+}
