@@ -8,11 +8,12 @@
 //! - a target in absolute form is forwarded in origin form, with the host it names;
 //! - every X-Forwarded-For line the client sent reaches the backend;
 //! - a connection that never sends a byte does not hold a shutdown for its drain timeout;
-//! - the admin endpoint closes connections that send no header in time, and holds 64 at most.
+//! - the admin endpoint closes connections that send no header in time, and holds 64 at most;
+//! - the gateway's own answers (404, 503) leave the connection open for the next request.
 
 mod common;
 
-use common::manifests::{backend, gateway, gateway_class, listener};
+use common::manifests::{backend, gateway, gateway_class, http_route, listener, service};
 use common::{free_port, run_gateway, Killed};
 
 use std::process::{Command, Stdio};
@@ -308,4 +309,47 @@ async fn the_admin_endpoint_bounds_what_a_client_can_hold() {
         answer.to_ascii_lowercase().contains("allow: get, head"),
         "{answer:?}"
     );
+}
+
+/// An answer the gateway makes itself before proxying (no route: 404; no endpoint: 503) keeps
+/// the connection for the client's next request, as a backend's own 404 would: requests sent
+/// back to back on one connection are all answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_s_own_answers_keep_the_connection_open() {
+    let public_port = free_port();
+    let _echo = echo("public", public_port);
+    let config = [
+        gateway_class(),
+        gateway("cr", "gw", &listener("web", 80, "HTTP")),
+        http_route("cr", "a", "gw", &["a.test"], "public"),
+        backend("cr", "public", public_port),
+        http_route("cr", "empty", "gw", &["empty.test"], "nothing"),
+        service("cr", "nothing"),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, listen, _) = start(dir.path(), &config, "5s").await;
+    let answer = raw(
+        listen,
+        b"GET /x HTTP/1.1\r\nhost: nope.test\r\n\r\n\
+          HEAD /x HTTP/1.1\r\nhost: nope.test\r\n\r\n\
+          GET /x HTTP/1.1\r\nhost: empty.test\r\n\r\n\
+          GET /x HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 404 Not Found",
+            "HTTP/1.1 503 Service Unavailable",
+            "HTTP/1.1 200 OK"
+        ],
+        "{answer}"
+    );
+    assert!(!answer.contains("Pingora"), "{answer}");
 }

@@ -566,7 +566,7 @@ impl ProxyHttp for Proxy {
             },
         };
         if code > 0 {
-            let _ = respond(session, ctx, code).await;
+            let _ = respond_then(session, ctx, code, false).await;
         }
         ctx.status = code;
         if let (Some(backend), pingora_core::ErrorSource::Upstream) =
@@ -867,7 +867,23 @@ impl Proxy {
 
 /// Answers with a gateway-made error. A gRPC client gets it the way gRPC reports errors: HTTP 200
 /// with the nearest `grpc-status` in a trailers-only response, not an HTML status page.
+///
+/// An answer the gateway decides before proxying (no route, no usable backend, no endpoint)
+/// leaves an HTTP/1.1 connection open for the client's next request, as the backend's own
+/// errors do: closing it would turn a scanner's 404s or an outage's 503s into a reconnect per
+/// request. A malformed request (400) closes it, and so does an answer after a failed try
+/// (`fail_to_proxy`), where Pingora closes the connection whatever the gateway says; its
+/// answer then says `Connection: close` rather than promising keep-alive.
 async fn respond(session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Result<bool> {
+    respond_then(session, ctx, status, status != 400).await
+}
+
+async fn respond_then(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    status: u16,
+    keep_alive: bool,
+) -> Result<bool> {
     ctx.status = status;
     let grpc = session
         .req_header()
@@ -876,7 +892,34 @@ async fn respond(session: &mut Session, ctx: &mut RequestCtx, status: u16) -> Re
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
     if !grpc {
-        session.respond_error(status).await?;
+        // As Pingora does: once a final response has started, nothing more can be said.
+        if let Some(written) = session.as_downstream().response_written() {
+            if !written.status.is_informational() || written.status == 101 {
+                return Ok(true);
+            }
+        }
+        if !keep_alive {
+            session.as_mut().set_keepalive(None);
+        }
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        let body = if session.req_header().method == http::Method::HEAD {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::from(format!("{status} {reason}\n"))
+        };
+        let mut resp = ResponseHeader::build(status, Some(3))?;
+        resp.insert_header("content-type", "text/plain; charset=utf-8")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        session
+            .write_response_header(Box::new(resp), body.is_empty())
+            .await?;
+        if !body.is_empty() {
+            session.write_response_body(Some(body), true).await?;
+        }
         return Ok(true);
     }
     let (code, message) = match status {
