@@ -76,6 +76,9 @@ impl Proxy {
     }
 }
 
+/// How many endpoints a request is offered to, without a retry policy, when connecting fails.
+const CONNECT_TRIES: usize = 3;
+
 /// How often a failing backend is logged at most.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -473,6 +476,10 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    /// A connection that could not be made sent nothing to the backend: the endpoint is set
+    /// aside for a while (see [`ServiceBackend::set_aside`]) and the request goes to another
+    /// one of the Service, with or without a retry policy, so that a dead pod still listed in
+    /// its EndpointSlice costs no failed request while others are up.
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -480,8 +487,30 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if retry_policy(ctx).is_some() && may_retry(session, ctx) {
-            e.set_retry(true);
+        let rule = ctx.rule.clone();
+        let service = rule.as_ref().zip(ctx.backend).and_then(|(rule, i)| {
+            match rule.backends[i].target.as_ref() {
+                Backend::Service(service) => Some(service),
+                Backend::Invalid { .. } => None,
+            }
+        });
+        if let (Some(service), Some((endpoint, _))) = (service, ctx.upstream) {
+            service.set_aside(endpoint);
+        }
+        let tries = service.map_or(1, |s| s.len().min(CONNECT_TRIES));
+        if retry_policy(ctx).is_some() {
+            if may_retry(session, ctx) {
+                e.set_retry(true);
+            }
+        } else if usize::try_from(ctx.attempts).is_ok_and(|a| a < tries) {
+            // Nothing of the request has been read from the client yet, or it is all held
+            // for a try: either way it can be sent whole to another endpoint.
+            let downstream = session.as_mut();
+            let untouched = downstream.body_bytes_read() == 0
+                || (downstream.is_body_done() && !downstream.retry_buffer_truncated());
+            if untouched && session.response_written().is_none() {
+                e.set_retry(true);
+            }
         }
         e
     }

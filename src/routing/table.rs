@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,27 +225,85 @@ pub struct ServiceBackend {
     /// TLS to the endpoints, from a BackendTLSPolicy.
     pub tls: Option<Arc<crate::tls::BackendTls>>,
     next: AtomicUsize,
+    /// Per endpoint, until when (milliseconds on [`clock_ms`]) it is passed over after failing
+    /// to connect; 0 when it is not.
+    down_until: Vec<AtomicU64>,
+    /// Whether any endpoint has been set aside, so that `pick` reads the clock only then.
+    any_down: AtomicU64,
+}
+
+/// How long an endpoint that refused a connection (or did not accept one in time) is passed
+/// over: the gap between a pod dying and its EndpointSlice saying so would otherwise fail a
+/// share of requests for as long as it lasts.
+pub const ENDPOINT_DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Milliseconds since the process's first call, on the monotonic clock.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl ServiceBackend {
     /// A backend over `endpoints`.
     pub fn new(name: Arc<str>, endpoints: Vec<SocketAddr>, h2c: bool) -> Self {
         ServiceBackend {
+            down_until: endpoints.iter().map(|_| AtomicU64::new(0)).collect(),
             name,
             endpoints,
             h2c,
             tls: None,
             next: AtomicUsize::new(0),
+            any_down: AtomicU64::new(0),
         }
     }
 
-    /// The next endpoint in round-robin order, or `None` when none is ready.
+    /// The next endpoint in round-robin order, passing over those set aside by
+    /// [`Self::set_aside`] while others remain; `None` when none is ready.
     pub fn pick(&self) -> Option<SocketAddr> {
         if self.endpoints.is_empty() {
             return None;
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(self.endpoints[i % self.endpoints.len()])
+        let n = self.endpoints.len();
+        if self.any_down.load(Ordering::Relaxed) == 0 {
+            return Some(self.endpoints[i % n]);
+        }
+        let now = clock_ms();
+        let usable = |j: usize| self.down_until[j].load(Ordering::Relaxed) <= now;
+        if (0..n).all(usable) {
+            self.any_down.store(0, Ordering::Relaxed);
+            return Some(self.endpoints[i % n]);
+        }
+        match (0..n).map(|k| (i + k) % n).find(|&j| usable(j)) {
+            Some(j) => Some(self.endpoints[j]),
+            None => {
+                // Every endpoint failed lately: try them all the same, in turn.
+                Some(self.endpoints[i % n])
+            }
+        }
+    }
+
+    /// Passes over `endpoint` for [`ENDPOINT_DOWN_FOR`]: it refused a connection, or did not
+    /// accept one in time.
+    pub fn set_aside(&self, endpoint: SocketAddr) {
+        if let Some(j) = self.endpoints.iter().position(|e| *e == endpoint) {
+            let until = clock_ms() + u64::try_from(ENDPOINT_DOWN_FOR.as_millis()).unwrap_or(0);
+            self.down_until[j].store(until, Ordering::Relaxed);
+            self.any_down.store(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many endpoints are ready.
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Whether no endpoint is ready.
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
     }
 }
 
@@ -639,7 +697,27 @@ impl Conditions {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_path;
+    use super::{normalize_path, ServiceBackend};
+
+    #[test]
+    fn an_endpoint_set_aside_is_passed_over_while_another_is_ready() {
+        let endpoints: Vec<std::net::SocketAddr> = ["127.0.0.1:1", "127.0.0.2:1", "127.0.0.3:1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let service = ServiceBackend::new("n/s:80".into(), endpoints.clone(), false);
+        let picks = |n| (0..n).map(|_| service.pick().unwrap()).collect::<Vec<_>>();
+        assert_eq!(picks(3), endpoints);
+        service.set_aside(endpoints[1]);
+        let later = picks(6);
+        assert!(!later.contains(&endpoints[1]), "{later:?}");
+        assert!(later.contains(&endpoints[0]) && later.contains(&endpoints[2]));
+        // With every endpoint set aside, they are all tried in turn rather than none.
+        service.set_aside(endpoints[0]);
+        service.set_aside(endpoints[2]);
+        let last = picks(3);
+        assert!(endpoints.iter().all(|e| last.contains(e)), "{last:?}");
+    }
 
     #[test]
     fn dot_segments_are_resolved_and_other_paths_left_alone() {
