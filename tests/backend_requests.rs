@@ -7,6 +7,8 @@
 //!   endpoint, with a retry policy or without.
 //! - `RequestMirror`: the copy carries the request body, whether its length is given or it
 //!   comes chunked, and however many reads it takes.
+//! - The backend's hop-by-hop response fields stay behind; an HTTP/1.0 client gets a chunked
+//!   answer as plain bytes.
 
 mod common;
 
@@ -529,4 +531,73 @@ async fn a_backend_may_switch_protocols_only_when_the_client_asked() {
                    connection: upgrade\r\nupgrade: websocket\r\n\r\n";
     let line = status_line(gateway.listen, upgrade).await;
     assert!(line.starts_with("HTTP/1.1 101"), "got {line:?}");
+}
+
+/// What the backend's response says of its own connection stays there: the fields its
+/// `Connection` header names and `Keep-Alive` are not passed on. An HTTP/1.0 client, which
+/// knows no chunked coding, gets a chunked answer as plain bytes ended by the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_stay_behind_and_an_http_1_0_client_gets_no_chunks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = serve_raw(|mut tcp| async move {
+        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+            connection: x-secret\r\nx-secret: s\r\nkeep-alive: timeout=5\r\nx-kept: k\r\n\r\n\
+            5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        let _ = tcp.write_all(answer).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route("chunked", "chunked.example", "chunked", None),
+        backend("rt", "chunked", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let exchange = |request: &'static str| async move {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+            .await
+            .unwrap();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let read = tcp.read_to_end(&mut answer);
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the answer ends with the connection")
+            .unwrap();
+        String::from_utf8(answer).unwrap()
+    };
+    for request in [
+        "GET / HTTP/1.0\r\nhost: chunked.example\r\n\r\n",
+        "GET / HTTP/1.1\r\nhost: chunked.example\r\nconnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(request).await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{answer}");
+        assert!(head.contains("x-kept: k"), "{answer}");
+        assert!(
+            !head.contains("x-secret") && !head.contains("keep-alive:"),
+            "{answer}"
+        );
+        if request.contains("HTTP/1.0") {
+            assert!(!head.contains("transfer-encoding"), "{answer}");
+            assert_eq!(body, "hello world");
+        } else {
+            assert!(head.contains("transfer-encoding: chunked"), "{answer}");
+            // The chunks as sent on: sizes in hex, each followed by its bytes.
+            let mut rest = body;
+            let mut decoded = String::new();
+            while let Some((size, after)) = rest.split_once("\r\n") {
+                let size = usize::from_str_radix(size, 16).unwrap();
+                decoded.push_str(&after[..size]);
+                rest = &after[size + 2..];
+                if size == 0 {
+                    break;
+                }
+            }
+            assert_eq!(decoded, "hello world", "{answer}");
+        }
+    }
 }

@@ -424,6 +424,7 @@ impl ProxyHttp for Proxy {
             e.set_retry(true);
             return Err(e.into_up());
         }
+        drop_hop_by_hop(response, status == 101);
         Ok(())
     }
 
@@ -539,6 +540,19 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = response.status.as_u16();
+        // An HTTP/1.0 client knows no chunked coding (RFC 9112, section 6.1): a body whose length
+        // is not known up front is sent as it comes and ended by closing the connection.
+        if session.req_header().version == http::Version::HTTP_10
+            && !session.as_downstream().is_http2()
+            && response
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            response.remove_header(&http::header::TRANSFER_ENCODING);
+            if !response.headers.contains_key(http::header::CONTENT_LENGTH) {
+                session.as_mut().set_keepalive(None);
+            }
+        }
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
@@ -890,6 +904,31 @@ impl Proxy {
                     Decision::Forward
                 }
             },
+        }
+    }
+}
+
+/// Removes from a backend's response the header fields meant for its connection to the
+/// gateway alone (RFC 9110, section 7.6.1): each one its `Connection` header names, and
+/// `Keep-Alive` and `Proxy-Connection`. The gateway's connection to the client gets its own.
+/// A 101 keeps `Connection: upgrade` and `Upgrade`, which the switch needs.
+fn drop_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
+    let named: Vec<String> = response
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .filter(|token| !matches!(token.as_str(), "" | "close" | "keep-alive"))
+        .filter(|token| !(switching && token == "upgrade"))
+        .collect();
+    for name in named {
+        response.remove_header(name.as_str());
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        if response.headers.contains_key(name) {
+            response.remove_header(name);
         }
     }
 }
