@@ -143,11 +143,9 @@ pub struct RequestCtx {
     mirror_bodies: Vec<mirror::MirrorBody>,
 }
 
-#[async_trait]
-impl ProxyHttp for Proxy {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
+impl RequestCtx {
+    /// A request's context before anything is known of it.
+    fn new() -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
@@ -168,6 +166,15 @@ impl ProxyHttp for Proxy {
             retried_status: None,
             mirror_bodies: Vec::new(),
         }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -1181,6 +1188,13 @@ fn redirect_location(
         (None, Some(_)) => 80,
         (None, None) => listener_port,
     };
+    // An IPv6 address is written in brackets in a URI (RFC 3986, section 3.2.2); the Host it
+    // came from was normalized without them.
+    let hostname = if hostname.contains(':') {
+        format!("[{hostname}]")
+    } else {
+        hostname
+    };
     let default_port = if scheme == "https" { 443 } else { 80 };
     let authority = if port == default_port {
         hostname
@@ -1245,6 +1259,31 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_to_an_ipv6_literal_keeps_its_brackets() {
+        let ctx = RequestCtx::new();
+        let redirect = |scheme: Option<&str>, port: Option<u16>| crate::routing::table::Redirect {
+            scheme: scheme.map(str::to_string),
+            hostname: None,
+            path: None,
+            port,
+            status: 302,
+        };
+        let location = |r, host| redirect_location(&r, &ctx, host, "/a", Some("q=1"), 8080);
+        assert_eq!(
+            location(redirect(Some("https"), None), "[::1]:8080"),
+            "https://[::1]/a?q=1"
+        );
+        assert_eq!(
+            location(redirect(None, None), "[::1]:8080"),
+            "http://[::1]:8080/a?q=1"
+        );
+        assert_eq!(
+            location(redirect(None, Some(9000)), "a.example:8080"),
+            "http://a.example:9000/a?q=1"
+        );
+    }
 
     #[test]
     fn prefix_replacement_keeps_the_rest_of_the_path() {
