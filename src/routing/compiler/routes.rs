@@ -557,6 +557,32 @@ fn translate_rule(
     backends: &mut BackendCache,
     unresolved: &mut Option<Problem>,
 ) -> Result<Vec<CompiledMatch>, String> {
+    // As the API's validation has it: a path prefix can only be replaced where the rule
+    // matches exactly one path prefix (none given is `PathPrefix /`); on an Exact or regular
+    // expression match there is no prefix to replace.
+    let replaces_prefix = rule.filters.iter().any(|f| {
+        let path = match f.type_.as_str() {
+            "URLRewrite" => f.url_rewrite.as_ref().and_then(|r| r.path.as_ref()),
+            "RequestRedirect" => f.request_redirect.as_ref().and_then(|r| r.path.as_ref()),
+            _ => None,
+        };
+        path.is_some_and(|p| p.type_ == "ReplacePrefixMatch")
+    });
+    let one_prefix = match rule.matches.as_slice() {
+        [] => true,
+        [m] => m
+            .path
+            .as_ref()
+            .and_then(|p| p.type_.as_deref())
+            .is_none_or(|t| t == "PathPrefix"),
+        _ => false,
+    };
+    if replaces_prefix && !one_prefix {
+        return Err(
+            "a ReplacePrefixMatch path modifier needs exactly one PathPrefix match in its rule"
+                .to_string(),
+        );
+    }
     // ExtensionRef filters are not applied but answered (see `unresolved_extension`).
     let applied = |f: &&HttpFilter| f.type_ != "ExtensionRef";
     let mut filters = rule

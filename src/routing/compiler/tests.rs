@@ -1435,3 +1435,36 @@ fn not_allowed_by_listeners_says_whether_kind_or_namespace_is_the_cause() {
         message("other", "elsewhere")
     );
 }
+
+/// A prefix can only be replaced where the rule matches one path prefix, as the API's
+/// validation says: elsewhere the rule is dropped with UnsupportedValue, its siblings served.
+#[test]
+fn replace_prefix_match_needs_one_path_prefix_match() {
+    let rewrite = "filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /z}}}]";
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "r",
+            &format!(
+                "  rules:\n\
+                 \x20 - matches: [{{path: {{type: Exact, value: /exact}}}}]\n    {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n\
+                 \x20 - matches: [{{path: {{value: /a}}}}, {{path: {{value: /b}}}}]\n    {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n\
+                 \x20 - matches: [{{path: {{value: /ok}}}}]\n    {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n\
+                 \x20 - {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n"
+            )
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "r").unwrap().status;
+    let partly = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
+    let message = partly["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(
+            "rule 0: a ReplacePrefixMatch path modifier needs exactly one PathPrefix match"
+        ) && message.contains("; rule 1: a ReplacePrefixMatch")
+            && !message.contains("rule 2")
+            && !message.contains("rule 3"),
+        "{message}"
+    );
+    assert_eq!(c.rules, 2);
+}
