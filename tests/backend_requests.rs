@@ -601,3 +601,44 @@ async fn hop_by_hop_fields_stay_behind_and_an_http_1_0_client_gets_no_chunks() {
         }
     }
 }
+
+/// A client that stops sending the body it announced gets 408 when the rule's timeout ends the
+/// wait, and the backend, which was waiting for that body, is not counted as failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_sending_its_body_gets_408_and_the_backend_no_blame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let flaky = Arc::new(Flaky::default());
+    let port = serve(flaky.clone()).await;
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: slow, namespace: rt}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [slow.example]\n  rules:\n\
+         \x20 - backendRefs: [{name: flaky, port: 80}]\n    timeouts: {backendRequest: 1s}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route.to_string(),
+        backend("rt", "flaky", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    tcp.write_all(b"POST / HTTP/1.1\r\nhost: slow.example\r\ncontent-length: 100\r\n\r\nx")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("an answer within the timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let metrics = admin_text(&gateway.client, gateway.admin, "/metrics").await;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("portcullis_upstream_failures_total{") && l.contains("rt/flaky")),
+        "{metrics}"
+    );
+}

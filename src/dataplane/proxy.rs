@@ -605,7 +605,7 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
+        let mut code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
@@ -615,12 +615,22 @@ impl ProxyHttp for Proxy {
                 _ => 500,
             },
         };
+        // A backend that waited in vain for an answer's worth of request body did nothing
+        // wrong: the client stopped sending it (RFC 9110, section 15.5.9, 408). Not counted,
+        // nor logged, as the backend's failure.
+        let client_stalled = code == 504
+            && e.etype() == &ErrorType::ReadTimedout
+            && session.response_written().is_none()
+            && !session.as_mut().is_body_done();
+        if client_stalled {
+            code = 408;
+        }
         if code > 0 {
             let _ = respond_then(session, ctx, code, false).await;
         }
         ctx.status = code;
-        if let (Some(backend), pingora_core::ErrorSource::Upstream) =
-            (&ctx.backend_name, e.esource())
+        if let (Some(backend), pingora_core::ErrorSource::Upstream, false) =
+            (&ctx.backend_name, e.esource(), client_stalled)
         {
             let kind = match code {
                 504 => "timeout",
