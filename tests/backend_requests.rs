@@ -8,7 +8,9 @@
 //! - `RequestMirror`: the copy carries the request body, whether its length is given or it
 //!   comes chunked, and however many reads it takes.
 //! - The backend's hop-by-hop response fields stay behind; an HTTP/1.0 client gets a chunked
-//!   answer as plain bytes.
+//!   answer as plain bytes; a client that stalls its body gets 408, not the backend's blame.
+//! - A WebSocket outlives the request timeout while it talks; CORS `exposeHeaders: ['*']`
+//!   with credentials names the response's fields.
 
 mod common;
 
@@ -641,4 +643,99 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_backend_no_blame(
             .any(|l| l.starts_with("portcullis_upstream_failures_total{") && l.contains("rt/flaky")),
         "{metrics}"
     );
+}
+
+/// A WebSocket (after a 101) lasts past the rule's request timeout while it is not silent for
+/// that long: the deadline was the request's, and the conversation is not a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_outlives_the_request_timeout_while_it_talks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = serve_raw(|mut tcp| async move {
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\n\
+            upgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+        if tcp.write_all(answer).await.is_err() {
+            return;
+        }
+        // A byte every 200 ms for 2 s: never silent for the 1 s the rule allows.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if tcp.write_all(b"m").await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: ws, namespace: rt}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [ws.example]\n  rules:\n\
+         \x20 - backendRefs: [{name: ws, port: 80}]\n    timeouts: {request: 1s}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route.to_string(),
+        backend("rt", "ws", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nhost: ws.example\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut received = Vec::new();
+    let read = tcp.read_to_end(&mut received);
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    let text = String::from_utf8_lossy(&received);
+    let (head, messages) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(head.starts_with("HTTP/1.1 101"), "{text}");
+    assert_eq!(messages, "m".repeat(10), "cut short: {text:?}");
+}
+
+/// `exposeHeaders: ["*"]` with credentials: a browser reads `*` as a header name then, so the
+/// answer names the response's own fields instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_expose_with_credentials_names_the_response_fields() {
+    let flaky = Arc::new(Flaky::default());
+    let port = serve(flaky).await;
+    let cors = |credentials: bool| {
+        format!(
+            "[{{type: CORS, cors: {{allowOrigins: ['https://app.example'], \
+             exposeHeaders: ['*'], allowCredentials: {credentials}}}}}]"
+        )
+    };
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with("cred", "cred.example", "flaky", None, Some(&cors(true))),
+        route_with("open", "open.example", "flaky", None, Some(&cors(false))),
+        backend("rt", "flaky", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let expose = |host: &'static str| {
+        let client = gateway.client.clone();
+        let url = format!("http://127.0.0.1:{}/", gateway.listen);
+        async move {
+            let r = client
+                .get(url)
+                .header("host", host)
+                .header("origin", "https://app.example")
+                .send()
+                .await
+                .unwrap();
+            let value = r.headers()["access-control-expose-headers"]
+                .to_str()
+                .unwrap();
+            value.to_string()
+        }
+    };
+    let named = expose("cred.example").await;
+    assert!(
+        named != "*" && named.split(", ").any(|n| n == "content-length"),
+        "{named}"
+    );
+    assert_eq!(expose("open.example").await, "*");
 }

@@ -445,7 +445,10 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if !end_of_stream {
+        // After a switch of protocols (a WebSocket) the body is the conversation itself, which
+        // lasts as long as both ends want: only the backend's silence (the read timeout) ends
+        // it, not the deadline the request had.
+        if !end_of_stream && ctx.status != 101 {
             if let Some(passed) = deadline_passed(ctx) {
                 return Err(Error::explain(ErrorType::ReadTimedout, passed).into_up());
             }
@@ -579,9 +582,22 @@ impl ProxyHttp for Proxy {
                         if cors.credentials {
                             response.insert_header("access-control-allow-credentials", "true")?;
                         }
-                        if let Some(expose) = &cors.expose {
-                            response
-                                .insert_header("access-control-expose-headers", expose.as_str())?;
+                        match &cors.expose {
+                            // With credentials a browser takes `*` as a header name, not as
+                            // every header (Fetch standard): this response's fields are named.
+                            Some(expose) if expose == "*" && cors.credentials => {
+                                let names: Vec<&str> =
+                                    response.headers.keys().map(|k| k.as_str()).collect();
+                                let names = names.join(", ");
+                                response.insert_header("access-control-expose-headers", names)?;
+                            }
+                            Some(expose) => {
+                                response.insert_header(
+                                    "access-control-expose-headers",
+                                    expose.as_str(),
+                                )?;
+                            }
+                            None => {}
                         }
                     }
                 }
