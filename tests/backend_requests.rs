@@ -739,3 +739,110 @@ async fn a_wildcard_expose_with_credentials_names_the_response_fields() {
     );
     assert_eq!(expose("open.example").await, "*");
 }
+
+/// Under a retry policy too, a request whose endpoint refused the connection goes on to the
+/// next endpoint with its whole body, and its mirror copy is sent once, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_goes_on_with_its_body_and_mirror_under_a_retry_policy() {
+    let (primary, copy) = (Arc::new(Flaky::default()), Arc::new(Flaky::default()));
+    let (primary_port, copy_port) = (serve(primary.clone()).await, serve(copy.clone()).await);
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with(
+            "failover",
+            "failover.example",
+            "half",
+            Some("{codes: [503], attempts: 2, backoff: 10ms}"),
+            Some("[{type: RequestMirror, requestMirror: {backendRef: {name: copy, port: 80}}}]"),
+        ),
+        service("rt", "half"),
+        endpoints("half", "127.0.0.2, 127.0.0.1", primary_port),
+        backend("rt", "copy", copy_port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let url = format!("http://127.0.0.1:{}/", gateway.listen);
+    for body in ["one", "two"] {
+        let r = gateway
+            .client
+            .post(&url)
+            .header("host", "failover.example")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("ok:{body}"));
+    }
+    assert_eq!(primary.seen(), ["POST one", "POST two"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while copy.seen().len() < 2 {
+        assert!(Instant::now() < deadline, "copies: {:?}", copy.seen());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut copies = copy.seen();
+    copies.sort();
+    assert_eq!(copies, ["POST one", "POST two"]);
+}
+
+/// A backend's 204 with a Content-Length, or a length repeated (`5, 5`), reaches an HTTP/2
+/// client as a response it can read; lengths that differ are the backend's fault (502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_lengths_a_client_cannot_read_are_made_one_or_refused() {
+    use tokio::io::AsyncWriteExt;
+    async fn answering(answer: &'static [u8]) -> u16 {
+        serve_raw(move |mut tcp| async move {
+            let _ = tcp.write_all(answer).await;
+            let _ = tcp.shutdown().await;
+        })
+        .await
+    }
+    let empty = answering(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n").await;
+    let twice = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello").await;
+    let differ =
+        answering(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello").await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route("empty", "empty.example", "empty", None),
+        route("twice", "twice.example", "twice", None),
+        route("differ", "differ.example", "differ", None),
+        backend("rt", "empty", empty),
+        backend("rt", "twice", twice),
+        backend("rt", "differ", differ),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    // Over HTTP/2 the host is the request's authority: each name leads to the gateway.
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.listen));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("empty.example", at)
+        .resolve("twice.example", at)
+        .resolve("differ.example", at)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let get = |host: &'static str| {
+        let h2 = h2.clone();
+        let url = format!("http://{host}:{}/", gateway.listen);
+        async move {
+            let r = h2.get(url).send().await;
+            let r = r.unwrap_or_else(|e| panic!("{host}: {e:?}"));
+            let status = r.status().as_u16();
+            let length = r.headers().get("content-length").cloned();
+            (
+                status,
+                length,
+                r.text().await.unwrap_or_else(|e| panic!("{host}: {e:?}")),
+            )
+        }
+    };
+    assert_eq!(get("empty.example").await, (204, None, String::new()));
+    let (status, length, body) = get("twice.example").await;
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    assert_eq!(length.unwrap(), "5");
+    assert_eq!(get("differ.example").await.0, 502);
+}

@@ -352,4 +352,12 @@ async fn the_gateway_s_own_answers_keep_the_connection_open() {
         "{answer}"
     );
     assert!(!answer.contains("Pingora"), "{answer}");
+
+    // A Host that is no host is refused, not routed by a catch-all listener and forwarded.
+    let answer = raw(
+        listen,
+        b"GET /x HTTP/1.1\r\nhost: a.test/evil#\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }

@@ -141,6 +141,8 @@ pub struct RequestCtx {
     retried_status: Option<u16>,
     /// Mirror copies still waiting for (the rest of) the request body.
     mirror_bodies: Vec<mirror::MirrorBody>,
+    /// Whether the request body filter has passed anything on (to a backend and the mirrors).
+    body_passed: bool,
 }
 
 impl RequestCtx {
@@ -165,6 +167,7 @@ impl RequestCtx {
             attempts: 0,
             retried_status: None,
             mirror_bodies: Vec::new(),
+            body_passed: false,
         }
     }
 }
@@ -216,6 +219,11 @@ impl ProxyHttp for Proxy {
         if req.version == http::Version::HTTP_11 && request_host(req).is_none() {
             return respond(session, ctx, 400).await;
         }
+        // RFC 9112, section 3.2: a Host that is not a host (`a/b`, `a b`, a port past 65535)
+        // is answered 400, not routed, forwarded or reflected in a redirect.
+        if request_host(req).is_some_and(|h| !valid_host(h)) {
+            return respond(session, ctx, 400).await;
+        }
         // Match and forward on the path's normal form (see `normalize_path`).
         if let Some(path) = normalize_path(req.uri.path()) {
             let uri = match req.uri.query() {
@@ -259,6 +267,7 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.body_passed = true;
         if !ctx.mirror_bodies.is_empty() {
             ctx.mirror_bodies
                 .retain_mut(|copy| copy.send(body.as_ref(), end_of_stream));
@@ -432,6 +441,7 @@ impl ProxyHttp for Proxy {
             return Err(e.into_up());
         }
         drop_hop_by_hop(response, status == 101);
+        one_content_length(response)?;
         Ok(())
     }
 
@@ -508,20 +518,27 @@ impl ProxyHttp for Proxy {
         if let (Some(service), Some((endpoint, _))) = (service, ctx.upstream) {
             service.set_aside(endpoint);
         }
-        let tries = service.map_or(1, |s| s.len().min(CONNECT_TRIES));
-        if retry_policy(ctx).is_some() {
-            if may_retry(session, ctx) {
-                e.set_retry(true);
-            }
-        } else if usize::try_from(ctx.attempts).is_ok_and(|a| a < tries) {
-            // Nothing of the request has been read from the client yet, or it is all held
-            // for a try: either way it can be sent whole to another endpoint.
-            let downstream = session.as_mut();
-            let untouched = downstream.body_bytes_read() == 0
-                || (downstream.is_body_done() && !downstream.retry_buffer_truncated());
-            if untouched && session.response_written().is_none() {
-                e.set_retry(true);
-            }
+        // Nothing of the request has been read from the client yet, or it is all held for a
+        // try: either way it can be sent whole to another endpoint.
+        let downstream = session.as_mut();
+        let untouched = downstream.body_bytes_read() == 0
+            || (downstream.is_body_done() && !downstream.retry_buffer_truncated());
+        let sendable = untouched && session.response_written().is_none();
+        let tries = match retry_policy(ctx) {
+            // A policy adds tries; it never takes away the move to another endpoint.
+            Some(policy) => usize::try_from(policy.attempts)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1)
+                .max(service.map_or(1, |s| s.len().min(CONNECT_TRIES))),
+            None => service.map_or(1, |s| s.len().min(CONNECT_TRIES)),
+        };
+        let within_deadline = ctx
+            .rule
+            .as_ref()
+            .and_then(|r| r.request_timeout)
+            .is_none_or(|deadline| ctx.started.elapsed() < deadline);
+        if sendable && within_deadline && usize::try_from(ctx.attempts).is_ok_and(|a| a < tries) {
+            e.set_retry(true);
         }
         e
     }
@@ -792,7 +809,11 @@ impl Proxy {
     async fn prepare_retry(&self, ctx: &mut RequestCtx) {
         // The retry replays the body from Pingora's buffer, through the body filter again: a copy
         // still taking the body would get its first chunks twice, so it is abandoned instead.
-        ctx.mirror_bodies.clear();
+        // When nothing of the body went anywhere (a connection that could not be made), the
+        // copies simply go on.
+        if ctx.body_passed {
+            ctx.mirror_bodies.clear();
+        }
         let Some(rule) = ctx.rule.clone() else {
             return;
         };
@@ -894,6 +915,25 @@ impl Proxy {
         for filter in &rule.filters {
             match filter {
                 Filter::Redirect(r) => {
+                    // An HTTP/1.0 request may come without Host: the redirect then names the
+                    // address it came to, never an empty host.
+                    let local = || {
+                        session
+                            .server_addr()
+                            .and_then(|a| a.as_inet())
+                            .map(|a| match a.ip() {
+                                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                                ip => ip.to_string(),
+                            })
+                            .unwrap_or_default()
+                    };
+                    let own;
+                    let host = if host.is_empty() {
+                        own = local();
+                        own.as_str()
+                    } else {
+                        host
+                    };
                     let location =
                         redirect_location(r, ctx, host, path, query, matched.listener.port);
                     return Decision::Redirect(r.status, location);
@@ -966,6 +1006,40 @@ fn drop_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
     }
 }
 
+/// Makes a backend's `Content-Length` one a client of either protocol can read: none on a 204
+/// (RFC 9110, section 8.6, where an HTTP/2 client resets the stream over it), and one value
+/// where the backend repeated the same (`5, 5`, or two fields). Values that differ leave the
+/// body's length unknown: the backend's answer is refused (502).
+fn one_content_length(response: &mut ResponseHeader) -> Result<()> {
+    let values: Vec<String> = response
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|v| v.trim().to_string())
+        .collect();
+    if values.is_empty() {
+        return Ok(());
+    }
+    if response.status == http::StatusCode::NO_CONTENT {
+        response.remove_header(&http::header::CONTENT_LENGTH);
+        return Ok(());
+    }
+    if values.len() == 1 {
+        return Ok(());
+    }
+    if values.iter().any(|v| *v != values[0]) || values[0].parse::<u64>().is_err() {
+        return Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "the backend's answer gives Content-Length values that differ",
+        )
+        .into_up());
+    }
+    let single = values[0].clone();
+    response.insert_header(http::header::CONTENT_LENGTH, single)?;
+    Ok(())
+}
+
 /// Answers with a gateway-made error. A gRPC client gets it the way gRPC reports errors: HTTP 200
 /// with the nearest `grpc-status` in a trailers-only response, not an HTML status page.
 ///
@@ -1006,14 +1080,17 @@ async fn respond_then(
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
+        let text = format!("{status} {reason}\n");
+        // A HEAD answer says the length a GET's would have, and carries no body.
+        let length = text.len();
         let body = if session.req_header().method == http::Method::HEAD {
             bytes::Bytes::new()
         } else {
-            bytes::Bytes::from(format!("{status} {reason}\n"))
+            bytes::Bytes::from(text)
         };
         let mut resp = ResponseHeader::build(status, Some(3))?;
         resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("content-length", length.to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         session
             .write_response_header(Box::new(resp), body.is_empty())
@@ -1029,6 +1106,10 @@ async fn respond_then(
         504 => (
             "4",
             "the backend did not answer in time (DEADLINE_EXCEEDED)",
+        ),
+        408 => (
+            "4",
+            "the request's messages stopped arriving (DEADLINE_EXCEEDED)",
         ),
         _ => ("13", "the route's backend cannot be resolved (INTERNAL)"),
     };
@@ -1077,6 +1158,50 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .get("host")
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Whether a Host value (or an HTTP/2 authority) is a host with an optional port: a DNS-style
+/// name or IPv4 address (letters, digits, `-`, `.`, `_`), or an IPv6 address in brackets,
+/// and a port of at most 65535. What else RFC 3986 would let through (`,`, `!`, `%`) names no
+/// host a route can have, and `/`, `?`, `#`, `@` or a space would let a redirect or a backend
+/// read the value two ways.
+fn valid_host(value: &str) -> bool {
+    // Empty is what a client sends for a target without an authority (RFC 9112, section 3.2).
+    if value.is_empty() {
+        return true;
+    }
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if ip.is_empty()
+            || !ip
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("", port),
+                None => return false,
+            },
+        }
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, port)) => (host, port),
+            None => (value, ""),
+        }
+    };
+    let port_ok = port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok());
+    let host_ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    port_ok && host_ok && !(host.is_empty() && !value.starts_with('['))
 }
 
 /// The answer to a CORS preflight (an OPTIONS request with `Origin` and
@@ -1285,6 +1410,39 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_a_name_or_address_with_an_optional_port() {
+        for good in [
+            "a.example",
+            "A.Example:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "svc_name.ns",
+            "",
+            "a:",
+        ] {
+            assert!(valid_host(good), "{good:?}");
+        }
+        for bad in [
+            "a/b",
+            "a?b",
+            "evil.com/x#",
+            "a:b",
+            "a:99999",
+            "[::1",
+            "a,b",
+            "a b",
+            "a@b",
+            ":80",
+            "[]",
+            "[::1]x",
+            "[g::1]",
+        ] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_redirect_to_an_ipv6_literal_keeps_its_brackets() {
