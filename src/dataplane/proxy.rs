@@ -1201,7 +1201,7 @@ fn valid_host(value: &str) -> bool {
     let host_ok = host
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-    port_ok && host_ok && !(host.is_empty() && !value.starts_with('['))
+    port_ok && host_ok && (value.starts_with('[') || !host.is_empty())
 }
 
 /// The answer to a CORS preflight (an OPTIONS request with `Origin` and
