@@ -122,15 +122,18 @@ impl ListenerState {
 }
 
 /// The labels of a namespace, with `kubernetes.io/metadata.name`, which the API server sets on
-/// every namespace, filled in for namespaces that standalone mode never saw declared.
+/// every namespace to its name, whatever a manifest says: filled in for namespaces standalone
+/// mode never saw declared, and overwritten where a manifest gave another value, so that a
+/// selector on the name cannot be answered by a namespace posing as another.
 pub(super) fn namespace_labels(snapshot: &Snapshot, namespace: &str) -> BTreeMap<String, String> {
     let mut labels = snapshot
         .get(Kind::Namespace, "", namespace)
         .map(|n| n.labels.clone())
         .unwrap_or_default();
-    labels
-        .entry("kubernetes.io/metadata.name".to_string())
-        .or_insert_with(|| namespace.to_string());
+    labels.insert(
+        "kubernetes.io/metadata.name".to_string(),
+        namespace.to_string(),
+    );
     labels
 }
 

@@ -1468,3 +1468,28 @@ fn replace_prefix_match_needs_one_path_prefix_match() {
     );
     assert_eq!(c.rules, 2);
 }
+
+/// The namespace name label is the namespace's name, as the API server sets it: a Namespace
+/// manifest that writes another value cannot pass a selector meant for another namespace.
+#[test]
+fn a_namespace_cannot_pose_as_another_through_its_name_label() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector, \
+         selector: {matchLabels: {kubernetes.io/metadata.name: team}}}}}",
+    ) + "---\napiVersion: v1\nkind: Namespace\n\
+           metadata: {name: team2, labels: {kubernetes.io/metadata.name: team}}\n\
+           ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+           metadata: {name: r, namespace: team2}\n\
+           spec: {parentRefs: [{name: gw, namespace: infra}], rules: [{}]}\n\
+           ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+           metadata: {name: r, namespace: team}\n\
+           spec: {parentRefs: [{name: gw, namespace: infra}], rules: [{}]}\n";
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let accepted = |ns: &str| {
+        let status = &c.report.get(Kind::HttpRoute, ns, "r").unwrap().status;
+        condition(&status["parents"][0]["conditions"], "Accepted")["status"].clone()
+    };
+    assert_eq!(accepted("team2"), "False");
+    assert_eq!(accepted("team"), "True");
+}
