@@ -1485,6 +1485,17 @@ mod tests {
             "{}",
             errors[0]
         );
+        // Kinds of another project's group that share a name with one read here are theirs:
+        // left alone, as the rest of the file loads.
+        let text = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: a}\n---\n\
+                    apiVersion: policy.linkerd.io/v1beta3\nkind: HTTPRoute\nmetadata: {name: b}\n---\n\
+                    apiVersion: v1\nkind: Service\nmetadata: {name: c}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert_eq!((objects.len(), errors.len()), (1, 0), "{errors:?}");
+        // A typo in a Kubernetes group is not another project's group.
+        let text =
+            "apiVersion: gateway.networking.k8s.i/v1\nkind: HTTPRoute\nmetadata: {name: r}\n";
+        assert_eq!(parse_manifests(text).unwrap().1.len(), 1);
         // A kind the gateway reads, under the wrong apiVersion, is told where it belongs.
         let text = "apiVersion: totally/bogus\nkind: HTTPRoute\nmetadata: {name: r}\n";
         let errors = parse_manifests(text).unwrap().1;

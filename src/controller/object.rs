@@ -147,6 +147,18 @@ impl Kind {
         if IGNORED_KINDS.contains(&kind) {
             return Ok(None);
         }
+        // A kind of another project's API group (a Knative `Service`, a Linkerd `HTTPRoute`)
+        // is that project's, even where its name is one read here; a group that is a near miss
+        // of a Kubernetes one is a typo, and refused below.
+        let foreign = group.contains('.')
+            && !group.ends_with("k8s.io")
+            && !group.ends_with("kubernetes.io")
+            && !Kind::ALL
+                .into_iter()
+                .any(|k| !k.group().is_empty() && near_miss(k.group(), group));
+        if foreign {
+            return Ok(None);
+        }
         let known_group = Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == kind)
