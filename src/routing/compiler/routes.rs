@@ -502,7 +502,16 @@ fn translate(
     let mut unsupported: Option<Problem> = None;
     let mut unresolved: Option<Problem> = None;
     let mut valid_rules = 0;
-    for (index, rule) in spec.rules.iter().enumerate() {
+    // The API server fills in an HTTPRoute without `rules` with one rule matching every path
+    // (and so, without backendRefs, answered 500); standalone mode does the same here, so
+    // that a manifest is served alike in both modes.
+    let defaulted = [api::HttpRule::default()];
+    let rules = if route.key.kind == Kind::HttpRoute && route.spec()["rules"].is_null() {
+        &defaulted[..]
+    } else {
+        &spec.rules[..]
+    };
+    for (index, rule) in rules.iter().enumerate() {
         let ctx = RefContext {
             snapshot,
             route,
@@ -531,7 +540,7 @@ fn translate(
         }
     }
     out.partially_invalid = unsupported.clone().filter(|_| valid_rules > 0);
-    let accepted = if valid_rules == 0 && !spec.rules.is_empty() {
+    let accepted = if valid_rules == 0 && !rules.is_empty() {
         unsupported
     } else {
         None

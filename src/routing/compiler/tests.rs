@@ -1493,3 +1493,30 @@ fn a_namespace_cannot_pose_as_another_through_its_name_label() {
     assert_eq!(accepted("team2"), "False");
     assert_eq!(accepted("team"), "True");
 }
+
+/// An HTTPRoute without `rules` gets the API server's default, one rule for every path: with
+/// no backendRefs, its requests are answered 500, in standalone mode as in a cluster.
+#[test]
+fn an_http_route_without_rules_gets_the_api_default_rule() {
+    use crate::routing::explain::Question;
+    let yaml = format!(
+        "{BASE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: norules, namespace: infra}}\n\
+         spec: {{parentRefs: [{{name: gw}}], hostnames: [a.example]}}\n"
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let answer = Question {
+        listener: "infra/gw/http".to_string(),
+        host: "a.example".to_string(),
+        path: "/anything".to_string(),
+        method: "GET".to_string(),
+        headers: Vec::new(),
+    }
+    .answer(&c.table, &c.report);
+    assert_eq!(
+        answer.matched.as_deref(),
+        Some("infra/norules#0"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.status, Some(500));
+}
