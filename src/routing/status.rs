@@ -178,7 +178,23 @@ impl ObjectStatus {
                         .map(|a| (id.clone(), &a["conditions"], false)),
                 );
             }
+            let is = |list: &Value, type_: &str, status: &str| {
+                (list.as_array().into_iter().flatten())
+                    .any(|c| c["type"] == type_ && c["status"] == status)
+            };
+            let own_list = &self.status["conditions"];
+            let object_trouble =
+                is(own_list, "Accepted", "False") || is(own_list, "Programmed", "False");
             for (who, list, own) in lists {
+                // A listener that is not programmed for a reason of its own, which no other
+                // condition of it gives (its port out of range once moved by --port-offset),
+                // while its Gateway is fine otherwise.
+                let listener_alone = !own
+                    && who.contains(" listener ")
+                    && !object_trouble
+                    && !is(list, "Accepted", "False")
+                    && !is(list, "ResolvedRefs", "False")
+                    && !is(list, "Conflicted", "True");
                 for c in list.as_array().into_iter().flatten() {
                     // What the configuration itself gets wrong: an object or listener not
                     // accepted, a reference that does not resolve (its requests answer 500),
@@ -198,6 +214,11 @@ impl ObjectStatus {
                                     reason,
                                     "AddressNotAssigned" | "AddressNotUsable" | "Invalid"
                                 ) =>
+                        {
+                            "not programmed"
+                        }
+                        (Some("Programmed"), Some("False"))
+                            if listener_alone && reason == "Invalid" =>
                         {
                             "not programmed"
                         }

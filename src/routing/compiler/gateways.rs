@@ -990,6 +990,14 @@ impl Gateways {
                         .clone()
                         .or_else(|| gateway.address_problem.clone())
                         .or_else(off_range)
+                        .or_else(|| {
+                            gateway.problem.as_ref().map(|_| {
+                                (
+                                    "Invalid",
+                                    "the Gateway is not accepted; see its conditions".to_string(),
+                                )
+                            })
+                        })
                         .unwrap_or((
                             "Invalid",
                             "listener is not valid; see its other conditions".to_string(),

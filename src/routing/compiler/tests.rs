@@ -1520,3 +1520,38 @@ fn an_http_route_without_rules_gets_the_api_default_rule() {
     );
     assert_eq!(answer.status, Some(500));
 }
+
+/// One listener out of two that cannot be served for a reason of its own (its port, moved by
+/// --port-offset, is past 65535) is a problem `check` names, though its Gateway is served.
+#[test]
+fn a_listener_not_programmed_for_a_reason_of_its_own_is_a_problem() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP}\n  - {name: high, port: 65000, protocol: HTTP}",
+    );
+    let options = CompileOptions {
+        address_pool: vec!["127.0.0.1".parse().unwrap()],
+        port_offset: 1000,
+        ..Default::default()
+    };
+    let c = compile(&snapshot(&yaml), &options);
+    let problems = c.report.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0]
+            .starts_with("Gateway infra/gw listener high: not programmed (Invalid): port 65000"),
+        "{problems:?}"
+    );
+    // A class that is not accepted: its Gateway says so, and its listeners point there.
+    let yaml = BASE.replace(
+        "portcullis.dev/gateway-controller}",
+        "portcullis.dev/gateway-controller, parametersRef: {group: x.io, kind: P, name: p}}",
+    );
+    let c = compile(&snapshot(&yaml), &options);
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let listener = condition(&gw["listeners"][0]["conditions"], "Programmed");
+    assert_eq!(
+        listener["message"],
+        "the Gateway is not accepted; see its conditions"
+    );
+}
