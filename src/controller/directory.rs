@@ -925,7 +925,9 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         Kind::EndpointSlice => &["addressType", "endpoints", "ports"],
         _ => &["spec", "status"],
     };
-    let unknown: Vec<String> = (object.body.as_object().into_iter())
+    // Misspelt fields, by their path from the object's top, gathered from every part of it
+    // (beside `metadata`, in it, in `spec`) so that one pass over the file fixes them all.
+    let mut unknown: Vec<String> = (object.body.as_object().into_iter())
         .flat_map(|m| m.keys())
         .filter(|field| {
             !["apiVersion", "kind", "metadata"].contains(&field.as_str())
@@ -933,30 +935,42 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         })
         .cloned()
         .collect();
-    if !unknown.is_empty() {
-        return Err(format!(
+    type Meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    unknown.extend(
+        unknown_in::<Meta>(&object.body["metadata"])
+            .into_iter()
+            .map(|f| format!("metadata.{f}")),
+    );
+    let misspelt = |unknown: &[String]| {
+        format!(
             "{who} has {} {api} does not define: {}; check the spelling (the API server \
              refuses unknown fields too)",
-            a_field_or_fields(&unknown),
-            name_fields(&unknown)
-        ));
-    }
-    type Meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    let unknown = unknown_in::<Meta>(&object.body["metadata"]);
-    if !unknown.is_empty() {
-        return Err(format!(
-            "{who} metadata has {} Kubernetes does not define: {}; check the spelling",
-            a_field_or_fields(&unknown),
-            name_fields(&unknown)
-        ));
-    }
+            a_field_or_fields(unknown),
+            name_fields(unknown)
+        )
+    };
     // Every Gateway API kind requires its spec; without one the object would be served as
     // if emptied (a Gateway without listeners, a route without rules).
     if gateway_api && spec.is_null() {
+        if !unknown.is_empty() {
+            return Err(misspelt(&unknown));
+        }
         return Err(format!(
             "{who} has no spec; every {kind} needs one (is `spec:` misspelt, or left empty?)"
         ));
     }
+    // A value of the wrong type is said first; misspelt fields found so far go with it.
+    let and_misspelt = |unknown: &[String]| {
+        if unknown.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; it also has {} {api} does not define: {}",
+                a_field_or_fields(unknown),
+                name_fields(unknown)
+            )
+        }
+    };
     let decoded = match kind {
         _ if spec.is_null() && kind != Kind::EndpointSlice => Ok(()),
         Kind::GatewayClass => api::read::<api::GatewayClassSpec>(spec).map(drop),
@@ -968,16 +982,20 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         Kind::BackendTlsPolicy => api::read::<api::BackendTlsPolicySpec>(spec).map(drop),
         Kind::Service => api::read::<api::ServiceSpec>(spec).map(drop),
         Kind::EndpointSlice => {
-            let slice = api::read::<api::EndpointSlice>(&object.body)
-                .map_err(|e| format!("{who} has a value of the wrong type: {e}"))?;
+            let slice = api::read::<api::EndpointSlice>(&object.body).map_err(|e| {
+                format!(
+                    "{who} has a value of the wrong type: {e}{}",
+                    and_misspelt(&unknown)
+                )
+            })?;
             type Slice = k8s_openapi::api::discovery::v1::EndpointSlice;
-            let unknown = unknown_in::<Slice>(&object.body);
+            for field in unknown_in::<Slice>(&object.body) {
+                if !unknown.contains(&field) {
+                    unknown.push(field);
+                }
+            }
             if !unknown.is_empty() {
-                return Err(format!(
-                    "{who} has {} Kubernetes does not define: {}; check the spelling",
-                    a_field_or_fields(&unknown),
-                    name_fields(&unknown)
-                ));
+                return Err(misspelt(&unknown));
             }
             return endpoint_addresses(&slice);
         }
@@ -985,30 +1003,33 @@ fn decode_spec(object: &Object) -> Result<(), String> {
         // problem there is reported on the object that refers to it.
         Kind::Namespace | Kind::Secret | Kind::ConfigMap => Ok(()),
     };
-    decoded.map_err(|e| format!("{who} spec has a value of the wrong type: {e}"))?;
+    decoded.map_err(|e| {
+        format!(
+            "{who} spec has a value of the wrong type: {e}{}",
+            and_misspelt(&unknown)
+        )
+    })?;
     let pre_v1 = !object.body["apiVersion"]
         .as_str()
         .is_some_and(|v| v.ends_with("/v1"));
-    let unknown = unknown_fields(kind, spec);
-    match unknown.first() {
+    let in_spec = unknown_fields(kind, spec);
+    match in_spec.first() {
         // TLSRoute's `hostnames` became required in v1; earlier versions may leave it out.
         Some(missing)
-            if missing.starts_with("missing field") && kind == Kind::TlsRoute && pre_v1 =>
-        {
-            schema_rules(kind, &who, spec)
+            if missing.starts_with("missing field") && kind == Kind::TlsRoute && pre_v1 => {}
+        Some(missing) if missing.starts_with("missing field") => {
+            return Err(format!(
+                "{who} spec lacks a field {api} requires: {missing}; check the spelling of the \
+                 fields beside where it belongs{}",
+                and_misspelt(&unknown)
+            ))
         }
-        Some(missing) if missing.starts_with("missing field") => Err(format!(
-            "{who} spec lacks a field {api} requires: {missing}; check the spelling of the \
-             fields beside where it belongs"
-        )),
-        Some(_) => Err(format!(
-            "{who} spec has {} {api} does not define: {}; check the spelling (the API server \
-             refuses unknown fields too)",
-            a_field_or_fields(&unknown),
-            name_fields(&unknown)
-        )),
-        None => schema_rules(kind, &who, spec),
+        _ => unknown.extend(in_spec.iter().map(|f| format!("spec.{f}"))),
     }
+    if !unknown.is_empty() {
+        return Err(misspelt(&unknown));
+    }
+    schema_rules(kind, &who, spec)
 }
 
 /// "a field" or "N fields", for an error naming `fields`.
@@ -1774,7 +1795,7 @@ mod tests {
                 Kind::HttpRoute,
                 route("80"),
                 route("80").replace("backendRefs", "backendRef"),
-                "does not define: rules[0].backendRef;",
+                "does not define: spec.rules[0].backendRef;",
             ),
             (
                 Kind::Gateway,
@@ -1794,8 +1815,8 @@ mod tests {
                 route("80")
                     .replace("backendRefs", "backendRef")
                     .replace("spec:\n", "spec:\n  hostname: [a.example]\n"),
-                "spec has 2 fields the Gateway API does not define: hostname, \
-                 rules[0].backendRef;",
+                "has 2 fields the Gateway API does not define: spec.hostname, \
+                 spec.rules[0].backendRef;",
             ),
             (
                 Kind::Gateway,
@@ -1885,16 +1906,33 @@ mod tests {
                 "HTTPRoute n/r has no spec; every HTTPRoute needs one",
             ),
             (
+                Kind::HttpRoute,
+                route("80"),
+                route("80")
+                    .replace("backendRefs", "backendRef")
+                    .replace("namespace: n}", "namespace: n, lables: {a: b}}")
+                    .replace("spec:\n", "extraTop: 1\nspec:\n"),
+                "HTTPRoute n/r has 3 fields the Gateway API does not define: extraTop, \
+                 metadata.lables, spec.rules[0].backendRef;",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("eighty").replace("namespace: n}", "namespace: n, lables: {a: b}}"),
+                "expected a whole number; it also has a field the Gateway API does not \
+                 define: metadata.lables",
+            ),
+            (
                 Kind::Service,
                 service("80"),
                 service("80").replace("namespace: n", "namespace: n, annotation: {a: b}"),
-                "Service n/svc metadata has a field Kubernetes does not define: annotation;",
+                "Service n/svc has a field Kubernetes does not define: metadata.annotation;",
             ),
             (
                 Kind::Service,
                 service("80"),
                 service("80").replace("name: http,", "name: http, targetPrt: 80,"),
-                "Service n/svc spec has a field Kubernetes does not define: ports[0].targetPrt;",
+                "Service n/svc has a field Kubernetes does not define: spec.ports[0].targetPrt;",
             ),
             (
                 Kind::EndpointSlice,
