@@ -1369,6 +1369,38 @@ fn parse_documents(
             }
             continue;
         }
+        // A typed list (`kind: HTTPRouteList`, as the API server answers a list request) of a
+        // kind read here: its items may leave out the apiVersion and kind the list gives.
+        let typed_list = (value.get("kind").and_then(Value::as_str))
+            .and_then(|k| k.strip_suffix("List"))
+            .zip(value.get("apiVersion").and_then(Value::as_str))
+            .filter(|(kind, api_version)| {
+                matches!(super::Kind::from_type(api_version, kind), Ok(Some(_)))
+            })
+            .map(|(kind, api_version)| (kind.to_string(), api_version.to_string()));
+        if let Some((kind, api_version)) = typed_list {
+            let Some(Value::Array(items)) = value.get("items") else {
+                errors.push((index, format!("a `kind: {kind}List` needs an `items` list")));
+                continue;
+            };
+            for (n, item) in items.iter().enumerate() {
+                let mut item = item.clone();
+                if let Some(fields) = item.as_object_mut() {
+                    fields
+                        .entry("apiVersion")
+                        .or_insert_with(|| Value::from(api_version.as_str()));
+                    fields
+                        .entry("kind")
+                        .or_insert_with(|| Value::from(kind.as_str()));
+                }
+                match Object::from_document(item) {
+                    Ok(Some(object)) => objects.push((index, Some(n), object)),
+                    Ok(None) => {}
+                    Err(err) => errors.push((index, format!("items[{n}]: {err}"))),
+                }
+            }
+            continue;
+        }
         match Object::from_document(value) {
             Ok(Some(object)) => objects.push((index, None, object)),
             Ok(None) => {}
@@ -1483,6 +1515,16 @@ mod tests {
         assert!(errors[0].contains("items[1]: "), "{}", errors[0]);
         let err = parse_manifests("apiVersion: v1\nkind: List\n").unwrap().1;
         assert!(err[0].contains("needs an `items` list"), "{}", err[0]);
+
+        // A typed list, as the API server answers a list request: its items take their
+        // apiVersion and kind from it.
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRouteList\nitems:\n\
+                    - {metadata: {name: r1, namespace: n}, spec: {}}\n\
+                    - {metadata: {name: r2, namespace: n}, spec: {}}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<String> = objects.iter().map(|o| o.key.to_string()).collect();
+        assert_eq!(names, ["HTTPRoute n/r1", "HTTPRoute n/r2"]);
     }
 
     #[test]
