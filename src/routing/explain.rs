@@ -79,9 +79,12 @@ fn why_not_served(report: &StatusReport, listener: &str) -> String {
             .collect()
     };
     let mut why = not_true(&entry["conditions"]);
+    // Of the Gateway's own conditions, those that keep every listener out; its ResolvedRefs
+    // may be about another listener.
     why.extend(
         not_true(&status.status["conditions"])
             .into_iter()
+            .filter(|c| c.starts_with("Accepted=") || c.starts_with("Programmed="))
             .map(|c| format!("Gateway {c}")),
     );
     let mut said = format!("listener {listener} is not served: {}", why.join("; "));
@@ -108,9 +111,12 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
             .iter()
             .any(|l| format!("{}/{}", l.gateway, l.name) == listener)
     }) else {
-        steps.push(format!(
-            "{NOT_SERVED} {listener:?} (expected namespace/gateway/listener)"
-        ));
+        let form = if listener.splitn(3, '/').count() == 3 {
+            ""
+        } else {
+            " (expected namespace/gateway/listener)"
+        };
+        steps.push(format!("{NOT_SERVED} {listener:?}{form}"));
         return miss(steps);
     };
     let host = normalize_host(req.host);

@@ -1161,6 +1161,7 @@ fn explain_says_why_a_listener_is_not_served() {
         }
         .answer(&c.table, &c.report);
         assert_eq!(answer.status, Some(404));
+        assert!(!answer.steps[0].contains("(expected"), "{:?}", answer.steps);
         answer.steps.last().unwrap().clone()
     };
     let pool = |ip: &str| CompileOptions {
