@@ -381,13 +381,38 @@ impl DirectoryProvider {
             let at = owners.partition_point(|p| p.as_path() < path);
             owners.insert(at, path.to_path_buf());
         }
-        let served: Vec<Object> = objects
+        let mut served: Vec<Object> = objects
             .into_iter()
             .filter(|o| self.owners[&o.key].last().is_some_and(|p| p == path))
             .collect();
+        // Of copies in this file, the last: the earlier ones never reach the store, nor bump
+        // its generation.
+        let last: HashMap<ObjectKey, usize> = (served.iter().enumerate())
+            .map(|(i, o)| (o.key.clone(), i))
+            .collect();
+        let mut position = 0;
+        served.retain(|o| {
+            position += 1;
+            last[&o.key] == position - 1
+        });
         let objects: Vec<Object> = served.into_iter().map(|o| self.fill_in(o)).collect();
         self.store.apply(&removed, objects);
-        self.store.set_source_errors(&source, Vec::new());
+        // The same object twice in one file: the last copy is served, as `kubectl apply`
+        // would leave it, and the file carries an error while it lasts, as for two files.
+        let mut seen = HashSet::new();
+        let mut twice: Vec<&ObjectKey> = keys.iter().filter(|k| !seen.insert(*k)).collect();
+        twice.dedup();
+        let errors = twice
+            .iter()
+            .map(|key| SourceError {
+                source: source.clone(),
+                message: format!(
+                    "{key} is defined more than once in this file; the last copy is served: \
+                     keep one"
+                ),
+            })
+            .collect();
+        self.store.set_source_errors(&source, errors);
         self.files.insert(
             path.to_path_buf(),
             FileState {
@@ -2319,6 +2344,39 @@ mod tests {
             "{errors:?}"
         );
         assert!(!errors[0].contains("syntax"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_object_twice_in_one_file_is_served_from_the_last_copy_and_an_error() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let route = |n: u16| {
+            format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r, namespace: n}}\nspec: {{hostnames: [h{n}.example]}}\n"
+            )
+        };
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, route(1) + &route(2)).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        let snapshot = store.snapshot();
+        let served = snapshot.get(Kind::HttpRoute, "n", "r").unwrap();
+        assert_eq!(served.spec()["hostnames"][0], "h2.example");
+        // The first copy never reached the store: the object is at its first generation.
+        assert_eq!(served.generation, 1);
+        let errors: Vec<&str> = snapshot.errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            errors,
+            [
+                "HTTPRoute n/r is defined more than once in this file; the last copy is served: \
+              keep one"
+            ]
+        );
+        std::fs::write(&file, route(2)).unwrap();
+        provider.sync().unwrap();
+        assert!(store.snapshot().errors.is_empty());
     }
 
     #[test]
