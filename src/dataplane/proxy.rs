@@ -986,15 +986,23 @@ impl Proxy {
 /// `Keep-Alive` and `Proxy-Connection`. The gateway's connection to the client gets its own.
 /// A 101 keeps `Connection: upgrade` and `Upgrade`, which the switch needs.
 fn drop_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
+    // On the hot path: most answers name nothing but `keep-alive` or `close`, and nothing is
+    // allocated for them.
+    let plain = |token: &str| {
+        token.is_empty()
+            || token.eq_ignore_ascii_case("close")
+            || token.eq_ignore_ascii_case("keep-alive")
+            || (switching && token.eq_ignore_ascii_case("upgrade"))
+    };
     let named: Vec<String> = response
         .headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
-        .filter(|token| !matches!(token.as_str(), "" | "close" | "keep-alive"))
-        .filter(|token| !(switching && token == "upgrade"))
+        .map(str::trim)
+        .filter(|token| !plain(token))
+        .map(str::to_ascii_lowercase)
         .collect();
     for name in named {
         response.remove_header(name.as_str());
@@ -1011,6 +1019,16 @@ fn drop_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
 /// where the backend repeated the same (`5, 5`, or two fields). Values that differ leave the
 /// body's length unknown: the backend's answer is refused (502).
 fn one_content_length(response: &mut ResponseHeader) -> Result<()> {
+    // On the hot path: one field with one value, on a status that may have it.
+    let mut fields = response
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter();
+    if let (Some(only), None) = (fields.next(), fields.next()) {
+        if !only.as_bytes().contains(&b',') && response.status != http::StatusCode::NO_CONTENT {
+            return Ok(());
+        }
+    }
     let values: Vec<String> = response
         .headers
         .get_all(http::header::CONTENT_LENGTH)
