@@ -498,9 +498,9 @@ impl ProxyHttp for Proxy {
     }
 
     /// A connection that could not be made sent nothing to the backend: the endpoint is set
-    /// aside for a while (see [`ServiceBackend::set_aside`]) and the request goes to another
-    /// one of the Service, with or without a retry policy, so that a dead pod still listed in
-    /// its EndpointSlice costs no failed request while others are up.
+    /// aside for a while (see [`crate::routing::table::ServiceBackend::set_aside`]) and the
+    /// request goes to another one of the Service, with or without a retry policy, so that a
+    /// dead pod still listed in its EndpointSlice costs no failed request while others are up.
     fn fail_to_connect(
         &self,
         session: &mut Session,
