@@ -126,6 +126,25 @@ fn endpoints(service: &str, addresses: &str, port: u16) -> String {
     )
 }
 
+/// The gateway serving route `name` on host `{name}.example` to Service `service` (one
+/// endpoint, `port`), its one rule with the `timeouts` given.
+async fn with_timeouts(name: &str, service: &str, port: u16, timeouts: &str) -> Gateway {
+    let route = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: {name}, namespace: rt}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [{name}.example]\n  rules:\n\
+         \x20 - backendRefs: [{{name: {service}, port: 80}}]\n    timeouts: {timeouts}\n"
+    );
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route,
+        backend("rt", service, port),
+    ]
+    .concat();
+    Gateway::start(&config).await
+}
+
 /// The binary serving one config file, ready, with a client for it.
 struct Gateway {
     _process: Killed,
@@ -611,18 +630,7 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_backend_no_blame(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let flaky = Arc::new(Flaky::default());
     let port = serve(flaky.clone()).await;
-    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-         metadata: {name: slow, namespace: rt}\n\
-         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [slow.example]\n  rules:\n\
-         \x20 - backendRefs: [{name: flaky, port: 80}]\n    timeouts: {backendRequest: 1s}\n";
-    let config = [
-        gateway_class(),
-        gateway("rt", "gw", &listener("web", 80, "HTTP")),
-        route.to_string(),
-        backend("rt", "flaky", port),
-    ]
-    .concat();
-    let gateway = Gateway::start(&config).await;
+    let gateway = with_timeouts("slow", "flaky", port, "{backendRequest: 1s}").await;
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
         .await
         .unwrap();
@@ -665,18 +673,7 @@ async fn an_upgraded_connection_outlives_the_request_timeout_while_it_talks() {
         }
     })
     .await;
-    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-         metadata: {name: ws, namespace: rt}\n\
-         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [ws.example]\n  rules:\n\
-         \x20 - backendRefs: [{name: ws, port: 80}]\n    timeouts: {request: 1s}\n";
-    let config = [
-        gateway_class(),
-        gateway("rt", "gw", &listener("web", 80, "HTTP")),
-        route.to_string(),
-        backend("rt", "ws", port),
-    ]
-    .concat();
-    let gateway = Gateway::start(&config).await;
+    let gateway = with_timeouts("ws", "ws", port, "{request: 1s}").await;
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
         .await
         .unwrap();
