@@ -213,15 +213,16 @@ impl ProxyHttp for Proxy {
                 req.insert_header(http::header::HOST, host)?;
             }
         }
-        // RFC 9112, section 3.2: an HTTP/1.1 request without a Host is answered 400. (HTTP/1.0
-        // may leave it out, and HTTP/2 carries the authority as a pseudo-header.)
+        // RFC 9112, section 3.2: an HTTP/1.1 request without a Host is answered 400 (HTTP/1.0
+        // may leave it out, and HTTP/2 carries the authority as a pseudo-header), and so is a
+        // Host that is not a host (`a/b`, `a b`, a port past 65535): it is not routed,
+        // forwarded or reflected in a redirect.
         let req = session.req_header();
-        if req.version == http::Version::HTTP_11 && request_host(req).is_none() {
-            return respond(session, ctx, 400).await;
-        }
-        // RFC 9112, section 3.2: a Host that is not a host (`a/b`, `a b`, a port past 65535)
-        // is answered 400, not routed, forwarded or reflected in a redirect.
-        if request_host(req).is_some_and(|h| !valid_host(h)) {
+        let host_ok = match request_host(req) {
+            Some(host) => valid_host(host),
+            None => req.version != http::Version::HTTP_11,
+        };
+        if !host_ok {
             return respond(session, ctx, 400).await;
         }
         // Match and forward on the path's normal form (see `normalize_path`).
