@@ -72,6 +72,18 @@ fn condition<'a>(conditions: &'a serde_json::Value, type_: &str) -> &'a serde_js
         .unwrap_or_else(|| panic!("no {type_} condition in {conditions}"))
 }
 
+/// What `explain` says of a GET for `path` on host a.example through BASE's listener.
+fn explain_get(c: &Compiled, path: &str) -> crate::routing::explain::Explanation {
+    crate::routing::explain::Question {
+        listener: "infra/gw/http".to_string(),
+        host: "a.example".to_string(),
+        path: path.to_string(),
+        method: "GET".to_string(),
+        headers: Vec::new(),
+    }
+    .answer(&c.table, &c.report)
+}
+
 fn route(name: &str, body: &str) -> String {
     format!(
         "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: infra}}\nspec:\n  parentRefs: [{{name: gw}}]\n{body}"
@@ -1187,7 +1199,6 @@ fn explain_says_why_a_listener_is_not_served() {
 
 #[test]
 fn explain_names_each_share_the_gateway_answers_itself() {
-    use crate::routing::explain::Question;
     // `empty` has no EndpointSlice; `nowhere` does not exist.
     let yaml = format!(
         "{BASE}---\napiVersion: v1\nkind: Service\nmetadata: {{name: empty, namespace: infra}}\nspec: {{ports: [{{port: 80}}]}}\n{}",
@@ -1199,16 +1210,7 @@ fn explain_names_each_share_the_gateway_answers_itself() {
         )
     );
     let c = compile(&snapshot(&yaml), &CompileOptions::default());
-    let ask = |path: &str| {
-        Question {
-            listener: "infra/gw/http".to_string(),
-            host: "a.example".to_string(),
-            path: path.to_string(),
-            method: "GET".to_string(),
-            headers: Vec::new(),
-        }
-        .answer(&c.table, &c.report)
-    };
+    let ask = |path: &str| explain_get(&c, path);
     // Half the weight forwards: no status, but the 503 share is named.
     let mixed = ask("/mixed");
     assert_eq!(mixed.status, None);
@@ -1305,7 +1307,6 @@ fn debug_routes_shows_the_sni_table_of_a_passthrough_listener() {
 /// passed on to a broader rule or served without the filter.
 #[test]
 fn an_extension_ref_filter_is_answered_500_not_skipped() {
-    use crate::routing::explain::Question;
     let ext = "{type: ExtensionRef, extensionRef: {group: foo.io, kind: Bar, name: baz}}";
     let yaml = format!(
         "{BASE}{}",
@@ -1320,16 +1321,7 @@ fn an_extension_ref_filter_is_answered_500_not_skipped() {
         )
     );
     let c = compile(&snapshot(&yaml), &CompileOptions::default());
-    let ask = |path: &str| {
-        Question {
-            listener: "infra/gw/http".to_string(),
-            host: "a.example".to_string(),
-            path: path.to_string(),
-            method: "GET".to_string(),
-            headers: Vec::new(),
-        }
-        .answer(&c.table, &c.report)
-    };
+    let ask = |path: &str| explain_get(&c, path);
     for (path, rule) in [("/x", "infra/r#0"), ("/y", "infra/r#1")] {
         let answer = ask(path);
         assert_eq!(answer.matched.as_deref(), Some(rule), "{answer:?}");
@@ -1499,21 +1491,13 @@ fn a_namespace_cannot_pose_as_another_through_its_name_label() {
 /// no backendRefs, its requests are answered 500, in standalone mode as in a cluster.
 #[test]
 fn an_http_route_without_rules_gets_the_api_default_rule() {
-    use crate::routing::explain::Question;
     let yaml = format!(
         "{BASE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
          metadata: {{name: norules, namespace: infra}}\n\
          spec: {{parentRefs: [{{name: gw}}], hostnames: [a.example]}}\n"
     );
     let c = compile(&snapshot(&yaml), &CompileOptions::default());
-    let answer = Question {
-        listener: "infra/gw/http".to_string(),
-        host: "a.example".to_string(),
-        path: "/anything".to_string(),
-        method: "GET".to_string(),
-        headers: Vec::new(),
-    }
-    .answer(&c.table, &c.report);
+    let answer = explain_get(&c, "/anything");
     assert_eq!(
         answer.matched.as_deref(),
         Some("infra/norules#0"),
