@@ -9,6 +9,8 @@
 //!   comes chunked, and however many reads it takes.
 //! - The backend's hop-by-hop response fields stay behind; an HTTP/1.0 client gets a chunked
 //!   answer as plain bytes; a client that stalls its body gets 408, not the backend's blame.
+//! - Idle backend connections are kept for reuse up to `--upstream-idle-connections`, over
+//!   all backends together; beyond it, the connections of finished requests are closed.
 //! - A WebSocket outlives the request timeout while it talks; CORS `exposeHeaders: ['*']`
 //!   with credentials names the response's fields.
 
@@ -156,9 +158,15 @@ struct Gateway {
 
 impl Gateway {
     async fn start(config: &str) -> Gateway {
+        Gateway::start_with(config, &[]).await
+    }
+
+    /// The binary serving `config` with `extra` arguments to `run`.
+    async fn start_with(config: &str, extra: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("all.yaml"), config).unwrap();
-        let (process, listen, admin) = run_gateway(dir.path(), &["--access-log-sample", "0"]);
+        let args = [&["--access-log-sample", "0"], extra].concat();
+        let (process, listen, admin) = run_gateway(dir.path(), &args);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -842,4 +850,84 @@ async fn content_lengths_a_client_cannot_read_are_made_one_or_refused() {
     assert_eq!((status, body.as_str()), (200, "hello"));
     assert_eq!(length.unwrap(), "5");
     assert_eq!(get("differ.example").await.0, 502);
+}
+
+/// A backend that answers no request until `together` requests are waiting at once, so that
+/// each of them holds a connection of its own; it counts the connections it accepts. Returns
+/// its port and the count.
+async fn serve_in_rounds(together: usize) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(tokio::sync::Barrier::new(together));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                while read_head(&mut tcp).await {
+                    barrier.wait().await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n";
+                    if tcp.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// Two rounds of six requests at once, each round holding six backend connections: the second
+/// round reuses every connection of the first by default, and only two of them when the
+/// gateway may keep two idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backend_connections_are_kept_up_to_the_configured_number() {
+    use std::sync::atomic::Ordering;
+    const TOGETHER: usize = 6;
+    for (extra, expected) in [
+        (&[][..], TOGETHER),
+        (&["--upstream-idle-connections", "2"][..], TOGETHER + 4),
+    ] {
+        let (port, accepted) = serve_in_rounds(TOGETHER).await;
+        let config = [
+            gateway_class(),
+            gateway("rt", "gw", &listener("web", 80, "HTTP")),
+            route("pool", "pool.example", "held", None),
+            backend("rt", "held", port),
+        ]
+        .concat();
+        let gateway = Gateway::start_with(&config, extra).await;
+        let url = format!("http://127.0.0.1:{}/", gateway.listen);
+        for _round in 0..2 {
+            let mut requests = tokio::task::JoinSet::new();
+            for _ in 0..TOGETHER {
+                // A client of its own per request: one connection each to the gateway too.
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                let url = url.clone();
+                requests.spawn(async move {
+                    let r = client.get(&url).header("host", "pool.example").send().await;
+                    r.unwrap().status()
+                });
+            }
+            while let Some(status) = requests.join_next().await {
+                assert_eq!(status.unwrap(), 200);
+            }
+            // The gateway puts a connection back once it has passed the whole response on.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            expected,
+            "backend connections with {extra:?}"
+        );
+    }
 }
