@@ -300,6 +300,64 @@ class Bench:
             out[pattern] = rows
         return {"rounds": rounds, "seconds": seconds, "rate": self.rate, "patterns": out}
 
+    # --- route count rounds -------------------------------------------------------------------
+
+    def route_rounds(self, counts, rounds, seconds):
+        """What the route count costs, from paired runs: one saturating run at each count in
+        `counts` per round, back to back, the order turned every round, so that both counts of
+        a pair see the same machine. One run per scenario minutes apart can differ by more than
+        the route count does. Reports, per proxy, each pair's throughput and CPU per request at
+        the larger count against the smaller, and their medians over the rounds."""
+        small, large = counts
+        proxies = [t for t in self.targets if t.is_proxy]
+        log(f"route rounds: {rounds} pairs of {seconds} s runs, {small:,} and {large:,} routes")
+        out = []
+        for t in proxies:
+            pairs, error = [], None
+            for i in range(rounds):
+                order = (small, large) if i % 2 == 0 else (large, small)
+                pair = {}
+                for n in order:
+                    sc = {"kind": "http", "body": "small", "routes": n, "rotate": True,
+                          "close": False}
+                    try:
+                        t.start(n)
+                        t.check(self.rotation(n))
+                        self.load(t, sc, 1, latency=False)
+                        pids = t.pids()
+                        cpu0 = procs.cpu_seconds(pids)
+                        thr = self.load(t, sc, seconds, latency=False)
+                        cpu = procs.cpu_seconds(pids) - cpu0
+                        pair[n] = {"rps": thr["rps"], "failed": thr["failed"],
+                                   "cpu_per_10k": cpu / thr["requests"] * 1e4}
+                    except Exception as e:  # noqa: BLE001 - the others still run
+                        error = str(e)[:300]
+                    finally:
+                        t.stop()
+                    if error:
+                        break
+                if error:
+                    log(f"  {t.name}: FAILED: {error}")
+                    break
+                pairs.append({
+                    "small": pair[small], "large": pair[large],
+                    "rps_ratio": pair[large]["rps"] / pair[small]["rps"],
+                    "cpu_ratio": pair[large]["cpu_per_10k"] / pair[small]["cpu_per_10k"],
+                })
+                log(f"  {t.name} round {i + 1}: {large:,} routes at "
+                    f"{pairs[-1]['rps_ratio']:.2f}x the throughput of {small:,}, "
+                    f"{pairs[-1]['cpu_ratio']:.2f}x the CPU per request")
+            row = {"target": t.name, "pairs": pairs}
+            if error:
+                row["error"] = error
+            if pairs:
+                for k in ("rps_ratio", "cpu_ratio"):
+                    values = sorted(p[k] for p in pairs)
+                    row[k] = {"median": statistics.median(values), "min": values[0],
+                              "max": values[-1]}
+            out.append(row)
+        return {"counts": [small, large], "rounds": rounds, "seconds": seconds, "targets": out}
+
     # --- churn ------------------------------------------------------------------------------
 
     def churn(self, target, routes, seconds):
@@ -615,7 +673,7 @@ def main():
     ap.add_argument("--binary", required=True)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated scenario ids (also latency, "
-                    "churn, scale, profile)")
+                    "route-rounds, churn, scale, profile)")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -662,6 +720,13 @@ def main():
                 bench.latency_seconds)
         elif "latency" in previous:
             results["latency"] = previous["latency"]
+        if wanted("route-rounds"):
+            results["route_rounds"] = bench.route_rounds(
+                (10, 1000 if args.quick else 10000),
+                int(os.environ.get("BENCH_ROUTE_ROUNDS", "2" if args.quick else "3")),
+                max(2, bench.seconds // 2))
+        elif "route_rounds" in previous:
+            results["route_rounds"] = previous["route_rounds"]
         if wanted("scale"):
             results["scale"] = bench.scale((1000,) if args.quick else (1000, 10000, 50000))
         elif "scale" in previous:

@@ -69,6 +69,8 @@ def write(res, out_dir, name):
     chart = route_chart(res, out_dir, name)
     if chart:
         md.append(f"![throughput and p99 by route count]({os.path.basename(chart)})\n")
+    if res.get("route_rounds"):
+        md.append(route_rounds_table(res["route_rounds"]))
     if res.get("latency"):
         md.append(latency_table(res["latency"]))
     if res.get("churn"):
@@ -170,6 +172,33 @@ def route_table(res):
                        f"{b['cpu_per_10k'] / a['cpu_per_10k']:.2f}x the CPU per request.")
     out.append("")
     return "\n".join(out)
+
+
+def route_rounds_table(rr):
+    small, large = rr["counts"]
+    out = [f"## {large:,} routes against {small:,}, paired runs\n",
+           f"Requests spread over the routes, as in the route-count scenarios: {rr['rounds']} "
+           f"rounds per proxy, each a {rr['seconds']} s saturating run at {small:,} routes and "
+           f"one at {large:,}, back to back, the order turned every round, so that both runs "
+           "of a pair see the same machine. Median over the rounds, lowest and highest in "
+           "brackets.\n",
+           f"| proxy | throughput at {large:,} vs {small:,} | CPU per request at {large:,} vs "
+           f"{small:,} | req/s of each pair ({small:,} / {large:,}) |",
+           "|---|--:|--:|---|"]
+    for t in rr["targets"]:
+        if not t.get("pairs"):
+            out.append(f"| {LABELS[t['target']]} | failed: {t.get('error', '?')} | | |")
+            continue
+
+        def cell(k):
+            v = t[k]
+            return f"{v['median']:.2f}x ({v['min']:.2f}-{v['max']:.2f})"
+        pairs = ", ".join(f"{num(p['small']['rps'])} / {num(p['large']['rps'])}"
+                          for p in t["pairs"])
+        out.append(f"| {LABELS[t['target']]} | {cell('rps_ratio')} | {cell('cpu_ratio')} | "
+                   f"{pairs} |")
+    out.append("")
+    return "\n".join(out) + "\n"
 
 
 def latency_table(lat):
@@ -311,7 +340,19 @@ def targets_section(res):
     out.append(against_nginx("keepalive", "HTTP/1.1 keep-alive"))
     out.append(against_nginx("h2", "HTTP/2"))
     scs = route_scenarios(res)
-    if len(scs) >= 2:
+    rr = {t["target"]: t for t in res.get("route_rounds", {}).get("targets", [])
+          if t.get("pairs")}
+    if "portcullis" in rr:
+        # Paired runs, where measured, are the figure: single runs minutes apart move more.
+        small, large = res["route_rounds"]["counts"]
+        t = rr["portcullis"]
+        loss = 1 - t["rps_ratio"]["median"]
+        cpu = t["cpu_ratio"]["median"] - 1
+        out.append(
+            f"- {large:,} routes cost under 10% throughput against {small:,}: "
+            f"{'met' if loss < 0.10 else '**missed**'} (median of {len(t['pairs'])} paired "
+            f"runs: {loss * 100:+.0f}% throughput lost; CPU per request {cpu * 100:+.0f}%).")
+    elif len(scs) >= 2:
         a = rows_by_target(scs[0]).get("portcullis", {})
         b = rows_by_target(scs[-1]).get("portcullis", {})
         if "rps" in a and "rps" in b:
