@@ -180,6 +180,12 @@ impl ProxyHttp for Proxy {
         RequestCtx::new()
     }
 
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {
+        // Pingora's default adds its response compression module, switched off. The Gateway
+        // API has no compression filter, and even switched off the module is set up and
+        // called at every step of every request.
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         // Pingora keeps an HTTP/1.1 connection waiting for its next request forever; it gets
         // KEEPALIVE_IDLE. (A client's `Connection: close` still wins.)
