@@ -1022,7 +1022,7 @@ fn decode_spec(object: &Object) -> Result<(), String> {
             if !unknown.is_empty() {
                 return Err(misspelt(&unknown));
             }
-            return endpoint_addresses(&slice);
+            return endpoint_slice_values(&slice);
         }
         // Their data is read where it is used (a certificate, a CA bundle, labels), and a
         // problem there is reported on the object that refers to it.
@@ -1092,7 +1092,17 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
                 if let Some(h) = listener["hostname"].as_str() {
                     hostname(h).map_err(|e| format!("{who} spec.listeners[{i}].hostname {e}"))?;
                 }
+                if let Some(from) = listener["allowedRoutes"]["namespaces"]["from"].as_str() {
+                    if !["All", "Same", "Selector"].contains(&from) {
+                        return Err(format!(
+                            "{who} spec.listeners[{i}].allowedRoutes.namespaces.from {from:?} \
+                             is not All, Same or Selector"
+                        ));
+                    }
+                }
                 if let Some(name) = listener["name"].as_str() {
+                    section_name(name)
+                        .map_err(|e| format!("{who} spec.listeners[{i}].name {e}"))?;
                     if !seen.insert(name.to_string()) {
                         return Err(format!(
                             "{who} spec.listeners[{i}]: a second listener named {name:?}; \
@@ -1116,6 +1126,16 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
         _ => {}
     }
     if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute) {
+        for (i, parent) in list(&spec["parentRefs"]).iter().enumerate() {
+            if !parent["port"].is_null() {
+                port(&parent["port"])
+                    .map_err(|e| format!("{who} spec.parentRefs[{i}].port {e}"))?;
+            }
+            if let Some(name) = parent["sectionName"].as_str() {
+                section_name(name)
+                    .map_err(|e| format!("{who} spec.parentRefs[{i}].sectionName {e}"))?;
+            }
+        }
         for (i, rule) in list(&spec["rules"]).iter().enumerate() {
             for (j, backend) in list(&rule["backendRefs"]).iter().enumerate() {
                 if !backend["port"].is_null() {
@@ -1154,6 +1174,19 @@ fn port(value: &Value) -> Result<(), String> {
     match value.as_i64() {
         Some(1..=65535) => Ok(()),
         _ => Err(format!("{value} is not a port: give 1 to 65535")),
+    }
+}
+
+/// Checks a listener name, or a parentRef's `sectionName`, against the API's `SectionName`
+/// type: the DNS-1123 subdomain rule of object names.
+fn section_name(name: &str) -> Result<(), String> {
+    if crate::controller::object::is_dns_name(name, false) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a section name: {}",
+            crate::controller::object::SUBDOMAIN_RULE
+        ))
     }
 }
 
@@ -1255,9 +1288,15 @@ fn missing_fields(given: &Value, known: &Value, path: String, out: &mut Vec<Stri
     }
 }
 
-/// Checks that every address of a slice is an IP address of its `addressType`, as the API
-/// server does. FQDN slices are not used by the gateway and are let through unchecked.
-fn endpoint_addresses(slice: &api::EndpointSlice) -> Result<(), String> {
+/// Checks a slice as the API server does: every port number is 1 to 65535, and every address
+/// is an IP address of its `addressType`. The addresses of FQDN slices, which the gateway does
+/// not use, are let through unchecked.
+fn endpoint_slice_values(slice: &api::EndpointSlice) -> Result<(), String> {
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        if let Some(number) = p.port {
+            port(&Value::from(number)).map_err(|e| format!("EndpointSlice ports[{i}].port {e}"))?;
+        }
+    }
     let parses: fn(&str) -> bool = match slice.address_type.as_str() {
         "IPv4" => |a| a.parse::<std::net::Ipv4Addr>().is_ok(),
         "IPv6" => |a| a.parse::<std::net::Ipv6Addr>().is_ok(),
@@ -1695,6 +1734,85 @@ mod tests {
             errors[0].contains("metadata.name \"a.b\" is not a valid name"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn values_outside_the_api_s_types_are_refused_where_they_are_written() {
+        let gateway = |listener: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: gw, namespace: n}}\n\
+                 spec: {{gatewayClassName: c, listeners: [{listener}]}}\n"
+            )
+        };
+        let route = |parent: &str, metadata: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r, namespace: n{metadata}}}\nspec: {{parentRefs: [{parent}]}}\n"
+            )
+        };
+        let slice = |port: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: s, namespace: n}}\naddressType: IPv4\n\
+                 endpoints: [{{addresses: [127.0.0.1]}}]\nports: [{{port: {port}}}]\n"
+            )
+        };
+        for (text, says) in [
+            (
+                gateway("{name: HTTP_1, port: 80, protocol: HTTP}"),
+                r#"spec.listeners[0].name "HTTP_1" is not a section name: use at most 253"#,
+            ),
+            (
+                gateway(
+                    "{name: web, port: 80, protocol: HTTP, \
+                     allowedRoutes: {namespaces: {from: Nope}}}",
+                ),
+                r#"spec.listeners[0].allowedRoutes.namespaces.from "Nope" is not All, Same or Selector"#,
+            ),
+            (
+                route("{name: gw, port: 70000}", ""),
+                "spec.parentRefs[0].port 70000 is not a port: give 1 to 65535",
+            ),
+            (
+                route("{name: gw, sectionName: Web}", ""),
+                r#"spec.parentRefs[0].sectionName "Web" is not a section name"#,
+            ),
+            (
+                route("{name: gw}", ", creationTimestamp: yesterday"),
+                r#"metadata.creationTimestamp "yesterday" is not a time: write it in RFC 3339"#,
+            ),
+            (
+                route("{name: gw}", ", creationTimestamp: 5"),
+                "metadata.creationTimestamp is not a string",
+            ),
+            (
+                slice("70000"),
+                "EndpointSlice ports[0].port 70000 is not a port: give 1 to 65535",
+            ),
+        ] {
+            let errors = read_manifests(&text).unwrap_err();
+            assert_eq!(errors.len(), 1, "{text}");
+            assert!(errors[0].contains(says), "{errors:?}");
+        }
+        // What the API's types allow loads.
+        let text = [
+            gateway(
+                "{name: web.v1-a, port: 80, protocol: HTTP, \
+                 allowedRoutes: {namespaces: {from: All}}}",
+            ),
+            route(
+                "{name: gw, port: 65535, sectionName: web.v1-a}",
+                ", creationTimestamp: '2024-05-01T14:00:00.75+02:00'",
+            ),
+            slice("8080"),
+        ]
+        .join("---\n");
+        let objects = read_manifests(&text).unwrap();
+        assert_eq!(objects.len(), 3);
+        // A time is kept as the API server writes it: UTC, whole seconds, so that route
+        // precedence may compare times as text.
+        assert_eq!(objects[1].creation_timestamp, "2024-05-01T12:00:00Z");
     }
 
     #[test]

@@ -334,6 +334,12 @@ pub enum ObjectError {
         /// What a valid one looks like.
         rule: &'static str,
     },
+    /// `metadata.creationTimestamp` is not an RFC 3339 time.
+    #[error(
+        "metadata.creationTimestamp {0:?} is not a time: write it in RFC 3339, such as \
+         2024-05-01T12:00:00Z, or leave it out to have the time the object was first read"
+    )]
+    InvalidTimestamp(String),
     /// The kind is not one the gateway reads.
     #[error(transparent)]
     UnknownKind(#[from] UnknownKind),
@@ -343,19 +349,29 @@ pub enum ObjectError {
 /// Namespace and Service names): lower-case letters, digits and `-` (and `.` between labels
 /// of a subdomain), starting and ending with a letter or digit, 253 or 63 characters at most.
 fn check_name(field: &'static str, value: &str, label: bool) -> Result<(), ObjectError> {
-    let (max, rule) = if label {
-        (
-            63,
-            "use at most 63 lower-case letters, digits and '-', starting and ending with a \
-             letter or digit",
-        )
+    if is_dns_name(value, label) {
+        return Ok(());
+    }
+    let rule = if label {
+        "use at most 63 lower-case letters, digits and '-', starting and ending with a letter or \
+         digit"
     } else {
-        (
-            253,
-            "use at most 253 lower-case letters, digits, '-' and '.', each part between dots \
-             starting and ending with a letter or digit",
-        )
+        SUBDOMAIN_RULE
     };
+    Err(ObjectError::InvalidName {
+        field,
+        value: value.to_string(),
+        rule,
+    })
+}
+
+/// What a DNS-1123 subdomain looks like, in the words errors use.
+pub(crate) const SUBDOMAIN_RULE: &str = "use at most 253 lower-case letters, digits, '-' and '.', \
+     each part between dots starting and ending with a letter or digit";
+
+/// Whether `value` is a DNS-1123 subdomain or, with `label`, a DNS label; see [`check_name`].
+/// The Gateway API's `SectionName` (listener names) follows the subdomain rule too.
+pub(crate) fn is_dns_name(value: &str, label: bool) -> bool {
     let part_ok = |part: &str| {
         !part.is_empty()
             && part
@@ -364,21 +380,26 @@ fn check_name(field: &'static str, value: &str, label: bool) -> Result<(), Objec
             && !part.starts_with('-')
             && !part.ends_with('-')
     };
-    let ok = value.len() <= max
-        && if label {
-            part_ok(value)
-        } else {
-            value.split('.').all(part_ok)
-        };
-    if ok {
-        Ok(())
+    if label {
+        value.len() <= 63 && part_ok(value)
     } else {
-        Err(ObjectError::InvalidName {
-            field,
-            value: value.to_string(),
-            rule,
-        })
+        value.len() <= 253 && value.split('.').all(part_ok)
     }
+}
+
+/// `metadata.creationTimestamp` as the API server writes it (RFC 3339, UTC, whole seconds),
+/// from any RFC 3339 time: route precedence compares these as text, so `+02:00` offsets and
+/// fractions of a second are brought to that one form first.
+fn creation_timestamp(value: &Value) -> Result<String, ObjectError> {
+    let text = match value {
+        Value::Null => return Ok(String::new()),
+        Value::String(text) => text,
+        _ => return Err(ObjectError::NotAString("metadata.creationTimestamp")),
+    };
+    let time: jiff::Timestamp = text
+        .parse()
+        .map_err(|_| ObjectError::InvalidTimestamp(text.clone()))?;
+    Ok(time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 impl Object {
@@ -418,10 +439,7 @@ impl Object {
         Ok(Some(Object {
             key: ObjectKey::new(kind, namespace, name),
             generation: meta["generation"].as_i64().unwrap_or(1),
-            creation_timestamp: meta["creationTimestamp"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            creation_timestamp: creation_timestamp(&meta["creationTimestamp"])?,
             labels,
             body,
         }))

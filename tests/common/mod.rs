@@ -4,8 +4,8 @@
 #![allow(dead_code, reason = "each test binary uses only some of the helpers")]
 
 pub(crate) mod manifests;
+pub(crate) mod ports;
 
-use std::net::TcpListener;
 use std::process::Child;
 
 /// A child process that is killed and reaped when the test lets go of it, pass or fail.
@@ -18,13 +18,9 @@ impl Drop for Killed {
     }
 }
 
-/// A port that was free on 127.0.0.1 a moment ago.
+/// A port that was free on 127.0.0.1 a moment ago; see [`ports::free_port_on`].
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("loopback has a free port")
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
+    ports::free_port_on(std::net::IpAddr::from([127, 0, 0, 1]))
 }
 
 /// `portcullis run` on `dir` in standalone mode, with `extra` arguments: listener port 80 moved

@@ -1,11 +1,11 @@
 //! Harness for end-to-end tests of Kubernetes mode: the fake API server, the real `portcullis`
 //! binary pointed at it through a kubeconfig, echo backends, and waits bounded by deadlines.
-//! Everything listens on loopback, on ports the kernel picks.
+//! Everything listens on loopback, on ports picked below the kernel's ephemeral range.
 
 pub(crate) mod apiserver;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,14 +14,9 @@ use serde_json::Value;
 
 use apiserver::ApiServer;
 
-/// A free TCP port on `ip`.
-pub(crate) fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .expect("bind a probe socket")
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub(crate) use ports::free_port_on as free_port;
 
 /// A loopback address of its own for one test, so that tests running side by side (and other
 /// test binaries) never contend for a listener address.
