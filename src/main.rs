@@ -116,12 +116,13 @@ struct RunArgs {
     /// off, for measuring what they cost).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     request_metrics: bool,
-    /// Idle backend connections kept open for reuse, over all backends together. Requests in
-    /// flight beyond this many find no idle connection when they finish, so theirs are closed,
-    /// and later requests open new ones.
+    /// Idle backend connections kept open for reuse, over all backends together: 1 to
+    /// 1000000. Requests in flight beyond this many find no idle connection when they finish,
+    /// so theirs are closed, and later requests open new ones. (Pingora's pool cannot be sized
+    /// to none: with 0 it would keep every connection, unbounded.)
     #[arg(long, default_value_t = 1024, env = "PORTCULLIS_UPSTREAM_IDLE_CONNECTIONS",
-          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
-    upstream_idle_connections: u32,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    upstream_idle_connections: u64,
     /// Threads serving traffic; by default one per CPU this process may use (its affinity and
     /// cgroup CPU limit). With one, everything runs on a single thread, which costs about a
     /// tenth less CPU per request than one worker thread beside the main thread.
@@ -510,7 +511,8 @@ fn run(args: RunArgs) -> ExitCode {
             drain_timeout: args.drain_timeout,
             access_log_sample: args.access_log_sample,
             request_metrics: args.request_metrics,
-            upstream_idle_connections: args.upstream_idle_connections as usize,
+            upstream_idle_connections: usize::try_from(args.upstream_idle_connections)
+                .expect("at most 1000000"),
             status_reports: None,
             initial_sync: None,
         };

@@ -885,10 +885,26 @@ async fn serve_in_rounds(together: usize) -> (u16, Arc<std::sync::atomic::Atomic
 
 /// Two rounds of six requests at once, each round holding six backend connections: the second
 /// round reuses every connection of the first by default, and only two of them when the
-/// gateway may keep two idle.
+/// gateway may keep two idle. None idle cannot be asked for: Pingora's pool would then keep
+/// every connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_backend_connections_are_kept_up_to_the_configured_number() {
     use std::sync::atomic::Ordering;
+    for refused in ["0", "1000001", "18446744073709551616", "some"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args([
+                "run",
+                "--config-dir",
+                ".",
+                "--upstream-idle-connections",
+                refused,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{refused}: {stderr}");
+        assert!(stderr.contains("--upstream-idle-connections"), "{stderr}");
+    }
     const TOGETHER: usize = 6;
     for (extra, expected) in [
         (&[][..], TOGETHER),
