@@ -108,6 +108,20 @@ async fn requests_are_read_as_they_were_meant() {
     // HTTP/1.1 requires Host.
     let answer = raw(port, b"GET / HTTP/1.1\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    // A target of no form the method allows is not routed as some path.
+    for target in ["x", "*", "a:80"] {
+        let request = format!("GET {target} HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n");
+        let answer = raw(port, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer:?}");
+    }
+    // Bytes a target may not hold (a NUL) are percent-encoded by Pingora before anything reads
+    // the target: the route and the backend see them one way only, encoded.
+    let answer = raw(
+        port,
+        b"GET /a\0b HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(echoed(&answer)["target"], "/a%00b", "{answer:?}");
 
     // The route for /admin is matched on the path's normal form, and the backend gets that path.
     for path in [

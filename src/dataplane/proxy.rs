@@ -199,6 +199,10 @@ impl ProxyHttp for Proxy {
         // the first and closes the connection. The setting carries over to the connection's
         // later requests.
         session.as_mut().set_pipelining_enabled(true);
+        let req = session.req_header();
+        if !valid_target(&req.method, req.raw_path()) {
+            return respond(session, ctx, 400).await;
+        }
         // RFC 9112, section 3.2.2: an HTTP/1 request in absolute form (`GET http://host/path`)
         // names its host in the target. Pingora has checked that a Host header, if any, says
         // the same; the route is chosen, and the backend asked, as for the origin form
@@ -1177,6 +1181,23 @@ fn absolute_form_host(target: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
+/// Whether a request target has a form RFC 9112 (section 3.2) allows for its method: the origin
+/// form (`/path`), the absolute form (`http://host/path`), `*` for OPTIONS and the authority
+/// form (`host:port`) for CONNECT; and no control character or space, which no form allows and
+/// which a backend could read as the end of the target. Anything else (`GET x`) would be routed
+/// as some path it does not name.
+fn valid_target(method: &http::Method, target: &[u8]) -> bool {
+    if target.iter().any(|&b| b < 0x21 || b == 0x7f) {
+        return false;
+    }
+    match target.first() {
+        Some(b'/') => true,
+        Some(b'*') => target == b"*" && method == http::Method::OPTIONS,
+        Some(_) => absolute_form_host(target).is_some() || method == http::Method::CONNECT,
+        None => false,
+    }
+}
+
 /// The Host a request names: the Host header, or the authority of an HTTP/2 request.
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -1466,6 +1487,33 @@ mod tests {
             "[g::1]",
         ] {
             assert!(!valid_host(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_has_one_of_the_forms_its_method_allows() {
+        use http::Method;
+        for (method, good) in [
+            (Method::GET, &b"/"[..]),
+            (Method::GET, b"/a?b=c"),
+            (Method::GET, b"http://a.example/x"),
+            (Method::GET, b"/caf\xc3\xa9"),
+            (Method::OPTIONS, b"*"),
+            (Method::CONNECT, b"a.example:443"),
+        ] {
+            assert!(valid_target(&method, good), "{method} {good:?}");
+        }
+        for (method, bad) in [
+            (Method::GET, &b"x"[..]),
+            (Method::GET, b""),
+            (Method::GET, b"*"),
+            (Method::OPTIONS, b"*x"),
+            (Method::GET, b"a.example:443"),
+            (Method::GET, b"/a\0b"),
+            (Method::GET, b"/a\x7fb"),
+            (Method::GET, b"/a\tb"),
+        ] {
+            assert!(!valid_target(&method, bad), "{method} {bad:?}");
         }
     }
 
