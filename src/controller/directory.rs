@@ -1022,7 +1022,7 @@ fn decode_spec(object: &Object) -> Result<(), String> {
             if !unknown.is_empty() {
                 return Err(misspelt(&unknown));
             }
-            return endpoint_slice_values(&slice);
+            return endpoint_slice_values(&who, &slice);
         }
         // Their data is read where it is used (a certificate, a CA bundle, labels), and a
         // problem there is reported on the object that refers to it.
@@ -1288,13 +1288,30 @@ fn missing_fields(given: &Value, known: &Value, path: String, out: &mut Vec<Stri
     }
 }
 
-/// Checks a slice as the API server does: every port number is 1 to 65535, and every address
-/// is an IP address of its `addressType`. The addresses of FQDN slices, which the gateway does
+/// Checks a slice as the API server does: every port number is 1 to 65535, port names are DNS
+/// labels, protocols TCP, UDP or SCTP, and every address is an IP address of its
+/// `addressType`. The addresses of FQDN slices, which the gateway does
 /// not use, are let through unchecked.
-fn endpoint_slice_values(slice: &api::EndpointSlice) -> Result<(), String> {
+fn endpoint_slice_values(who: &str, slice: &api::EndpointSlice) -> Result<(), String> {
     for (i, p) in slice.ports.iter().flatten().enumerate() {
         if let Some(number) = p.port {
-            port(&Value::from(number)).map_err(|e| format!("EndpointSlice ports[{i}].port {e}"))?;
+            port(&Value::from(number)).map_err(|e| format!("{who} ports[{i}].port {e}"))?;
+        }
+        if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            if !crate::controller::object::is_dns_name(name, true) {
+                return Err(format!(
+                    "{who} ports[{i}].name {name:?} is not a port name: use at most 63 \
+                     lower-case letters, digits and '-', starting and ending with a letter or \
+                     digit, as the Service port it stands for"
+                ));
+            }
+        }
+        if let Some(protocol) = p.protocol.as_deref() {
+            if !["TCP", "UDP", "SCTP"].contains(&protocol) {
+                return Err(format!(
+                    "{who} ports[{i}].protocol {protocol:?} is not TCP, UDP or SCTP"
+                ));
+            }
         }
     }
     let parses: fn(&str) -> bool = match slice.address_type.as_str() {
@@ -1303,7 +1320,7 @@ fn endpoint_slice_values(slice: &api::EndpointSlice) -> Result<(), String> {
         "FQDN" => return Ok(()),
         other => {
             return Err(format!(
-                "EndpointSlice addressType {other:?} is not IPv4, IPv6 or FQDN"
+                "{who} addressType {other:?} is not IPv4, IPv6 or FQDN"
             ))
         }
     };
@@ -1311,7 +1328,7 @@ fn endpoint_slice_values(slice: &api::EndpointSlice) -> Result<(), String> {
         for address in &endpoint.addresses {
             if !parses(address) {
                 return Err(format!(
-                    "EndpointSlice endpoints[{i}] address {address:?} is not an {} address",
+                    "{who} endpoints[{i}] address {address:?} is not an {} address",
                     slice.address_type
                 ));
             }
@@ -1780,15 +1797,23 @@ mod tests {
             ),
             (
                 route("{name: gw}", ", creationTimestamp: yesterday"),
-                r#"metadata.creationTimestamp "yesterday" is not a time: write it in RFC 3339"#,
+                r#"HTTPRoute n/r metadata.creationTimestamp "yesterday" is not a time: write it in RFC 3339"#,
             ),
             (
                 route("{name: gw}", ", creationTimestamp: 5"),
-                "metadata.creationTimestamp is not a string",
+                "HTTPRoute n/r metadata.creationTimestamp 5 is not a time",
             ),
             (
                 slice("70000"),
-                "EndpointSlice ports[0].port 70000 is not a port: give 1 to 65535",
+                "EndpointSlice n/s ports[0].port 70000 is not a port: give 1 to 65535",
+            ),
+            (
+                slice("80, name: HTTP_X"),
+                r#"EndpointSlice n/s ports[0].name "HTTP_X" is not a port name"#,
+            ),
+            (
+                slice("80, protocol: tcp"),
+                r#"EndpointSlice n/s ports[0].protocol "tcp" is not TCP, UDP or SCTP"#,
             ),
         ] {
             let errors = read_manifests(&text).unwrap_err();
@@ -1813,6 +1838,35 @@ mod tests {
         // A time is kept as the API server writes it: UTC, whole seconds, so that route
         // precedence may compare times as text.
         assert_eq!(objects[1].creation_timestamp, "2024-05-01T12:00:00Z");
+        let stamped = |time: &str| {
+            read_manifests(&route(
+                "{name: gw}",
+                &format!(", creationTimestamp: '{time}'"),
+            ))
+            .map(|o| o[0].creation_timestamp.clone())
+        };
+        for (written, kept) in [
+            ("2024-05-01T12:00:00Z", "2024-05-01T12:00:00Z"),
+            ("2024-05-01T12:00:00.123456789123Z", "2024-05-01T12:00:00Z"),
+            ("2024-05-01T00:30:00-01:00", "2024-05-01T01:30:00Z"),
+            ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(stamped(written).as_deref(), Ok(kept), "{written}");
+        }
+        // What the API server refuses as a time.
+        for refused in [
+            "2024-05-01T14:00Z",
+            "2024-05-01 14:00:00Z",
+            "2024-05-01t14:00:00z",
+            "2024-05-01T23:59:60Z",
+            "2024-02-30T12:00:00Z",
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00.Z",
+            "2024-05-01T12:00:00+0200",
+            "",
+        ] {
+            assert!(stamped(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

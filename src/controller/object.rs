@@ -336,10 +336,15 @@ pub enum ObjectError {
     },
     /// `metadata.creationTimestamp` is not an RFC 3339 time.
     #[error(
-        "metadata.creationTimestamp {0:?} is not a time: write it in RFC 3339, such as \
+        "{who} metadata.creationTimestamp {value} is not a time: write it in RFC 3339, such as \
          2024-05-01T12:00:00Z, or leave it out to have the time the object was first read"
     )]
-    InvalidTimestamp(String),
+    InvalidTimestamp {
+        /// The object, as `Kind namespace/name`.
+        who: String,
+        /// The value as written (quoted when it is text).
+        value: String,
+    },
     /// The kind is not one the gateway reads.
     #[error(transparent)]
     UnknownKind(#[from] UnknownKind),
@@ -387,19 +392,54 @@ pub(crate) fn is_dns_name(value: &str, label: bool) -> bool {
     }
 }
 
-/// `metadata.creationTimestamp` as the API server writes it (RFC 3339, UTC, whole seconds),
-/// from any RFC 3339 time: route precedence compares these as text, so `+02:00` offsets and
-/// fractions of a second are brought to that one form first.
-fn creation_timestamp(value: &Value) -> Result<String, ObjectError> {
-    let text = match value {
-        Value::Null => return Ok(String::new()),
-        Value::String(text) => text,
-        _ => return Err(ObjectError::NotAString("metadata.creationTimestamp")),
+/// `metadata.creationTimestamp` as the API server keeps it (RFC 3339, UTC, whole seconds), from
+/// any time the API server takes: RFC 3339 with an upper-case `T`, seconds up to 59, an
+/// optional fraction, and `Z` or an offset such as `+02:00`. Route precedence compares these as
+/// text, so offsets and fractions of a second are brought to that one form first. `None` when
+/// `text` is not such a time.
+fn normalized_timestamp(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let digits = |from: usize, to: usize| {
+        b.get(from..to)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
     };
-    let time: jiff::Timestamp = text
-        .parse()
-        .map_err(|_| ObjectError::InvalidTimestamp(text.clone()))?;
-    Ok(time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    let shape = digits(0, 4)
+        && digits(5, 7)
+        && digits(8, 10)
+        && digits(11, 13)
+        && digits(14, 16)
+        && digits(17, 19)
+        && separators.iter().all(|&(at, c)| b.get(at) == Some(&c));
+    // The API server refuses a leap second; the date and time parser would take it as :59.
+    if !shape || &text[17..19] > "59" {
+        return None;
+    }
+    let seconds = &text[..19];
+    let mut zone = &text[19..];
+    if let Some(fraction) = zone.strip_prefix('.') {
+        let n = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        zone = &fraction[n..];
+    }
+    // Months, days and hours in range.
+    seconds.parse::<jiff::civil::DateTime>().ok()?;
+    if zone == "Z" {
+        return Some(format!("{seconds}Z"));
+    }
+    let z = zone.as_bytes();
+    let offset = z.len() == 6
+        && matches!(z[0], b'+' | b'-')
+        && z[1..3].iter().all(u8::is_ascii_digit)
+        && z[3] == b':'
+        && z[4..6].iter().all(u8::is_ascii_digit);
+    if !offset {
+        return None;
+    }
+    let time: jiff::Timestamp = format!("{seconds}{zone}").parse().ok()?;
+    Some(time.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 impl Object {
@@ -436,10 +476,22 @@ impl Object {
                 .ok_or_else(|| ObjectError::LabelNotAString(key.clone()))?;
             labels.insert(key.clone(), value.to_string());
         }
+        let key = ObjectKey::new(kind, namespace, name);
+        let written = &meta["creationTimestamp"];
+        let creation_timestamp = match written {
+            Value::Null => String::new(),
+            _ => written
+                .as_str()
+                .and_then(normalized_timestamp)
+                .ok_or_else(|| ObjectError::InvalidTimestamp {
+                    who: key.to_string(),
+                    value: written.to_string(),
+                })?,
+        };
         Ok(Some(Object {
-            key: ObjectKey::new(kind, namespace, name),
+            key,
             generation: meta["generation"].as_i64().unwrap_or(1),
-            creation_timestamp: creation_timestamp(&meta["creationTimestamp"])?,
+            creation_timestamp,
             labels,
             body,
         }))

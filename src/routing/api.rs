@@ -707,6 +707,14 @@ pub struct ServicePort {
     pub port: i64,
     /// Application protocol, e.g. `kubernetes.io/h2c`.
     pub app_protocol: Option<String>,
+    /// `TCP` (the default), `UDP` or `SCTP`.
+    pub protocol: Option<String>,
+}
+
+/// Whether a Service or EndpointSlice port's `protocol` is TCP, which it is when left out: the
+/// only one a gateway can carry HTTP or TLS over.
+pub fn is_tcp(protocol: Option<&str>) -> bool {
+    protocol.is_none_or(|p| p == "TCP")
 }
 
 /// An EndpointSlice (the whole object: its fields sit at the top level).
@@ -750,6 +758,8 @@ pub struct EndpointPort {
     pub name: Option<String>,
     /// The endpoint's port number.
     pub port: Option<i64>,
+    /// `TCP` (the default), `UDP` or `SCTP`.
+    pub protocol: Option<String>,
 }
 
 /// `GRPCRoute.spec`; translated into the HTTPRoute shape, since gRPC is HTTP/2 with the method

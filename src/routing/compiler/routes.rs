@@ -1204,10 +1204,20 @@ fn try_resolve(
             format!("Service {namespace}/{}: {e}", b.name),
         )
     })?;
-    let Some(service_port) = spec.ports.iter().find(|p| p.port == port) else {
+    // A Service may have a TCP and a UDP port of the same number (DNS does): only TCP carries
+    // what the gateway forwards.
+    let ports = || spec.ports.iter().filter(|p| p.port == port);
+    let Some(service_port) = ports().find(|p| api::is_tcp(p.protocol.as_deref())) else {
+        let other = ports().find_map(|p| p.protocol.as_deref());
         return Err((
             "BackendNotFound",
-            format!("Service {namespace}/{} has no port {port}", b.name),
+            match other {
+                Some(protocol) => format!(
+                    "Service {namespace}/{} port {port} is {protocol}, not TCP",
+                    b.name
+                ),
+                None => format!("Service {namespace}/{} has no port {port}", b.name),
+            },
         ));
     };
     let endpoints = ready_endpoints(
@@ -1425,7 +1435,9 @@ fn ready_endpoints(
             .ports
             .unwrap_or_default()
             .iter()
-            .find(|p| p.name.as_deref().unwrap_or("") == port_name)
+            .find(|p| {
+                p.name.as_deref().unwrap_or("") == port_name && api::is_tcp(p.protocol.as_deref())
+            })
             .and_then(|p| p.port)
             .and_then(|p| u16::try_from(p).ok())
         else {

@@ -1540,3 +1540,33 @@ fn a_listener_not_programmed_for_a_reason_of_its_own_is_a_problem() {
         "the Gateway is not accepted; see its conditions"
     );
 }
+
+#[test]
+fn only_tcp_ports_of_a_service_and_its_endpoints_carry_traffic() {
+    let yaml = format!(
+        "{BASE}{}{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: dns, namespace: infra}}\n\
+         spec: {{ports: [{{name: u, port: 53, protocol: UDP}}, {{name: t, port: 53}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: dns-1, namespace: infra, labels: {{kubernetes.io/service-name: dns}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [127.0.0.9]}}]\n\
+         ports: [{{name: u, port: 5353, protocol: UDP}}, {{name: t, port: 5354, protocol: TCP}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: udp, namespace: infra}}\n\
+         spec: {{ports: [{{port: 53, protocol: UDP}}]}}\n",
+        route("a", "  hostnames: [a.example]\n  rules:\n  - backendRefs: [{name: dns, port: 53}]\n"),
+        route("b", "  hostnames: [b.example]\n  rules:\n  - backendRefs: [{name: udp, port: 53}]\n"),
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let table = crate::routing::explain::describe(&c.table).to_string();
+    assert!(table.contains("127.0.0.9:5354"), "{table}");
+    assert!(!table.contains("5353"), "{table}");
+    let status = &c.report.get(Kind::HttpRoute, "infra", "b").unwrap().status;
+    let resolved = condition(&status["parents"][0]["conditions"], "ResolvedRefs");
+    assert_eq!(resolved["reason"], "BackendNotFound");
+    assert!(
+        resolved["message"]
+            .as_str()
+            .unwrap()
+            .contains("Service infra/udp port 53 is UDP, not TCP"),
+        "{resolved}"
+    );
+}
