@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use portcullis::controller::{directory::DirectoryProvider, Store};
 use portcullis::dataplane::{self, RunOptions};
@@ -263,15 +265,63 @@ fn init_logging(format: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        builder.json().finish().with(BrokenClientHeaders).init();
     } else {
-        builder.init();
+        builder.finish().with(BrokenClientHeaders).init();
     }
     if let Some((text, err)) = bad_filter {
         tracing::warn!(
             "PORTCULLIS_LOG={text:?} is not a log filter ({err}); logging at info. Write a level \
              (debug) or directives (portcullis=debug,pingora=warn)"
         );
+    }
+}
+
+/// Counts, instead of logging, the client connections that break while sending a request
+/// header. Pingora logs each at error level (`Fail to proxy: Downstream ...`), so that a client
+/// resetting connection after connection, or a load balancer's health check that resets its
+/// probes, would write one error line each. The count is in
+/// `portcullis_client_header_failures_total`.
+struct BrokenClientHeaders;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BrokenClientHeaders {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        // Pingora logs through the `log` crate: its records arrive as events whose target is
+        // the field `log.target`.
+        #[derive(Default)]
+        struct Fields {
+            pingora_proxy: bool,
+            broken_client: bool,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "log.target" {
+                    self.pingora_proxy = value == "pingora_proxy";
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.broken_client =
+                        format!("{value:?}").starts_with("Fail to proxy: Downstream");
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let counted = fields.pingora_proxy && fields.broken_client;
+        if counted {
+            portcullis::dataplane::metrics::global()
+                .client_header_failures
+                .inc();
+        }
+        !counted
     }
 }
 

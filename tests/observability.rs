@@ -316,3 +316,45 @@ async fn a_failing_backend_is_logged_once_not_per_request() {
         failed[0]
     );
 }
+
+/// A client connection that breaks while sending its request header is counted, not logged:
+/// one error line each would let any client fill the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_break_off_their_header_are_counted_not_logged() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, mut gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let stderr = gateway.stderr.take().unwrap();
+    let _gateway = Killed(gateway);
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_ready(&client, admin).await;
+    for _ in 0..5 {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\nx-half")
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = admin_text(&client, admin, "/metrics").await;
+        if sample(&metrics, "portcullis_client_header_failures_total", &[]) == 5.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A whole request still works, and nothing was logged at error level.
+    assert_eq!(status_of_a(&client, listen).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = lines.lock().unwrap();
+    assert!(!lines.iter().any(|l| l.contains("ERROR")), "{lines:#?}");
+}

@@ -186,6 +186,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Mirror copies dropped: too many in flight, or a mirror that fell behind the body.
     pub mirror_dropped: IntCounter,
+    /// Client connections that broke while sending a request header (reset or closed midway).
+    pub client_header_failures: IntCounter,
     series: SeriesCache,
 }
 
@@ -336,6 +338,11 @@ impl Metrics {
                 "Access log lines dropped because stdout could not keep up.",
             )
             .expect("static metric definition"),
+            client_header_failures: IntCounter::new(
+                "portcullis_client_header_failures_total",
+                "Client connections that broke (reset, or closed) while sending a request header.",
+            )
+            .expect("static metric definition"),
             mirror_dropped: IntCounter::new(
                 "portcullis_mirror_dropped_total",
                 "Mirror copies dropped: too many in flight, or a mirror that could not keep up with the body.",
@@ -383,6 +390,7 @@ impl Metrics {
             Box::new(m.leader.clone()),
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.mirror_dropped.clone()),
+            Box::new(m.client_header_failures.clone()),
             Box::new(build),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ];
