@@ -457,8 +457,21 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
         }
     }
     if report.objects.is_empty() {
+        // A GatewayClass in a refused file is not loaded: say so rather than deny it is there.
+        let (which, refused) = if report.errors.is_empty() {
+            ("there", String::new())
+        } else {
+            (
+                "that loaded",
+                format!(
+                    " ({} error(s) above: a class in a refused file is not read)",
+                    report.errors.len()
+                ),
+            )
+        };
         eprintln!(
-            "error: nothing under {} is served: no GatewayClass there names controller {:?}",
+            "error: nothing under {} is served: no GatewayClass {which} names controller \
+             {:?}{refused}",
             dir.display(),
             args.options().controller_name
         );

@@ -159,7 +159,22 @@ fn check_names_what_nothing_serves_and_fails_when_that_is_everything() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stdout.contains("NOT SERVED GatewayClass"), "{stdout}");
-    assert!(stderr.contains("nothing under"), "{stderr}");
+    assert!(
+        stderr.contains("nothing under") && stderr.contains("no GatewayClass there names"),
+        "{stderr}"
+    );
+    // A class in a file that is refused is not denied: the refusal is why nothing is served.
+    let refused = good().replace("protocol: HTTP", "protocol: HTTP, port: eighty");
+    assert_ne!(refused, good(), "the example has an HTTP listener");
+    std::fs::write(dir.path().join("good.yaml"), refused).unwrap();
+    let out = portcullis().arg("check").arg(dir.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no GatewayClass that loaded names controller")
+            && stderr.contains("a class in a refused file is not read"),
+        "{stderr}"
+    );
 }
 
 /// Offline, a directory is read once: a file that does not parse never held objects, so the
