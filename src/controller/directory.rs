@@ -1077,96 +1077,120 @@ fn name_fields(fields: &[String]) -> String {
 }
 
 /// The API server's own checks on values of the right type that the compiler would otherwise
-/// take as written: listener names unique within a Gateway (its list is keyed by name),
-/// listener and route hostnames in the API's `Hostname` form (so `*` and `""` are refused, not
-/// read as catch-alls), HTTPRoute match methods from the API's list (`get` would match
-/// nothing).
+/// take as written: listener names unique within a Gateway (its list is keyed by name) and in
+/// the API's `SectionName` form, listener and route hostnames in the API's `Hostname` form (so
+/// `*` and `""` are refused, not read as catch-alls), ports, `allowedRoutes.namespaces.from`,
+/// HTTPRoute match methods from the API's list (`get` would match nothing). Every value that
+/// fails is named, so that one pass over the manifest fixes them all.
 fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
     let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
+    // `path value problem`, one per value that fails.
+    let mut problems: Vec<String> = Vec::new();
+    let mut check = |path: String, result: Result<(), String>| {
+        if let Err(e) = result {
+            problems.push(format!("{path} {e}"));
+        }
+    };
     match kind {
         Kind::Gateway => {
             let mut seen = HashSet::new();
             for (i, listener) in list(&spec["listeners"]).iter().enumerate() {
-                port(&listener["port"])
-                    .map_err(|e| format!("{who} spec.listeners[{i}].port {e}"))?;
+                let at = format!("spec.listeners[{i}]");
+                check(format!("{at}.port"), port(&listener["port"]));
                 if let Some(h) = listener["hostname"].as_str() {
-                    hostname(h).map_err(|e| format!("{who} spec.listeners[{i}].hostname {e}"))?;
+                    check(format!("{at}.hostname"), hostname(h));
                 }
                 if let Some(from) = listener["allowedRoutes"]["namespaces"]["from"].as_str() {
-                    if !["All", "Same", "Selector"].contains(&from) {
-                        return Err(format!(
-                            "{who} spec.listeners[{i}].allowedRoutes.namespaces.from {from:?} \
-                             is not All, Same or Selector"
-                        ));
-                    }
+                    let known = ["All", "Same", "Selector"].contains(&from);
+                    check(
+                        format!("{at}.allowedRoutes.namespaces.from"),
+                        known
+                            .then_some(())
+                            .ok_or_else(|| format!("{from:?} is not All, Same or Selector")),
+                    );
                 }
                 if let Some(name) = listener["name"].as_str() {
-                    section_name(name)
-                        .map_err(|e| format!("{who} spec.listeners[{i}].name {e}"))?;
-                    if !seen.insert(name.to_string()) {
-                        return Err(format!(
-                            "{who} spec.listeners[{i}]: a second listener named {name:?}; \
-                             give each listener of a Gateway its own name (the API server \
-                             refuses this too)"
-                        ));
-                    }
+                    check(format!("{at}.name"), section_name(name));
+                    let unique = seen.insert(name.to_string());
+                    check(
+                        format!("{at}.name"),
+                        unique.then_some(()).ok_or_else(|| {
+                            format!(
+                                "{name:?} is the name of an earlier listener; give each \
+                                 listener of a Gateway its own name (the API server refuses \
+                                 this too)"
+                            )
+                        }),
+                    );
                 }
             }
         }
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => {
             for (i, h) in list(&spec["hostnames"]).iter().enumerate() {
-                hostname(h.as_str().unwrap_or_default()).map_err(|e| {
-                    format!(
-                        "{who} spec.hostnames[{i}] {e}; to serve every hostname, leave \
-                         `hostnames` out"
-                    )
-                })?;
+                check(
+                    format!("spec.hostnames[{i}]"),
+                    hostname(h.as_str().unwrap_or_default()).map_err(|e| {
+                        format!("{e}; to serve every hostname, leave `hostnames` out")
+                    }),
+                );
             }
-        }
-        _ => {}
-    }
-    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute) {
-        for (i, parent) in list(&spec["parentRefs"]).iter().enumerate() {
-            if !parent["port"].is_null() {
-                port(&parent["port"])
-                    .map_err(|e| format!("{who} spec.parentRefs[{i}].port {e}"))?;
-            }
-            if let Some(name) = parent["sectionName"].as_str() {
-                section_name(name)
-                    .map_err(|e| format!("{who} spec.parentRefs[{i}].sectionName {e}"))?;
-            }
-        }
-        for (i, rule) in list(&spec["rules"]).iter().enumerate() {
-            for (j, backend) in list(&rule["backendRefs"]).iter().enumerate() {
-                if !backend["port"].is_null() {
-                    port(&backend["port"])
-                        .map_err(|e| format!("{who} spec.rules[{i}].backendRefs[{j}].port {e}"))?;
+            for (i, parent) in list(&spec["parentRefs"]).iter().enumerate() {
+                if !parent["port"].is_null() {
+                    check(format!("spec.parentRefs[{i}].port"), port(&parent["port"]));
+                }
+                if let Some(name) = parent["sectionName"].as_str() {
+                    check(
+                        format!("spec.parentRefs[{i}].sectionName"),
+                        section_name(name),
+                    );
                 }
             }
-        }
-    }
-    if kind == Kind::HttpRoute {
-        for (i, rule) in list(&spec["rules"]).iter().enumerate() {
-            for (j, m) in list(&rule["matches"]).iter().enumerate() {
-                if let Some(method) = m["method"].as_str() {
-                    if !api::HTTP_METHODS.contains(&method) {
-                        let upper = method.to_ascii_uppercase();
-                        let hint = if api::HTTP_METHODS.contains(&upper.as_str()) {
-                            format!(" (methods are upper case: write {upper})")
-                        } else {
-                            String::new()
-                        };
-                        return Err(format!(
-                            "{who} spec.rules[{i}].matches[{j}].method {method:?} is not \
-                             one of {}{hint}",
-                            api::HTTP_METHODS.join(", ")
-                        ));
+            for (i, rule) in list(&spec["rules"]).iter().enumerate() {
+                for (j, backend) in list(&rule["backendRefs"]).iter().enumerate() {
+                    if !backend["port"].is_null() {
+                        check(
+                            format!("spec.rules[{i}].backendRefs[{j}].port"),
+                            port(&backend["port"]),
+                        );
+                    }
+                }
+                if kind != Kind::HttpRoute {
+                    continue;
+                }
+                for (j, m) in list(&rule["matches"]).iter().enumerate() {
+                    if let Some(method) = m["method"].as_str() {
+                        check(
+                            format!("spec.rules[{i}].matches[{j}].method"),
+                            http_method(method),
+                        );
                     }
                 }
             }
         }
+        _ => {}
     }
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{who} {}", problems.join("; ")))
+    }
+}
+
+/// Checks a match method against the API's list, which is upper case.
+fn http_method(method: &str) -> Result<(), String> {
+    if api::HTTP_METHODS.contains(&method) {
+        return Ok(());
+    }
+    let upper = method.to_ascii_uppercase();
+    let hint = if api::HTTP_METHODS.contains(&upper.as_str()) {
+        format!(" (methods are upper case: write {upper})")
+    } else {
+        String::new()
+    };
+    Err(format!(
+        "{method:?} is not one of {}{hint}",
+        api::HTTP_METHODS.join(", ")
+    ))
 }
 
 /// Checks a port number against the API's `PortNumber` type: 1 to 65535.
@@ -1820,6 +1844,19 @@ mod tests {
             assert_eq!(errors.len(), 1, "{text}");
             assert!(errors[0].contains(says), "{errors:?}");
         }
+        // Every value that fails is named at once.
+        let errors = read_manifests(&gateway(
+            "{name: HTTP_1, port: 0, protocol: HTTP, allowedRoutes: {namespaces: {from: all}}}",
+        ))
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        for says in [
+            "Gateway n/gw spec.listeners[0].port 0 is not a port",
+            r#"; spec.listeners[0].allowedRoutes.namespaces.from "all" is not"#,
+            r#"; spec.listeners[0].name "HTTP_1" is not a section name"#,
+        ] {
+            assert!(errors[0].contains(says), "{says}: {errors:?}");
+        }
         // What the API's types allow loads.
         let text = [
             gateway(
@@ -2070,7 +2107,7 @@ mod tests {
                     "[{name: http, protocol: HTTP, port: 80}]",
                     "[{name: http, protocol: HTTP, port: 80}, {name: http, protocol: HTTP, port: 81}]",
                 ),
-                "spec.listeners[1]: a second listener named \"http\"",
+                "spec.listeners[1].name \"http\" is the name of an earlier listener",
             ),
             (
                 Kind::HttpRoute,
