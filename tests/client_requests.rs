@@ -214,6 +214,48 @@ async fn requests_are_read_as_they_were_meant() {
     );
 }
 
+/// Over HTTP/2 the host is the request's `:authority`: a path brought to its normal form, or
+/// rewritten by a filter, keeps it, for routing and for the Host the backend gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_keeps_its_host_when_its_path_changes() {
+    let (admin_port, public_port) = (free_port(), free_port());
+    let _echoes = (echo("admin", admin_port), echo("public", public_port));
+    let hosted = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: hosted, namespace: cr}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [localhost]\n  rules:\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /admin}}]\n\
+         \x20   backendRefs: [{name: public, port: 80}]\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /old}}]\n\
+         \x20   filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, \
+         replacePrefixMatch: /new}}}]\n\
+         \x20   backendRefs: [{name: public, port: 80}]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(admin_port, public_port) + hosted;
+    let (_gateway, port, _) = start(dir.path(), &config, "5s").await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for (path, expected) in [("/%61dmin/x", "/admin/x"), ("/old/x", "/new/x")] {
+        let answer = client
+            .get(format!("http://localhost:{port}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+        let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+        // Sent to the route of its host, not to the one for every host.
+        assert_eq!(body["backend"], "public", "{path}: {body}");
+        assert_eq!(body["path"], expected, "{path}: {body}");
+        assert_eq!(
+            body["headers"]["host"],
+            format!("localhost:{port}"),
+            "{body}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_does_not_hold_a_shutdown() {
     let (admin_port, public_port) = (free_port(), free_port());

@@ -237,13 +237,13 @@ impl ProxyHttp for Proxy {
         }
         // Match and forward on the path's normal form (see `normalize_path`).
         if let Some(path) = normalize_path(req.uri.path()) {
-            let uri = match req.uri.query() {
+            let target = match req.uri.query() {
                 Some(query) => format!("{path}?{query}"),
                 None => path,
             };
-            match uri.parse::<http::Uri>() {
-                Ok(uri) => session.req_header_mut().set_uri(uri),
-                Err(_) => return respond(session, ctx, 400).await,
+            match with_path_and_query(&req.uri, &target) {
+                Some(uri) => session.req_header_mut().set_uri(uri),
+                None => return respond(session, ctx, 400).await,
             }
         }
         let with_body = !session.as_mut().is_body_empty();
@@ -387,14 +387,14 @@ impl ProxyHttp for Proxy {
                     if let Some(replace) = &rw.path {
                         let path = upstream.uri.path();
                         let new_path = replace_path(replace, path, ctx.prefix.as_deref());
-                        let uri = match upstream.uri.query() {
+                        let target = match upstream.uri.query() {
                             Some(q) => format!("{new_path}?{q}"),
                             None => new_path,
                         };
-                        let uri = uri.parse::<http::Uri>().map_err(|e| {
+                        let uri = with_path_and_query(&upstream.uri, &target).ok_or_else(|| {
                             Error::explain(
                                 ErrorType::InternalError,
-                                format!("rewritten path is not a valid URI: {e}"),
+                                format!("rewritten path {target:?} is not a valid URI path"),
                             )
                         })?;
                         upstream.set_uri(uri);
@@ -1198,6 +1198,15 @@ fn valid_target(method: &http::Method, target: &[u8]) -> bool {
     }
 }
 
+/// `uri` with its path and query replaced by `target`, its scheme and authority kept: an HTTP/2
+/// request names its host only there (`:authority`), and a URI of the path alone would lose
+/// it, both for routing and for the Host the backend is sent. `None` when `target` is no path.
+fn with_path_and_query(uri: &http::Uri, target: &str) -> Option<http::Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 /// The Host a request names: the Host header, or the authority of an HTTP/2 request.
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -1488,6 +1497,16 @@ mod tests {
         ] {
             assert!(!valid_host(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_new_path_keeps_the_scheme_and_authority_of_the_uri() {
+        let h2: http::Uri = "http://a.example:8080/x/../admin?q=1".parse().unwrap();
+        let uri = with_path_and_query(&h2, "/admin?q=1").unwrap();
+        assert_eq!(uri.to_string(), "http://a.example:8080/admin?q=1");
+        let origin: http::Uri = "/x".parse().unwrap();
+        assert_eq!(with_path_and_query(&origin, "/y").unwrap(), "/y");
+        assert_eq!(with_path_and_query(&origin, "/a b"), None);
     }
 
     #[test]
