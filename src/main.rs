@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::filter::FilterExt as _;
+use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
 use portcullis::controller::{directory::DirectoryProvider, Store};
@@ -260,14 +261,18 @@ fn init_logging(format: &str) {
     };
     // Colours only for a person at a terminal: escape codes in a file or a log collector are
     // noise.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    // What is written goes through the filter; broken client headers are counted whatever it
+    // says (the counting layer asks for Pingora's errors on its own).
+    let written = filter.and(NotBrokenClientHeader);
+    let counted = BrokenClientHeaders.with_filter(tracing::level_filters::LevelFilter::ERROR);
+    let registry = tracing_subscriber::registry().with(counted);
     if format == "json" {
-        builder.json().finish().with(BrokenClientHeaders).init();
+        registry.with(layer.json().with_filter(written)).init();
     } else {
-        builder.finish().with(BrokenClientHeaders).init();
+        registry.with(layer.with_filter(written)).init();
     }
     if let Some((text, err)) = bad_filter {
         tracing::warn!(
@@ -277,51 +282,69 @@ fn init_logging(format: &str) {
     }
 }
 
-/// Counts, instead of logging, the client connections that break while sending a request
-/// header. Pingora logs each at error level (`Fail to proxy: Downstream ...`), so that a client
-/// resetting connection after connection, or a load balancer's health check that resets its
-/// probes, would write one error line each. The count is in
-/// `portcullis_client_header_failures_total`.
+/// Whether an event is Pingora's error for a client connection that broke while sending a
+/// request header (`Fail to proxy: Downstream ...`). Pingora logs through the `log` crate: its
+/// records arrive as events whose target is the field `log.target`.
+fn is_broken_client_header(event: &tracing::Event<'_>) -> bool {
+    if *event.metadata().level() != tracing::Level::ERROR {
+        return false;
+    }
+    #[derive(Default)]
+    struct Fields {
+        pingora_proxy: bool,
+        broken_client: bool,
+    }
+    impl tracing::field::Visit for Fields {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            if field.name() == "log.target" {
+                self.pingora_proxy = value == "pingora_proxy";
+            }
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.broken_client = format!("{value:?}").starts_with("Fail to proxy: Downstream");
+            }
+        }
+    }
+    let mut fields = Fields::default();
+    event.record(&mut fields);
+    fields.pingora_proxy && fields.broken_client
+}
+
+/// Counts the client connections that break while sending a request header, in
+/// `portcullis_client_header_failures_total`, whatever the log filter lets through.
 struct BrokenClientHeaders;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for BrokenClientHeaders {
-    fn event_enabled(
-        &self,
-        event: &tracing::Event<'_>,
-        _: tracing_subscriber::layer::Context<'_, S>,
-    ) -> bool {
-        if *event.metadata().level() != tracing::Level::ERROR {
-            return true;
-        }
-        // Pingora logs through the `log` crate: its records arrive as events whose target is
-        // the field `log.target`.
-        #[derive(Default)]
-        struct Fields {
-            pingora_proxy: bool,
-            broken_client: bool,
-        }
-        impl tracing::field::Visit for Fields {
-            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-                if field.name() == "log.target" {
-                    self.pingora_proxy = value == "pingora_proxy";
-                }
-            }
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.broken_client =
-                        format!("{value:?}").starts_with("Fail to proxy: Downstream");
-                }
-            }
-        }
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        let counted = fields.pingora_proxy && fields.broken_client;
-        if counted {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if is_broken_client_header(event) {
             portcullis::dataplane::metrics::global()
                 .client_header_failures
                 .inc();
         }
-        !counted
+    }
+}
+
+/// Keeps those errors out of the log. Pingora logs each at error level, so that a client
+/// resetting connection after connection, or a load balancer's health check that resets its
+/// probes, would write one error line each; the metric has them.
+struct NotBrokenClientHeader;
+
+impl<S> tracing_subscriber::layer::Filter<S> for NotBrokenClientHeader {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !is_broken_client_header(event)
     }
 }
 
