@@ -1317,7 +1317,16 @@ fn missing_fields(given: &Value, known: &Value, path: String, out: &mut Vec<Stri
 /// `addressType`. The addresses of FQDN slices, which the gateway does
 /// not use, are let through unchecked.
 fn endpoint_slice_values(who: &str, slice: &api::EndpointSlice) -> Result<(), String> {
+    let mut names = HashSet::new();
     for (i, p) in slice.ports.iter().flatten().enumerate() {
+        // Ports are found by name: a second port of one name would never be used.
+        if !names.insert(p.name.as_deref().unwrap_or("")) {
+            return Err(format!(
+                "{who} ports[{i}]: a second port named {:?}; give each port of a slice its \
+                 own name, that of the Service port it stands for",
+                p.name.as_deref().unwrap_or("")
+            ));
+        }
         if let Some(number) = p.port {
             port(&Value::from(number)).map_err(|e| format!("{who} ports[{i}].port {e}"))?;
         }
@@ -1836,6 +1845,10 @@ mod tests {
                 r#"EndpointSlice n/s ports[0].name "HTTP_X" is not a port name"#,
             ),
             (
+                slice("80, name: web}, {port: 81, name: web"),
+                r#"EndpointSlice n/s ports[1]: a second port named "web""#,
+            ),
+            (
                 slice("80, protocol: tcp"),
                 r#"EndpointSlice n/s ports[0].protocol "tcp" is not TCP, UDP or SCTP"#,
             ),
@@ -1900,6 +1913,8 @@ mod tests {
             "2024-05-01T12:00:00",
             "2024-05-01T12:00:00.Z",
             "2024-05-01T12:00:00+0200",
+            "2024-05-01T12:00:00+24:00",
+            "2024-05-01T12:00:00+01:60",
             "",
         ] {
             assert!(stamped(refused).is_err(), "{refused}");

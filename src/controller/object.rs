@@ -434,7 +434,9 @@ fn normalized_timestamp(text: &str) -> Option<String> {
         && matches!(z[0], b'+' | b'-')
         && z[1..3].iter().all(u8::is_ascii_digit)
         && z[3] == b':'
-        && z[4..6].iter().all(u8::is_ascii_digit);
+        && z[4..6].iter().all(u8::is_ascii_digit)
+        && &zone[1..3] <= "23"
+        && &zone[4..6] <= "59";
     if !offset {
         return None;
     }

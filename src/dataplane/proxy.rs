@@ -1185,7 +1185,9 @@ fn absolute_form_host(target: &[u8]) -> Option<&[u8]> {
 /// form (`/path`), the absolute form (`http://host/path`), `*` for OPTIONS and the authority
 /// form (`host:port`) for CONNECT; and no control character or space, which no form allows and
 /// which a backend could read as the end of the target. Anything else (`GET x`) would be routed
-/// as some path it does not name.
+/// as some path it does not name. (Over HTTP/1, Pingora percent-encodes a control character,
+/// space, `"`, `<` or `>` in the request line before anything reads it, so those reach this
+/// check, and the route and the backend, encoded: one way only.)
 fn valid_target(method: &http::Method, target: &[u8]) -> bool {
     if target.iter().any(|&b| b < 0x21 || b == 0x7f) {
         return false;
