@@ -885,8 +885,8 @@ async fn serve_in_rounds(together: usize) -> (u16, Arc<std::sync::atomic::Atomic
 
 /// Two rounds of six requests at once, each round holding six backend connections: the second
 /// round reuses every connection of the first by default, and only two of them when the
-/// gateway may keep two idle. None idle cannot be asked for: Pingora's pool would then keep
-/// every connection.
+/// gateway may keep two idle (give or take one). None idle cannot be asked for: Pingora's pool
+/// would then keep every connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_backend_connections_are_kept_up_to_the_configured_number() {
     use std::sync::atomic::Ordering;
@@ -906,9 +906,14 @@ async fn idle_backend_connections_are_kept_up_to_the_configured_number() {
         assert!(stderr.contains("--upstream-idle-connections"), "{stderr}");
     }
     const TOGETHER: usize = 6;
+    // Pingora's pool bounds its idle connections by a sharded LRU, which can keep one more
+    // than asked for a moment: with two, the second round opens three or four new connections.
     for (extra, expected) in [
-        (&[][..], TOGETHER),
-        (&["--upstream-idle-connections", "2"][..], TOGETHER + 4),
+        (&[][..], TOGETHER..=TOGETHER),
+        (
+            &["--upstream-idle-connections", "2"][..],
+            TOGETHER + 3..=TOGETHER + 4,
+        ),
     ] {
         let (port, accepted) = serve_in_rounds(TOGETHER).await;
         let config = [
@@ -940,10 +945,10 @@ async fn idle_backend_connections_are_kept_up_to_the_configured_number() {
             // The gateway puts a connection back once it has passed the whole response on.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        assert_eq!(
-            accepted.load(Ordering::SeqCst),
-            expected,
-            "backend connections with {extra:?}"
+        let accepted = accepted.load(Ordering::SeqCst);
+        assert!(
+            expected.contains(&accepted),
+            "{accepted} backend connections with {extra:?}, expected {expected:?}"
         );
     }
 }
