@@ -9,6 +9,7 @@ use common::{admin_text, free_port, wait_ready, Killed};
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Host a.example routed to an echo backend, b.example to a Service without endpoints.
@@ -275,15 +276,15 @@ async fn access_log_lines_that_cannot_be_written_are_counted_as_dropped() {
     assert!(matches!(said, Ok(Ok(Some(_)))), "{said:?}");
 }
 
-/// A backend that fails is said in the log at its first failure, with the error, and not again
-/// for every request that fails after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_backend_is_logged_once_not_per_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let (echo, mut gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+/// The gateway, ready, with what it writes on stderr gathered line by line as it comes, and a
+/// client for it.
+async fn logging_and_ready(
+    mut gateway: std::process::Child,
+    admin: u16,
+) -> (Killed, Arc<Mutex<Vec<String>>>, reqwest::Client) {
     let stderr = gateway.stderr.take().unwrap();
-    let _gateway = Killed(gateway);
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let gateway = Killed(gateway);
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let collected = lines.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -295,6 +296,16 @@ async fn a_failing_backend_is_logged_once_not_per_request() {
         .build()
         .unwrap();
     wait_ready(&client, admin).await;
+    (gateway, lines, client)
+}
+
+/// A backend that fails is said in the log at its first failure, with the error, and not again
+/// for every request that fails after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_is_logged_once_not_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (echo, gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let (_gateway, lines, client) = logging_and_ready(gateway, admin).await;
     drop(echo);
     for _ in 0..4 {
         assert_eq!(status_of_a(&client, listen).await, 502);
@@ -323,21 +334,8 @@ async fn a_failing_backend_is_logged_once_not_per_request() {
 async fn clients_that_break_off_their_header_are_counted_not_logged() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let (_echo, mut gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
-    let stderr = gateway.stderr.take().unwrap();
-    let _gateway = Killed(gateway);
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let collected = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            collected.lock().unwrap().push(line);
-        }
-    });
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    wait_ready(&client, admin).await;
+    let (_echo, gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let (_gateway, lines, client) = logging_and_ready(gateway, admin).await;
     for _ in 0..5 {
         let mut tcp = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
         tcp.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\nx-half")
