@@ -1333,9 +1333,9 @@ fn endpoint_slice_values(who: &str, slice: &api::EndpointSlice) -> Result<(), St
         if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
             if !crate::controller::object::is_dns_name(name, true) {
                 return Err(format!(
-                    "{who} ports[{i}].name {name:?} is not a port name: use at most 63 \
-                     lower-case letters, digits and '-', starting and ending with a letter or \
-                     digit, as the Service port it stands for"
+                    "{who} ports[{i}].name {name:?} is not a port name: {}, as the Service \
+                     port it stands for",
+                    crate::controller::object::LABEL_RULE
                 ));
             }
         }

@@ -357,18 +357,17 @@ fn check_name(field: &'static str, value: &str, label: bool) -> Result<(), Objec
     if is_dns_name(value, label) {
         return Ok(());
     }
-    let rule = if label {
-        "use at most 63 lower-case letters, digits and '-', starting and ending with a letter or \
-         digit"
-    } else {
-        SUBDOMAIN_RULE
-    };
+    let rule = if label { LABEL_RULE } else { SUBDOMAIN_RULE };
     Err(ObjectError::InvalidName {
         field,
         value: value.to_string(),
         rule,
     })
 }
+
+/// What a DNS label looks like, in the words errors use.
+pub(crate) const LABEL_RULE: &str =
+    "use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit";
 
 /// What a DNS-1123 subdomain looks like, in the words errors use.
 pub(crate) const SUBDOMAIN_RULE: &str = "use at most 253 lower-case letters, digits, '-' and '.', \
