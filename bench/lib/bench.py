@@ -358,6 +358,71 @@ class Bench:
             out.append(row)
         return {"counts": [small, large], "rounds": rounds, "seconds": seconds, "targets": out}
 
+    def baseline_rounds(self, baseline, rounds, seconds):
+        """Portcullis against bare Pingora (`targets.PingoraBaseline`), alternating: per round
+        and load (HTTP/1.1 keep-alive, HTTP/2), one saturating run of each, back to back, the
+        order turned every round. What Portcullis spends beyond the baseline is what the
+        gateway adds to Pingora; the rest of its gap to nginx is Pingora's own."""
+        portcullis = self.targets[1]
+        loads = [("keepalive", {"kind": "http", "body": "small", "routes": 10, "rotate": False,
+                                "close": False}),
+                 ("h2", {"kind": "h2c", "body": "small", "routes": 10, "rotate": False,
+                         "close": False})]
+        log(f"baseline: {rounds} rounds of {seconds} s runs, Portcullis and bare Pingora")
+        out = {"rounds": rounds, "seconds": seconds, "loads": []}
+        for load_id, sc in loads:
+            runs = {portcullis.name: [], baseline.name: []}
+            ratios, error = [], None
+            for i in range(rounds):
+                order = (portcullis, baseline) if i % 2 == 0 else (baseline, portcullis)
+                pair = {}
+                for t in order:
+                    try:
+                        t.start(sc["routes"])
+                        t.check(None)
+                        self.load(t, sc, 1, latency=False)
+                        pids = t.pids()
+                        user0, sys0 = procs.cpu_split(pids)
+                        thr = self.load(t, sc, seconds, latency=False)
+                        user1, sys1 = procs.cpu_split(pids)
+                        cpu = (user1 - user0) + (sys1 - sys0)
+                        pair[t.name] = {
+                            "rps": thr["rps"], "failed": thr["failed"],
+                            "req_per_cpu_s": thr["requests"] / cpu,
+                            "user_per_10k": (user1 - user0) / thr["requests"] * 1e4,
+                            "kernel_per_10k": (sys1 - sys0) / thr["requests"] * 1e4,
+                            "peak_rss_kib": t.peak_rss_kib(),
+                        }
+                    except Exception as e:  # noqa: BLE001 - the other load still runs
+                        error = str(e)[:300]
+                    finally:
+                        t.stop()
+                    if error:
+                        break
+                if error:
+                    log(f"  {load_id}: FAILED: {error}")
+                    break
+                for name, run in pair.items():
+                    runs[name].append(run)
+                ratios.append(pair[portcullis.name]["req_per_cpu_s"]
+                              / pair[baseline.name]["req_per_cpu_s"])
+                log(f"  {load_id} round {i + 1}: Portcullis "
+                    f"{pair[portcullis.name]['req_per_cpu_s']:,.0f} req per CPU-s, bare Pingora "
+                    f"{pair[baseline.name]['req_per_cpu_s']:,.0f}: {ratios[-1]:.2f}x")
+            row = {"id": load_id, "runs": runs}
+            if error:
+                row["error"] = error
+            if ratios:
+                row["ratio"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                "max": max(ratios)}
+                row["median"] = {
+                    name: {k: statistics.median(r[k] for r in rs)
+                           for k in ("rps", "req_per_cpu_s", "user_per_10k", "kernel_per_10k",
+                                     "peak_rss_kib")}
+                    for name, rs in runs.items()}
+            out["loads"].append(row)
+        return out
+
     # --- churn ------------------------------------------------------------------------------
 
     def churn(self, target, routes, seconds):
@@ -672,8 +737,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--baseline", help="the bare Pingora proxy (bench/pingora-baseline)")
     ap.add_argument("--only", default="", help="comma-separated scenario ids (also latency, "
-                    "route-rounds, churn, scale, profile)")
+                    "route-rounds, baseline, churn, scale, profile)")
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -727,6 +793,14 @@ def main():
                 max(2, bench.seconds // 2))
         elif "route_rounds" in previous:
             results["route_rounds"] = previous["route_rounds"]
+        if wanted("baseline") and args.baseline:
+            baseline = targets.PingoraBaseline(bench.work, bench.cpus["proxy"], bench.backend,
+                                               bench.tls, args.baseline)
+            results["baseline"] = bench.baseline_rounds(
+                baseline, int(os.environ.get("BENCH_BASELINE_ROUNDS", "2" if args.quick else "3")),
+                max(2, bench.seconds // 2))
+        elif "baseline" in previous:
+            results["baseline"] = previous["baseline"]
         if wanted("scale"):
             results["scale"] = bench.scale((1000,) if args.quick else (1000, 10000, 50000))
         elif "scale" in previous:

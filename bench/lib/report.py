@@ -9,7 +9,7 @@ from collections import defaultdict
 
 TARGETS = ["direct", "portcullis", "nginx", "haproxy"]
 LABELS = {"direct": "backend direct", "portcullis": "Portcullis", "nginx": "nginx (NGF-style)",
-          "haproxy": "HAProxy"}
+          "haproxy": "HAProxy", "pingora": "bare Pingora"}
 
 
 def num(v, digits=0):
@@ -71,6 +71,8 @@ def write(res, out_dir, name):
         md.append(f"![throughput and p99 by route count]({os.path.basename(chart)})\n")
     if res.get("route_rounds"):
         md.append(route_rounds_table(res["route_rounds"]))
+    if res.get("baseline"):
+        md.append(baseline_table(res["baseline"]))
     if res.get("latency"):
         md.append(latency_table(res["latency"]))
     if res.get("churn"):
@@ -197,6 +199,36 @@ def route_rounds_table(rr):
                           for p in t["pairs"])
         out.append(f"| {LABELS[t['target']]} | {cell('rps_ratio')} | {cell('cpu_ratio')} | "
                    f"{pairs} |")
+    out.append("")
+    return "\n".join(out) + "\n"
+
+
+def baseline_table(bl):
+    out = ["## Portcullis against bare Pingora\n",
+           "Bare Pingora (`bench/pingora-baseline`) forwards every request to the backend and "
+           "does nothing else, with the Pingora settings the gateway uses (one thread, mimalloc, "
+           "no downstream modules, 1024 idle backend connections). "
+           f"{bl['rounds']} rounds per load, each a {bl['seconds']} s saturating run of each, "
+           "back to back, the order turned every round; medians, the ratio's lowest and highest "
+           "in brackets. What Portcullis spends beyond it is routing, filters, forwarding "
+           "headers and metrics; what bare Pingora spends beyond nginx is Pingora's own.\n",
+           "| load | req per CPU-s, Portcullis / bare Pingora | ratio | user CPU-s per 10k, "
+           "Portcullis / bare Pingora | kernel CPU-s per 10k | peak RSS MiB |",
+           "|---|--:|--:|--:|--:|--:|"]
+    titles = {"keepalive": "HTTP/1.1 keep-alive, small body", "h2": "HTTP/2 cleartext, multiplexed"}
+    for row in bl["loads"]:
+        title = titles.get(row["id"], row["id"])
+        if "median" not in row:
+            out.append(f"| {title} | failed: {row.get('error', '?')} | | | | |")
+            continue
+        p, b = row["median"]["portcullis"], row["median"]["pingora"]
+        r = row["ratio"]
+        out.append(
+            f"| {title} | {num(p['req_per_cpu_s'])} / {num(b['req_per_cpu_s'])} | "
+            f"{r['median']:.2f}x ({r['min']:.2f}-{r['max']:.2f}) | "
+            f"{p['user_per_10k']:.3f} / {b['user_per_10k']:.3f} | "
+            f"{p['kernel_per_10k']:.3f} / {b['kernel_per_10k']:.3f} | "
+            f"{p['peak_rss_kib'] / 1024:.1f} / {b['peak_rss_kib'] / 1024:.1f} |")
     out.append("")
     return "\n".join(out) + "\n"
 

@@ -208,6 +208,36 @@ class Portcullis(Target):
         )
 
 
+class PingoraBaseline(Target):
+    """Pingora forwarding every request to the backend and nothing else
+    (`bench/pingora-baseline`): the floor under the gateway's cost per request."""
+
+    name = "pingora"
+    label = "bare Pingora"
+
+    def __init__(self, work, cpus, backend, tls, binary):
+        super().__init__(work, cpus, backend, tls)
+        self.binary = binary
+
+    def start(self, routes, churn_version=None):
+        self.work = os.path.join(self.work_root, "pingora-baseline")
+        os.makedirs(self.work, exist_ok=True)
+        port = procs.free_port()
+        self.ports = {"http": port, "h2c": port}
+        self.log = os.path.join(self.work, "pingora.log")
+        self.proc = procs.start(
+            [self.binary, f"127.0.0.1:{port}", f"127.0.0.1:{self.backend.ports['small']}"],
+            self.log, cpus=self.cpus,
+        )
+        if not procs.wait_until(lambda: get(port, "/")[0] == 200, 30, proc=self.proc):
+            raise RuntimeError("the Pingora baseline did not start: " + tail(self.log))
+
+    def check(self, rotation):
+        status, body, _ = get(self.ports["http"], "/")
+        if status != 200 or len(body) != len(configs.SMALL_BODY):
+            raise RuntimeError(f"{self.name}: / answered {status} with {len(body)} bytes")
+
+
 class Nginx(Target):
     name = "nginx"
     label = "nginx (NGF-style)"
