@@ -251,6 +251,55 @@ fn alpn_negotiates_http2_and_falls_back_to_http_1_1() {
     assert!(h.output.contains("No ALPN negotiated"), "{}", h.output);
 }
 
+/// A TLS listener in Terminate mode hands the decrypted bytes to a TCP backend whose protocol
+/// the gateway does not know: it picks no ALPN protocol, whatever the client offers, while an
+/// HTTPS listener on the same port still picks `h2`.
+#[test]
+fn a_tls_terminate_listener_picks_no_alpn_protocol() {
+    let pki = Pki::new();
+    let web = pki.self_signed("web", KeyType::EcdsaP256, &["web.example"]);
+    let tcp = pki.self_signed("tcp", KeyType::EcdsaP256, &["tcp.example"]);
+    let listeners = https_listener("web", Some("web.example"), "web")
+        + "  - {name: tcp, port: 443, protocol: TLS, hostname: tcp.example, \
+           tls: {mode: Terminate, certificateRefs: [{name: tcp}]}, \
+           allowedRoutes: {kinds: [{kind: TLSRoute}]}}\n";
+    let route = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\n\
+         metadata: {{name: tcp, namespace: {NAMESPACE}}}\n\
+         spec:\n  parentRefs: [{{name: gw, sectionName: tcp}}]\n  hostnames: [tcp.example]\n\
+         \x20 rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]\n"
+    );
+    let gw = Gateway::start(
+        &listeners,
+        vec![
+            secret_file("web", &web),
+            secret_file("tcp", &tcp),
+            ("tlsroute.yaml".to_string(), route),
+        ],
+    );
+    gw.wait_for_condition("tcp", "Programmed", "True", "Programmed");
+
+    for offer in ["h2", "http/1.1,h2", "postgresql"] {
+        let h = s_client(gw.https, Some("tcp.example"), &["-alpn", offer]);
+        assert!(h.completed, "{offer}: {}", h.output);
+        assert!(
+            h.output.contains("No ALPN negotiated"),
+            "{offer}: {}",
+            h.output
+        );
+    }
+    // curl offers h2 first; the backend, an HTTP/1.1 server behind the TCP route, answers it.
+    let r = curl_https(gw.https, "tcp.example", "/", &tcp.cert_path, &[]);
+    assert_eq!((r.code, r.http_version.as_str()), (200, "1.1"), "{r:?}");
+    let h = s_client(gw.https, Some("web.example"), &["-alpn", "h2"]);
+    assert_eq!(
+        h.field("ALPN protocol:").as_deref(),
+        Some("h2"),
+        "{}",
+        h.output
+    );
+}
+
 #[test]
 fn client_without_sni_gets_the_certificate_of_the_listener_without_hostname() {
     let pki = Pki::new();

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
@@ -130,7 +129,7 @@ impl Listeners {
             let acceptor = tls.then(|| {
                 let resolver = Arc::new(SniResolver::new(self.table.clone(), addr));
                 let clients = Arc::new(crate::tls::ClientVerifier::new(self.table.clone(), addr));
-                Arc::new(crate::tls::acceptor(resolver, clients))
+                Arc::new(crate::tls::acceptors(resolver, clients))
             });
             let task = tokio::spawn(accept_loop(listener, acceptor, self.context.clone()));
             self.running.insert(addr, (tls, task));
@@ -163,7 +162,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: Option<Arc<Acceptor>>,
+    acceptor: Option<Arc<crate::tls::Acceptors>>,
     cx: ConnectionContext,
 ) {
     let local = listener.local_addr().ok();
@@ -193,7 +192,7 @@ async fn serve_connection(
     tcp: TcpStream,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-    acceptor: Option<Arc<Acceptor>>,
+    acceptor: Option<Arc<crate::tls::Acceptors>>,
     cx: ConnectionContext,
 ) {
     if let Err(err) = tcp.set_nodelay(true) {
@@ -225,8 +224,12 @@ async fn serve_connection(
     stream.set_socket_digest(digest);
     let first: Option<pingora_core::protocols::Stream> = match acceptor {
         None => Some(Box::new(Coalescing::new(stream))),
-        Some(acceptor) => {
+        Some(acceptors) => {
             let tls_result = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
+            let acceptor = match forward_to {
+                Some(_) => &acceptors.tcp,
+                None => &acceptors.http,
+            };
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
                 Ok(Ok(tls)) => {
                     tls_result("ok");

@@ -8,7 +8,8 @@
 //! handshake with no restart, and connections already open keep their session.
 //!
 //! Defaults are deliberately narrow: TLS 1.2 and 1.3 only, rustls' default cipher suites (AEAD
-//! only, forward secrecy only), ALPN `h2` then `http/1.1`. A client without SNI gets the
+//! only, forward secrecy only), ALPN `h2` then `http/1.1` (none for TLS listeners in Terminate
+//! mode, whose protocol inside is not HTTP's to pick). A client without SNI gets the
 //! certificate of the listener without a hostname, or no handshake when there is none.
 
 pub mod certificate;
@@ -164,20 +165,36 @@ impl pingora_core::listeners::TlsAccept for RecordServerName {
     }
 }
 
-/// The TLS acceptor of one socket: TLS 1.2 and 1.3 (Pingora's rustls settings), ALPN h2 then
-/// http/1.1, certificates from `resolver`, client certificates checked by `clients`, and the
-/// SNI recorded per connection.
-pub fn acceptor(
-    resolver: Arc<SniResolver>,
-    clients: Arc<ClientVerifier>,
-) -> pingora_core::listeners::tls::Acceptor {
-    let callbacks: pingora_core::listeners::TlsAcceptCallbacks = Box::new(RecordServerName);
-    let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
-        .expect("settings without files cannot fail");
-    settings.set_cert_resolver(resolver);
-    settings.set_client_cert_verifier(clients);
-    settings.enable_h2();
-    settings.build()
+/// The TLS acceptors of one socket: TLS 1.2 and 1.3 (Pingora's rustls settings), certificates
+/// from `resolver`, client certificates checked by `clients`, and the SNI recorded per
+/// connection.
+pub struct Acceptors {
+    /// For HTTPS listeners: ALPN `h2` then `http/1.1`.
+    pub http: pingora_core::listeners::tls::Acceptor,
+    /// For TLS listeners in Terminate mode, whose decrypted bytes go to a TCP backend: no ALPN.
+    /// The gateway does not know the protocol inside, so it must not pick one; a client that
+    /// offers `h2` would otherwise send HTTP/2 to a backend that may speak anything else, and
+    /// one that offers only protocols of its own would be refused.
+    pub tcp: pingora_core::listeners::tls::Acceptor,
+}
+
+/// See [`Acceptors`].
+pub fn acceptors(resolver: Arc<SniResolver>, clients: Arc<ClientVerifier>) -> Acceptors {
+    let build = |alpn: bool| {
+        let callbacks: pingora_core::listeners::TlsAcceptCallbacks = Box::new(RecordServerName);
+        let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
+            .expect("settings without files cannot fail");
+        settings.set_cert_resolver(resolver.clone());
+        settings.set_client_cert_verifier(clients.clone());
+        if alpn {
+            settings.enable_h2();
+        }
+        settings.build()
+    };
+    Acceptors {
+        http: build(true),
+        tcp: build(false),
+    }
 }
 
 /// TLS from the gateway to one backend Service port, from its BackendTLSPolicy.
