@@ -323,6 +323,23 @@ fn client_without_sni_gets_the_certificate_of_the_listener_without_hostname() {
     let url = format!("https://{}/", gw.https);
     let r = curl(&url, &["--cacert", fallback.cert_path.to_str().unwrap()]);
     assert_eq!(r.code, 200, "{r:?}");
+    // Its handshake chose the listener without a hostname: a Host that names the other
+    // listener is misdirected there, as it is when the SNI names a third host.
+    let cacert = ["--cacert", fallback.cert_path.to_str().unwrap()];
+    for sni in [None, Some("other.example")] {
+        let mut extra = vec!["-H", "Host: named.example", "-k"];
+        let resolve = format!("other.example:{}:127.0.0.1", gw.https.port());
+        let url = match sni {
+            None => format!("https://{}/", gw.https),
+            Some(name) => {
+                extra.extend(["--resolve", &resolve]);
+                format!("https://{name}:{}/", gw.https.port())
+            }
+        };
+        extra.extend(cacert);
+        let r = curl(&url, &extra);
+        assert_eq!(r.code, 421, "SNI {sni:?}: {r:?}");
+    }
     // A name that no listener has also lands on the listener without a hostname.
     let h = s_client(gw.https, Some("other.example"), &[]);
     assert_eq!(h.leaf_der(), Some(fallback.der.clone()), "{}", h.output);

@@ -8,7 +8,7 @@
 //! | outcome                                   | status |
 //! |-------------------------------------------|--------|
 //! | no listener or rule matches               | 404    |
-//! | Host and TLS SNI select different listeners | 421  |
+//! | Host and TLS handshake select different listeners | 421 |
 //! | the rule's backendRef cannot be resolved  | 500    |
 //! | the backend has no ready endpoint         | 503    |
 //! | the backend cannot be reached             | 502    |
@@ -895,15 +895,15 @@ impl Proxy {
             header: &header,
         };
         // RFC 9110 section 15.5.20: on a TLS connection, a Host that selects another listener
-        // than the SNI did (and so possibly another certificate) is misdirected.
-        if let Some(sni) = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|d| d.extension.get::<crate::tls::ServerName>())
-        {
+        // than the handshake did (and so possibly another certificate) is misdirected. Without
+        // SNI the handshake took the listener without a hostname.
+        if let Some(tls) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
             let by_host =
                 table.listener_for_sni(&bind, &crate::routing::table::normalize_host(host));
-            let by_sni = table.listener_for_sni(&bind, &sni.0);
+            let by_sni = match tls.extension.get::<crate::tls::ServerName>() {
+                Some(sni) => table.listener_for_sni(&bind, &sni.0),
+                None => table.listener_without_sni(&bind),
+            };
             let same = match (by_host, by_sni) {
                 (Some(a), Some(b)) => std::ptr::eq(a, b),
                 (None, None) => true,

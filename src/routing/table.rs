@@ -475,6 +475,16 @@ impl RoutingTable {
             .iter()
             .find(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, sni)))
     }
+
+    /// The listener a TLS client without a server name gets on `bind`: the first without a
+    /// hostname.
+    pub fn listener_without_sni(&self, bind: &SocketAddr) -> Option<&ListenerRoutes> {
+        self.binds
+            .get(bind)?
+            .listeners
+            .iter()
+            .find(|l| l.hostname.is_none())
+    }
 }
 
 /// The request path in its normal form (RFC 3986, section 6.2.2), or `None` when it already is.
