@@ -720,8 +720,8 @@ fn translate_match(
         .as_ref()
         .and_then(|p| p.value.clone())
         .unwrap_or_else(|| "/".to_string());
-    if path_type != "RegularExpression" && !value.starts_with('/') {
-        return Err(format!("path {value:?} must start with '/'"));
+    if path_type != "RegularExpression" {
+        matched_path(&value)?;
     }
     let path = match path_type {
         "Exact" => PathKind::Exact(value.clone()),
@@ -733,6 +733,7 @@ fn translate_match(
         other => return Err(format!("path match type {other:?} is not supported; use Exact, PathPrefix or RegularExpression")),
     };
     let value_condition = |v: &api::ValueMatch, lower: bool| -> Result<ValueCondition, String> {
+        header_name(&v.name)?;
         let name = if lower {
             v.name.to_ascii_lowercase()
         } else {
@@ -1044,6 +1045,39 @@ fn written_path(path: &str) -> Result<String, String> {
              digits, -._~!$&'()*+,;=:@/ and %XX escapes"
         ))
     }
+}
+
+/// Checks an Exact or PathPrefix match value as the API's validation does: a path a filter
+/// could write (see [`written_path`]), in normal form (no `//`, no dot segments) and without
+/// `%2F` or `#`. A request path never takes such a form once it is normalized, so a rule
+/// matching on one would wait for requests that cannot come.
+fn matched_path(path: &str) -> Result<(), String> {
+    written_path(path)?;
+    let lower = path.to_ascii_lowercase();
+    let flaw = ["//", "/./", "/../", "%2f"]
+        .into_iter()
+        .find(|part| lower.contains(part))
+        .or(["/.", "/.."].into_iter().find(|end| path.ends_with(end)));
+    match flaw {
+        Some(flaw) => Err(format!(
+            "path {path:?} must not hold {flaw:?}: write the path in its normal form"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks a header or query parameter name of a match against the API's `HTTPHeaderName`: 1 to
+/// 256 of the characters RFC 9110 allows in a field name (a token). Any other name could never
+/// be sent, so its match would never hold.
+fn header_name(name: &str) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.is_empty() && name.len() <= 256 && name.bytes().all(token) {
+        return Ok(());
+    }
+    Err(format!(
+        "{name:?} is not a header or query parameter name: 1 to 256 letters, digits and \
+         !#$%&'*+-.^_`|~"
+    ))
 }
 
 /// A hostname a filter writes into a `Host` or `Location` header: an RFC 1123 name, without

@@ -1462,6 +1462,58 @@ fn replace_prefix_match_needs_one_path_prefix_match() {
     assert_eq!(c.rules, 2);
 }
 
+/// Match values the API's validation refuses (a path not in normal form or with a space, a
+/// header or query parameter name that is no token) drop their rule with a message naming
+/// the value; a rule whose matches are well formed is served beside them.
+#[test]
+fn match_values_the_api_refuses_drop_their_rule() {
+    let bad = [
+        "{path: {type: Exact, value: '/a b'}}",
+        "{path: {type: PathPrefix, value: '/a//b'}}",
+        "{path: {type: Exact, value: '/a/../b'}}",
+        "{path: {type: PathPrefix, value: '/a/.'}}",
+        "{path: {type: Exact, value: '/a%2Fb'}}",
+        "{headers: [{name: 'bad header', value: x}]}",
+        "{queryParams: [{name: 'q=1', value: x}]}",
+    ];
+    let mut rules = String::from("  rules:\n");
+    for m in bad {
+        rules.push_str(&format!(
+            "  - matches: [{m}]\n    backendRefs: [{{name: svc, port: 8080}}]\n"
+        ));
+    }
+    rules.push_str(
+        "  - matches: [{path: {type: Exact, value: \"/ok-~!$&'()*+,;=:@%20\"}, \
+         headers: [{name: \"x-a!#$%&'*+.^_`|~\", value: x}]}]\n    \
+         backendRefs: [{name: svc, port: 8080}]\n",
+    );
+    let yaml = format!("{BASE}{}", route("r", &rules));
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "r").unwrap().status;
+    let partly = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
+    let message = partly["message"].as_str().unwrap();
+    for (i, flaw) in [
+        "\"/a b\" is not an absolute path",
+        "must not hold \"//\"",
+        "must not hold \"/../\"",
+        "must not hold \"/.\"",
+        "must not hold \"%2f\"",
+        "\"bad header\" is not a header or query parameter name",
+        "\"q=1\" is not a header or query parameter name",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(
+            message.contains(&format!("rule {i}: ")),
+            "rule {i}: {message}"
+        );
+        assert!(message.contains(flaw), "{flaw}: {message}");
+    }
+    assert!(!message.contains("rule 7"), "{message}");
+    assert_eq!(c.rules, 1);
+}
+
 /// The namespace name label is the namespace's name, as the API server sets it: a Namespace
 /// manifest that writes another value cannot pass a selector meant for another namespace.
 #[test]
