@@ -356,3 +356,67 @@ async fn clients_that_break_off_their_header_are_counted_not_logged() {
     let lines = lines.lock().unwrap();
     assert!(!lines.iter().any(|l| l.contains("ERROR")), "{lines:#?}");
 }
+
+/// A configuration that comes to serve nothing (its directory emptied, say) is valid, and most
+/// often a mistake: the gateway warns each time it starts serving nothing, not at every compile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coming_to_serve_nothing_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let (_gateway, lines, client) = logging_and_ready(gateway, admin).await;
+    let file = dir.path().join("all.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let said = |lines: &Arc<Mutex<Vec<String>>>| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains("nothing is served"))
+            .count()
+    };
+    let until = |what: &str, mut probe: Box<dyn FnMut() -> bool + '_>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !probe() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(said(&lines), 0);
+    std::fs::remove_file(&file).unwrap();
+    until("the first warning", Box::new(|| said(&lines) == 1));
+    // Another compile that serves nothing says nothing more.
+    std::fs::write(dir.path().join("other.yaml"), gateway_class()).unwrap();
+    until(
+        "the second compile",
+        Box::new(|| {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("configuration applied"))
+                .count()
+                >= 3
+        }),
+    );
+    assert_eq!(said(&lines), 1);
+    std::fs::write(&file, &text).unwrap();
+    let mut served = false;
+    for _ in 0..100 {
+        let answer = client
+            .get(format!("http://127.0.0.1:{listen}/"))
+            .header("host", "a.example")
+            .send()
+            .await;
+        if answer.is_ok_and(|r| r.status() == 200) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served);
+    std::fs::remove_file(&file).unwrap();
+    until(
+        "the warning after serving again",
+        Box::new(|| said(&lines) == 2),
+    );
+}

@@ -147,6 +147,8 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     let mut cache = Some(CompileCache::default());
     let mut last_problems: Vec<String> = Vec::new();
     let mut last_unserved: Vec<String> = Vec::new();
+    // Whether the last table served nothing, to warn once each time that starts.
+    let mut served_nothing = false;
     // Standalone mode has no status writer: the status is ours to report, all of it.
     let standalone = options.status_reports.is_none();
     // The last compile's report before sockets that could not be bound were marked on it, so
@@ -264,10 +266,23 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
             objects = counts.iter().map(|(_, n)| n).sum::<usize>(),
             rules,
             sockets = binds.len(),
+            sockets_unbound = sockets.failed.len(),
             problems = problems.len(),
             compile_ms = took.as_secs_f64() * 1e3,
             "configuration applied"
         );
+        // An empty table is valid configuration, and most often a mistake (a volume mounted
+        // empty, a directory emptied, every Gateway of another class): say so each time the
+        // gateway comes to serve nothing, not only in the counts above.
+        let serves_nothing = binds.is_empty();
+        if serves_nothing && !served_nothing {
+            tracing::warn!(
+                objects = counts.iter().map(|(_, n)| n).sum::<usize>(),
+                "nothing is served: no Gateway of this controller has a listener to serve \
+                 (see /status, or `portcullis check` on the configuration)"
+            );
+        }
+        served_nothing = serves_nothing;
         for p in problems.iter().filter(|p| !last_problems.contains(p)) {
             tracing::warn!(problem = %p, "configuration problem");
         }
