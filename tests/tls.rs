@@ -366,8 +366,11 @@ fn client_without_sni_is_refused_when_every_listener_has_a_hostname() {
         h.output
     );
     assert!(h.leaf_der().is_none(), "{}", h.output);
+    // Each is told why by a TLS alert, not left with a reset connection.
+    assert!(h.output.contains("handshake failure"), "{}", h.output);
     let h = s_client(gw.https, Some("unknown.example"), &[]);
     assert!(!h.completed, "an unknown SNI got a handshake: {}", h.output);
+    assert!(h.output.contains("unrecognized name"), "{}", h.output);
     let url = format!("https://{}/", gw.https);
     let r = curl(&url, &["-k"]);
     assert!(!r.exit_ok && r.code == 0, "{r:?}");

@@ -321,6 +321,11 @@ async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) ->
                         sni = sni.as_deref().unwrap_or(""),
                         "no listener or route serves this SNI"
                     );
+                    let alert = match sni {
+                        Some(_) => passthrough::UNRECOGNIZED_NAME,
+                        None => passthrough::HANDSHAKE_FAILURE,
+                    };
+                    passthrough::refuse(tcp, alert).await;
                     TlsNext::Done
                 }
             }

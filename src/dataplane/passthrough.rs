@@ -54,6 +54,29 @@ pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Option<He
     }
 }
 
+/// TLS alert: the server name is not one served here (RFC 6066, section 3).
+pub const UNRECOGNIZED_NAME: u8 = 112;
+/// TLS alert: no certificate can be chosen (a client without SNI where every listener has a
+/// hostname).
+pub const HANDSHAKE_FAILURE: u8 = 40;
+
+/// Refuses a connection whose ClientHello nothing here serves with a fatal TLS `alert`, so that
+/// the client can say why ("unrecognized name") instead of reporting a reset connection. The
+/// ClientHello, only peeked so far, is read first: a socket closed with unread data sends a
+/// reset, which could reach the client before the alert.
+pub async fn refuse(mut tcp: TcpStream, alert: u8) {
+    let mut buf = vec![0u8; client_hello::MAX_RECORD];
+    while matches!(tcp.try_read(&mut buf), Ok(n) if n > 0) {}
+    // A record of type alert (21), TLS 1.2 on the record layer (as TLS 1.3 sends it too), two
+    // bytes long: level fatal (2), then the description.
+    let record = [21, 3, 3, 0, 2, 2, alert];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(&record).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
 /// Chooses what happens to a connection on `bind` whose ClientHello named `sni`.
 pub fn choose(table: &RoutingTable, bind: &SocketAddr, sni: Option<&str>) -> Route {
     let Some(bind) = table.binds.get(bind) else {
