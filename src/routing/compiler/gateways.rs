@@ -473,8 +473,8 @@ fn gateway_state(
 
 /// Honours `spec.addresses`: an `IPAddress` from the pool is used as asked and an empty value
 /// asks us to choose. An address type other than `IPAddress` makes the Gateway unaccepted
-/// (`UnsupportedAddress`); an IP address outside the pool is valid but cannot be served here,
-/// so the Gateway is accepted and not programmed (`AddressNotUsable`).
+/// (`UnsupportedAddress`); an IP address outside the pool, or a second one, is valid but cannot
+/// be served here, so the Gateway is accepted and not programmed (`AddressNotUsable`).
 fn requested_address(
     spec: &GatewaySpec,
     options: &CompileOptions,
@@ -492,7 +492,20 @@ fn requested_address(
             continue;
         }
         match value.parse::<IpAddr>() {
-            Ok(ip) if options.address_pool.contains(&ip) => chosen = chosen.or(Some(ip)),
+            Ok(ip) if options.address_pool.contains(&ip) => match chosen {
+                None => chosen = Some(ip),
+                Some(first) if first == ip => {}
+                // The spec asks for every listener on every address assigned; this gateway
+                // serves a Gateway on one. Serving the first alone would leave the second
+                // unserved with nothing said.
+                Some(first) => {
+                    let msg = format!(
+                        "address {ip} cannot be served beside {first}: this gateway serves a \
+                         Gateway on one address; ask for one"
+                    );
+                    unusable.get_or_insert(("AddressNotUsable", msg));
+                }
+            },
             Ok(ip) => {
                 let msg = format!("address {ip} is not in this gateway's --address-pool");
                 unusable.get_or_insert(("AddressNotUsable", msg));

@@ -587,6 +587,55 @@ fn an_incremental_compile_equals_a_fresh_one() {
     );
 }
 
+/// A Gateway is served on one address: asking for two is refused (`AddressNotUsable`, naming
+/// both), not served on the first with the second left out unsaid; one asked for twice is one.
+#[test]
+fn a_gateway_that_asks_for_two_addresses_is_told_it_gets_one() {
+    let gateway = |addresses: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: two, namespace: infra}}\nspec:\n  gatewayClassName: portcullis\n\
+             \x20 addresses: [{addresses}]\n\
+             \x20 listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"
+        )
+    };
+    let options = CompileOptions {
+        address_pool: ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect(),
+        ..Default::default()
+    };
+    let two = format!(
+        "{BASE}{}",
+        gateway("{value: 127.0.0.2}, {value: 127.0.0.3}")
+    );
+    let c = compile(&snapshot(&two), &options);
+    let status = &c.report.get(Kind::Gateway, "infra", "two").unwrap().status;
+    let programmed = condition(&status["conditions"], "Programmed");
+    assert_eq!(programmed["reason"], "AddressNotUsable", "{programmed}");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.3 cannot be served beside 127.0.0.2"),
+        "{programmed}"
+    );
+    assert_eq!(c.assigned.get("infra/two"), None);
+    let same = format!(
+        "{BASE}{}",
+        gateway("{value: 127.0.0.2}, {value: 127.0.0.2}")
+    );
+    let c = compile(&snapshot(&same), &options);
+    assert_eq!(
+        c.assigned
+            .get("infra/two")
+            .map(|a| a.to_string())
+            .as_deref(),
+        Some("127.0.0.2")
+    );
+}
+
 #[test]
 fn a_requested_address_wins_over_one_kept_and_a_second_request_is_refused() {
     let gateway = |name: &str, address: Option<&str>| {
