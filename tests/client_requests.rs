@@ -254,6 +254,17 @@ async fn an_http2_request_keeps_its_host_when_its_path_changes() {
             "{body}"
         );
     }
+    // Cookies sent as fields of their own, as HTTP/2 clients do, reach the HTTP/1.1 backend
+    // as one field, joined by "; " (RFC 9113, section 8.2.3).
+    let answer = client
+        .get(format!("http://localhost:{port}/admin/c"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+    assert_eq!(body["headers"]["cookie"], "a=1; b=2", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

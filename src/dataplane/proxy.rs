@@ -370,6 +370,7 @@ impl ProxyHttp for Proxy {
         }
         upstream.insert_header(X_FORWARDED_PROTO_WIRE, HeaderValue::from_static(ctx.scheme))?;
         upstream.insert_header(X_REQUEST_ID_WIRE, ctx.request_id.as_str())?;
+        join_cookies(upstream)?;
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
@@ -1426,6 +1427,7 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_FOR_WIRE: &str = "X-Forwarded-For";
 const X_FORWARDED_PROTO_WIRE: &str = "X-Forwarded-Proto";
 const X_REQUEST_ID_WIRE: &str = "X-Request-Id";
+const COOKIE_WIRE: &str = "Cookie";
 
 /// A request id: 32 lowercase hex digits.
 fn new_request_id(bits: u128) -> String {
@@ -1438,6 +1440,32 @@ fn new_request_id(bits: u128) -> String {
     std::str::from_utf8(&digits)
         .map(str::to_owned)
         .unwrap_or_default()
+}
+
+/// Joins the request's `Cookie` fields into one, with `"; "` (RFC 9113, section 8.2.3). An
+/// HTTP/2 client may send each cookie as a field of its own, for better header compression;
+/// on HTTP/1.1 they must travel as one field, as RFC 6265 allows only one Cookie header, and
+/// most servers read only the first or the last line. Joined whatever the two sides speak:
+/// one field is as good for an HTTP/2 backend.
+fn join_cookies(upstream: &mut RequestHeader) -> Result<()> {
+    let mut fields = upstream.headers.get_all(http::header::COOKIE).iter();
+    if fields.next().is_none() || fields.next().is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for field in upstream.headers.get_all(http::header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(field.as_bytes());
+    }
+    let value = HeaderValue::from_bytes(&joined).map_err(|e| {
+        Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            format!("the joined Cookie fields are not a header value: {e}"),
+        )
+    })?;
+    upstream.insert_header(COOKIE_WIRE, value)
 }
 
 /// Appends an IP address as text; IPv4 without going through `fmt`.
