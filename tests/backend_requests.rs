@@ -562,6 +562,60 @@ async fn a_backend_may_switch_protocols_only_when_the_client_asked() {
     assert!(line.starts_with("HTTP/1.1 101"), "got {line:?}");
 }
 
+/// A WebSocket lasts as long as both ends keep it: one that stays quiet for longer than the
+/// minute Pingora gives a client to send each part of a request body is still open, and
+/// carries what comes next. (This test waits out that minute.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_is_not_cut_after_a_minute() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = serve_raw(|mut tcp| async move {
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\n\
+            upgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+        if tcp.write_all(answer).await.is_err() {
+            return;
+        }
+        // Echo what comes after the switch.
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+            if tcp.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route("quiet", "quiet.example", "quiet", None),
+        backend("rt", "quiet", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"GET / HTTP/1.1\r\nhost: quiet.example\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "{head:?}");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    tcp.write_all(b"still here").await.unwrap();
+    let mut echoed = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
+        .await
+        .expect("an answer within 5 s")
+        .expect("the connection is open");
+    assert_eq!(&echoed, b"still here");
+}
+
 /// What the backend's response says of its own connection stays there: the fields its
 /// `Connection` header names and `Keep-Alive` are not passed on. An HTTP/1.0 client, which
 /// knows no chunked coding, gets a chunked answer as plain bytes ended by the close.

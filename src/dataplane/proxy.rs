@@ -452,6 +452,14 @@ impl ProxyHttp for Proxy {
             e.set_retry(true);
             return Err(e.into_up());
         }
+        if status == 101 {
+            // Pingora gives a client 60 s to send each part of a request body, and after the
+            // switch everything the client sends is body: a WebSocket quiet for a minute, as
+            // notification sockets often are, was cut with no close frame. The client's
+            // silence now ends it no sooner than the backend's does (only a rule's timeouts
+            // bound that).
+            session.as_mut().set_read_timeout(None);
+        }
         drop_hop_by_hop(response, status == 101);
         one_content_length(response)?;
         Ok(())
