@@ -427,4 +427,31 @@ async fn the_gateway_s_own_answers_keep_the_connection_open() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // A header larger than a backend would take is refused (431), not forwarded; one just
+    // under the limit goes through.
+    for (size, status) in [(60 * 1024, "HTTP/1.1 200"), (70 * 1024, "HTTP/1.1 431")] {
+        let request = format!(
+            "GET /x HTTP/1.1\r\nhost: a.test\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+            "a".repeat(size)
+        );
+        let answer = raw(listen, request.as_bytes()).await;
+        assert!(answer.starts_with(status), "{size}: {answer:.200}");
+    }
+    // Connection options that would strip what the gateway sets for the backend, or that are
+    // no tokens, get 400 rather than a connection closed without an answer; others are fine.
+    for (options, status) in [
+        ("x-forwarded-for", "HTTP/1.1 400"),
+        ("keep-alive, Host", "HTTP/1.1 400"),
+        ("\"x-a\"", "HTTP/1.1 400"),
+        ("a,b,c,d,e,f,g,h,i,j", "HTTP/1.1 400"),
+        ("keep-alive, x-custom", "HTTP/1.1 200"),
+    ] {
+        let request = format!(
+            "GET /x HTTP/1.1\r\nhost: a.test\r\nconnection: {options}\r\n\r\n\
+             GET /x HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n"
+        );
+        let answer = raw(listen, request.as_bytes()).await;
+        assert!(answer.starts_with(status), "{options}: {answer}");
+    }
 }

@@ -203,6 +203,20 @@ impl ProxyHttp for Proxy {
         if !valid_target(&req.method, req.raw_path()) {
             return respond(session, ctx, 400).await;
         }
+        // Pingora reads an HTTP/1.1 request header of up to 1 MiB. What a backend takes is far
+        // less (nginx 32 KiB at most by default, Envoy 60 KiB), and HTTP/2 clients get about
+        // 16 KiB: a larger header is refused here (RFC 6585, 431) rather than forwarded for the
+        // backend to refuse.
+        let oversized = (session.as_downstream().as_http1())
+            .is_some_and(|h1| h1.get_headers_raw_bytes().len() > MAX_REQUEST_HEADER_BYTES);
+        if oversized {
+            return respond_then(session, ctx, 431, false).await;
+        }
+        // Pingora refuses these `Connection` options only once a backend connection is open,
+        // and then the client gets no answer at all; see `valid_connection_options`.
+        if !valid_connection_options(session.req_header()) {
+            return respond_then(session, ctx, 400, false).await;
+        }
         // RFC 9112, section 3.2.2: an HTTP/1 request in absolute form (`GET http://host/path`)
         // names its host in the target. Pingora has checked that a Host header, if any, says
         // the same; the route is chosen, and the backend asked, as for the origin form
@@ -1448,6 +1462,36 @@ fn new_request_id(bits: u128) -> String {
     std::str::from_utf8(&digits)
         .map(str::to_owned)
         .unwrap_or_default()
+}
+
+/// The largest HTTP/1.1 request header forwarded (request line and fields, as sent).
+const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
+
+/// Whether the request's `Connection` options are ones Pingora forwards: at most nine, each a
+/// token (RFC 9110, section 5.6.2), none of them naming a pseudo-header or a field the gateway
+/// sets for the backend (`Host`, `X-Forwarded-For`, `-Host`, `-Proto`), which a client could
+/// otherwise have stripped on the way. Refusing them before the backend is chosen gives the
+/// client the 400 it is owed.
+fn valid_connection_options(req: &RequestHeader) -> bool {
+    let is_token_byte = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    let tokens = (req.headers.get_all(http::header::CONNECTION).iter())
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| !token.is_empty());
+    for (i, token) in tokens.enumerate() {
+        let protected = [
+            "host",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ]
+        .iter()
+        .any(|name| token.eq_ignore_ascii_case(name.as_bytes()));
+        if i >= 9 || protected || !token.iter().all(|b| is_token_byte(*b)) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Joins the request's `Cookie` fields into one, with `"; "` (RFC 9113, section 8.2.3). An
