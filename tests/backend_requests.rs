@@ -904,6 +904,16 @@ async fn content_lengths_a_client_cannot_read_are_made_one_or_refused() {
     assert_eq!((status, body.as_str()), (200, "hello"));
     assert_eq!(length.unwrap(), "5");
     assert_eq!(get("differ.example").await.0, 502);
+    // Counted as a bad answer, not as a backend that could not be reached.
+    let metrics = admin_text(&gateway.client, gateway.admin, "/metrics").await;
+    let failed = |kind: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("portcullis_upstream_failures_total{")
+                && l.contains("rt/differ")
+                && l.contains(&format!("kind=\"{kind}\""))
+        })
+    };
+    assert!(failed("response") && !failed("connect"), "{metrics}");
 }
 
 /// A backend that answers no request until `together` requests are waiting at once, so that

@@ -428,6 +428,16 @@ async fn the_gateway_s_own_answers_keep_the_connection_open() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 
+    // A chunked body that does not parse is the client's fault: 400, and the connection
+    // closes, as nothing after the fault can be read.
+    let answer = raw(
+        listen,
+        b"POST /x HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n\
+          zz\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
     // A header larger than a backend would take is refused (431), not forwarded; one just
     // under the limit goes through.
     for (size, status) in [(60 * 1024, "HTTP/1.1 200"), (70 * 1024, "HTTP/1.1 431")] {

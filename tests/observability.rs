@@ -326,6 +326,21 @@ async fn a_failing_backend_is_logged_once_not_per_request() {
         "{}",
         failed[0]
     );
+    drop(lines);
+    // Counted as failures to connect, not as bad answers.
+    let metrics = admin_text(&client, admin, "/metrics").await;
+    let failures = |kind| {
+        sample(
+            &metrics,
+            "portcullis_upstream_failures_total",
+            &[("backend", "obs/echo:80"), ("kind", kind)],
+        )
+    };
+    assert_eq!(
+        (failures("connect"), failures("response")),
+        (4.0, 0.0),
+        "{metrics}"
+    );
 }
 
 /// A client connection that breaks while sending its request header is counted, not logged:

@@ -258,7 +258,7 @@ impl Metrics {
             upstream_connections,
             upstream_failures: counter(
                 "portcullis_upstream_failures_total",
-                "Requests whose upstream failed, by backend and kind.",
+                "Requests whose upstream failed, by backend and kind: connect (not reached), timeout (silent), response (a bad or cut-off answer).",
                 &["backend", "kind"],
             ),
             upstream_retries: counter(

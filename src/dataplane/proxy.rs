@@ -674,6 +674,13 @@ impl ProxyHttp for Proxy {
     ) -> FailToProxy {
         let mut code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            // A request body whose chunked framing does not parse: the client's fault, and it
+            // is told so (the connection closes, as its body cannot be read past the fault).
+            ErrorType::Custom("InvalidChunk")
+                if e.esource() == &pingora_core::ErrorSource::Downstream =>
+            {
+                400
+            }
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => 502,
             _ => match e.esource() {
@@ -699,10 +706,20 @@ impl ProxyHttp for Proxy {
         if let (Some(backend), pingora_core::ErrorSource::Upstream, false) =
             (&ctx.backend_name, e.esource(), client_stalled)
         {
-            let kind = match code {
-                504 => "timeout",
-                502 => "connect",
-                _ => "other",
+            // What failed: reaching the backend, its silence, or what it sent (a response
+            // that does not parse, a connection closed mid-answer), for dashboards to tell a
+            // backend that is down from one that answers badly.
+            let kind = match e.etype() {
+                ErrorType::ConnectTimedout
+                | ErrorType::ConnectRefused
+                | ErrorType::ConnectNoRoute
+                | ErrorType::ConnectError
+                | ErrorType::TLSHandshakeFailure
+                | ErrorType::TLSHandshakeTimedout
+                | ErrorType::InvalidCert
+                | ErrorType::HandshakeError => "connect",
+                ErrorType::ReadTimedout | ErrorType::WriteTimedout => "timeout",
+                _ => "response",
             };
             self.metrics
                 .upstream_failures
