@@ -313,20 +313,21 @@ async fn a_failing_backend_is_logged_once_not_per_request() {
     // The lines of the four failures have been written by the time the answers came; a
     // moment more for the reader thread.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let lines = lines.lock().unwrap();
-    let failed: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.contains("backend request failed"))
-        .collect();
-    assert_eq!(failed.len(), 1, "{lines:#?}");
-    assert!(
-        failed[0].contains("WARN")
-            && failed[0].contains("obs/echo")
-            && failed[0].contains("failures=1"),
-        "{}",
-        failed[0]
-    );
-    drop(lines);
+    {
+        let lines = lines.lock().unwrap();
+        let failed: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("backend request failed"))
+            .collect();
+        assert_eq!(failed.len(), 1, "{lines:#?}");
+        assert!(
+            failed[0].contains("WARN")
+                && failed[0].contains("obs/echo")
+                && failed[0].contains("failures=1"),
+            "{}",
+            failed[0]
+        );
+    }
     // Counted as failures to connect, not as bad answers.
     let metrics = admin_text(&client, admin, "/metrics").await;
     let failures = |kind| {
