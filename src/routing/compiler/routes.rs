@@ -347,7 +347,9 @@ fn translate_route(
                 "PartiallyInvalid",
                 true,
                 reason,
-                format!("{msg}; the other rules are served"),
+                // The spec: the message starts with "Dropped Rule" when invalid rules are
+                // dropped and the others served.
+                format!("Dropped Rule: {msg}; the other rules are served"),
             );
         }
         let mut parent_ref = parent.clone();

@@ -1139,7 +1139,7 @@ fn unresolved_references_and_dropped_rules_are_problems() {
     let partially = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
     let message = partially["message"].as_str().unwrap();
     assert!(
-        message.starts_with("rule 1: ") && message.contains("; rule 2: "),
+        message.starts_with("Dropped Rule: rule 1: ") && message.contains("; rule 2: "),
         "{message}"
     );
     let problems = c.report.problems();
@@ -1502,7 +1502,8 @@ fn replace_prefix_match_needs_one_path_prefix_match() {
     let message = partly["message"].as_str().unwrap();
     assert!(
         message.starts_with(
-            "rule 0: a ReplacePrefixMatch path modifier needs exactly one PathPrefix match"
+            "Dropped Rule: rule 0: a ReplacePrefixMatch path modifier needs exactly one PathPrefix \
+             match"
         ) && message.contains("; rule 1: a ReplacePrefixMatch")
             && !message.contains("rule 2")
             && !message.contains("rule 3"),
