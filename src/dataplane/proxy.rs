@@ -620,7 +620,7 @@ impl ProxyHttp for Proxy {
         let origin = session
             .req_header()
             .headers
-            .get("origin")
+            .get(http::header::ORIGIN)
             .and_then(|v| v.to_str().ok());
         if let Some(origin) = origin {
             for filter in &rule.filters {
@@ -1058,7 +1058,8 @@ fn drop_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
     for name in named {
         response.remove_header(name.as_str());
     }
-    for name in ["keep-alive", "proxy-connection"] {
+    // Names as constants: a `&str` is parsed into a header name at every lookup.
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
         if response.headers.contains_key(name) {
             response.remove_header(name);
         }
@@ -1460,6 +1461,8 @@ fn redirect_location(
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 // The same names as Pingora's case-preserving header map keeps them for the wire. Given a
 // `HeaderName`, it would title-case a fresh copy on every insert; a static string is taken as is.
