@@ -249,6 +249,28 @@ fn alpn_negotiates_http2_and_falls_back_to_http_1_1() {
     let h = s_client(gw.https, Some("alpn.example"), &[]);
     assert!(h.completed, "{}", h.output);
     assert!(h.output.contains("No ALPN negotiated"), "{}", h.output);
+
+    // The listener's certificate expiry is a metric to alert on: the test certificates are
+    // valid for two days from now.
+    let metrics = gw.metrics();
+    let expiry: i64 = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("portcullis_listener_certificate_expiry_timestamp_seconds{")
+                && l.contains("listener=\"alpn\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no expiry for listener alpn: {metrics}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let in_two_days = now + 2 * 86_400;
+    assert!(
+        (in_two_days - 3_600..=in_two_days + 3_600).contains(&expiry),
+        "{expiry} vs {now}"
+    );
 }
 
 /// A TLS listener in Terminate mode hands the decrypted bytes to a TCP backend whose protocol
@@ -297,6 +319,34 @@ fn a_tls_terminate_listener_picks_no_alpn_protocol() {
         Some("h2"),
         "{}",
         h.output
+    );
+}
+
+/// A certificate past its validity parses, so its reference resolves; it is served as it is,
+/// but the gateway warns of it, and its expiry is a metric to alert on before that happens.
+#[test]
+fn an_expired_certificate_is_warned_of_and_its_expiry_is_a_metric() {
+    let pki = Pki::new();
+    let old = pki.expired("old", "old.example");
+    let gw = Gateway::start(
+        &https_listener("old", Some("old.example"), "old"),
+        vec![secret_file("old", &old)],
+    );
+    gw.wait_for_condition("old", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("old.example"), &old);
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains("expired or not yet valid"))
+            .count()
+    };
+    assert_eq!(warned(&gw.log()), 1, "{}", gw.log());
+    let metrics = gw.metrics();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("portcullis_listener_certificate_expiry_timestamp_seconds{")
+            && l.contains("listener=\"old\"")
+            && l.ends_with(" 1609459200")),
+        "{metrics}"
     );
 }
 

@@ -148,13 +148,16 @@ pub struct Metrics {
     pub upstream_connections_reused: IntCounter,
     /// Upstream connections newly made.
     pub upstream_connections_new: IntCounter,
-    /// Upstream failures by backend and kind (`connect`, `timeout`, `other`).
+    /// Upstream failures by backend and kind (`connect`, `timeout`, `response`).
     pub upstream_failures: IntCounterVec,
     /// Backend requests sent again, under a rule's `retry` or after a pooled connection failed,
     /// by backend.
     pub upstream_retries: IntCounterVec,
     /// Ready endpoints per backend Service port, as of the served table.
     pub endpoints_ready: IntGaugeVec,
+    /// When the first of a TLS listener's certificates stops being valid (its `notAfter`, in
+    /// seconds since the epoch), as of the served table: what an expiry alert is written on.
+    pub certificate_expiry: IntGaugeVec,
     /// Client connections open now.
     pub connections_open: IntGauge,
     /// Client connections accepted.
@@ -274,6 +277,15 @@ impl Metrics {
                 &["backend"],
             )
             .expect("static metric definition"),
+            certificate_expiry: IntGaugeVec::new(
+                Opts::new(
+                    "portcullis_listener_certificate_expiry_timestamp_seconds",
+                    "When the first of a TLS listener's certificates expires (notAfter), in \
+                     seconds since the epoch.",
+                ),
+                &["gateway", "listener"],
+            )
+            .expect("static metric definition"),
             connections_open: IntGauge::new(
                 "portcullis_downstream_connections_open",
                 "Client connections open.",
@@ -375,6 +387,7 @@ impl Metrics {
             Box::new(m.upstream_failures.clone()),
             Box::new(m.upstream_retries.clone()),
             Box::new(m.endpoints_ready.clone()),
+            Box::new(m.certificate_expiry.clone()),
             Box::new(m.connections_open.clone()),
             Box::new(m.connections_accepted.clone()),
             Box::new(m.tls_handshakes.clone()),

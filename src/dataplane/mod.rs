@@ -149,6 +149,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     let mut last_unserved: Vec<String> = Vec::new();
     // Whether the last table served nothing, to warn once each time that starts.
     let mut served_nothing = false;
+    // Listeners whose certificate was out of its validity at the last compile, to warn once
+    // each time that starts.
+    let mut certificates_out_of_date = std::collections::HashSet::new();
     // Standalone mode has no status writer: the status is ours to report, all of it.
     let standalone = options.status_reports.is_none();
     // The last compile's report before sockets that could not be bound were marked on it, so
@@ -261,6 +264,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
                 .set(*ready as i64);
         }
         metrics.config_problems.set(problems.len() as i64);
+        note_certificates(&table, &metrics, &mut certificates_out_of_date);
         tracing::info!(
             generation,
             objects = counts.iter().map(|(_, n)| n).sum::<usize>(),
@@ -324,6 +328,52 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
 
 /// How often sockets that could not be bound are tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Sets the certificate expiry gauge of every TLS listener of `table`, and warns of a
+/// certificate served outside its validity (expired, or not yet valid): clients refuse it, and
+/// nothing in the listener's status says so, as a certificate that parses is a resolved
+/// reference. Warned once per listener each time it starts.
+fn note_certificates(
+    table: &RoutingTable,
+    metrics: &metrics::Metrics,
+    out_of_date: &mut std::collections::HashSet<(Arc<str>, Arc<str>)>,
+) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    metrics.certificate_expiry.reset();
+    let mut still = std::collections::HashSet::new();
+    for listener in table.binds.values().flat_map(|b| &b.listeners) {
+        let keys = listener
+            .certificate
+            .iter()
+            .chain(listener.certificates.iter().map(|c| &c.key));
+        let validities: Vec<(i64, i64)> = keys.filter_map(|k| crate::tls::validity(k)).collect();
+        let Some(first_expiry) = validities.iter().map(|(_, after)| *after).min() else {
+            continue;
+        };
+        metrics
+            .certificate_expiry
+            .with_label_values(&[&listener.gateway, &listener.name])
+            .set(first_expiry);
+        if validities
+            .iter()
+            .any(|(before, after)| now < *before || now > *after)
+        {
+            let id = (listener.gateway.clone(), listener.name.clone());
+            if !out_of_date.contains(&id) {
+                tracing::warn!(
+                    gateway = %listener.gateway,
+                    listener = %listener.name,
+                    "a certificate this listener serves is expired or not yet valid: clients \
+                     will refuse it; renew the Secret"
+                );
+            }
+            still.insert(id);
+        }
+    }
+    *out_of_date = still;
+}
 
 /// Publishes `report` (a compile's, for `table`) on `/status` and to the status writer, with
 /// the listeners of sockets in `failed` marked pending and condition times carried over from

@@ -165,6 +165,16 @@ impl pingora_core::listeners::TlsAccept for RecordServerName {
     }
 }
 
+/// The validity of a certificate chain's leaf: `notBefore` and `notAfter`, in seconds since
+/// the epoch; `None` when there is no leaf or it does not parse (which
+/// [`certified_key`] refuses before a key is served).
+pub fn validity(key: &CertifiedKey) -> Option<(i64, i64)> {
+    let leaf = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// The TLS acceptors of one socket: TLS 1.2 and 1.3 (Pingora's rustls settings), certificates
 /// from `resolver`, client certificates checked by `clients`, and the SNI recorded per
 /// connection.

@@ -196,6 +196,87 @@ impl Pki {
         self.make(name, key, "self_signed", dns_names, None)
     }
 
+    /// A self-signed ECDSA certificate for `dns_name` that was valid through 2020 only, made
+    /// with `openssl ca`, the one command of openssl 3.0 that takes dates in the past.
+    pub(crate) fn expired(&self, name: &str, dns_name: &str) -> Certificate {
+        let dir = self.dir.path().join(format!("{name}-ca"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "01\n").unwrap();
+        let config = dir.join("ca.cnf");
+        std::fs::write(
+            &config,
+            format!(
+                "[ca]\ndefault_ca = own\n[own]\ndatabase = {0}/index.txt\nserial = {0}/serial\n\
+                 new_certs_dir = {0}\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+                 copy_extensions = copy\n[any]\ncommonName = supplied\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let cert_path = self.dir.path().join(format!("{name}.crt"));
+        let key_path = self.dir.path().join(format!("{name}.key"));
+        let csr = dir.join("request.csr");
+        let san = format!("subjectAltName=DNS:{dns_name}");
+        let subject = format!("/CN={name}");
+        openssl(
+            &[
+                "req",
+                "-new",
+                "-config",
+                self.config.to_str().unwrap(),
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-noenc",
+                "-keyout",
+                key_path.to_str().unwrap(),
+                "-out",
+                csr.to_str().unwrap(),
+                "-subj",
+                &subject,
+                "-addext",
+                &san,
+            ],
+            b"",
+        );
+        openssl(
+            &[
+                "ca",
+                "-batch",
+                "-config",
+                config.to_str().unwrap(),
+                "-selfsign",
+                "-keyfile",
+                key_path.to_str().unwrap(),
+                "-in",
+                csr.to_str().unwrap(),
+                "-out",
+                cert_path.to_str().unwrap(),
+                "-startdate",
+                "20200101000000Z",
+                "-enddate",
+                "20210101000000Z",
+                "-notext",
+            ],
+            b"",
+        );
+        let cert_pem = std::fs::read_to_string(&cert_path).unwrap();
+        let key_pem = std::fs::read_to_string(&key_path).unwrap();
+        let der = openssl(&["x509", "-outform", "DER"], cert_pem.as_bytes()).stdout;
+        let (serial, fingerprint) = serial_and_fingerprint(&cert_pem);
+        Certificate {
+            cert_path,
+            key_path,
+            cert_pem,
+            key_pem,
+            der,
+            serial,
+            fingerprint,
+        }
+    }
+
     /// A CA certificate, self-signed when `issuer` is `None`, else an intermediate.
     pub(crate) fn ca(&self, name: &str, key: KeyType, issuer: Option<&Certificate>) -> Certificate {
         self.make(name, key, "ca", &[], issuer)
@@ -498,6 +579,18 @@ impl Gateway {
     }
 
     /// Writes (or replaces) a file of the config directory in one step, as a rename.
+    /// What the gateway has written to stdout and stderr so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self._logs.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// The admin endpoint's `/metrics` text.
+    pub(crate) fn metrics(&self) -> String {
+        admin_get(self.admin, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
     pub(crate) fn write(&self, name: &str, text: &str) {
         let path = self.config.path().join(name);
         let tmp = self.config.path().join(format!(".{name}.tmp"));
