@@ -302,6 +302,25 @@ class Bench:
 
     # --- route count rounds -------------------------------------------------------------------
 
+    def saturating_run(self, target, sc, rotation, seconds):
+        """Starts `target` for the scenario, checks it, warms it up for a second, then one
+        saturating run of `seconds` with the proxy's own CPU time; stops it whatever happens.
+        Raises what went wrong."""
+        try:
+            target.start(sc["routes"])
+            target.check(rotation)
+            self.load(target, sc, 1, latency=False)
+            pids = target.pids()
+            user0, sys0 = procs.cpu_split(pids)
+            thr = self.load(target, sc, seconds, latency=False)
+            user1, sys1 = procs.cpu_split(pids)
+            return {"rps": thr["rps"], "failed": thr["failed"], "requests": thr["requests"],
+                    "user_s": user1 - user0, "kernel_s": sys1 - sys0,
+                    "cpu_s": (user1 - user0) + (sys1 - sys0),
+                    "peak_rss_kib": target.peak_rss_kib()}
+        finally:
+            target.stop()
+
     def route_rounds(self, counts, rounds, seconds):
         """What the route count costs, from paired runs: one saturating run at each count in
         `counts` per round, back to back, the order turned every round, so that both counts of
@@ -321,20 +340,11 @@ class Bench:
                     sc = {"kind": "http", "body": "small", "routes": n, "rotate": True,
                           "close": False}
                     try:
-                        t.start(n)
-                        t.check(self.rotation(n))
-                        self.load(t, sc, 1, latency=False)
-                        pids = t.pids()
-                        cpu0 = procs.cpu_seconds(pids)
-                        thr = self.load(t, sc, seconds, latency=False)
-                        cpu = procs.cpu_seconds(pids) - cpu0
-                        pair[n] = {"rps": thr["rps"], "failed": thr["failed"],
-                                   "cpu_per_10k": cpu / thr["requests"] * 1e4}
+                        run = self.saturating_run(t, sc, self.rotation(n), seconds)
+                        pair[n] = {"rps": run["rps"], "failed": run["failed"],
+                                   "cpu_per_10k": run["cpu_s"] / run["requests"] * 1e4}
                     except Exception as e:  # noqa: BLE001 - the others still run
                         error = str(e)[:300]
-                    finally:
-                        t.stop()
-                    if error:
                         break
                 if error:
                     log(f"  {t.name}: FAILED: {error}")
@@ -378,26 +388,16 @@ class Bench:
                 pair = {}
                 for t in order:
                     try:
-                        t.start(sc["routes"])
-                        t.check(None)
-                        self.load(t, sc, 1, latency=False)
-                        pids = t.pids()
-                        user0, sys0 = procs.cpu_split(pids)
-                        thr = self.load(t, sc, seconds, latency=False)
-                        user1, sys1 = procs.cpu_split(pids)
-                        cpu = (user1 - user0) + (sys1 - sys0)
+                        run = self.saturating_run(t, sc, None, seconds)
                         pair[t.name] = {
-                            "rps": thr["rps"], "failed": thr["failed"],
-                            "req_per_cpu_s": thr["requests"] / cpu,
-                            "user_per_10k": (user1 - user0) / thr["requests"] * 1e4,
-                            "kernel_per_10k": (sys1 - sys0) / thr["requests"] * 1e4,
-                            "peak_rss_kib": t.peak_rss_kib(),
+                            "rps": run["rps"], "failed": run["failed"],
+                            "req_per_cpu_s": run["requests"] / run["cpu_s"],
+                            "user_per_10k": run["user_s"] / run["requests"] * 1e4,
+                            "kernel_per_10k": run["kernel_s"] / run["requests"] * 1e4,
+                            "peak_rss_kib": run["peak_rss_kib"],
                         }
                     except Exception as e:  # noqa: BLE001 - the other load still runs
                         error = str(e)[:300]
-                    finally:
-                        t.stop()
-                    if error:
                         break
                 if error:
                     log(f"  {load_id}: FAILED: {error}")

@@ -149,6 +149,25 @@ pub(crate) struct Certificate {
     pub(crate) fingerprint: String,
 }
 
+impl Certificate {
+    /// The certificate and key that openssl wrote to these files.
+    fn read(cert_path: PathBuf, key_path: PathBuf) -> Certificate {
+        let cert_pem = std::fs::read_to_string(&cert_path).unwrap();
+        let key_pem = std::fs::read_to_string(&key_path).unwrap();
+        let der = openssl(&["x509", "-outform", "DER"], cert_pem.as_bytes()).stdout;
+        let (serial, fingerprint) = serial_and_fingerprint(&cert_pem);
+        Certificate {
+            cert_path,
+            key_path,
+            cert_pem,
+            key_pem,
+            der,
+            serial,
+            fingerprint,
+        }
+    }
+}
+
 /// The `openssl req` configuration: no prompts, and one extension section per kind of
 /// certificate, so that the result does not depend on the system's openssl.cnf.
 const OPENSSL_CONFIG: &str = "\
@@ -262,19 +281,7 @@ impl Pki {
             ],
             b"",
         );
-        let cert_pem = std::fs::read_to_string(&cert_path).unwrap();
-        let key_pem = std::fs::read_to_string(&key_path).unwrap();
-        let der = openssl(&["x509", "-outform", "DER"], cert_pem.as_bytes()).stdout;
-        let (serial, fingerprint) = serial_and_fingerprint(&cert_pem);
-        Certificate {
-            cert_path,
-            key_path,
-            cert_pem,
-            key_pem,
-            der,
-            serial,
-            fingerprint,
-        }
+        Certificate::read(cert_path, key_path)
     }
 
     /// A CA certificate, self-signed when `issuer` is `None`, else an intermediate.
@@ -337,19 +344,7 @@ impl Pki {
             args.extend(["-CA", &issuer_paths.0, "-CAkey", &issuer_paths.1]);
         }
         openssl(&args, b"");
-        let cert_pem = std::fs::read_to_string(&cert_path).unwrap();
-        let key_pem = std::fs::read_to_string(&key_path).unwrap();
-        let der = openssl(&["x509", "-outform", "DER"], cert_pem.as_bytes()).stdout;
-        let (serial, fingerprint) = serial_and_fingerprint(&cert_pem);
-        Certificate {
-            cert_path,
-            key_path,
-            cert_pem,
-            key_pem,
-            der,
-            serial,
-            fingerprint,
-        }
+        Certificate::read(cert_path, key_path)
     }
 
     /// The key of `cert` in its algorithm's traditional PEM form (`RSA PRIVATE KEY` for RSA,
