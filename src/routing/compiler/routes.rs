@@ -1060,11 +1060,19 @@ fn matched_path(path: &str) -> Result<(), String> {
         .into_iter()
         .find(|part| lower.contains(part))
         .or(["/.", "/.."].into_iter().find(|end| path.ends_with(end)));
-    match flaw {
-        Some(flaw) => Err(format!(
+    if let Some(flaw) = flaw {
+        return Err(format!(
             "path {path:?} must not hold {flaw:?}: write the path in its normal form"
+        ));
+    }
+    // Requests are matched in normal form (`/%61dmin` is `/admin`, `%2e%2e` a dot segment):
+    // a value in any other form matches nothing.
+    match crate::routing::table::normalize_path(path) {
+        Some(normal) if normal != path => Err(format!(
+            "path {path:?} is matched against request paths in normal form, where it reads \
+             {normal:?}: write that"
         )),
-        None => Ok(()),
+        _ => Ok(()),
     }
 }
 
