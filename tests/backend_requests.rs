@@ -384,6 +384,114 @@ async fn mirrored_copies_carry_the_request_body() {
     copy_saw("GET ".to_string()).await;
 }
 
+/// A backend that keeps the header of every request it gets and answers 200; returns its port
+/// and the headers so far, lower-cased.
+async fn serve_keeping_heads() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                kept.lock().unwrap().push(text);
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (port, heads)
+}
+
+/// A copy carries the request's cookies as one field, as the real backend gets them. A mirror
+/// backend spoken to over HTTP/2 (h2c) gets no copy, as copies go over HTTP/1.1 only: each is
+/// counted as dropped instead of sent in a protocol the backend does not speak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_copies_join_cookies_and_skip_http2_mirrors() {
+    let (primary_port, _) = serve_keeping_heads().await;
+    let (copy_port, copies) = serve_keeping_heads().await;
+    let (h2c_port, h2c_copies) = serve_keeping_heads().await;
+    let mirror_to = |service: &str| {
+        format!("[{{type: RequestMirror, requestMirror: {{backendRef: {{name: {service}, port: 80}}}}}}]")
+    };
+    let h2c_service =
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: copy-h2c, namespace: rt}\n\
+         spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with(
+            "m1",
+            "m1.example",
+            "primary",
+            None,
+            Some(&mirror_to("copy")),
+        ),
+        route_with(
+            "m2",
+            "m2.example",
+            "primary",
+            None,
+            Some(&mirror_to("copy-h2c")),
+        ),
+        backend("rt", "primary", primary_port),
+        backend("rt", "copy", copy_port),
+        h2c_service.to_string(),
+        endpoints("copy-h2c", "127.0.0.1", h2c_port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.listen));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("m1.example", at)
+        .resolve("m2.example", at)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for host in ["m1.example", "m2.example"] {
+        let r = h2
+            .get(format!("http://{host}:{}/", gateway.listen))
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while copies.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no copy arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copy = copies.lock().unwrap()[0].clone();
+    assert!(copy.contains("\r\ncookie: a=1; b=2\r\n"), "{copy}");
+    assert_eq!(copy.matches("cookie:").count(), 1, "{copy}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(h2c_copies.lock().unwrap().is_empty());
+    let metrics = admin_text(&gateway.client, gateway.admin, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portcullis_mirror_dropped_total ") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
+
 /// A backend of raw bytes on a port of 127.0.0.1 it returns: for each connection, once a
 /// request header has come in whole, `answer` writes whatever it likes.
 async fn serve_raw<F, A>(answer: F) -> u16

@@ -1,7 +1,9 @@
 //! `RequestMirror`: a copy of the request goes to another backend and its answer is dropped.
 //!
 //! Copies are sent on their own HTTP/1.1 connection by a detached task, so a slow or dead mirror
-//! never delays the real request. At most [`MAX_IN_FLIGHT`] copies are in flight; beyond that
+//! never delays the real request. Known shortcoming: HTTP/1.1 is the only protocol copies go
+//! in, so a mirror backend spoken to over HTTP/2 (h2c, gRPC) gets none; they are counted as
+//! dropped. At most [`MAX_IN_FLIGHT`] copies are in flight; beyond that
 //! copies are dropped and counted, so a mirror outage cannot exhaust memory or sockets.
 //!
 //! A request body reaches the copy chunk by chunk as the proxy reads it for the real backend
@@ -42,6 +44,8 @@ pub const MAX_QUEUED_PER_COPY: usize = 8 << 20;
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
+/// Whether the dropping of copies for an HTTP/2 mirror backend has been said.
+static WARNED_H2C: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What the mirror task is handed, in order: body chunks, then the end of the body. A sender
 /// dropped before `End` abandons the copy.
@@ -119,6 +123,21 @@ pub fn spawn(
     let Backend::Service(service) = mirror.backend.as_ref() else {
         return None;
     };
+    if service.h2c {
+        // Known shortcoming: copies are sent over HTTP/1.1 only. A backend spoken to over
+        // HTTP/2 (h2c, gRPC) would take an HTTP/1.1 copy for garbage, so none is sent: it is
+        // counted as dropped, and said once.
+        metrics.mirror_dropped.inc();
+        if !WARNED_H2C.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                backend = %service.name,
+                "RequestMirror copies are sent over HTTP/1.1 only; this mirror backend speaks \
+                 HTTP/2 (h2c or gRPC), so its copies are dropped and counted in \
+                 portcullis_mirror_dropped_total"
+            );
+        }
+        return None;
+    }
     let endpoint = service.pick()?;
     if IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
@@ -140,6 +159,7 @@ pub fn spawn(
         .map(str::to_owned);
     let chunked = with_body && length.is_none();
     let mut forwarded = String::new();
+    let mut cookies = String::new();
     for (name, value) in req.headers.iter() {
         let name = name.as_str();
         if matches!(
@@ -161,8 +181,19 @@ pub fn spawn(
             forwarded.push_str(", ");
             continue;
         }
+        // Cookies an HTTP/2 client sent as separate fields go as one, as to the real backend.
+        if name == "cookie" {
+            if !cookies.is_empty() {
+                cookies.push_str("; ");
+            }
+            cookies.push_str(v);
+            continue;
+        }
         has_host |= name == "host";
         head.push_str(&format!("{name}: {v}\r\n"));
+    }
+    if !cookies.is_empty() {
+        head.push_str(&format!("cookie: {cookies}\r\n"));
     }
     if let Some(client) = client {
         head.push_str(&format!("x-forwarded-for: {forwarded}{client}\r\n"));
