@@ -436,3 +436,54 @@ async fn coming_to_serve_nothing_is_a_warning() {
         Box::new(|| said(&lines) == 2),
     );
 }
+
+/// Tries made again under a rule's `retry` are counted, and their failures go to the same
+/// throttled line as any backend failure: not one warning per try, which a flaky backend behind
+/// retries would turn into a log line per request while clients see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_tries_are_not_a_log_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let (_gateway, lines, client) = logging_and_ready(gateway, admin).await;
+    let dead_port = free_port();
+    let retried = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: retried, namespace: obs}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [r.example]\n  rules:\n\
+         \x20 - backendRefs: [{name: dead, port: 80}]\n\
+         \x20   retry: {attempts: 2, backoff: 1ms}\n"
+        .to_string()
+        + &service("obs", "dead")
+        + &endpoint_slice("obs", "dead", dead_port);
+    std::fs::write(dir.path().join("retried.yaml"), retried).unwrap();
+    let status = || async {
+        client
+            .get(format!("http://127.0.0.1:{listen}/"))
+            .header("host", "r.example")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status().await != 502 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the route never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(status().await, 502);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = lines.lock().unwrap();
+    assert!(
+        !lines.iter().any(|l| l.contains("Fail to proxy")),
+        "{lines:#?}"
+    );
+    let failed = lines
+        .iter()
+        .filter(|l| l.contains("backend request failed") && l.contains("obs/dead"))
+        .count();
+    assert_eq!(failed, 1, "{lines:#?}");
+}

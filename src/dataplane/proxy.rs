@@ -740,6 +740,30 @@ impl ProxyHttp for Proxy {
         true
     }
 
+    /// Pingora writes a warning for every try it retries: behind a rule's `retry`, a flaky
+    /// backend would fill the log at the request rate while clients see success. The failure
+    /// goes into the backend's throttled failure log instead (first, then one line per 10 s),
+    /// and the retry is counted in `portcullis_upstream_retries_total`.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        error: &Error,
+        context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        if !matches!(context, pingora_proxy::ProxyWarnLogContext::UpstreamRetry) {
+            return false;
+        }
+        if let Some(backend) = &ctx.backend_name {
+            let status = match error.etype() {
+                ErrorType::HTTPStatus(status) => *status,
+                _ => 502,
+            };
+            self.failures.note(backend, status, error);
+        }
+        true
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
