@@ -389,6 +389,10 @@ fn client_without_sni_gets_the_certificate_of_the_listener_without_hostname() {
         extra.extend(cacert);
         let r = curl(&url, &extra);
         assert_eq!(r.code, 421, "SNI {sni:?}: {r:?}");
+        // A gRPC request is told the same, not given a gRPC status that blames the route.
+        extra.extend(["-H", "content-type: application/grpc"]);
+        let r = curl(&url, &extra);
+        assert_eq!(r.code, 421, "gRPC, SNI {sni:?}: {r:?}");
     }
     // A name that no listener has also lands on the listener without a hostname.
     let h = s_client(gw.https, Some("other.example"), &[]);

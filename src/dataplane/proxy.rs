@@ -1154,12 +1154,16 @@ async fn respond_then(
     keep_alive: bool,
 ) -> Result<bool> {
     ctx.status = status;
-    let grpc = session
-        .req_header()
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
+    // A misdirected request (421) is answered in HTTP whatever it carries: it tells the client
+    // to open another connection, which gRPC clients act on too; as a gRPC status it would
+    // read as a fault of the route.
+    let grpc = status != 421
+        && session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
     if !grpc {
         // As Pingora does: once a final response has started, nothing more can be said.
         if let Some(written) = session.as_downstream().response_written() {
