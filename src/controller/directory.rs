@@ -1080,7 +1080,8 @@ fn name_fields(fields: &[String]) -> String {
 /// take as written: listener names unique within a Gateway (its list is keyed by name) and in
 /// the API's `SectionName` form, listener and route hostnames in the API's `Hostname` form (so
 /// `*` and `""` are refused, not read as catch-alls), ports, `allowedRoutes.namespaces.from`,
-/// HTTPRoute match methods from the API's list (`get` would match nothing). Every value that
+/// HTTPRoute match methods from the API's list (`get` would match nothing), GRPCRoute Exact
+/// service and method names in the API's form. Every value that
 /// fails is named, so that one pass over the manifest fixes them all.
 fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
     let list = |value: &Value| value.as_array().cloned().unwrap_or_default();
@@ -1154,6 +1155,18 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
                         );
                     }
                 }
+                if kind == Kind::GrpcRoute {
+                    for (j, m) in list(&rule["matches"]).iter().enumerate() {
+                        let at = format!("spec.rules[{i}].matches[{j}].method");
+                        let exact = m["method"]["type"].as_str().unwrap_or("Exact") == "Exact";
+                        if let (true, Some(service)) = (exact, m["method"]["service"].as_str()) {
+                            check(format!("{at}.service"), grpc_name(service, true));
+                        }
+                        if let (true, Some(method)) = (exact, m["method"]["method"].as_str()) {
+                            check(format!("{at}.method"), grpc_name(method, false));
+                        }
+                    }
+                }
                 if kind != Kind::HttpRoute {
                     continue;
                 }
@@ -1174,6 +1187,33 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
     } else {
         Err(format!("{who} {}", problems.join("; ")))
     }
+}
+
+/// Checks an Exact GRPCRoute match name as the API does: a method is an identifier
+/// (`SayHello`), a service a dotted name of identifiers (`helloworld.Greeter`, a leading dot
+/// allowed). Anything else would become a request path no gRPC client sends.
+fn grpc_name(name: &str, service: bool) -> Result<(), String> {
+    let identifier = |part: &str| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let ok = if service {
+        let dotted = name.strip_prefix('.').unwrap_or(name);
+        dotted.split('.').all(identifier)
+    } else {
+        identifier(name)
+    };
+    if ok {
+        return Ok(());
+    }
+    let what = if service {
+        "a service name: identifiers joined by dots, such as helloworld.Greeter"
+    } else {
+        "a method name: letters, digits and _, not starting with a digit, such as SayHello"
+    };
+    Err(format!("{name:?} is not {what}"))
 }
 
 /// Checks a match method against the API's list, which is upper case.
@@ -1575,6 +1615,28 @@ pub fn now_rfc3339() -> String {
 
 #[cfg(test)]
 mod tests {
+    /// GRPCRoute Exact match names are checked as the API server checks them; a pattern
+    /// (RegularExpression) is not.
+    #[test]
+    fn grpc_match_names_are_checked_as_the_api_checks_them() {
+        let spec = |service: &str, method: &str, type_: &str| {
+            serde_json::json!({"rules": [{"matches": [{"method": {
+                "type": type_, "service": service, "method": method}}]}]})
+        };
+        let check = |spec: serde_json::Value| schema_rules(Kind::GrpcRoute, "GRPCRoute n/g", &spec);
+        assert!(check(spec("helloworld.Greeter", "SayHello", "Exact")).is_ok());
+        assert!(check(spec(".pkg.v1.Svc", "_do_it2", "Exact")).is_ok());
+        let err = check(spec("a b", "a/b", "Exact")).unwrap_err();
+        assert!(
+            err.contains("matches[0].method.service \"a b\" is not a service name")
+                && err.contains("matches[0].method.method \"a/b\" is not a method name"),
+            "{err}"
+        );
+        assert!(check(spec("pkg..Svc", "M", "Exact")).is_err());
+        assert!(check(spec("1pkg.Svc", "M", "Exact")).is_err());
+        assert!(check(spec("pkg.*", "Say.*", "RegularExpression")).is_ok());
+    }
+
     use super::*;
 
     #[test]
