@@ -157,6 +157,21 @@ struct Gateway {
 }
 
 impl Gateway {
+    /// A client speaking cleartext HTTP/2 with prior knowledge, for which each of `hosts` is
+    /// the gateway's address: over HTTP/2 the host is the request's authority.
+    fn h2_client(&self, hosts: &[&str]) -> reqwest::Client {
+        let at = std::net::SocketAddr::from(([127, 0, 0, 1], self.listen));
+        hosts
+            .iter()
+            .fold(
+                reqwest::Client::builder().http2_prior_knowledge(),
+                |b, host| b.resolve(host, at),
+            )
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+
     async fn start(config: &str) -> Gateway {
         Gateway::start_with(config, &[]).await
     }
@@ -455,14 +470,7 @@ async fn mirror_copies_join_cookies_and_skip_http2_mirrors() {
     ]
     .concat();
     let gateway = Gateway::start(&config).await;
-    let at = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.listen));
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .resolve("m1.example", at)
-        .resolve("m2.example", at)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let h2 = gateway.h2_client(&["m1.example", "m2.example"]);
     for host in ["m1.example", "m2.example"] {
         let r = h2
             .get(format!("http://{host}:{}/", gateway.listen))
@@ -982,16 +990,7 @@ async fn content_lengths_a_client_cannot_read_are_made_one_or_refused() {
     ]
     .concat();
     let gateway = Gateway::start(&config).await;
-    // Over HTTP/2 the host is the request's authority: each name leads to the gateway.
-    let at = std::net::SocketAddr::from(([127, 0, 0, 1], gateway.listen));
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .resolve("empty.example", at)
-        .resolve("twice.example", at)
-        .resolve("differ.example", at)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
+    let h2 = gateway.h2_client(&["empty.example", "twice.example", "differ.example"]);
     let get = |host: &'static str| {
         let h2 = h2.clone();
         let url = format!("http://{host}:{}/", gateway.listen);

@@ -344,11 +344,18 @@ fn note_certificates(
     metrics.certificate_expiry.reset();
     let mut still = std::collections::HashSet::new();
     for listener in table.binds.values().flat_map(|b| &b.listeners) {
-        let keys = listener
-            .certificate
-            .iter()
-            .chain(listener.certificates.iter().map(|c| &c.key));
-        let validities: Vec<(i64, i64)> = keys.filter_map(|k| crate::tls::validity(k)).collect();
+        // With several certificateRefs all are in `certificates`; with one, only `certificate`.
+        let validities: Vec<(i64, i64)> = if listener.certificates.is_empty() {
+            listener
+                .certificate
+                .iter()
+                .filter_map(|k| crate::tls::validity(k))
+                .collect()
+        } else {
+            (listener.certificates.iter())
+                .filter_map(|c| crate::tls::validity(&c.key))
+                .collect()
+        };
         let Some(first_expiry) = validities.iter().map(|(_, after)| *after).min() else {
             continue;
         };

@@ -10,7 +10,7 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::routing::table::{host_matches, Backend, RoutingTable, Rule};
+use crate::routing::table::{takes_server_name, Backend, RoutingTable, Rule};
 use crate::tls::client_hello::{self, Hello};
 
 /// How long a backend may take to accept a forwarded connection.
@@ -79,15 +79,7 @@ pub async fn refuse(mut tcp: TcpStream, alert: u8) {
 
 /// Chooses what happens to a connection on `bind` whose ClientHello named `sni`.
 pub fn choose(table: &RoutingTable, bind: &SocketAddr, sni: Option<&str>) -> Route {
-    let Some(bind) = table.binds.get(bind) else {
-        return Route::Reject;
-    };
-    let listener = bind.listeners.iter().find(|l| match (&l.hostname, sni) {
-        (None, _) => true,
-        (Some(h), Some(sni)) => host_matches(h, sni),
-        (Some(_), None) => false,
-    });
-    let Some(listener) = listener else {
+    let Some(listener) = table.listener_for_hello(bind, sni) else {
         return Route::Reject;
     };
     let terminate_tcp = listener.scheme == "tls" && listener.certificate.is_some();
@@ -97,11 +89,7 @@ pub fn choose(table: &RoutingTable, bind: &SocketAddr, sni: Option<&str>) -> Rou
     let rule = listener
         .passthrough
         .iter()
-        .find(|(host, _)| match (host, sni) {
-            (None, _) => true,
-            (Some(h), Some(sni)) => host_matches(h, sni),
-            (Some(_), None) => false,
-        });
+        .find(|(host, _)| takes_server_name(host.as_deref(), sni));
     match rule.and_then(|(_, rule)| pick_endpoint(rule)) {
         Some(endpoint) if terminate_tcp => Route::TerminateTcp(endpoint),
         Some(endpoint) => Route::Forward(endpoint),

@@ -962,12 +962,10 @@ impl Proxy {
         // than the handshake did (and so possibly another certificate) is misdirected. Without
         // SNI the handshake took the listener without a hostname.
         if let Some(tls) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
-            let by_host =
-                table.listener_for_sni(&bind, &crate::routing::table::normalize_host(host));
-            let by_sni = match tls.extension.get::<crate::tls::ServerName>() {
-                Some(sni) => table.listener_for_sni(&bind, &sni.0),
-                None => table.listener_without_sni(&bind),
-            };
+            let host = crate::routing::table::normalize_host(host);
+            let by_host = table.listener_for_hello(&bind, Some(&host));
+            let sni = tls.extension.get::<crate::tls::ServerName>();
+            let by_sni = table.listener_for_hello(&bind, sni.map(|s| s.0.as_str()));
             let same = match (by_host, by_sni) {
                 (Some(a), Some(b)) => std::ptr::eq(a, b),
                 (None, None) => true,

@@ -466,24 +466,29 @@ impl RoutingTable {
 }
 
 impl RoutingTable {
-    /// The listener a TLS server name selects on `bind`: the first, most specific one whose
-    /// hostname matches (a listener without hostname matches every name).
-    pub fn listener_for_sni(&self, bind: &SocketAddr, sni: &str) -> Option<&ListenerRoutes> {
+    /// The listener a TLS ClientHello selects on `bind`: the first, most specific one that
+    /// [`takes_server_name`]. The certificate resolver, TLS passthrough and the 421 check all
+    /// choose by this rule, so that they agree on the listener.
+    pub fn listener_for_hello(
+        &self,
+        bind: &SocketAddr,
+        sni: Option<&str>,
+    ) -> Option<&ListenerRoutes> {
         self.binds
             .get(bind)?
             .listeners
             .iter()
-            .find(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, sni)))
+            .find(|l| takes_server_name(l.hostname.as_deref(), sni))
     }
+}
 
-    /// The listener a TLS client without a server name gets on `bind`: the first without a
-    /// hostname.
-    pub fn listener_without_sni(&self, bind: &SocketAddr) -> Option<&ListenerRoutes> {
-        self.binds
-            .get(bind)?
-            .listeners
-            .iter()
-            .find(|l| l.hostname.is_none())
+/// Whether a listener's or TLSRoute's `hostname` (`None`: any) takes a ClientHello's server
+/// name. A client that sends none is taken only where no hostname is set.
+pub fn takes_server_name(hostname: Option<&str>, sni: Option<&str>) -> bool {
+    match (hostname, sni) {
+        (None, _) => true,
+        (Some(h), Some(sni)) => host_matches(h, sni),
+        (Some(_), None) => false,
     }
 }
 

@@ -22,7 +22,7 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::routing::table::{host_matches, RoutingTable};
+use crate::routing::table::{takes_server_name, RoutingTable};
 
 /// Builds the rustls key a listener serves from a `kubernetes.io/tls` Secret body.
 pub fn certified_key(secret: &serde_json::Value) -> Result<Arc<CertifiedKey>, String> {
@@ -131,11 +131,7 @@ impl ResolvesServerCert for SniResolver {
         let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
         bind.listeners
             .iter()
-            .filter(|l| match (&l.hostname, &sni) {
-                (None, _) => true,
-                (Some(h), Some(sni)) => host_matches(h, sni),
-                (Some(_), None) => false,
-            })
+            .filter(|l| takes_server_name(l.hostname.as_deref(), sni.as_deref()))
             .find_map(|l| {
                 if l.certificates.is_empty() {
                     l.certificate.clone()
