@@ -6,7 +6,7 @@
 //!   back at once; an endpoint that refuses connections is passed over for the Service's next
 //!   endpoint, with a retry policy or without.
 //! - `RequestMirror`: the copy carries the request body, whether its length is given or it
-//!   comes chunked, and however many reads it takes.
+//!   comes chunked, and however many reads it takes; an h2c mirror gets its copies over HTTP/2.
 //! - The backend's hop-by-hop response fields stay behind; an HTTP/1.0 client gets a chunked
 //!   answer as plain bytes; a client that stalls its body gets 408, not the backend's blame.
 //! - Idle backend connections are kept for reuse up to `--upstream-idle-connections`, over
@@ -432,14 +432,75 @@ async fn serve_keeping_heads() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
     (port, heads)
 }
 
+/// An HTTP/2 cleartext (h2c) backend that keeps every request it gets, as `METHOD target`, its
+/// header fields (`name: value` lines, in order) and its body, and answers 200; returns its port,
+/// the requests so far and the count of connections it accepted.
+async fn serve_h2c_keeping_requests() -> (
+    u16,
+    Arc<Mutex<Vec<String>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let kept = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (keep, count) = (kept.clone(), accepted.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let keep = keep.clone();
+                    async move {
+                        let mut text = format!("{} {}\n", req.method(), req.uri());
+                        for (name, value) in req.headers() {
+                            text.push_str(&format!("{name}: {}\n", value.to_str().unwrap()));
+                        }
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        text.push_str(&format!("\n{}", String::from_utf8_lossy(&body)));
+                        keep.lock().unwrap().push(text);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+            });
+        }
+    });
+    (port, kept, accepted)
+}
+
+/// Waits up to 5 s for `kept` to hold `count` entries, and returns them.
+async fn kept_at_least(kept: &Mutex<Vec<String>>, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = kept.lock().unwrap().clone();
+        if now.len() >= count {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {count} copies arrived: {now:?}",
+            now.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A copy carries the request's cookies as one field, as the real backend gets them. A mirror
-/// backend spoken to over HTTP/2 (h2c) gets no copy, as copies go over HTTP/1.1 only: each is
-/// counted as dropped instead of sent in a protocol the backend does not speak.
+/// backend spoken to over HTTP/2 (h2c) gets its copies over HTTP/2: the host as `:authority`,
+/// no hop-by-hop fields, the body whole whether its length was given or not, and the copies of
+/// one client reuse a connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mirror_copies_join_cookies_and_skip_http2_mirrors() {
+async fn mirror_copies_join_cookies_and_reach_http2_mirrors() {
     let (primary_port, _) = serve_keeping_heads().await;
     let (copy_port, copies) = serve_keeping_heads().await;
-    let (h2c_port, h2c_copies) = serve_keeping_heads().await;
+    let (h2c_port, h2c_copies, h2c_connections) = serve_h2c_keeping_requests().await;
     let mirror_to = |service: &str| {
         format!("[{{type: RequestMirror, requestMirror: {{backendRef: {{name: {service}, port: 80}}}}}}]")
     };
@@ -481,21 +542,82 @@ async fn mirror_copies_join_cookies_and_skip_http2_mirrors() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while copies.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "no copy arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let copy = copies.lock().unwrap()[0].clone();
+    let copy = kept_at_least(&copies, 1).await.remove(0);
     assert!(copy.contains("\r\ncookie: a=1; b=2\r\n"), "{copy}");
     assert_eq!(copy.matches("cookie:").count(), 1, "{copy}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(h2c_copies.lock().unwrap().is_empty());
+
+    let h2c_copy = kept_at_least(&h2c_copies, 1).await.remove(0);
+    let lines: Vec<&str> = h2c_copy.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("GET http://m2.example:{}/", gateway.listen),
+        "{h2c_copy}"
+    );
+    assert!(lines.contains(&"cookie: a=1; b=2"), "{h2c_copy}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("x-request-id: ")),
+        "{h2c_copy}"
+    );
+    assert!(lines.contains(&"x-forwarded-for: 127.0.0.1"), "{h2c_copy}");
+    assert!(!lines.iter().any(|l| l.starts_with("host:")), "{h2c_copy}");
+
+    // Bodies over HTTP/1.1, one with its length and one chunked, reach the HTTP/2 mirror whole.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (framing, body) in [
+        ("content-length: 5\r\n\r\nhello", "hello"),
+        (
+            "transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n chunk\r\n0\r\n\r\n",
+            "hello chunk",
+        ),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+            .await
+            .unwrap();
+        let request = format!(
+            "POST /up?x=1 HTTP/1.1\r\nhost: m2.example\r\nconnection: close\r\n\
+             te: gzip\r\n{framing}"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let seen = kept_at_least(&h2c_copies, 1).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !h2c_copies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.ends_with(&format!("\n\n{body}")))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no copy with body {body:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let all = h2c_copies.lock().unwrap().clone();
+    assert_eq!(all.len(), 3, "{all:?}");
+    for copy in &all[1..] {
+        assert!(
+            copy.starts_with("POST http://m2.example/up?x=1\n"),
+            "{copy}"
+        );
+        for hop in ["connection:", "transfer-encoding:", "te:"] {
+            assert!(!copy.contains(&format!("\n{hop}")), "{hop} in {copy}");
+        }
+    }
+    assert!(all[1].contains("\ncontent-length: 5\n"), "{}", all[1]);
+    assert_eq!(
+        h2c_connections.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "copies one after another share a connection"
+    );
     let metrics = admin_text(&gateway.client, gateway.admin, "/metrics").await;
     assert!(
-        metrics
+        !metrics
             .lines()
-            .any(|l| l.starts_with("portcullis_mirror_dropped_total ") && l.ends_with(" 1")),
+            .any(|l| l.starts_with("portcullis_mirror_dropped_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
 }

@@ -3,7 +3,8 @@
 //! serves: the certificate picked by SNI (exact, wildcard, no hostname), every supported key
 //! type and a chain with an intermediate, ALPN, the protocol versions, the 400 for cleartext,
 //! the status of unusable certificate references, ReferenceGrants, a Secret rotated under
-//! load, and one that turns bad while served. The `openssl` and `curl` commands must be installed: without them the tests fail.
+//! load, and one that turns bad while served; and mirror copies to a BackendTLSPolicy backend
+//! going over TLS. The `openssl` and `curl` commands must be installed: without them the tests fail.
 
 mod common;
 mod tls_support;
@@ -979,4 +980,105 @@ fn a_listener_with_several_certificates_serves_each_client_one_it_can_use() {
     assert_eq!(programmed.status, "True", "{programmed:?}");
     assert_eq!(served("web.example", &[]), Some(rsa.der.clone()));
     assert_eq!(served("other.example", &[]), Some(other.der.clone()));
+}
+
+/// A TLS backend for `cert` on a port of 127.0.0.1 it returns: on each connection it reads one
+/// request header, keeps it, answers 200 and closes. A client that does not speak TLS to it
+/// fails the handshake and leaves nothing kept.
+fn serve_tls_keeping_heads(
+    cert: &tls_support::Certificate,
+) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+    let chain = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = kept.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let (config, keep) = (config.clone(), keep.clone());
+            std::thread::spawn(move || {
+                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let connection = rustls::ServerConnection::new(config).unwrap();
+                let mut tls = rustls::StreamOwned::new(connection, tcp);
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                keep.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                let _ = tls.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, kept)
+}
+
+/// A RequestMirror to a Service that a BackendTLSPolicy names sends its copies over TLS, with
+/// the policy's hostname as SNI and its CA verifying the mirror's certificate, as the real
+/// request would go: never the request in clear text to a backend that asked for TLS.
+#[test]
+fn mirror_copies_to_a_backend_tls_policy_service_go_over_tls() {
+    let pki = Pki::new();
+    let front = pki.self_signed("front", KeyType::EcdsaP256, &["app.example"]);
+    let ca = pki.ca("mirror-ca", KeyType::EcdsaP256, None);
+    let mirror_cert = pki.leaf("mirror", KeyType::EcdsaP256, &["mirror.internal"], &ca);
+    let (mirror_port, copies) = serve_tls_keeping_heads(&mirror_cert);
+    let pem = serde_json::to_string(&ca.cert_pem).unwrap();
+    let manifests = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: mirrored, namespace: {NAMESPACE}}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [app.example]\n  rules:\n  \
+         - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: copy, port: 80}}}}}}]\n    \
+         backendRefs: [{{name: echo, port: 80}}]\n\
+         {copy}\
+         ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: copy-ca, namespace: {NAMESPACE}}}\n\
+         data:\n  ca.crt: {pem}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
+         metadata: {{name: copy-tls, namespace: {NAMESPACE}}}\n\
+         spec:\n  targetRefs: [{{group: \"\", kind: Service, name: copy}}]\n  \
+         validation:\n    caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: copy-ca}}]\n    \
+         hostname: mirror.internal\n",
+        copy = common::manifests::backend(NAMESPACE, "copy", mirror_port),
+    );
+    let gw = Gateway::start(
+        &https_listener("web", None, "front"),
+        vec![
+            secret_file("front", &front),
+            ("mirrored.yaml".to_string(), manifests),
+        ],
+    );
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    let r = curl_https(gw.https, "app.example", "/copied", &front.cert_path, &[]);
+    assert_eq!(r.code, 200, "{r:?}");
+    let head = tls_support::eventually("a copy over TLS", || {
+        copies.lock().unwrap().first().cloned()
+    });
+    assert!(head.starts_with("get /copied http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nhost: app.example"), "{head}");
 }

@@ -357,7 +357,7 @@ impl Metrics {
             .expect("static metric definition"),
             mirror_dropped: IntCounter::new(
                 "portcullis_mirror_dropped_total",
-                "Mirror copies dropped: too many in flight, or a mirror that could not keep up with the body.",
+                "Mirror copies dropped: too many in flight, a mirror that could not keep up with the body, or a request header that cannot be copied.",
             )
             .expect("static metric definition"),
             series: SeriesCache::default(),

@@ -1,17 +1,18 @@
 //! `RequestMirror`: a copy of the request goes to another backend and its answer is dropped.
 //!
-//! Copies are sent on their own HTTP/1.1 connection by a detached task, so a slow or dead mirror
-//! never delays the real request. Known shortcoming: HTTP/1.1 is the only protocol copies go
-//! in, so a mirror backend spoken to over HTTP/2 (h2c, gRPC) gets none; they are counted as
-//! dropped. At most [`MAX_IN_FLIGHT`] copies are in flight; beyond that
-//! copies are dropped and counted, so a mirror outage cannot exhaust memory or sockets.
+//! Copies are sent by a detached task, so a slow or dead mirror never delays the real request.
+//! They go through Pingora's connector as real requests do, with the same peer: TLS to a
+//! Service a BackendTLSPolicy names (with the listener's client certificate), HTTP/2 to an h2c
+//! or gRPC backend, HTTP/1.1 otherwise, on pooled connections of their own. At most
+//! [`MAX_IN_FLIGHT`] copies are in flight; beyond that copies are dropped and counted, so a
+//! mirror outage cannot exhaust memory or sockets.
 //!
 //! A request body reaches the copy chunk by chunk as the proxy reads it for the real backend
 //! ([`MirrorBody::send`]): the chunks are shared, not copied, and at most
 //! [`MAX_QUEUED_PER_COPY`] wait for one copy and [`MAX_QUEUED_BYTES`] for all of them. A copy
 //! whose mirror cannot keep up, or that the real request leaves before its body ends (answered
-//! early, or failed), is abandoned and counted: its connection is closed before the body ends,
-//! so the mirror never takes a cut body for a whole one. Each step of a copy (connecting, each
+//! early, or failed), is abandoned and counted: its connection is closed (HTTP/2: its stream is
+//! reset) before the body ends, so the mirror never takes a cut body for a whole one. Each step of a copy (connecting, each
 //! write, reading the answer) gets [`MIRROR_TIMEOUT`]; waiting for the client's next chunk gets
 //! no timeout of its own, since the real request bounds it.
 //!
@@ -19,16 +20,21 @@
 //! X-Request-Id, and X-Forwarded-For with the client's address.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::ConnectorOptions;
+use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::CertKey;
 use pingora_http::RequestHeader;
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
+use super::proxy::backend_peer;
 use crate::routing::table::{Backend, Mirror};
 
 /// Copies in flight at most.
@@ -44,8 +50,6 @@ pub const MAX_QUEUED_PER_COPY: usize = 8 << 20;
 
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 static QUEUED_BYTES: AtomicUsize = AtomicUsize::new(0);
-/// Whether the dropping of copies for an HTTP/2 mirror backend has been said.
-static WARNED_H2C: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// What the mirror task is handed, in order: body chunks, then the end of the body. A sender
 /// dropped before `End` abandons the copy.
@@ -107,12 +111,14 @@ impl Drop for MirrorBody {
 
 /// Sends a copy of `req` to the mirror's backend, if this request falls in its share. With
 /// `with_body`, the copy waits for the body through the returned [`MirrorBody`].
+/// `client_cert` is what the listener presents to TLS backends.
 pub fn spawn(
     mirror: &Mirror,
     req: &RequestHeader,
     with_body: bool,
     request_id: &str,
     client: Option<std::net::IpAddr>,
+    client_cert: Option<Arc<CertKey>>,
     metrics: &Arc<Metrics>,
 ) -> Option<MirrorBody> {
     if mirror.per_million < 1_000_000
@@ -123,95 +129,21 @@ pub fn spawn(
     let Backend::Service(service) = mirror.backend.as_ref() else {
         return None;
     };
-    if service.h2c {
-        // Known shortcoming: copies are sent over HTTP/1.1 only. A backend spoken to over
-        // HTTP/2 (h2c, gRPC) would take an HTTP/1.1 copy for garbage, so none is sent: it is
-        // counted as dropped, and said once.
-        metrics.mirror_dropped.inc();
-        if !WARNED_H2C.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                backend = %service.name,
-                "RequestMirror copies are sent over HTTP/1.1 only; this mirror backend speaks \
-                 HTTP/2 (h2c or gRPC), so its copies are dropped and counted in \
-                 portcullis_mirror_dropped_total"
-            );
-        }
-        return None;
-    }
     let endpoint = service.pick()?;
+    let peer = backend_peer(endpoint, service.h2c, service.tls.as_deref(), client_cert);
+    let head = match copy_header(req, with_body, request_id, client, &peer) {
+        Ok(head) => head,
+        Err(err) => {
+            metrics.mirror_dropped.inc();
+            tracing::debug!(backend = %service.name, error = %err, "mirror request not made");
+            return None;
+        }
+    };
     if IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         metrics.mirror_dropped.inc();
         return None;
     }
-    let mut head = format!(
-        "{} {} HTTP/1.1\r\n",
-        req.method,
-        req.uri.path_and_query().map_or("/", |p| p.as_str())
-    );
-    let mut has_host = false;
-    // The copy keeps the client's Content-Length; a body of unknown length is sent chunked.
-    let length = req
-        .headers
-        .get("content-length")
-        .filter(|_| with_body)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let chunked = with_body && length.is_none();
-    let mut forwarded = String::new();
-    let mut cookies = String::new();
-    for (name, value) in req.headers.iter() {
-        let name = name.as_str();
-        if matches!(
-            name,
-            "connection"
-                | "content-length"
-                | "transfer-encoding"
-                | "keep-alive"
-                | "upgrade"
-                | "x-request-id"
-        ) {
-            continue;
-        }
-        let Ok(v) = value.to_str() else {
-            continue;
-        };
-        if name == "x-forwarded-for" {
-            forwarded.push_str(v);
-            forwarded.push_str(", ");
-            continue;
-        }
-        // Cookies an HTTP/2 client sent as separate fields go as one, as to the real backend.
-        if name == "cookie" {
-            if !cookies.is_empty() {
-                cookies.push_str("; ");
-            }
-            cookies.push_str(v);
-            continue;
-        }
-        has_host |= name == "host";
-        head.push_str(&format!("{name}: {v}\r\n"));
-    }
-    if !cookies.is_empty() {
-        head.push_str(&format!("cookie: {cookies}\r\n"));
-    }
-    if let Some(client) = client {
-        head.push_str(&format!("x-forwarded-for: {forwarded}{client}\r\n"));
-    }
-    if !request_id.is_empty() {
-        head.push_str(&format!("x-request-id: {request_id}\r\n"));
-    }
-    if !has_host {
-        if let Some(a) = req.uri.authority() {
-            head.push_str(&format!("host: {a}\r\n"));
-        }
-    }
-    match (&length, chunked) {
-        (Some(length), _) => head.push_str(&format!("content-length: {length}\r\n")),
-        (None, true) => head.push_str("transfer-encoding: chunked\r\n"),
-        (None, false) => head.push_str("content-length: 0\r\n"),
-    }
-    head.push_str("connection: close\r\n\r\n");
     let queued = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = if with_body {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -221,21 +153,7 @@ pub fn spawn(
     };
     let task_queued = queued.clone();
     tokio::spawn(async move {
-        let send = async {
-            let connect = tokio::net::TcpStream::connect(endpoint);
-            let mut stream = within("connecting", connect).await?;
-            write(&mut stream, head.as_bytes()).await?;
-            if let Some(rx) = rx {
-                send_body(&mut stream, rx, &task_queued, chunked).await?;
-            }
-            let drain = async {
-                let mut sink = [0u8; 4096];
-                while stream.read(&mut sink).await? > 0 {}
-                Ok(())
-            };
-            within("reading the answer", drain).await
-        };
-        if let Err(err) = send.await {
+        if let Err(err) = send_copy(&peer, head, rx, &task_queued).await {
             tracing::debug!(%endpoint, error = %err, "mirror request failed");
         }
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
@@ -248,30 +166,191 @@ pub fn spawn(
     })
 }
 
-/// One step of a copy, within [`MIRROR_TIMEOUT`]; `what` names the step if it times out.
+/// The connections copies go on: Pingora's connector, as for real requests (TLS, HTTP/2 and
+/// pooled idle connections alike), but a pool of its own, so that copies never take a
+/// connection a real request could have reused.
+fn connector() -> &'static Connector {
+    static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+    CONNECTOR.get_or_init(|| Connector::new(Some(ConnectorOptions::new(IDLE_CONNECTIONS))))
+}
+
+/// Idle connections to mirror backends kept for the next copies, at most.
+const IDLE_CONNECTIONS: usize = 128;
+
+/// Headers that belong to one hop, or that the copy sets itself.
+const NOT_COPIED: [&str; 9] = [
+    "connection",
+    "content-length",
+    "cookie",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-request-id",
+];
+
+/// The header of the copy of `req`: the client's header without hop-by-hop fields, with the
+/// gateway's X-Request-Id and X-Forwarded-For, cookies as one field, and the body framed as the
+/// client framed it (its Content-Length, or chunked over HTTP/1.1 when it gave none). To an
+/// HTTP/2 peer the host goes in the `:authority`. A TE other than `trailers` is left out.
+fn copy_header(
+    req: &RequestHeader,
+    with_body: bool,
+    request_id: &str,
+    client: Option<std::net::IpAddr>,
+    peer: &HttpPeer,
+) -> pingora_core::Result<Box<RequestHeader>> {
+    let h2 = peer.options.alpn.get_min_http_version() == 2;
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut head = RequestHeader::build(req.method.clone(), path.as_bytes(), None)?;
+    let mut forwarded = String::new();
+    let mut cookies = Vec::new();
+    for (name, value) in req.headers.iter() {
+        match name.as_str() {
+            "x-forwarded-for" => {
+                forwarded.push_str(value.to_str().unwrap_or_default());
+                forwarded.push_str(", ");
+            }
+            // Cookies an HTTP/2 client sent as separate fields go as one, as to the real backend.
+            "cookie" => {
+                if !cookies.is_empty() {
+                    cookies.extend_from_slice(b"; ");
+                }
+                cookies.extend_from_slice(value.as_bytes());
+            }
+            // TE is hop-by-hop; `trailers` alone may cross HTTP/2, and gRPC needs it.
+            "te" if value.as_bytes() != b"trailers" => {}
+            name if NOT_COPIED.contains(&name) => {}
+            _ => {
+                head.append_header(name.clone(), value.clone())?;
+            }
+        }
+    }
+    if !cookies.is_empty() {
+        head.insert_header(http::header::COOKIE, cookies)?;
+    }
+    if let Some(client) = client {
+        head.insert_header("x-forwarded-for", format!("{forwarded}{client}"))?;
+    }
+    if !request_id.is_empty() {
+        head.insert_header("x-request-id", request_id)?;
+    }
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .filter(|_| with_body);
+    match length {
+        Some(length) => head.insert_header(http::header::CONTENT_LENGTH, length.clone())?,
+        None if with_body && !h2 => {
+            head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?
+        }
+        None if h2 => {}
+        None => head.insert_header(http::header::CONTENT_LENGTH, "0")?,
+    }
+    let host = head
+        .headers
+        .get(http::header::HOST)
+        .map(|h| h.as_bytes().to_vec())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes().to_vec()));
+    if h2 {
+        head.remove_header(&http::header::HOST);
+        let authority = http::uri::Authority::try_from(host.unwrap_or_default().as_slice())
+            .map_err(|e| {
+                pingora_core::Error::explain(
+                    pingora_core::ErrorType::InvalidHTTPHeader,
+                    format!("the request's host is not an authority: {e}"),
+                )
+            })?;
+        let uri = http::Uri::builder()
+            .scheme(if peer.is_tls() { "https" } else { "http" })
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| {
+                pingora_core::Error::explain(
+                    pingora_core::ErrorType::InvalidHTTPHeader,
+                    format!("no URI for the copy: {e}"),
+                )
+            })?;
+        head.set_uri(uri);
+    } else if let (None, Some(host)) = (head.headers.get(http::header::HOST), host) {
+        head.insert_header(http::header::HOST, host)?;
+    }
+    Ok(Box::new(head))
+}
+
+/// Sends one copy and reads its answer to the end, then hands the connection back for the next
+/// copy. On failure the connection is closed (HTTP/1.1) or the stream reset (HTTP/2), so that
+/// the mirror never takes a cut body for a whole one.
+async fn send_copy(
+    peer: &HttpPeer,
+    head: Box<RequestHeader>,
+    body: Option<mpsc::UnboundedReceiver<Chunk>>,
+    queued: &AtomicUsize,
+) -> Result<(), String> {
+    let connector = connector();
+    // Pingora's connect future is some 18 KiB: boxed, it does not sit in every copy's task.
+    let connect = Box::pin(connector.get_http_session(peer));
+    let (mut session, _) = within("connecting", connect).await?;
+    session.set_read_timeout(Some(MIRROR_TIMEOUT));
+    session.set_write_timeout(Some(MIRROR_TIMEOUT));
+    let exchange = async {
+        within("writing the header", session.write_request_header(head)).await?;
+        if let Some(rx) = body {
+            send_body(&mut session, rx, queued).await?;
+        }
+        within("ending the body", session.finish_request_body()).await?;
+        // An HTTP/1.1 mirror may send informational answers (100 Continue) first.
+        loop {
+            within("reading the answer", session.read_response_header()).await?;
+            match session.response_header().map(|h| h.status.as_u16()) {
+                Some(100..=199) => continue,
+                _ => break,
+            }
+        }
+        while within("reading the answer", session.read_response_body())
+            .await?
+            .is_some()
+        {}
+        Ok::<_, String>(())
+    };
+    match exchange.await {
+        Ok(()) => {
+            connector
+                .release_http_session(session, peer, Some(MIRROR_IDLE))
+                .await;
+            Ok(())
+        }
+        Err(err) => {
+            session.shutdown().await;
+            Err(err)
+        }
+    }
+}
+
+/// How long a connection to a mirror backend stays open for the next copy.
+const MIRROR_IDLE: Duration = Duration::from_secs(60);
+
+/// One step of a copy, within [`MIRROR_TIMEOUT`]; `what` names the step that failed.
 async fn within<T>(
     what: &'static str,
-    step: impl std::future::Future<Output = std::io::Result<T>>,
-) -> std::io::Result<T> {
-    tokio::time::timeout(MIRROR_TIMEOUT, step)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, what))?
+    step: impl std::future::Future<Output = pingora_core::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(MIRROR_TIMEOUT, step).await {
+        Ok(Ok(done)) => Ok(done),
+        Ok(Err(err)) => Err(format!("{what}: {err}")),
+        Err(_) => Err(format!("{what}: timed out")),
+    }
 }
 
-/// One write to the mirror, within [`MIRROR_TIMEOUT`].
-async fn write(stream: &mut tokio::net::TcpStream, data: &[u8]) -> std::io::Result<()> {
-    within("writing", stream.write_all(data)).await
-}
-
-/// Writes the body chunks handed over by [`MirrorBody::send`], in the copy's framing. Fails,
-/// leaving the body unfinished, when the copy is abandoned.
+/// Writes the body chunks handed over by [`MirrorBody::send`]. Fails, leaving the body
+/// unfinished, when the copy is abandoned.
 async fn send_body(
-    stream: &mut tokio::net::TcpStream,
+    session: &mut HttpSession,
     mut rx: mpsc::UnboundedReceiver<Chunk>,
     queued: &AtomicUsize,
-    chunked: bool,
-) -> std::io::Result<()> {
-    let abandoned = || std::io::Error::other("copy abandoned before the end of the body");
+) -> Result<(), String> {
     let give_back = |len: usize| {
         queued.fetch_sub(len, Ordering::Relaxed);
         QUEUED_BYTES.fetch_sub(len, Ordering::Relaxed);
@@ -280,13 +359,12 @@ async fn send_body(
         match rx.recv().await {
             Some(Chunk::Data(data)) => {
                 give_back(data.len());
-                if let Err(err) = write_chunk(stream, &data, chunked).await {
+                if let Err(err) = within("writing", session.write_request_body(data, false)).await {
                     break Err(err);
                 }
             }
-            Some(Chunk::End) if chunked => break write(stream, b"0\r\n\r\n").await,
             Some(Chunk::End) => break Ok(()),
-            None => break Err(abandoned()),
+            None => break Err("copy abandoned before the end of the body".to_string()),
         }
     };
     // Chunks still queued behind a failure are dropped with the receiver; give back their share
@@ -296,18 +374,4 @@ async fn send_body(
         give_back(data.len());
     }
     result
-}
-
-async fn write_chunk(
-    stream: &mut tokio::net::TcpStream,
-    data: &[u8],
-    chunked: bool,
-) -> std::io::Result<()> {
-    if chunked {
-        write(stream, format!("{:x}\r\n", data.len()).as_bytes()).await?;
-        write(stream, data).await?;
-        write(stream, b"\r\n").await
-    } else {
-        write(stream, data).await
-    }
 }

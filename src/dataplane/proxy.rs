@@ -76,6 +76,35 @@ impl Proxy {
     }
 }
 
+/// The peer that requests for a backend at `endpoint` go to, and copies for a mirror backend:
+/// TLS when a BackendTLSPolicy names the Service (its hostname is the SNI and the name
+/// verified in the backend's certificate, against its CAs or the system roots), presenting the
+/// listener's client certificate; HTTP/2 to an h2c or gRPC backend. Connecting may take 5 s.
+pub(super) fn backend_peer(
+    endpoint: std::net::SocketAddr,
+    h2c: bool,
+    tls: Option<&crate::tls::BackendTls>,
+    client_cert: Option<Arc<pingora_core::utils::tls::CertKey>>,
+) -> HttpPeer {
+    let mut peer = match tls {
+        Some(tls) => {
+            let mut peer = HttpPeer::new(endpoint, true, tls.hostname.clone());
+            peer.options.ca = tls.ca.clone();
+            peer.client_cert_key = client_cert;
+            peer
+        }
+        None => HttpPeer::new(endpoint, false, String::new()),
+    };
+    if h2c {
+        peer.options.set_http_version(2, 2);
+        // Pingora opens one stream per upstream h2 connection unless told otherwise; gRPC
+        // backends expect many calls multiplexed on few connections.
+        peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+    }
+    peer.options.connection_timeout = Some(Duration::from_secs(5));
+    peer
+}
+
 /// How many endpoints a request is offered to, without a retry policy, when connecting fails.
 const CONNECT_TRIES: usize = 3;
 
@@ -322,24 +351,12 @@ impl ProxyHttp for Proxy {
             .upstream
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
         ctx.upstream_started = Some(Instant::now());
-        let mut peer = match &ctx.upstream_tls {
-            // BackendTLSPolicy: the policy's hostname is the SNI and the name verified in the
-            // backend's certificate, against the policy's CAs (or the system roots).
-            Some(tls) => {
-                let mut peer = HttpPeer::new(endpoint, true, tls.hostname.clone());
-                peer.options.ca = tls.ca.clone();
-                peer.client_cert_key = ctx.client_cert.clone();
-                peer
-            }
-            None => HttpPeer::new(endpoint, false, String::new()),
-        };
-        if h2c {
-            peer.options.set_http_version(2, 2);
-            // Pingora opens one stream per upstream h2 connection unless told otherwise; gRPC
-            // backends expect many calls multiplexed on few connections.
-            peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
-        }
-        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        let mut peer = backend_peer(
+            endpoint,
+            h2c,
+            ctx.upstream_tls.as_deref(),
+            ctx.client_cert.clone(),
+        );
         if let Some(rule) = &ctx.rule {
             // Both rule timeouts bound how long the backend may stay silent (Pingora's read
             // timeout), `timeouts.request` counting from the request's start: a retry gets only
@@ -1012,8 +1029,15 @@ impl Proxy {
                     return Decision::Redirect(r.status, location);
                 }
                 Filter::Mirror(m) => {
-                    let copy =
-                        mirror::spawn(m, req, with_body, &ctx.request_id, client(), &self.metrics);
+                    let copy = mirror::spawn(
+                        m,
+                        req,
+                        with_body,
+                        &ctx.request_id,
+                        client(),
+                        ctx.client_cert.clone(),
+                        &self.metrics,
+                    );
                     ctx.mirror_bodies.extend(copy);
                 }
                 Filter::Cors(cors) => {
@@ -1031,8 +1055,15 @@ impl Proxy {
         let weighted = &rule.backends[index];
         for filter in &weighted.filters {
             if let Filter::Mirror(m) = filter {
-                let copy =
-                    mirror::spawn(m, req, with_body, &ctx.request_id, client(), &self.metrics);
+                let copy = mirror::spawn(
+                    m,
+                    req,
+                    with_body,
+                    &ctx.request_id,
+                    client(),
+                    ctx.client_cert.clone(),
+                    &self.metrics,
+                );
                 ctx.mirror_bodies.extend(copy);
             }
         }
