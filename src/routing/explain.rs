@@ -266,8 +266,61 @@ fn explain_hosts<'t>(
         if let Some(hit) = explain_paths(paths, req, steps) {
             return Some(hit);
         }
+        let missed = paths_not_matching(paths, req.path);
+        if !missed.is_empty() {
+            steps.push(format!(
+                "the path {:?} does not match the path of: {}",
+                req.path, missed
+            ));
+        }
     }
     None
+}
+
+/// How many rules a step names at most.
+const RULES_NAMED: usize = 10;
+
+/// The rules of `paths` whose path match does not take `path`, by name with their path match,
+/// in name order, at most [`RULES_NAMED`] and a count of the rest. Those whose path matched but
+/// whose other conditions failed have a step of their own already.
+fn paths_not_matching(paths: &PathIndex, path: &str) -> String {
+    let name = |kind: &str, value: &str, e: &Entry| {
+        format!("{}#{} ({kind} {value})", e.rule.route, e.rule.index)
+    };
+    let prefix_takes = |prefix: &str| {
+        prefix == "/"
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    };
+    let mut missed: Vec<String> = paths
+        .exact
+        .iter()
+        .filter(|(p, _)| p.as_str() != path)
+        .flat_map(|(p, v)| v.iter().map(move |e| name("Exact", p, e)))
+        .chain(
+            paths
+                .regex
+                .iter()
+                .filter(|(re, _)| !re.is_match(path))
+                .map(|(re, e)| name("RegularExpression", re.as_str(), e)),
+        )
+        .chain(
+            paths
+                .prefix
+                .iter()
+                .filter(|(p, _)| !prefix_takes(p))
+                .flat_map(|(p, v)| v.iter().map(move |e| name("PathPrefix", p, e))),
+        )
+        .collect();
+    missed.sort();
+    let more = missed.len().saturating_sub(RULES_NAMED);
+    missed.truncate(RULES_NAMED);
+    let mut said = missed.join(", ");
+    if more > 0 {
+        said.push_str(&format!(" and {more} more"));
+    }
+    said
 }
 
 fn explain_paths<'t>(

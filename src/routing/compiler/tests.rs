@@ -1281,6 +1281,63 @@ fn explain_names_each_share_the_gateway_answers_itself() {
     assert_eq!(ask("/empty").status, Some(503));
 }
 
+/// A request no rule takes is told, for each host's routes tried, which rules' paths do not
+/// take it, beside the rules whose path matched but whose other conditions did not.
+#[test]
+fn explain_names_the_rules_whose_path_does_not_match() {
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "p",
+            "  hostnames: [a.example]\n  rules:\n\
+             \x20 - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-v, value: '1'}]}]\n\
+             \x20 - matches: [{path: {type: Exact, value: /login}}]\n\
+             \x20 - matches: [{path: {type: RegularExpression, value: '/img/.*'}}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let other = explain_get(&c, "/other");
+    assert_eq!(other.status, Some(404));
+    assert!(
+        other.steps.contains(
+            &"the path \"/other\" does not match the path of: infra/p#0 (PathPrefix /api), \
+              infra/p#1 (Exact /login), infra/p#2 (RegularExpression ^(?:/img/.*)$)"
+                .to_string()
+        ),
+        "{:?}",
+        other.steps
+    );
+    // /api/v2 is taken by the prefix, whose header condition fails: that rule has its own step.
+    let api = explain_get(&c, "/api/v2");
+    assert_eq!(api.status, Some(404));
+    assert!(
+        api.steps
+            .iter()
+            .any(|s| s.starts_with("rule infra/p#0 (PathPrefix /api): header x-v")),
+        "{:?}",
+        api.steps
+    );
+    assert!(
+        api.steps.contains(
+            &"the path \"/api/v2\" does not match the path of: infra/p#1 (Exact /login), \
+              infra/p#2 (RegularExpression ^(?:/img/.*)$)"
+                .to_string()
+        ),
+        "{:?}",
+        api.steps
+    );
+    // /apiary is not under the prefix /api.
+    let apiary = explain_get(&c, "/apiary");
+    assert!(
+        apiary
+            .steps
+            .iter()
+            .any(|s| s.contains("infra/p#0 (PathPrefix /api)")),
+        "{:?}",
+        apiary.steps
+    );
+}
+
 #[test]
 fn explain_knows_the_preflights_a_cors_filter_answers() {
     use crate::routing::explain::Question;
