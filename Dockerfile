@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The Portcullis image: one static binary on an empty base, run as a numeric non-root user.
 #
-#   docker buildx build --platform linux/amd64 -t portcullis .
+#   docker buildx build --platform linux/amd64 --build-arg REVISION="$(git rev-parse --short=12 HEAD)" -t portcullis .
 #   docker buildx build --platform linux/arm64 --build-arg TARGET=aarch64-unknown-linux-musl .
 #
 # The build stage runs on the platform being built, so TARGET defaults to that machine's own
@@ -12,6 +12,9 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 # The Rust target triple to build for: x86_64-unknown-linux-musl or aarch64-unknown-linux-musl.
 ARG TARGET=""
+# The commit built (`--build-arg REVISION=$(git rev-parse --short=12 HEAD)`): the binary reports
+# it in portcullis_build_info and the image in its revision label.
+ARG REVISION=unknown
 # cmake builds Pingora's zlib-ng; musl-tools gives the C compiler for ring and zlib-ng on musl.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake musl-tools \
@@ -30,7 +33,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     set -eu; \
     target="${TARGET:-$(uname -m)-unknown-linux-musl}"; \
     rustup target add "$target"; \
-    cargo auditable build --locked --release --target "$target" --bin portcullis; \
+    PORTCULLIS_COMMIT="$REVISION" cargo auditable build --locked --release --target "$target" --bin portcullis; \
     mkdir -p /out; \
     cp "target/$target/release/portcullis" /out/portcullis
 

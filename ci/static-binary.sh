@@ -89,13 +89,16 @@ while read -r rule; do
   echo "  $path"
 done < <(grep '^!' .dockerignore)
 
-step "cargo auditable build --release --target $target (LTO, stripped)"
+# The commit the binary reports in portcullis_build_info, as the Dockerfile's REVISION gives it.
+commit=$(git rev-parse --short=12 HEAD)
+step "cargo auditable build --release --target $target (LTO, stripped, commit $commit)"
 started=$SECONDS
 (
   cd "$context"
   # The same profile settings as the Dockerfile: Cargo.toml's release profile, stripped.
   CARGO_PROFILE_RELEASE_STRIP=symbols \
     RUSTFLAGS="$rustflags" \
+    PORTCULLIS_COMMIT="$commit" \
     cargo auditable build --locked --release --target "$target" --bin portcullis
 )
 echo "built in $((SECONDS - started)) s"
@@ -314,6 +317,11 @@ expect_status "$gateway" CapPrm 0000000000000000
 expect_status "$gateway" CapEff 0000000000000000
 expect_status "$gateway" NoNewPrivs 1
 expect_answer - "http://127.0.0.1:$listener_port/"
+build_info=$(curl -fsS "http://127.0.0.1:$admin_port/metrics" | grep '^portcullis_build_info{' || true)
+case "$build_info" in
+  *"commit=\"$commit\""*) echo "  build info: $build_info" ;;
+  *) fail "portcullis_build_info does not name commit $commit: '$build_info'" ;;
+esac
 stop_gateway "$gateway"
 
 # --- 4. port 80 with the image's file capability, as a pod runs it ----------------------------
