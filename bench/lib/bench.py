@@ -243,7 +243,7 @@ class Bench:
 
     # --- latency rounds -----------------------------------------------------------------------
 
-    def latency_rounds(self, rounds, seconds):
+    def latency_rounds(self, rounds, seconds, extra=()):
         """The tail latency of one paced run moves more between runs than between proxies, so
         the keep-alive paced run is repeated: every proxy started once, side by side, then
         `rounds` rounds of one paced run each, the order turned every round so that no proxy
@@ -251,9 +251,10 @@ class Bench:
         connection, under which the connections stay in step and reach the proxy all at once
         (the last of a burst waits for the others' processing), and `spread`, random waits,
         as from independent clients. Reports each proxy's median of p50, p99 and p99.9 over
-        the rounds and their ranges."""
+        the rounds and their ranges. `extra` targets (bare Pingora) run in the same rounds, so
+        that Pingora's own tail shows apart from what the gateway adds."""
         sc = next(s for s in scenarios(self.quick) if s["id"] == "keepalive")
-        proxies = [t for t in self.targets if t.is_proxy]
+        proxies = [t for t in self.targets if t.is_proxy] + list(extra)
         log(f"latency: {rounds} rounds of {seconds} s at {self.rate:,} req/s, keep-alive")
         patterns = ("bursts", "spread")
         runs = {(p, t.name): [] for p in patterns for t in proxies}
@@ -780,10 +781,13 @@ def main():
                                 bench.churn(bench.targets[2], churn_routes, churn_seconds)]
         elif "churn" in previous:
             results["churn"] = previous["churn"]
+        def pingora_baseline():
+            return targets.PingoraBaseline(bench.work, bench.cpus["proxy"], bench.backend,
+                                           bench.tls, args.baseline)
         if wanted("latency"):
             results["latency"] = bench.latency_rounds(
                 int(os.environ.get("BENCH_LATENCY_ROUNDS", "2" if args.quick else "5")),
-                bench.latency_seconds)
+                bench.latency_seconds, extra=[pingora_baseline()] if args.baseline else [])
         elif "latency" in previous:
             results["latency"] = previous["latency"]
         if wanted("route-rounds"):
@@ -794,10 +798,8 @@ def main():
         elif "route_rounds" in previous:
             results["route_rounds"] = previous["route_rounds"]
         if wanted("baseline") and args.baseline:
-            baseline = targets.PingoraBaseline(bench.work, bench.cpus["proxy"], bench.backend,
-                                               bench.tls, args.baseline)
             results["baseline"] = bench.baseline_rounds(
-                baseline, int(os.environ.get("BENCH_BASELINE_ROUNDS", "2" if args.quick else "3")),
+                pingora_baseline(), int(os.environ.get("BENCH_BASELINE_ROUNDS", "2" if args.quick else "3")),
                 max(2, bench.seconds // 2))
         elif "baseline" in previous:
             results["baseline"] = previous["baseline"]

@@ -245,6 +245,10 @@ def latency_table(lat):
            "last waits for the others to be processed: the tail follows the CPU cost per "
            "request. **Spread**: random waits (exponential, same mean), as from independent "
            "clients.\n"]
+    if any(t["target"] == "pingora" for ts in lat["patterns"].values() for t in ts):
+        out[-1] += ("\nBare Pingora (`bench/pingora-baseline`, described under \"Portcullis "
+                    "against bare Pingora\") runs in the same rounds: how much of the tail is "
+                    "Pingora's own request path, and how much the gateway adds.\n")
     for pattern, title in (("bursts", "Bursts"), ("spread", "Spread")):
         targets = lat["patterns"].get(pattern, [])
         out += [f"| {title} | p50 ms | p99 ms | p99.9 ms | p99 vs nginx | failed |",
