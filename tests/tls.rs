@@ -982,9 +982,9 @@ fn a_listener_with_several_certificates_serves_each_client_one_it_can_use() {
     assert_eq!(served("other.example", &[]), Some(other.der.clone()));
 }
 
-/// A TLS backend for `cert` on a port of 127.0.0.1 it returns: on each connection it reads one
-/// request header, keeps it, answers 200 and closes. A client that does not speak TLS to it
-/// fails the handshake and leaves nothing kept.
+/// A TLS backend for `cert` on a port of 127.0.0.1 it returns: it keeps the header of every
+/// request it reads and answers each `200 ok`, keeping the connection open for more. A client
+/// that does not speak TLS to it fails the handshake and leaves nothing kept.
 fn serve_tls_keeping_heads(
     cert: &tls_support::Certificate,
 ) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
@@ -1014,29 +1014,104 @@ fn serve_tls_keeping_heads(
             let Ok(tcp) = tcp else { return };
             let (config, keep) = (config.clone(), keep.clone());
             std::thread::spawn(move || {
-                tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
                 let connection = rustls::ServerConnection::new(config).unwrap();
                 let mut tls = rustls::StreamOwned::new(connection, tcp);
-                let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                let mut pending = Vec::new();
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tls.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = pending.drain(..end + 4).collect();
+                    keep.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                    if tls
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .and_then(|()| tls.flush())
+                        .is_err()
+                    {
+                        return;
                     }
                 }
-                keep.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).to_ascii_lowercase());
-                let _ = tls.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                );
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
             });
         }
     });
     (port, kept)
+}
+
+/// A BackendTLSPolicy and the ConfigMap of its CA, `ca`, for Service `service`, verifying the
+/// name `hostname`.
+fn backend_tls_policy(service: &str, ca: &tls_support::Certificate, hostname: &str) -> String {
+    let pem = serde_json::to_string(&ca.cert_pem).unwrap();
+    format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {service}-ca, namespace: {NAMESPACE}}}\n\
+         data:\n  ca.crt: {pem}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
+         metadata: {{name: {service}-tls, namespace: {NAMESPACE}}}\n\
+         spec:\n  targetRefs: [{{group: \"\", kind: Service, name: {service}}}]\n  \
+         validation:\n    caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: {service}-ca}}]\n    \
+         hostname: {hostname}\n"
+    )
+}
+
+/// Two Services on the same TLS endpoint, under policies that trust different CAs: a connection
+/// opened (and verified) for the one is never reused for the other, whose CA does not vouch for
+/// the backend's certificate.
+#[test]
+fn a_backend_connection_verified_against_one_ca_is_not_reused_under_another() {
+    let pki = Pki::new();
+    let front = pki.self_signed("front", KeyType::EcdsaP256, &["app.example"]);
+    let ca = pki.ca("backend-ca", KeyType::EcdsaP256, None);
+    let other_ca = pki.ca("other-ca", KeyType::EcdsaP256, None);
+    let leaf = pki.leaf("backend", KeyType::EcdsaP256, &["backend.internal"], &ca);
+    let (port, heads) = serve_tls_keeping_heads(&leaf);
+    let route = |name: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {name}, namespace: {NAMESPACE}}}\n\
+             spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [app.example]\n  rules:\n  \
+             - matches: [{{path: {{type: PathPrefix, value: /{name}}}}}]\n    \
+             backendRefs: [{{name: {name}, port: 80}}]\n"
+        )
+    };
+    let manifests = [
+        route("trusted"),
+        common::manifests::backend(NAMESPACE, "trusted", port),
+        backend_tls_policy("trusted", &ca, "backend.internal"),
+        route("untrusted"),
+        common::manifests::backend(NAMESPACE, "untrusted", port),
+        backend_tls_policy("untrusted", &other_ca, "backend.internal"),
+    ]
+    .concat();
+    let gw = Gateway::start(
+        &https_listener("web", None, "front"),
+        vec![
+            secret_file("front", &front),
+            ("backends.yaml".to_string(), manifests),
+        ],
+    );
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    let get = |path: &str| curl_https(gw.https, "app.example", path, &front.cert_path, &[]);
+    let r = get("/trusted/1");
+    assert_eq!((r.code, r.body.as_str()), (200, "ok"), "{r:?}");
+    // The connection just verified for `trusted` is idle in the pool: `untrusted` may not
+    // take it, and a connection of its own fails verification.
+    for _ in 0..3 {
+        let r = get("/untrusted/1");
+        assert_eq!(r.code, 502, "{r:?}");
+    }
+    assert_eq!(get("/trusted/2").code, 200);
+    let seen = heads.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|h| h.starts_with("get /trusted/")),
+        "{seen:?}"
+    );
 }
 
 /// A RequestMirror to a Service that a BackendTLSPolicy names sends its copies over TLS, with
@@ -1049,22 +1124,15 @@ fn mirror_copies_to_a_backend_tls_policy_service_go_over_tls() {
     let ca = pki.ca("mirror-ca", KeyType::EcdsaP256, None);
     let mirror_cert = pki.leaf("mirror", KeyType::EcdsaP256, &["mirror.internal"], &ca);
     let (mirror_port, copies) = serve_tls_keeping_heads(&mirror_cert);
-    let pem = serde_json::to_string(&ca.cert_pem).unwrap();
     let manifests = format!(
         "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
          metadata: {{name: mirrored, namespace: {NAMESPACE}}}\n\
          spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [app.example]\n  rules:\n  \
          - filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: copy, port: 80}}}}}}]\n    \
          backendRefs: [{{name: echo, port: 80}}]\n\
-         {copy}\
-         ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: copy-ca, namespace: {NAMESPACE}}}\n\
-         data:\n  ca.crt: {pem}\n\
-         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
-         metadata: {{name: copy-tls, namespace: {NAMESPACE}}}\n\
-         spec:\n  targetRefs: [{{group: \"\", kind: Service, name: copy}}]\n  \
-         validation:\n    caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: copy-ca}}]\n    \
-         hostname: mirror.internal\n",
+         {copy}{policy}",
         copy = common::manifests::backend(NAMESPACE, "copy", mirror_port),
+        policy = backend_tls_policy("copy", &ca, "mirror.internal"),
     );
     let gw = Gateway::start(
         &https_listener("web", None, "front"),

@@ -90,6 +90,8 @@ pub(super) fn backend_peer(
         Some(tls) => {
             let mut peer = HttpPeer::new(endpoint, true, tls.hostname.clone());
             peer.options.ca = tls.ca.clone();
+            // Connections verified against other CAs are not reused for this one.
+            peer.group_key = tls.trust;
             peer.client_cert_key = client_cert;
             peer
         }

@@ -210,19 +210,43 @@ pub struct BackendTls {
     pub hostname: String,
     /// CA certificates to trust; `None` trusts the system roots.
     pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    /// Which CAs `ca` holds, as a keyed hash of their DER (0 for the system roots). Pingora's
+    /// key for reusing a pooled backend connection holds the address and the SNI but not the
+    /// CAs it was verified against: without this in the peer's `group_key`, a Service whose
+    /// policy trusts other CAs (or a policy whose CAs changed) would be sent over a connection
+    /// its own CAs never verified.
+    pub trust: u64,
 }
 
-/// Reads the CA certificates of a ConfigMap (`data["ca.crt"]`, PEM) for backend verification.
+/// The keyed hash of a CA set's DER certificates, for [`BackendTls::trust`]. The key is drawn
+/// once per process, so that nobody who writes a ConfigMap can aim at another's hash.
+fn trust_key(certificates: &[&[u8]]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut hasher = KEY.get_or_init(Default::default).build_hasher();
+    for der in certificates {
+        hasher.write_usize(der.len());
+        hasher.write(der);
+    }
+    // 0 stands for the system roots.
+    hasher.finish().max(1)
+}
+
+/// Reads the CA certificates of a ConfigMap (`data["ca.crt"]`, PEM) for backend verification,
+/// with their [`BackendTls::trust`].
 pub fn backend_ca(
     config_map: &serde_json::Value,
-) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+) -> Result<(Arc<pingora_core::protocols::tls::CaType>, u64), String> {
     use rustls::pki_types::pem::PemObject;
     let pem = config_map["data"]["ca.crt"]
         .as_str()
         .ok_or("the ConfigMap has no data key ca.crt")?;
     let mut out = Vec::new();
+    let mut ders = Vec::new();
     for der in rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
         let der = der.map_err(|e| format!("ca.crt is not PEM: {e}"))?;
+        ders.push(der.to_vec());
         // Pingora parses these again and treats a parse failure as a bug, so reject what it
         // could not read here, where it is a configuration error.
         x509_parser::parse_x509_certificate(&der)
@@ -235,7 +259,8 @@ pub fn backend_ca(
     if out.is_empty() {
         return Err("ca.crt holds no CERTIFICATE block".to_string());
     }
-    Ok(Arc::from(out.into_boxed_slice()))
+    let trust = trust_key(&ders.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    Ok((Arc::from(out.into_boxed_slice()), trust))
 }
 
 /// The client certificate a Gateway presents to backends, from a `kubernetes.io/tls` Secret.

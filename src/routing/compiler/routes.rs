@@ -1350,7 +1350,7 @@ fn read_backend_tls(
     if v.hostname.is_empty() {
         return Err(("Invalid", "validation.hostname is required".to_string()));
     }
-    let ca = match (
+    let (ca, trust) = match (
         v.ca_certificate_refs.first(),
         v.well_known_ca_certificates.as_deref(),
     ) {
@@ -1373,14 +1373,15 @@ fn read_backend_tls(
                         format!("ConfigMap {namespace}/{} does not exist", r.name),
                     )
                 })?;
-            Some(crate::tls::backend_ca(&cm.body).map_err(|e| {
+            let (ca, trust) = crate::tls::backend_ca(&cm.body).map_err(|e| {
                 (
                     "InvalidCACertificateRef",
                     format!("ConfigMap {namespace}/{}: {e}", r.name),
                 )
-            })?)
+            })?;
+            (Some(ca), trust)
         }
-        (None, Some("System")) => None,
+        (None, Some("System")) => (None, 0),
         (None, _) => {
             return Err((
                 "Invalid",
@@ -1391,6 +1392,7 @@ fn read_backend_tls(
     Ok(Arc::new(crate::tls::BackendTls {
         hostname: v.hostname.clone(),
         ca,
+        trust,
     }))
 }
 
