@@ -1355,9 +1355,13 @@ fn valid_host(value: &str) -> bool {
         || (port.len() <= 5
             && port.bytes().all(|b| b.is_ascii_digit())
             && port.parse::<u16>().is_ok());
+    // An empty label (`a..b`, `.a`, `a..` past the one trailing dot a name may end with) names
+    // no host: routing would read it as another name than a backend that keeps it.
     let host_ok = host
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && !host.starts_with('.')
+        && !host.contains("..");
     port_ok && host_ok && (value.starts_with('[') || !host.is_empty())
 }
 
@@ -1638,6 +1642,8 @@ mod tests {
             "svc_name.ns",
             "",
             "a:",
+            "a.example.",
+            "a.example.:80",
         ] {
             assert!(valid_host(good), "{good:?}");
         }
@@ -1655,6 +1661,10 @@ mod tests {
             "[]",
             "[::1]x",
             "[g::1]",
+            "a.example..",
+            "a..example",
+            ".a.example",
+            ".",
         ] {
             assert!(!valid_host(bad), "{bad:?}");
         }

@@ -988,13 +988,28 @@ fn header_edits(m: &api::HeaderModifier) -> Result<HeaderEdits, String> {
         }
         Ok((check(&h.name)?, h.value.clone()))
     };
+    // A request has one host: a second Host field is refused by every backend (and by the
+    // proxy, as a 500 for each request), and an empty one names no host at all.
+    let not_host = |name: &str, what: &str| {
+        if name.eq_ignore_ascii_case("host") {
+            Err(format!(
+                "header \"Host\" holds the request's one host: a filter may set it, not {what}"
+            ))
+        } else {
+            Ok(())
+        }
+    };
     Ok(HeaderEdits {
         set: m.set.iter().map(pair).collect::<Result<_, String>>()?,
-        add: m.add.iter().map(pair).collect::<Result<_, String>>()?,
+        add: m
+            .add
+            .iter()
+            .map(|h| not_host(&h.name, "add a second one").and_then(|()| pair(h)))
+            .collect::<Result<_, String>>()?,
         remove: m
             .remove
             .iter()
-            .map(|h| check(h))
+            .map(|h| not_host(h, "remove it").and_then(|()| check(h)))
             .collect::<Result<_, _>>()?,
     })
 }

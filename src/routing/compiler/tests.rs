@@ -1094,6 +1094,41 @@ fn a_filter_may_not_change_the_headers_that_frame_a_message() {
     }
 }
 
+/// A request has one Host: a filter may set it, but not add a second or remove it.
+#[test]
+fn a_filter_may_set_the_host_but_not_add_or_remove_it() {
+    let accepted = |edit: &str| {
+        let yaml = format!(
+            "{BASE}{}",
+            route(
+                "a",
+                &format!("  rules:\n  - filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{{edit}}}}}]\n    backendRefs: [{{name: svc, port: 8080}}]\n"),
+            )
+        );
+        let c = compile(&snapshot(&yaml), &CompileOptions::default());
+        let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+        condition(&status["parents"][0]["conditions"], "Accepted").clone()
+    };
+    assert_eq!(
+        accepted("set: [{name: Host, value: b.example}]")["status"],
+        "True"
+    );
+    for (edit, says) in [
+        (
+            "add: [{name: Host, value: b.example}]",
+            "not add a second one",
+        ),
+        ("remove: [host]", "not remove it"),
+    ] {
+        let condition = accepted(edit);
+        assert_eq!(condition["status"], "False", "{edit}");
+        assert!(
+            condition["message"].as_str().unwrap().contains(says),
+            "{condition}"
+        );
+    }
+}
+
 #[test]
 fn every_backend_ref_that_does_not_resolve_is_named() {
     let refs: String = (0..12)
