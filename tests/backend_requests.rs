@@ -545,6 +545,34 @@ async fn mirror_copies_join_cookies_and_reach_http2_mirrors() {
     let copy = kept_at_least(&copies, 1).await.remove(0);
     assert!(copy.contains("\r\ncookie: a=1; b=2\r\n"), "{copy}");
     assert_eq!(copy.matches("cookie:").count(), 1, "{copy}");
+    assert!(copy.contains("\r\nx-forwarded-proto: http\r\n"), "{copy}");
+
+    // Fields the client's Connection header names belong to its hop: the copy does not carry
+    // them, as the real request does not; nor TE, nor a length for a request without a body.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+            .await
+            .unwrap();
+        tcp.write_all(
+            b"GET /hop HTTP/1.1\r\nhost: m1.example\r\nconnection: close, X-Hop\r\n\
+              x-hop: secret\r\nte: trailers\r\nx-kept: yes\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let copy = kept_at_least(&copies, 2).await.remove(1);
+    assert!(copy.starts_with("get /hop http/1.1\r\n"), "{copy}");
+    assert!(copy.contains("\r\nx-kept: yes\r\n"), "{copy}");
+    for absent in ["x-hop:", "te:", "connection: close", "content-length:"] {
+        assert!(
+            !copy.contains(&format!("\r\n{absent}")),
+            "{absent} in {copy}"
+        );
+    }
 
     let h2c_copy = kept_at_least(&h2c_copies, 1).await.remove(0);
     let lines: Vec<&str> = h2c_copy.lines().collect();
@@ -689,6 +717,93 @@ async fn serve_trickle(chunks: usize, every: Duration, slow_head: bool) -> u16 {
         let _ = tcp.write_all(b"0\r\n\r\n").await;
     })
     .await
+}
+
+/// A copy that fails is counted apart from those dropped: one to a mirror that refuses the
+/// connection, and one to a mirror that streams its answer a byte a second, which the whole
+/// answer's 10 s cut short (it would otherwise hold its place among the copies in flight for
+/// as long as it streamed). The real requests are answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_copies_are_counted_and_a_slow_answer_is_cut_off() {
+    let (primary_port, _) = serve_keeping_heads().await;
+    let refusing = {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let streaming = serve_trickle(60, Duration::from_secs(1), false).await;
+    let mirror_to = |service: &str| {
+        format!("[{{type: RequestMirror, requestMirror: {{backendRef: {{name: {service}, port: 80}}}}}}]")
+    };
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with(
+            "r",
+            "refused.example",
+            "primary",
+            None,
+            Some(&mirror_to("refusing")),
+        ),
+        route_with(
+            "s",
+            "slow.example",
+            "primary",
+            None,
+            Some(&mirror_to("streaming")),
+        ),
+        backend("rt", "primary", primary_port),
+        backend("rt", "refusing", refusing),
+        backend("rt", "streaming", streaming),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let failed = || async {
+        let metrics = admin_text(&gateway.client, gateway.admin, "/metrics").await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_mirror_failed_total "))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let started = Instant::now();
+    for host in ["refused.example", "slow.example"] {
+        let r = gateway
+            .client
+            .get(format!("http://127.0.0.1:{}/", gateway.listen))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while failed().await != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "the refused copy was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failed().await != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "the streaming answer was not cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Cut off by the whole answer's 10 s, not at the end of its 60 s.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "{took:?}"
+    );
+    let metrics = admin_text(&gateway.client, gateway.admin, "/metrics").await;
+    assert!(
+        metrics.contains("\nportcullis_mirror_dropped_total 0\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -189,6 +189,9 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Mirror copies dropped: too many in flight, or a mirror that fell behind the body.
     pub mirror_dropped: IntCounter,
+    /// Mirror copies sent that failed: the mirror refused or broke the connection, failed TLS
+    /// verification, or did not answer (whole) in time.
+    pub mirror_failed: IntCounter,
     /// Client connections that broke while sending a request header (reset or closed midway).
     pub client_header_failures: IntCounter,
     series: SeriesCache,
@@ -360,6 +363,11 @@ impl Metrics {
                 "Mirror copies dropped: too many in flight, a mirror that could not keep up with the body, or a request header that cannot be copied.",
             )
             .expect("static metric definition"),
+            mirror_failed: IntCounter::new(
+                "portcullis_mirror_failed_total",
+                "Mirror copies that failed: refused or broken connections, failed TLS verification, no whole answer within 10 s.",
+            )
+            .expect("static metric definition"),
             series: SeriesCache::default(),
             registry,
         };
@@ -403,6 +411,7 @@ impl Metrics {
             Box::new(m.leader.clone()),
             Box::new(m.access_log_dropped.clone()),
             Box::new(m.mirror_dropped.clone()),
+            Box::new(m.mirror_failed.clone()),
             Box::new(m.client_header_failures.clone()),
             Box::new(build),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),

@@ -17,7 +17,7 @@
 //! no timeout of its own, since the real request bounds it.
 //!
 //! The copy carries what the real backend gets of the gateway's own: the request's
-//! X-Request-Id, and X-Forwarded-For with the client's address.
+//! X-Request-Id, X-Forwarded-For with the client's address, and X-Forwarded-Proto.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -109,16 +109,25 @@ impl Drop for MirrorBody {
     }
 }
 
+/// What the gateway adds to a copy, as to the real request.
+pub struct Origin<'a> {
+    /// The request's X-Request-Id.
+    pub request_id: &'a str,
+    /// The client's address, appended to X-Forwarded-For.
+    pub client: Option<std::net::IpAddr>,
+    /// `http` or `https`: the X-Forwarded-Proto.
+    pub scheme: &'static str,
+    /// What the listener presents to TLS backends.
+    pub client_cert: Option<Arc<CertKey>>,
+}
+
 /// Sends a copy of `req` to the mirror's backend, if this request falls in its share. With
 /// `with_body`, the copy waits for the body through the returned [`MirrorBody`].
-/// `client_cert` is what the listener presents to TLS backends.
 pub fn spawn(
     mirror: &Mirror,
     req: &RequestHeader,
     with_body: bool,
-    request_id: &str,
-    client: Option<std::net::IpAddr>,
-    client_cert: Option<Arc<CertKey>>,
+    origin: &Origin<'_>,
     metrics: &Arc<Metrics>,
 ) -> Option<MirrorBody> {
     if mirror.per_million < 1_000_000
@@ -130,8 +139,13 @@ pub fn spawn(
         return None;
     };
     let endpoint = service.pick()?;
-    let peer = backend_peer(endpoint, service.h2c, service.tls.as_deref(), client_cert);
-    let head = match copy_header(req, with_body, request_id, client, &peer) {
+    let peer = backend_peer(
+        endpoint,
+        service.h2c,
+        service.tls.as_deref(),
+        origin.client_cert.clone(),
+    );
+    let head = match copy_header(req, with_body, origin, &peer) {
         Ok(head) => head,
         Err(err) => {
             metrics.mirror_dropped.inc();
@@ -152,9 +166,16 @@ pub fn spawn(
         (None, None)
     };
     let task_queued = queued.clone();
+    let task_metrics = metrics.clone();
     tokio::spawn(async move {
-        if let Err(err) = send_copy(&peer, head, rx, &task_queued).await {
-            tracing::debug!(%endpoint, error = %err, "mirror request failed");
+        match send_copy(&peer, head, rx, &task_queued).await {
+            Ok(()) => {}
+            // Counted already, as dropped.
+            Err(Failure::Abandoned) => {}
+            Err(Failure::Mirror(err)) => {
+                task_metrics.mirror_failed.inc();
+                tracing::debug!(%endpoint, error = %err, "mirror request failed");
+            }
         }
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
     });
@@ -178,32 +199,42 @@ fn connector() -> &'static Connector {
 const IDLE_CONNECTIONS: usize = 128;
 
 /// Headers that belong to one hop, or that the copy sets itself.
-const NOT_COPIED: [&str; 9] = [
+const NOT_COPIED: [&str; 11] = [
     "connection",
     "content-length",
     "cookie",
     "keep-alive",
     "proxy-connection",
+    "te",
     "transfer-encoding",
     "upgrade",
     "x-forwarded-for",
+    "x-forwarded-proto",
     "x-request-id",
 ];
 
-/// The header of the copy of `req`: the client's header without hop-by-hop fields, with the
-/// gateway's X-Request-Id and X-Forwarded-For, cookies as one field, and the body framed as the
+/// The header of the copy of `req`: the client's header without hop-by-hop fields (those
+/// above and those its Connection header names), with the gateway's X-Request-Id,
+/// X-Forwarded-For and X-Forwarded-Proto, cookies as one field, and the body framed as the
 /// client framed it (its Content-Length, or chunked over HTTP/1.1 when it gave none). To an
-/// HTTP/2 peer the host goes in the `:authority`. A TE other than `trailers` is left out.
+/// HTTP/2 peer the host goes in the `:authority`, and `TE: trailers` (which gRPC needs) is kept.
 fn copy_header(
     req: &RequestHeader,
     with_body: bool,
-    request_id: &str,
-    client: Option<std::net::IpAddr>,
+    origin: &Origin<'_>,
     peer: &HttpPeer,
 ) -> pingora_core::Result<Box<RequestHeader>> {
     let h2 = peer.options.alpn.get_min_http_version() == 2;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = RequestHeader::build(req.method.clone(), path.as_bytes(), None)?;
+    let named_by_connection: Vec<String> = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .collect();
     let mut forwarded = String::new();
     let mut cookies = Vec::new();
     for (name, value) in req.headers.iter() {
@@ -219,9 +250,11 @@ fn copy_header(
                 }
                 cookies.extend_from_slice(value.as_bytes());
             }
-            // TE is hop-by-hop; `trailers` alone may cross HTTP/2, and gRPC needs it.
-            "te" if value.as_bytes() != b"trailers" => {}
+            "te" if h2 && value.as_bytes().eq_ignore_ascii_case(b"trailers") => {
+                head.append_header(http::header::TE, value.clone())?;
+            }
             name if NOT_COPIED.contains(&name) => {}
+            name if named_by_connection.iter().any(|n| n == name) => {}
             _ => {
                 head.append_header(name.clone(), value.clone())?;
             }
@@ -230,11 +263,12 @@ fn copy_header(
     if !cookies.is_empty() {
         head.insert_header(http::header::COOKIE, cookies)?;
     }
-    if let Some(client) = client {
+    if let Some(client) = origin.client {
         head.insert_header("x-forwarded-for", format!("{forwarded}{client}"))?;
     }
-    if !request_id.is_empty() {
-        head.insert_header("x-request-id", request_id)?;
+    head.insert_header("x-forwarded-proto", origin.scheme)?;
+    if !origin.request_id.is_empty() {
+        head.insert_header("x-request-id", origin.request_id)?;
     }
     let length = req
         .headers
@@ -245,8 +279,8 @@ fn copy_header(
         None if with_body && !h2 => {
             head.insert_header(http::header::TRANSFER_ENCODING, "chunked")?
         }
-        None if h2 => {}
-        None => head.insert_header(http::header::CONTENT_LENGTH, "0")?,
+        // No body: over HTTP/1.1 a request without a length has none.
+        None => {}
     }
     let host = head
         .headers
@@ -280,15 +314,31 @@ fn copy_header(
     Ok(Box::new(head))
 }
 
+/// Why a copy did not go through.
+enum Failure {
+    /// The real request left before its body ended: counted as dropped.
+    Abandoned,
+    /// The mirror could not be reached, or did not answer in time or in form.
+    Mirror(String),
+}
+
+impl From<String> for Failure {
+    fn from(err: String) -> Self {
+        Failure::Mirror(err)
+    }
+}
+
 /// Sends one copy and reads its answer to the end, then hands the connection back for the next
 /// copy. On failure the connection is closed (HTTP/1.1) or the stream reset (HTTP/2), so that
-/// the mirror never takes a cut body for a whole one.
+/// the mirror never takes a cut body for a whole one. The whole answer, header and body, must
+/// come within [`MIRROR_TIMEOUT`]: a mirror that streams its answer slowly would otherwise
+/// hold a place of [`MAX_IN_FLIGHT`] for as long as it streams.
 async fn send_copy(
     peer: &HttpPeer,
     head: Box<RequestHeader>,
     body: Option<mpsc::UnboundedReceiver<Chunk>>,
     queued: &AtomicUsize,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let connector = connector();
     // Pingora's connect future is some 18 KiB: boxed, it does not sit in every copy's task.
     let connect = Box::pin(connector.get_http_session(peer));
@@ -301,19 +351,20 @@ async fn send_copy(
             send_body(&mut session, rx, queued).await?;
         }
         within("ending the body", session.finish_request_body()).await?;
-        // An HTTP/1.1 mirror may send informational answers (100 Continue) first.
-        loop {
-            within("reading the answer", session.read_response_header()).await?;
-            match session.response_header().map(|h| h.status.as_u16()) {
-                Some(100..=199) => continue,
-                _ => break,
+        let answer = async {
+            // An HTTP/1.1 mirror may send informational answers (100 Continue) first.
+            loop {
+                session.read_response_header().await?;
+                match session.response_header().map(|h| h.status.as_u16()) {
+                    Some(100..=199) => continue,
+                    _ => break,
+                }
             }
-        }
-        while within("reading the answer", session.read_response_body())
-            .await?
-            .is_some()
-        {}
-        Ok::<_, String>(())
+            while session.read_response_body().await?.is_some() {}
+            Ok::<_, Box<pingora_core::Error>>(())
+        };
+        within("reading the answer", answer).await?;
+        Ok::<_, Failure>(())
     };
     match exchange.await {
         Ok(()) => {
@@ -350,7 +401,7 @@ async fn send_body(
     session: &mut HttpSession,
     mut rx: mpsc::UnboundedReceiver<Chunk>,
     queued: &AtomicUsize,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let give_back = |len: usize| {
         queued.fetch_sub(len, Ordering::Relaxed);
         QUEUED_BYTES.fetch_sub(len, Ordering::Relaxed);
@@ -360,11 +411,11 @@ async fn send_body(
             Some(Chunk::Data(data)) => {
                 give_back(data.len());
                 if let Err(err) = within("writing", session.write_request_body(data, false)).await {
-                    break Err(err);
+                    break Err(err.into());
                 }
             }
             Some(Chunk::End) => break Ok(()),
-            None => break Err("copy abandoned before the end of the body".to_string()),
+            None => break Err(Failure::Abandoned),
         }
     };
     // Chunks still queued behind a failure are dropped with the receiver; give back their share

@@ -1031,15 +1031,13 @@ impl Proxy {
                     return Decision::Redirect(r.status, location);
                 }
                 Filter::Mirror(m) => {
-                    let copy = mirror::spawn(
-                        m,
-                        req,
-                        with_body,
-                        &ctx.request_id,
-                        client(),
-                        ctx.client_cert.clone(),
-                        &self.metrics,
-                    );
+                    let origin = mirror::Origin {
+                        request_id: &ctx.request_id,
+                        client: client(),
+                        scheme: ctx.scheme,
+                        client_cert: ctx.client_cert.clone(),
+                    };
+                    let copy = mirror::spawn(m, req, with_body, &origin, &self.metrics);
                     ctx.mirror_bodies.extend(copy);
                 }
                 Filter::Cors(cors) => {
@@ -1057,15 +1055,13 @@ impl Proxy {
         let weighted = &rule.backends[index];
         for filter in &weighted.filters {
             if let Filter::Mirror(m) = filter {
-                let copy = mirror::spawn(
-                    m,
-                    req,
-                    with_body,
-                    &ctx.request_id,
-                    client(),
-                    ctx.client_cert.clone(),
-                    &self.metrics,
-                );
+                let origin = mirror::Origin {
+                    request_id: &ctx.request_id,
+                    client: client(),
+                    scheme: ctx.scheme,
+                    client_cert: ctx.client_cert.clone(),
+                };
+                let copy = mirror::spawn(m, req, with_body, &origin, &self.metrics);
                 ctx.mirror_bodies.extend(copy);
             }
         }

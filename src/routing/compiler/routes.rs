@@ -907,10 +907,16 @@ fn translate_filter(
             let per_million = match (&m.fraction, m.percent) {
                 (Some(fr), _) => {
                     let den = fr.denominator.unwrap_or(100);
-                    if den <= 0 || fr.numerator < 0 || fr.numerator > den {
-                        return Err(
-                            "mirror fraction must have 0 <= numerator <= denominator".to_string()
-                        );
+                    if den <= 0 {
+                        return Err(format!(
+                            "mirror fraction denominator {den} must be 1 or more"
+                        ));
+                    }
+                    if fr.numerator < 0 || fr.numerator > den {
+                        return Err(format!(
+                            "mirror fraction numerator {} must be from 0 to the denominator, {den}",
+                            fr.numerator
+                        ));
                     }
                     (fr.numerator * 1_000_000 / den) as u32
                 }
