@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps
-# The commit the binary reports in portcullis_build_info; the same here and in bench/run and
+# The commit the binary reports in portcullis_build_info, set alike in bench/run and
 # examples/run.sh, so that neither rebuilds what the other built.
 export PORTCULLIS_COMMIT="${PORTCULLIS_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"
 cargo build --locked --release --bin portcullis
