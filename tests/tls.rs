@@ -982,6 +982,49 @@ fn a_listener_with_several_certificates_serves_each_client_one_it_can_use() {
     assert_eq!(served("other.example", &[]), Some(other.der.clone()));
 }
 
+/// A client certificate for TLS backends (`spec.tls.backend.clientCertificateRef`) whose key
+/// does not belong to it is an invalid reference, as a listener's would be: presented, it would
+/// fail every new connection to every TLS backend.
+#[test]
+fn a_backend_client_certificate_with_a_key_that_does_not_match_is_refused() {
+    tls_support::require_tools();
+    let pki = Pki::new();
+    let cert = pki.self_signed("client", KeyType::EcdsaP256, &["client.example"]);
+    let other = pki.self_signed("other", KeyType::EcdsaP256, &["client.example"]);
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = common::manifests::gateway(
+        NAMESPACE,
+        "gw",
+        "  - {name: web, port: 80, protocol: HTTP}\n",
+    )
+    .replace(
+        "  listeners:\n",
+        "  tls: {backend: {clientCertificateRef: {name: client}}}\n  listeners:\n",
+    );
+    assert!(gateway.contains("clientCertificateRef"), "{gateway}");
+    std::fs::write(
+        dir.path().join("all.yaml"),
+        [
+            common::manifests::gateway_class(),
+            gateway,
+            "---\n".to_string(),
+            tls_secret(NAMESPACE, "client", &cert.cert_pem, &other.key_pem),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let mut check = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    check.args(["check", "--json"]).arg(dir.path());
+    let out = tls_support::run(check, b"", Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("InvalidClientCertificateRef"), "{text}");
+    assert!(
+        text.contains("tls.key does not belong to the certificate in tls.crt"),
+        "{text}"
+    );
+}
+
 /// A TLS backend for `cert` on a port of 127.0.0.1 it returns: it keeps the header of every
 /// request it reads and answers each `200 ok`, keeping the connection open for more. A client
 /// that does not speak TLS to it fails the handshake and leaves nothing kept.

@@ -958,10 +958,15 @@ pub struct BackendTlsValidation {
     #[serde(default)]
     pub ca_certificate_refs: Vec<ObjectRef>,
     /// `System` to trust the system's roots.
+    #[serde(rename = "wellKnownCACertificates")]
     pub well_known_ca_certificates: Option<String>,
     /// The name sent as SNI and verified in the backend's certificate.
     #[serde(default)]
     pub hostname: String,
+    /// Names to verify in the backend's certificate instead of `hostname`: not supported, and
+    /// refused when given (see `read_backend_tls`).
+    #[serde(default)]
+    pub subject_alt_names: Vec<serde_json::Value>,
 }
 
 #[cfg(test)]

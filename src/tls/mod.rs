@@ -267,11 +267,10 @@ pub fn backend_ca(
 pub fn client_cert_key(
     secret: &serde_json::Value,
 ) -> Result<Arc<pingora_core::utils::tls::CertKey>, String> {
+    // The same checks as a listener's certificate, the key's match above all: a key that does
+    // not belong to the certificate would fail every new connection to every TLS backend.
+    certified_key(secret)?;
     let pem = certificate::check_secret(secret)?;
-    for der in &pem.chain {
-        x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("tls.crt holds an unreadable certificate: {e}"))?;
-    }
     Ok(Arc::new(pingora_core::utils::tls::CertKey::new(
         pem.chain.iter().map(|c| c.to_vec()).collect(),
         pem.key.secret_der().to_vec(),

@@ -1334,7 +1334,7 @@ fn backend_tls(
             })
     });
     let Some(policy) = policy else {
-        return Ok(None);
+        return dangling_policy(ctx, service_key, service, cache);
     };
     cache
         .service_policy
@@ -1360,6 +1360,73 @@ fn backend_tls(
     result.map(Some).map_err(|(_, msg)| msg)
 }
 
+/// A BackendTLSPolicy for `service` whose every targetRef of it names a `sectionName` that no
+/// port of the Service has: most likely a misspelt port name. Its traffic is refused (500),
+/// not sent in clear text as if the Service had no policy, and the policy says why
+/// (`Accepted=False TargetNotFound`).
+fn dangling_policy(
+    ctx: &RefContext<'_>,
+    service_key: &ServiceKey,
+    service: &str,
+    cache: &mut BackendCache,
+) -> Result<Option<Arc<crate::tls::BackendTls>>, String> {
+    let namespace = service_key.0.as_str();
+    let ports: Vec<String> = ctx
+        .snapshot
+        .get(Kind::Service, namespace, service)
+        .and_then(|s| s.body["spec"]["ports"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect();
+    let misnamed = |spec: &api::BackendTlsPolicySpec| {
+        spec.target_refs
+            .iter()
+            .filter(|t| t.kind == "Service" && t.group.is_empty() && t.name == service)
+            .find_map(|t| {
+                t.section_name
+                    .as_deref()
+                    .filter(|s| !ports.iter().any(|p| p == s))
+                    .map(str::to_string)
+            })
+    };
+    let Some((policy, section)) = ctx.snapshot.of_kind(Kind::BackendTlsPolicy).find_map(|p| {
+        if p.key.namespace != namespace {
+            return None;
+        }
+        let spec = api::read::<api::BackendTlsPolicySpec>(p.spec()).ok()?;
+        misnamed(&spec).map(|section| (p, section))
+    }) else {
+        return Ok(None);
+    };
+    let message = format!(
+        "targetRef sectionName {section:?} names no port of Service {namespace}/{service} (its \
+         ports: {}); name one of them, or leave sectionName out to cover every port",
+        ports.join(", ")
+    );
+    let entry = cache
+        .policies
+        .entry(policy.key.clone())
+        .or_insert_with(|| PolicyUse {
+            generation: policy.generation,
+            api_version: policy.body["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            ancestors: Vec::new(),
+            problem: Some(("TargetNotFound", message.clone())),
+        });
+    for parent in &ctx.parents {
+        if !entry.ancestors.contains(parent) {
+            entry.ancestors.push(parent.clone());
+        }
+    }
+    Err(format!(
+        "BackendTLSPolicy {namespace}/{}: {message}",
+        policy.key.name
+    ))
+}
+
 fn read_backend_tls(
     snapshot: &Snapshot,
     namespace: &str,
@@ -1370,6 +1437,17 @@ fn read_backend_tls(
     let v = &spec.validation;
     if v.hostname.is_empty() {
         return Err(("Invalid", "validation.hostname is required".to_string()));
+    }
+    // Pingora verifies a backend's certificate against the SNI only. Serving the policy
+    // without its subjectAltNames would verify less than it asks; refusing it fails closed.
+    if !v.subject_alt_names.is_empty() {
+        return Err((
+            "Invalid",
+            "validation.subjectAltNames is not supported: the backend's certificate is verified \
+             against validation.hostname only; remove subjectAltNames, or name in hostname the \
+             name the certificate must hold"
+                .to_string(),
+        ));
     }
     let (ca, trust) = match (
         v.ca_certificate_refs.first(),
@@ -1442,6 +1520,10 @@ fn policy_status(
                     Some((reason @ ("InvalidCACertificateRef" | "InvalidKind"), msg)) => {
                         c.set("Accepted", false, "NoValidCACertificate", refused(msg));
                         c.set_resolved_refs(Some((reason, msg)));
+                    }
+                    Some(("TargetNotFound", msg)) => {
+                        c.set("Accepted", false, "TargetNotFound", refused(msg));
+                        c.set_resolved_refs(None);
                     }
                     Some((_, msg)) => {
                         c.set("Accepted", false, "Invalid", refused(msg));

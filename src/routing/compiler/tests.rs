@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::controller::{directory::parse_manifests, Kind, Snapshot};
-use crate::routing::table::{RequestView, RetryPolicy};
+use crate::routing::table::{Backend, RequestView, RetryPolicy};
 
 fn snapshot(yaml: &str) -> Snapshot {
     let (objects, errors) = parse_manifests(yaml).expect("test YAML parses");
@@ -819,7 +819,23 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
             "missing-ca",
             "{hostname: b.example, caCertificateRefs: [{group: \"\", kind: ConfigMap, name: nope}]}",
         ),
-        route("r", "  rules:\n  - backendRefs: [{name: no-ca, port: 443}, {name: missing-ca, port: 443}]\n"),
+        service("sans"),
+        policy(
+            "sans",
+            "sans",
+            "{hostname: a.example, wellKnownCACertificates: System, \
+             subjectAltNames: [{type: Hostname, hostname: b.example}]}",
+        ),
+        service("system"),
+        policy("system", "system", "{hostname: a.example, wellKnownCACertificates: System}"),
+        service("typo"),
+        policy("typo", "typo", "{hostname: a.example, wellKnownCACertificates: System}")
+            .replace("name: typo}", "name: typo, sectionName: htps}"),
+        route(
+            "r",
+            "  rules:\n  - backendRefs: [{name: no-ca, port: 443}, {name: missing-ca, port: 443}, \
+             {name: sans, port: 443}, {name: system, port: 443}, {name: typo, port: 443}]\n",
+        ),
     ]
     .concat();
     let c = compile(&snapshot(&text), &CompileOptions::default());
@@ -854,13 +870,59 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
             pair("False", "InvalidCACertificateRef")
         )
     );
-    let problems = c.report.problems();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p.contains("BackendTLSPolicy infra/no-ca")),
-        "{problems:?}"
+    // subjectAltNames cannot be verified: refused rather than served with less checking.
+    assert_eq!(
+        conditions("sans"),
+        (pair("False", "Invalid"), pair("True", "ResolvedRefs"))
     );
+    // The system roots, as the API spells the field.
+    assert_eq!(
+        conditions("system"),
+        (pair("True", "Accepted"), pair("True", "ResolvedRefs"))
+    );
+    // A sectionName that names no port of the Service: not a Service without a policy.
+    assert_eq!(
+        conditions("typo"),
+        (
+            pair("False", "TargetNotFound"),
+            pair("True", "ResolvedRefs")
+        )
+    );
+    let backends = &c.table.binds.values().next().unwrap().listeners[0]
+        .hosts
+        .any
+        .as_ref()
+        .unwrap()
+        .prefix["/"][0]
+        .rule
+        .backends;
+    let served: Vec<(String, bool)> = backends
+        .iter()
+        .map(|b| match b.target.as_ref() {
+            Backend::Service(s) => (s.name.to_string(), s.tls.is_some()),
+            Backend::Invalid { reason } => (reason.clone(), false),
+        })
+        .collect();
+    assert_eq!(served.len(), 5, "{served:?}");
+    assert!(
+        served.contains(&("infra/system:443".to_string(), true)),
+        "{served:?}"
+    );
+    assert!(
+        served
+            .iter()
+            .any(|(r, _)| r.contains("sectionName \"htps\" names no port of Service infra/typo")),
+        "{served:?}"
+    );
+    let problems = c.report.problems();
+    for name in ["no-ca", "sans", "typo"] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(&format!("BackendTLSPolicy infra/{name}"))),
+            "{name}: {problems:?}"
+        );
+    }
 }
 
 #[test]
