@@ -1438,6 +1438,18 @@ fn read_backend_tls(
     if v.hostname.is_empty() {
         return Err(("Invalid", "validation.hostname is required".to_string()));
     }
+    // The API allows DNS names only: an address is never sent as SNI, so no certificate could
+    // be verified against it and every request would fail.
+    if v.hostname.parse::<std::net::IpAddr>().is_ok() {
+        return Err((
+            "Invalid",
+            format!(
+                "validation.hostname {} is an IP address; name the DNS name the backend's \
+                 certificate holds",
+                v.hostname
+            ),
+        ));
+    }
     // Pingora verifies a backend's certificate against the SNI only. Serving the policy
     // without its subjectAltNames would verify less than it asks; refusing it fails closed.
     if !v.subject_alt_names.is_empty() {

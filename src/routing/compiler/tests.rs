@@ -828,13 +828,16 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
         ),
         service("system"),
         policy("system", "system", "{hostname: a.example, wellKnownCACertificates: System}"),
+        service("address"),
+        policy("address", "address", "{hostname: 127.0.0.1, wellKnownCACertificates: System}"),
         service("typo"),
         policy("typo", "typo", "{hostname: a.example, wellKnownCACertificates: System}")
             .replace("name: typo}", "name: typo, sectionName: htps}"),
         route(
             "r",
             "  rules:\n  - backendRefs: [{name: no-ca, port: 443}, {name: missing-ca, port: 443}, \
-             {name: sans, port: 443}, {name: system, port: 443}, {name: typo, port: 443}]\n",
+             {name: sans, port: 443}, {name: system, port: 443}, {name: typo, port: 443}, \
+             {name: address, port: 443}]\n",
         ),
     ]
     .concat();
@@ -903,7 +906,7 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
             Backend::Invalid { reason } => (reason.clone(), false),
         })
         .collect();
-    assert_eq!(served.len(), 5, "{served:?}");
+    assert_eq!(served.len(), 6, "{served:?}");
     assert!(
         served.contains(&("infra/system:443".to_string(), true)),
         "{served:?}"
@@ -915,7 +918,11 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
         "{served:?}"
     );
     let problems = c.report.problems();
-    for name in ["no-ca", "sans", "typo"] {
+    assert_eq!(
+        conditions("address"),
+        (pair("False", "Invalid"), pair("True", "ResolvedRefs"))
+    );
+    for name in ["no-ca", "sans", "typo", "address"] {
         assert!(
             problems
                 .iter()
