@@ -1004,6 +1004,13 @@ impl Proxy {
         ctx.prefix = matched.entry.prefix.clone();
         ctx.scheme = matched.listener.scheme;
         ctx.rule = Some(rule.clone());
+        // What a mirror copy carries of the gateway's own, made only for a rule that mirrors.
+        let origin = || mirror::Origin {
+            request_id: &ctx.request_id,
+            client: client(),
+            scheme: ctx.scheme,
+            client_cert: ctx.client_cert.clone(),
+        };
         for filter in &rule.filters {
             match filter {
                 Filter::Redirect(r) => {
@@ -1031,13 +1038,7 @@ impl Proxy {
                     return Decision::Redirect(r.status, location);
                 }
                 Filter::Mirror(m) => {
-                    let origin = mirror::Origin {
-                        request_id: &ctx.request_id,
-                        client: client(),
-                        scheme: ctx.scheme,
-                        client_cert: ctx.client_cert.clone(),
-                    };
-                    let copy = mirror::spawn(m, req, with_body, &origin, &self.metrics);
+                    let copy = mirror::spawn(m, req, with_body, &origin(), &self.metrics);
                     ctx.mirror_bodies.extend(copy);
                 }
                 Filter::Cors(cors) => {
@@ -1055,13 +1056,7 @@ impl Proxy {
         let weighted = &rule.backends[index];
         for filter in &weighted.filters {
             if let Filter::Mirror(m) = filter {
-                let origin = mirror::Origin {
-                    request_id: &ctx.request_id,
-                    client: client(),
-                    scheme: ctx.scheme,
-                    client_cert: ctx.client_cert.clone(),
-                };
-                let copy = mirror::spawn(m, req, with_body, &origin, &self.metrics);
+                let copy = mirror::spawn(m, req, with_body, &origin(), &self.metrics);
                 ctx.mirror_bodies.extend(copy);
             }
         }

@@ -1340,6 +1340,18 @@ fn backend_tls(
         .service_policy
         .insert(service_key.clone(), policy.key.clone());
     let result = read_backend_tls(ctx.snapshot, namespace, policy);
+    record_policy_use(ctx, cache, policy, result.as_ref().err().cloned());
+    result.map(Some).map_err(|(_, msg)| msg)
+}
+
+/// Records that routes of `ctx`'s Gateways send traffic through `policy`, for its status,
+/// with the problem that keeps it from being honoured, if any.
+fn record_policy_use(
+    ctx: &RefContext<'_>,
+    cache: &mut BackendCache,
+    policy: &Object,
+    problem: Option<Problem>,
+) {
     let entry = cache
         .policies
         .entry(policy.key.clone())
@@ -1350,14 +1362,13 @@ fn backend_tls(
                 .unwrap_or_default()
                 .to_string(),
             ancestors: Vec::new(),
-            problem: result.as_ref().err().cloned(),
+            problem,
         });
     for parent in &ctx.parents {
         if !entry.ancestors.contains(parent) {
             entry.ancestors.push(parent.clone());
         }
     }
-    result.map(Some).map_err(|(_, msg)| msg)
 }
 
 /// A BackendTLSPolicy for `service` whose every targetRef of it names a `sectionName` that no
@@ -1404,23 +1415,12 @@ fn dangling_policy(
          ports: {}); name one of them, or leave sectionName out to cover every port",
         ports.join(", ")
     );
-    let entry = cache
-        .policies
-        .entry(policy.key.clone())
-        .or_insert_with(|| PolicyUse {
-            generation: policy.generation,
-            api_version: policy.body["apiVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            ancestors: Vec::new(),
-            problem: Some(("TargetNotFound", message.clone())),
-        });
-    for parent in &ctx.parents {
-        if !entry.ancestors.contains(parent) {
-            entry.ancestors.push(parent.clone());
-        }
-    }
+    record_policy_use(
+        ctx,
+        cache,
+        policy,
+        Some(("TargetNotFound", message.clone())),
+    );
     Err(format!(
         "BackendTLSPolicy {namespace}/{}: {message}",
         policy.key.name
