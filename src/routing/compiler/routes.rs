@@ -1320,19 +1320,31 @@ fn backend_tls(
     cache: &mut BackendCache,
 ) -> Result<Option<Arc<crate::tls::BackendTls>>, String> {
     let namespace = service_key.0.as_str();
-    let policy = ctx.snapshot.of_kind(Kind::BackendTlsPolicy).find(|p| {
-        p.key.namespace == namespace
-            && api::read::<api::BackendTlsPolicySpec>(p.spec()).is_ok_and(|spec| {
-                spec.target_refs.iter().any(|t| {
-                    t.kind == "Service"
-                        && t.group.is_empty()
-                        && t.name == service
-                        && t.section_name
-                            .as_deref()
-                            .is_none_or(|s| Some(s) == port_name)
+    // Of the policies that target this port, the one that names it by sectionName wins over one
+    // for the whole Service, then the oldest, then the first by name: the API's precedence.
+    // Known shortcoming: the policies that lose get no status of their own (`Conflicted`).
+    let policy = ctx
+        .snapshot
+        .of_kind(Kind::BackendTlsPolicy)
+        .filter(|p| p.key.namespace == namespace)
+        .filter_map(|p| {
+            let spec = api::read::<api::BackendTlsPolicySpec>(p.spec()).ok()?;
+            let names_port = spec
+                .target_refs
+                .iter()
+                .filter(|t| t.kind == "Service" && t.group.is_empty() && t.name == service)
+                .filter_map(|t| match t.section_name.as_deref() {
+                    None => Some(false),
+                    Some(s) => (Some(s) == port_name).then_some(true),
                 })
-            })
-    });
+                .max()?;
+            let created = p.body["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or_default();
+            Some(((std::cmp::Reverse(names_port), created, &p.key.name), p))
+        })
+        .min_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, p)| p);
     let Some(policy) = policy else {
         return dangling_policy(ctx, service_key, service, cache);
     };
@@ -1415,6 +1427,10 @@ fn dangling_policy(
          ports: {}); name one of them, or leave sectionName out to cover every port",
         ports.join(", ")
     );
+    // As for a policy that applies: an incremental compile replays its use from here.
+    cache
+        .service_policy
+        .insert(service_key.clone(), policy.key.clone());
     record_policy_use(
         ctx,
         cache,

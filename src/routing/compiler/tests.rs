@@ -932,6 +932,82 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
     }
 }
 
+/// Of two BackendTLSPolicies for one Service port, the one naming the port by sectionName
+/// wins over one for the whole Service, whatever their names; between two for the whole
+/// Service, the older.
+#[test]
+fn the_backend_tls_policy_naming_the_port_wins_then_the_oldest() {
+    let policy = |name: &str, service: &str, section: &str, created: &str, hostname: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
+             metadata: {{name: {name}, namespace: infra, creationTimestamp: \"{created}\"}}\n\
+             spec:\n  targetRefs: [{{group: \"\", kind: Service, name: {service}{section}}}]\n  \
+             validation: {{hostname: {hostname}, wellKnownCACertificates: System}}\n"
+        )
+    };
+    let service = |name: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: infra}}\n\
+             spec: {{ports: [{{name: https, port: 443}}]}}\n"
+        )
+    };
+    let text = [
+        BASE.to_string(),
+        service("one"),
+        policy(
+            "a-whole",
+            "one",
+            "",
+            "2020-01-01T00:00:00Z",
+            "whole.example",
+        ),
+        policy(
+            "b-port",
+            "one",
+            ", sectionName: https",
+            "2024-01-01T00:00:00Z",
+            "port.example",
+        ),
+        service("two"),
+        policy(
+            "a-newer",
+            "two",
+            "",
+            "2024-01-01T00:00:00Z",
+            "newer.example",
+        ),
+        policy(
+            "b-older",
+            "two",
+            "",
+            "2020-01-01T00:00:00Z",
+            "older.example",
+        ),
+        route(
+            "r",
+            "  rules:\n  - backendRefs: [{name: one, port: 443}, {name: two, port: 443}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    let backends = &c.table.binds.values().next().unwrap().listeners[0]
+        .hosts
+        .any
+        .as_ref()
+        .unwrap()
+        .prefix["/"][0]
+        .rule
+        .backends;
+    let hostnames: Vec<String> = backends
+        .iter()
+        .map(|b| match b.target.as_ref() {
+            Backend::Service(s) => s.tls.as_ref().unwrap().hostname.clone(),
+            Backend::Invalid { reason } => panic!("{reason}"),
+        })
+        .collect();
+    assert_eq!(hostnames, ["port.example", "older.example"]);
+}
+
 #[test]
 fn listeners_mapped_onto_one_socket_conflict_like_listeners_on_one_port() {
     let text = BASE.replace(
