@@ -12,9 +12,11 @@
 //! [`MAX_QUEUED_PER_COPY`] wait for one copy and [`MAX_QUEUED_BYTES`] for all of them. A copy
 //! whose mirror cannot keep up, or that the real request leaves before its body ends (answered
 //! early, or failed), is abandoned and counted: its connection is closed (HTTP/2: its stream is
-//! reset) before the body ends, so the mirror never takes a cut body for a whole one. Each step of a copy (connecting, each
-//! write, reading the answer) gets [`MIRROR_TIMEOUT`]; waiting for the client's next chunk gets
-//! no timeout of its own, since the real request bounds it.
+//! reset) before the body ends, so the mirror never takes a cut body for a whole one. Each step
+//! of a copy (connecting, each write, reading the whole answer) gets [`MIRROR_TIMEOUT`];
+//! waiting for the client's next chunk gets no timeout of its own, since the real request
+//! bounds it. A copy that fails (the mirror refused it, failed TLS verification, did not answer
+//! whole in time) is counted apart from those dropped, and not tried on another endpoint.
 //!
 //! The copy carries what the real backend gets of the gateway's own: the request's
 //! X-Request-Id, X-Forwarded-For with the client's address, and X-Forwarded-Proto.
