@@ -7,7 +7,7 @@
 #   curl -s http://127.0.0.1:9901/status
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps
+scripts/install-deps --build
 # The commit the binary reports in portcullis_build_info, set alike in bench/run and
 # examples/run.sh, so that neither rebuilds what the other built.
 export PORTCULLIS_COMMIT="${PORTCULLIS_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"

@@ -48,7 +48,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic by the Gateway API objects in a directory of YAML (standalone mode).
+    /// Serve traffic by the Gateway API objects in a directory of YAML (`--config-dir`,
+    /// standalone mode), or without it by those of the cluster (Kubernetes mode).
     Run(RunArgs),
     /// Compile a directory of manifests offline and print every object's conditions.
     /// Exits 1 when a file does not parse, an object or listener is not accepted, listeners

@@ -485,6 +485,22 @@ fn describe_paths(p: &PathIndex) -> Vec<Value> {
     out
 }
 
+/// A header or query condition as the route writes it: name, match type and value, the value
+/// unquoted (a regular expression as the route wrote it, without the anchors it is run with).
+fn value_json(name: &str, value: &ValueMatch) -> Value {
+    match value {
+        ValueMatch::Exact(v) => json!({"name": name, "type": "Exact", "value": v}),
+        ValueMatch::Regex(r) => {
+            let written = r.as_str();
+            let written = written
+                .strip_prefix("^(?:")
+                .and_then(|w| w.strip_suffix(")$"))
+                .unwrap_or(written);
+            json!({"name": name, "type": "RegularExpression", "value": written})
+        }
+    }
+}
+
 fn describe_entry(kind: &str, path: &str, e: &Entry) -> Value {
     let c = &e.conditions;
     json!({
@@ -493,8 +509,8 @@ fn describe_entry(kind: &str, path: &str, e: &Entry) -> Value {
         "name": e.rule.name,
         "path": {"type": kind, "value": path},
         "method": c.method,
-        "headers": c.headers.iter().map(|h| json!({"name": h.name, "value": describe_value(&h.value)})).collect::<Vec<_>>(),
-        "queryParams": c.query.iter().map(|q| json!({"name": q.name, "value": describe_value(&q.value)})).collect::<Vec<_>>(),
+        "headers": c.headers.iter().map(|h| value_json(&h.name, &h.value)).collect::<Vec<_>>(),
+        "queryParams": c.query.iter().map(|q| value_json(&q.name, &q.value)).collect::<Vec<_>>(),
         "filters": e.rule.filters.iter().map(filter_name).collect::<Vec<_>>(),
         "backends": describe_backends(&e.rule),
     })

@@ -1461,6 +1461,37 @@ fn explain_names_each_share_the_gateway_answers_itself() {
     assert_eq!(ask("/empty").status, Some(503));
 }
 
+/// `/debug/routes` shows a header or query condition as the route wrote it: its match type,
+/// and the value unquoted (a regular expression without the anchors it is run with).
+#[test]
+fn the_routes_table_shows_conditions_as_written() {
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "c",
+            "  hostnames: [a.example]\n  rules:\n\
+             \x20 - matches: [{headers: [{name: x-canary, value: always}, \
+             {type: RegularExpression, name: x-v, value: 'v[12]'}], \
+             queryParams: [{name: debug, value: '1'}]}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let table = crate::routing::explain::describe(&c.table);
+    let rule = &table["sockets"][0]["listeners"][0]["hosts"][0]["rules"][0];
+    assert_eq!(
+        rule["headers"],
+        serde_json::json!([
+            {"name": "x-canary", "type": "Exact", "value": "always"},
+            {"name": "x-v", "type": "RegularExpression", "value": "v[12]"},
+        ]),
+        "{rule}"
+    );
+    assert_eq!(
+        rule["queryParams"],
+        serde_json::json!([{"name": "debug", "type": "Exact", "value": "1"}])
+    );
+}
+
 /// A request no rule takes is told, for each host's routes tried, which rules' paths do not
 /// take it, beside the rules whose path matched but whose other conditions did not.
 #[test]
