@@ -793,6 +793,25 @@ fn a_gateway_with_no_listener_served_is_not_programmed() {
     );
 }
 
+/// Service `name` in namespace infra with one port, 443, named https.
+fn https_service(name: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: infra}}\n\
+         spec: {{ports: [{{name: https, port: 443}}]}}\n"
+    )
+}
+
+/// The rule of the first listener's routes without hostnames, for PathPrefix `/`.
+fn catch_all_rule(c: &Compiled) -> &crate::routing::table::Rule {
+    &c.table.binds.values().next().unwrap().listeners[0]
+        .hosts
+        .any
+        .as_ref()
+        .unwrap()
+        .prefix["/"][0]
+        .rule
+}
+
 #[test]
 fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
     let policy = |name: &str, service: &str, validation: &str| {
@@ -803,34 +822,28 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
              validation: {validation}\n"
         )
     };
-    let service = |name: &str| {
-        format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: infra}}\n\
-             spec: {{ports: [{{name: https, port: 443}}]}}\n"
-        )
-    };
     let text = [
         BASE.to_string(),
-        service("no-ca"),
-        service("missing-ca"),
+        https_service("no-ca"),
+        https_service("missing-ca"),
         policy("no-ca", "no-ca", "{hostname: a.example}"),
         policy(
             "missing-ca",
             "missing-ca",
             "{hostname: b.example, caCertificateRefs: [{group: \"\", kind: ConfigMap, name: nope}]}",
         ),
-        service("sans"),
+        https_service("sans"),
         policy(
             "sans",
             "sans",
             "{hostname: a.example, wellKnownCACertificates: System, \
              subjectAltNames: [{type: Hostname, hostname: b.example}]}",
         ),
-        service("system"),
+        https_service("system"),
         policy("system", "system", "{hostname: a.example, wellKnownCACertificates: System}"),
-        service("address"),
+        https_service("address"),
         policy("address", "address", "{hostname: 127.0.0.1, wellKnownCACertificates: System}"),
-        service("typo"),
+        https_service("typo"),
         policy("typo", "typo", "{hostname: a.example, wellKnownCACertificates: System}")
             .replace("name: typo}", "name: typo, sectionName: htps}"),
         route(
@@ -891,14 +904,7 @@ fn an_invalid_backend_tls_policy_is_not_accepted_and_counts_as_a_problem() {
             pair("True", "ResolvedRefs")
         )
     );
-    let backends = &c.table.binds.values().next().unwrap().listeners[0]
-        .hosts
-        .any
-        .as_ref()
-        .unwrap()
-        .prefix["/"][0]
-        .rule
-        .backends;
+    let backends = &catch_all_rule(&c).backends;
     let served: Vec<(String, bool)> = backends
         .iter()
         .map(|b| match b.target.as_ref() {
@@ -945,15 +951,9 @@ fn the_backend_tls_policy_naming_the_port_wins_then_the_oldest() {
              validation: {{hostname: {hostname}, wellKnownCACertificates: System}}\n"
         )
     };
-    let service = |name: &str| {
-        format!(
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: infra}}\n\
-             spec: {{ports: [{{name: https, port: 443}}]}}\n"
-        )
-    };
     let text = [
         BASE.to_string(),
-        service("one"),
+        https_service("one"),
         policy(
             "a-whole",
             "one",
@@ -968,7 +968,7 @@ fn the_backend_tls_policy_naming_the_port_wins_then_the_oldest() {
             "2024-01-01T00:00:00Z",
             "port.example",
         ),
-        service("two"),
+        https_service("two"),
         policy(
             "a-newer",
             "two",
@@ -990,14 +990,7 @@ fn the_backend_tls_policy_naming_the_port_wins_then_the_oldest() {
     ]
     .concat();
     let c = compile(&snapshot(&text), &CompileOptions::default());
-    let backends = &c.table.binds.values().next().unwrap().listeners[0]
-        .hosts
-        .any
-        .as_ref()
-        .unwrap()
-        .prefix["/"][0]
-        .rule
-        .backends;
+    let backends = &catch_all_rule(&c).backends;
     let hostnames: Vec<String> = backends
         .iter()
         .map(|b| match b.target.as_ref() {
