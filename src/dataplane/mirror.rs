@@ -36,7 +36,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::metrics::Metrics;
-use super::proxy::backend_peer;
+use super::proxy::{backend_peer, connection_options};
 use crate::routing::table::{Backend, Mirror};
 
 /// Copies in flight at most.
@@ -229,13 +229,8 @@ fn copy_header(
     let h2 = peer.options.alpn.get_min_http_version() == 2;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut head = RequestHeader::build(req.method.clone(), path.as_bytes(), None)?;
-    let named_by_connection: Vec<String> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|token| token.trim().to_ascii_lowercase())
+    let named_by_connection: Vec<String> = connection_options(&req.headers)
+        .map(str::to_ascii_lowercase)
         .collect();
     let mut forwarded = String::new();
     let mut cookies = Vec::new();

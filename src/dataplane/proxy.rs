@@ -1078,6 +1078,18 @@ impl Proxy {
     }
 }
 
+/// The options of a message's `Connection` header fields, trimmed, empty ones left out, as
+/// written (compare them without regard to case).
+pub(super) fn connection_options(headers: &http::HeaderMap) -> impl Iterator<Item = &str> + '_ {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
 /// Removes from a backend's response the header fields meant for its connection to the
 /// gateway alone (RFC 9110, section 7.6.1): each one its `Connection` header names, and
 /// `Keep-Alive` and `Proxy-Connection`. The gateway's connection to the client gets its own.
@@ -1086,18 +1098,11 @@ fn drop_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
     // On the hot path: most answers name nothing but `keep-alive` or `close`, and nothing is
     // allocated for them.
     let plain = |token: &str| {
-        token.is_empty()
-            || token.eq_ignore_ascii_case("close")
+        token.eq_ignore_ascii_case("close")
             || token.eq_ignore_ascii_case("keep-alive")
             || (switching && token.eq_ignore_ascii_case("upgrade"))
     };
-    let named: Vec<String> = response
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let named: Vec<String> = connection_options(&response.headers)
         .filter(|token| !plain(token))
         .map(str::to_ascii_lowercase)
         .collect();
