@@ -250,15 +250,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     portcullis::routing::parse_duration(text).map(|d| d.unwrap_or(Duration::ZERO))
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr at `default_level`, or as `PORTCULLIS_LOG` says.
+fn init_logging(format: &str, default_level: &str) {
     // A PORTCULLIS_LOG that does not parse is said once logging is up, not silently ignored.
     let mut bad_filter = None;
     let filter = match std::env::var("PORTCULLIS_LOG") {
         Ok(text) => tracing_subscriber::EnvFilter::try_new(&text).unwrap_or_else(|err| {
             bad_filter = Some((text, err));
-            tracing_subscriber::EnvFilter::new("info")
+            tracing_subscriber::EnvFilter::new(default_level)
         }),
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Err(_) => tracing_subscriber::EnvFilter::new(default_level),
     };
     // Colours only for a person at a terminal: escape codes in a file or a log collector are
     // noise.
@@ -276,9 +277,11 @@ fn init_logging(format: &str) {
         registry.with(layer.with_filter(written)).init();
     }
     if let Some((text, err)) = bad_filter {
-        tracing::warn!(
-            "PORTCULLIS_LOG={text:?} is not a log filter ({err}); logging at info. Write a level \
-             (debug) or directives (portcullis=debug,pingora=warn)"
+        // An error, so that it shows at every default level: the filter asked for is not the
+        // one in force.
+        tracing::error!(
+            "PORTCULLIS_LOG={text:?} is not a log filter ({err}); logging at {default_level}. \
+             Write a level (debug) or directives (portcullis=debug,pingora=warn)"
         );
     }
 }
@@ -372,7 +375,13 @@ impl<S> tracing_subscriber::layer::Filter<S> for NotBrokenClientHeader {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // The offline commands print a report of everything they find: logging what the provider
+    // warns of too would say each refused file twice more. Errors still show.
+    let default_level = match cli.command {
+        Command::Check { .. } | Command::Explain { .. } => "error",
+        Command::Run(_) | Command::Echo { .. } => "info",
+    };
+    init_logging(&cli.log_format, default_level);
     // Pingora and kube each bring rustls with a different crypto provider; with both linked,
     // rustls refuses to guess, so the process picks one before anything builds a TLS config.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -545,6 +554,10 @@ fn explain(
         return ExitCode::from(2);
     }
     let compiled = compile(&store.snapshot(), &args.options());
+    // What was not read cannot match: said first, as the answer may hinge on it.
+    for e in &compiled.report.errors {
+        eprintln!("not read: {}: {}", e.source, e.message);
+    }
     let answer = question.answer(&compiled.table, &compiled.report);
     for step in &answer.steps {
         out!("{step}");

@@ -487,3 +487,55 @@ async fn retried_tries_are_not_a_log_line_each() {
         .count();
     assert_eq!(failed, 1, "{lines:#?}");
 }
+
+/// The debug endpoints answer what the running table holds: `/debug/routes` lists the rules,
+/// `/debug/explain` names the rule a request would take, and a listener that is not served is
+/// not found (404), with the steps that say why; a question that is not one gets 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_endpoints_explain_the_running_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, gateway, _listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let (_gateway, _lines, client) = logging_and_ready(gateway, admin).await;
+    let get = |path: &str| {
+        let request = client.get(format!("http://127.0.0.1:{admin}{path}"));
+        async move {
+            let response = request.send().await.expect("the admin endpoint answers");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let (status, routes) = get("/debug/routes").await;
+    assert_eq!(status, 200, "{routes}");
+    assert!(routes.contains("obs/route-a"), "{routes}");
+
+    let (status, body) = get("/debug/explain?listener=obs/gw/web&host=a.example&path=/x").await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        answer["matched"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("obs/route-a")),
+        "{body}"
+    );
+    // A request no rule takes is still an answer about a served listener.
+    let (status, body) = get("/debug/explain?listener=obs/gw/web&host=c.example").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["status"],
+        404
+    );
+
+    let (status, body) = get("/debug/explain?listener=obs/gw/nope&host=a.example").await;
+    assert_eq!(status, 404, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        answer["steps"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("obs/gw/nope")),
+        "{body}"
+    );
+    for question in ["listener=obs/gw/web&path=x", "listner=obs/gw/web"] {
+        let (status, body) = get(&format!("/debug/explain?{question}")).await;
+        assert_eq!(status, 400, "{question}: {body}");
+    }
+}

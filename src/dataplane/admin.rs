@@ -107,7 +107,9 @@ fn answer(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             match crate::routing::explain::Question::from_query(req.uri().query().unwrap_or("")) {
                 Ok(question) => {
                     let answer = question.answer(&shared.table.load(), &shared.report.load());
-                    (StatusCode::OK, "application/json", serde_json::to_string_pretty(&answer).unwrap_or_default())
+                    // The listener asked about is what is not found; the body says why.
+                    let status = if answer.listener_unknown { StatusCode::NOT_FOUND } else { StatusCode::OK };
+                    (status, "application/json", serde_json::to_string_pretty(&answer).unwrap_or_default())
                 }
                 Err(err) => (StatusCode::BAD_REQUEST, "text/plain", format!("{err}\n")),
             }

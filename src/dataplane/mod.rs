@@ -237,6 +237,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || drop(previous));
         // The table is live before the status says so and readiness can turn.
         compiled_report = compiled.report;
+        let refused = compiled_report.errors.len();
         let problems = publish(
             &shared,
             &options.status_reports,
@@ -273,7 +274,15 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
             sockets_unbound = sockets.failed.len(),
             problems = problems.len(),
             compile_ms = took.as_secs_f64() * 1e3,
-            "configuration applied"
+            refused,
+            "{}",
+            // A refused input (a file that does not parse) is among the problems, and what it
+            // held before is still served: "applied" alone would read as if it went in.
+            if refused == 0 {
+                "configuration applied"
+            } else {
+                "configuration applied without the refused inputs the warnings name"
+            }
         );
         // An empty table is valid configuration, and most often a mistake (a volume mounted
         // empty, a directory emptied, every Gateway of another class): say so each time the

@@ -28,6 +28,10 @@ pub struct Explanation {
     pub backends: Vec<String>,
     /// Every decision taken, in order.
     pub steps: Vec<String>,
+    /// The question named a listener that is not served: there is no request to explain
+    /// (`/debug/explain` answers 404 for it, with the steps that say why).
+    #[serde(skip)]
+    pub listener_unknown: bool,
 }
 
 /// How the first step begins when the question's listener is not in the table.
@@ -105,6 +109,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
         status: Some(404),
         backends: Vec::new(),
         steps,
+        listener_unknown: false,
     };
     let Some(bind) = table.binds.values().find(|b| {
         b.listeners
@@ -117,7 +122,10 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
             " (expected namespace/gateway/listener)"
         };
         steps.push(format!("{NOT_SERVED} {listener:?}{form}"));
-        return miss(steps);
+        return Explanation {
+            listener_unknown: true,
+            ..miss(steps)
+        };
     };
     let host = normalize_host(req.host);
     let mut chosen = None;
@@ -161,6 +169,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
             status,
             backends,
             steps,
+            listener_unknown: false,
         };
     }
     steps.push("no rule matches: 404".to_string());
@@ -570,7 +579,13 @@ impl Question {
                 "path" => q.path = v,
                 "method" => q.method = v,
                 "header" => q.headers.push(parse_header(&v)?),
-                _ => {}
+                // A misspelt parameter would otherwise be a question about something else.
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?}: ask with listener, host, path, method \
+                         and header"
+                    ))
+                }
             }
         }
         q.check()?;
@@ -622,11 +637,7 @@ impl Question {
             header: &header,
         };
         let mut answer = explain(table, &self.listener, &view);
-        if answer
-            .steps
-            .first()
-            .is_some_and(|s| s.starts_with(NOT_SERVED))
-        {
+        if answer.listener_unknown {
             answer.steps.push(why_not_served(report, &self.listener));
         }
         if resolved.is_some() {
