@@ -173,12 +173,13 @@ pub(super) struct RouteOutcome {
 /// The hostnames a route serves on one listener (`None`: any), shared between compiles.
 pub(super) type Hostnames = Arc<[Option<String>]>;
 
-/// One Service port a route resolved, and the BackendTLSPolicy that applied to it.
+/// One Service port a route resolved, and the BackendTLSPolicies that target it.
 struct UsedBackend {
     key: ServiceKey,
     backend: Arc<Backend>,
-    /// The policy and its use as first recorded (without ancestors).
-    policy: Option<(crate::controller::ObjectKey, PolicyUse)>,
+    /// The policies and their uses as first recorded (without ancestors): the one that
+    /// applies first, then those it won over.
+    policies: Vec<(crate::controller::ObjectKey, PolicyUse)>,
 }
 
 impl RouteOutcome {
@@ -212,19 +213,8 @@ impl RouteOutcome {
                     .services
                     .insert(used.key.clone(), used.backend.clone());
             }
-            if let Some((policy, first)) = &used.policy {
-                backends
-                    .service_policy
-                    .insert(used.key.clone(), policy.clone());
-                let entry = backends
-                    .policies
-                    .entry(policy.clone())
-                    .or_insert_with(|| first.clone());
-                for parent in &self.parents {
-                    if !entry.ancestors.contains(parent) {
-                        entry.ancestors.push(parent.clone());
-                    }
-                }
+            for (policy, first) in &used.policies {
+                backends.note_policy(&used.key, policy, first, &self.parents);
             }
         }
     }
@@ -1132,8 +1122,8 @@ type ServiceKey = (String, String, i64, bool);
 struct BackendCache {
     services: HashMap<ServiceKey, Arc<Backend>>,
     policies: HashMap<crate::controller::ObjectKey, PolicyUse>,
-    /// Which policy applies to a cached Service port.
-    service_policy: HashMap<ServiceKey, crate::controller::ObjectKey>,
+    /// The policies that target a cached Service port: the one that applies first.
+    service_policy: HashMap<ServiceKey, Vec<crate::controller::ObjectKey>>,
     /// The Service ports resolved since [`BackendCache::take_used`] was last called.
     used: Vec<ServiceKey>,
 }
@@ -1149,23 +1139,54 @@ impl BackendCache {
             let Some(backend) = self.services.get(&key) else {
                 continue;
             };
-            let policy = self.service_policy.get(&key).and_then(|p| {
-                let used = self.policies.get(p)?;
-                Some((
-                    p.clone(),
-                    PolicyUse {
-                        ancestors: Vec::new(),
-                        ..used.clone()
-                    },
-                ))
-            });
+            let policies = (self.service_policy.get(&key).into_iter().flatten())
+                .filter_map(|p| {
+                    let used = self.policies.get(p)?;
+                    Some((
+                        p.clone(),
+                        PolicyUse {
+                            ancestors: Vec::new(),
+                            ..used.clone()
+                        },
+                    ))
+                })
+                .collect();
             out.push(UsedBackend {
                 backend: backend.clone(),
                 key,
-                policy,
+                policies,
             });
         }
         out
+    }
+
+    /// Records that routes of the Gateways `parents` send traffic to Service port `service`,
+    /// which `policy` targets, as `found` says (applied, refused for a problem, or won over).
+    fn note_policy(
+        &mut self,
+        service: &ServiceKey,
+        policy: &crate::controller::ObjectKey,
+        found: &PolicyUse,
+        parents: &[(String, String)],
+    ) {
+        let targeting = self.service_policy.entry(service.clone()).or_default();
+        if !targeting.contains(policy) {
+            targeting.push(policy.clone());
+        }
+        let entry = self
+            .policies
+            .entry(policy.clone())
+            .or_insert_with(|| found.clone());
+        // Where a policy applies, that is its status, though another wins on a second port.
+        let conflicted = |p: &Option<Problem>| matches!(p, Some(("Conflicted", _)));
+        if conflicted(&entry.problem) && !conflicted(&found.problem) {
+            entry.problem = found.problem.clone();
+        }
+        for parent in parents {
+            if !entry.ancestors.contains(parent) {
+                entry.ancestors.push(parent.clone());
+            }
+        }
     }
 }
 
@@ -1246,7 +1267,7 @@ fn try_resolve(
     let key = (namespace.clone(), b.name.clone(), port, ctx.h2c);
     cache.used.push(key.clone());
     if let Some(hit) = cache.services.get(&key) {
-        if let Some(policy) = cache.service_policy.get(&key) {
+        for policy in cache.service_policy.get(&key).into_iter().flatten() {
             if let Some(used) = cache.policies.get_mut(policy) {
                 for parent in &ctx.parents {
                     if !used.ancestors.contains(parent) {
@@ -1322,8 +1343,7 @@ fn backend_tls(
     let namespace = service_key.0.as_str();
     // Of the policies that target this port, the one that names it by sectionName wins over one
     // for the whole Service, then the oldest, then the first by name: the API's precedence.
-    // Known shortcoming: the policies that lose get no status of their own (`Conflicted`).
-    let policy = ctx
+    let mut targeting: Vec<_> = ctx
         .snapshot
         .of_kind(Kind::BackendTlsPolicy)
         .filter(|p| p.key.namespace == namespace)
@@ -1343,16 +1363,30 @@ fn backend_tls(
                 .unwrap_or_default();
             Some(((std::cmp::Reverse(names_port), created, &p.key.name), p))
         })
-        .min_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, p)| p);
-    let Some(policy) = policy else {
+        .collect();
+    targeting.sort_by(|a, b| a.0.cmp(&b.0));
+    let Some(&(_, policy)) = targeting.first() else {
         return dangling_policy(ctx, service_key, service, cache);
     };
-    cache
-        .service_policy
-        .insert(service_key.clone(), policy.key.clone());
     let result = read_backend_tls(ctx.snapshot, namespace, policy);
-    record_policy_use(ctx, cache, policy, result.as_ref().err().cloned());
+    record_policy_use(
+        ctx,
+        cache,
+        service_key,
+        policy,
+        result.as_ref().err().cloned(),
+    );
+    // The others are not applied to this port, and say which is (`Accepted=False Conflicted`).
+    for &(_, lost) in &targeting[1..] {
+        let port = port_name.map_or_else(String::new, |p| format!(" port {p:?} of"));
+        let message = format!(
+            "BackendTLSPolicy {namespace}/{} applies to{port} Service {namespace}/{service} \
+             instead: a policy that names the port by sectionName wins over one for the whole \
+             Service, then the oldest, then the first by name",
+            policy.key.name
+        );
+        record_policy_use(ctx, cache, service_key, lost, Some(("Conflicted", message)));
+    }
     result.map(Some).map_err(|(_, msg)| msg)
 }
 
@@ -1361,26 +1395,20 @@ fn backend_tls(
 fn record_policy_use(
     ctx: &RefContext<'_>,
     cache: &mut BackendCache,
+    service_key: &ServiceKey,
     policy: &Object,
     problem: Option<Problem>,
 ) {
-    let entry = cache
-        .policies
-        .entry(policy.key.clone())
-        .or_insert_with(|| PolicyUse {
-            generation: policy.generation,
-            api_version: policy.body["apiVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            ancestors: Vec::new(),
-            problem,
-        });
-    for parent in &ctx.parents {
-        if !entry.ancestors.contains(parent) {
-            entry.ancestors.push(parent.clone());
-        }
-    }
+    let found = PolicyUse {
+        generation: policy.generation,
+        api_version: policy.body["apiVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        ancestors: Vec::new(),
+        problem,
+    };
+    cache.note_policy(service_key, &policy.key, &found, &ctx.parents);
 }
 
 /// A BackendTLSPolicy for `service` whose every targetRef of it names a `sectionName` that no
@@ -1428,12 +1456,10 @@ fn dangling_policy(
         ports.join(", ")
     );
     // As for a policy that applies: an incremental compile replays its use from here.
-    cache
-        .service_policy
-        .insert(service_key.clone(), policy.key.clone());
     record_policy_use(
         ctx,
         cache,
+        service_key,
         policy,
         Some(("TargetNotFound", message.clone())),
     );
@@ -1551,6 +1577,11 @@ fn policy_status(
                     }
                     Some(("TargetNotFound", msg)) => {
                         c.set("Accepted", false, "TargetNotFound", refused(msg));
+                        c.set_resolved_refs(None);
+                    }
+                    // Another policy is in force for the port; its traffic is not refused.
+                    Some(("Conflicted", msg)) => {
+                        c.set("Accepted", false, "Conflicted", msg.as_str());
                         c.set_resolved_refs(None);
                     }
                     Some((_, msg)) => {

@@ -448,6 +448,13 @@ metadata: {name: secure-tls, namespace: infra}
 spec:
   targetRefs: [{group: "", kind: Service, name: secure}]
   validation: {hostname: secure.example, wellKnownCACertificates: System}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {name: secure-tls-later, namespace: infra, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  targetRefs: [{group: "", kind: Service, name: secure}]
+  validation: {hostname: later.example, wellKnownCACertificates: System}
 "#;
 
 fn incremental_route(name: &str, host: &str, path: &str, backend: &str, port: u16) -> String {
@@ -999,6 +1006,60 @@ fn the_backend_tls_policy_naming_the_port_wins_then_the_oldest() {
         })
         .collect();
     assert_eq!(hostnames, ["port.example", "older.example"]);
+    // The policies that lose say so, and name the one in force.
+    let accepted_in = |c: &Compiled, name: &str| {
+        let status = &c
+            .report
+            .get(Kind::BackendTlsPolicy, "infra", name)
+            .unwrap_or_else(|| panic!("no status for {name}"))
+            .status;
+        condition(&status["ancestors"][0]["conditions"], "Accepted").clone()
+    };
+    for (name, winner) in [("a-whole", "b-port"), ("a-newer", "b-older")] {
+        let lost = accepted_in(&c, name);
+        assert_eq!(lost["status"], "False", "{name}: {lost}");
+        assert_eq!(lost["reason"], "Conflicted", "{name}: {lost}");
+        assert!(
+            lost["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("infra/{winner} applies"))),
+            "{name}: {lost}"
+        );
+    }
+    for name in ["b-port", "b-older"] {
+        assert_eq!(accepted_in(&c, name)["status"], "True", "{name}");
+    }
+
+    // A policy for the whole Service that loses on one port but applies on another is
+    // accepted: it is in force where it applies.
+    let text = [
+        BASE.to_string(),
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: one, namespace: infra}\n\
+         spec: {ports: [{name: https, port: 443}, {name: alt, port: 8443}]}\n"
+            .to_string(),
+        policy(
+            "a-whole",
+            "one",
+            "",
+            "2020-01-01T00:00:00Z",
+            "whole.example",
+        ),
+        policy(
+            "b-port",
+            "one",
+            ", sectionName: https",
+            "2024-01-01T00:00:00Z",
+            "port.example",
+        ),
+        route(
+            "r",
+            "  rules:\n  - backendRefs: [{name: one, port: 443}, {name: one, port: 8443}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    assert_eq!(accepted_in(&c, "a-whole")["status"], "True");
+    assert_eq!(accepted_in(&c, "b-port")["status"], "True");
 }
 
 #[test]
