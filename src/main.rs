@@ -113,6 +113,11 @@ struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// How long a client may take to send a whole HTTP/1 request header, from its first byte
+    /// to the empty line that ends it; past it the client gets 408 and the connection closes
+    /// (0: no limit; each read still has 60 s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_header_timeout: Duration,
     /// Share of requests written to the JSON access log on stdout, 0.0 to 1.0 (0 turns it off).
     #[arg(long, default_value_t = 1.0, env = "PORTCULLIS_ACCESS_LOG_SAMPLE", value_parser = parse_share)]
     access_log_sample: f64,
@@ -630,6 +635,7 @@ fn run(args: RunArgs) -> ExitCode {
             compile: args.compile.options(),
             admin_addr: args.admin_addr,
             drain_timeout: args.drain_timeout,
+            request_header_timeout: args.request_header_timeout,
             access_log_sample: args.access_log_sample,
             request_metrics: args.request_metrics,
             upstream_idle_connections: usize::try_from(args.upstream_idle_connections)

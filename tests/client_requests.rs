@@ -8,6 +8,7 @@
 //! - a target in absolute form is forwarded in origin form, with the host it names;
 //! - every X-Forwarded-For line the client sent reaches the backend;
 //! - a connection that never sends a byte does not hold a shutdown for its drain timeout;
+//! - a request header must be whole within `--request-header-timeout` (408), its body need not;
 //! - the admin endpoint closes connections that send no header in time, and holds 64 at most;
 //! - the gateway's own answers (404, 503) leave the connection open for the next request.
 
@@ -52,9 +53,17 @@ fn echo(name: &str, port: u16) -> Killed {
 
 /// The gateway on `config`, ready; returns the process, the listener's port and the admin port.
 async fn start(dir: &std::path::Path, config: &str, drain: &str) -> (Killed, u16, u16) {
+    start_with(dir, config, &["--drain-timeout", drain]).await
+}
+
+/// [`start`], with these options for `run`.
+async fn start_with(dir: &std::path::Path, config: &str, options: &[&str]) -> (Killed, u16, u16) {
     std::fs::write(dir.join("all.yaml"), config).unwrap();
-    let (child, listen, admin) =
-        run_gateway(dir, &["--access-log-sample", "0", "--drain-timeout", drain]);
+    let args: Vec<&str> = ["--access-log-sample", "0"]
+        .into_iter()
+        .chain(options.iter().copied())
+        .collect();
+    let (child, listen, admin) = run_gateway(dir, &args);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let ready = raw(
@@ -464,4 +473,84 @@ async fn the_gateway_s_own_answers_keep_the_connection_open() {
         let answer = raw(listen, request.as_bytes()).await;
         assert!(answer.starts_with(status), "{options}: {answer}");
     }
+}
+
+/// A client that sends its request header a line at a time gets 408 once the header has taken
+/// longer than `--request-header-timeout` in all, however short each pause; one whose header
+/// is in on time is served, and so is a request whose body comes slowly after its header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_header_has_a_deadline_and_its_body_does_not() {
+    let public_port = free_port();
+    let _echo = echo("public", public_port);
+    let config = [
+        gateway_class(),
+        gateway("cr", "gw", &listener("web", 80, "HTTP")),
+        http_route("cr", "a", "gw", &["a.test"], "public"),
+        backend("cr", "public", public_port),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, listen, admin) =
+        start_with(dir.path(), &config, &["--request-header-timeout", "2s"]).await;
+    /// Sends `parts` 400 ms apart on one connection, then reads the answer until it closes.
+    async fn dripped(port: u16, parts: &[&[u8]]) -> (String, Duration) {
+        let started = Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        for part in parts {
+            // A write after the gateway closed may fail; the answer tells what happened.
+            let _ = tcp.write_all(part).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            started.elapsed(),
+        )
+    }
+
+    // Twelve lines 400 ms apart: about 4.8 s for the header, past the 2 s deadline.
+    let mut slow: Vec<&[u8]> = vec![b"GET /x HTTP/1.1\r\n", b"host: a.test\r\n"];
+    slow.extend(std::iter::repeat_n(&b"x-drip: 1\r\n"[..], 10));
+    slow.push(b"\r\n");
+    let (answer, took) = dripped(listen, &slow).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+
+    // Three parts within the deadline, then a second request on the same connection, whose
+    // deadline starts afresh: both answered.
+    let (answer, _) = dripped(
+        listen,
+        &[
+            b"GET /x HTTP/1.1\r\n",
+            b"host: a.test\r\n",
+            b"\r\n",
+            b"GET /y HTTP/1.1\r\nhost: a.test\r\n",
+            b"connection: close\r\n\r\n",
+        ],
+    )
+    .await;
+    let statuses = answer.matches("HTTP/1.1 200").count();
+    assert_eq!(statuses, 2, "{answer:?}");
+
+    // A body sent slowly, after a header in on time, is not cut off.
+    let mut body_parts: Vec<&[u8]> =
+        vec![b"POST /x HTTP/1.1\r\nhost: a.test\r\ncontent-length: 8\r\nconnection: close\r\n\r\n"];
+    body_parts.extend(std::iter::repeat_n(&b"ab"[..], 4));
+    body_parts.extend(std::iter::repeat_n(&b""[..], 4));
+    let (answer, took) = dripped(listen, &body_parts).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(took > Duration::from_secs(2), "{took:?}");
+
+    let metrics = raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        metrics.contains("portcullis_request_header_timeouts_total 1"),
+        "{metrics}"
+    );
 }

@@ -3,8 +3,8 @@
 //! serves: the certificate picked by SNI (exact, wildcard, no hostname), every supported key
 //! type and a chain with an intermediate, ALPN, the protocol versions, the 400 for cleartext,
 //! the status of unusable certificate references, ReferenceGrants, a Secret rotated under
-//! load, and one that turns bad while served; and mirror copies to a BackendTLSPolicy backend
-//! going over TLS. The `openssl` and `curl` commands must be installed: without them the tests fail.
+//! load, and one that turns bad while served; a request header sent too slowly over TLS (408);
+//! and mirror copies to a BackendTLSPolicy backend going over TLS. The `openssl` and `curl` commands must be installed: without them the tests fail.
 
 mod common;
 mod tls_support;
@@ -1192,4 +1192,48 @@ fn mirror_copies_to_a_backend_tls_policy_service_go_over_tls() {
     });
     assert!(head.starts_with("get /copied http/1.1\r\n"), "{head}");
     assert!(head.contains("\r\nhost: app.example"), "{head}");
+}
+
+/// Over TLS as in cleartext, a request header has a deadline for the whole of it (the gateway
+/// here runs with `--request-header-timeout 2s`): a client sending a line every 400 ms gets
+/// 408 and the connection closes, long before the header would be complete.
+#[test]
+fn a_request_header_sent_too_slowly_over_tls_gets_408() {
+    use std::io::{Read as _, Write as _};
+    let pki = Pki::new();
+    let cert = pki.self_signed("slow", KeyType::EcdsaP256, &["slow.example"]);
+    let gw = Gateway::start(
+        &https_listener("slow", Some("slow.example"), "slow"),
+        vec![secret_file("slow", &cert)],
+    );
+    gw.wait_for_condition("slow", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("slow.example"), &cert);
+
+    let mut client = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &gw.https.to_string()])
+        .args(["-servername", "slow.example", "-alpn", "http/1.1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(b"GET / HTTP/1.1\r\nhost: slow.example\r\n");
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(400));
+            if stdin.write_all(b"x-drip: 1\r\n").is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = String::new();
+    let _ = client.stdout.take().unwrap().read_to_string(&mut answer);
+    let took = started.elapsed();
+    let _ = client.kill();
+    let _ = client.wait();
+    let _ = writer.join();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(took < Duration::from_secs(7), "{took:?}");
 }

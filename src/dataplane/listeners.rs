@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::coalesce::Coalescing;
+use super::header_deadline::{HeaderDeadline, NextRequest};
 use super::metrics::Metrics;
 use super::passthrough;
 use super::proxy::Proxy;
@@ -53,6 +54,8 @@ struct ConnectionContext {
     table: Arc<ArcSwap<RoutingTable>>,
     metrics: Arc<Metrics>,
     shutdown: ShutdownWatch,
+    /// How long a client may take to send a whole HTTP/1 request header (zero: no limit).
+    header_timeout: Duration,
 }
 
 /// The running accept loops, by socket address.
@@ -71,6 +74,7 @@ impl Listeners {
         table: Arc<ArcSwap<RoutingTable>>,
         metrics: Arc<Metrics>,
         shutdown: ShutdownWatch,
+        header_timeout: Duration,
     ) -> Self {
         Listeners {
             context: ConnectionContext {
@@ -78,6 +82,7 @@ impl Listeners {
                 table: table.clone(),
                 metrics,
                 shutdown,
+                header_timeout,
             },
             table,
             running: HashMap::new(),
@@ -222,8 +227,14 @@ async fn serve_connection(
     let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
     let mut stream = Stream::from(tcp);
     stream.set_socket_digest(digest);
+    let next_request = NextRequest::default();
     let first: Option<pingora_core::protocols::Stream> = match acceptor {
-        None => Some(Box::new(Coalescing::new(stream))),
+        None => Some(Box::new(HeaderDeadline::new(
+            Coalescing::new(stream),
+            next_request.clone(),
+            cx.header_timeout,
+            cx.metrics.request_header_timeouts.clone(),
+        ))),
         Some(acceptors) => {
             let tls_result = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
             let acceptor = match forward_to {
@@ -238,7 +249,12 @@ async fn serve_connection(
                         cx.metrics.connections_open.dec();
                         return;
                     }
-                    Some(Box::new(tls))
+                    Some(Box::new(HeaderDeadline::new(
+                        tls,
+                        next_request.clone(),
+                        cx.header_timeout,
+                        cx.metrics.request_header_timeouts.clone(),
+                    )))
                 }
                 Ok(Err(err)) => {
                     tls_result("failed");
@@ -255,6 +271,7 @@ async fn serve_connection(
     };
     let mut next = first;
     while let Some(stream) = next.take() {
+        next_request.mark();
         next = cx.app.process_new(stream, &cx.shutdown).await;
     }
     cx.metrics.connections_open.dec();

@@ -162,6 +162,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Client connections accepted.
     pub connections_accepted: IntCounter,
+    /// Client request headers not complete within the request header timeout.
+    pub request_header_timeouts: IntCounter,
     /// TLS handshakes by result (`ok`, `failed`, `timeout`, `plaintext`).
     pub tls_handshakes: IntCounterVec,
     /// Routing table generation being served.
@@ -299,6 +301,11 @@ impl Metrics {
                 "Client connections accepted.",
             )
             .expect("static metric definition"),
+            request_header_timeouts: IntCounter::new(
+                "portcullis_request_header_timeouts_total",
+                "Client request headers not complete within --request-header-timeout (answered 408).",
+            )
+            .expect("static metric definition"),
             tls_handshakes: counter(
                 "portcullis_tls_handshakes_total",
                 "Client TLS handshakes by result.",
@@ -398,6 +405,7 @@ impl Metrics {
             Box::new(m.certificate_expiry.clone()),
             Box::new(m.connections_open.clone()),
             Box::new(m.connections_accepted.clone()),
+            Box::new(m.request_header_timeouts.clone()),
             Box::new(m.tls_handshakes.clone()),
             Box::new(m.config_generation.clone()),
             Box::new(m.compiles.clone()),

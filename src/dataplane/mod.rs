@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod coalesce;
+pub mod header_deadline;
 pub mod listeners;
 pub mod metrics;
 pub mod mirror;
@@ -60,6 +61,8 @@ pub struct RunOptions {
     pub admin_addr: SocketAddr,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub drain_timeout: Duration,
+    /// How long a client may take to send a whole HTTP/1 request header (zero: no limit).
+    pub request_header_timeout: Duration,
     /// Share of requests written to the access log (0 turns it off).
     pub access_log_sample: f64,
     /// Count each request in the labelled request metrics.
@@ -136,6 +139,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         shared.table.clone(),
         metrics.clone(),
         shutdown_rx,
+        options.request_header_timeout,
     );
 
     let mut changes = store.subscribe();

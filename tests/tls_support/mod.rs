@@ -549,6 +549,8 @@ impl Gateway {
                 "0".into(),
                 "--drain-timeout".into(),
                 "1s".into(),
+                "--request-header-timeout".into(),
+                "2s".into(),
             ],
             logs.path(),
         );

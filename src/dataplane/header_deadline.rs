@@ -1,0 +1,314 @@
+//! A deadline for the whole of a client's HTTP/1 request header.
+//!
+//! Pingora bounds each read of a request header (by the keep-alive idle time, 60 s), not the
+//! header as a whole: a client that sends a line every few seconds holds its connection, and
+//! the memory of the header read so far, for as long as it keeps sending. Many such clients
+//! are the slow-header attack. [`HeaderDeadline`] sits between Pingora's HTTP code and a client
+//! connection (cleartext or decrypted TLS) and gives each request header, from its first byte
+//! to the empty line that ends it, one deadline; past it the client gets `408 Request Timeout`
+//! and the connection closes.
+//!
+//! The wrapper tells where a header ends by the bytes it passes up: a line feed, an optional
+//! carriage return and a second line feed. The connection's task marks the start of each
+//! request ([`NextRequest::mark`]) before it hands the connection to Pingora again; the bytes
+//! after the end of a header (a body, an upgraded stream, HTTP/2 frames after the preface) are
+//! passed through unchecked.
+//!
+//! A header that arrives in one read, as nearly all do, costs a scan of its bytes and no timer;
+//! the timer is set only when a read leaves the header unfinished.
+//!
+//! Known shortcoming: a request whose header Pingora already holds (pipelined behind the one
+//! before it) is not seen here, so its body is scanned as if it were the header and a body
+//! that takes longer than the deadline without an empty line is cut off.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::SslDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// What the client gets when its header is not in by the deadline.
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// Marks where a connection's next request starts; shared by the connection's task and its
+/// [`HeaderDeadline`].
+#[derive(Clone, Default)]
+pub struct NextRequest(Arc<AtomicBool>);
+
+impl NextRequest {
+    /// The next bytes read begin a request header.
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> bool {
+        // A load first: the common case, a read inside a request, writes nothing.
+        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// Where the wrapper is in the request it passes up.
+enum State {
+    /// Reading a header: how much of a blank line the last bytes were (0: none, 1: a line
+    /// feed, 2: a line feed and a carriage return, [`START`]: nothing else yet), and when the
+    /// header began, once it has taken more than one read.
+    Header { blank: u8, began: Option<Instant> },
+    /// Past the end of the header: nothing is checked until the next request.
+    Past,
+}
+
+/// A client connection whose request headers have a deadline; see the module doc.
+pub struct HeaderDeadline<S> {
+    inner: S,
+    next: NextRequest,
+    timeout: Duration,
+    state: State,
+    /// The timer, set when a header takes more than one read, and kept for the next.
+    timer: Option<Pin<Box<Sleep>>>,
+    timed_out: IntCounter,
+}
+
+impl<S> HeaderDeadline<S> {
+    /// Wraps `inner`; `next` is marked by the caller before each request, and `timed_out`
+    /// counts the headers that missed the deadline.
+    pub fn new(inner: S, next: NextRequest, timeout: Duration, timed_out: IntCounter) -> Self {
+        HeaderDeadline {
+            inner,
+            next,
+            timeout,
+            state: State::Past,
+            timer: None,
+            timed_out,
+        }
+    }
+}
+
+/// Where [`scan`] starts a header: nothing but line ends seen yet, which a client may send
+/// before its request line (RFC 9112, section 2.2) and which end nothing.
+const START: u8 = 3;
+
+/// Scans `bytes` for the blank line that ends a header, from the scanner state `blank`:
+/// `Ok(())` when found, else the state to go on from.
+fn scan(mut blank: u8, bytes: &[u8]) -> Result<(), u8> {
+    for &b in bytes {
+        blank = match (blank, b) {
+            (START, b'\r' | b'\n') => START,
+            (1 | 2, b'\n') => return Ok(()),
+            (_, b'\n') => 1,
+            (1, b'\r') => 2,
+            _ => 0,
+        };
+    }
+    Err(blank)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.next.take() && !this.timeout.is_zero() {
+            this.state = State::Header {
+                blank: START,
+                began: None,
+            };
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let State::Header { blank, began } = &mut this.state else {
+            return polled;
+        };
+        match polled {
+            Poll::Ready(Ok(())) => {
+                let read = &buf.filled()[before..];
+                if read.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                match scan(*blank, read) {
+                    Ok(()) => this.state = State::Past,
+                    Err(state) => {
+                        *blank = state;
+                        began.get_or_insert_with(Instant::now);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let Some(began) = *began else {
+                    return Poll::Pending;
+                };
+                let deadline = began + this.timeout;
+                let timer = match &mut this.timer {
+                    Some(timer) => {
+                        if timer.deadline() != deadline {
+                            timer.as_mut().reset(deadline);
+                        }
+                        timer
+                    }
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.timed_out.inc();
+                this.state = State::Past;
+                // Best effort: the socket has room for a line this short, and the connection
+                // closes whether or not it went.
+                let _ = Pin::new(&mut this.inner).poll_write(cx, REQUEST_TIMEOUT);
+                let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the request header did not arrive in time",
+                )))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for HeaderDeadline<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("HeaderDeadline").field(&self.inner).finish()
+    }
+}
+
+#[async_trait]
+impl<S: Shutdown + Send> Shutdown for HeaderDeadline<S> {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl<S: UniqueID> UniqueID for HeaderDeadline<S> {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl<S: Ssl> Ssl for HeaderDeadline<S> {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+#[async_trait]
+impl<S: Peek + Send> Peek for HeaderDeadline<S> {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+impl<S: GetTimingDigest> GetTimingDigest for HeaderDeadline<S> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl<S: GetProxyDigest> GetProxyDigest for HeaderDeadline<S> {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl<S: GetSocketDigest> GetSocketDigest for HeaderDeadline<S> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{scan, START};
+
+    #[test]
+    fn a_header_ends_at_its_blank_line_however_the_reads_split_it() {
+        let header = b"GET / HTTP/1.1\r\nhost: a\r\n\r\nbody";
+        let end = header.len() - 4;
+        for split in 0..=header.len() {
+            let (a, b) = header.split_at(split);
+            let found = match scan(START, a) {
+                Ok(()) => split >= end,
+                Err(state) => scan(state, b).is_ok(),
+            };
+            assert!(found, "split at {split}");
+        }
+        assert_eq!(scan(START, b"GET / HTTP/1.1\nhost: a\n\n"), Ok(()));
+        assert!(scan(START, b"GET / HTTP/1.1\r\nhost: a\r\n").is_err());
+        assert!(scan(START, b"GET / HTTP/1.1\r\nhost: a\r\nx: \r\r\n").is_err());
+        // Empty lines before the request line (RFC 9112, section 2.2) do not end it.
+        assert!(scan(START, b"\r\n\r\nGET / HTTP/1.1\r\n").is_err());
+    }
+}
