@@ -1378,12 +1378,15 @@ fn preflight(cors: &Cors, req: &RequestHeader) -> Option<Vec<(&'static str, Stri
         return Some(out);
     }
     out.push(("access-control-allow-origin", origin.to_string()));
-    let methods = match &cors.methods {
-        Some(list) => list.join(", "),
-        None if cors.credentials => method.to_string(),
-        None => "*".to_string(),
-    };
-    out.push(("access-control-allow-methods", methods));
+    // No methods listed: none beyond the CORS-safelisted ones, which need no header.
+    match &cors.methods {
+        Some(list) if !list.is_empty() => {
+            out.push(("access-control-allow-methods", list.join(", ")))
+        }
+        Some(_) => {}
+        None if cors.credentials => out.push(("access-control-allow-methods", method.to_string())),
+        None => out.push(("access-control-allow-methods", "*".to_string())),
+    }
     let asked = header("access-control-request-headers");
     match (&cors.headers, asked) {
         (Some(list), _) if !list.is_empty() => {
@@ -1392,11 +1395,19 @@ fn preflight(cors: &Cors, req: &RequestHeader) -> Option<Vec<(&'static str, Stri
         (None, Some(asked)) if cors.credentials => {
             out.push(("access-control-allow-headers", asked.to_string()))
         }
+        // With credentials and nothing asked for, there is nothing to echo and `*` may not
+        // be said.
+        (None, None) if cors.credentials => {}
         (None, _) => out.push(("access-control-allow-headers", "*".to_string())),
         _ => {}
     }
-    if let Some(expose) = &cors.expose {
-        out.push(("access-control-expose-headers", expose.clone()));
+    // The headers a response exposes are said on the response itself (`response_filter`, which
+    // names them when `*` may not be said); a preflight repeats a list, never `*` with
+    // credentials.
+    match &cors.expose {
+        Some(expose) if expose == "*" && cors.credentials => {}
+        Some(expose) => out.push(("access-control-expose-headers", expose.clone())),
+        None => {}
     }
     if cors.credentials {
         out.push(("access-control-allow-credentials", "true".to_string()));
@@ -1737,6 +1748,9 @@ mod tests {
         assert_eq!(replace_path(&root, "/foo/baz", Some("/foo")), "/baz");
         assert_eq!(replace_path(&root, "/foo", Some("/foo")), "/");
         assert_eq!(replace_path(&p, "/x", Some("/")), "/bar/x");
+        let empty = PathReplace::Prefix(String::new());
+        assert_eq!(replace_path(&empty, "/foo/bar", Some("/foo")), "/bar");
+        assert_eq!(replace_path(&empty, "/foo", Some("/foo")), "/");
     }
 
     #[test]
@@ -1761,6 +1775,66 @@ mod tests {
                 .any(|(n, v)| *n == "access-control-allow-origin" && v == origin);
             assert_eq!(echoed, allowed, "{answer:?}");
         }
+    }
+
+    /// With credentials a preflight never says `*` (the Fetch standard reads it as a name
+    /// then): wildcards echo what was asked for, or are left out when nothing was; a rule that
+    /// lists no methods sends no empty `access-control-allow-methods`.
+    #[test]
+    fn a_preflight_with_credentials_never_says_star() {
+        let star = vec!["*".to_string()];
+        let cors = Cors {
+            origins: star.clone(),
+            methods: None,
+            headers: None,
+            expose: Some("*".into()),
+            credentials: true,
+            max_age: 5,
+        };
+        let ask = |asked: Option<&str>| {
+            let mut req = RequestHeader::build("OPTIONS", b"/", None).unwrap();
+            req.insert_header("origin", "https://x.example").unwrap();
+            req.insert_header("access-control-request-method", "PATCH")
+                .unwrap();
+            if let Some(asked) = asked {
+                req.insert_header("access-control-request-headers", asked)
+                    .unwrap();
+            }
+            req
+        };
+        let field = |answer: &[(&'static str, String)], name: &str| {
+            (answer.iter())
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let answer = preflight(&cors, &ask(Some("x-a"))).unwrap();
+        assert!(answer.iter().all(|(_, v)| v != "*"), "{answer:?}");
+        assert_eq!(
+            field(&answer, "access-control-allow-headers").as_deref(),
+            Some("x-a")
+        );
+        assert_eq!(
+            field(&answer, "access-control-allow-methods").as_deref(),
+            Some("PATCH")
+        );
+        let answer = preflight(&cors, &ask(None)).unwrap();
+        assert!(answer.iter().all(|(_, v)| v != "*"), "{answer:?}");
+        assert_eq!(field(&answer, "access-control-allow-headers"), None);
+
+        let minimal = Cors {
+            methods: Some(Vec::new()),
+            headers: Some(Vec::new()),
+            expose: None,
+            credentials: false,
+            ..cors
+        };
+        let answer = preflight(&minimal, &ask(None)).unwrap();
+        assert_eq!(
+            field(&answer, "access-control-allow-methods"),
+            None,
+            "{answer:?}"
+        );
+        assert!(answer.iter().all(|(_, v)| !v.is_empty()), "{answer:?}");
     }
 
     #[test]

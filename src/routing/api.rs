@@ -443,6 +443,12 @@ pub struct HttpMatch {
     pub query_params: Vec<ValueMatch>,
     /// HTTP method.
     pub method: Option<String>,
+    /// Made from a GRPCRoute match that names a method and no service: its path pattern ranks
+    /// below every service a GRPCRoute names (GRPCRouteRule's precedence: the characters of
+    /// the service, then of the method), where an HTTPRoute's pattern would rank above every
+    /// prefix. Not a field of the API.
+    #[serde(skip)]
+    pub grpc_method_only: bool,
 }
 
 /// `matches[].path`.
@@ -845,6 +851,11 @@ impl From<GrpcMatch> for HttpMatch {
     /// alone a path prefix, a method alone a pattern; `RegularExpression` builds a pattern from
     /// the two parts (an absent part matches any name).
     fn from(m: GrpcMatch) -> HttpMatch {
+        let grpc_method_only = m.method.as_ref().is_some_and(|mm| {
+            mm.type_.as_deref() != Some("RegularExpression")
+                && mm.service.is_none()
+                && mm.method.is_some()
+        });
         let path = m.method.map(|mm| {
             let regex = mm.type_.as_deref() == Some("RegularExpression");
             let (type_, value) = match (regex, mm.service, mm.method) {
@@ -873,6 +884,7 @@ impl From<GrpcMatch> for HttpMatch {
             headers: m.headers,
             query_params: Vec::new(),
             method: None,
+            grpc_method_only,
         }
     }
 }

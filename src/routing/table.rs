@@ -8,9 +8,10 @@
 //!    inside that listener, the **host bucket**: the exact hostname, then each wildcard suffix
 //!    from longest to shortest, then routes without hostnames;
 //! 3. inside a bucket the request path probes the exact-path map, the regular expressions, then
-//!    the prefix map once per path element from longest to shortest; each probe yields entries
-//!    already sorted by the rest of the spec's precedence, and the first whose method, header and
-//!    query matches hold wins.
+//!    the prefix map once per path element from longest to shortest (GRPCRoute matches of a
+//!    method in any service just before the prefix `/`); each probe yields entries already
+//!    sorted by the rest of the spec's precedence, and the first whose method, header and query
+//!    matches hold wins.
 //!
 //! The cost of a lookup therefore depends on the depth of the host and path, not on the number
 //! of routes. Buckets are tried in order and a bucket whose rules all fail to match falls through
@@ -93,6 +94,9 @@ pub struct PathIndex {
     pub prefix: HashMap<String, Vec<Entry>>,
     /// Regular-expression path matches.
     pub regex: Vec<(Regex, Entry)>,
+    /// GRPCRoute matches of a method in any service, as patterns: a service named ranks above
+    /// them, so they are tried after every prefix but `/`.
+    pub grpc_methods: Vec<(Regex, Entry)>,
 }
 
 /// One `match` of one rule, ready to test.
@@ -640,13 +644,23 @@ impl PathIndex {
         {
             return Some(hit);
         }
+        let grpc_method = || {
+            (self.grpc_methods.iter())
+                .find(|(re, e)| re.is_match(req.path) && e.conditions.hold(req))
+                .map(|(_, e)| e)
+        };
         if self.prefix.is_empty() {
-            return None;
+            return grpc_method();
         }
         // Element-wise prefixes: `/a/b/` probes `/a/b`, `/a`, then `/`.
         let mut key = req.path.trim_end_matches('/');
         loop {
             let probe = if key.is_empty() { "/" } else { key };
+            if probe == "/" && !self.grpc_methods.is_empty() {
+                if let Some(hit) = grpc_method() {
+                    return Some(hit);
+                }
+            }
             if let Some(hit) = self.prefix.get(probe).and_then(|v| first(v)) {
                 return Some(hit);
             }
@@ -683,11 +697,13 @@ impl Conditions {
         }
         for (i, h) in self.headers.iter().enumerate() {
             // Several values of one header are compared as the comma-joined list
-            // (RFC 9110 section 5.3).
+            // (RFC 9110 section 5.3); an HTTP/2 client's cookie crumbs as the one Cookie
+            // field they were split from, joined by "; " (RFC 9113 section 8.2.3).
             let values = (req.header)(&h.name);
             let holds = match values.len() {
                 0 => false,
                 1 => h.value.holds(values[0]),
+                _ if h.name == "cookie" => h.value.holds(&values.join("; ")),
                 _ => h.value.holds(&values.join(",")),
             };
             if !holds {

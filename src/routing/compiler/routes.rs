@@ -53,6 +53,8 @@ enum PathKind {
     Exact(String),
     Prefix(String),
     Regex(Regex),
+    /// A GRPCRoute method without a service: tried after every longer prefix.
+    GrpcMethod(Regex),
 }
 
 /// A route, translated, with what the table needs to order it among others.
@@ -721,6 +723,7 @@ fn translate_match(
             let trimmed = value.trim_end_matches('/');
             PathKind::Prefix(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
         }
+        "RegularExpression" if m.grpc_method_only => PathKind::GrpcMethod(anchored(&value)?),
         "RegularExpression" => PathKind::Regex(anchored(&value)?),
         other => return Err(format!("path match type {other:?} is not supported; use Exact, PathPrefix or RegularExpression")),
     };
@@ -762,7 +765,7 @@ fn translate_match(
     let method = m.method.as_ref().map(|s| s.to_ascii_uppercase());
     let path_len = match &path {
         PathKind::Exact(p) | PathKind::Prefix(p) => p.len(),
-        PathKind::Regex(r) => r.as_str().len(),
+        PathKind::Regex(r) | PathKind::GrpcMethod(r) => r.as_str().len(),
     };
     let prefix_chars = m
         .path
@@ -836,6 +839,21 @@ fn translate_filter(
     unresolved: &mut Option<Problem>,
 ) -> Result<Filter, String> {
     let missing = |field: &str| format!("filter type {} needs field {field}", f.type_);
+    // A GRPCRoute has the header modifiers, mirrors and extensions of an HTTPRoute, not its
+    // redirects, rewrites or CORS: a gRPC method is not a path to redirect or rewrite.
+    const GRPC_FILTERS: [&str; 4] = [
+        "RequestHeaderModifier",
+        "ResponseHeaderModifier",
+        "RequestMirror",
+        "ExtensionRef",
+    ];
+    if ctx.route.key.kind == Kind::GrpcRoute && !GRPC_FILTERS.contains(&f.type_.as_str()) {
+        return Err(format!(
+            "filter type {:?} is not one a GRPCRoute has ({})",
+            f.type_,
+            GRPC_FILTERS.join(", ")
+        ));
+    }
     Ok(match f.type_.as_str() {
         "RequestHeaderModifier" => Filter::RequestHeaders(Arc::new(header_edits(
             f.request_header_modifier
@@ -1017,11 +1035,16 @@ fn path_replace(p: &api::PathModifier) -> Result<PathReplace, String> {
                 .as_deref()
                 .ok_or("ReplaceFullPath needs replaceFullPath")?,
         )?)),
-        "ReplacePrefixMatch" => Ok(PathReplace::Prefix(written_path(
-            p.replace_prefix_match
-                .as_deref()
-                .ok_or("ReplacePrefixMatch needs replacePrefixMatch")?,
-        )?)),
+        // An empty replacement takes the prefix away (`/foo/bar` becomes `/bar`, `/foo`
+        // becomes `/`), as the API's HTTPPathModifier documents.
+        "ReplacePrefixMatch" => match p
+            .replace_prefix_match
+            .as_deref()
+            .ok_or("ReplacePrefixMatch needs replacePrefixMatch")?
+        {
+            "" => Ok(PathReplace::Prefix(String::new())),
+            replacement => Ok(PathReplace::Prefix(written_path(replacement)?)),
+        },
         other => Err(format!("path modifier type {other:?} is not supported")),
     }
 }
@@ -1707,6 +1730,7 @@ struct Bucket {
     exact: HashMap<String, Vec<(MatchRank, Entry)>>,
     prefix: HashMap<String, Vec<(MatchRank, Entry)>>,
     regex: Vec<(MatchRank, Regex, Entry)>,
+    grpc_methods: Vec<(MatchRank, Regex, Entry)>,
 }
 
 /// A listener's host index as last built: for each host, the routes its entries came from
@@ -1799,6 +1823,7 @@ fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
                     .or_default()
                     .push((rank, entry)),
                 PathKind::Regex(r) => bucket.regex.push((rank, r.clone(), entry)),
+                PathKind::GrpcMethod(r) => bucket.grpc_methods.push((rank, r.clone(), entry)),
             }
         }
     }
@@ -1807,6 +1832,7 @@ fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
         v.into_iter().map(|(_, e)| e).collect()
     };
     bucket.regex.sort_by_key(|(rank, _, _)| *rank);
+    bucket.grpc_methods.sort_by_key(|(rank, _, _)| *rank);
     PathIndex {
         exact: bucket
             .exact
@@ -1819,6 +1845,9 @@ fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
             .map(|(k, v)| (k, finish(v)))
             .collect(),
         regex: bucket.regex.into_iter().map(|(_, r, e)| (r, e)).collect(),
+        grpc_methods: (bucket.grpc_methods.into_iter())
+            .map(|(_, r, e)| (r, e))
+            .collect(),
     }
 }
 

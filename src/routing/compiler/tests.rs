@@ -1998,3 +1998,158 @@ fn only_tcp_ports_of_a_service_and_its_endpoints_carry_traffic() {
         "{resolved}"
     );
 }
+
+/// A GRPCRoute in BASE's namespace with `body` after its parentRefs.
+fn grpc_route(name: &str, created: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {{name: {name}, namespace: infra, creationTimestamp: \"{created}\"}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n{body}"
+    )
+}
+
+/// GRPCRouteRule's precedence: the characters of the service before those of the method.
+/// A match naming only a service wins over an older one naming only a method, and a method
+/// in any service still wins over a route with no method match at all.
+#[test]
+fn a_grpc_service_match_ranks_above_a_method_match() {
+    let text = [
+        BASE.to_string(),
+        grpc_route(
+            "method-only",
+            "2020-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {method: Foo}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+        grpc_route(
+            "service-only",
+            "2021-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {service: a.B}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+        grpc_route(
+            "any",
+            "2019-01-01T00:00:00Z",
+            "  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    let route_of = |path: &str| lookup_route(&c, "any", path, &[]);
+    assert_eq!(
+        route_of("/a.B/Foo").as_deref(),
+        Some("infra/service-only#0")
+    );
+    assert_eq!(route_of("/c.D/Foo").as_deref(), Some("infra/method-only#0"));
+    assert_eq!(route_of("/c.D/Bar").as_deref(), Some("infra/any#0"));
+    // explain takes the same road, and /debug/routes lists the method match before `/`.
+    let question = |path: &str| crate::routing::explain::Question {
+        listener: "infra/gw/http".to_string(),
+        host: "any".to_string(),
+        path: path.to_string(),
+        method: "POST".to_string(),
+        headers: Vec::new(),
+    };
+    for (path, wanted) in [
+        ("/a.B/Foo", "infra/service-only#0"),
+        ("/c.D/Foo", "infra/method-only#0"),
+    ] {
+        let answer = question(path).answer(&c.table, &c.report);
+        assert_eq!(
+            answer.matched.as_deref(),
+            Some(wanted),
+            "{:?}",
+            answer.steps
+        );
+    }
+    let routes = serde_json::to_string(&crate::routing::explain::describe(&c.table)).unwrap();
+    let at = |needle: &str| {
+        routes
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle}: {routes}"))
+    };
+    assert!(
+        at("infra/service-only") < at("infra/method-only"),
+        "{routes}"
+    );
+    assert!(at("infra/method-only") < at("infra/any"), "{routes}");
+}
+
+/// A GRPCRoute has no redirects, rewrites or CORS: a rule that asks for one is dropped, and
+/// the route says why, rather than redirecting or rewriting gRPC calls.
+#[test]
+fn a_grpc_route_refuses_the_filters_only_an_http_route_has() {
+    let text = [
+        BASE.to_string(),
+        grpc_route(
+            "g",
+            "2020-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {service: a.B}}]\n    \
+             filters: [{type: URLRewrite, urlRewrite: {hostname: x.example}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n  \
+             - filters: [{type: RequestHeaderModifier, \
+             requestHeaderModifier: {set: [{name: x-a, value: b}]}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    let status = &c.report.get(Kind::GrpcRoute, "infra", "g").unwrap().status;
+    let partly = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
+    assert!(
+        partly["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("URLRewrite") && m.contains("not one a GRPCRoute has")),
+        "{partly}"
+    );
+    assert_eq!(
+        lookup_route(&c, "any", "/a.B/Foo", &[]).as_deref(),
+        Some("infra/g#1")
+    );
+}
+
+/// An empty `replacePrefixMatch` takes the matched prefix away, as HTTPPathModifier documents.
+#[test]
+fn an_empty_prefix_replacement_is_accepted() {
+    let text = [
+        BASE.to_string(),
+        route(
+            "r",
+            "  rules:\n  - matches: [{path: {type: PathPrefix, value: /foo}}]\n    \
+             filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, \
+             replacePrefixMatch: \"\"}}}]\n    backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    assert!(c.report.problems().is_empty(), "{:?}", c.report.problems());
+    assert_eq!(
+        lookup_route(&c, "any", "/foo/bar", &[]).as_deref(),
+        Some("infra/r#0")
+    );
+}
+
+/// An HTTP/2 client may split its Cookie field into one field per cookie (RFC 9113, section
+/// 8.2.3): a header match sees them joined back with "; ", as one HTTP/1.1 field carries them.
+#[test]
+fn cookie_crumbs_match_as_the_cookie_they_came_from() {
+    let text = [
+        BASE.to_string(),
+        route(
+            "r",
+            "  rules:\n  - matches: [{headers: [{name: cookie, value: \"a=1; b=2\"}]}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    let crumbs = [("cookie", "a=1"), ("cookie", "b=2")];
+    assert_eq!(
+        lookup_route(&c, "any", "/", &crumbs).as_deref(),
+        Some("infra/r#0")
+    );
+    assert_eq!(
+        lookup_route(&c, "any", "/", &[("cookie", "a=1; b=2")]).as_deref(),
+        Some("infra/r#0")
+    );
+}
