@@ -7,6 +7,7 @@
 //! - requests pipelined on one connection are answered in order;
 //! - a target in absolute form is forwarded in origin form, with the host it names;
 //! - every X-Forwarded-For line the client sent reaches the backend;
+//! - an HTTP/1.0 request without Host reaches the backend with one;
 //! - a connection that never sends a byte does not hold a shutdown for its drain timeout;
 //! - a request header must be whole within `--request-header-timeout` (408), its body need not;
 //! - the admin endpoint closes connections that send no header in time, and holds 64 at most;
@@ -220,6 +221,15 @@ async fn requests_are_read_as_they_were_meant() {
     assert_eq!(
         echoed(&answer)["headers"]["x-forwarded-for"],
         "192.0.2.1, 192.0.2.2, 192.0.2.3, 127.0.0.1"
+    );
+
+    // An HTTP/1.0 request without Host goes on as HTTP/1.1, which needs one: the backend gets
+    // its own address as the Host.
+    let answer = raw(port, b"GET /p/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(
+        echoed(&answer)["headers"]["host"],
+        format!("127.0.0.1:{public_port}"),
+        "{answer}"
     );
 }
 

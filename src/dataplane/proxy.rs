@@ -404,6 +404,14 @@ impl ProxyHttp for Proxy {
         upstream.insert_header(X_FORWARDED_PROTO_WIRE, HeaderValue::from_static(ctx.scheme))?;
         upstream.insert_header(X_REQUEST_ID_WIRE, ctx.request_id.as_str())?;
         join_cookies(upstream)?;
+        // An HTTP/1.0 client need not send Host, but the request goes on as HTTP/1.1, which
+        // must carry one (RFC 9112, section 3.2): the backend's address stands in, as the
+        // authority the request is now sent to. A URLRewrite hostname below still replaces it.
+        if !upstream.headers.contains_key(http::header::HOST) {
+            if let Some((endpoint, _)) = &ctx.upstream {
+                upstream.insert_header(http::header::HOST, endpoint.to_string())?;
+            }
+        }
         let Some(rule) = ctx.rule.clone() else {
             return Ok(());
         };
