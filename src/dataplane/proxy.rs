@@ -1235,7 +1235,10 @@ async fn respond_then(
     }
     let (code, message) = match status {
         404 => ("12", "no route for this method (UNIMPLEMENTED)"),
-        503 | 502 => ("14", "no backend is available (UNAVAILABLE)"),
+        503 => ("14", "no backend is available (UNAVAILABLE)"),
+        // Reached, but it refused the connection, reset the stream or answered what is not
+        // HTTP: the gateway's log says which.
+        502 => ("14", "the backend failed the call (UNAVAILABLE)"),
         504 => (
             "4",
             "the backend did not answer in time (DEADLINE_EXCEEDED)",
