@@ -980,6 +980,23 @@ fn a_listener_with_several_certificates_serves_each_client_one_it_can_use() {
     assert_eq!(programmed.status, "True", "{programmed:?}");
     assert_eq!(served("web.example", &[]), Some(rsa.der.clone()));
     assert_eq!(served("other.example", &[]), Some(other.der.clone()));
+
+    // The Secret fixed, and the first one deleted: the listener serves the others, and says
+    // which one is gone.
+    gw.write("secret-ecdsa.yaml", &secret_file("ecdsa", &ecdsa).1);
+    gw.wait_for_condition("web", "ResolvedRefs", "True", "ResolvedRefs");
+    gw.remove("secret-rsa.yaml");
+    let resolved = gw.wait_for_condition("web", "ResolvedRefs", "False", "InvalidCertificateRef");
+    assert!(
+        resolved.message.contains("rsa does not exist")
+            && resolved.message.contains("other certificates"),
+        "{}",
+        resolved.message
+    );
+    let programmed = gw.condition("web", "Programmed").unwrap();
+    assert_eq!(programmed.status, "True", "{programmed:?}");
+    assert_eq!(served("web.example", &[]), Some(ecdsa.der.clone()));
+    assert_eq!(served("other.example", &[]), Some(other.der.clone()));
 }
 
 /// A client certificate for TLS backends (`spec.tls.backend.clientCertificateRef`) whose key

@@ -790,19 +790,27 @@ fn check_tls(
         ));
         return;
     }
+    // A reference that cannot be followed (another kind, no ReferenceGrant, no such Secret)
+    // is said, and the listener's other certificateRefs are still read: those that are valid
+    // are served.
+    let mut unfollowed: Option<(usize, Problem)> = None;
+    let mut broken_at = None;
     for (index, r) in tls.certificate_refs.iter().enumerate() {
         let group = r.group.as_deref().unwrap_or("");
         let kind = r.kind.as_deref().unwrap_or("Secret");
         let namespace = r.namespace.as_deref().unwrap_or(gateway_namespace);
         if !(group.is_empty() || group == "core") || kind != "Secret" {
-            state.resolved = Some((
-                "InvalidCertificateRef",
-                format!(
-                    "certificateRef {group}/{kind} {}: only core Secrets hold certificates",
-                    r.name
+            unfollowed.get_or_insert((
+                index,
+                (
+                    "InvalidCertificateRef",
+                    format!(
+                        "certificateRef {group}/{kind} {}: only core Secrets hold certificates",
+                        r.name
+                    ),
                 ),
             ));
-            return;
+            continue;
         }
         if namespace != gateway_namespace
             && !super::routes::grant_allows(
@@ -816,15 +824,18 @@ fn check_tls(
                 &r.name,
             )
         {
-            state.resolved = Some(("RefNotPermitted", format!("Secret {namespace}/{}: no ReferenceGrant in {namespace} allows Gateways from {gateway_namespace}", r.name)));
-            return;
+            unfollowed.get_or_insert((index, ("RefNotPermitted", format!("Secret {namespace}/{}: no ReferenceGrant in {namespace} allows Gateways from {gateway_namespace}", r.name))));
+            continue;
         }
         let Some(secret) = snapshot.get(Kind::Secret, namespace, &r.name) else {
-            state.resolved = Some((
-                "InvalidCertificateRef",
-                format!("Secret {namespace}/{} does not exist", r.name),
+            unfollowed.get_or_insert((
+                index,
+                (
+                    "InvalidCertificateRef",
+                    format!("Secret {namespace}/{} does not exist", r.name),
+                ),
             ));
-            return;
+            continue;
         };
         match crate::tls::certified_key(&secret.body) {
             Ok(key) => {
@@ -837,6 +848,7 @@ fn check_tls(
             Err(e) => {
                 // The other certificateRefs are still read: those that are valid are served.
                 if state.broken_secret.is_none() {
+                    broken_at = Some(index);
                     let message = format!("Secret {namespace}/{}: {e}", r.name);
                     state.resolved = Some(("InvalidCertificateRef", message.clone()));
                     state.broken_secret = Some(((namespace.to_string(), r.name.clone()), message));
@@ -845,7 +857,13 @@ fn check_tls(
             }
         }
     }
-    if state.broken_secret.is_some() && state.certificate.is_some() {
+    if let Some((index, problem)) = unfollowed {
+        // The first problem in the order written is the one said.
+        if broken_at.is_none_or(|broken| index < broken) {
+            state.resolved = Some(problem);
+        }
+    }
+    if state.resolved.is_some() && state.certificate.is_some() {
         state.serves_others = true;
         if let Some((_, message)) = &mut state.resolved {
             message.push_str("; the listener's other certificates are served");
