@@ -27,8 +27,9 @@
 //! loops are skipped.
 //!
 //! Objects belong to their content, not to a file name: an object stays in the store while any
-//! file holds it, so renaming a file, or moving an object from one file to another, never takes
-//! it away. When two files hold the same object, the copy of the last in path order is served
+//! file holds it, so renaming a file or a directory, or moving an object from one file to
+//! another, never takes it away (a file that turns up with the time and size of one just gone
+//! is taken as moved, and read at once). When two files hold the same object, the copy of the last in path order is served
 //! (at start and while running alike), and the other file carries an error naming both; when
 //! that file lets go of it, the other file's copy is read again.
 
@@ -140,18 +141,32 @@ impl DirectoryProvider {
                 .filter(|p| tree.unreadable.iter().any(|(dir, _)| p.starts_with(dir)))
                 .cloned(),
         );
+        // A file gone from its path whose modification time and size turn up on a new path
+        // was moved there (a rename keeps both), most often with a whole directory, whose files
+        // get no event of their own. It is read at once rather than after waiting for writes
+        // to settle: its objects would otherwise be gone from their old path in between.
+        let listed: HashSet<&Path> = tree.files.iter().map(|(p, _)| p.as_path()).collect();
+        let vanished: HashSet<(Option<SystemTime>, u64)> = (self.files.iter())
+            .filter(|(p, _)| !listed.contains(p.as_path()))
+            .map(|(_, state)| (state.modified, state.len))
+            .collect();
+        drop(listed);
         for (path, meta) in tree.files {
             let (modified, len) = (meta.modified().ok(), meta.len());
-            if let Some(state) = self.files.get(&path) {
+            let known = self.files.get(&path);
+            if let Some(state) = known {
                 if state.modified == modified && state.len == len && !state.retry {
                     seen.insert(path);
                     continue;
                 }
             }
-            let ready = self
-                .writes
-                .as_mut()
-                .is_none_or(|w| w.ready(&path, modified, len));
+            let moved =
+                known.is_none() && modified.is_some() && vanished.contains(&(modified, len));
+            let ready = moved
+                || self
+                    .writes
+                    .as_mut()
+                    .is_none_or(|w| w.ready(&path, modified, len));
             if ready {
                 self.load_file(&path, modified, len);
             }
@@ -2597,6 +2612,49 @@ mod tests {
         writes.open.insert(path.clone(), long_ago);
         scan(&mut provider, &mut writes);
         assert!(store.snapshot().get(Kind::Service, "n", "d").is_some());
+    }
+
+    /// A file moved with its directory, or into a directory made for it, gets no event of its
+    /// own; it is the same file, read at once, and its objects are never gone in between.
+    #[test]
+    fn objects_stay_while_their_directory_is_renamed_or_their_file_moves_into_a_new_one() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("a.yaml"), service("a")).unwrap();
+        std::fs::write(dir.path().join("b.yaml"), service("b")).unwrap();
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        let mut notify = Notify::start().expect("inotify works here");
+        notify.watch_dirs(&provider.dirs);
+        let mut writes = Writes::default();
+        let mut scan = |provider: &mut DirectoryProvider, writes: &mut Writes| {
+            notify.wait(Duration::from_millis(50), writes);
+            provider.writes = Some(std::mem::take(writes));
+            provider.sync().unwrap();
+            *writes = provider.writes.take().unwrap();
+            notify.watch_dirs(&provider.dirs);
+        };
+        let both = |store: &Store| {
+            let snap = store.snapshot();
+            snap.get(Kind::Service, "n", "a").is_some()
+                && snap.get(Kind::Service, "n", "b").is_some()
+        };
+
+        std::fs::rename(&sub, dir.path().join("renamed")).unwrap();
+        scan(&mut provider, &mut writes);
+        assert!(both(&store), "gone after the directory was renamed");
+
+        let new = dir.path().join("new");
+        std::fs::create_dir(&new).unwrap();
+        std::fs::rename(dir.path().join("b.yaml"), new.join("b.yaml")).unwrap();
+        scan(&mut provider, &mut writes);
+        assert!(
+            both(&store),
+            "gone after the file moved into a new directory"
+        );
     }
 
     #[test]
