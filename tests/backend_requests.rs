@@ -917,7 +917,8 @@ async fn a_backend_may_switch_protocols_only_when_the_client_asked() {
 
 /// A WebSocket lasts as long as both ends keep it: one that stays quiet for longer than the
 /// minute Pingora gives a client to send each part of a request body is still open, and
-/// carries what comes next. (This test waits out that minute.)
+/// carries what comes next. Nor is what the client sends after the switch held to the request
+/// header's deadline (1 s here). (This test waits out that minute.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_websocket_is_not_cut_after_a_minute() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -943,7 +944,7 @@ async fn a_quiet_websocket_is_not_cut_after_a_minute() {
         backend("rt", "quiet", port),
     ]
     .concat();
-    let gateway = Gateway::start(&config).await;
+    let gateway = Gateway::start_with(&config, &["--request-header-timeout", "1s"]).await;
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
         .await
         .unwrap();
@@ -959,6 +960,9 @@ async fn a_quiet_websocket_is_not_cut_after_a_minute() {
         head.push(byte[0]);
     }
     assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let mut echoed = [0u8; 5];
+    tcp.write_all(b"first").await.unwrap();
+    tcp.read_exact(&mut echoed).await.unwrap();
     tokio::time::sleep(Duration::from_secs(62)).await;
     tcp.write_all(b"still here").await.unwrap();
     let mut echoed = [0u8; 10];

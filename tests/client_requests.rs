@@ -529,6 +529,28 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(took < Duration::from_secs(8), "{took:?}");
 
+    // The second request of a keep-alive connection has a deadline of its own.
+    let mut second: Vec<&[u8]> = vec![
+        b"GET /x HTTP/1.1\r\nhost: a.test\r\n\r\n",
+        b"GET /y HTTP/1.1\r\n",
+    ];
+    second.extend(std::iter::repeat_n(&b"x-drip: 1\r\n"[..], 10));
+    second.push(b"\r\n");
+    let (answer, _) = dripped(listen, &second).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("HTTP/1.1 408"), "{answer:?}");
+
+    // A body that waits for `100 Continue` and then comes slowly is not a header.
+    let mut expecting: Vec<&[u8]> = vec![
+        b"POST /x HTTP/1.1\r\nhost: a.test\r\ncontent-length: 8\r\n\
+          expect: 100-continue\r\nconnection: close\r\n\r\n",
+    ];
+    expecting.extend(std::iter::repeat_n(&b"ab"[..], 4));
+    expecting.extend(std::iter::repeat_n(&b""[..], 4));
+    let (answer, _) = dripped(listen, &expecting).await;
+    assert!(answer.contains("HTTP/1.1 200"), "{answer:?}");
+    assert!(!answer.contains("408"), "{answer:?}");
+
     // Three parts within the deadline, then a second request on the same connection, whose
     // deadline starts afresh: both answered.
     let (answer, _) = dripped(
@@ -554,13 +576,27 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(took > Duration::from_secs(2), "{took:?}");
 
+    // HTTP/2 with prior knowledge is not HTTP/1: a connection quiet for longer than the
+    // deadline carries its next request.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("a.test", ([127, 0, 0, 1], listen).into())
+        .build()
+        .unwrap();
+    let url = format!("http://a.test:{listen}/h2");
+    for _ in 0..2 {
+        let r = client.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+
     let metrics = raw(
         admin,
         b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
     )
     .await;
     assert!(
-        metrics.contains("portcullis_request_header_timeouts_total 1"),
+        metrics.contains("portcullis_request_header_timeouts_total 2"),
         "{metrics}"
     );
 }

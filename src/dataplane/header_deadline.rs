@@ -8,24 +8,29 @@
 //! to the empty line that ends it, one deadline; past it the client gets `408 Request Timeout`
 //! and the connection closes.
 //!
-//! The wrapper tells where a header ends by the bytes it passes up: a line feed, an optional
-//! carriage return and a second line feed. The connection's task marks the start of each
-//! request ([`NextRequest::mark`]) before it hands the connection to Pingora again; the bytes
-//! after the end of a header (a body, an upgraded stream, HTTP/2 frames after the preface) are
-//! passed through unchecked.
+//! Pingora serves the requests of a keep-alive connection in a loop of its own, so the wrapper
+//! tells where each header starts and ends from the bytes that pass through it:
+//!
+//! - a header starts with the connection, and again with the first bytes read after a response
+//!   is written (anything Pingora writes but an informational `1xx` header);
+//! - it ends at a line feed, an optional carriage return and a second line feed; what follows
+//!   (the body) is passed through unchecked until the next response;
+//! - a connection that opens with the HTTP/2 preface, negotiated HTTP/2 by ALPN, or switched
+//!   protocols (`101`, a WebSocket) is left alone from then on: its bytes are not HTTP/1
+//!   headers.
 //!
 //! A header that arrives in one read, as nearly all do, costs a scan of its bytes and no timer;
 //! the timer is set only when a read leaves the header unfinished.
 //!
-//! Known shortcoming: a request whose header Pingora already holds (pipelined behind the one
-//! before it) is not seen here, so its body is scanned as if it were the header and a body
-//! that takes longer than the deadline without an empty line is cut off.
+//! Known shortcoming: request body a client sends after a response (a body Pingora drains
+//! after answering early, or the body of a pipelined request whose header came with the one
+//! before it) is held to the deadline as if it were a header: such a body slower than the
+//! deadline, with no empty line in it, is cut off.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -45,55 +50,77 @@ use tokio::time::{Instant, Sleep};
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// Marks where a connection's next request starts; shared by the connection's task and its
-/// [`HeaderDeadline`].
-#[derive(Clone, Default)]
-pub struct NextRequest(Arc<AtomicBool>);
+/// How an HTTP/2 connection with prior knowledge opens.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 
-impl NextRequest {
-    /// The next bytes read begin a request header.
-    pub fn mark(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    fn take(&self) -> bool {
-        // A load first: the common case, a read inside a request, writes nothing.
-        self.0.load(Ordering::Relaxed) && self.0.swap(false, Ordering::Relaxed)
-    }
-}
-
-/// Where the wrapper is in the request it passes up.
+/// Where the wrapper is in the requests it passes up.
 enum State {
     /// Reading a header: how much of a blank line the last bytes were (0: none, 1: a line
     /// feed, 2: a line feed and a carriage return, [`START`]: nothing else yet), and when the
     /// header began, once it has taken more than one read.
     Header { blank: u8, began: Option<Instant> },
-    /// Past the end of the header: nothing is checked until the next request.
+    /// Past the end of the header: nothing is checked until a response is written.
     Past,
+    /// Not HTTP/1 (HTTP/2, or switched protocols), or no deadline: nothing is checked.
+    Off,
 }
 
 /// A client connection whose request headers have a deadline; see the module doc.
 pub struct HeaderDeadline<S> {
     inner: S,
-    next: NextRequest,
     timeout: Duration,
     state: State,
+    /// Nothing has been read yet: the first bytes may be the HTTP/2 preface.
+    opening: bool,
     /// The timer, set when a header takes more than one read, and kept for the next.
     timer: Option<Pin<Box<Sleep>>>,
     timed_out: IntCounter,
 }
 
-impl<S> HeaderDeadline<S> {
-    /// Wraps `inner`; `next` is marked by the caller before each request, and `timed_out`
-    /// counts the headers that missed the deadline.
-    pub fn new(inner: S, next: NextRequest, timeout: Duration, timed_out: IntCounter) -> Self {
+impl<S: Ssl> HeaderDeadline<S> {
+    /// Wraps `inner`, whose request headers each get `timeout` (zero: no limit); `timed_out`
+    /// counts the headers that missed it.
+    pub fn new(inner: S, timeout: Duration, timed_out: IntCounter) -> Self {
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         HeaderDeadline {
             inner,
-            next,
             timeout,
-            state: State::Past,
+            state: if timeout.is_zero() || h2 {
+                State::Off
+            } else {
+                State::Header {
+                    blank: START,
+                    began: None,
+                }
+            },
+            opening: true,
             timer: None,
             timed_out,
+        }
+    }
+}
+
+impl<S> HeaderDeadline<S> {
+    /// Pingora writes `buf`: a final response header or body means the next bytes read start
+    /// the next request; a `101` means they are not HTTP/1 any more.
+    fn wrote(&mut self, buf: &[u8]) {
+        if matches!(self.state, State::Off) || buf.is_empty() {
+            return;
+        }
+        let status = buf
+            .strip_prefix(b"HTTP/1.1 ")
+            .or_else(|| buf.strip_prefix(b"HTTP/1.0 "));
+        match status {
+            Some(code) if code.starts_with(b"101") => self.state = State::Off,
+            Some(code) if code.starts_with(b"1") => {}
+            _ => {
+                if matches!(self.state, State::Past) {
+                    self.state = State::Header {
+                        blank: START,
+                        began: None,
+                    };
+                }
+            }
         }
     }
 }
@@ -124,12 +151,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.next.take() && !this.timeout.is_zero() {
-            this.state = State::Header {
-                blank: START,
-                began: None,
-            };
-        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let State::Header { blank, began } = &mut this.state else {
@@ -139,6 +160,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 if read.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                if std::mem::take(&mut this.opening) && read.starts_with(H2_PREFACE_START) {
+                    this.state = State::Off;
                     return Poll::Ready(Ok(()));
                 }
                 match scan(*blank, read) {
@@ -170,7 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
                     return Poll::Pending;
                 }
                 this.timed_out.inc();
-                this.state = State::Past;
+                this.state = State::Off;
                 // Best effort: the socket has room for a line this short, and the connection
                 // closes whether or not it went.
                 let _ = Pin::new(&mut this.inner).poll_write(cx, REQUEST_TIMEOUT);
@@ -191,7 +216,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.wrote(&buf[..n]);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -199,7 +228,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeaderDeadline<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(first)) = (&polled, bufs.iter().find(|b| !b.is_empty())) {
+            if *n > 0 {
+                self.wrote(&first[..first.len().min(*n)]);
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

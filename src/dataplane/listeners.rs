@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::coalesce::Coalescing;
-use super::header_deadline::{HeaderDeadline, NextRequest};
+use super::header_deadline::HeaderDeadline;
 use super::metrics::Metrics;
 use super::passthrough;
 use super::proxy::Proxy;
@@ -227,11 +227,9 @@ async fn serve_connection(
     let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
     let mut stream = Stream::from(tcp);
     stream.set_socket_digest(digest);
-    let next_request = NextRequest::default();
     let first: Option<pingora_core::protocols::Stream> = match acceptor {
         None => Some(Box::new(HeaderDeadline::new(
             Coalescing::new(stream),
-            next_request.clone(),
             cx.header_timeout,
             cx.metrics.request_header_timeouts.clone(),
         ))),
@@ -251,7 +249,6 @@ async fn serve_connection(
                     }
                     Some(Box::new(HeaderDeadline::new(
                         tls,
-                        next_request.clone(),
                         cx.header_timeout,
                         cx.metrics.request_header_timeouts.clone(),
                     )))
@@ -271,7 +268,6 @@ async fn serve_connection(
     };
     let mut next = first;
     while let Some(stream) = next.take() {
-        next_request.mark();
         next = cx.app.process_new(stream, &cx.shutdown).await;
     }
     cx.metrics.connections_open.dec();
