@@ -1254,3 +1254,52 @@ fn a_request_header_sent_too_slowly_over_tls_gets_408() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(took < Duration::from_secs(7), "{took:?}");
 }
+
+/// Client certificate validation turned on for a port applies to the connections already open
+/// on it, not only to new ones: a keep-alive connection made without a certificate is closed
+/// before its next request rather than served, and the client's next connection must pass the
+/// new validation.
+#[test]
+fn connections_validated_before_a_client_certificate_change_take_no_more_requests() {
+    let pki = Pki::new();
+    let ca = pki.ca("ca", KeyType::EcdsaP256, None);
+    let cert = pki.leaf("web", KeyType::EcdsaP256, &["web.example"], &ca);
+    let client_ca = pki.ca("client-ca", KeyType::EcdsaP256, None);
+    let listeners = https_listener("web", Some("web.example"), "web");
+    let gw = Gateway::start(&listeners, vec![secret_file("web", &cert)]);
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("web.example"), &cert);
+
+    let config = rustls_client(&[&ca]);
+    let mut open = RustlsConnection::open(&config, gw.https, "web.example").unwrap();
+    assert_eq!(open.get("/", false), Ok(200));
+
+    let pem = serde_json::to_string(&client_ca.cert_pem).unwrap();
+    gw.write(
+        "client-ca.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: client-ca, namespace: {NAMESPACE}}}\n\
+             data:\n  ca.crt: {pem}\n"
+        ),
+    );
+    let validated = format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: gw, namespace: {NAMESPACE}}}\n\
+         spec:\n  gatewayClassName: portcullis\n  tls:\n    frontend:\n      default:\n        \
+         validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]\n  \
+         listeners:\n{listeners}"
+    );
+    gw.write("gateway.yaml", &validated);
+    // New connections without a certificate are refused once the change is served...
+    tls_support::eventually("a new connection needs a client certificate", || {
+        RustlsConnection::open(&config, gw.https, "web.example")
+            .and_then(|mut c| c.get("/", true))
+            .is_err()
+            .then_some(())
+    });
+    // ...and the connection opened before takes no further request.
+    assert!(
+        open.get("/", false).is_err(),
+        "served on a connection validated before"
+    );
+}

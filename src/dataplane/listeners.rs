@@ -56,6 +56,8 @@ struct ConnectionContext {
     shutdown: ShutdownWatch,
     /// How long a client may take to send a whole HTTP/1 request header (zero: no limit).
     header_timeout: Duration,
+    /// Changes with each routing table swapped in.
+    swaps: watch::Receiver<u64>,
 }
 
 /// The running accept loops, by socket address.
@@ -75,6 +77,7 @@ impl Listeners {
         metrics: Arc<Metrics>,
         shutdown: ShutdownWatch,
         header_timeout: Duration,
+        swaps: watch::Receiver<u64>,
     ) -> Self {
         Listeners {
             context: ConnectionContext {
@@ -83,6 +86,7 @@ impl Listeners {
                 metrics,
                 shutdown,
                 header_timeout,
+                swaps,
             },
             table,
             running: HashMap::new(),
@@ -227,6 +231,9 @@ async fn serve_connection(
     let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
     let mut stream = Stream::from(tcp);
     stream.set_socket_digest(digest);
+    // The client certificate validation in force for this handshake, read before it: if it
+    // changes while the connection is open, the connection ends (see `serve_tls`).
+    let policy = local.map(|local| client_policy(&cx.table, local));
     let first: Option<pingora_core::protocols::Stream> = match acceptor {
         None => Some(Box::new(HeaderDeadline::new(
             Coalescing::new(stream),
@@ -244,6 +251,11 @@ async fn serve_connection(
                     tls_result("ok");
                     if let Some(endpoint) = forward_to {
                         passthrough::forward_stream(tls, endpoint).await;
+                        cx.metrics.connections_open.dec();
+                        return;
+                    }
+                    if let (Some(local), Some(policy)) = (local, policy) {
+                        serve_tls(tls, local, policy, &cx).await;
                         cx.metrics.connections_open.dec();
                         return;
                     }
@@ -271,6 +283,69 @@ async fn serve_connection(
         next = cx.app.process_new(stream, &cx.shutdown).await;
     }
     cx.metrics.connections_open.dec();
+}
+
+/// The client certificate validation of socket `bind` in the live table (`None`: none).
+fn client_policy(table: &ArcSwap<RoutingTable>, bind: SocketAddr) -> Option<u64> {
+    let table = table.load();
+    let auth = table.binds.get(&bind)?.client_auth.as_ref()?;
+    Some(auth.policy)
+}
+
+/// Serves a TLS connection whose handshake passed the client certificate validation `policy`
+/// of socket `bind`. When the socket's validation changes (CAs added or taken away, the mode,
+/// validation turned on), what the handshake proved no longer answers the question asked, so
+/// the connection ends: its requests in flight finish, an HTTP/2 client gets GOAWAY, and an
+/// HTTP/1.1 connection is closed before its next request is read. The client's next connection
+/// is validated afresh.
+async fn serve_tls<S>(tls: S, bind: SocketAddr, policy: Option<u64>, cx: &ConnectionContext)
+where
+    S: pingora_core::protocols::IO + pingora_core::protocols::Ssl + 'static,
+{
+    let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream: pingora_core::protocols::Stream = Box::new(
+        HeaderDeadline::new(
+            tls,
+            cx.header_timeout,
+            cx.metrics.request_header_timeouts.clone(),
+        )
+        .ending_when(stale.clone()),
+    );
+    // The connection's own shutdown signal: the process's, or a change of validation.
+    let (ending, ended) = watch::channel(*cx.shutdown.borrow());
+    let mut shutdown = cx.shutdown.clone();
+    let mut swaps = cx.swaps.clone();
+    let serve = async {
+        let mut next = Some(stream);
+        while let Some(stream) = next.take() {
+            next = cx.app.process_new(stream, &ended).await;
+        }
+    };
+    tokio::pin!(serve);
+    loop {
+        tokio::select! {
+            () = &mut serve => return,
+            () = changed(&mut shutdown), if !*ending.borrow() => {
+                if *shutdown.borrow() {
+                    ending.send_replace(true);
+                }
+            }
+            () = changed(&mut swaps), if !*ending.borrow() => {
+                if client_policy(&cx.table, bind) != policy {
+                    tracing::debug!(%bind, "client certificate validation changed; ending a connection validated before");
+                    stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                    ending.send_replace(true);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when `rx` sees a new value; never, once its sender is gone.
+async fn changed<T>(rx: &mut watch::Receiver<T>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Waits for a new cleartext connection to send something. Pingora's first read on it (the

@@ -134,12 +134,16 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     server_options.h2_idle_timeout = Some(proxy::KEEPALIVE_IDLE);
     proxy.server_options = Some(server_options);
     let (shutdown_tx, shutdown_rx) = listeners::shutdown_channel();
+    // Connections that hold what a table decided (client certificate validation) look again
+    // at each swap.
+    let (swaps_tx, swaps_rx) = tokio::sync::watch::channel(0u64);
     let mut sockets = listeners::Listeners::new(
         Arc::new(proxy),
         shared.table.clone(),
         metrics.clone(),
         shutdown_rx,
         options.request_header_timeout,
+        swaps_rx,
     );
 
     let mut changes = store.subscribe();
@@ -236,6 +240,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         sockets.reconcile(&binds).await;
         let table = Arc::new(table);
         let previous = shared.table.swap(table.clone());
+        swaps_tx.send_replace(generation);
         // Freeing a large table is as slow as building it; do it off the serving threads too
         // (requests still holding it free it when they end).
         tokio::task::spawn_blocking(move || drop(previous));

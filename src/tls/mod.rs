@@ -283,6 +283,9 @@ pub struct ClientAuth {
     verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     /// `AllowInsecureFallback`: ask for a certificate, accept the connection whatever comes.
     pub insecure_fallback: bool,
+    /// A keyed hash of the CAs and the mode: equal for equal validation, whichever compile
+    /// built it, so that a connection can tell whether the validation it passed still holds.
+    pub policy: u64,
 }
 
 /// Builds the validation of a port from PEM CA certificates.
@@ -300,9 +303,17 @@ pub fn client_auth(
         .allow_unauthenticated()
         .build()
         .map_err(|e| format!("cannot build a client certificate verifier: {e}"))?;
+    let mode: &[u8] = if insecure_fallback {
+        b"AllowInsecureFallback"
+    } else {
+        b"AllowValidOnly"
+    };
+    let mut parts: Vec<&[u8]> = cas.iter().map(|ca| ca.as_ref()).collect();
+    parts.push(mode);
     Ok(Arc::new(ClientAuth {
         verifier,
         insecure_fallback,
+        policy: trust_key(&parts),
     }))
 }
 
