@@ -1303,3 +1303,38 @@ fn connections_validated_before_a_client_certificate_change_take_no_more_request
         "served on a connection validated before"
     );
 }
+
+/// An HTTP/1.0 request may come without Host: over TLS, the SNI it was sent with names its
+/// host, so it is served by the listener the handshake chose, not refused as misdirected.
+#[test]
+fn an_http_1_0_request_without_host_is_routed_by_its_sni() {
+    use std::io::Read as _;
+    let pki = Pki::new();
+    let cert = pki.self_signed("named", KeyType::EcdsaP256, &["named.example"]);
+    let gw = Gateway::start(
+        &https_listener("named", Some("named.example"), "named"),
+        vec![secret_file("named", &cert)],
+    );
+    gw.wait_for_condition("named", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("named.example"), &cert);
+    let mut client = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &gw.https.to_string()])
+        .args(["-servername", "named.example", "-alpn", "http/1.1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = client.stdin.take().unwrap();
+        stdin.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        // stdin stays open until the answer is read: s_client quits at its end.
+        let mut answer = String::new();
+        let _ = client.stdout.take().unwrap().read_to_string(&mut answer);
+        drop(stdin);
+        let _ = client.kill();
+        let _ = client.wait();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    }
+}

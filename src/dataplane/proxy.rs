@@ -961,7 +961,17 @@ impl Proxy {
             Some(id) if !id.is_empty() && id.len() <= 200 => id.to_string(),
             _ => new_request_id(rand::rng().random::<u128>()),
         };
-        let host = request_host(req).unwrap_or_default();
+        let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        let sni = tls
+            .and_then(|t| t.extension.get::<crate::tls::ServerName>())
+            .map(|s| s.0.as_str());
+        // An HTTP/1.0 request may come without Host; over TLS the handshake's SNI names the
+        // host it is for, and stands in (it would otherwise select no listener but the one
+        // without a hostname, and be misdirected).
+        let host = match request_host(req) {
+            Some(host) if !host.is_empty() => host,
+            _ => sni.unwrap_or_default(),
+        };
         // The client's address, for mirror copies only: most requests have none to send.
         let client = || {
             session
@@ -988,11 +998,10 @@ impl Proxy {
         // RFC 9110 section 15.5.20: on a TLS connection, a Host that selects another listener
         // than the handshake did (and so possibly another certificate) is misdirected. Without
         // SNI the handshake took the listener without a hostname.
-        if let Some(tls) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+        if tls.is_some() {
             let host = crate::routing::table::normalize_host(host);
             let by_host = table.listener_for_hello(&bind, Some(&host));
-            let sni = tls.extension.get::<crate::tls::ServerName>();
-            let by_sni = table.listener_for_hello(&bind, sni.map(|s| s.0.as_str()));
+            let by_sni = table.listener_for_hello(&bind, sni);
             let same = match (by_host, by_sni) {
                 (Some(a), Some(b)) => std::ptr::eq(a, b),
                 (None, None) => true,
