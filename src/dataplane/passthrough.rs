@@ -30,10 +30,10 @@ pub enum Route {
     Reject,
 }
 
-/// Peeks until the first TLS record is complete (or is clearly not TLS), within `deadline`.
+/// Peeks until the ClientHello is complete (or is clearly not TLS), within `deadline`.
 pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Option<Hello> {
     let until = Instant::now() + deadline;
-    let mut buf = vec![0u8; client_hello::MAX_RECORD];
+    let mut buf = vec![0u8; client_hello::MAX_HELLO];
     loop {
         let n = tokio::time::timeout_at(until.into(), tcp.peek(&mut buf))
             .await
@@ -65,7 +65,7 @@ pub const HANDSHAKE_FAILURE: u8 = 40;
 /// ClientHello, only peeked so far, is read first: a socket closed with unread data sends a
 /// reset, which could reach the client before the alert.
 pub async fn refuse(mut tcp: TcpStream, alert: u8) {
-    let mut buf = vec![0u8; client_hello::MAX_RECORD];
+    let mut buf = vec![0u8; client_hello::MAX_HELLO];
     while matches!(tcp.try_read(&mut buf), Ok(n) if n > 0) {}
     // A record of type alert (21), TLS 1.2 on the record layer (as TLS 1.3 sends it too), two
     // bytes long: level fatal (2), then the description.

@@ -12,26 +12,67 @@ pub enum Hello {
     NotTls,
 }
 
-/// The largest ClientHello record this reads (one TLS record).
-pub const MAX_RECORD: usize = 5 + 16_384;
+/// The most bytes of a connection's opening this reads for its ClientHello: two full TLS
+/// records. A ClientHello is nearly always one record; a client may split it over several
+/// (RFC 8446, section 5.1), small ones included.
+pub const MAX_HELLO: usize = 2 * (5 + 16_384);
 
-/// Parses the first TLS record of a connection.
+/// Parses the ClientHello at the start of a connection, over as many handshake records as it
+/// takes.
 pub fn parse(buf: &[u8]) -> Hello {
-    if buf.len() < 5 {
-        return Hello::Incomplete(5);
+    // The handshake message, put together when it spans records (kept apart otherwise).
+    let mut joined = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(header) = buf.get(at..at + 5) else {
+            return Hello::Incomplete(at + 5);
+        };
+        // Record header: content type 22 (handshake), legacy version 3.x, length (never 0
+        // for a handshake record).
+        if header[0] != 22 || header[1] != 3 {
+            return Hello::NotTls;
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if len == 0 {
+            return Hello::NotTls;
+        }
+        let end = at + 5 + len;
+        let Some(fragment) = buf.get(at + 5..end) else {
+            return Hello::Incomplete(end);
+        };
+        let message = if at == 0 {
+            fragment
+        } else {
+            joined.extend_from_slice(fragment);
+            &joined[..]
+        };
+        match message_len(message) {
+            Some(total) if total <= message.len() => {
+                return match server_name(&message[..total]) {
+                    Some(name) => Hello::Parsed(name),
+                    None => Hello::NotTls,
+                };
+            }
+            _ if end >= MAX_HELLO => return Hello::NotTls,
+            _ => {
+                if at == 0 {
+                    joined.extend_from_slice(fragment);
+                }
+                at = end;
+            }
+        }
     }
-    // Record header: content type 22 (handshake), legacy version 3.x, length.
-    if buf[0] != 22 || buf[1] != 3 {
-        return Hello::NotTls;
-    }
-    let len = usize::from(u16::from_be_bytes([buf[3], buf[4]]));
-    if buf.len() < 5 + len {
-        return Hello::Incomplete(5 + len);
-    }
-    match server_name(&buf[5..5 + len]) {
-        Some(name) => Hello::Parsed(name),
-        None => Hello::NotTls,
-    }
+}
+
+/// The length of the handshake message that `bytes` begins (type, 3-byte length, body), once
+/// its header is there.
+fn message_len(bytes: &[u8]) -> Option<usize> {
+    let header = bytes.get(..4)?;
+    Some(
+        4 + ((usize::from(header[1]) << 16)
+            | (usize::from(header[2]) << 8)
+            | usize::from(header[3])),
+    )
 }
 
 /// A cursor over a byte slice that fails softly.
@@ -149,6 +190,37 @@ mod tests {
         assert_eq!(parse(&h[..10]), Hello::Incomplete(h.len()));
     }
 
+    /// A ClientHello split over several handshake records, as RFC 8446 allows, is read whole;
+    /// while its last record is missing, more bytes are asked for.
+    #[test]
+    fn reads_a_client_hello_split_over_records() {
+        let whole = hello("split.example");
+        let message = &whole[5..];
+        for piece in [1, 7, 40] {
+            let mut records = Vec::new();
+            for chunk in message.chunks(piece) {
+                records.extend([22, 3, 1]);
+                records.extend((chunk.len() as u16).to_be_bytes());
+                records.extend(chunk);
+            }
+            assert_eq!(
+                parse(&records),
+                Hello::Parsed(Some("split.example".into())),
+                "{piece}-byte records"
+            );
+            let cut = records.len() - 2;
+            assert!(
+                matches!(parse(&records[..cut]), Hello::Incomplete(n) if n > cut),
+                "{piece}-byte records, cut"
+            );
+        }
+        // A record of another kind in between is not a ClientHello.
+        let mut mixed = vec![22, 3, 1, 0, 10];
+        mixed.extend(&message[..10]);
+        mixed.extend([23, 3, 3, 0, 1, 0]);
+        assert_eq!(parse(&mixed), Hello::NotTls);
+    }
+
     #[test]
     fn plain_http_is_not_tls() {
         assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
@@ -156,10 +228,17 @@ mod tests {
 
     #[test]
     fn garbage_inside_a_record_is_not_tls() {
+        // A handshake message of another type (2, a ServerHello).
         let mut h = hello("a.example");
-        let len = h.len();
-        h.truncate(len - 4);
-        h[3..5].copy_from_slice(&((len - 9) as u16).to_be_bytes());
+        h[5] = 2;
+        assert_eq!(parse(&h), Hello::NotTls);
+        // A ClientHello whose extensions run past its end.
+        let mut h = hello("a.example");
+        let last = h.len() - 1;
+        h.truncate(last);
+        h[3..5].copy_from_slice(&((last - 5) as u16).to_be_bytes());
+        let body = (last - 9) as u32;
+        h[6..9].copy_from_slice(&body.to_be_bytes()[1..]);
         assert_eq!(parse(&h), Hello::NotTls);
     }
 }
