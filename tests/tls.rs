@@ -1211,29 +1211,42 @@ fn mirror_copies_to_a_backend_tls_policy_service_go_over_tls() {
     assert!(head.contains("\r\nhost: app.example"), "{head}");
 }
 
+/// A gateway with one HTTPS listener `name` for host `name.example`, serving a self-signed
+/// certificate from the Secret `name`, ready.
+fn one_named_listener(name: &str) -> Gateway {
+    let pki = Pki::new();
+    let host = format!("{name}.example");
+    let cert = pki.self_signed(name, KeyType::EcdsaP256, &[&host]);
+    let gw = Gateway::start(
+        &https_listener(name, Some(&host), name),
+        vec![secret_file(name, &cert)],
+    );
+    gw.wait_for_condition(name, "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some(&host), &cert);
+    gw
+}
+
+/// `openssl s_client` connected to `addr` with SNI `sni` and ALPN http/1.1: what is written to
+/// its stdin goes over TLS as it is, and its stdout gives what comes back.
+fn tls_pipe(addr: std::net::SocketAddr, sni: &str) -> std::process::Child {
+    std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &addr.to_string()])
+        .args(["-servername", sni, "-alpn", "http/1.1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// Over TLS as in cleartext, a request header has a deadline for the whole of it (the gateway
 /// here runs with `--request-header-timeout 2s`): a client sending a line every 400 ms gets
 /// 408 and the connection closes, long before the header would be complete.
 #[test]
 fn a_request_header_sent_too_slowly_over_tls_gets_408() {
     use std::io::{Read as _, Write as _};
-    let pki = Pki::new();
-    let cert = pki.self_signed("slow", KeyType::EcdsaP256, &["slow.example"]);
-    let gw = Gateway::start(
-        &https_listener("slow", Some("slow.example"), "slow"),
-        vec![secret_file("slow", &cert)],
-    );
-    gw.wait_for_condition("slow", "Programmed", "True", "Programmed");
-    gw.wait_until_served(Some("slow.example"), &cert);
-
-    let mut client = std::process::Command::new("openssl")
-        .args(["s_client", "-quiet", "-connect", &gw.https.to_string()])
-        .args(["-servername", "slow.example", "-alpn", "http/1.1"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let gw = one_named_listener("slow");
+    let mut client = tls_pipe(gw.https, "slow.example");
     let mut stdin = client.stdin.take().unwrap();
     let started = Instant::now();
     let writer = std::thread::spawn(move || {
@@ -1309,22 +1322,8 @@ fn connections_validated_before_a_client_certificate_change_take_no_more_request
 #[test]
 fn an_http_1_0_request_without_host_is_routed_by_its_sni() {
     use std::io::Read as _;
-    let pki = Pki::new();
-    let cert = pki.self_signed("named", KeyType::EcdsaP256, &["named.example"]);
-    let gw = Gateway::start(
-        &https_listener("named", Some("named.example"), "named"),
-        vec![secret_file("named", &cert)],
-    );
-    gw.wait_for_condition("named", "Programmed", "True", "Programmed");
-    gw.wait_until_served(Some("named.example"), &cert);
-    let mut client = std::process::Command::new("openssl")
-        .args(["s_client", "-quiet", "-connect", &gw.https.to_string()])
-        .args(["-servername", "named.example", "-alpn", "http/1.1"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let gw = one_named_listener("named");
+    let mut client = tls_pipe(gw.https, "named.example");
     {
         use std::io::Write as _;
         let mut stdin = client.stdin.take().unwrap();

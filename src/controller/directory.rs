@@ -2565,6 +2565,37 @@ mod tests {
         assert_eq!(sources, [&dir.path().join("c.yaml").display().to_string()]);
     }
 
+    /// A provider driven as `watch` drives it: each scan waits for inotify (or 50 ms), then
+    /// syncs with the writes it saw, then watches the directories found.
+    struct Watched {
+        provider: DirectoryProvider,
+        notify: Notify,
+        writes: Writes,
+    }
+
+    impl Watched {
+        fn start(dir: &Path, store: &Store) -> Watched {
+            let mut provider = DirectoryProvider::new(dir, store.clone());
+            provider.sync().unwrap();
+            let mut notify = Notify::start().expect("inotify works here");
+            notify.watch_dirs(&provider.dirs);
+            Watched {
+                provider,
+                notify,
+                writes: Writes::default(),
+            }
+        }
+
+        fn scan(&mut self) {
+            self.notify
+                .wait(Duration::from_millis(50), &mut self.writes);
+            self.provider.writes = Some(std::mem::take(&mut self.writes));
+            self.provider.sync().unwrap();
+            self.writes = self.provider.writes.take().unwrap();
+            self.notify.watch_dirs(&self.provider.dirs);
+        }
+    }
+
     #[test]
     fn a_file_still_open_for_writing_is_read_once_closed() {
         use super::super::Kind;
@@ -2573,29 +2604,19 @@ mod tests {
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, service("a") + &service("b")).unwrap();
         let store = Store::new();
-        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
-        provider.sync().unwrap();
-        let mut notify = Notify::start().expect("inotify works here");
-        notify.watch_dirs(&provider.dirs);
-        let mut writes = Writes::default();
-        let mut scan = |provider: &mut DirectoryProvider, writes: &mut Writes| {
-            notify.wait(Duration::from_millis(50), writes);
-            provider.writes = Some(std::mem::take(writes));
-            provider.sync().unwrap();
-            *writes = provider.writes.take().unwrap();
-        };
+        let mut watched = Watched::start(dir.path(), &store);
 
         // The first half holds "a" only; "b" must not go while the writer pauses.
         let mut file = std::fs::File::create(&path).unwrap();
         file.write_all(service("a").as_bytes()).unwrap();
         file.flush().unwrap();
         for _ in 0..3 {
-            scan(&mut provider, &mut writes);
+            watched.scan();
             assert!(store.snapshot().get(Kind::Service, "n", "b").is_some());
         }
         file.write_all(service("c").as_bytes()).unwrap();
         drop(file);
-        scan(&mut provider, &mut writes);
+        watched.scan();
         let snap = store.snapshot();
         assert!(snap.get(Kind::Service, "n", "b").is_none());
         assert!(snap.get(Kind::Service, "n", "c").is_some());
@@ -2606,11 +2627,11 @@ mod tests {
             .open(&path)
             .unwrap();
         file.write_all(service("d").as_bytes()).unwrap();
-        scan(&mut provider, &mut writes);
+        watched.scan();
         assert!(store.snapshot().get(Kind::Service, "n", "d").is_none());
         let long_ago = Instant::now().checked_sub(WRITE_WAIT).unwrap();
-        writes.open.insert(path.clone(), long_ago);
-        scan(&mut provider, &mut writes);
+        watched.writes.open.insert(path.clone(), long_ago);
+        watched.scan();
         assert!(store.snapshot().get(Kind::Service, "n", "d").is_some());
     }
 
@@ -2625,18 +2646,7 @@ mod tests {
         std::fs::write(sub.join("a.yaml"), service("a")).unwrap();
         std::fs::write(dir.path().join("b.yaml"), service("b")).unwrap();
         let store = Store::new();
-        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
-        provider.sync().unwrap();
-        let mut notify = Notify::start().expect("inotify works here");
-        notify.watch_dirs(&provider.dirs);
-        let mut writes = Writes::default();
-        let mut scan = |provider: &mut DirectoryProvider, writes: &mut Writes| {
-            notify.wait(Duration::from_millis(50), writes);
-            provider.writes = Some(std::mem::take(writes));
-            provider.sync().unwrap();
-            *writes = provider.writes.take().unwrap();
-            notify.watch_dirs(&provider.dirs);
-        };
+        let mut watched = Watched::start(dir.path(), &store);
         let both = |store: &Store| {
             let snap = store.snapshot();
             snap.get(Kind::Service, "n", "a").is_some()
@@ -2644,13 +2654,13 @@ mod tests {
         };
 
         std::fs::rename(&sub, dir.path().join("renamed")).unwrap();
-        scan(&mut provider, &mut writes);
+        watched.scan();
         assert!(both(&store), "gone after the directory was renamed");
 
         let new = dir.path().join("new");
         std::fs::create_dir(&new).unwrap();
         std::fs::rename(dir.path().join("b.yaml"), new.join("b.yaml")).unwrap();
-        scan(&mut provider, &mut writes);
+        watched.scan();
         assert!(
             both(&store),
             "gone after the file moved into a new directory"
