@@ -42,15 +42,39 @@ const NOT_SERVED: &str = "no served listener is named";
 /// conditions that kept it out (most often an address `--address-pool` cannot give: explain
 /// places Gateways as the run it stands for would only when given the same flags).
 fn why_not_served(report: &StatusReport, listener: &str) -> String {
+    // The listeners there are, to choose from.
+    let mut known: Vec<String> = (report.objects.iter())
+        .filter(|o| o.kind == crate::controller::Kind::Gateway)
+        .flat_map(|o| {
+            let listeners = o.status["listeners"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            listeners
+                .into_iter()
+                .filter_map(|l| l["name"].as_str().map(str::to_string))
+                .map(move |l| format!("{}/{}/{l}", o.namespace, o.name))
+        })
+        .collect();
+    known.sort();
+    let more = known.len().saturating_sub(RULES_NAMED);
+    known.truncate(RULES_NAMED);
+    let mut listeners = match known.is_empty() {
+        true => "there is no Gateway listener".to_string(),
+        false => format!("listeners: {}", known.join(", ")),
+    };
+    if more > 0 {
+        listeners.push_str(&format!(" and {more} more"));
+    }
     let mut parts = listener.splitn(3, '/');
     let (Some(namespace), Some(gateway), Some(name)) = (parts.next(), parts.next(), parts.next())
     else {
-        return "name it as namespace/gateway/listener".to_string();
+        return format!("name it as namespace/gateway/listener ({listeners})");
     };
     let Some(status) = report.get(crate::controller::Kind::Gateway, namespace, gateway) else {
         return format!(
-            "no Gateway {namespace}/{gateway} is served here: is it in the configuration, with a \
-             GatewayClass of this controller?"
+            "no Gateway {namespace}/{gateway} is served here ({listeners}): is it in the \
+             configuration, with a GatewayClass of this controller?"
         );
     };
     let listeners = status.status["listeners"]

@@ -339,6 +339,18 @@ pub fn unserved(
     if options.only_gateway.is_some() {
         return out;
     }
+    // The Gateways that are served, to name beside a parentRef that names none of them: most
+    // often one of these, misspelt or in another namespace.
+    let mut served: Vec<String> = (report.objects.iter())
+        .filter(|o| o.kind == Kind::Gateway)
+        .map(|o| format!("{}/{}", o.namespace, o.name))
+        .collect();
+    served.sort();
+    let served = match served.len() {
+        0 => "no Gateway is served".to_string(),
+        1..=8 => format!("served: {}", served.join(", ")),
+        n => format!("served: {} and {} more", served[..8].join(", "), n - 8),
+    };
     for kind in [Kind::HttpRoute, Kind::GrpcRoute, Kind::TlsRoute] {
         for route in snapshot.of_kind(kind) {
             if is_reported(kind, route) {
@@ -357,8 +369,8 @@ pub fn unserved(
                 })
                 .collect();
             out.push(format!(
-                "{kind} {}: none of its parentRefs ({}) names a Gateway served here; it is not \
-                 served",
+                "{kind} {}: none of its parentRefs ({}) names a Gateway served here ({served}); \
+                 it is not served",
                 id(route),
                 if parents.is_empty() {
                     "none".to_string()

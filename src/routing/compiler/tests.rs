@@ -1427,6 +1427,8 @@ fn objects_nothing_serves_are_named_with_the_reason() {
         unserved[2].starts_with("HTTPRoute infra/lost: none of its parentRefs (infra/wg)"),
         "{unserved:?}"
     );
+    // The Gateways that are served are named, to see the misspelling against.
+    assert!(unserved[2].contains("(served: infra/gw)"), "{unserved:?}");
 
     // A process scoped to one Gateway says nothing of the others, nor of routes.
     let scoped = CompileOptions {
@@ -1474,7 +1476,12 @@ fn explain_says_why_a_listener_is_not_served() {
         ask(&c, "infra/gw/htp"),
         "Gateway infra/gw has no listener named \"htp\"; it has: http"
     );
-    assert!(ask(&c, "infra/other/http").starts_with("no Gateway infra/other is served here"));
+    // A Gateway that is not there, or a name of another form: the listeners there are named.
+    let why = ask(&c, "infra/other/http");
+    assert!(
+        why.starts_with("no Gateway infra/other is served here (listeners: infra/gw/http)"),
+        "{why}"
+    );
     // With the address it asks for, it is served.
     let c = compile(&snapshot(&yaml), &pool("127.0.0.5"));
     assert!(c.table.binds.len() == 1);
