@@ -1310,11 +1310,91 @@ fn connections_validated_before_a_client_certificate_change_take_no_more_request
             .is_err()
             .then_some(())
     });
-    // ...and the connection opened before takes no further request.
+    // ...and the connection opened before takes no further request: it is sent to make a new
+    // one (421) and closed, or found closed already.
+    let next = open.get("/", false);
     assert!(
-        open.get("/", false).is_err(),
-        "served on a connection validated before"
+        matches!(next, Err(_) | Ok(421)),
+        "{next:?} on a connection validated before"
     );
+}
+
+/// `GET /` for `web.example` over `openssl s_client` with `args` (a saved session to resume,
+/// or where to save it): what it printed, the handshake and the answer.
+fn get_over_openssl(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let mut command = std::process::Command::new("openssl");
+    command
+        .args(["s_client", "-ign_eof", "-connect", &addr.to_string()])
+        .args(["-servername", "web.example"])
+        .args(args);
+    let out = tls_support::run(
+        command,
+        b"GET / HTTP/1.1\r\nhost: web.example\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(20),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// A TLS session made before client certificate validation was turned on is not resumed after
+/// it (a resumed session skips the client's certificate): the client makes a full handshake and
+/// must show a certificate. Over TLS 1.3 and TLS 1.2 alike.
+#[test]
+fn a_session_made_before_client_validation_is_not_resumed_after_it() {
+    let pki = Pki::new();
+    let cert = pki.self_signed("web", KeyType::EcdsaP256, &["web.example"]);
+    let client_ca = pki.ca("client-ca", KeyType::EcdsaP256, None);
+    let listeners = https_listener("web", Some("web.example"), "web");
+    let gw = Gateway::start(&listeners, vec![secret_file("web", &cert)]);
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("web.example"), &cert);
+    let dir = tempfile::tempdir().unwrap();
+    let saved = |version: &str| {
+        dir.path()
+            .join(format!("{version}.pem"))
+            .display()
+            .to_string()
+    };
+    for version in ["-tls1_3", "-tls1_2"] {
+        let out = get_over_openssl(gw.https, &[version, "-sess_out", &saved(version)]);
+        assert!(out.contains("HTTP/1.1 200"), "{version}: {out}");
+        // Resumption works while nothing changes.
+        let out = get_over_openssl(gw.https, &[version, "-sess_in", &saved(version)]);
+        assert!(out.contains("Reused,"), "{version}: {out}");
+        assert!(out.contains("HTTP/1.1 200"), "{version}: {out}");
+        let out = get_over_openssl(gw.https, &[version, "-sess_out", &saved(version)]);
+        assert!(out.contains("HTTP/1.1 200"), "{version}: {out}");
+    }
+
+    let pem = serde_json::to_string(&client_ca.cert_pem).unwrap();
+    gw.write(
+        "client-ca.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: client-ca, namespace: {NAMESPACE}}}\n\
+             data:\n  ca.crt: {pem}\n"
+        ),
+    );
+    gw.write(
+        "gateway.yaml",
+        &format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: gw, namespace: {NAMESPACE}}}\n\
+             spec:\n  gatewayClassName: portcullis\n  tls:\n    frontend:\n      default:\n        \
+             validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]\n  \
+             listeners:\n{listeners}"
+        ),
+    );
+    tls_support::eventually("a new connection needs a client certificate", || {
+        let out = get_over_openssl(gw.https, &["-tls1_3"]);
+        (!out.contains("HTTP/1.1 200")).then_some(())
+    });
+    for version in ["-tls1_3", "-tls1_2"] {
+        let out = get_over_openssl(gw.https, &[version, "-sess_in", &saved(version)]);
+        assert!(
+            !out.contains("HTTP/1.1 200"),
+            "{version}: resumed and served: {out}"
+        );
+        assert!(!out.contains("Reused,"), "{version}: {out}");
+    }
 }
 
 /// An HTTP/1.0 request may come without Host: over TLS, the SNI it was sent with names its

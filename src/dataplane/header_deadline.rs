@@ -31,7 +31,6 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -76,8 +75,6 @@ pub struct HeaderDeadline<S> {
     /// The timer, set when a header takes more than one read, and kept for the next.
     timer: Option<Pin<Box<Sleep>>>,
     timed_out: IntCounter,
-    /// Set when the connection is to take no further request: the next one finds it closed.
-    ending: Option<Arc<AtomicBool>>,
 }
 
 impl<S: Ssl> HeaderDeadline<S> {
@@ -99,15 +96,7 @@ impl<S: Ssl> HeaderDeadline<S> {
             opening: true,
             timer: None,
             timed_out,
-            ending: None,
         }
-    }
-
-    /// Reads end (as if the client had closed) at the start of the next request header once
-    /// `ending` is set, so that no further request is read; one under way is not cut.
-    pub fn ending_when(mut self, ending: Arc<AtomicBool>) -> Self {
-        self.ending = Some(ending);
-        self
     }
 }
 
@@ -162,11 +151,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let (Some(ending), State::Header { began: None, .. }) = (&this.ending, &this.state) {
-            if ending.load(Ordering::Relaxed) {
-                return Poll::Ready(Ok(()));
-            }
-        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let State::Header { blank, began } = &mut this.state else {

@@ -287,30 +287,25 @@ async fn serve_connection(
 
 /// The client certificate validation of socket `bind` in the live table (`None`: none).
 fn client_policy(table: &ArcSwap<RoutingTable>, bind: SocketAddr) -> Option<u64> {
-    let table = table.load();
-    let auth = table.binds.get(&bind)?.client_auth.as_ref()?;
-    Some(auth.policy)
+    crate::tls::client_policy(&table.load(), &bind)
 }
 
 /// Serves a TLS connection whose handshake passed the client certificate validation `policy`
 /// of socket `bind`. When the socket's validation changes (CAs added or taken away, the mode,
 /// validation turned on), what the handshake proved no longer answers the question asked, so
-/// the connection ends: its requests in flight finish, an HTTP/2 client gets GOAWAY, and an
-/// HTTP/1.1 connection is closed before its next request is read. The client's next connection
-/// is validated afresh.
+/// the connection is wound down as at shutdown: its requests in flight finish, an HTTP/2
+/// client gets GOAWAY, an HTTP/1.1 response says `Connection: close`. A request that comes on
+/// it all the same is refused by the proxy (421, see `Proxy::request_filter`), and the client's
+/// next connection is validated afresh.
 async fn serve_tls<S>(tls: S, bind: SocketAddr, policy: Option<u64>, cx: &ConnectionContext)
 where
     S: pingora_core::protocols::IO + pingora_core::protocols::Ssl + 'static,
 {
-    let stale = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stream: pingora_core::protocols::Stream = Box::new(
-        HeaderDeadline::new(
-            tls,
-            cx.header_timeout,
-            cx.metrics.request_header_timeouts.clone(),
-        )
-        .ending_when(stale.clone()),
-    );
+    let stream: pingora_core::protocols::Stream = Box::new(HeaderDeadline::new(
+        tls,
+        cx.header_timeout,
+        cx.metrics.request_header_timeouts.clone(),
+    ));
     // The connection's own shutdown signal: the process's, or a change of validation.
     let (ending, ended) = watch::channel(*cx.shutdown.borrow());
     let mut shutdown = cx.shutdown.clone();
@@ -333,7 +328,6 @@ where
             () = changed(&mut swaps), if !*ending.borrow() => {
                 if client_policy(&cx.table, bind) != policy {
                     tracing::debug!(%bind, "client certificate validation changed; ending a connection validated before");
-                    stale.store(true, std::sync::atomic::Ordering::Relaxed);
                     ending.send_replace(true);
                 }
             }

@@ -295,6 +295,7 @@ impl ProxyHttp for Proxy {
         match self.decide(session, with_body, ctx) {
             Decision::Forward => Ok(false),
             Decision::Respond(status) => respond(session, ctx, status).await,
+            Decision::RespondAndClose(status) => respond_then(session, ctx, status, false).await,
             Decision::Preflight(headers) => {
                 let mut resp = ResponseHeader::build(204, Some(headers.len()))?;
                 for (name, value) in headers {
@@ -841,6 +842,8 @@ enum Decision {
     Forward,
     /// Answer with this status and no body.
     Respond(u16),
+    /// Answer with this status, and close the connection after it.
+    RespondAndClose(u16),
     /// Answer with a redirect.
     Redirect(u16, String),
     /// Answer a CORS preflight with these headers.
@@ -962,9 +965,8 @@ impl Proxy {
             _ => new_request_id(rand::rng().random::<u128>()),
         };
         let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
-        let sni = tls
-            .and_then(|t| t.extension.get::<crate::tls::ServerName>())
-            .map(|s| s.0.as_str());
+        let handshake = tls.and_then(|t| t.extension.get::<crate::tls::Handshake>());
+        let sni = handshake.and_then(|h| h.server_name.as_deref());
         // An HTTP/1.0 request may come without Host; over TLS the handshake's SNI names the
         // host it is for, and stands in (it would otherwise select no listener but the one
         // without a hostname, and be misdirected).
@@ -999,6 +1001,13 @@ impl Proxy {
         // than the handshake did (and so possibly another certificate) is misdirected. Without
         // SNI the handshake took the listener without a hostname.
         if tls.is_some() {
+            // A connection whose client certificate was checked under other validation than
+            // the socket's now (or not at all, or not verified when it was resumed) is sent
+            // to make a new one, which is validated afresh: 421, and the connection closes.
+            let policy = crate::tls::client_policy(&table, &bind);
+            if handshake.and_then(|h| h.client_policy) != policy {
+                return Decision::RespondAndClose(421);
+            }
             let host = crate::routing::table::normalize_host(host);
             let by_host = table.listener_for_hello(&bind, Some(&host));
             let by_sni = table.listener_for_hello(&bind, sni);

@@ -142,22 +142,90 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The server name a client sent in its ClientHello, kept with the connection so that each
-/// request on it can be checked against the listener its Host selects (421 Misdirected Request).
+/// What a finished handshake settled, kept with the connection (in its TLS digest) for each
+/// request on it to be checked against.
 #[derive(Debug, Clone)]
-pub struct ServerName(pub String);
+pub struct Handshake {
+    /// The server name the client sent in its ClientHello: a request whose Host selects
+    /// another listener is misdirected (421).
+    pub server_name: Option<String>,
+    /// The client certificate validation of the socket when the handshake finished
+    /// ([`ClientAuth::policy`]; `None`: none). A request on a connection validated under
+    /// another one than the socket's now is refused, so that the client reconnects.
+    pub client_policy: Option<u64>,
+}
 
-/// Records the SNI of each finished handshake in the connection's TLS digest.
-struct RecordServerName;
+/// The client certificate validation of socket `bind` in `table` (`None`: none).
+pub fn client_policy(table: &RoutingTable, bind: &SocketAddr) -> Option<u64> {
+    Some(table.binds.get(bind)?.client_auth.as_ref()?.policy)
+}
+
+/// Records each finished handshake's [`Handshake`] in the connection's TLS digest.
+///
+/// Known shortcoming: the validation is read when the handshake finishes, a moment after the
+/// client's certificate was checked; a change in between tags the connection with the new one.
+struct RecordHandshake {
+    table: Arc<ArcSwap<RoutingTable>>,
+    bind: SocketAddr,
+}
 
 #[async_trait::async_trait]
-impl pingora_core::listeners::TlsAccept for RecordServerName {
+impl pingora_core::listeners::TlsAccept for RecordHandshake {
     async fn handshake_complete_callback(
         &self,
         tls: &pingora_core::protocols::tls::TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let name = tls.server_name()?.to_ascii_lowercase();
-        Some(Arc::new(ServerName(name)))
+        Some(Arc::new(Handshake {
+            server_name: tls.server_name().map(|name| name.to_ascii_lowercase()),
+            client_policy: client_policy(&self.table.load(), &self.bind),
+        }))
+    }
+}
+
+/// TLS sessions a client may resume, kept apart by the client certificate validation they were
+/// made under: a resumed session skips the client's certificate, so one made before the
+/// socket's validation changed (turned on, other CAs, another mode) must not be resumed after
+/// it. Looked up under the current validation, such a session is not found, and the client
+/// makes a full handshake, certificate and all.
+struct SessionsByPolicy {
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    table: Arc<ArcSwap<RoutingTable>>,
+    bind: SocketAddr,
+}
+
+impl SessionsByPolicy {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        let policy = client_policy(&self.table.load(), &self.bind).unwrap_or(0);
+        let mut out = Vec::with_capacity(8 + key.len());
+        out.extend(policy.to_be_bytes());
+        out.extend(key);
+        out
+    }
+}
+
+impl std::fmt::Debug for SessionsByPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionsByPolicy")
+            .field("bind", &self.bind)
+            .finish()
+    }
+}
+
+impl rustls::server::StoresServerSessions for SessionsByPolicy {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.sessions.put(self.key(&key), value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.sessions.get(&self.key(key))
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.sessions.take(&self.key(key))
+    }
+
+    fn can_cache(&self) -> bool {
+        self.sessions.can_cache()
     }
 }
 
@@ -187,7 +255,10 @@ pub struct Acceptors {
 /// See [`Acceptors`].
 pub fn acceptors(resolver: Arc<SniResolver>, clients: Arc<ClientVerifier>) -> Acceptors {
     let build = |alpn: bool| {
-        let callbacks: pingora_core::listeners::TlsAcceptCallbacks = Box::new(RecordServerName);
+        let callbacks: pingora_core::listeners::TlsAcceptCallbacks = Box::new(RecordHandshake {
+            table: resolver.table.clone(),
+            bind: resolver.bind,
+        });
         let mut settings = pingora_core::listeners::tls::TlsSettings::with_callbacks(callbacks)
             .expect("settings without files cannot fail");
         settings.set_cert_resolver(resolver.clone());
@@ -195,7 +266,16 @@ pub fn acceptors(resolver: Arc<SniResolver>, clients: Arc<ClientVerifier>) -> Ac
         if alpn {
             settings.enable_h2();
         }
-        settings.build()
+        let mut acceptor = settings.build();
+        // Pingora's settings keep rustls' session cache; it is wrapped, not replaced.
+        let mut config = rustls::ServerConfig::clone(acceptor.acceptor.config());
+        config.session_storage = Arc::new(SessionsByPolicy {
+            sessions: config.session_storage.clone(),
+            table: resolver.table.clone(),
+            bind: resolver.bind,
+        });
+        acceptor.acceptor = pingora_core::tls::TlsAcceptor::from(Arc::new(config));
+        acceptor
     };
     Acceptors {
         http: build(true),
