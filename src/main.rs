@@ -315,25 +315,38 @@ fn is_broken_client_header(event: &tracing::Event<'_>) -> bool {
     }
     #[derive(Default)]
     struct Fields {
-        pingora_proxy: bool,
-        broken_client: bool,
+        target: String,
+        message: String,
     }
     impl tracing::field::Visit for Fields {
         fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
             if field.name() == "log.target" {
-                self.pingora_proxy = value == "pingora_proxy";
+                self.target = value.to_string();
             }
         }
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
             if field.name() == "message" {
-                self.broken_client = format!("{value:?}").starts_with("Fail to proxy: Downstream");
+                self.message = format!("{value:?}");
             }
         }
     }
     let mut fields = Fields::default();
     event.record(&mut fields);
-    fields.pingora_proxy && fields.broken_client
+    match fields.target.as_str() {
+        // A header the gateway cut off for taking too long is counted as that, not as a
+        // client that broke off.
+        "pingora_proxy" => {
+            fields.message.starts_with("Fail to proxy: Downstream")
+                && !fields.message.contains(HEADER_TIMED_OUT)
+        }
+        // An HTTP/2 client that never sent its preface (or gave up on it).
+        "pingora_core::apps" => fields.message.starts_with("H2 handshake error"),
+        _ => false,
+    }
 }
+
+/// What the request header deadline's error says; see `dataplane::header_deadline`.
+const HEADER_TIMED_OUT: &str = portcullis::dataplane::header_deadline::TIMED_OUT;
 
 /// Counts the client connections that break while sending a request header, in
 /// `portcullis_client_header_failures_total`, whatever the log filter lets through.

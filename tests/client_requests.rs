@@ -599,4 +599,9 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
         metrics.contains("portcullis_request_header_timeouts_total 2"),
         "{metrics}"
     );
+    // A header cut off for its time is counted as that, not as a client that broke off.
+    assert!(
+        metrics.contains("portcullis_client_header_failures_total 0"),
+        "{metrics}"
+    );
 }

@@ -1226,12 +1226,12 @@ fn one_named_listener(name: &str) -> Gateway {
     gw
 }
 
-/// `openssl s_client` connected to `addr` with SNI `sni` and ALPN http/1.1: what is written to
-/// its stdin goes over TLS as it is, and its stdout gives what comes back.
-fn tls_pipe(addr: std::net::SocketAddr, sni: &str) -> std::process::Child {
+/// `openssl s_client` connected to `addr` with SNI `sni`, offering ALPN `alpn`: what is
+/// written to its stdin goes over TLS as it is, and its stdout gives what comes back.
+fn tls_pipe(addr: std::net::SocketAddr, sni: &str, alpn: &str) -> std::process::Child {
     std::process::Command::new("openssl")
         .args(["s_client", "-quiet", "-connect", &addr.to_string()])
-        .args(["-servername", sni, "-alpn", "http/1.1"])
+        .args(["-servername", sni, "-alpn", alpn])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -1246,7 +1246,7 @@ fn tls_pipe(addr: std::net::SocketAddr, sni: &str) -> std::process::Child {
 fn a_request_header_sent_too_slowly_over_tls_gets_408() {
     use std::io::{Read as _, Write as _};
     let gw = one_named_listener("slow");
-    let mut client = tls_pipe(gw.https, "slow.example");
+    let mut client = tls_pipe(gw.https, "slow.example", "http/1.1");
     let mut stdin = client.stdin.take().unwrap();
     let started = Instant::now();
     let writer = std::thread::spawn(move || {
@@ -1266,6 +1266,25 @@ fn a_request_header_sent_too_slowly_over_tls_gets_408() {
     let _ = writer.join();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(took < Duration::from_secs(7), "{took:?}");
+
+    // A client that settles on HTTP/2 and then sends no preface is closed at the same deadline
+    // (Pingora would wait for the preface for good).
+    let mut idle = tls_pipe(gw.https, "slow.example", "h2");
+    let stdin = idle.stdin.take().unwrap();
+    let mut stdout = idle.stdout.take().unwrap();
+    let (closed, closing) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = stdout.read_to_end(&mut Vec::new());
+        let _ = closed.send(());
+    });
+    let waited = closing.recv_timeout(Duration::from_secs(7));
+    drop(stdin);
+    let _ = idle.kill();
+    let _ = idle.wait();
+    assert!(
+        waited.is_ok(),
+        "an HTTP/2 connection without a preface is still open after 7 s"
+    );
 }
 
 /// Client certificate validation turned on for a port applies to the connections already open
@@ -1403,7 +1422,7 @@ fn a_session_made_before_client_validation_is_not_resumed_after_it() {
 fn an_http_1_0_request_without_host_is_routed_by_its_sni() {
     use std::io::Read as _;
     let gw = one_named_listener("named");
-    let mut client = tls_pipe(gw.https, "named.example");
+    let mut client = tls_pipe(gw.https, "named.example", "http/1.1");
     {
         use std::io::Write as _;
         let mut stdin = client.stdin.take().unwrap();

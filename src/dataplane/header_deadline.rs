@@ -15,9 +15,10 @@
 //!   is written (anything Pingora writes but an informational `1xx` header);
 //! - it ends at a line feed, an optional carriage return and a second line feed; what follows
 //!   (the body) is passed through unchecked until the next response;
-//! - a connection that opens with the HTTP/2 preface, negotiated HTTP/2 by ALPN, or switched
-//!   protocols (`101`, a WebSocket) is left alone from then on: its bytes are not HTTP/1
-//!   headers.
+//! - a connection that opens with the HTTP/2 preface, or switched protocols (`101`, a
+//!   WebSocket), is left alone from then on: its bytes are not HTTP/1 headers. One that
+//!   negotiated HTTP/2 by ALPN has the deadline for its preface, counted from the handshake
+//!   (Pingora waits for it without one), and is closed without a 408 when it misses it.
 //!
 //! A header that arrives in one read, as nearly all do, costs a scan of its bytes and no timer;
 //! the timer is set only when a read leaves the header unfinished.
@@ -46,6 +47,9 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// The error a read gives when the header is not in by the deadline.
+pub const TIMED_OUT: &str = "the request header did not arrive in time";
+
 /// What the client gets when its header is not in by the deadline.
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -72,6 +76,8 @@ pub struct HeaderDeadline<S> {
     state: State,
     /// Nothing has been read yet: the first bytes may be the HTTP/2 preface.
     opening: bool,
+    /// HTTP/2 by ALPN: a missed deadline closes the connection without an HTTP/1 answer.
+    h2: bool,
     /// The timer, set when a header takes more than one read, and kept for the next.
     timer: Option<Pin<Box<Sleep>>>,
     timed_out: IntCounter,
@@ -85,15 +91,17 @@ impl<S: Ssl> HeaderDeadline<S> {
         HeaderDeadline {
             inner,
             timeout,
-            state: if timeout.is_zero() || h2 {
+            state: if timeout.is_zero() {
                 State::Off
             } else {
                 State::Header {
                     blank: START,
-                    began: None,
+                    // The preface is owed from the handshake on.
+                    began: h2.then(Instant::now),
                 }
             },
             opening: true,
+            h2,
             timer: None,
             timed_out,
         }
@@ -198,12 +206,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
                 this.state = State::Off;
                 // Best effort: the socket has room for a line this short, and the connection
                 // closes whether or not it went.
-                let _ = Pin::new(&mut this.inner).poll_write(cx, REQUEST_TIMEOUT);
-                let _ = Pin::new(&mut this.inner).poll_flush(cx);
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the request header did not arrive in time",
-                )))
+                if !this.h2 {
+                    let _ = Pin::new(&mut this.inner).poll_write(cx, REQUEST_TIMEOUT);
+                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                }
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, TIMED_OUT)))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
         }
