@@ -572,9 +572,9 @@ fn explain(
         return ExitCode::from(2);
     }
     let compiled = compile(&store.snapshot(), &args.options());
-    // What was not read cannot match: said first, as the answer may hinge on it.
+    // What was refused cannot match: said first, as the answer may hinge on it.
     for e in &compiled.report.errors {
-        eprintln!("not read: {}: {}", e.source, e.message);
+        eprintln!("warning: {}: {}", e.source, e.message);
     }
     let answer = question.answer(&compiled.table, &compiled.report);
     for step in &answer.steps {
