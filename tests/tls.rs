@@ -1287,6 +1287,33 @@ fn a_request_header_sent_too_slowly_over_tls_gets_408() {
     );
 }
 
+/// Turns client certificate validation on for the Gateway of `gw` (whose `listeners` are
+/// given again), trusting `client_ca`, by rewriting its files.
+fn require_client_certificates(
+    gw: &Gateway,
+    listeners: &str,
+    client_ca: &tls_support::Certificate,
+) {
+    let pem = serde_json::to_string(&client_ca.cert_pem).unwrap();
+    gw.write(
+        "client-ca.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: client-ca, namespace: {NAMESPACE}}}\n\
+             data:\n  ca.crt: {pem}\n"
+        ),
+    );
+    gw.write(
+        "gateway.yaml",
+        &format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {{name: gw, namespace: {NAMESPACE}}}\n\
+             spec:\n  gatewayClassName: portcullis\n  tls:\n    frontend:\n      default:\n        \
+             validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]\n  \
+             listeners:\n{listeners}"
+        ),
+    );
+}
+
 /// Client certificate validation turned on for a port applies to the connections already open
 /// on it, not only to new ones: a keep-alive connection made without a certificate is closed
 /// before its next request rather than served, and the client's next connection must pass the
@@ -1306,22 +1333,7 @@ fn connections_validated_before_a_client_certificate_change_take_no_more_request
     let mut open = RustlsConnection::open(&config, gw.https, "web.example").unwrap();
     assert_eq!(open.get("/", false), Ok(200));
 
-    let pem = serde_json::to_string(&client_ca.cert_pem).unwrap();
-    gw.write(
-        "client-ca.yaml",
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: client-ca, namespace: {NAMESPACE}}}\n\
-             data:\n  ca.crt: {pem}\n"
-        ),
-    );
-    let validated = format!(
-        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
-         metadata: {{name: gw, namespace: {NAMESPACE}}}\n\
-         spec:\n  gatewayClassName: portcullis\n  tls:\n    frontend:\n      default:\n        \
-         validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]\n  \
-         listeners:\n{listeners}"
-    );
-    gw.write("gateway.yaml", &validated);
+    require_client_certificates(&gw, &listeners, &client_ca);
     // New connections without a certificate are refused once the change is served...
     tls_support::eventually("a new connection needs a client certificate", || {
         RustlsConnection::open(&config, gw.https, "web.example")
@@ -1384,24 +1396,7 @@ fn a_session_made_before_client_validation_is_not_resumed_after_it() {
         assert!(out.contains("HTTP/1.1 200"), "{version}: {out}");
     }
 
-    let pem = serde_json::to_string(&client_ca.cert_pem).unwrap();
-    gw.write(
-        "client-ca.yaml",
-        &format!(
-            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: client-ca, namespace: {NAMESPACE}}}\n\
-             data:\n  ca.crt: {pem}\n"
-        ),
-    );
-    gw.write(
-        "gateway.yaml",
-        &format!(
-            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
-             metadata: {{name: gw, namespace: {NAMESPACE}}}\n\
-             spec:\n  gatewayClassName: portcullis\n  tls:\n    frontend:\n      default:\n        \
-             validation:\n          caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]\n  \
-             listeners:\n{listeners}"
-        ),
-    );
+    require_client_certificates(&gw, &listeners, &client_ca);
     tls_support::eventually("a new connection needs a client certificate", || {
         let out = get_over_openssl(gw.https, &["-tls1_3"]);
         (!out.contains("HTTP/1.1 200")).then_some(())
