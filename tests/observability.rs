@@ -534,7 +534,11 @@ async fn debug_endpoints_explain_the_running_table() {
             .is_some_and(|s| s.contains("obs/gw/nope")),
         "{body}"
     );
-    for question in ["listener=obs/gw/web&path=x", "listner=obs/gw/web"] {
+    for question in [
+        "listener=obs/gw/web&path=x",
+        "listner=obs/gw/web",
+        "host=a.example",
+    ] {
         let (status, body) = get(&format!("/debug/explain?{question}")).await;
         assert_eq!(status, 400, "{question}: {body}");
     }

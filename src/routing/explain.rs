@@ -620,8 +620,8 @@ impl Question {
         let mut q = Question::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v);
-            match k {
+            let (k, v) = (percent_decode(k), percent_decode(v));
+            match k.as_str() {
                 "listener" => q.listener = v,
                 "host" => q.host = v,
                 "path" => q.path = v,
@@ -637,6 +637,12 @@ impl Question {
             }
         }
         q.check()?;
+        if q.listener.is_empty() {
+            return Err(
+                "name the listener: listener=namespace/gateway/listener (see /debug/routes)"
+                    .to_string(),
+            );
+        }
         Ok(q)
     }
 
@@ -747,5 +753,10 @@ mod tests {
         assert!(err.contains("\"x-canary\" must be name:value"), "{err}");
         let err = Question::from_query("path=api").unwrap_err();
         assert!(err.contains("must start with /"), "{err}");
+        // No listener, no question; a parameter's name is decoded as its value is.
+        let err = Question::from_query("host=a").unwrap_err();
+        assert!(err.contains("name the listener"), "{err}");
+        let q = Question::from_query("%6Cistener=a/b/c").unwrap();
+        assert_eq!(q.listener, "a/b/c");
     }
 }
