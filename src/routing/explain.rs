@@ -175,6 +175,39 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
         steps.push("no listener on this socket serves the host: 404".to_string());
         return miss(steps);
     };
+    if listener.scheme == "tls" {
+        // A TLS listener routes whole connections by the ClientHello's SNI (TLSRoute), not
+        // requests: the host stands for the SNI.
+        let id = format!("{}/{}", listener.gateway, listener.name);
+        let sni = (!host.is_empty()).then_some(host.as_str());
+        let Some((_, rule)) = (listener.passthrough.iter())
+            .find(|(h, _)| super::table::takes_server_name(h.as_deref(), sni))
+        else {
+            steps.push(format!(
+                "listener {id} routes TLS connections by SNI, and no TLSRoute takes SNI \
+                 {host:?}: the connection is refused"
+            ));
+            return miss(steps);
+        };
+        let matched = format!("{}#{}", rule.route, rule.index);
+        steps.push(format!(
+            "listener {id} routes TLS connections by SNI: TLSRoute rule {matched} takes SNI \
+             {host:?}, and the connection goes to its backends"
+        ));
+        let backends = (rule.backends.iter())
+            .filter_map(|b| match b.target.as_ref() {
+                Backend::Service(s) => Some(s.name.to_string()),
+                Backend::Invalid { .. } => None,
+            })
+            .collect();
+        return Explanation {
+            matched: Some(matched),
+            status: None,
+            backends,
+            steps,
+            listener_unknown: false,
+        };
+    }
     if let Some(entry) = explain_hosts(&listener.hosts, &host, req, &mut steps) {
         let id = format!("{}#{}", entry.rule.route, entry.rule.index);
         steps.push(format!("rule {id} matches"));

@@ -2160,3 +2160,49 @@ fn cookie_crumbs_match_as_the_cookie_they_came_from() {
         Some("infra/r#0")
     );
 }
+
+/// On a TLS passthrough listener, explain answers for the connection: which TLSRoute takes the
+/// SNI (given as the host), or that none does.
+#[test]
+fn explain_on_a_tls_listener_follows_the_sni() {
+    use crate::routing::explain::Question;
+    let yaml = format!(
+        "{BASE}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: edge, namespace: infra}}\nspec:\n  gatewayClassName: portcullis\n  \
+         listeners: [{{name: tls, port: 443, protocol: TLS, tls: {{mode: Passthrough}}}}]\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\n\
+         metadata: {{name: pt, namespace: infra}}\n\
+         spec:\n  parentRefs: [{{name: edge}}]\n  hostnames: [pt.example]\n  \
+         rules: [{{backendRefs: [{{name: svc, port: 8080}}]}}]\n"
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let ask = |host: &str| {
+        Question {
+            listener: "infra/edge/tls".to_string(),
+            host: host.to_string(),
+            path: "/".to_string(),
+            method: "GET".to_string(),
+            headers: Vec::new(),
+        }
+        .answer(&c.table, &c.report)
+    };
+    let answer = ask("pt.example");
+    assert_eq!(
+        answer.matched.as_deref(),
+        Some("infra/pt#0"),
+        "{:?}",
+        answer.steps
+    );
+    assert_eq!(answer.status, None);
+    let answer = ask("other.example");
+    assert_eq!(answer.matched, None);
+    assert!(
+        answer
+            .steps
+            .last()
+            .unwrap()
+            .contains("no TLSRoute takes SNI"),
+        "{:?}",
+        answer.steps
+    );
+}
