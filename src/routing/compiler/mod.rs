@@ -251,8 +251,15 @@ pub fn parse_duration(text: &str) -> Result<Option<std::time::Duration>, String>
     let mut rest = text;
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 5 {
+        if digits == 0 {
             return Err(err());
+        }
+        // The API's pattern allows five digits a number.
+        if digits > 5 {
+            return Err(format!(
+                "invalid duration {text:?}: at most five digits a number (99999s); write larger \
+                 ones in bigger units (1h30m)"
+            ));
         }
         let n: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];

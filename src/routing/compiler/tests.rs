@@ -324,6 +324,9 @@ fn durations_parse_as_the_spec_writes_them() {
     );
     assert_eq!(parse_duration("0s").unwrap(), None);
     assert!(parse_duration("1.5s").is_err());
+    // A number too long for the API says so, and how to write it.
+    let err = parse_duration("1000000s").unwrap_err();
+    assert!(err.contains("at most five digits"), "{err}");
 }
 
 #[test]
