@@ -231,9 +231,6 @@ async fn serve_connection(
     let _ = digest.local_addr.set(local.map(PingoraAddr::Inet));
     let mut stream = Stream::from(tcp);
     stream.set_socket_digest(digest);
-    // The client certificate validation in force for this handshake, read before it: if it
-    // changes while the connection is open, the connection ends (see `serve_tls`).
-    let policy = local.map(|local| client_policy(&cx.table, local));
     let first: Option<pingora_core::protocols::Stream> = match acceptor {
         None => Some(Box::new(HeaderDeadline::new(
             Coalescing::new(stream),
@@ -241,6 +238,9 @@ async fn serve_connection(
             cx.metrics.request_header_timeouts.clone(),
         ))),
         Some(acceptors) => {
+            // The client certificate validation in force for this handshake, read before it:
+            // if it changes while the connection is open, the connection ends (`serve_tls`).
+            let policy = local.map(|local| client_policy(&cx.table, local));
             let tls_result = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
             let acceptor = match forward_to {
                 Some(_) => &acceptors.tcp,

@@ -961,23 +961,25 @@ fn the_backend_tls_policy_naming_the_port_wins_then_the_oldest() {
              validation: {{hostname: {hostname}, wellKnownCACertificates: System}}\n"
         )
     };
+    // For Service `one`: one policy for the whole Service, an older one, and one naming its
+    // port `https`, a newer one.
+    let one_policies = policy(
+        "a-whole",
+        "one",
+        "",
+        "2020-01-01T00:00:00Z",
+        "whole.example",
+    ) + &policy(
+        "b-port",
+        "one",
+        ", sectionName: https",
+        "2024-01-01T00:00:00Z",
+        "port.example",
+    );
     let text = [
         BASE.to_string(),
         https_service("one"),
-        policy(
-            "a-whole",
-            "one",
-            "",
-            "2020-01-01T00:00:00Z",
-            "whole.example",
-        ),
-        policy(
-            "b-port",
-            "one",
-            ", sectionName: https",
-            "2024-01-01T00:00:00Z",
-            "port.example",
-        ),
+        one_policies.clone(),
         https_service("two"),
         policy(
             "a-newer",
@@ -1040,20 +1042,7 @@ fn the_backend_tls_policy_naming_the_port_wins_then_the_oldest() {
         "---\napiVersion: v1\nkind: Service\nmetadata: {name: one, namespace: infra}\n\
          spec: {ports: [{name: https, port: 443}, {name: alt, port: 8443}]}\n"
             .to_string(),
-        policy(
-            "a-whole",
-            "one",
-            "",
-            "2020-01-01T00:00:00Z",
-            "whole.example",
-        ),
-        policy(
-            "b-port",
-            "one",
-            ", sectionName: https",
-            "2024-01-01T00:00:00Z",
-            "port.example",
-        ),
+        one_policies,
         route(
             "r",
             "  rules:\n  - backendRefs: [{name: one, port: 443}, {name: one, port: 8443}]\n",
