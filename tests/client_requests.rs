@@ -286,6 +286,64 @@ async fn an_http2_request_keeps_its_host_when_its_path_changes() {
     assert_eq!(body["headers"]["cookie"], "a=1; b=2", "{body}");
 }
 
+/// Opens a connection, sends `pieces` with a pause after each, then reads what comes back in
+/// 5 s or until the gateway closes.
+async fn in_pieces(port: u16, pieces: &[&[u8]]) -> Vec<u8> {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    for piece in pieces {
+        tcp.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut answer = vec![0u8; 4096];
+    let mut read = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = tcp.read(&mut answer[read..]).await {
+            if n == 0 {
+                break;
+            }
+            read += n;
+            if read >= 9 {
+                break;
+            }
+        }
+    })
+    .await;
+    answer.truncate(read);
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_s_opening_may_come_in_pieces() {
+    let (admin_port, public_port) = (free_port(), free_port());
+    let _echoes = (echo("admin", admin_port), echo("public", public_port));
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, port, _) = start(dir.path(), &config(admin_port, public_port), "5s").await;
+
+    // An HTTP/1.1 request whose first byte comes alone.
+    let answer = in_pieces(
+        port,
+        &[
+            b"G",
+            b"ET /admin HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        ],
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    // The HTTP/2 preface cut in two, the first part a request line as far as it goes: the
+    // gateway waits for the rest, then speaks HTTP/2 (its first frame is SETTINGS, type 4).
+    let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let rest = [b"\r\nSM\r\n\r\n".as_slice(), settings].concat();
+    let answer = in_pieces(port, &[b"PRI * HTTP/2.0\r\n", &rest]).await;
+    assert!(answer.len() >= 9 && answer[3] == 4, "{answer:?}");
+    // The whole preface in one piece is HTTP/2 at once.
+    let whole = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".as_slice(), settings].concat();
+    let answer = in_pieces(port, &[&whole]).await;
+    assert!(answer.len() >= 9 && answer[3] == 4, "{answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_does_not_hold_a_shutdown() {
     let (admin_port, public_port) = (free_port(), free_port());

@@ -49,14 +49,28 @@ pub struct Coalescing {
     inner: BufWriter<Stream>,
     /// Whether the opening bytes were looked at already.
     opened: bool,
+    /// Whether the connection opens with the HTTP/2 preface, when its opening bytes (read
+    /// before it was wrapped) tell; `None` when they are too few to.
+    preface: Option<bool>,
 }
 
 impl Coalescing {
-    /// Wraps an accepted stream.
-    pub fn new(stream: Stream) -> Self {
+    /// Wraps an accepted stream. `opening` is what the connection sent first, if it was read
+    /// already and put back (`Stream::rewind`): enough of it answers the HTTP/2 preface
+    /// question without another read.
+    pub fn new(stream: Stream, opening: &[u8]) -> Self {
+        let seen = opening.len().min(H2_PREFACE.len());
+        let preface = if opening[..seen] != H2_PREFACE[..seen] {
+            Some(false)
+        } else if seen == H2_PREFACE.len() {
+            Some(true)
+        } else {
+            None
+        };
         Coalescing {
             inner: BufWriter::with_capacity(WRITE_BUFFER, stream),
             opened: false,
+            preface,
         }
     }
 }
@@ -146,6 +160,13 @@ impl Peek for Coalescing {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         buf.fill(0);
         if std::mem::replace(&mut self.opened, true) {
+            return Ok(true);
+        }
+        if let Some(preface) = self.preface {
+            if preface {
+                let n = buf.len().min(H2_PREFACE.len());
+                buf[..n].copy_from_slice(&H2_PREFACE[..n]);
+            }
             return Ok(true);
         }
         let stream = self.inner.get_mut();
