@@ -139,7 +139,27 @@ const START: u8 = 3;
 
 /// Scans `bytes` for the blank line that ends a header, from the scanner state `blank`:
 /// `Ok(())` when found, else the state to go on from.
-fn scan(mut blank: u8, bytes: &[u8]) -> Result<(), u8> {
+///
+/// Most reads hold a whole header ended by `\r\n\r\n`, which a vectorised search finds
+/// (past any empty lines before the request line) at a fraction of the cost of the byte loop
+/// of [`scan_bytes`]; that loop answers the rest: bare `\n` line ends, and a blank line split
+/// across reads.
+fn scan(blank: u8, bytes: &[u8]) -> Result<(), u8> {
+    let rest = match blank {
+        START => match bytes.iter().position(|&b| b != b'\r' && b != b'\n') {
+            Some(start) => &bytes[start..],
+            None => return Err(START),
+        },
+        _ => bytes,
+    };
+    if memchr::memmem::find(rest, b"\r\n\r\n").is_some() {
+        return Ok(());
+    }
+    scan_bytes(blank, bytes)
+}
+
+/// [`scan`], a byte at a time.
+fn scan_bytes(mut blank: u8, bytes: &[u8]) -> Result<(), u8> {
     for &b in bytes {
         blank = match (blank, b) {
             (START, b'\r' | b'\n') => START,
@@ -333,7 +353,7 @@ impl<S: GetSocketDigest> GetSocketDigest for HeaderDeadline<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::{scan, START};
+    use super::{scan, scan_bytes, START};
 
     #[test]
     fn a_header_ends_at_its_blank_line_however_the_reads_split_it() {
@@ -352,5 +372,26 @@ mod tests {
         assert!(scan(START, b"GET / HTTP/1.1\r\nhost: a\r\nx: \r\r\n").is_err());
         // Empty lines before the request line (RFC 9112, section 2.2) do not end it.
         assert!(scan(START, b"\r\n\r\nGET / HTTP/1.1\r\n").is_err());
+        assert_eq!(scan(START, b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"), Ok(()));
+    }
+
+    #[test]
+    fn the_fast_scan_answers_as_the_byte_loop_does() {
+        // Every string of up to 8 bytes over `\r`, `\n` and a letter, from every state.
+        let alphabet = [b'\r', b'\n', b'a'];
+        for len in 0..=8u32 {
+            for code in 0..3usize.pow(len) {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|i| alphabet[code / 3usize.pow(i) % 3])
+                    .collect();
+                for state in [0, 1, 2, START] {
+                    assert_eq!(
+                        scan(state, &bytes),
+                        scan_bytes(state, &bytes),
+                        "state {state}, {bytes:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -956,11 +956,7 @@ impl Proxy {
         };
         let req = session.req_header();
         // Keep the client's request id (trimmed to a sane length), or make one.
-        ctx.request_id = match req
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-        {
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
             Some(id) if !id.is_empty() && id.len() <= 200 => id.to_string(),
             _ => new_request_id(rand::rng().random::<u128>()),
         };
@@ -1337,7 +1333,7 @@ fn with_path_and_query(uri: &http::Uri, target: &str) -> Option<http::Uri> {
 /// The Host a request names: the Host header, or the authority of an HTTP/2 request.
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
-        .get("host")
+        .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
@@ -1559,7 +1555,9 @@ fn redirect_location(
     }
 }
 
+// Looked up as `HeaderName`s: a name given as a string is parsed again on every lookup.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
