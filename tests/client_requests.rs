@@ -153,6 +153,13 @@ async fn requests_are_read_as_they_were_meant() {
     )
     .await;
     assert_eq!(echoed(&answer)["backend"], "public");
+    // Other encodings stay encoded, their hex digits upper-cased (one byte however written).
+    let answer = raw(
+        port,
+        b"GET /admin/a%2cb%2F HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(echoed(&answer)["path"], "/admin/a%2Cb%2F", "{answer:?}");
 
     // A target in absolute form names the host, which a Host header must repeat; the backend
     // gets the origin form.

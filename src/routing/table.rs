@@ -502,40 +502,55 @@ pub fn takes_server_name(hostname: Option<&str>, sni: Option<&str>) -> bool {
 /// `/admin` by a backend that resolves them, walking around the route meant for `/admin`.
 ///
 /// Two steps, in this order: percent-encoded unreserved characters (letters, digits, `-._~`) are
-/// decoded, since `%61` and `a` are the same character to every backend; then dot segments are
-/// resolved (section 5.2.4), including those that were written `%2e`. Other percent-encodings
-/// (`%2f`, `%20`) are left as they are: decoding them would change what the path means. Empty
-/// segments (`//`) are kept too: they are not dot segments, and merging them would change what
-/// some backends serve.
+/// decoded, since `%61` and `a` are the same character to every backend, and the hex digits of
+/// other percent-encodings are upper-cased (section 6.2.2.1: `%2c` and `%2C` are one byte);
+/// then dot segments are resolved (section 5.2.4), including those that were written `%2e`.
+/// Other percent-encodings (`%2F`, `%20`) are not decoded: that would change what the path
+/// means. Empty segments (`//`) are kept too: they are not dot segments, and merging them would
+/// change what some backends serve.
 pub fn normalize_path(path: &str) -> Option<String> {
     if !path.starts_with('/') || !path.bytes().any(|b| b == b'.' || b == b'%') {
         return None;
     }
-    let decoded = decode_unreserved(path);
+    let decoded = normal_percent_encodings(path, true);
     let path = decoded.as_deref().unwrap_or(path);
     remove_dot_segments(path).or(decoded)
 }
 
-/// `path` with every `%XX` that encodes an unreserved character replaced by that character, or
-/// `None` when it has none.
-fn decode_unreserved(path: &str) -> Option<String> {
+/// `path` with every `%XX` that encodes an unreserved character replaced by that character
+/// and, when `decode` is false or the character is another, the hex digits of each `%XX`
+/// upper-cased; `None` when that changes nothing.
+fn normal_percent_encodings(path: &str, decode: bool) -> Option<String> {
     let bytes = path.as_bytes();
-    let unreserved_at = |i: usize| {
+    // What the encoding at `i` becomes, if it is one and is not in normal form already.
+    let normal_at = |i: usize| -> Option<Encoded> {
+        if bytes[i] != b'%' {
+            return None;
+        }
         let hex = bytes.get(i + 1..i + 3)?;
         if !hex.iter().all(u8::is_ascii_hexdigit) {
             return None;
         }
         let byte = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-        (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')).then_some(byte)
+        if decode && (byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')) {
+            return Some(Encoded::Unreserved(byte));
+        }
+        hex.iter()
+            .any(u8::is_ascii_lowercase)
+            .then(|| Encoded::Upper([hex[0].to_ascii_uppercase(), hex[1].to_ascii_uppercase()]))
     };
-    let first = (0..bytes.len()).find(|&i| bytes[i] == b'%' && unreserved_at(i).is_some())?;
+    let first = (0..bytes.len()).find(|&i| normal_at(i).is_some())?;
     let mut out = String::with_capacity(path.len());
     out.push_str(&path[..first]);
     let mut i = first;
     while i < bytes.len() {
-        match (bytes[i] == b'%').then(|| unreserved_at(i)).flatten() {
-            Some(byte) => {
+        match normal_at(i) {
+            Some(Encoded::Unreserved(byte)) => {
                 out.push(char::from(byte));
+                i += 3;
+            }
+            Some(Encoded::Upper([a, b])) => {
+                out.extend(['%', char::from(a), char::from(b)]);
                 i += 3;
             }
             None => {
@@ -547,6 +562,20 @@ fn decode_unreserved(path: &str) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// A percent-encoding put in normal form.
+enum Encoded {
+    /// An unreserved character, decoded.
+    Unreserved(u8),
+    /// Another byte, its hex digits upper-cased.
+    Upper([u8; 2]),
+}
+
+/// `path` with the hex digits of its percent-encodings upper-cased, or `None` when none is
+/// lower-case: how a route's path value is taken, so that it is matched as requests are.
+pub fn upper_case_percent_encodings(path: &str) -> Option<String> {
+    normal_percent_encodings(path, false)
 }
 
 /// `path` with its dot segments resolved, or `None` when it has none.
@@ -766,7 +795,10 @@ mod tests {
             // Encoded unreserved characters are decoded, other encodings kept.
             ("/%61dmin", Some("/admin")),
             ("/%41%7e%2D%5f%30", Some("/A~-_0")),
-            ("/a%2fb/%20/%25/%", None),
+            ("/a%2Fb/%20/%25/%", None),
+            // Other encodings' hex digits are upper-cased.
+            ("/a%2fb/%2c/%c3%a9", Some("/a%2Fb/%2C/%C3%A9")),
+            ("/%2c%61", Some("/%2Ca")),
             ("/%+6", None),
             ("/caf%C3%A9/%61", Some("/caf%C3%A9/a")),
             ("/é/%61/../b", Some("/é/b")),
@@ -778,7 +810,7 @@ mod tests {
             ("/.well-known/x", None),
             ("/app.js", None),
             ("/a/.../b", None),
-            ("/a/%2fb", None),
+            ("/a/%2Fb", None),
             ("*", None),
         ] {
             assert_eq!(normalize_path(path).as_deref(), want, "{path}");

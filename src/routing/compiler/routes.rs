@@ -714,6 +714,11 @@ fn translate_match(
         .as_ref()
         .and_then(|p| p.value.clone())
         .unwrap_or_else(|| "/".to_string());
+    // Matched as request paths are, whose percent-encodings have upper-case hex digits.
+    let value = match path_type {
+        "RegularExpression" => value,
+        _ => crate::routing::table::upper_case_percent_encodings(&value).unwrap_or(value),
+    };
     if path_type != "RegularExpression" {
         matched_path(&value)?;
     }

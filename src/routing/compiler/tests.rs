@@ -1833,6 +1833,38 @@ fn replace_prefix_match_needs_one_path_prefix_match() {
     assert_eq!(c.rules, 2);
 }
 
+/// The hex digits of a percent-encoding are matched without regard to case (RFC 3986, section
+/// 6.2.2.1), in a route's path value and in a request's path alike.
+#[test]
+fn percent_encodings_match_whatever_the_case_of_their_hex_digits() {
+    let rules = "  rules:\n  \
+        - matches: [{path: {type: Exact, value: '/a%2cb'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n  \
+        - matches: [{path: {type: PathPrefix, value: '/caf%C3%A9'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n";
+    let yaml = format!("{BASE}{}", route("r", rules));
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "r").unwrap().status;
+    let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "True", "{status}");
+    let path = |p: &str| crate::routing::table::normalize_path(p).unwrap_or(p.to_string());
+    for request in ["/a%2cb", "/a%2Cb"] {
+        assert_eq!(
+            lookup_route(&c, "a.example", &path(request), &[]).as_deref(),
+            Some("infra/r#0"),
+            "{request}"
+        );
+    }
+    for request in ["/caf%c3%a9/x", "/caf%C3%A9", "/caf%c3%A9"] {
+        assert_eq!(
+            lookup_route(&c, "a.example", &path(request), &[]).as_deref(),
+            Some("infra/r#1"),
+            "{request}"
+        );
+    }
+    assert_eq!(lookup_route(&c, "a.example", &path("/a%2db"), &[]), None);
+}
+
 /// Match values the API's validation refuses (a path not in normal form or with a space, a
 /// header or query parameter name that is no token) drop their rule with a message naming
 /// the value; a rule whose matches are well formed is served beside them.
