@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tls_support::{
-    curl, curl_https, https_listener, https_listener_ref, rustls_client, s_client, secret,
-    serial_and_fingerprint, tls_secret, Gateway, KeyType, Pki, RustlsConnection, NAMESPACE,
+    curl, curl_https, https_listener, https_listener_ref, read_response, rustls_client, s_client,
+    secret, serial_and_fingerprint, tls_secret, Gateway, KeyType, Pki, RustlsConnection, NAMESPACE,
 };
 
 /// The Secret `name` in the Gateway's namespace holding `cert`, as a config file.
@@ -156,6 +156,101 @@ fn rsa_ecdsa_p256_p384_and_ed25519_certificates_are_served_over_tls_1_2_and_1_3(
             assert!(h.completed, "{name} {flag}: {}", h.output);
             assert_eq!(h.leaf_der(), Some(cert.der.clone()), "{name} {flag}");
         }
+    }
+}
+
+/// A socket that keeps what the server sends, to read the TLS records it came in.
+struct Recording {
+    tcp: std::net::TcpStream,
+    received: Vec<u8>,
+}
+
+impl std::io::Read for Recording {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.tcp.read(buf)?;
+        self.received.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl std::io::Write for Recording {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// The content types of the TLS records in `bytes`, which hold whole records.
+fn record_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 5 {
+        let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
+        types.push(rest[0]);
+        rest = &rest[(5 + len).min(rest.len())..];
+    }
+    types
+}
+
+/// A small response (header and body) is sealed into one TLS record and written at once: a
+/// record for the header and another for the body would cost a system call and an encryption
+/// more.
+#[test]
+fn a_small_response_is_one_tls_record() {
+    use std::io::Write;
+    let pki = Pki::new();
+    let root = pki.ca("root", KeyType::EcdsaP256, None);
+    let leaf = pki.leaf("rec", KeyType::EcdsaP256, &["rec.example"], &root);
+    let gw = Gateway::start(
+        &https_listener("rec", Some("rec.example"), "rec"),
+        vec![(
+            "secret-rec.yaml".to_string(),
+            tls_secret(NAMESPACE, "rec", &leaf.cert_pem, &leaf.key_pem),
+        )],
+    );
+    gw.wait_for_condition("rec", "Programmed", "True", "Programmed");
+
+    // TLS 1.2, whose records show their content type (1.3 shows every one as application data).
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(root.der.clone()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("rec.example").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(gw.https).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(
+        conn,
+        Recording {
+            tcp,
+            received: Vec::new(),
+        },
+    );
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    for _ in 0..3 {
+        tls.sock.received.clear();
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: rec.example\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut tls), Ok(200));
+        // 23: application data.
+        assert_eq!(
+            record_types(&tls.sock.received),
+            [23],
+            "{:?}",
+            tls.sock.received
+        );
     }
 }
 

@@ -10,8 +10,9 @@
 //! response, a header with no body, each chunk of a streamed or upgraded body), so nothing waits
 //! in the buffer; a write larger than the buffer goes straight through.
 //!
-//! TLS connections are not wrapped: the rustls layer above the socket already gathers a record
-//! before it writes.
+//! TLS connections get the buffer too, above the TLS layer: rustls seals each write into a
+//! record of its own and writes it out, so a response's header and body went out as two
+//! records in two `writev` calls; buffered, they are one record and one call.
 //!
 //! The wrapper also answers Pingora's question, asked before every request on a cleartext
 //! connection, whether the connection opens with the HTTP/2 preface (h2c with prior knowledge);
@@ -27,6 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::TlsStream;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
@@ -44,9 +46,9 @@ pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a connection opens with when it speaks HTTP/2 with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A plaintext client stream with a write buffer; see the module doc.
-pub struct Coalescing {
-    inner: BufWriter<Stream>,
+/// A client stream (plaintext, or decrypted TLS) with a write buffer; see the module doc.
+pub struct Coalescing<S: AsyncWrite + Unpin = Stream> {
+    inner: BufWriter<S>,
     /// Whether the opening bytes were looked at already.
     opened: bool,
     /// Whether the connection opens with the HTTP/2 preface, when its opening bytes (read
@@ -55,7 +57,7 @@ pub struct Coalescing {
 }
 
 impl Coalescing {
-    /// Wraps an accepted stream. `opening` is what the connection sent first, if it was read
+    /// Wraps an accepted plaintext stream. `opening` is what the connection sent first, if it was read
     /// already and put back (`Stream::rewind`): enough of it answers the HTTP/2 preface
     /// question without another read.
     pub fn new(stream: Stream, opening: &[u8]) -> Self {
@@ -75,7 +77,19 @@ impl Coalescing {
     }
 }
 
-impl fmt::Debug for Coalescing {
+impl<S: AsyncWrite + Unpin> Coalescing<S> {
+    /// Wraps a stream whose protocol the TLS handshake settled (ALPN): there is no preface to
+    /// look for.
+    pub fn tls(stream: S) -> Self {
+        Coalescing {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            opened: true,
+            preface: Some(false),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin + fmt::Debug> fmt::Debug for Coalescing<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Coalescing")
             .field(self.inner.get_ref())
@@ -83,7 +97,7 @@ impl fmt::Debug for Coalescing {
     }
 }
 
-impl Drop for Coalescing {
+impl<S: AsyncWrite + Unpin> Drop for Coalescing<S> {
     fn drop(&mut self) {
         // Pingora flushes before it lets a connection go; should anything be left, the socket
         // is writable in the common case, so a non-blocking attempt is enough.
@@ -92,7 +106,7 @@ impl Drop for Coalescing {
     }
 }
 
-impl AsyncRead for Coalescing {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalescing<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -102,7 +116,7 @@ impl AsyncRead for Coalescing {
     }
 }
 
-impl AsyncWrite for Coalescing {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -133,7 +147,7 @@ impl AsyncWrite for Coalescing {
 }
 
 #[async_trait]
-impl Shutdown for Coalescing {
+impl<S: AsyncWrite + Unpin + Send> Shutdown for Coalescing<S> {
     async fn shutdown(&mut self) {
         if let Err(err) = AsyncWriteExt::shutdown(&mut self.inner).await {
             tracing::debug!(error = %err, "closing a client connection");
@@ -141,13 +155,25 @@ impl Shutdown for Coalescing {
     }
 }
 
-impl UniqueID for Coalescing {
+impl<S: AsyncWrite + Unpin + UniqueID> UniqueID for Coalescing<S> {
     fn id(&self) -> UniqueIDType {
         self.inner.get_ref().id()
     }
 }
 
-impl Ssl for Coalescing {}
+impl<S: AsyncWrite + Unpin + Ssl> Ssl for Coalescing<S> {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ref().get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ref().get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
+        self.inner.get_ref().selected_alpn_proto()
+    }
+}
 
 /// Pingora reads 24 bytes and puts them back before every request, to see whether they are the
 /// HTTP/2 preface. Read that way, a request shorter than the preface (`GET / HTTP/1.0` and an
@@ -192,7 +218,12 @@ impl Peek for Coalescing {
     }
 }
 
-impl GetTimingDigest for Coalescing {
+/// A TLS stream is never asked: Pingora looks for the HTTP/2 preface on plaintext connections
+/// only, ALPN having settled the protocol of a TLS one.
+#[async_trait]
+impl<S: Send> Peek for Coalescing<TlsStream<S>> where TlsStream<S>: AsyncWrite + Unpin {}
+
+impl<S: AsyncWrite + Unpin + GetTimingDigest> GetTimingDigest for Coalescing<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner.get_ref().get_timing_digest()
     }
@@ -206,7 +237,7 @@ impl GetTimingDigest for Coalescing {
     }
 }
 
-impl GetProxyDigest for Coalescing {
+impl<S: AsyncWrite + Unpin + GetProxyDigest> GetProxyDigest for Coalescing<S> {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner.get_ref().get_proxy_digest()
     }
@@ -216,7 +247,7 @@ impl GetProxyDigest for Coalescing {
     }
 }
 
-impl GetSocketDigest for Coalescing {
+impl<S: AsyncWrite + Unpin + GetSocketDigest> GetSocketDigest for Coalescing<S> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner.get_ref().get_socket_digest()
     }

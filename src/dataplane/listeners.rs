@@ -4,10 +4,11 @@
 //! added and removed at runtime. So the gateway runs its own accept loop per socket: it accepts a
 //! tokio `TcpStream`, sets `TCP_NODELAY` (without it, Nagle's algorithm meets delayed ACKs and
 //! every keep-alive response waits about 40 ms), turns it into a Pingora `Stream` whose socket
-//! digest already knows both addresses (so no request pays a `getsockname` call), gives a
-//! plaintext one a write buffer ([`super::coalesce`]: header and body in one `sendto`) and the
-//! opening bytes read while waiting for the client to speak (`opening`), and hands it to the
-//! shared proxy through `ServerApp::process_new`, looping while the connection is reusable.
+//! digest already knows both addresses (so no request pays a `getsockname` call), gives it a
+//! write buffer ([`super::coalesce`]: header and body in one `sendto`, or in one TLS record
+//! above the TLS layer) and a plaintext one the opening bytes read while waiting for the client
+//! to speak (`opening`), and hands it to the shared proxy through `ServerApp::process_new`,
+//! looping while the connection is reusable.
 //!
 //! A connection's task is spawned for every accepted connection, and its future is copied
 //! whole on the way: the cleartext path keeps it small (1 KiB in a debug build, 32 KiB before),
@@ -33,6 +34,7 @@ use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::tls::TlsStream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -319,7 +321,7 @@ async fn serve_tls_socket(
         (Some(local), Some(policy)) => serve_tls(tls, local, policy, cx).await,
         _ => {
             let stream = HeaderDeadline::new(
-                tls,
+                Coalescing::tls(tls),
                 cx.header_timeout,
                 cx.metrics.request_header_timeouts.clone(),
             );
@@ -340,12 +342,14 @@ fn client_policy(table: &ArcSwap<RoutingTable>, bind: SocketAddr) -> Option<u64>
 /// client gets GOAWAY, an HTTP/1.1 response says `Connection: close`. A request that comes on
 /// it all the same is refused by the proxy (421, see `Proxy::request_filter`), and the client's
 /// next connection is validated afresh.
-async fn serve_tls<S>(tls: S, bind: SocketAddr, policy: Option<u64>, cx: &ConnectionContext)
-where
-    S: pingora_core::protocols::IO + pingora_core::protocols::Ssl + 'static,
-{
+async fn serve_tls(
+    tls: TlsStream<Stream>,
+    bind: SocketAddr,
+    policy: Option<u64>,
+    cx: &ConnectionContext,
+) {
     let stream: pingora_core::protocols::Stream = Box::new(HeaderDeadline::new(
-        tls,
+        Coalescing::tls(tls),
         cx.header_timeout,
         cx.metrics.request_header_timeouts.clone(),
     ));

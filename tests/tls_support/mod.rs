@@ -913,7 +913,7 @@ impl RustlsConnection {
 }
 
 /// Reads one HTTP/1.1 response (Content-Length or chunked body): its status code.
-fn read_response(stream: &mut impl Read) -> Result<u16, String> {
+pub(crate) fn read_response(stream: &mut impl Read) -> Result<u16, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let mut fill = |buf: &mut Vec<u8>| -> Result<bool, String> {
