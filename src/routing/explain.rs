@@ -651,9 +651,17 @@ impl Question {
     /// query string; an error says which parameter is malformed.
     pub fn from_query(query: &str) -> Result<Question, String> {
         let mut q = Question::default();
+        let mut given = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let (k, v) = (percent_decode(k), percent_decode(v));
+            // Of two values for one field, either could be the question meant.
+            if k != "header" && given.contains(&k) {
+                return Err(format!(
+                    "parameter {k:?} is given twice: ask one question at a time"
+                ));
+            }
+            given.push(k.clone());
             match k.as_str() {
                 "listener" => q.listener = v,
                 "host" => q.host = v,
@@ -789,6 +797,10 @@ mod tests {
         // No listener, no question; a parameter's name is decoded as its value is.
         let err = Question::from_query("host=a").unwrap_err();
         assert!(err.contains("name the listener"), "{err}");
+        let err = Question::from_query("listener=a/b/c&path=/x&path=/y").unwrap_err();
+        assert!(err.contains("\"path\" is given twice"), "{err}");
+        let q = Question::from_query("listener=a/b/c&header=a:1&header=b:2").unwrap();
+        assert_eq!(q.headers.len(), 2);
         let q = Question::from_query("%6Cistener=a/b/c").unwrap();
         assert_eq!(q.listener, "a/b/c");
     }
