@@ -449,6 +449,11 @@ pub struct HttpMatch {
     /// prefix. Not a field of the API.
     #[serde(skip)]
     pub grpc_method_only: bool,
+    /// Made from a GRPCRoute `RegularExpression` method match: its service and method patterns
+    /// as written, so that one that does not compile is named by its field rather than by the
+    /// path pattern built from both. Not a field of the API.
+    #[serde(skip)]
+    pub grpc_patterns: Option<(Option<String>, Option<String>)>,
 }
 
 /// `matches[].path`.
@@ -856,6 +861,11 @@ impl From<GrpcMatch> for HttpMatch {
                 && mm.service.is_none()
                 && mm.method.is_some()
         });
+        let grpc_patterns = m
+            .method
+            .as_ref()
+            .filter(|mm| mm.type_.as_deref() == Some("RegularExpression"))
+            .map(|mm| (mm.service.clone(), mm.method.clone()));
         let path = m.method.map(|mm| {
             let regex = mm.type_.as_deref() == Some("RegularExpression");
             let (type_, value) = match (regex, mm.service, mm.method) {
@@ -865,10 +875,12 @@ impl From<GrpcMatch> for HttpMatch {
                     ("RegularExpression", format!("/[^/]+/{}", regex::escape(&m)))
                 }
                 (false, None, None) => ("PathPrefix", "/".to_string()),
+                // Each part in a group of its own: `a|b` is a choice of services, not
+                // `/a` or `b/...`.
                 (true, s, m) => (
                     "RegularExpression",
                     format!(
-                        "/{}/{}",
+                        "/(?:{})/(?:{})",
                         s.unwrap_or_else(|| "[^/]+".into()),
                         m.unwrap_or_else(|| "[^/]+".into())
                     ),
@@ -885,6 +897,7 @@ impl From<GrpcMatch> for HttpMatch {
             query_params: Vec::new(),
             method: None,
             grpc_method_only,
+            grpc_patterns,
         }
     }
 }

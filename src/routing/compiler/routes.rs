@@ -722,6 +722,15 @@ fn translate_match(
     if path_type != "RegularExpression" {
         matched_path(&value)?;
     }
+    for (field, pattern) in m
+        .grpc_patterns
+        .iter()
+        .flat_map(|(s, m)| [("service", s), ("method", m)])
+    {
+        if let Some(pattern) = pattern {
+            anchored(pattern).map_err(|e| format!("method.{field}: {e}"))?;
+        }
+    }
     let path = match path_type {
         "Exact" => PathKind::Exact(value.clone()),
         "PathPrefix" => {

@@ -2039,6 +2039,38 @@ fn grpc_route(name: &str, created: &str, body: &str) -> String {
     )
 }
 
+/// A GRPCRoute `RegularExpression` method match takes each of service and method as a whole
+/// pattern (an alternation is a choice of services), and one that does not compile is named by
+/// its field.
+#[test]
+fn grpc_regular_expressions_stand_each_for_their_part() {
+    let text = [
+        BASE.to_string(),
+        grpc_route(
+            "re",
+            "2020-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {type: RegularExpression, service: 'a\\.A|a\\.B', method: Get}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n  \
+             - matches: [{method: {type: RegularExpression, service: 'x\\.X', method: '(['}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    let route_of = |path: &str| lookup_route(&c, "any", path, &[]);
+    assert_eq!(route_of("/a.A/Get").as_deref(), Some("infra/re#0"));
+    assert_eq!(route_of("/a.B/Get").as_deref(), Some("infra/re#0"));
+    assert_eq!(route_of("/a.A/Put"), None);
+    assert_eq!(route_of("/a.A"), None);
+    let status = &c.report.get(Kind::GrpcRoute, "infra", "re").unwrap().status;
+    let partly = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
+    let message = partly["message"].as_str().unwrap();
+    assert!(
+        message.contains("method.method: invalid regular expression \"([\""),
+        "{message}"
+    );
+}
+
 /// GRPCRouteRule's precedence: the characters of the service before those of the method.
 /// A match naming only a service wins over an older one naming only a method, and a method
 /// in any service still wins over a route with no method match at all.
