@@ -254,6 +254,73 @@ fn a_small_response_is_one_tls_record() {
     }
 }
 
+/// An HTTP/2 connection over TLS whose handshake ends after SIGTERM is told to go (GOAWAY) at
+/// once, as one made before is, rather than served until the drain times out.
+#[test]
+fn an_http2_tls_connection_made_during_the_drain_gets_goaway() {
+    use std::io::{Read, Write};
+    let pki = Pki::new();
+    let root = pki.ca("root", KeyType::EcdsaP256, None);
+    let leaf = pki.leaf("late", KeyType::EcdsaP256, &["late.example"], &root);
+    let gw = Gateway::start(
+        &https_listener("late", Some("late.example"), "late"),
+        vec![(
+            "secret-late.yaml".to_string(),
+            tls_secret(NAMESPACE, "late", &leaf.cert_pem, &leaf.key_pem),
+        )],
+    );
+    gw.wait_for_condition("late", "Programmed", "True", "Programmed");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(root.der.clone()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("late.example").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    // Connected (accepted) before SIGTERM; the handshake comes after it.
+    let tcp = std::net::TcpStream::connect(gw.https).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    gw.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // The preface, then an empty SETTINGS frame.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .unwrap();
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut types = Vec::new();
+    loop {
+        match tls.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => frames.extend_from_slice(&chunk[..n]),
+        }
+        types.clear();
+        let mut rest = &frames[..];
+        while rest.len() >= 9 {
+            let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+            types.push(rest[3]);
+            rest = &rest[(9 + len).min(rest.len())..];
+        }
+        if types.contains(&7) {
+            break;
+        }
+    }
+    // 7: GOAWAY.
+    assert!(types.contains(&7), "frame types {types:?}");
+}
+
 #[test]
 fn intermediate_certificate_is_sent_after_the_leaf() {
     let pki = Pki::new();

@@ -353,8 +353,13 @@ async fn serve_tls(
         cx.header_timeout,
         cx.metrics.request_header_timeouts.clone(),
     ));
-    // The connection's own shutdown signal: the process's, or a change of validation.
-    let (ending, ended) = watch::channel(*cx.shutdown.borrow());
+    // The connection's own shutdown signal: the process's, or a change of validation. It
+    // starts at `false` and is raised at once when the process is stopping already: Pingora's
+    // HTTP/2 loop waits for a change of the value, and one it was made with is none.
+    let (ending, ended) = watch::channel(false);
+    if *cx.shutdown.borrow() {
+        ending.send_replace(true);
+    }
     let mut shutdown = cx.shutdown.clone();
     let mut swaps = cx.swaps.clone();
     let serve = serve_http(stream, &ended, cx);

@@ -595,6 +595,15 @@ impl Gateway {
         std::fs::rename(&tmp, &path).unwrap();
     }
 
+    /// Sends the gateway SIGTERM: it drains (for 1 s) and exits.
+    pub(crate) fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self._gateway.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Removes a file of the config directory.
     pub(crate) fn remove(&self, name: &str) {
         std::fs::remove_file(self.config.path().join(name)).unwrap();
