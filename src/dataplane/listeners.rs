@@ -400,14 +400,6 @@ async fn changed<T>(rx: &mut watch::Receiver<T>) {
 /// request read and the preface check then find them without a system call of their own, two
 /// fewer per connection than a peek followed by Pingora's reads.
 async fn opening(tcp: &mut TcpStream, shutdown: &ShutdownWatch) -> Option<Vec<u8>> {
-    let mut shutdown = shutdown.clone();
-    let draining = async {
-        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
-            // No shutdown can come any more: only the timeout ends the wait.
-            std::future::pending::<()>().await;
-        }
-        tokio::time::sleep(super::DRAIN_GRACE).await;
-    };
     let read = async {
         use tokio::io::AsyncReadExt;
         // `read_buf` rather than `readable` and `try_read`: a read that leaves room in the
@@ -422,8 +414,19 @@ async fn opening(tcp: &mut TcpStream, shutdown: &ShutdownWatch) -> Option<Vec<u8
     };
     tokio::select! {
         read = tokio::time::timeout(FIRST_BYTE_TIMEOUT, read) => read.ok().and_then(Result::ok).flatten(),
-        () = draining => None,
+        () = drained(shutdown) => None,
     }
+}
+
+/// Resolves once the process has been stopping for the drain's grace period: a connection
+/// that has not yet sent a request by then is closed, as an idle keep-alive one is. Never,
+/// when no shutdown can come any more.
+async fn drained(shutdown: &ShutdownWatch) {
+    let mut shutdown = shutdown.clone();
+    if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(super::DRAIN_GRACE).await;
 }
 
 /// How much of a new cleartext connection's opening is read at once: Pingora's first read of
@@ -447,7 +450,11 @@ enum TlsNext {
 /// (TLS passthrough), refuses it, or hands it back for termination.
 async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) -> TlsNext {
     let count = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
-    match passthrough::peek_client_hello(&tcp, HANDSHAKE_TIMEOUT).await {
+    let hello = tokio::select! {
+        hello = passthrough::peek_client_hello(&tcp, HANDSHAKE_TIMEOUT) => hello,
+        () = drained(&cx.shutdown) => None,
+    };
+    match hello {
         None => {
             count("timeout");
             TlsNext::Done

@@ -4,7 +4,9 @@
 //! socket gets the connection for a normal handshake.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use nix::sys::socket::{recv, MsgFlags};
 
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
@@ -30,23 +32,50 @@ pub enum Route {
     Reject,
 }
 
-/// Peeks until the ClientHello is complete (or is clearly not TLS), within `deadline`.
+/// Peeks until the ClientHello is complete (or is clearly not TLS), within `deadline`. `None`
+/// when the client closes first or the deadline passes.
+///
+/// A peek returns at once while any byte is buffered, so an incomplete hello is not peeked at
+/// again until more bytes come: the readiness the peek left is cleared, what is buffered looked
+/// at once more (bytes may have come in between), and the next arrival waited for. A client
+/// that sends part of a hello and stops costs nothing while it waits.
 pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Option<Hello> {
-    let until = Instant::now() + deadline;
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let until = tokio::time::Instant::now() + deadline;
     let mut buf = vec![0u8; client_hello::MAX_HELLO];
+    let mut n = tokio::time::timeout_at(until, tcp.peek(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     loop {
-        let n = tokio::time::timeout_at(until.into(), tcp.peek(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
         if n == 0 {
-            return None; // closed before saying anything
+            return None; // closed before saying anything more
         }
         match client_hello::parse(&buf[..n]) {
-            Hello::Incomplete(need) if need <= buf.len() && Instant::now() < until => {
-                // The rest of the record is on its way; peek returns at once while any byte is
-                // buffered, so wait a moment rather than spin.
-                tokio::time::sleep(Duration::from_millis(2)).await;
+            Hello::Incomplete(need) if need <= buf.len() => {
+                let _ = tcp.try_io(Interest::READABLE, || {
+                    Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                });
+                let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+                match recv(tcp.as_raw_fd(), &mut buf, flags) {
+                    Ok(now) if now != n => {
+                        n = now;
+                        continue;
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+                let ready = tokio::time::timeout_at(until, tcp.ready(Interest::READABLE))
+                    .await
+                    .ok()?
+                    .ok()?;
+                if ready.is_read_closed() {
+                    return None; // the client gave up, its hello unfinished
+                }
+                n = tokio::time::timeout_at(until, tcp.peek(&mut buf))
+                    .await
+                    .ok()?
+                    .ok()?;
             }
             Hello::Incomplete(_) => return Some(Hello::NotTls),
             other => return Some(other),

@@ -595,6 +595,19 @@ impl Gateway {
         std::fs::rename(&tmp, &path).unwrap();
     }
 
+    /// The gateway's CPU time so far (user and system), in clock ticks.
+    pub(crate) fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self._gateway.child.id())).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
     /// Sends the gateway SIGTERM: it drains (for 1 s) and exits.
     pub(crate) fn terminate(&self) {
         let status = std::process::Command::new("kill")
