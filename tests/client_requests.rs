@@ -593,6 +593,14 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
     let (answer, took) = dripped(listen, &slow).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(took < Duration::from_secs(8), "{took:?}");
+    // The same when the first byte could begin HTTP/2's preface (`P`, as `PUT` does) and the
+    // rest comes late: the wait to tell the two apart is the header's deadline.
+    let mut put: Vec<&[u8]> = vec![b"P"];
+    put.extend(std::iter::repeat_n(&b""[..], 6));
+    put.push(b"UT /x HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n");
+    let (answer, took) = dripped(listen, &put).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 
     // The second request of a keep-alive connection has a deadline of its own.
     let mut second: Vec<&[u8]> = vec![
@@ -661,7 +669,7 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
     )
     .await;
     assert!(
-        metrics.contains("portcullis_request_header_timeouts_total 2"),
+        metrics.contains("portcullis_request_header_timeouts_total 3"),
         "{metrics}"
     );
     // A header cut off for its time is counted as that, not as a client that broke off.

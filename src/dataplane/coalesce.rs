@@ -46,6 +46,13 @@ pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a connection opens with when it speaks HTTP/2 with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Whether a connection's opening bytes are too few to tell the HTTP/2 preface from an HTTP/1
+/// request: they are the start of the preface, and shorter than it (as `P` is, the start of
+/// `POST` too).
+pub fn preface_undecided(opening: &[u8]) -> bool {
+    opening.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(opening)
+}
+
 /// A client stream (plaintext, or decrypted TLS) with a write buffer; see the module doc.
 pub struct Coalescing<S: AsyncWrite + Unpin = Stream> {
     inner: BufWriter<S>,

@@ -51,7 +51,7 @@ use tokio::time::{Instant, Sleep};
 pub const TIMED_OUT: &str = "the request header did not arrive in time";
 
 /// What the client gets when its header is not in by the deadline.
-const REQUEST_TIMEOUT: &[u8] =
+pub const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// How an HTTP/2 connection with prior knowledge opens.

@@ -42,8 +42,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::coalesce::Coalescing;
-use super::header_deadline::HeaderDeadline;
+use super::coalesce::{preface_undecided, Coalescing};
+use super::header_deadline::{HeaderDeadline, REQUEST_TIMEOUT};
 use super::metrics::Metrics;
 use super::passthrough;
 use super::proxy::Proxy;
@@ -242,7 +242,7 @@ async fn serve_cleartext(
     local: Option<SocketAddr>,
     cx: &ConnectionContext,
 ) {
-    let Some(opening) = opening(&mut tcp, &cx.shutdown).await else {
+    let Some(opening) = opening(&mut tcp, cx).await else {
         return;
     };
     let mut stream = pingora_stream(tcp, peer, local);
@@ -396,25 +396,55 @@ async fn changed<T>(rx: &mut watch::Receiver<T>) {
 /// grace period, as an idle keep-alive connection does. `None` when the connection is to be
 /// closed.
 ///
+/// Reading goes on until the bytes tell HTTP/2's preface from an HTTP/1 request, within the
+/// request header's deadline (a client past it gets 408): the preface check after this one
+/// is bounded by neither that deadline nor shutdown.
+///
 /// The bytes are read, not peeked at, and handed back to the stream (`Stream::rewind`): the
 /// request read and the preface check then find them without a system call of their own, two
 /// fewer per connection than a peek followed by Pingora's reads.
-async fn opening(tcp: &mut TcpStream, shutdown: &ShutdownWatch) -> Option<Vec<u8>> {
+async fn opening(tcp: &mut TcpStream, cx: &ConnectionContext) -> Option<Vec<u8>> {
     let read = async {
-        use tokio::io::AsyncReadExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // `read_buf` rather than `readable` and `try_read`: a read that leaves room in the
         // buffer tells tokio the socket is drained, so Pingora's next read on it (the probe for
         // a client gone while the backend answers) waits for readiness instead of making a
         // system call that finds nothing.
         let mut opening = Vec::with_capacity(OPENING_READ);
-        match tcp.read_buf(&mut opening).await? {
-            0 => Ok::<_, std::io::Error>(None),
-            _ => Ok(Some(opening)),
+        if tcp.read_buf(&mut opening).await? == 0 {
+            return Ok::<_, std::io::Error>(None);
         }
+        // Too few bytes to tell HTTP/2's preface from a request line (`P`): the rest is read
+        // here, where the request header's deadline applies, as it would to the request.
+        if preface_undecided(&opening) {
+            let rest = async {
+                while preface_undecided(&opening) {
+                    if tcp.read_buf(&mut opening).await? == 0 {
+                        return Ok(false);
+                    }
+                }
+                Ok::<_, std::io::Error>(true)
+            };
+            let limit = match cx.header_timeout {
+                Duration::ZERO => super::coalesce::PREFACE_TIMEOUT,
+                limit => limit,
+            };
+            match tokio::time::timeout(limit, rest).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(None),
+                Ok(Err(err)) => return Err(err),
+                Err(_) => {
+                    cx.metrics.request_header_timeouts.inc();
+                    let _ = tcp.write_all(REQUEST_TIMEOUT).await;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(opening))
     };
     tokio::select! {
         read = tokio::time::timeout(FIRST_BYTE_TIMEOUT, read) => read.ok().and_then(Result::ok).flatten(),
-        () = drained(shutdown) => None,
+        () = drained(&cx.shutdown) => None,
     }
 }
 
