@@ -593,6 +593,27 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
     let (answer, took) = dripped(listen, &slow).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(took < Duration::from_secs(8), "{took:?}");
+    // An empty line after a request (some clients end a body with one) is no header begun: a
+    // keep-alive connection quiet for longer than the deadline after it is still served.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /x HTTP/1.1\r\nhost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tcp.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"));
+    tcp.write_all(b"\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tcp.write_all(b"GET /y HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+
     // The same when the first byte could begin HTTP/2's preface (`P`, as `PUT` does) and the
     // rest comes late: the wait to tell the two apart is the header's deadline.
     let mut put: Vec<&[u8]> = vec![b"P"];

@@ -61,8 +61,13 @@ const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 enum State {
     /// Reading a header: how much of a blank line the last bytes were (0: none, 1: a line
     /// feed, 2: a line feed and a carriage return, [`START`]: nothing else yet), and when the
-    /// header began, once it has taken more than one read.
-    Header { blank: u8, began: Option<Instant> },
+    /// header began, once it has taken more than one read; `stray` counts the line ends read
+    /// before the request line, of which a few do not start the clock.
+    Header {
+        blank: u8,
+        began: Option<Instant>,
+        stray: usize,
+    },
     /// Past the end of the header: nothing is checked until a response is written.
     Past,
     /// Not HTTP/1 (HTTP/2, or switched protocols), or no deadline: nothing is checked.
@@ -98,6 +103,7 @@ impl<S: Ssl> HeaderDeadline<S> {
                     blank: START,
                     // The preface is owed from the handshake on.
                     began: h2.then(Instant::now),
+                    stray: 0,
                 }
             },
             opening: true,
@@ -126,12 +132,17 @@ impl<S> HeaderDeadline<S> {
                     self.state = State::Header {
                         blank: START,
                         began: None,
+                        stray: 0,
                     };
                 }
             }
         }
     }
 }
+
+/// How many line ends before a request line are let be without starting the header's clock:
+/// two empty lines.
+const MAX_STRAY: usize = 4;
 
 /// Where [`scan`] starts a header: nothing but line ends seen yet, which a client may send
 /// before its request line (RFC 9112, section 2.2) and which end nothing.
@@ -181,7 +192,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
         let this = &mut *self;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let State::Header { blank, began } = &mut this.state else {
+        let State::Header {
+            blank,
+            began,
+            stray,
+        } = &mut this.state
+        else {
             return polled;
         };
         match polled {
@@ -198,7 +214,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
                     Ok(()) => this.state = State::Past,
                     Err(state) => {
                         *blank = state;
-                        began.get_or_insert_with(Instant::now);
+                        // Empty lines before a request line are ignored (RFC 9112, section
+                        // 2.2), and some clients send one after a request body: a few of them
+                        // are no header begun, and would otherwise have an idle keep-alive
+                        // connection answered 408. More start the clock, or a client could
+                        // hold its connection by dripping line ends.
+                        if state == START {
+                            *stray += read.len();
+                        }
+                        if state != START || *stray > MAX_STRAY {
+                            began.get_or_insert_with(Instant::now);
+                        }
                     }
                 }
                 Poll::Ready(Ok(()))
