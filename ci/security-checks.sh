@@ -53,6 +53,14 @@ if ! command -v shellcheck >/dev/null; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends shellcheck >/dev/null
 fi
+# Debian's own Python makes virtual environments only with python3-venv installed.
+if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
 stamp="$tools/.requirements"
 if [ "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]; then
   step "installing ${requirements[*]} into $tools"

@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps --build
+# Where install-deps puts Rust when the machine had none.
+export PATH="$HOME/.cargo/bin:$PATH"
 # The commit the binary reports in portcullis_build_info, set alike in bench/run and
 # examples/run.sh, so that neither rebuilds what the other built.
 export PORTCULLIS_COMMIT="${PORTCULLIS_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"

@@ -45,11 +45,20 @@ fn conformance_dir() -> PathBuf {
 #[test]
 fn explain_names_the_rule_each_precedence_case_expects() {
     let dir = conformance_dir();
-    let cases: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("cases.json"))
-            .expect("the conformance cases are beside the repository"),
-    )
-    .unwrap();
+    let Ok(text) = std::fs::read_to_string(dir.join("cases.json")) else {
+        // Where the cases must be (CI), their absence fails; elsewhere it is said, not hidden.
+        assert!(
+            std::env::var_os("PORTCULLIS_REQUIRE_CONFORMANCE").is_none(),
+            "no conformance cases at {}",
+            dir.display()
+        );
+        eprintln!(
+            "SKIPPED: no conformance cases at {} (set PORTCULLIS_CONFORMANCE_DIR)",
+            dir.display()
+        );
+        return;
+    };
+    let cases: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut checked = 0;
     let mut failures = Vec::new();
     for test in cases["tests"].as_array().unwrap() {
