@@ -185,7 +185,16 @@ async fn sighup_is_ignored_and_a_draining_gateway_is_not_ready() {
     assert_eq!(through.map(|r| r.0), Some(200));
     assert_eq!(get(readyz.clone()).await.map(|r| r.0), Some(200));
 
-    let slow = tokio::spawn(get(format!("http://127.0.0.1:{listen}/slow?delay_ms=1500")));
+    // In flight when SIGTERM comes: answered, with `Connection: close`.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        let url = format!("http://127.0.0.1:{listen}/slow?delay_ms=1500");
+        async move {
+            let r = client.get(url).send().await.ok()?;
+            let connection = r.headers().get("connection")?.to_str().ok()?.to_string();
+            Some((r.status().as_u16(), connection))
+        }
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     signal("TERM", pid);
     let deadline = Instant::now() + Duration::from_secs(1);
@@ -206,7 +215,7 @@ async fn sighup_is_ignored_and_a_draining_gateway_is_not_ready() {
         gateway.0.try_wait().unwrap().is_none(),
         "exited with a request in flight"
     );
-    assert_eq!(slow.await.unwrap().map(|r| r.0), Some(200));
+    assert_eq!(slow.await.unwrap(), Some((200, "close".to_string())));
     let deadline = Instant::now() + Duration::from_secs(15);
     while gateway.0.try_wait().unwrap().is_none() {
         assert!(

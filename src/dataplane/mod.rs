@@ -118,6 +118,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         options.access_log_sample,
         metrics.access_log_dropped.clone(),
     );
+    let (shutdown_tx, shutdown_rx) = listeners::shutdown_channel();
     let mut proxy = pingora_proxy::http_proxy(
         &conf,
         proxy::Proxy::new(
@@ -125,6 +126,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
             metrics.clone(),
             access_log,
             options.request_metrics,
+            shutdown_rx.clone(),
         ),
     );
     let mut server_options = pingora_core::apps::HttpServerOptions::default();
@@ -133,7 +135,6 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     // HTTP/1.1 one between requests.
     server_options.h2_idle_timeout = Some(proxy::KEEPALIVE_IDLE);
     proxy.server_options = Some(server_options);
-    let (shutdown_tx, shutdown_rx) = listeners::shutdown_channel();
     // Connections that hold what a table decided (client certificate validation) look again
     // at each swap.
     let (swaps_tx, swaps_rx) = tokio::sync::watch::channel(0u64);

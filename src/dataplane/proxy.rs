@@ -55,16 +55,20 @@ pub struct Proxy {
     access_log: AccessLog,
     request_metrics: bool,
     failures: FailureLog,
+    /// Turns true when the process starts to stop.
+    shutdown: pingora_core::server::ShutdownWatch,
 }
 
 impl Proxy {
     /// A proxy reading `table`, counting into `metrics` (per request only when
-    /// `request_metrics`) and logging into `access_log`.
+    /// `request_metrics`) and logging into `access_log`; `shutdown` says when the process
+    /// stops.
     pub fn new(
         table: Arc<ArcSwap<RoutingTable>>,
         metrics: Arc<Metrics>,
         access_log: AccessLog,
         request_metrics: bool,
+        shutdown: pingora_core::server::ShutdownWatch,
     ) -> Self {
         Proxy {
             table,
@@ -72,6 +76,7 @@ impl Proxy {
             access_log,
             request_metrics,
             failures: FailureLog::default(),
+            shutdown,
         }
     }
 }
@@ -629,6 +634,12 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.status = response.status.as_u16();
+        // A response to a request that was in flight when the process began to stop says
+        // `Connection: close` (Pingora decides keep-alive when a request starts): the client
+        // then knows not to send another on the connection, which closes after it.
+        if *self.shutdown.borrow() && !response.status.is_informational() {
+            session.as_mut().set_keepalive(None);
+        }
         // An HTTP/1.0 client knows no chunked coding (RFC 9112, section 6.1): a body whose length
         // is not known up front is sent as it comes and ended by closing the connection.
         if session.req_header().version == http::Version::HTTP_10
