@@ -375,6 +375,12 @@ fn a_half_sent_client_hello_is_waited_for_without_spinning() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Counted as clients that left, not as handshakes that timed out.
+    let metrics = gw.metrics();
+    assert!(
+        metrics.contains("portcullis_tls_handshakes_total{result=\"closed\"} 200"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -482,14 +482,18 @@ async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) ->
     let count = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
     let hello = tokio::select! {
         hello = passthrough::peek_client_hello(&tcp, HANDSHAKE_TIMEOUT) => hello,
-        () = drained(&cx.shutdown) => None,
+        () = drained(&cx.shutdown) => Err(passthrough::Unheard::TimedOut),
     };
     match hello {
-        None => {
+        Err(passthrough::Unheard::Closed) => {
+            count("closed");
+            TlsNext::Done
+        }
+        Err(passthrough::Unheard::TimedOut) => {
             count("timeout");
             TlsNext::Done
         }
-        Some(Hello::Parsed(sni)) => {
+        Ok(Hello::Parsed(sni)) => {
             match passthrough::choose(&cx.table.load(), &local, sni.as_deref()) {
                 passthrough::Route::Terminate => TlsNext::Http(tcp),
                 passthrough::Route::TerminateTcp(endpoint) => TlsNext::Tcp(tcp, endpoint),
@@ -513,7 +517,7 @@ async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) ->
                 }
             }
         }
-        Some(_) => {
+        Ok(_) => {
             // A client that opens with a request line has forgotten https://: tell it so.
             let mut first = [0u8; 1];
             if tcp.peek(&mut first).await.is_ok() && first[0].is_ascii_uppercase() {

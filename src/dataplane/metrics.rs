@@ -308,7 +308,7 @@ impl Metrics {
             .expect("static metric definition"),
             tls_handshakes: counter(
                 "portcullis_tls_handshakes_total",
-                "Client TLS handshakes by result.",
+                "Client TLS handshakes by result: ok, failed, timeout, closed (before the ClientHello was whole), passthrough, rejected, plaintext.",
                 &["result"],
             ),
             config_generation: IntGauge::new(

@@ -32,25 +32,33 @@ pub enum Route {
     Reject,
 }
 
-/// Peeks until the ClientHello is complete (or is clearly not TLS), within `deadline`. `None`
-/// when the client closes first or the deadline passes.
+/// Why no ClientHello was had.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unheard {
+    /// The client closed (or reset) the connection first.
+    Closed,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Peeks until the ClientHello is complete (or is clearly not TLS), within `deadline`.
 ///
 /// A peek returns at once while any byte is buffered, so an incomplete hello is not peeked at
 /// again until more bytes come: the readiness the peek left is cleared, what is buffered looked
 /// at once more (bytes may have come in between), and the next arrival waited for. A client
 /// that sends part of a hello and stops costs nothing while it waits.
-pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Option<Hello> {
+pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Result<Hello, Unheard> {
     use std::os::fd::AsRawFd;
     use tokio::io::Interest;
     let until = tokio::time::Instant::now() + deadline;
     let mut buf = vec![0u8; client_hello::MAX_HELLO];
     let mut n = tokio::time::timeout_at(until, tcp.peek(&mut buf))
         .await
-        .ok()?
-        .ok()?;
+        .map_err(|_| Unheard::TimedOut)?
+        .map_err(|_| Unheard::Closed)?;
     loop {
         if n == 0 {
-            return None; // closed before saying anything more
+            return Err(Unheard::Closed); // closed before saying anything more
         }
         match client_hello::parse(&buf[..n]) {
             Hello::Incomplete(need) if need <= buf.len() => {
@@ -67,18 +75,18 @@ pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Option<He
                 }
                 let ready = tokio::time::timeout_at(until, tcp.ready(Interest::READABLE))
                     .await
-                    .ok()?
-                    .ok()?;
+                    .map_err(|_| Unheard::TimedOut)?
+                    .map_err(|_| Unheard::Closed)?;
                 if ready.is_read_closed() {
-                    return None; // the client gave up, its hello unfinished
+                    return Err(Unheard::Closed); // the client gave up, its hello unfinished
                 }
                 n = tokio::time::timeout_at(until, tcp.peek(&mut buf))
                     .await
-                    .ok()?
-                    .ok()?;
+                    .map_err(|_| Unheard::TimedOut)?
+                    .map_err(|_| Unheard::Closed)?;
             }
-            Hello::Incomplete(_) => return Some(Hello::NotTls),
-            other => return Some(other),
+            Hello::Incomplete(_) => return Ok(Hello::NotTls),
+            other => return Ok(other),
         }
     }
 }
