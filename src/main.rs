@@ -476,8 +476,18 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
+        let mut refused_files = Vec::new();
         for e in &report.errors {
             out!("ERROR {}: {}", e.source, e.message);
+            // A file with a document that cannot be read is taken whole or not at all: its
+            // good documents are missing from what follows too, and would otherwise seem lost.
+            let unreadable = e.message.starts_with("document ") || e.message.starts_with("YAML");
+            if unreadable && !refused_files.contains(&&e.source) {
+                refused_files.push(&e.source);
+            }
+        }
+        for file in refused_files {
+            out!("  nothing in {file} is loaded: a file is taken whole or not at all");
         }
         for o in &report.objects {
             let id = if o.namespace.is_empty() {

@@ -75,6 +75,7 @@ fn check_reports_every_mistake_and_exits_nonzero() {
     );
     for expected in [
         "malformed.yaml: YAML syntax error at line",
+        "malformed.yaml is loaded: a file is taken whole or not at all",
         "unsupported kind Servise (v1); did you mean Service?",
         "invalid regular expression",
         "HostnameConflict",
