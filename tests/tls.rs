@@ -159,6 +159,50 @@ fn rsa_ecdsa_p256_p384_and_ed25519_certificates_are_served_over_tls_1_2_and_1_3(
     }
 }
 
+/// A gateway with one HTTPS listener, `name`, for `name.example`, whose certificate the
+/// returned root signed.
+fn one_https_listener(name: &str) -> (Gateway, tls_support::Certificate) {
+    let pki = Pki::new();
+    let root = pki.ca("root", KeyType::EcdsaP256, None);
+    let host = format!("{name}.example");
+    let leaf = pki.leaf(name, KeyType::EcdsaP256, &[host.as_str()], &root);
+    let gw = Gateway::start(
+        &https_listener(name, Some(&host), name),
+        vec![(
+            format!("secret-{name}.yaml"),
+            tls_secret(NAMESPACE, name, &leaf.cert_pem, &leaf.key_pem),
+        )],
+    );
+    gw.wait_for_condition(name, "Programmed", "True", "Programmed");
+    (gw, root)
+}
+
+/// A rustls client connection to `host` trusting only `root`, speaking `version`, offering the
+/// ALPN protocol `alpn` (none when empty).
+fn client_connection(
+    root: &tls_support::Certificate,
+    host: &str,
+    version: &'static rustls::SupportedProtocolVersion,
+    alpn: &[u8],
+) -> rustls::ClientConnection {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(root.der.clone()))
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    if !alpn.is_empty() {
+        config.alpn_protocols = vec![alpn.to_vec()];
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).unwrap();
+    rustls::ClientConnection::new(Arc::new(config), name).unwrap()
+}
+
 /// A socket that keeps what the server sends, to read the TLS records it came in.
 struct Recording {
     tcp: std::net::TcpStream,
@@ -201,32 +245,10 @@ fn record_types(bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn a_small_response_is_one_tls_record() {
     use std::io::Write;
-    let pki = Pki::new();
-    let root = pki.ca("root", KeyType::EcdsaP256, None);
-    let leaf = pki.leaf("rec", KeyType::EcdsaP256, &["rec.example"], &root);
-    let gw = Gateway::start(
-        &https_listener("rec", Some("rec.example"), "rec"),
-        vec![(
-            "secret-rec.yaml".to_string(),
-            tls_secret(NAMESPACE, "rec", &leaf.cert_pem, &leaf.key_pem),
-        )],
-    );
-    gw.wait_for_condition("rec", "Programmed", "True", "Programmed");
+    let (gw, root) = one_https_listener("rec");
 
     // TLS 1.2, whose records show their content type (1.3 shows every one as application data).
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(root.der.clone()))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from("rec.example").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let conn = client_connection(&root, "rec.example", &rustls::version::TLS12, &[]);
     let tcp = std::net::TcpStream::connect(gw.https).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut tls = rustls::StreamOwned::new(
@@ -259,31 +281,8 @@ fn a_small_response_is_one_tls_record() {
 #[test]
 fn an_http2_tls_connection_made_during_the_drain_gets_goaway() {
     use std::io::{Read, Write};
-    let pki = Pki::new();
-    let root = pki.ca("root", KeyType::EcdsaP256, None);
-    let leaf = pki.leaf("late", KeyType::EcdsaP256, &["late.example"], &root);
-    let gw = Gateway::start(
-        &https_listener("late", Some("late.example"), "late"),
-        vec![(
-            "secret-late.yaml".to_string(),
-            tls_secret(NAMESPACE, "late", &leaf.cert_pem, &leaf.key_pem),
-        )],
-    );
-    gw.wait_for_condition("late", "Programmed", "True", "Programmed");
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(root.der.clone()))
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let name = rustls::pki_types::ServerName::try_from("late.example").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let (gw, root) = one_https_listener("late");
+    let conn = client_connection(&root, "late.example", &rustls::version::TLS13, b"h2");
     // Connected (accepted) before SIGTERM; the handshake comes after it.
     let tcp = std::net::TcpStream::connect(gw.https).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -326,17 +325,7 @@ fn an_http2_tls_connection_made_during_the_drain_gets_goaway() {
 /// once rather than at the handshake timeout.
 #[test]
 fn a_half_sent_client_hello_is_waited_for_without_spinning() {
-    let pki = Pki::new();
-    let root = pki.ca("root", KeyType::EcdsaP256, None);
-    let leaf = pki.leaf("half", KeyType::EcdsaP256, &["half.example"], &root);
-    let gw = Gateway::start(
-        &https_listener("half", Some("half.example"), "half"),
-        vec![(
-            "secret-half.yaml".to_string(),
-            tls_secret(NAMESPACE, "half", &leaf.cert_pem, &leaf.key_pem),
-        )],
-    );
-    gw.wait_for_condition("half", "Programmed", "True", "Programmed");
+    let (gw, _) = one_https_listener("half");
     let open = || -> u64 {
         gw.metrics()
             .lines()
