@@ -808,17 +808,21 @@ fn translate_match(
 
 /// Compiles a pattern that must match the whole value (the spec's regex matches are full).
 fn anchored(pattern: &str) -> Result<Regex, String> {
-    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-        // The regex crate draws the pattern and a caret over several lines; a condition
-        // message is one line, and the caret would point into the anchored copy anyway.
-        let text = e.to_string();
-        let problem = text
-            .lines()
-            .rev()
-            .find_map(|line| line.strip_prefix("error: "))
-            .map_or_else(|| text.replace('\n', " "), str::to_string);
-        format!("invalid regular expression {pattern:?}: {problem}")
-    })
+    // The pattern must stand on its own: inside the anchors, `x)|(?:.*` would close their group
+    // and match every path.
+    Regex::new(pattern)
+        .and_then(|_| Regex::new(&format!("^(?:{pattern})$")))
+        .map_err(|e| {
+            // The regex crate draws the pattern and a caret over several lines; a condition
+            // message is one line, and the caret would point into the anchored copy anyway.
+            let text = e.to_string();
+            let problem = text
+                .lines()
+                .rev()
+                .find_map(|line| line.strip_prefix("error: "))
+                .map_or_else(|| text.replace('\n', " "), str::to_string);
+            format!("invalid regular expression {pattern:?}: {problem}")
+        })
 }
 
 /// The first `ExtensionRef` among `filters`, noted as a reference that does not resolve.

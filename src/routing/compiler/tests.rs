@@ -2039,6 +2039,41 @@ fn grpc_route(name: &str, created: &str, body: &str) -> String {
     )
 }
 
+/// A regular expression must be one on its own: `/a)|(?:.*` is none, and inside the anchors
+/// the gateway puts around it, it would match every path.
+#[test]
+fn a_regular_expression_cannot_break_out_of_its_anchors() {
+    let rules = "  rules:\n  \
+        - matches: [{path: {type: RegularExpression, value: '/a)|(?:.*'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n  \
+        - matches: [{path: {type: Exact, value: /ok}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n";
+    let yaml = format!(
+        "{BASE}{}{}",
+        route("r", rules),
+        grpc_route(
+            "g",
+            "2020-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {type: RegularExpression, method: 'x)|(?:.*'}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    assert_eq!(lookup_route(&c, "a.example", "/anything", &[]), None);
+    assert_eq!(
+        lookup_route(&c, "a.example", "/ok", &[]).as_deref(),
+        Some("infra/r#1")
+    );
+    for (kind, name) in [(Kind::HttpRoute, "r"), (Kind::GrpcRoute, "g")] {
+        let status = &c.report.get(kind, "infra", name).unwrap().status;
+        let text = status.to_string();
+        assert!(
+            text.contains("invalid regular expression"),
+            "{name}: {text}"
+        );
+    }
+}
+
 /// A GRPCRoute `RegularExpression` method match takes each of service and method as a whole
 /// pattern (an alternation is a choice of services), and one that does not compile is named by
 /// its field.
