@@ -276,6 +276,65 @@ fn a_small_response_is_one_tls_record() {
     }
 }
 
+/// The frame types in `bytes`, HTTP/2 frames from their start, with their flags.
+fn frame_types(bytes: &[u8]) -> Vec<(u8, u8)> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        types.push((rest[3], rest[4]));
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    types
+}
+
+/// An HTTP/2 client (by ALPN) whose preface comes in two TLS records owes only the preface
+/// within the header deadline (2 s here): the frames after it are not an HTTP/1 header, and
+/// the connection is not cut while it is in use.
+#[test]
+fn an_http2_preface_split_over_records_is_no_header_past_its_deadline() {
+    use std::io::{Read, Write};
+    let (gw, root) = one_https_listener("split");
+    let conn = client_connection(&root, "split.example", &rustls::version::TLS13, b"h2");
+    let tcp = std::net::TcpStream::connect(gw.https).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).unwrap();
+    }
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    tls.write_all(&preface[..5]).unwrap();
+    tls.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The rest, and an empty SETTINGS frame.
+    tls.write_all(&[&preface[5..], &[0, 0, 0, 4, 0, 0, 0, 0, 0][..]].concat())
+        .unwrap();
+    tls.flush().unwrap();
+    // PINGs, each answered with its ACK (type 6, flag 1), the last well past the deadline.
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for ping in 1..=3 {
+        tls.write_all(&[0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, ping])
+            .unwrap();
+        tls.flush().unwrap();
+        let acks = |frames: &[u8]| frame_types(frames).iter().filter(|t| **t == (6, 1)).count();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while acks(&frames) < usize::from(ping) && Instant::now() < deadline {
+            match tls.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => frames.extend_from_slice(&chunk[..n]),
+            }
+        }
+        assert_eq!(
+            acks(&frames),
+            usize::from(ping),
+            "{:?}",
+            frame_types(&frames)
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+}
+
 /// An HTTP/2 connection over TLS whose handshake ends after SIGTERM is told to go (GOAWAY) at
 /// once, as one made before is, rather than served until the drain times out.
 #[test]

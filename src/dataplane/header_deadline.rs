@@ -57,6 +57,9 @@ pub const REQUEST_TIMEOUT: &[u8] =
 /// How an HTTP/2 connection with prior knowledge opens.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2";
 
+/// The length of HTTP/2's connection preface (RFC 9113, section 3.4).
+const H2_PREFACE_LEN: usize = 24;
+
 /// Where the wrapper is in the requests it passes up.
 enum State {
     /// Reading a header: how much of a blank line the last bytes were (0: none, 1: a line
@@ -83,6 +86,10 @@ pub struct HeaderDeadline<S> {
     opening: bool,
     /// HTTP/2 by ALPN: a missed deadline closes the connection without an HTTP/1 answer.
     h2: bool,
+    /// HTTP/2 by ALPN: how many bytes of the 24-byte preface are still owed. They may come in
+    /// any number of reads; scanned as an HTTP/1 header, the frames after a preface split so
+    /// would be held to the deadline, and a working connection cut.
+    preface_owed: usize,
     /// The timer, set when a header takes more than one read, and kept for the next.
     timer: Option<Pin<Box<Sleep>>>,
     timed_out: IntCounter,
@@ -108,6 +115,7 @@ impl<S: Ssl> HeaderDeadline<S> {
             },
             opening: true,
             h2,
+            preface_owed: if h2 { H2_PREFACE_LEN } else { 0 },
             timer: None,
             timed_out,
         }
@@ -204,6 +212,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeaderDeadline<S> {
             Poll::Ready(Ok(())) => {
                 let read = &buf.filled()[before..];
                 if read.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                if this.h2 {
+                    this.preface_owed = this.preface_owed.saturating_sub(read.len());
+                    if this.preface_owed == 0 {
+                        this.state = State::Off;
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 if std::mem::take(&mut this.opening) && read.starts_with(H2_PREFACE_START) {
