@@ -162,16 +162,25 @@ fn rsa_ecdsa_p256_p384_and_ed25519_certificates_are_served_over_tls_1_2_and_1_3(
 /// A gateway with one HTTPS listener, `name`, for `name.example`, whose certificate the
 /// returned root signed.
 fn one_https_listener(name: &str) -> (Gateway, tls_support::Certificate) {
+    one_https_listener_draining_for(name, "1s")
+}
+
+/// As [`one_https_listener`], with a drain timeout of `drain_timeout`.
+fn one_https_listener_draining_for(
+    name: &str,
+    drain_timeout: &str,
+) -> (Gateway, tls_support::Certificate) {
     let pki = Pki::new();
     let root = pki.ca("root", KeyType::EcdsaP256, None);
     let host = format!("{name}.example");
     let leaf = pki.leaf(name, KeyType::EcdsaP256, &[host.as_str()], &root);
-    let gw = Gateway::start(
+    let gw = Gateway::start_draining_for(
         &https_listener(name, Some(&host), name),
         vec![(
             format!("secret-{name}.yaml"),
             tls_secret(NAMESPACE, name, &leaf.cert_pem, &leaf.key_pem),
         )],
+        drain_timeout,
     );
     gw.wait_for_condition(name, "Programmed", "True", "Programmed");
     (gw, root)
@@ -419,6 +428,37 @@ fn a_half_sent_client_hello_is_waited_for_without_spinning() {
         metrics.contains("portcullis_tls_handshakes_total{result=\"closed\"} 200"),
         "{metrics}"
     );
+}
+
+/// Clients that send their ClientHello and go silent in the middle of the handshake do not
+/// hold a stop: their handshakes end at the drain's grace (they used to run to their own 10 s
+/// timeout, and the process waited for them).
+#[test]
+fn a_stalled_tls_handshake_ends_at_the_drains_grace() {
+    use std::io::Write;
+    // A drain timeout longer than the handshake timeout, as a production one is.
+    let (mut gw, root) = one_https_listener_draining_for("stall", "30s");
+    let clients: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut conn =
+                client_connection(&root, "stall.example", &rustls::version::TLS13, b"http/1.1");
+            let mut hello = Vec::new();
+            conn.write_tls(&mut hello).unwrap();
+            let mut tcp = std::net::TcpStream::connect(gw.https).unwrap();
+            tcp.write_all(&hello).unwrap();
+            tcp
+        })
+        .collect();
+    // The hellos are read and answered; the handshakes wait for the clients' next flight.
+    std::thread::sleep(Duration::from_millis(500));
+    gw.terminate();
+    // The drain's grace is 1 s; the handshake timeout is 10 s.
+    assert!(
+        gw.exits_within(Duration::from_secs(5)),
+        "still running 5 s after SIGTERM with stalled handshakes:\n{}",
+        gw.log()
+    );
+    drop(clients);
 }
 
 #[test]

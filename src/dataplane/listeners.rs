@@ -17,9 +17,11 @@
 //!
 //! On a TLS socket the connection's task first peeks at the ClientHello: an SNI taken by a TLS
 //! passthrough listener is forwarded raw to its TLSRoute's backend ([`super::passthrough`]);
-//! otherwise the task runs the rustls handshake, bounded by [`HANDSHAKE_TIMEOUT`], with a
+//! otherwise the task runs the rustls handshake, with a
 //! certificate resolver that reads the live table (see [`crate::tls`]), and Pingora speaks
-//! HTTP/2 or HTTP/1.1 as ALPN negotiated.
+//! HTTP/2 or HTTP/1.1 as ALPN negotiated. The ClientHello and the rest of the handshake share
+//! one deadline, [`HANDSHAKE_TIMEOUT`] from the accept, and both end at the drain's grace once
+//! the process is stopping: a client stalled in its handshake holds neither a socket nor a stop.
 //!
 //! Removing a socket stops its accept loop only: connections already accepted finish their
 //! requests. Adding one never touches the others.
@@ -51,7 +53,8 @@ use crate::routing::RoutingTable;
 use crate::tls::client_hello::Hello;
 use crate::tls::SniResolver;
 
-/// How long a client may take to complete the TLS handshake.
+/// How long a client may take, from the accept, to complete the TLS handshake (its ClientHello
+/// included).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every connection task needs.
@@ -276,9 +279,10 @@ async fn serve_tls_socket(
     acceptors: &crate::tls::Acceptors,
     cx: &ConnectionContext,
 ) {
+    let until = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut forward_to = None;
     let tcp = match local {
-        Some(local) => match route_tls(tcp, local, cx).await {
+        Some(local) => match route_tls(tcp, local, until, cx).await {
             TlsNext::Http(tcp) => tcp,
             TlsNext::Tcp(tcp, endpoint) => {
                 forward_to = Some(endpoint);
@@ -297,19 +301,23 @@ async fn serve_tls_socket(
         None => &acceptors.http,
     };
     let stream = pingora_stream(tcp, peer, local);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(stream)).await {
-        Ok(Ok(tls)) => {
+    let handshake = tokio::select! {
+        done = tokio::time::timeout_at(until, acceptor.tls_handshake(stream)) => done.ok(),
+        () = drained(&cx.shutdown) => None,
+    };
+    let tls = match handshake {
+        Some(Ok(tls)) => {
             tls_result("ok");
             tls
         }
-        Ok(Err(err)) => {
+        Some(Err(err)) => {
             tls_result("failed");
             tracing::debug!(%peer, error = %err, "TLS handshake failed");
             return;
         }
-        Err(_) => {
+        None => {
             tls_result("timeout");
-            tracing::debug!(%peer, "TLS handshake timed out");
+            tracing::debug!(%peer, "TLS handshake timed out (or the process is stopping)");
             return;
         }
     };
@@ -478,10 +486,15 @@ enum TlsNext {
 
 /// Reads the ClientHello of a connection to a TLS socket and either forwards the connection
 /// (TLS passthrough), refuses it, or hands it back for termination.
-async fn route_tls(tcp: TcpStream, local: SocketAddr, cx: &ConnectionContext) -> TlsNext {
+async fn route_tls(
+    tcp: TcpStream,
+    local: SocketAddr,
+    until: tokio::time::Instant,
+    cx: &ConnectionContext,
+) -> TlsNext {
     let count = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
     let hello = tokio::select! {
-        hello = passthrough::peek_client_hello(&tcp, HANDSHAKE_TIMEOUT) => hello,
+        hello = passthrough::peek_client_hello(&tcp, until) => hello,
         () = drained(&cx.shutdown) => Err(passthrough::Unheard::TimedOut),
     };
     match hello {

@@ -41,16 +41,18 @@ pub enum Unheard {
     TimedOut,
 }
 
-/// Peeks until the ClientHello is complete (or is clearly not TLS), within `deadline`.
+/// Peeks until the ClientHello is complete (or is clearly not TLS), by `until`.
 ///
 /// A peek returns at once while any byte is buffered, so an incomplete hello is not peeked at
 /// again until more bytes come: the readiness the peek left is cleared, what is buffered looked
 /// at once more (bytes may have come in between), and the next arrival waited for. A client
 /// that sends part of a hello and stops costs nothing while it waits.
-pub async fn peek_client_hello(tcp: &TcpStream, deadline: Duration) -> Result<Hello, Unheard> {
+pub async fn peek_client_hello(
+    tcp: &TcpStream,
+    until: tokio::time::Instant,
+) -> Result<Hello, Unheard> {
     use std::os::fd::AsRawFd;
     use tokio::io::Interest;
-    let until = tokio::time::Instant::now() + deadline;
     let mut buf = vec![0u8; client_hello::MAX_HELLO];
     let mut n = tokio::time::timeout_at(until, tcp.peek(&mut buf))
         .await

@@ -507,6 +507,15 @@ impl Gateway {
     /// `files` (name and YAML) in the config directory, and waits for the admin endpoint to be
     /// ready.
     pub(crate) fn start(listeners: &str, files: Vec<(String, String)>) -> Gateway {
+        Gateway::start_draining_for(listeners, files, "1s")
+    }
+
+    /// As [`Gateway::start`], with a drain timeout of `drain_timeout` rather than 1 s.
+    pub(crate) fn start_draining_for(
+        listeners: &str,
+        files: Vec<(String, String)>,
+        drain_timeout: &str,
+    ) -> Gateway {
         require_tools();
         let logs = tempfile::tempdir().unwrap();
         let config = tempfile::tempdir().unwrap();
@@ -548,7 +557,7 @@ impl Gateway {
                 "--access-log-sample".into(),
                 "0".into(),
                 "--drain-timeout".into(),
-                "1s".into(),
+                drain_timeout.into(),
                 "--request-header-timeout".into(),
                 "2s".into(),
             ],
@@ -608,13 +617,27 @@ impl Gateway {
         fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
     }
 
-    /// Sends the gateway SIGTERM: it drains (for 1 s) and exits.
+    /// Sends the gateway SIGTERM: it drains (for 1 s, unless started with another drain
+    /// timeout) and exits.
     pub(crate) fn terminate(&self) {
         let status = std::process::Command::new("kill")
             .args(["-TERM", &self._gateway.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the gateway to exit (after [`Gateway::terminate`]), and says
+    /// whether it did.
+    pub(crate) fn exits_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self._gateway.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Removes a file of the config directory.
