@@ -48,6 +48,8 @@ pub(super) struct ListenerState {
     pub resolved: Option<Problem>,
     /// `Conflicted=True` reason, if any.
     pub conflicted: Option<Problem>,
+    /// `OverlappingTLSConfig=True` message, if any (a condition set only when true).
+    pub overlapping_tls: Option<String>,
     /// Why the listener is not served although accepted.
     pub not_programmed: Option<Problem>,
     pub supported_kinds: Vec<&'static str>,
@@ -468,6 +470,7 @@ fn gateway_state(
         listeners,
     };
     mark_conflicts(&mut state.listeners, options);
+    mark_overlapping_tls(&mut state.listeners, options);
     state
 }
 
@@ -574,6 +577,7 @@ fn listener_state(
         accepted: None,
         resolved: None,
         conflicted: None,
+        overlapping_tls: None,
         not_programmed: None,
         supported_kinds: Vec::new(),
         namespaces: NamespacePolicy::Same,
@@ -931,6 +935,68 @@ fn mark_conflicts(listeners: &mut [ListenerState], options: &CompileOptions) {
     }
 }
 
+/// Terminating listeners on one port whose hostnames overlap (one is a wildcard that covers
+/// the other's, or one has no hostname) are marked `OverlappingTLSConfig` (spec: "Controllers
+/// MUST detect the presence of overlapping hostnames"), both of them. Nothing is refused: an
+/// HTTP/2 client may reuse a connection made for one listener's hostname for the other's, and
+/// such a request gets 421 (Misdirected Request) so that it opens its own, but an operator
+/// should know that clients can meet it. Passthrough listeners terminate nothing and are left
+/// out, as are listeners not on the port (not accepted, or conflicted).
+fn mark_overlapping_tls(listeners: &mut [ListenerState], options: &CompileOptions) {
+    let terminating = |l: &ListenerState| {
+        (l.protocol == "HTTPS" || (l.protocol == "TLS" && !l.passthrough))
+            && l.accepted.is_none()
+            && l.conflicted.is_none()
+            && options.socket_port(l.port).is_some()
+    };
+    let mut marks = Vec::new();
+    for (i, a) in listeners.iter().enumerate() {
+        if !terminating(a) {
+            continue;
+        }
+        let overlapping: Vec<&str> = (listeners.iter().enumerate())
+            .filter(|(j, b)| {
+                *j != i
+                    && terminating(b)
+                    && options.socket_port(b.port) == options.socket_port(a.port)
+                    && hostnames_overlap(a.hostname.as_deref(), b.hostname.as_deref())
+            })
+            .map(|(_, b)| b.name.as_str())
+            .collect();
+        if !overlapping.is_empty() {
+            let names: Vec<String> = overlapping.iter().map(|n| format!("{n:?}")).collect();
+            marks.push((
+                i,
+                format!(
+                    "the hostname overlaps that of listener {} on port {}: an HTTP/2 client may \
+                     send a request for one on a connection made for the other, and gets 421 \
+                     (Misdirected Request) to open its own; give the listeners hostnames that \
+                     do not overlap, or ports of their own, to avoid it",
+                    names.join(", "),
+                    a.port
+                ),
+            ));
+        }
+    }
+    for (i, message) in marks {
+        listeners[i].overlapping_tls = Some(message);
+    }
+}
+
+/// Whether some hostname is matched by both listener hostnames (`None`: any hostname). Equal
+/// hostnames are a conflict, not an overlap, and are found before this is asked.
+fn hostnames_overlap(a: Option<&str>, b: Option<&str>) -> bool {
+    let (Some(a), Some(b)) = (a, b) else {
+        return true;
+    };
+    // `*.example.com` covers every name that ends in `.example.com`, wildcards included.
+    let covers = |wild: &str, other: &str| {
+        wild.strip_prefix('*')
+            .is_some_and(|suffix| other.len() > suffix.len() && other.ends_with(suffix))
+    };
+    a == b || covers(a, b) || covers(b, a)
+}
+
 /// Whether a protocol starts with a TLS handshake; only protocols on the same side of that
 /// line can share a port.
 fn tls_family(protocol: &str) -> bool {
@@ -993,6 +1059,14 @@ impl Gateways {
                 match &l.conflicted {
                     Some((reason, msg)) => c.set("Conflicted", true, reason, msg.clone()),
                     None => c.set("Conflicted", false, "NoConflicts", "no conflicts"),
+                }
+                if let Some(msg) = &l.overlapping_tls {
+                    c.set(
+                        "OverlappingTLSConfig",
+                        true,
+                        "OverlappingHostnames",
+                        msg.clone(),
+                    );
                 }
                 let socket = options.socket_port(l.port);
                 let served = l.served()

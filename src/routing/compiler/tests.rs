@@ -2297,3 +2297,66 @@ fn explain_on_a_tls_listener_follows_the_sni() {
         answer.steps
     );
 }
+
+#[test]
+fn terminating_listeners_with_overlapping_hostnames_on_a_port_are_marked_overlapping_tls() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP}\n  \
+         - {name: foo, port: 443, protocol: HTTPS, hostname: foo.example.com}\n  \
+         - {name: org, port: 443, protocol: HTTPS, hostname: foo.example.org}\n  \
+         - {name: wild, port: 443, protocol: HTTPS, hostname: \"*.example.com\"}\n  \
+         - {name: deeper, port: 8443, protocol: HTTPS, hostname: \"*.a.example.net\"}\n  \
+         - {name: shallow, port: 8443, protocol: TLS, hostname: \"*.example.net\", \
+            tls: {mode: Terminate}}\n  \
+         - {name: any, port: 9443, protocol: HTTPS}\n  \
+         - {name: named, port: 9443, protocol: HTTPS, hostname: z.example}\n  \
+         - {name: pass, port: 9443, protocol: TLS, hostname: p.example, \
+            tls: {mode: Passthrough}}\n  \
+         - {name: other-port, port: 8444, protocol: HTTPS, hostname: foo.example.com}",
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let overlap = |name: &str| {
+        let listener = gw["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap();
+        (listener["conditions"].as_array().unwrap().iter())
+            .find(|c| c["type"] == "OverlappingTLSConfig")
+            .cloned()
+    };
+    // The spec's own example: foo.example.com and *.example.com overlap, foo.example.org
+    // overlaps neither. The condition is set only when true.
+    for name in ["foo", "wild"] {
+        let c = overlap(name).unwrap_or_else(|| panic!("{name}: no OverlappingTLSConfig"));
+        assert_eq!(c["status"], "True", "{name}");
+        assert_eq!(c["reason"], "OverlappingHostnames", "{name}");
+    }
+    let foo = overlap("foo").unwrap();
+    assert!(
+        foo["message"].as_str().unwrap().contains("\"wild\""),
+        "{foo}"
+    );
+    // A wildcard covers a deeper wildcard, HTTPS and TLS Terminate alike.
+    assert!(overlap("deeper").is_some());
+    assert!(overlap("shallow").is_some());
+    // A listener without a hostname takes every name on its port.
+    assert!(overlap("any").is_some());
+    assert!(overlap("named").is_some());
+    // Not marked: another hostname, cleartext, passthrough (nothing terminated), another port.
+    for name in ["org", "http", "pass", "other-port"] {
+        assert_eq!(overlap(name), None, "{name}");
+    }
+    // Overlapping is no problem of the configuration: both listeners are served.
+    assert!(
+        !c.report
+            .problems()
+            .iter()
+            .any(|p| p.contains("Overlapping")),
+        "{:?}",
+        c.report.problems()
+    );
+}
