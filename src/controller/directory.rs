@@ -967,19 +967,20 @@ fn decode_spec(object: &Object) -> Result<(), String> {
     };
     // Misspelt fields, by their path from the object's top, gathered from every part of it
     // (beside `metadata`, in it, in `spec`) so that one pass over the file fixes them all.
+    let beside_metadata = || ["apiVersion", "kind", "metadata"].iter().chain(top);
     let mut unknown: Vec<String> = (object.body.as_object().into_iter())
         .flat_map(|m| m.keys())
-        .filter(|field| {
-            !["apiVersion", "kind", "metadata"].contains(&field.as_str())
-                && !top.contains(&field.as_str())
-        })
-        .cloned()
+        .filter(|field| !beside_metadata().any(|known| known == field))
+        .map(|field| with_meant(field, closest(field, beside_metadata().copied())))
         .collect();
     type Meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     unknown.extend(
         unknown_in::<Meta>(&object.body["metadata"])
             .into_iter()
-            .map(|f| format!("metadata.{f}")),
+            .map(|f| {
+                let meant = closest(&f, OBJECT_META_FIELDS.iter().copied());
+                with_meant(&format!("metadata.{f}"), meant)
+            }),
     );
     let misspelt = |unknown: &[String]| {
         format!(
@@ -1310,11 +1311,140 @@ fn unknown_fields(kind: Kind, spec: &Value) -> Vec<String> {
     };
     let mut out = Vec::new();
     match known {
-        Ok(known) => missing_fields(spec, &known, String::new(), &mut out),
+        Ok(known) => {
+            missing_fields(spec, &known, String::new(), &mut out);
+            for field in &mut out {
+                *field = with_meant(field, meant_field(kind, field));
+            }
+        }
         Err(missing) if !missing.is_empty() => out.push(missing),
         Err(_) => {}
     }
     out
+}
+
+/// The fields of an object's `metadata` (`ObjectMeta`), to say which one a misspelt one meant.
+const OBJECT_META_FIELDS: &[&str] = &[
+    "annotations",
+    "creationTimestamp",
+    "deletionGracePeriodSeconds",
+    "deletionTimestamp",
+    "finalizers",
+    "generateName",
+    "generation",
+    "labels",
+    "managedFields",
+    "name",
+    "namespace",
+    "ownerReferences",
+    "resourceVersion",
+    "selfLink",
+    "uid",
+];
+
+/// An unknown field's path, with the field it most likely meant, if any:
+/// `rules[0].backendRef (did you mean backendRefs?)`.
+fn with_meant(path: &str, meant: Option<String>) -> String {
+    match meant {
+        Some(meant) => format!("{path} (did you mean {meant}?)"),
+        None => path.to_string(),
+    }
+}
+
+/// The field that the Gateway API schema of `kind`'s spec defines beside the unknown field at
+/// `path` (`rules[0].backendRef`) whose name is closest to it, when close enough to be the one
+/// meant. The schema is that of the `gateway-api` crate's types, the ones [`unknown_fields`]
+/// decodes with; other kinds get no suggestion.
+fn meant_field(kind: Kind, path: &str) -> Option<String> {
+    use gateway_api::apis::{experimental as x, standard};
+    let schema = match kind {
+        Kind::GatewayClass => schemars::schema_for!(x::gatewayclasses::GatewayClassSpec),
+        Kind::Gateway => schemars::schema_for!(x::gateways::GatewaySpec),
+        Kind::HttpRoute => schemars::schema_for!(x::httproutes::HttpRouteSpec),
+        Kind::GrpcRoute => schemars::schema_for!(x::grpcroutes::GrpcRouteSpec),
+        Kind::TlsRoute => schemars::schema_for!(x::tlsroutes::TlsRouteSpec),
+        Kind::ReferenceGrant => schemars::schema_for!(x::referencegrants::ReferenceGrantSpec),
+        Kind::BackendTlsPolicy => {
+            schemars::schema_for!(standard::backendtlspolicies::BackendTlsPolicySpec)
+        }
+        _ => return None,
+    };
+    let root = schema.as_value();
+    let (parent, name) = match path.rsplit_once('.') {
+        Some((parent, name)) => (Some(parent), name),
+        None => (None, path),
+    };
+    let mut at = definition(root, root)?;
+    for segment in parent.into_iter().flat_map(|p| p.split('.')) {
+        // `rules[0]`: the field, then one level of `items` per index.
+        let mut parts = segment.split('[');
+        let field = parts.next()?;
+        at = definition(root, at.get("properties")?.get(field)?)?;
+        for _index in parts {
+            at = definition(root, at.get("items")?)?;
+        }
+    }
+    let known = at.get("properties")?.as_object()?;
+    closest(name, known.keys().map(String::as_str))
+}
+
+/// The schema `schema` stands for: a `$ref` followed into the root's `$defs`, and an optional
+/// value (`anyOf` the type and `null`) taken as its type.
+fn definition<'a>(root: &'a Value, mut schema: &'a Value) -> Option<&'a Value> {
+    loop {
+        if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            let name = reference.strip_prefix("#/$defs/")?;
+            schema = root.get("$defs")?.get(name)?;
+        } else if schema.get("properties").is_none() && schema.get("items").is_none() {
+            let choices = schema.get("anyOf").or_else(|| schema.get("oneOf"));
+            let not_null = |s: &&Value| s.get("type").and_then(Value::as_str) != Some("null");
+            schema = choices?.as_array()?.iter().find(not_null)?;
+        } else {
+            return Some(schema);
+        }
+    }
+}
+
+/// Of `known`, the name closest to `name` in edits (a letter added, dropped or changed, two
+/// neighbours swapped; case aside), when it is close enough to be a misspelling of it: one
+/// edit for a short name, two from seven letters on.
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Option<String> {
+    let name: Vec<char> = name.to_ascii_lowercase().chars().collect();
+    let most = if name.len() >= 7 { 2 } else { 1 };
+    known
+        .map(|k| {
+            let k_lower: Vec<char> = k.to_ascii_lowercase().chars().collect();
+            (edits(&name, &k_lower), k)
+        })
+        .filter(|(d, _)| *d <= most)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.to_string())
+}
+
+/// The edit distance between `a` and `b` that counts a swap of two neighbours as one edit
+/// (optimal string alignment).
+fn edits(a: &[char], b: &[char]) -> usize {
+    // d[i][j]: the distance between the first i characters of a and the first j of b.
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let changed = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + changed);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// The fields of `value` that type `T` does not define, by path; none when `value` does not
@@ -1653,6 +1783,51 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_misspelt_field_names_the_field_of_the_schema_it_most_likely_meant() {
+        let meant = |kind, path| meant_field(kind, path);
+        let cases = [
+            (Kind::HttpRoute, "rules[0].matches[0].pth", Some("path")),
+            (
+                Kind::HttpRoute,
+                "rules[0].backendRefs[0].wieght",
+                Some("weight"),
+            ),
+            (
+                Kind::HttpRoute,
+                "rules[0].filters[0].requestHeaderModifer",
+                Some("requestHeaderModifier"),
+            ),
+            (Kind::HttpRoute, "parentRef", Some("parentRefs")),
+            (
+                Kind::Gateway,
+                "listeners[0].allowedRoute",
+                Some("allowedRoutes"),
+            ),
+            (
+                Kind::Gateway,
+                "listeners[0].tls.certificateRef",
+                Some("certificateRefs"),
+            ),
+            (
+                Kind::GrpcRoute,
+                "rules[0].matches[0].method.servce",
+                Some("service"),
+            ),
+            // Case aside.
+            (Kind::HttpRoute, "Hostnames", Some("hostnames")),
+            // Too far from any field to guess.
+            (Kind::HttpRoute, "rules[0].frobnicate", None),
+            (Kind::HttpRoute, "rules[0].matches[0].x", None),
+            // A path the schema does not have, and a kind without one.
+            (Kind::HttpRoute, "nowhere[0].pth", None),
+            (Kind::Service, "prots", None),
+        ];
+        for (kind, path, want) in cases {
+            assert_eq!(meant(kind, path).as_deref(), want, "{kind:?} {path}");
+        }
+    }
 
     #[test]
     fn syntax_error_names_the_line() {
@@ -2163,7 +2338,7 @@ mod tests {
                 Kind::HttpRoute,
                 route("80"),
                 route("80").replace("backendRefs", "backendRef"),
-                "does not define: spec.rules[0].backendRef;",
+                "does not define: spec.rules[0].backendRef (did you mean backendRefs?);",
             ),
             (
                 Kind::Gateway,
@@ -2183,8 +2358,8 @@ mod tests {
                 route("80")
                     .replace("backendRefs", "backendRef")
                     .replace("spec:\n", "spec:\n  hostname: [a.example]\n"),
-                "has 2 fields the Gateway API does not define: spec.hostname, \
-                 spec.rules[0].backendRef;",
+                "has 2 fields the Gateway API does not define: spec.hostname (did you mean \
+                 hostnames?), spec.rules[0].backendRef (did you mean backendRefs?);",
             ),
             (
                 Kind::Gateway,
@@ -2265,7 +2440,8 @@ mod tests {
                 Kind::Gateway,
                 gateway("80"),
                 gateway("80").replace("spec:", "sepc:"),
-                "Gateway n/gw has a field the Gateway API does not define: sepc;",
+                "Gateway n/gw has a field the Gateway API does not define: sepc (did you mean \
+                 spec?);",
             ),
             (
                 Kind::HttpRoute,
@@ -2281,20 +2457,22 @@ mod tests {
                     .replace("namespace: n}", "namespace: n, lables: {a: b}}")
                     .replace("spec:\n", "extraTop: 1\nspec:\n"),
                 "HTTPRoute n/r has 3 fields the Gateway API does not define: extraTop, \
-                 metadata.lables, spec.rules[0].backendRef;",
+                 metadata.lables (did you mean labels?), spec.rules[0].backendRef (did you \
+                 mean backendRefs?);",
             ),
             (
                 Kind::HttpRoute,
                 route("80"),
                 route("eighty").replace("namespace: n}", "namespace: n, lables: {a: b}}"),
                 "expected a whole number; it also has a field the Gateway API does not \
-                 define: metadata.lables",
+                 define: metadata.lables (did you mean labels?)",
             ),
             (
                 Kind::Service,
                 service("80"),
                 service("80").replace("namespace: n", "namespace: n, annotation: {a: b}"),
-                "Service n/svc has a field Kubernetes does not define: metadata.annotation;",
+                "Service n/svc has a field Kubernetes does not define: metadata.annotation \
+                 (did you mean annotations?);",
             ),
             (
                 Kind::Service,
