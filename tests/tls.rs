@@ -69,6 +69,15 @@ fn each_hostname_listener_on_one_port_serves_its_own_certificate_by_sni() {
         &["-H", "host: b.example"],
     );
     assert_eq!(r.code, 421, "{r:?}");
+    // One whose Host names no listener at all is not misdirected but unknown: 404.
+    let r = curl_https(
+        gw.https,
+        "a.example",
+        "/",
+        &a.cert_path,
+        &["-H", "host: c.example"],
+    );
+    assert_eq!(r.code, 404, "{r:?}");
 }
 
 #[test]

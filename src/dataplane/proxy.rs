@@ -1006,7 +1006,9 @@ impl Proxy {
         };
         // RFC 9110 section 15.5.20: on a TLS connection, a Host that selects another listener
         // than the handshake did (and so possibly another certificate) is misdirected. Without
-        // SNI the handshake took the listener without a hostname.
+        // SNI the handshake took the listener without a hostname. A Host that selects no
+        // listener at all is not misdirected but unknown: 404, as the spec asks ("If no other
+        // Listener matches the Host, the Gateway MUST return a 404").
         if tls.is_some() {
             // A connection whose client certificate was checked under other validation than
             // the socket's now (or not at all, or not verified when it was resumed) is sent
@@ -1020,8 +1022,8 @@ impl Proxy {
             let by_sni = table.listener_for_hello(&bind, sni);
             let same = match (by_host, by_sni) {
                 (Some(a), Some(b)) => std::ptr::eq(a, b),
-                (None, None) => true,
-                _ => false,
+                (None, _) => true,
+                (Some(_), None) => false,
             };
             if !same {
                 return Decision::Respond(421);
