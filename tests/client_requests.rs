@@ -11,7 +11,8 @@
 //! - a connection that never sends a byte does not hold a shutdown for its drain timeout;
 //! - a request header must be whole within `--request-header-timeout` (408), its body need not;
 //! - the admin endpoint closes connections that send no header in time, and holds 64 at most;
-//! - the gateway's own answers (404, 503) leave the connection open for the next request.
+//! - the gateway's own answers (404, 503) leave the connection open for the next request;
+//! - a gRPC call the gateway answers itself gets the gRPC status the spec asks for.
 
 mod common;
 
@@ -698,4 +699,60 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
         metrics.contains("portcullis_client_header_failures_total 0"),
         "{metrics}"
     );
+}
+
+/// A gRPC call to a backendRef that does not resolve gets UNAVAILABLE, as the spec asks ("When
+/// a GRPCBackendRef is invalid, UNAVAILABLE statuses MUST be returned"), as one to a Service
+/// without endpoints does; one that no rule takes gets UNIMPLEMENTED.
+#[tokio::test]
+async fn grpc_calls_the_gateway_answers_get_the_grpc_status_the_spec_asks_for() {
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {name: calls, namespace: cr}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
+         \x20 - matches: [{method: {service: missing.Service}}]\n\
+         \x20   backendRefs: [{name: nope, port: 80}]\n\
+         \x20 - matches: [{method: {service: other.Namespace}}]\n\
+         \x20   backendRefs: [{name: empty, namespace: elsewhere, port: 80}]\n\
+         \x20 - matches: [{method: {service: no.Endpoints}}]\n\
+         \x20   backendRefs: [{name: empty, port: 80}]\n";
+    let config = [
+        gateway_class(),
+        gateway("cr", "gw", &listener("web", 80, "HTTP")),
+        route.to_string(),
+        service("cr", "empty"),
+        service("elsewhere", "empty"),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, port, _) = start(dir.path(), &config, "1s").await;
+    let status = |service: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "--http2-prior-knowledge",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["-H", "content-type: application/grpc", "--data-binary", ""])
+            .arg(format!("http://127.0.0.1:{port}/{service}/Call"))
+            .output()
+            .expect("curl runs");
+        let head = String::from_utf8_lossy(&out.stdout).to_string();
+        let code = head
+            .lines()
+            .find_map(|l| l.strip_prefix("grpc-status: "))
+            .map(|v| v.trim().to_string());
+        (code, head)
+    };
+    for (service, want) in [
+        ("missing.Service", "14"),
+        ("other.Namespace", "14"),
+        ("no.Endpoints", "14"),
+        ("not.Routed", "12"),
+    ] {
+        let (code, head) = status(service);
+        assert_eq!(code.as_deref(), Some(want), "{service}: {head}");
+    }
 }

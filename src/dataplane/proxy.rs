@@ -1274,7 +1274,15 @@ async fn respond_then(
             "4",
             "the request's messages stopped arriving (DEADLINE_EXCEEDED)",
         ),
-        _ => ("13", "the route's backend cannot be resolved (INTERNAL)"),
+        // A backendRef that does not resolve (no such Service, a reference not permitted, a
+        // kind that is not a Service, a TLS policy that cannot be honoured): the spec asks for
+        // UNAVAILABLE for "requests that would have otherwise been routed to an invalid
+        // backend".
+        500 => (
+            "14",
+            "the route's backend cannot be resolved (UNAVAILABLE); see the route's status",
+        ),
+        _ => ("13", "the gateway failed the call (INTERNAL)"),
     };
     let mut resp = ResponseHeader::build(200, Some(4))?;
     resp.insert_header("content-type", "application/grpc")?;
