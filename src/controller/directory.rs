@@ -60,11 +60,10 @@ pub const SETTLE: Duration = Duration::from_millis(5);
 /// gigabytes.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// What the provider knows of a file it has listed: the modification time and size last read
+/// What the provider knows of a file it has listed: the [`Stamp`] of the content last read
 /// (or refused), so that an unchanged file is not read again, and the objects it holds.
 struct FileState {
-    modified: Option<SystemTime>,
-    len: u64,
+    stamp: Stamp,
     keys: Vec<ObjectKey>,
     /// Read again at the next scan even if unchanged: reading failed for a reason that can pass
     /// without the file changing, such as its permissions.
@@ -72,6 +71,39 @@ struct FileState {
     /// Why its last content was not loaded, if it was not: a file read again only to retry is
     /// logged again only when the reason changes.
     refused: Option<String>,
+}
+
+/// What a file's metadata says of its content, to tell whether it changed since it was read.
+/// The modification time and size alone miss changes: copies that keep times (`cp -p`, `tar`,
+/// `rsync -a`, build artifacts that all carry one fixed time) can bring new content of the same
+/// size under the same time. The inode and its change time (`ctime`) catch those: no write or
+/// replacement leaves both as they were, and no tool can set them back. A change of mode or
+/// owner also moves `ctime`; the file is then read again, to the same objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    /// Device and inode.
+    inode: (u64, u64),
+    /// Change time, seconds and nanoseconds.
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            modified: meta.modified().ok(),
+            len: meta.len(),
+            inode: (meta.dev(), meta.ino()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// What a rename keeps, to know a file moved to another path ([`DirectoryProvider::sync`]).
+    fn moved_key(&self) -> (Option<SystemTime>, u64) {
+        (self.modified, self.len)
+    }
 }
 
 struct Tracked {
@@ -148,27 +180,24 @@ impl DirectoryProvider {
         let listed: HashSet<&Path> = tree.files.iter().map(|(p, _)| p.as_path()).collect();
         let vanished: HashSet<(Option<SystemTime>, u64)> = (self.files.iter())
             .filter(|(p, _)| !listed.contains(p.as_path()))
-            .map(|(_, state)| (state.modified, state.len))
+            .map(|(_, state)| state.stamp.moved_key())
             .collect();
         drop(listed);
         for (path, meta) in tree.files {
-            let (modified, len) = (meta.modified().ok(), meta.len());
+            let stamp = Stamp::of(&meta);
             let known = self.files.get(&path);
             if let Some(state) = known {
-                if state.modified == modified && state.len == len && !state.retry {
+                if state.stamp == stamp && !state.retry {
                     seen.insert(path);
                     continue;
                 }
             }
-            let moved =
-                known.is_none() && modified.is_some() && vanished.contains(&(modified, len));
-            let ready = moved
-                || self
-                    .writes
-                    .as_mut()
-                    .is_none_or(|w| w.ready(&path, modified, len));
+            let moved = known.is_none()
+                && stamp.modified.is_some()
+                && vanished.contains(&stamp.moved_key());
+            let ready = moved || self.writes.as_mut().is_none_or(|w| w.ready(&path, stamp));
             if ready {
-                self.load_file(&path, modified, len);
+                self.load_file(&path, stamp);
             }
             seen.insert(path);
         }
@@ -349,18 +378,18 @@ impl DirectoryProvider {
                 continue;
             }
             if let Some(state) = self.files.get(&path) {
-                let (modified, len) = (state.modified, state.len);
-                self.load_file(&path, modified, len);
+                let stamp = state.stamp;
+                self.load_file(&path, stamp);
             }
         }
     }
 
-    fn load_file(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) {
+    fn load_file(&mut self, path: &Path, stamp: Stamp) {
         let source = path.display().to_string();
-        let text = match read_text(path, len) {
+        let text = match read_text(path, stamp.len) {
             Ok(text) => text,
             Err((message, retry)) => {
-                self.refuse(path, modified, len, vec![message]);
+                self.refuse(path, stamp, vec![message]);
                 if let Some(state) = self.files.get_mut(path) {
                     state.retry = retry;
                 }
@@ -370,7 +399,7 @@ impl DirectoryProvider {
         let objects = match read_manifests(&text) {
             Ok(objects) => objects,
             Err(messages) => {
-                self.refuse(path, modified, len, messages);
+                self.refuse(path, stamp, messages);
                 return;
             }
         };
@@ -431,8 +460,7 @@ impl DirectoryProvider {
         self.files.insert(
             path.to_path_buf(),
             FileState {
-                modified,
-                len,
+                stamp,
                 keys,
                 retry: false,
                 refused: None,
@@ -443,17 +471,11 @@ impl DirectoryProvider {
 
     /// Records why the new content of `path` is not applied, and keeps the objects the file
     /// held before: a half-saved edit or one bad document must not take routes down. The new
-    /// modification time is remembered so that the error is reported once, not re-read every
-    /// scan; the next save changes it again. A file that never loaded (always so for `check`
+    /// stamp is remembered so that the error is reported once, not re-read every scan; the
+    /// next save changes it again. A file that never loaded (always so for `check`
     /// and `explain`, which read the directory once) held nothing, and the log must not claim
     /// otherwise.
-    fn refuse(
-        &mut self,
-        path: &Path,
-        modified: Option<SystemTime>,
-        len: u64,
-        messages: Vec<String>,
-    ) {
+    fn refuse(&mut self, path: &Path, stamp: Stamp, messages: Vec<String>) {
         let source = path.display().to_string();
         let error = messages.join("; ");
         let previous = self.files.get(path);
@@ -468,14 +490,12 @@ impl DirectoryProvider {
             tracing::warn!(file = %source, %error, "manifest file not loaded; none of its objects are served");
         }
         let state = self.files.entry(path.to_path_buf()).or_insert(FileState {
-            modified,
-            len,
+            stamp,
             keys: Vec::new(),
             retry: false,
             refused: None,
         });
-        state.modified = modified;
-        state.len = len;
+        state.stamp = stamp;
         state.retry = false;
         state.refused = Some(error);
         let errors = messages
@@ -600,9 +620,9 @@ struct Writes {
     /// Files inotify saw closed after writing, or renamed into place, since the last scan:
     /// complete, to be read at once.
     closed: HashSet<PathBuf>,
-    /// Changes a scan found that inotify did not account for: the modification time and size
-    /// first seen, and when.
-    unsettled: HashMap<PathBuf, (Option<SystemTime>, u64, Instant)>,
+    /// Changes a scan found that inotify did not account for: the file's stamp first seen,
+    /// and when.
+    unsettled: HashMap<PathBuf, (Stamp, Instant)>,
 }
 
 impl Writes {
@@ -632,7 +652,7 @@ impl Writes {
     }
 
     /// Whether a file a scan found changed can be read now.
-    fn ready(&mut self, path: &Path, modified: Option<SystemTime>, len: u64) -> bool {
+    fn ready(&mut self, path: &Path, stamp: Stamp) -> bool {
         if let Some(since) = self.open.get(path) {
             if since.elapsed() < WRITE_WAIT {
                 return false;
@@ -647,7 +667,7 @@ impl Writes {
         }
         let now = Instant::now();
         match self.unsettled.get(path) {
-            Some(&(m, l, since)) if (m, l) == (modified, len) => {
+            Some(&(seen, since)) if seen == stamp => {
                 if now.duration_since(since) < QUIET {
                     return false;
                 }
@@ -655,8 +675,7 @@ impl Writes {
                 true
             }
             _ => {
-                self.unsettled
-                    .insert(path.to_path_buf(), (modified, len, now));
+                self.unsettled.insert(path.to_path_buf(), (stamp, now));
                 false
             }
         }
@@ -2212,6 +2231,51 @@ mod tests {
         let r = snap.get(super::super::Kind::HttpRoute, "n", "r").unwrap();
         assert_eq!(r.generation, 2);
         assert!(snap.errors.is_empty());
+    }
+
+    /// New content of the same size under the same modification time, as `cp -p`, `tar` and
+    /// `rsync -a` bring it (build artifacts that all carry one fixed time), is read: written
+    /// in place, and put in place by a rename.
+    #[test]
+    fn new_content_with_the_old_size_and_modification_time_is_read() {
+        use super::super::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("routes.yaml");
+        let route = |path: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: r, namespace: n}}\nspec:\n  rules:\n  - matches:\n    \
+                 - path: {{type: PathPrefix, value: {path}}}\n"
+            )
+        };
+        let fixed = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let write_keeping_time = |path: &Path, text: &str| {
+            std::fs::write(path, text).unwrap();
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(fixed).unwrap();
+        };
+        write_keeping_time(&file, &route("/aaa"));
+        let store = Store::new();
+        let mut provider = DirectoryProvider::new(dir.path(), store.clone());
+        provider.sync().unwrap();
+        let served = |store: &Store| {
+            let snap = store.snapshot();
+            let r = snap.get(Kind::HttpRoute, "n", "r").unwrap();
+            r.spec()["rules"][0]["matches"][0]["path"]["value"].clone()
+        };
+        assert_eq!(served(&store), "/aaa");
+        // Put in place by a rename: another inode.
+        let staged = dir.path().join(".routes.yaml.new");
+        write_keeping_time(&staged, &route("/bbb"));
+        std::fs::rename(&staged, &file).unwrap();
+        provider.sync().unwrap();
+        assert_eq!(served(&store), "/bbb");
+        // Written in place: the same inode, a later change time (the kernel's clock for it
+        // moves in steps of a few milliseconds).
+        std::thread::sleep(Duration::from_millis(50));
+        write_keeping_time(&file, &route("/ccc"));
+        provider.sync().unwrap();
+        assert_eq!(served(&store), "/ccc");
     }
 
     /// Two HTTPRoutes in one file; `second` is the text of the second document's body after
