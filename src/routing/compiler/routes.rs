@@ -562,8 +562,10 @@ fn translate_rule(
 ) -> Result<Vec<CompiledMatch>, String> {
     // As the API's validation has it: a path prefix can only be replaced where the rule
     // matches exactly one path prefix (none given is `PathPrefix /`); on an Exact or regular
-    // expression match there is no prefix to replace.
-    let replaces_prefix = rule.filters.iter().any(|f| {
+    // expression match there is no prefix to replace. A backendRef's filters are held to the
+    // rule's matches as the rule's own are.
+    let backend_filters = rule.backend_refs.iter().flat_map(|b| &b.filters);
+    let replaces_prefix = rule.filters.iter().chain(backend_filters).any(|f| {
         let path = match f.type_.as_str() {
             "URLRewrite" => f.url_rewrite.as_ref().and_then(|r| r.path.as_ref()),
             "RequestRedirect" => f.request_redirect.as_ref().and_then(|r| r.path.as_ref()),

@@ -1813,7 +1813,8 @@ fn replace_prefix_match_needs_one_path_prefix_match() {
                  \x20 - matches: [{{path: {{type: Exact, value: /exact}}}}]\n    {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n\
                  \x20 - matches: [{{path: {{value: /a}}}}, {{path: {{value: /b}}}}]\n    {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n\
                  \x20 - matches: [{{path: {{value: /ok}}}}]\n    {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n\
-                 \x20 - {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n"
+                 \x20 - {rewrite}\n    backendRefs: [{{name: svc, port: 8080}}]\n\
+                 \x20 - matches: [{{path: {{type: Exact, value: /backend-level}}}}]\n    backendRefs: [{{name: svc, port: 8080, {rewrite}}}]\n"
             )
         )
     );
@@ -1821,13 +1822,15 @@ fn replace_prefix_match_needs_one_path_prefix_match() {
     let status = &c.report.get(Kind::HttpRoute, "infra", "r").unwrap().status;
     let partly = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
     let message = partly["message"].as_str().unwrap();
+    // A backendRef's filter is held to the rule's matches too (rule 4).
     assert!(
         message.starts_with(
             "Dropped Rule: rule 0: a ReplacePrefixMatch path modifier needs exactly one PathPrefix \
              match"
         ) && message.contains("; rule 1: a ReplacePrefixMatch")
             && !message.contains("rule 2")
-            && !message.contains("rule 3"),
+            && !message.contains("rule 3")
+            && message.contains("; rule 4: a ReplacePrefixMatch"),
         "{message}"
     );
     assert_eq!(c.rules, 2);
