@@ -12,7 +12,8 @@
 //! - a request header must be whole within `--request-header-timeout` (408), its body need not;
 //! - the admin endpoint closes connections that send no header in time, and holds 64 at most;
 //! - the gateway's own answers (404, 503) leave the connection open for the next request;
-//! - a gRPC call the gateway answers itself gets the gRPC status the spec asks for.
+//! - a gRPC call the gateway answers itself gets the gRPC status the spec asks for;
+//! - a redirect on a backendRef answers the requests sent that backend's way.
 
 mod common;
 
@@ -755,4 +756,56 @@ async fn grpc_calls_the_gateway_answers_get_the_grpc_status_the_spec_asks_for() 
         let (code, head) = status(service);
         assert_eq!(code.as_deref(), Some(want), "{service}: {head}");
     }
+}
+
+/// A RequestRedirect filter on a backendRef answers the requests sent that backend's way with
+/// the redirect, as one on the rule answers all of them; the rule's other backend is proxied
+/// to as usual.
+#[tokio::test]
+async fn a_backend_ref_redirect_answers_the_requests_sent_its_way() {
+    let public_port = free_port();
+    let _echo = echo("public", public_port);
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: moved, namespace: cr}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /old}}]\n\
+         \x20   backendRefs:\n\
+         \x20   - name: public\n\
+         \x20     port: 80\n\
+         \x20     filters:\n\
+         \x20     - type: RequestRedirect\n\
+         \x20       requestRedirect:\n\
+         \x20         hostname: new.example\n\
+         \x20         statusCode: 301\n\
+         \x20         path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}\n\
+         \x20 - matches: [{path: {type: PathPrefix, value: /kept}}]\n\
+         \x20   backendRefs: [{name: public, port: 80}]\n";
+    let config = [
+        gateway_class(),
+        gateway("cr", "gw", &listener("web", 80, "HTTP")),
+        route.to_string(),
+        backend("cr", "public", public_port),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let (_gateway, port, _) = start(dir.path(), &config, "1s").await;
+    let answer = raw(
+        port,
+        b"GET /old/page?q=1 HTTP/1.1\r\nhost: site.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 301"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nlocation: http://new.example/new/page?q=1\r\n"),
+        "{answer}"
+    );
+    let answer = raw(
+        port,
+        b"GET /kept HTTP/1.1\r\nhost: site.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(echoed(&answer)["path"], "/kept");
 }

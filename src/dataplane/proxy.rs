@@ -1046,30 +1046,26 @@ impl Proxy {
             scheme: ctx.scheme,
             client_cert: ctx.client_cert.clone(),
         };
+        // An HTTP/1.0 request may come without Host: a redirect then names the address it came
+        // to, never an empty host.
+        let own;
+        let redirect_host = if host.is_empty() {
+            own = (session.server_addr())
+                .and_then(|a| a.as_inet())
+                .map(|a| match a.ip() {
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                })
+                .unwrap_or_default();
+            own.as_str()
+        } else {
+            host
+        };
+        let port = matched.listener.port;
         for filter in &rule.filters {
             match filter {
                 Filter::Redirect(r) => {
-                    // An HTTP/1.0 request may come without Host: the redirect then names the
-                    // address it came to, never an empty host.
-                    let local = || {
-                        session
-                            .server_addr()
-                            .and_then(|a| a.as_inet())
-                            .map(|a| match a.ip() {
-                                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                                ip => ip.to_string(),
-                            })
-                            .unwrap_or_default()
-                    };
-                    let own;
-                    let host = if host.is_empty() {
-                        own = local();
-                        own.as_str()
-                    } else {
-                        host
-                    };
-                    let location =
-                        redirect_location(r, ctx, host, path, query, matched.listener.port);
+                    let location = redirect_location(r, ctx, redirect_host, path, query, port);
                     return Decision::Redirect(r.status, location);
                 }
                 Filter::Mirror(m) => {
@@ -1089,10 +1085,19 @@ impl Proxy {
         };
         ctx.backend = Some(index);
         let weighted = &rule.backends[index];
+        // A backendRef's filters apply to the requests sent its way: a redirect there answers
+        // them instead (spec: RequestRedirect in HTTPBackendRef, extended support).
         for filter in &weighted.filters {
-            if let Filter::Mirror(m) = filter {
-                let copy = mirror::spawn(m, req, with_body, &origin(), &self.metrics);
-                ctx.mirror_bodies.extend(copy);
+            match filter {
+                Filter::Mirror(m) => {
+                    let copy = mirror::spawn(m, req, with_body, &origin(), &self.metrics);
+                    ctx.mirror_bodies.extend(copy);
+                }
+                Filter::Redirect(r) => {
+                    let location = redirect_location(r, ctx, redirect_host, path, query, port);
+                    return Decision::Redirect(r.status, location);
+                }
+                _ => {}
             }
         }
         match weighted.target.as_ref() {
