@@ -1189,6 +1189,26 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
                             port(&backend["port"]),
                         );
                     }
+                    let at = format!("spec.rules[{i}].backendRefs[{j}].filters");
+                    for (path, problem) in filter_rules(&at, &list(&backend["filters"])) {
+                        check(path, Err(problem));
+                    }
+                }
+                let filters = list(&rule["filters"]);
+                for (path, problem) in filter_rules(&format!("spec.rules[{i}].filters"), &filters) {
+                    check(path, Err(problem));
+                }
+                let redirects = filters.iter().any(|f| f["type"] == "RequestRedirect");
+                if redirects && !list(&rule["backendRefs"]).is_empty() {
+                    check(
+                        format!("spec.rules[{i}]"),
+                        Err(
+                            "has a RequestRedirect filter and backendRefs: a redirected request \
+                             goes to no backend; remove one or the other (the API server \
+                             refuses this too)"
+                                .to_string(),
+                        ),
+                    );
                 }
                 if kind == Kind::GrpcRoute {
                     for (j, m) in list(&rule["matches"]).iter().enumerate() {
@@ -1222,6 +1242,59 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
     } else {
         Err(format!("{who} {}", problems.join("; ")))
     }
+}
+
+/// Checks a list of route filters (a rule's, or a backendRef's) as the API's validation
+/// does: one filter of each type at most (a CORS or mirror filter aside), not both a redirect
+/// and a rewrite, and in a header modifier each header named once in `set`, once in `add` and
+/// once in `remove`. Every problem is named, with its path under `at`.
+fn filter_rules(at: &str, filters: &[Value]) -> Vec<(String, String)> {
+    const TOO: &str = "(the API server refuses this too)";
+    let mut problems = Vec::new();
+    let count = |t: &str| filters.iter().filter(|f| f["type"] == t).count();
+    for t in [
+        "RequestHeaderModifier",
+        "ResponseHeaderModifier",
+        "RequestRedirect",
+        "URLRewrite",
+    ] {
+        if count(t) > 1 {
+            problems.push((
+                at.to_string(),
+                format!(
+                    "have {} {t} filters: give one, with everything it does {TOO}",
+                    count(t)
+                ),
+            ));
+        }
+    }
+    if count("RequestRedirect") > 0 && count("URLRewrite") > 0 {
+        problems.push((
+            at.to_string(),
+            format!(
+                "have both a RequestRedirect and a URLRewrite filter: a request is either \
+                 redirected, or rewritten and forwarded; keep one {TOO}"
+            ),
+        ));
+    }
+    for (i, f) in filters.iter().enumerate() {
+        for field in ["requestHeaderModifier", "responseHeaderModifier"] {
+            let modifier = &f[field];
+            for action in ["set", "add", "remove"] {
+                let mut seen = HashSet::new();
+                let names = modifier[action].as_array().into_iter().flatten();
+                for name in names.filter_map(|h| h["name"].as_str().or(h.as_str())) {
+                    if !seen.insert(name) {
+                        problems.push((
+                            format!("{at}[{i}].{field}.{action}"),
+                            format!("names {name:?} twice: name each header once {TOO}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
 }
 
 /// Checks an Exact GRPCRoute match name as the API does: a method is an identifier
@@ -2445,6 +2518,49 @@ mod tests {
                 route("80"),
                 route("80").replace("spec:\n", "spec:\n  hostnames: ['*']\n"),
                 "spec.hostnames[0] \"*\" is not a hostname",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace(
+                    "rules: [{",
+                    "rules: [{filters: [{type: RequestRedirect, requestRedirect: {port: 8080}}], ",
+                ),
+                "HTTPRoute n/r spec.rules[0] has a RequestRedirect filter and backendRefs",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace(
+                    "rules: [{",
+                    "rules: [{filters: [{type: URLRewrite, urlRewrite: {hostname: a.example}}, \
+                     {type: RequestRedirect, requestRedirect: {port: 8080}}], matches: [], ",
+                ),
+                "spec.rules[0].filters have both a RequestRedirect and a URLRewrite filter",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace(
+                    "port: 80}",
+                    "port: 80, filters: [\
+                     {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: b}]}}, \
+                     {type: RequestHeaderModifier, requestHeaderModifier: {remove: [a]}}]}",
+                ),
+                "spec.rules[0].backendRefs[0].filters have 2 RequestHeaderModifier filters: give \
+                 one, with everything it does (the API server refuses this too)",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace(
+                    "rules: [{",
+                    "rules: [{filters: [{type: ResponseHeaderModifier, responseHeaderModifier: \
+                     {add: [{name: x, value: '1'}, {name: x, value: '2'}], remove: [y, y]}}], ",
+                ),
+                "spec.rules[0].filters[0].responseHeaderModifier.add names \"x\" twice: name \
+                 each header once (the API server refuses this too); \
+                 spec.rules[0].filters[0].responseHeaderModifier.remove names \"y\" twice",
             ),
             (
                 Kind::HttpRoute,
