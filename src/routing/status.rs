@@ -204,7 +204,12 @@ impl ObjectStatus {
                     // Gateway is not, or for a reason its other conditions give already.
                     let reason = c["reason"].as_str().unwrap_or("");
                     let what = match (c["type"].as_str(), c["status"].as_str()) {
-                        (Some("Accepted"), Some(s)) if s != "True" => "not accepted",
+                        // A listener in conflict is not accepted for that: said once.
+                        (Some("Accepted"), Some(s))
+                            if s != "True" && !is(list, "Conflicted", "True") =>
+                        {
+                            "not accepted"
+                        }
                         (Some("ResolvedRefs"), Some("False")) => "references not resolved",
                         (Some("PartiallyInvalid"), Some("True")) => "partially invalid",
                         (Some("Conflicted"), Some("True")) => "in conflict",

@@ -876,62 +876,68 @@ fn check_tls(
 }
 
 /// Listeners sharing a port must agree on protocol and differ in hostname (spec: Listener
-/// "Conflicted"). The first listener written keeps the port; later ones are marked. A listener
-/// is judged only against the ones that kept their place (accepted, not conflicted): a
-/// conflicted sibling is not on the port, so it neither blocks a later listener nor is named
-/// as the one serving the port.
+/// "Conflicted"). The spec leaves no winner: every listener of a conflicting set is marked
+/// `Conflicted=True` and not accepted, and only the distinct listeners are served ("The
+/// implementation MUST NOT pick one conflicting Listener as the winner. ALL indistinct
+/// Listeners must not be accepted for processing"). A listener not accepted for another reason
+/// (an unsupported protocol, say) is on no port and conflicts with nothing.
 fn mark_conflicts(listeners: &mut [ListenerState], options: &CompileOptions) {
-    for i in 0..listeners.len() {
-        let (earlier, rest) = listeners.split_at_mut(i);
-        let l = &mut rest[0];
+    let mut marks = Vec::new();
+    for (i, l) in listeners.iter().enumerate() {
         // Listeners meet on the socket they are served on: with `--port-map`, two listener
         // ports can be one socket.
-        let socket = options.socket_port(l.port);
-        let holders: Vec<&ListenerState> = earlier
-            .iter()
-            .filter(|h| {
-                socket.is_some()
-                    && options.socket_port(h.port) == socket
-                    && h.accepted.is_none()
-                    && h.conflicted.is_none()
-            })
-            .collect();
-        // The holders share one protocol family (a later one of the other family is marked).
-        // A holder can be accepted and still not served (an unresolved certificate, say), so
-        // the message names one that is served, or says that none is.
-        if let Some(first) = holders
-            .iter()
-            .find(|h| tls_family(&h.protocol) != tls_family(&l.protocol))
-        {
-            let message = match holders.iter().find(|h| h.served()) {
-                Some(h) => format!(
-                    "port {} is served by listener {:?} with protocol {}; move this {} listener \
-                     to another port",
-                    l.port, h.name, h.protocol, l.protocol
-                ),
-                None => format!(
-                    "port {} is held by listener {:?} with protocol {}, and no listener is served \
-                     on it (see their conditions); move this {} listener to another port",
-                    l.port, first.name, first.protocol, l.protocol
-                ),
-            };
-            l.conflicted = Some(("ProtocolConflict", message));
-        } else if let Some(h) = holders.iter().find(|h| h.hostname == l.hostname) {
-            let message = if h.served() {
-                format!(
-                    "listener {:?} already serves this hostname on port {}; give this listener \
-                     another hostname or port",
-                    h.name, l.port
-                )
-            } else {
-                format!(
-                    "listener {:?} holds this hostname on port {} but is not served (see its \
-                     conditions); give this listener another hostname or port",
-                    h.name, l.port
-                )
-            };
-            l.conflicted = Some(("HostnameConflict", message));
+        let Some(socket) = options.socket_port(l.port) else {
+            continue;
+        };
+        if l.accepted.is_some() {
+            continue;
         }
+        let others = (listeners.iter().enumerate()).filter(|(j, o)| {
+            *j != i && o.accepted.is_none() && options.socket_port(o.port) == Some(socket)
+        });
+        let names = |pick: &dyn Fn(&ListenerState) -> bool| -> Vec<String> {
+            (others.clone())
+                .filter(|(_, o)| pick(o))
+                .map(|(_, o)| format!("{:?} ({})", o.name, o.protocol))
+                .collect()
+        };
+        // Only protocols on one side of the TLS line can share a port.
+        let protocol = names(&|o| tls_family(&o.protocol) != tls_family(&l.protocol));
+        let hostname = names(&|o| o.hostname == l.hostname);
+        let mark = if !protocol.is_empty() {
+            (
+                "ProtocolConflict",
+                format!(
+                    "port {} is also asked for by listener {} with a protocol that cannot share \
+                     it; none of them is served: move this {} listener, or those, to another \
+                     port",
+                    l.port,
+                    protocol.join(", "),
+                    l.protocol
+                ),
+            )
+        } else if !hostname.is_empty() {
+            let what = l
+                .hostname
+                .as_deref()
+                .map_or("no hostname".to_string(), |h| format!("hostname {h:?}"));
+            (
+                "HostnameConflict",
+                format!(
+                    "listener {} on port {} has {what} too; none of them is served: give \
+                     each listener its own hostname or port",
+                    hostname.join(", "),
+                    l.port
+                ),
+            )
+        } else {
+            continue;
+        };
+        marks.push((i, mark));
+    }
+    for (i, (reason, message)) in marks {
+        listeners[i].accepted = Some((reason, format!("in conflict: {message}")));
+        listeners[i].conflicted = Some((reason, message));
     }
 }
 

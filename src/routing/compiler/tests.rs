@@ -225,60 +225,91 @@ fn duplicate_listener_is_conflicted_and_unknown_protocol_not_accepted() {
             .unwrap()
             .clone()
     };
+    // Both listeners of the conflict, neither a winner.
+    assert_eq!(listener(0, "Conflicted")["reason"], "HostnameConflict");
     assert_eq!(listener(1, "Conflicted")["reason"], "HostnameConflict");
     assert_eq!(listener(2, "Accepted")["reason"], "UnsupportedProtocol");
+    // No distinct listener is left: the Gateway is not accepted.
     assert_eq!(gw["conditions"][0]["reason"], "ListenersNotValid");
-    assert_eq!(gw["conditions"][0]["status"], "True");
-    // Both are problems of the configuration (`check` fails on them), each named.
+    assert_eq!(gw["conditions"][0]["status"], "False");
+    // All are problems of the configuration (`check` fails on them), each named.
     let problems = c.report.problems();
     for want in [
+        "Gateway infra/gw listener http: in conflict (HostnameConflict)",
         "Gateway infra/gw listener dup: in conflict (HostnameConflict)",
         "Gateway infra/gw listener odd: not accepted (UnsupportedProtocol)",
     ] {
         assert!(problems.iter().any(|p| p.starts_with(want)), "{problems:?}");
     }
-    assert!(
-        !problems.iter().any(|p| p.contains("listener http:")),
-        "{problems:?}"
-    );
 }
 
+/// The spec leaves no winner among conflicting listeners: each of them is Conflicted, not
+/// accepted and not served, and the distinct ones are served; each names the others.
 #[test]
-fn a_conflicted_listener_names_the_listener_served_on_its_port() {
+fn conflicting_listeners_are_all_refused_and_distinct_ones_served() {
     let yaml = BASE.replace(
         "  - {name: http, port: 80, protocol: HTTP}",
         "  - {name: a, port: 80, protocol: HTTP, hostname: a.example}\n  \
          - {name: b, port: 80, protocol: HTTP, hostname: a.example}\n  \
-         - {name: c, port: 80, protocol: TLS, tls: {mode: Passthrough}}\n  \
          - {name: d, port: 80, protocol: HTTP, hostname: d.example}\n  \
          - {name: e, port: 443, protocol: HTTPS}\n  \
-         - {name: f, port: 443, protocol: HTTP}",
+         - {name: f, port: 443, protocol: HTTP}\n  \
+         - {name: g, port: 8443, protocol: HTTPS, hostname: g.example}\n  \
+         - {name: h, port: 8443, protocol: TLS, hostname: h.example, tls: {mode: Passthrough}}\n  \
+         - {name: odd, port: 80, protocol: SCTP}",
     );
     let c = compile(&snapshot(&yaml), &CompileOptions::default());
     let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
-    let conflicted = |n: usize| {
-        gw["listeners"][n]["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Conflicted")
+    let condition = |name: &str, t: &str| {
+        let listener = (gw["listeners"].as_array().unwrap().iter())
+            .find(|l| l["name"] == name)
+            .unwrap();
+        (listener["conditions"].as_array().unwrap().iter())
+            .find(|c| c["type"] == t)
             .unwrap()
             .clone()
     };
-    assert_eq!(conflicted(1)["reason"], "HostnameConflict");
-    // c clashes with a and with b; b is conflicted itself, so a is the one on port 80.
-    let c2 = conflicted(2);
-    assert_eq!(c2["reason"], "ProtocolConflict");
-    let message = c2["message"].as_str().unwrap();
-    assert!(message.contains("served by listener \"a\""), "{message}");
-    assert!(!message.contains("\"b\""), "{message}");
-    // Only served listeners hold the port: d shares it with a, not with c.
-    assert_eq!(conflicted(3)["status"], "False");
-    // e (no certificate) keeps port 443 but is not served: f's message says so.
-    let f = conflicted(5);
-    assert_eq!(f["reason"], "ProtocolConflict");
-    let message = f["message"].as_str().unwrap();
-    assert!(message.contains("no listener is served"), "{message}");
+    for (name, reason, others) in [
+        ("a", "HostnameConflict", "\"b\" (HTTP)"),
+        ("b", "HostnameConflict", "\"a\" (HTTP)"),
+        ("e", "ProtocolConflict", "\"f\" (HTTP)"),
+        ("f", "ProtocolConflict", "\"e\" (HTTPS)"),
+    ] {
+        let conflicted = condition(name, "Conflicted");
+        assert_eq!(conflicted["status"], "True", "{name}");
+        assert_eq!(conflicted["reason"], reason, "{name}");
+        let message = conflicted["message"].as_str().unwrap();
+        assert!(message.contains(others), "{name}: {message}");
+        assert!(
+            message.contains("none of them is served"),
+            "{name}: {message}"
+        );
+        assert_eq!(condition(name, "Accepted")["status"], "False", "{name}");
+        assert_eq!(condition(name, "Programmed")["status"], "False", "{name}");
+    }
+    // Distinct: another hostname on the port (d), HTTPS and TLS sharing one (g, h). A
+    // listener not accepted for its protocol (odd) is on no port and conflicts with nothing.
+    for name in ["d", "g", "h", "odd"] {
+        assert_eq!(condition(name, "Conflicted")["status"], "False", "{name}");
+    }
+    assert_eq!(condition("d", "Programmed")["status"], "True");
+    // The Gateway says that some listeners are not valid, and is accepted for the others.
+    let accepted = (gw["conditions"].as_array().unwrap().iter())
+        .find(|c| c["type"] == "Accepted")
+        .unwrap();
+    assert_eq!(accepted["reason"], "ListenersNotValid");
+    assert_eq!(accepted["status"], "True");
+    // Each conflicted listener is one problem for `check`, not two.
+    let problems = c.report.problems();
+    let about_a: Vec<_> = problems
+        .iter()
+        .filter(|p| p.contains("listener a:"))
+        .collect();
+    assert_eq!(about_a.len(), 1, "{problems:?}");
+    assert!(
+        about_a[0].contains("in conflict (HostnameConflict)"),
+        "{problems:?}"
+    );
 }
 
 #[test]
