@@ -886,9 +886,14 @@ fn duplicates_source(path: &Path) -> String {
     format!("{} (duplicates)", path.display())
 }
 
-/// Whether the provider reads a file of this name: `*.yaml` and `*.yml`.
+/// Whether the provider reads a file of this name: `*.yaml`, `*.yml` and `*.json` (JSON is
+/// YAML), in any case, as `kubectl apply -f DIR` reads them.
 fn is_manifest_name(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        ["yaml", "yml", "json"]
+            .iter()
+            .any(|m| e.eq_ignore_ascii_case(m))
+    })
 }
 
 /// Reads a manifest file of `len` bytes (as listed) as text. The error says why not and whether
@@ -1664,7 +1669,8 @@ fn drop_null_fields(value: &mut Value) {
 const MERGE_PASSES: usize = 16;
 
 /// The objects of a text and the documents that failed, each with its number from 0; an
-/// object that is an item of a `kind: List` also with its place in `items`.
+/// object that is an item of a `kind: List` also with its place in `items` (the outer list's,
+/// for an item of a List inside it: see [`list_items`]).
 #[allow(
     clippy::type_complexity,
     reason = "private, and read right where it is built"
@@ -1751,7 +1757,12 @@ fn parse_documents(
                 errors.push((index, "a `kind: List` needs an `items` list".to_string()));
                 continue;
             };
+            // A List inside a List is read through, as `kubectl` reads it.
+            let mut flat = Vec::new();
             for (n, item) in items.iter().enumerate() {
+                list_items(n, item, &mut flat);
+            }
+            for (n, item) in flat {
                 match Object::from_document(item.clone()) {
                     Ok(Some(object)) => objects.push((index, Some(n), object)),
                     Ok(None) => {}
@@ -1848,6 +1859,17 @@ pub fn now_rfc3339() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
+}
+
+/// Adds `item`, the item at `place` of a `kind: List`, to `out`; an item that is itself a
+/// v1 List adds its own items in its stead, at the same place, and so on down.
+fn list_items<'a>(place: usize, item: &'a Value, out: &mut Vec<(usize, &'a Value)>) {
+    let nested = item.get("kind").and_then(Value::as_str) == Some("List")
+        && item.get("apiVersion").and_then(Value::as_str) == Some("v1");
+    match item.get("items").and_then(Value::as_array) {
+        Some(items) if nested => items.iter().for_each(|i| list_items(place, i, out)),
+        _ => out.push((place, item)),
+    }
 }
 
 #[cfg(test)]
@@ -1953,6 +1975,28 @@ mod tests {
     }
 
     #[test]
+    fn json_files_and_upper_case_extensions_are_manifests() {
+        for (name, read) in [
+            ("a.yaml", true),
+            ("a.yml", true),
+            ("a.json", true),
+            ("a.YAML", true),
+            ("a.Json", true),
+            ("a.yaml.bak", false),
+            ("a.txt", false),
+            ("yaml", false),
+        ] {
+            assert_eq!(is_manifest_name(Path::new(name)), read, "{name}");
+        }
+        // JSON as `kubectl get -o json` writes it, indented with tabs too.
+        let text = "{\n\t\"apiVersion\": \"v1\",\n\t\"kind\": \"Service\",\n\t\
+                    \"metadata\": {\"name\": \"a\", \"namespace\": \"n\"}\n}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(objects[0].key.name, "a");
+    }
+
+    #[test]
     fn the_items_of_a_list_load_as_documents() {
         // As `kubectl get services -o yaml` writes them.
         let text = "apiVersion: v1\nkind: List\nitems:\n\
@@ -1973,6 +2017,18 @@ mod tests {
         assert!(errors[0].contains("items[1]: "), "{}", errors[0]);
         let err = parse_manifests("apiVersion: v1\nkind: List\n").unwrap().1;
         assert!(err[0].contains("needs an `items` list"), "{}", err[0]);
+
+        // A List inside a List is read through, as kubectl reads it.
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - {apiVersion: v1, kind: Service, metadata: {name: a, namespace: n}}\n\
+                    - apiVersion: v1\n  kind: List\n  items:\n\
+                    \x20 - {apiVersion: v1, kind: Service, metadata: {name: b, namespace: n}}\n\
+                    \x20 - {apiVersion: v1, kind: List, items: [\
+                    {apiVersion: v1, kind: Service, metadata: {name: c, namespace: n}}]}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        let names: Vec<&str> = objects.iter().map(|o| o.key.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
 
         // A typed list, as the API server answers a list request: its items take their
         // apiVersion and kind from it.
