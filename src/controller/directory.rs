@@ -498,6 +498,15 @@ impl DirectoryProvider {
         state.stamp = stamp;
         state.retry = false;
         state.refused = Some(error);
+        // `/status` says what is served meanwhile, as the log does: an operator watching it
+        // must not take a refused edit for an outage, nor the old content for the new.
+        let mut messages = messages;
+        if let (Some(last), true) = (messages.last_mut(), held > 0) {
+            last.push_str(&format!(
+                " (the file's last good content is still served: {held} object{})",
+                if held == 1 { "" } else { "s" }
+            ));
+        }
         let errors = messages
             .into_iter()
             .map(|message| SourceError {
@@ -2353,6 +2362,12 @@ mod tests {
         let snap = store.snapshot();
         assert!(snap.get(super::super::Kind::HttpRoute, "n", "r").is_some());
         assert_eq!(snap.errors.len(), 1);
+        // The error says that the last good content is what is served.
+        let message = &snap.errors[0].message;
+        assert!(
+            message.ends_with("(the file's last good content is still served: 1 object)"),
+            "{message}"
+        );
 
         std::fs::write(&file, route("/b")).unwrap();
         provider.sync().unwrap();
