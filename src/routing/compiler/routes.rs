@@ -114,6 +114,7 @@ pub(super) fn compile(
         outcome.apply(gateways, &mut backends, report);
         cache.routes.push(outcome);
     }
+    keep_grpc_and_http_apart(gateways, report);
     policy_status(&backends.policies, options, report);
     backends
         .services
@@ -123,6 +124,121 @@ pub(super) fn compile(
             Backend::Invalid { .. } => None,
         })
         .collect()
+}
+
+/// Keeps GRPCRoutes and HTTPRoutes from being merged (spec, GRPCRoute: "Merging MUST not be
+/// done between GRPCRoutes and HTTPRoutes"): where an HTTPRoute and a GRPCRoute meet on a
+/// listener of a Gateway (hostnames that intersect), the older of the two (by creation time,
+/// then namespace/name) is served and the other is rejected on that Gateway, as the spec's
+/// GRPCRoute text asks: it is taken off the Gateway's listeners, not counted in their
+/// `attachedRoutes`, and its parent status there says `Accepted=False Conflicted`, naming the
+/// route it lost to. Routes are judged oldest first, so a rejected route rejects nothing.
+fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) {
+    // Per Gateway: each HTTP or gRPC route with its hostnames on each listener it is on.
+    type Placed = (Arc<CompiledRoute>, Vec<(usize, Hostnames)>);
+    let mut rejected: Vec<(Kind, (String, String, String), String)> = Vec::new();
+    for (gateway_key, gateway) in gateways.by_key.iter_mut() {
+        let mut routes: Vec<Placed> = Vec::new();
+        for (index, l) in gateway.listeners.iter().enumerate() {
+            for (route, hosts) in &l.routes {
+                if !matches!(route.kind, Kind::HttpRoute | Kind::GrpcRoute) {
+                    continue;
+                }
+                match routes.iter_mut().find(|(r, _)| Arc::ptr_eq(r, route)) {
+                    Some((_, on)) => on.push((index, hosts.clone())),
+                    None => routes.push((route.clone(), vec![(index, hosts.clone())])),
+                }
+            }
+        }
+        if !(routes.iter().any(|(r, _)| r.kind == Kind::HttpRoute)
+            && routes.iter().any(|(r, _)| r.kind == Kind::GrpcRoute))
+        {
+            continue;
+        }
+        routes.sort_by(|(a, _), (b, _)| a.order.cmp(&b.order));
+        let mut kept: Vec<&Placed> = Vec::new();
+        let mut losers = Vec::new();
+        for placed in &routes {
+            let (route, on) = placed;
+            let meets = |(other, other_on): &Placed| {
+                other.kind != route.kind
+                    && on.iter().any(|(l, hosts)| {
+                        other_on
+                            .iter()
+                            .any(|(ol, other_hosts)| ol == l && hostnames_meet(hosts, other_hosts))
+                    })
+            };
+            match kept.iter().find(|other| meets(other)) {
+                Some((winner, _)) => {
+                    let (_, namespace, name) = &winner.order;
+                    losers.push(route.clone());
+                    rejected.push((
+                        route.kind,
+                        route.order.clone(),
+                        format!(
+                            "{} {namespace}/{name} is served on the same hostname of Gateway \
+                             {}/{}, and is older; an HTTPRoute and a GRPCRoute are not merged: \
+                             give this route hostnames of its own, or route its requests in one \
+                             route of one kind",
+                            winner.kind, gateway_key.0, gateway_key.1
+                        ),
+                    ));
+                }
+                None => kept.push(placed),
+            }
+        }
+        for l in &mut gateway.listeners {
+            let before = l.routes.len();
+            l.routes
+                .retain(|(r, _)| !losers.iter().any(|loser| Arc::ptr_eq(r, loser)));
+            l.attached -= i64::try_from(before - l.routes.len()).unwrap_or(0);
+        }
+        // The parent status of each loser on this Gateway.
+        for (kind, (_, namespace, name), message) in rejected.drain(..) {
+            let Some(slot) = report
+                .objects
+                .iter_mut()
+                .find(|o| o.kind == kind && o.namespace == namespace && o.name == name)
+            else {
+                continue;
+            };
+            let mut status = ObjectStatus::clone(slot);
+            status.problems = Default::default();
+            let parents = status.status["parents"]
+                .as_array_mut()
+                .into_iter()
+                .flatten();
+            for parent in parents {
+                let reference = &parent["parentRef"];
+                let names_this = reference["name"] == gateway_key.1.as_str()
+                    && reference["namespace"] == gateway_key.0.as_str()
+                    && reference["kind"] == "Gateway";
+                if !names_this {
+                    continue;
+                }
+                let conditions = parent["conditions"].as_array_mut().into_iter().flatten();
+                for c in conditions.filter(|c| c["type"] == "Accepted") {
+                    c["status"] = Value::from("False");
+                    c["reason"] = Value::from("Conflicted");
+                    c["message"] = Value::from(message.as_str());
+                }
+            }
+            *slot = Arc::new(status);
+        }
+    }
+}
+
+/// Whether two routes' hostnames on one listener (`None`: any) have a hostname in common.
+fn hostnames_meet(a: &Hostnames, b: &Hostnames) -> bool {
+    let meet = |x: &Option<String>, y: &Option<String>| match (x, y) {
+        (None, _) | (_, None) => true,
+        (Some(x), Some(y)) => {
+            x == y
+                || crate::routing::table::host_matches(x, y)
+                || crate::routing::table::host_matches(y, x)
+        }
+    };
+    a.iter().any(|x| b.iter().any(|y| meet(x, y)))
 }
 
 /// Route outcomes from the previous compile, in route key order. The compiler empties it whenever

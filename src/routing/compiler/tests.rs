@@ -2394,3 +2394,89 @@ fn terminating_listeners_with_overlapping_hostnames_on_a_port_are_marked_overlap
         c.report.problems()
     );
 }
+
+/// An HTTPRoute and a GRPCRoute whose hostnames meet on a listener are not merged: the older
+/// is served, the newer rejected on that Gateway (`Accepted=False Conflicted`) and not counted
+/// in `attachedRoutes`. Routes of one kind, or on hostnames apart, are left alone.
+#[test]
+fn an_http_route_and_a_grpc_route_on_one_hostname_are_not_merged() {
+    let http = |name: &str, created: &str, hostnames: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {name}, namespace: infra, creationTimestamp: \"{created}\"}}\n\
+             spec:\n  parentRefs: [{{name: gw}}]\n  hostnames: {hostnames}\n  rules:\n  \
+             - matches: [{{path: {{type: PathPrefix, value: /{name}}}}}]\n    \
+             backendRefs: [{{name: svc, port: 8080}}]\n"
+        )
+    };
+    let grpc = |name: &str, created: &str, hostnames: &str| {
+        grpc_route(
+            name,
+            created,
+            &format!(
+                "  hostnames: {hostnames}\n  rules:\n  \
+                 - matches: [{{method: {{service: {name}.Svc}}}}]\n    \
+                 backendRefs: [{{name: svc, port: 8080}}]\n"
+            ),
+        )
+    };
+    let yaml = [
+        BASE.to_string(),
+        // Older gRPC route; a newer HTTP one on the same hostname loses to it.
+        grpc("g1", "2020-01-01T00:00:00Z", "[a.example]"),
+        http("h1", "2021-01-01T00:00:00Z", "[a.example]"),
+        // Older HTTP route on a wildcard; a newer gRPC one on a name it covers loses.
+        http("h2", "2020-01-01T00:00:00Z", "['*.b.example']"),
+        grpc("g2", "2021-01-01T00:00:00Z", "[x.b.example]"),
+        // Apart: another hostname, and a second HTTP route on a.example.
+        grpc("g3", "2021-01-01T00:00:00Z", "[c.example]"),
+        http("h3", "2022-01-01T00:00:00Z", "[d.example]"),
+        grpc("g4", "2022-06-01T00:00:00Z", "[a.example]"),
+    ]
+    .concat();
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let accepted = |kind: Kind, name: &str| {
+        let status = &c.report.get(kind, "infra", name).unwrap().status;
+        condition(&status["parents"][0]["conditions"], "Accepted")
+    };
+    for (kind, name, winner) in [
+        (Kind::HttpRoute, "h1", "GRPCRoute infra/g1"),
+        (Kind::GrpcRoute, "g2", "HTTPRoute infra/h2"),
+    ] {
+        let a = accepted(kind, name);
+        assert_eq!(a["status"], "False", "{name}: {a}");
+        assert_eq!(a["reason"], "Conflicted", "{name}: {a}");
+        assert!(
+            a["message"].as_str().unwrap().contains(winner),
+            "{name}: {a}"
+        );
+    }
+    for (kind, name) in [
+        (Kind::GrpcRoute, "g1"),
+        (Kind::HttpRoute, "h2"),
+        (Kind::GrpcRoute, "g3"),
+        (Kind::HttpRoute, "h3"),
+        // Of one kind with g1, and h1 (which it would meet) is rejected already.
+        (Kind::GrpcRoute, "g4"),
+    ] {
+        assert_eq!(accepted(kind, name)["status"], "True", "{name}");
+    }
+    // The loser serves nothing there; the winner does.
+    assert_eq!(lookup_route(&c, "a.example", "/h1", &[]), None);
+    assert_eq!(
+        lookup_route(&c, "x.b.example", "/h2", &[]).as_deref(),
+        Some("infra/h2#0")
+    );
+    assert_eq!(lookup_route(&c, "x.b.example", "/g2.Svc/Call", &[]), None);
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    assert_eq!(gw["listeners"][0]["attachedRoutes"], 5);
+    // A problem for `check`.
+    assert!(
+        c.report
+            .problems()
+            .iter()
+            .any(|p| p.contains("infra/h1") && p.contains("not accepted (Conflicted)")),
+        "{:?}",
+        c.report.problems()
+    );
+}
