@@ -855,6 +855,73 @@ async fn the_request_timeout_ends_a_response_that_keeps_trickling_in() {
     assert_eq!(r.status(), 504);
 }
 
+/// A body with a length that the backend sends in pieces, slowly, reaches the client as it
+/// comes: each piece when the backend sends it, over HTTP/1.1 (cleartext; TLS connections have
+/// the same write buffer), not held until a later piece fills the buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_with_a_length_reaches_the_client_as_it_comes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = serve_raw(|mut tcp| async move {
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 16\r\n\r\nfirst")
+            .await;
+        for piece in [&b"-second"[..], b"-end"] {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = tcp.write_all(piece).await;
+        }
+    })
+    .await;
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: slow, namespace: rt}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
+         \x20 - backendRefs: [{name: slow, port: 80}]\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route.to_string(),
+        backend("rt", "slow", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    // (when it came, what had come by then), for each piece.
+    let mut arrivals = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !seen.ends_with(b"first-second-end") && started.elapsed() < Duration::from_secs(6) {
+        let n = tokio::time::timeout(Duration::from_secs(6), tcp.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        arrivals.push((
+            started.elapsed(),
+            String::from_utf8_lossy(&seen).to_string(),
+        ));
+    }
+    let by = |text: &str| {
+        arrivals
+            .iter()
+            .find(|(_, seen)| seen.ends_with(text))
+            .map(|(at, _)| *at)
+    };
+    // Each piece comes well before the backend sends the next (1.5 s later).
+    let first = by("first").unwrap_or_else(|| panic!("{arrivals:?}"));
+    let second = by("first-second").unwrap_or_else(|| panic!("{arrivals:?}"));
+    assert!(first < Duration::from_millis(1200), "{arrivals:?}");
+    assert!(second < Duration::from_millis(2700), "{arrivals:?}");
+    assert!(by("first-second-end").is_some(), "{arrivals:?}");
+}
+
 /// A backend that answers every request, whatever it asked, with `101 Switching Protocols` to
 /// WebSocket, then holds the connection open for a while. Returns its port.
 async fn serve_switching() -> u16 {

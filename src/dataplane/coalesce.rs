@@ -6,9 +6,13 @@
 //! loops make them, see [`super::listeners`]) writes straight to the socket. Its HTTP/1 server
 //! writes the response header and then the body, so a small keep-alive response cost two system
 //! calls, and the client saw two TCP segments. [`Coalescing`] puts a [`BufWriter`] between the
-//! HTTP code and the socket. Pingora flushes whenever it needs the bytes to go (the end of a
-//! response, a header with no body, each chunk of a streamed or upgraded body), so nothing waits
-//! in the buffer; a write larger than the buffer goes straight through.
+//! HTTP code and the socket, and holds one write only: the first since Pingora last flushed
+//! (a response's header). The next write goes out with it at once (a small response's body,
+//! or the first piece of a long one), and so does every write after it until Pingora flushes
+//! again: a body that a backend sends slowly, in small writes, reaches the client as it comes,
+//! not a buffer at a time. Pingora flushes whenever it needs the bytes to go (the end of a
+//! response, a header with no body, each chunk of a streamed or upgraded body); a write larger
+//! than the buffer goes straight through.
 //!
 //! TLS connections get the buffer too, above the TLS layer: rustls seals each write into a
 //! record of its own and writes it out, so a response's header and body went out as two
@@ -56,6 +60,9 @@ pub fn preface_undecided(opening: &[u8]) -> bool {
 /// A client stream (plaintext, or decrypted TLS) with a write buffer; see the module doc.
 pub struct Coalescing<S: AsyncWrite + Unpin = Stream> {
     inner: BufWriter<S>,
+    /// Whether a write was held since Pingora last flushed: the writes after it are sent at
+    /// once.
+    holding: bool,
     /// Whether the opening bytes were looked at already.
     opened: bool,
     /// Whether the connection opens with the HTTP/2 preface, when its opening bytes (read
@@ -78,6 +85,7 @@ impl Coalescing {
         };
         Coalescing {
             inner: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            holding: false,
             opened: false,
             preface,
         }
@@ -90,8 +98,22 @@ impl<S: AsyncWrite + Unpin> Coalescing<S> {
     pub fn tls(stream: S) -> Self {
         Coalescing {
             inner: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            holding: false,
             opened: true,
             preface: Some(false),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Coalescing<S> {
+    /// After a write: holds the first since the last flush, sends what is buffered on any
+    /// later one. A send that cannot go at once (the client is not reading) is left to the next
+    /// write or flush, as the buffer would leave it anyway.
+    fn wrote(&mut self, cx: &mut Context<'_>) {
+        if !self.holding {
+            self.holding = true;
+        } else if !self.inner.buffer().is_empty() {
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
         }
     }
 }
@@ -129,7 +151,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.wrote(cx);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -137,7 +161,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.wrote(cx);
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -145,6 +171,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalescing<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.holding = false;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
