@@ -625,6 +625,25 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
     assert!(took < Duration::from_secs(8), "{took:?}");
 
+    // The deadline of a header that opens with `P` counts from that first byte, not from when
+    // the rest told it from HTTP/2's preface: 408 about 2 s after the `P`, not 2 s after the
+    // bytes that came 1.6 s later.
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+        .await
+        .unwrap();
+    tcp.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tcp.write_all(b"UT /x HTTP/1.1\r\nhost: a.test\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(took < Duration::from_millis(3000), "{took:?}");
+
     // The second request of a keep-alive connection has a deadline of its own.
     let mut second: Vec<&[u8]> = vec![
         b"GET /x HTTP/1.1\r\nhost: a.test\r\n\r\n",
@@ -692,7 +711,7 @@ async fn a_request_header_has_a_deadline_and_its_body_does_not() {
     )
     .await;
     assert!(
-        metrics.contains("portcullis_request_header_timeouts_total 3"),
+        metrics.contains("portcullis_request_header_timeouts_total 4"),
         "{metrics}"
     );
     // A header cut off for its time is counted as that, not as a client that broke off.

@@ -123,6 +123,14 @@ impl<S: Ssl> HeaderDeadline<S> {
 }
 
 impl<S> HeaderDeadline<S> {
+    /// Counts the first request header's deadline from `began`, when its first bytes were
+    /// read before the stream was wrapped.
+    pub fn began_at(&mut self, began: Instant) {
+        if let State::Header { began: at, .. } = &mut self.state {
+            at.get_or_insert(began);
+        }
+    }
+
     /// Pingora writes `buf`: a final response header or body means the next bytes read start
     /// the next request; a `101` means they are not HTTP/1 any more.
     fn wrote(&mut self, buf: &[u8]) {

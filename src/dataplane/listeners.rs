@@ -245,16 +245,22 @@ async fn serve_cleartext(
     local: Option<SocketAddr>,
     cx: &ConnectionContext,
 ) {
-    let Some(opening) = opening(&mut tcp, cx).await else {
+    let Some((opening, first_bytes)) = opening(&mut tcp, cx).await else {
         return;
     };
     let mut stream = pingora_stream(tcp, peer, local);
     stream.rewind(&opening);
-    let stream = HeaderDeadline::new(
+    let mut stream = HeaderDeadline::new(
         Coalescing::new(stream, &opening),
         cx.header_timeout,
         cx.metrics.request_header_timeouts.clone(),
     );
+    // The first request's header began with the opening, which may have taken more than one
+    // read (`P`, the start of both HTTP/2's preface and `POST`): its deadline counts from then,
+    // not from when the opening was handed on. Line ends alone are no header begun.
+    if !opening.starts_with(b"\r") && !opening.starts_with(b"\n") {
+        stream.began_at(first_bytes);
+    }
     serve_http(Box::new(stream), &cx.shutdown, cx).await;
 }
 
@@ -411,7 +417,10 @@ async fn changed<T>(rx: &mut watch::Receiver<T>) {
 /// The bytes are read, not peeked at, and handed back to the stream (`Stream::rewind`): the
 /// request read and the preface check then find them without a system call of their own, two
 /// fewer per connection than a peek followed by Pingora's reads.
-async fn opening(tcp: &mut TcpStream, cx: &ConnectionContext) -> Option<Vec<u8>> {
+async fn opening(
+    tcp: &mut TcpStream,
+    cx: &ConnectionContext,
+) -> Option<(Vec<u8>, tokio::time::Instant)> {
     let read = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         // `read_buf` rather than `readable` and `try_read`: a read that leaves room in the
@@ -422,6 +431,7 @@ async fn opening(tcp: &mut TcpStream, cx: &ConnectionContext) -> Option<Vec<u8>>
         if tcp.read_buf(&mut opening).await? == 0 {
             return Ok::<_, std::io::Error>(None);
         }
+        let first_bytes = tokio::time::Instant::now();
         // Too few bytes to tell HTTP/2's preface from a request line (`P`): the rest is read
         // here, where the request header's deadline applies, as it would to the request.
         if preface_undecided(&opening) {
@@ -433,14 +443,16 @@ async fn opening(tcp: &mut TcpStream, cx: &ConnectionContext) -> Option<Vec<u8>>
                 }
                 Ok::<_, std::io::Error>(true)
             };
+            // With the deadline off, only the wait for a first byte bounds it (below).
             let limit = match cx.header_timeout {
-                Duration::ZERO => super::coalesce::PREFACE_TIMEOUT,
+                Duration::ZERO => FIRST_BYTE_TIMEOUT,
                 limit => limit,
             };
             match tokio::time::timeout(limit, rest).await {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => return Ok(None),
                 Ok(Err(err)) => return Err(err),
+                Err(_) if cx.header_timeout.is_zero() => return Ok(None),
                 Err(_) => {
                     cx.metrics.request_header_timeouts.inc();
                     let _ = tcp.write_all(REQUEST_TIMEOUT).await;
@@ -448,7 +460,7 @@ async fn opening(tcp: &mut TcpStream, cx: &ConnectionContext) -> Option<Vec<u8>>
                 }
             }
         }
-        Ok(Some(opening))
+        Ok(Some((opening, first_bytes)))
     };
     tokio::select! {
         read = tokio::time::timeout(FIRST_BYTE_TIMEOUT, read) => read.ok().and_then(Result::ok).flatten(),
