@@ -464,7 +464,7 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
     let report = compiled.report;
     if snapshot.is_empty() && report.errors.is_empty() {
         eprintln!(
-            "error: no Gateway API objects under {}: the directory holds no *.yaml or *.yml file \
+            "error: no Gateway API objects under {}: the directory holds no *.yaml, *.yml or *.json file \
              with a document of a kind Portcullis reads",
             dir.display()
         );
@@ -481,7 +481,9 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             out!("ERROR {}: {}", e.source, e.message);
             // A file with a document that cannot be read is taken whole or not at all: its
             // good documents are missing from what follows too, and would otherwise seem lost.
-            let unreadable = e.message.starts_with("document ") || e.message.starts_with("YAML");
+            let unreadable = ["document ", "YAML", "file is ", "cannot read file"]
+                .iter()
+                .any(|start| e.message.starts_with(start));
             if unreadable && !refused_files.contains(&&e.source) {
                 refused_files.push(&e.source);
             }

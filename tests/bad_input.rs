@@ -65,6 +65,12 @@ fn check_reports_every_mistake_and_exits_nonzero() {
     for (name, text) in BAD {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
+    // Latin-1, not UTF-8: refused whole, as a file with a document that does not parse is.
+    std::fs::write(
+        dir.path().join("latin1.yaml"),
+        b"apiVersion: v1\nkind: Service\nmetadata: {name: caf\xe9, namespace: app}\n",
+    )
+    .unwrap();
     let out = portcullis().arg("check").arg(dir.path()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -76,6 +82,8 @@ fn check_reports_every_mistake_and_exits_nonzero() {
     for expected in [
         "malformed.yaml: YAML syntax error at line",
         "malformed.yaml is loaded: a file is taken whole or not at all",
+        "latin1.yaml: file is not UTF-8 text",
+        "latin1.yaml is loaded: a file is taken whole or not at all",
         "unsupported kind Servise (v1); did you mean Service?",
         "invalid regular expression",
         "HostnameConflict",
