@@ -464,8 +464,8 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
     let report = compiled.report;
     if snapshot.is_empty() && report.errors.is_empty() {
         eprintln!(
-            "error: no Gateway API objects under {}: the directory holds no *.yaml, *.yml or *.json file \
-             with a document of a kind Portcullis reads",
+            "error: no Gateway API objects under {}: the directory holds no *.yaml, *.yml or \
+             *.json file with a document of a kind Portcullis reads",
             dir.display()
         );
         return ExitCode::FAILURE;
