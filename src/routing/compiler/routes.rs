@@ -832,11 +832,11 @@ fn translate_match(
         .as_ref()
         .and_then(|p| p.value.clone())
         .unwrap_or_else(|| "/".to_string());
-    // Matched as request paths are, whose percent-encodings have upper-case hex digits.
-    let value = match path_type {
-        "RegularExpression" => value,
-        _ => crate::routing::table::upper_case_percent_encodings(&value).unwrap_or(value),
-    };
+    // Matched as request paths are, whose percent-encodings have upper-case hex digits. In a
+    // regular expression `%2c` is as literal as in a path (neither `%` nor a hex digit means
+    // anything there), so it is taken the same way; an encoding of an unreserved character
+    // (`%41`, which requests arrive with decoded) is left as written and can never match.
+    let value = crate::routing::table::upper_case_percent_encodings(&value).unwrap_or(value);
     if path_type != "RegularExpression" {
         matched_path(&value)?;
     }

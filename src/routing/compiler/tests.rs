@@ -1875,6 +1875,8 @@ fn percent_encodings_match_whatever_the_case_of_their_hex_digits() {
         - matches: [{path: {type: Exact, value: '/a%2cb'}}]\n    \
           backendRefs: [{name: svc, port: 8080}]\n  \
         - matches: [{path: {type: PathPrefix, value: '/caf%C3%A9'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n  \
+        - matches: [{path: {type: RegularExpression, value: '/re%2c[0-9]+'}}]\n    \
           backendRefs: [{name: svc, port: 8080}]\n";
     let yaml = format!("{BASE}{}", route("r", rules));
     let c = compile(&snapshot(&yaml), &CompileOptions::default());
@@ -1897,6 +1899,14 @@ fn percent_encodings_match_whatever_the_case_of_their_hex_digits() {
         );
     }
     assert_eq!(lookup_route(&c, "a.example", &path("/a%2db"), &[]), None);
+    // A regular expression's percent-encodings too.
+    for request in ["/re%2c12", "/re%2C12"] {
+        assert_eq!(
+            lookup_route(&c, "a.example", &path(request), &[]).as_deref(),
+            Some("infra/r#2"),
+            "{request}"
+        );
+    }
 }
 
 /// Match values the API's validation refuses (a path not in normal form or with a space, a
