@@ -492,6 +492,49 @@ async fn kept_at_least(kept: &Mutex<Vec<String>>, count: usize) -> Vec<String> {
     }
 }
 
+/// An HTTP/2 backend (h2c) gets the host the client named, as its `:authority`, whether the
+/// client named it in a Host header (HTTP/1.1) or as its own `:authority` (HTTP/2), never the
+/// backend's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_backend_gets_the_clients_host_as_its_authority() {
+    let (h2c_port, requests, _) = serve_h2c_keeping_requests().await;
+    let h2c_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: h2c, namespace: rt}\n\
+         spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with("h", "h.example", "h2c", None, None),
+        h2c_service.to_string(),
+        endpoints("h2c", "127.0.0.1", h2c_port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let h2 = gateway.h2_client(&["h.example"]);
+    let r = h2
+        .get(format!("http://h.example:{}/over-h2", gateway.listen))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = gateway
+        .client
+        .get(format!("http://127.0.0.1:{}/over-h1", gateway.listen))
+        .header("host", "h.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = kept_at_least(&requests, 2).await;
+    for (request, path) in seen.iter().zip(["/over-h2", "/over-h1"]) {
+        let first = request.lines().next().unwrap();
+        assert!(
+            first.contains("//h.example") && first.ends_with(path),
+            "{request}"
+        );
+        assert!(!first.contains(&h2c_port.to_string()), "{request}");
+    }
+}
+
 /// A copy carries the request's cookies as one field, as the real backend gets them. A mirror
 /// backend spoken to over HTTP/2 (h2c) gets its copies over HTTP/2: the host as `:authority`,
 /// no hop-by-hop fields, the body whole whether its length was given or not, and the copies of

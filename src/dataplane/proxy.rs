@@ -410,12 +410,22 @@ impl ProxyHttp for Proxy {
         upstream.insert_header(X_FORWARDED_PROTO_WIRE, HeaderValue::from_static(ctx.scheme))?;
         upstream.insert_header(X_REQUEST_ID_WIRE, ctx.request_id.as_str())?;
         join_cookies(upstream)?;
-        // An HTTP/1.0 client need not send Host, but the request goes on as HTTP/1.1, which
-        // must carry one (RFC 9112, section 3.2): the backend's address stands in, as the
-        // authority the request is now sent to. A URLRewrite hostname below still replaces it.
+        // The backend gets the host the client named as a Host header (HTTP/1.1 needs one, and
+        // an HTTP/2 backend takes its `:authority` from it). An HTTP/2 client named it as its
+        // `:authority`, which Pingora does not carry over to the request it sends; an HTTP/1.0
+        // client may have named none, and the backend's address stands in, as the authority
+        // the request is now sent to. A URLRewrite hostname below still replaces either.
         if !upstream.headers.contains_key(http::header::HOST) {
-            if let Some((endpoint, _)) = &ctx.upstream {
-                upstream.insert_header(http::header::HOST, endpoint.to_string())?;
+            let named = session.req_header().uri.authority().map(|a| a.as_str());
+            match (named, &ctx.upstream) {
+                (Some(authority), _) => {
+                    let authority = authority.to_string();
+                    upstream.insert_header(http::header::HOST, authority)?;
+                }
+                (None, Some((endpoint, _))) => {
+                    upstream.insert_header(http::header::HOST, endpoint.to_string())?;
+                }
+                (None, None) => {}
             }
         }
         let Some(rule) = ctx.rule.clone() else {
