@@ -1023,6 +1023,14 @@ async fn a_backend_may_switch_protocols_only_when_the_client_asked() {
                    connection: upgrade\r\nupgrade: websocket\r\n\r\n";
     let line = status_line(gateway.listen, upgrade).await;
     assert!(line.starts_with("HTTP/1.1 101"), "got {line:?}");
+
+    // `Upgrade` that `Connection` does not name asks for no upgrade (RFC 9110, section 7.8):
+    // the field is dropped, and a 101 to it is the backend's fault, as to a plain GET. (A
+    // proxy in front that saw no upgrade would otherwise send other requests into a tunnel.)
+    let unnamed = "GET / HTTP/1.1\r\nhost: switch.example\r\n\
+                   connection: keep-alive\r\nupgrade: websocket\r\n\r\n";
+    let line = status_line(gateway.listen, unnamed).await;
+    assert!(line.starts_with("HTTP/1.1 502"), "got {line:?}");
 }
 
 /// A WebSocket lasts as long as both ends keep it: one that stays quiet for longer than the

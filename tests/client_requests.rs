@@ -134,6 +134,22 @@ async fn requests_are_read_as_they_were_meant() {
     )
     .await;
     assert_eq!(echoed(&answer)["target"], "/a%00b", "{answer:?}");
+    // A backslash, which some backends take for `/`, is no URI character: 400.
+    let answer = raw(
+        port,
+        b"GET /public\\..\\admin HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    // A transfer coding the gateway does not implement is refused (RFC 9112, section 6.1),
+    // not decoded as chunked and forwarded with the gzip left in.
+    let answer = raw(
+        port,
+        b"POST /p HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip, chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer:?}");
 
     // The route for /admin is matched on the path's normal form, and the backend gets that path.
     for path in [

@@ -253,6 +253,20 @@ impl ProxyHttp for Proxy {
         if !valid_connection_options(session.req_header()) {
             return respond_then(session, ctx, 400, false).await;
         }
+        match framing(session.req_header(), session.as_downstream().is_http2()) {
+            Framing::Fine => {}
+            Framing::Refuse(status) => return respond_then(session, ctx, status, false).await,
+            Framing::OneLength(length) => {
+                session
+                    .req_header_mut()
+                    .insert_header(http::header::CONTENT_LENGTH, length)?;
+            }
+            Framing::NoUpgrade => {
+                session
+                    .req_header_mut()
+                    .remove_header(&http::header::UPGRADE);
+            }
+        }
         // RFC 9112, section 3.2.2: an HTTP/1 request in absolute form (`GET http://host/path`)
         // names its host in the target. Pingora has checked that a Host header, if any, says
         // the same; the route is chosen, and the backend asked, as for the origin form
@@ -1346,7 +1360,9 @@ fn absolute_form_host(target: &[u8]) -> Option<&[u8]> {
 /// space, `"`, `<` or `>` in the request line before anything reads it, so those reach this
 /// check, and the route and the backend, encoded: one way only.)
 fn valid_target(method: &http::Method, target: &[u8]) -> bool {
-    if target.iter().any(|&b| b < 0x21 || b == 0x7f) {
+    // A backslash is no URI character (RFC 3986), and some servers take it for `/`: a path the
+    // routes see as one segment would be another path there.
+    if target.iter().any(|&b| b < 0x21 || b == 0x7f || b == b'\\') {
         return false;
     }
     match target.first() {
@@ -1617,6 +1633,78 @@ fn new_request_id(bits: u128) -> String {
         .unwrap_or_default()
 }
 
+/// What a request's framing fields need before it goes on; see [`framing`].
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// Nothing.
+    Fine,
+    /// Refuse it with this status; the connection closes.
+    Refuse(u16),
+    /// Its Content-Length, repeated (`5, 5`, or two fields of one value), goes on as this one.
+    OneLength(String),
+    /// Its `Upgrade` is not named in `Connection`: no upgrade is asked for, and the field goes.
+    NoUpgrade,
+}
+
+/// Checks the fields that say how a request is framed, beyond what Pingora checks:
+///
+/// - a transfer coding other than `chunked` (`gzip, chunked`): Pingora would decode the chunks
+///   and forward the still-compressed body as `chunked`, a body the client did not mean; the
+///   gateway implements no other coding (RFC 9112, section 6.1: 501);
+/// - a Content-Length given more than once with one value: Pingora accepts it and forwards it
+///   as it came, which a strict backend refuses; it goes on once (RFC 9110, section 8.6);
+/// - `Upgrade` without the `upgrade` option in `Connection` (RFC 9110, section 7.8): Pingora
+///   would take it for an upgrade request and turn the connection into a tunnel on a 101, so
+///   that a proxy in front, which did not see an upgrade, would send other requests into it;
+///   the field is dropped and the request served as any other;
+/// - over HTTP/2, a field value with white space at its start or end, which makes the request
+///   malformed (RFC 9113, section 8.2.1): 400.
+fn framing(req: &RequestHeader, http2: bool) -> Framing {
+    let headers = &req.headers;
+    if http2 {
+        let padded = |v: &[u8]| {
+            matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+        };
+        if headers.values().any(|v| padded(v.as_bytes())) {
+            return Framing::Refuse(400);
+        }
+        return Framing::Fine;
+    }
+    if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
+        let codings = headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty());
+        if codings
+            .into_iter()
+            .any(|c| !c.eq_ignore_ascii_case(b"chunked"))
+            || te.is_empty()
+        {
+            return Framing::Refuse(501);
+        }
+    } else {
+        let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+        if let (Some(first), second) = (lengths.next(), lengths.next()) {
+            if second.is_some() || first.as_bytes().contains(&b',') {
+                // Pingora refused lengths that differ; these are one value said again.
+                let value = first.as_bytes().split(|b| *b == b',').next().unwrap_or(b"");
+                let value = String::from_utf8_lossy(value.trim_ascii()).into_owned();
+                return Framing::OneLength(value);
+            }
+        }
+    }
+    if headers.contains_key(http::header::UPGRADE)
+        && !(headers.get_all(http::header::CONNECTION).iter())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    {
+        return Framing::NoUpgrade;
+    }
+    Framing::Fine
+}
+
 /// The largest HTTP/1.1 request header forwarded (request line and fields, as sent).
 const MAX_REQUEST_HEADER_BYTES: usize = 64 * 1024;
 
@@ -1700,6 +1788,66 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn framing_fields_are_taken_as_the_rfcs_say() {
+        let request = |fields: &[(&str, &str)]| {
+            let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+            for (name, value) in fields {
+                req.append_header(name.to_string(), *value).unwrap();
+            }
+            req
+        };
+        type Fields<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Fields, bool, Framing)] = &[
+            (&[("content-length", "5")], false, Framing::Fine),
+            (&[("transfer-encoding", "chunked")], false, Framing::Fine),
+            (&[("transfer-encoding", "Chunked")], false, Framing::Fine),
+            (
+                &[("transfer-encoding", "gzip, chunked")],
+                false,
+                Framing::Refuse(501),
+            ),
+            (
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                false,
+                Framing::Refuse(501),
+            ),
+            (
+                &[("content-length", "5, 5")],
+                false,
+                Framing::OneLength("5".into()),
+            ),
+            (
+                &[("content-length", "5"), ("content-length", "5")],
+                false,
+                Framing::OneLength("5".into()),
+            ),
+            (&[("upgrade", "websocket")], false, Framing::NoUpgrade),
+            (
+                &[("upgrade", "websocket"), ("connection", "keep-alive")],
+                false,
+                Framing::NoUpgrade,
+            ),
+            (
+                &[
+                    ("upgrade", "websocket"),
+                    ("connection", "keep-alive, Upgrade"),
+                ],
+                false,
+                Framing::Fine,
+            ),
+            (&[("x-a", " b ")], true, Framing::Refuse(400)),
+            (&[("x-a", "b\t")], true, Framing::Refuse(400)),
+            (&[("x-a", "b c")], true, Framing::Fine),
+        ];
+        for (fields, http2, want) in cases {
+            assert_eq!(framing(&request(fields), *http2), *want, "{fields:?}");
+        }
+    }
 
     #[test]
     fn a_host_is_a_name_or_address_with_an_optional_port() {
