@@ -1799,7 +1799,7 @@ mod tests {
             req
         };
         type Fields<'a> = &'a [(&'a str, &'a str)];
-        let cases: &[(Fields, bool, Framing)] = &[
+        let cases: &[(Fields<'_>, bool, Framing)] = &[
             (&[("content-length", "5")], false, Framing::Fine),
             (&[("transfer-encoding", "chunked")], false, Framing::Fine),
             (&[("transfer-encoding", "Chunked")], false, Framing::Fine),
