@@ -965,6 +965,45 @@ async fn a_slow_body_with_a_length_reaches_the_client_as_it_comes() {
     assert!(by("first-second-end").is_some(), "{arrivals:?}");
 }
 
+/// An HTTP/1.0 backend's answer reaches the client in the gateway's own version, HTTP/1.1,
+/// its body whole whether its length was given or ended by the backend closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_backend_is_answered_for_in_http_1_1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = serve_raw(|mut tcp| async move {
+        let _ = tcp
+            .write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let unframed = serve_raw(|mut tcp| async move {
+        let _ = tcp.write_all(b"HTTP/1.0 200 OK\r\n\r\nuntil closed").await;
+    })
+    .await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route("old", "old.example", "old", None),
+        route("unframed", "unframed.example", "unframed", None),
+        backend("rt", "old", port),
+        backend("rt", "unframed", unframed),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    for (host, body) in [("old.example", "ok"), ("unframed.example", "until closed")] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+            .await
+            .unwrap();
+        let request = format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(answer.contains(body), "{answer:?}");
+    }
+}
+
 /// A backend that answers every request, whatever it asked, with `101 Switching Protocols` to
 /// WebSocket, then holds the connection open for a while. Returns its port.
 async fn serve_switching() -> u16 {

@@ -664,6 +664,12 @@ impl ProxyHttp for Proxy {
         if *self.shutdown.borrow() && !response.status.is_informational() {
             session.as_mut().set_keepalive(None);
         }
+        // The gateway speaks HTTP/1.1 to its clients whatever the backend speaks (RFC 9110,
+        // section 6.2: an intermediary sends its own version); Pingora would pass an HTTP/1.0
+        // backend's status line on, beside its own `Connection: keep-alive`.
+        if response.version == http::Version::HTTP_10 {
+            response.set_version(http::Version::HTTP_11);
+        }
         // An HTTP/1.0 client knows no chunked coding (RFC 9112, section 6.1): a body whose length
         // is not known up front is sent as it comes and ended by closing the connection.
         if session.req_header().version == http::Version::HTTP_10
