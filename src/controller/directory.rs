@@ -1064,7 +1064,12 @@ fn decode_spec(object: &Object) -> Result<(), String> {
             })?;
             type Slice = k8s_openapi::api::discovery::v1::EndpointSlice;
             for field in unknown_in::<Slice>(&object.body) {
-                if !unknown.contains(&field) {
+                // Fields beside `metadata` are named already, maybe with the one meant.
+                let named = |u: &String| {
+                    u.strip_prefix(field.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(" (did you mean"))
+                };
+                if !unknown.iter().any(named) {
                     unknown.push(field);
                 }
             }
@@ -2736,6 +2741,15 @@ mod tests {
                 slice("IPv4", "127.0.0.1", "8080"),
                 slice("IPv4", "127.0.0.1", "8080").replace("'127.0.0.1']", "'127.0.0.1'], condition: {ready: false}"),
                 "has a field Kubernetes does not define: endpoints[0].condition;",
+            ),
+            (
+                Kind::EndpointSlice,
+                slice("IPv4", "127.0.0.1", "8080"),
+                slice("IPv4", "127.0.0.1", "8080")
+                    .replace("addressType", "adressType")
+                    .replace("ports:", "prots:"),
+                "has 2 fields Kubernetes does not define: adressType (did you mean \
+                 addressType?), prots (did you mean ports?);",
             ),
             (
                 Kind::EndpointSlice,

@@ -1658,7 +1658,8 @@ enum Framing {
 ///   and forward the still-compressed body as `chunked`, a body the client did not mean; the
 ///   gateway implements no other coding (RFC 9112, section 6.1: 501);
 /// - a Content-Length given more than once with one value: Pingora accepts it and forwards it
-///   as it came, which a strict backend refuses; it goes on once (RFC 9110, section 8.6);
+///   as it came, which a strict backend refuses; it goes on once (RFC 9110, section 8.6). Over
+///   HTTP/2, where nothing before checks them, values that differ get 400;
 /// - `Upgrade` without the `upgrade` option in `Connection` (RFC 9110, section 7.8): Pingora
 ///   would take it for an upgrade request and turn the connection into a tunnel on a 101, so
 ///   that a proxy in front, which did not see an upgrade, would send other requests into it;
@@ -1674,9 +1675,8 @@ fn framing(req: &RequestHeader, http2: bool) -> Framing {
         if headers.values().any(|v| padded(v.as_bytes())) {
             return Framing::Refuse(400);
         }
-        return Framing::Fine;
     }
-    if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
+    if let (false, Some(te)) = (http2, headers.get(http::header::TRANSFER_ENCODING)) {
         let codings = headers
             .get_all(http::header::TRANSFER_ENCODING)
             .iter()
@@ -1694,14 +1694,21 @@ fn framing(req: &RequestHeader, http2: bool) -> Framing {
         let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
         if let (Some(first), second) = (lengths.next(), lengths.next()) {
             if second.is_some() || first.as_bytes().contains(&b',') {
-                // Pingora refused lengths that differ; these are one value said again.
-                let value = first.as_bytes().split(|b| *b == b',').next().unwrap_or(b"");
-                let value = String::from_utf8_lossy(value.trim_ascii()).into_owned();
-                return Framing::OneLength(value);
+                // One value said again goes on once; values that differ leave the length
+                // unknown (Pingora refuses them over HTTP/1; over HTTP/2 they come this far).
+                let mut values = (headers.get_all(http::header::CONTENT_LENGTH).iter())
+                    .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                    .map(<[u8]>::trim_ascii);
+                let value = values.next().unwrap_or(b"");
+                if values.any(|other| other != value) {
+                    return Framing::Refuse(400);
+                }
+                return Framing::OneLength(String::from_utf8_lossy(value).into_owned());
             }
         }
     }
-    if headers.contains_key(http::header::UPGRADE)
+    if !http2
+        && headers.contains_key(http::header::UPGRADE)
         && !(headers.get_all(http::header::CONNECTION).iter())
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .any(|o| o.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
@@ -1849,6 +1856,16 @@ mod tests {
             (&[("x-a", " b ")], true, Framing::Refuse(400)),
             (&[("x-a", "b\t")], true, Framing::Refuse(400)),
             (&[("x-a", "b c")], true, Framing::Fine),
+            (
+                &[("content-length", "3"), ("content-length", "3")],
+                true,
+                Framing::OneLength("3".into()),
+            ),
+            (
+                &[("content-length", "3"), ("content-length", "4")],
+                true,
+                Framing::Refuse(400),
+            ),
         ];
         for (fields, http2, want) in cases {
             assert_eq!(framing(&request(fields), *http2), *want, "{fields:?}");
