@@ -1296,7 +1296,36 @@ fn filter_rules(at: &str, filters: &[Value]) -> Vec<(String, String)> {
             ),
         ));
     }
+    // Each type's settings, in the field of its name: set for its type, and for no other.
+    const SETTINGS: [(&str, &str); 8] = [
+        ("RequestHeaderModifier", "requestHeaderModifier"),
+        ("ResponseHeaderModifier", "responseHeaderModifier"),
+        ("RequestMirror", "requestMirror"),
+        ("RequestRedirect", "requestRedirect"),
+        ("URLRewrite", "urlRewrite"),
+        ("ExtensionRef", "extensionRef"),
+        ("CORS", "cors"),
+        ("ExternalAuth", "externalAuth"),
+    ];
     for (i, f) in filters.iter().enumerate() {
+        let type_ = f["type"].as_str().unwrap_or_default();
+        for (owner, field) in SETTINGS {
+            let given = f.get(field).is_some_and(|v| !v.is_null());
+            if owner == type_ && !given {
+                problems.push((
+                    format!("{at}[{i}]"),
+                    format!("is a {type_} filter without `{field}`: give its settings {TOO}"),
+                ));
+            } else if owner != type_ && given {
+                problems.push((
+                    format!("{at}[{i}].{field}"),
+                    format!(
+                        "is set on a {type_} filter, which does not read it: move it to a \
+                         {owner} filter of its own {TOO}"
+                    ),
+                ));
+            }
+        }
         for field in ["requestHeaderModifier", "responseHeaderModifier"] {
             let modifier = &f[field];
             for action in ["set", "add", "remove"] {
@@ -2625,6 +2654,20 @@ mod tests {
                 ),
                 "spec.rules[0].backendRefs[0].filters have 2 RequestHeaderModifier filters: give \
                  one, with everything it does (the API server refuses this too)",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80").replace(
+                    "rules: [{",
+                    "rules: [{filters: [{type: RequestHeaderModifier, \
+                     requestHeaderModifier: {set: [{name: a, value: b}]}, \
+                     responseHeaderModifier: {remove: [c]}}, {type: URLRewrite}], ",
+                ),
+                "spec.rules[0].filters[0].responseHeaderModifier is set on a \
+                 RequestHeaderModifier filter, which does not read it: move it to a \
+                 ResponseHeaderModifier filter of its own (the API server refuses this too); \
+                 spec.rules[0].filters[1] is a URLRewrite filter without `urlRewrite`",
             ),
             (
                 Kind::HttpRoute,
