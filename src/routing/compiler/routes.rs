@@ -1149,13 +1149,22 @@ fn header_edits(m: &api::HeaderModifier) -> Result<HeaderEdits, String> {
             Ok(())
         }
     };
+    // Of entries that name one header (names are compared without regard to case), the first
+    // counts and the others are ignored, as the spec's HTTPHeader says.
+    let first_of_each = |pairs: Vec<(String, String)>| {
+        let mut seen = std::collections::HashSet::new();
+        (pairs.into_iter())
+            .filter(|(name, _)| seen.insert(name.clone()))
+            .collect::<Vec<_>>()
+    };
     Ok(HeaderEdits {
-        set: m.set.iter().map(pair).collect::<Result<_, String>>()?,
-        add: m
-            .add
-            .iter()
-            .map(|h| not_host(&h.name, "add a second one").and_then(|()| pair(h)))
-            .collect::<Result<_, String>>()?,
+        set: first_of_each(m.set.iter().map(pair).collect::<Result<_, String>>()?),
+        add: first_of_each(
+            m.add
+                .iter()
+                .map(|h| not_host(&h.name, "add a second one").and_then(|()| pair(h)))
+                .collect::<Result<_, String>>()?,
+        ),
         remove: m
             .remove
             .iter()

@@ -2490,3 +2490,47 @@ fn an_http_route_and_a_grpc_route_on_one_hostname_are_not_merged() {
         c.report.problems()
     );
 }
+
+/// Of header modifier entries that name one header, whatever its case, the first counts and
+/// the others are ignored (spec, HTTPHeader: "Subsequent entries with an equivalent header
+/// name MUST be ignored").
+#[test]
+fn the_first_of_header_entries_naming_one_header_counts() {
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: \
+             {set: [{name: X-A, value: first}, {name: x-a, value: second}], \
+             add: [{name: X-B, value: one}, {name: x-b, value: two}]}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let header = |_: &str| -> Vec<&str> { Vec::new() };
+    let view = RequestView {
+        host: "a.example",
+        path: "/",
+        query: None,
+        method: "GET",
+        header: &header,
+    };
+    let bind = "127.0.0.1:80".parse().unwrap();
+    let matched = c
+        .table
+        .lookup(&bind, &view)
+        .ok()
+        .expect("the route is served");
+    let edits = matched
+        .entry
+        .rule
+        .filters
+        .iter()
+        .find_map(|f| match f {
+            crate::routing::table::Filter::RequestHeaders(edits) => Some(edits),
+            _ => None,
+        })
+        .expect("a request header filter");
+    assert_eq!(edits.set, [("x-a".to_string(), "first".to_string())]);
+    assert_eq!(edits.add, [("x-b".to_string(), "one".to_string())]);
+}
