@@ -1186,7 +1186,11 @@ impl Gateways {
                     "Accepted",
                     any_valid,
                     "ListenersNotValid",
-                    "some listeners are not valid; see their conditions",
+                    if any_valid {
+                        "some listeners are not valid; see their conditions"
+                    } else {
+                        "no listener is valid; see their conditions"
+                    },
                 );
             } else {
                 c.set("Accepted", true, "Accepted", "Gateway is accepted");

@@ -232,6 +232,10 @@ fn duplicate_listener_is_conflicted_and_unknown_protocol_not_accepted() {
     // No distinct listener is left: the Gateway is not accepted.
     assert_eq!(gw["conditions"][0]["reason"], "ListenersNotValid");
     assert_eq!(gw["conditions"][0]["status"], "False");
+    assert_eq!(
+        gw["conditions"][0]["message"],
+        "no listener is valid; see their conditions"
+    );
     // All are problems of the configuration (`check` fails on them), each named.
     let problems = c.report.problems();
     for want in [
