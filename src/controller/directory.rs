@@ -1806,7 +1806,7 @@ fn parse_documents(
                 list_items(n, item, &mut flat);
             }
             for (n, item) in flat {
-                match Object::from_document(item.clone()) {
+                match Object::from_document(item) {
                     Ok(Some(object)) => objects.push((index, Some(n), object)),
                     Ok(None) => {}
                     Err(err) => errors.push((index, format!("items[{n}]: {err}"))),
@@ -1904,14 +1904,37 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// Adds `item`, the item at `place` of a `kind: List`, to `out`; an item that is itself a
-/// v1 List adds its own items in its stead, at the same place, and so on down.
-fn list_items<'a>(place: usize, item: &'a Value, out: &mut Vec<(usize, &'a Value)>) {
-    let nested = item.get("kind").and_then(Value::as_str) == Some("List")
-        && item.get("apiVersion").and_then(Value::as_str) == Some("v1");
-    match item.get("items").and_then(Value::as_array) {
-        Some(items) if nested => items.iter().for_each(|i| list_items(place, i, out)),
-        _ => out.push((place, item)),
+/// Adds `item`, the item at `place` of a `kind: List`, to `out`. An item that is itself a list
+/// adds its items in its stead, at the same place, and so on down: a v1 `kind: List`, or a
+/// typed list of a kind read here (`kind: HTTPRouteList`), whose items may leave out the
+/// apiVersion and kind it gives, as at the top of a file.
+fn list_items(place: usize, item: &Value, out: &mut Vec<(usize, Value)>) {
+    let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = item
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let items = item.get("items").and_then(Value::as_array);
+    let typed = kind
+        .strip_suffix("List")
+        .filter(|k| matches!(super::Kind::from_type(api_version, k), Ok(Some(_))));
+    match (items, kind, typed) {
+        (Some(items), "List", _) if api_version == "v1" => {
+            items.iter().for_each(|i| list_items(place, i, out));
+        }
+        (Some(items), _, Some(of)) => {
+            for sub in items {
+                let mut sub = sub.clone();
+                if let Some(fields) = sub.as_object_mut() {
+                    fields
+                        .entry("apiVersion")
+                        .or_insert_with(|| Value::from(api_version));
+                    fields.entry("kind").or_insert_with(|| Value::from(of));
+                }
+                list_items(place, &sub, out);
+            }
+        }
+        _ => out.push((place, item.clone())),
     }
 }
 
@@ -2050,6 +2073,15 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let names: Vec<&str> = objects.iter().map(|o| o.key.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
+        // So is a typed list inside it, its items taking their kind from it.
+        let text = "apiVersion: v1\nkind: List\nitems:\n\
+                    - apiVersion: gateway.networking.k8s.io/v1\n  kind: HTTPRouteList\n  items:\n\
+                    \x20 - {metadata: {name: r1, namespace: n}, spec: {}}\n";
+        let (objects, errors) = parse_manifests(text).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].key.name, "r1");
+        assert_eq!(objects[0].key.kind, super::super::Kind::HttpRoute);
 
         // An item without a name is named by its place in the list.
         let text = "apiVersion: v1\nkind: List\nitems:\n\
