@@ -138,37 +138,46 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
     type Placed = (Arc<CompiledRoute>, Vec<(usize, Hostnames)>);
     let mut rejected: Vec<(Kind, (String, String, String), String)> = Vec::new();
     for (gateway_key, gateway) in gateways.by_key.iter_mut() {
+        // Most Gateways carry one kind only: nothing to keep apart, and nothing gathered.
+        let kinds = || gateway.listeners.iter().flat_map(|l| &l.routes);
+        if !(kinds().any(|(r, _)| r.kind == Kind::HttpRoute)
+            && kinds().any(|(r, _)| r.kind == Kind::GrpcRoute))
+        {
+            continue;
+        }
+        // Each route once, by the address of its compiled form, which its listeners share.
+        let mut at: HashMap<*const CompiledRoute, usize> = HashMap::new();
         let mut routes: Vec<Placed> = Vec::new();
         for (index, l) in gateway.listeners.iter().enumerate() {
             for (route, hosts) in &l.routes {
                 if !matches!(route.kind, Kind::HttpRoute | Kind::GrpcRoute) {
                     continue;
                 }
-                match routes.iter_mut().find(|(r, _)| Arc::ptr_eq(r, route)) {
-                    Some((_, on)) => on.push((index, hosts.clone())),
-                    None => routes.push((route.clone(), vec![(index, hosts.clone())])),
-                }
+                let slot = *at.entry(Arc::as_ptr(route)).or_insert_with(|| {
+                    routes.push((route.clone(), Vec::new()));
+                    routes.len() - 1
+                });
+                routes[slot].1.push((index, hosts.clone()));
             }
         }
-        if !(routes.iter().any(|(r, _)| r.kind == Kind::HttpRoute)
-            && routes.iter().any(|(r, _)| r.kind == Kind::GrpcRoute))
-        {
-            continue;
-        }
         routes.sort_by(|(a, _), (b, _)| a.order.cmp(&b.order));
-        let mut kept: Vec<&Placed> = Vec::new();
+        // The routes kept so far, by kind: a route is judged against the other kind's only.
+        let (mut kept_http, mut kept_grpc): (Vec<&Placed>, Vec<&Placed>) = Default::default();
         let mut losers = Vec::new();
         for placed in &routes {
             let (route, on) = placed;
-            let meets = |(other, other_on): &Placed| {
-                other.kind != route.kind
-                    && on.iter().any(|(l, hosts)| {
-                        other_on
-                            .iter()
-                            .any(|(ol, other_hosts)| ol == l && hostnames_meet(hosts, other_hosts))
-                    })
+            let meets = |(_, other_on): &Placed| {
+                on.iter().any(|(l, hosts)| {
+                    other_on
+                        .iter()
+                        .any(|(ol, other_hosts)| ol == l && hostnames_meet(hosts, other_hosts))
+                })
             };
-            match kept.iter().find(|other| meets(other)) {
+            let (own, other) = match route.kind {
+                Kind::HttpRoute => (&mut kept_http, &kept_grpc),
+                _ => (&mut kept_grpc, &kept_http),
+            };
+            match other.iter().find(|other| meets(other)) {
                 Some((winner, _)) => {
                     let (_, namespace, name) = &winner.order;
                     losers.push(route.clone());
@@ -184,7 +193,7 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
                         ),
                     ));
                 }
-                None => kept.push(placed),
+                None => own.push(placed),
             }
         }
         for l in &mut gateway.listeners {
