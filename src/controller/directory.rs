@@ -1796,60 +1796,43 @@ fn parse_documents(
                 ));
                 continue;
             }
-            let Some(Value::Array(items)) = value.get("items") else {
+            if !value.get("items").is_some_and(Value::is_array) {
                 errors.push((index, "a `kind: List` needs an `items` list".to_string()));
                 continue;
-            };
-            // A List inside a List is read through, as `kubectl` reads it.
-            let mut flat = Vec::new();
-            for (n, item) in items.iter().enumerate() {
-                list_items(n, item, &mut flat);
             }
-            for (n, item) in flat {
-                match Object::from_document(item) {
-                    Ok(Some(object)) => objects.push((index, Some(n), object)),
+        } else {
+            // A typed list (`kind: HTTPRouteList`, as the API server answers a list request)
+            // of a kind read here: its items may leave out the apiVersion and kind it gives.
+            let typed_list = (value.get("kind").and_then(Value::as_str))
+                .and_then(|k| k.strip_suffix("List"))
+                .zip(value.get("apiVersion").and_then(Value::as_str))
+                .filter(|(kind, api_version)| {
+                    matches!(super::Kind::from_type(api_version, kind), Ok(Some(_)))
+                })
+                .map(|(kind, _)| kind.to_string());
+            let Some(kind) = typed_list else {
+                match Object::from_document(value) {
+                    Ok(Some(object)) => objects.push((index, None, object)),
                     Ok(None) => {}
-                    Err(err) => errors.push((index, format!("items[{n}]: {err}"))),
+                    Err(err) => errors.push((index, err.to_string())),
                 }
-            }
-            continue;
-        }
-        // A typed list (`kind: HTTPRouteList`, as the API server answers a list request) of a
-        // kind read here: its items may leave out the apiVersion and kind the list gives.
-        let typed_list = (value.get("kind").and_then(Value::as_str))
-            .and_then(|k| k.strip_suffix("List"))
-            .zip(value.get("apiVersion").and_then(Value::as_str))
-            .filter(|(kind, api_version)| {
-                matches!(super::Kind::from_type(api_version, kind), Ok(Some(_)))
-            })
-            .map(|(kind, api_version)| (kind.to_string(), api_version.to_string()));
-        if let Some((kind, api_version)) = typed_list {
-            let Some(Value::Array(items)) = value.get("items") else {
-                errors.push((index, format!("a `kind: {kind}List` needs an `items` list")));
                 continue;
             };
-            for (n, item) in items.iter().enumerate() {
-                let mut item = item.clone();
-                if let Some(fields) = item.as_object_mut() {
-                    fields
-                        .entry("apiVersion")
-                        .or_insert_with(|| Value::from(api_version.as_str()));
-                    fields
-                        .entry("kind")
-                        .or_insert_with(|| Value::from(kind.as_str()));
-                }
-                match Object::from_document(item) {
-                    Ok(Some(object)) => objects.push((index, Some(n), object)),
-                    Ok(None) => {}
-                    Err(err) => errors.push((index, format!("items[{n}]: {err}"))),
-                }
+            if !value.get("items").is_some_and(Value::is_array) {
+                errors.push((index, format!("a `kind: {kind}List` needs an `items` list")));
+                continue;
             }
-            continue;
         }
-        match Object::from_document(value) {
-            Ok(Some(object)) => objects.push((index, None, object)),
-            Ok(None) => {}
-            Err(err) => errors.push((index, err.to_string())),
+        // Each item loads as a document of its own would; a list inside is read through, as
+        // `kubectl` reads it.
+        let mut flat = Vec::new();
+        list_items(&value, None, &mut flat);
+        for (n, item) in flat {
+            match Object::from_document(item) {
+                Ok(Some(object)) => objects.push((index, Some(n), object)),
+                Ok(None) => {}
+                Err(err) => errors.push((index, format!("items[{n}]: {err}"))),
+            }
         }
     }
     Ok((objects, errors))
@@ -1904,38 +1887,52 @@ pub fn now_rfc3339() -> String {
         .to_string()
 }
 
-/// Adds `item`, the item at `place` of a `kind: List`, to `out`. An item that is itself a list
-/// adds its items in its stead, at the same place, and so on down: a v1 `kind: List`, or a
-/// typed list of a kind read here (`kind: HTTPRouteList`), whose items may leave out the
-/// apiVersion and kind it gives, as at the top of a file.
-fn list_items(place: usize, item: &Value, out: &mut Vec<(usize, Value)>) {
-    let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
-    let api_version = item
+/// Adds the items of `list` (a v1 `kind: List`, or a typed list of a kind read here, such as
+/// `kind: HTTPRouteList`) to `out`, each with its place in `list`, or with `place` when `list`
+/// is itself an item of another. An item of a typed list may leave out the apiVersion and kind
+/// the list gives. An item that is itself a list adds its items in its stead, at its place,
+/// and so on down.
+fn list_items(list: &Value, place: Option<usize>, out: &mut Vec<(usize, Value)>) {
+    let kind = list.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let api_version = list
         .get("apiVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let items = item.get("items").and_then(Value::as_array);
-    let typed = kind
-        .strip_suffix("List")
-        .filter(|k| matches!(super::Kind::from_type(api_version, k), Ok(Some(_))));
-    match (items, kind, typed) {
-        (Some(items), "List", _) if api_version == "v1" => {
-            items.iter().for_each(|i| list_items(place, i, out));
+    let typed = kind.strip_suffix("List").filter(|k| !k.is_empty());
+    for (n, item) in list["items"].as_array().into_iter().flatten().enumerate() {
+        let mut item = item.clone();
+        if let (Some(of), Some(fields)) = (typed, item.as_object_mut()) {
+            fields
+                .entry("apiVersion")
+                .or_insert_with(|| Value::from(api_version));
+            fields.entry("kind").or_insert_with(|| Value::from(of));
         }
-        (Some(items), _, Some(of)) => {
-            for sub in items {
-                let mut sub = sub.clone();
-                if let Some(fields) = sub.as_object_mut() {
-                    fields
-                        .entry("apiVersion")
-                        .or_insert_with(|| Value::from(api_version));
-                    fields.entry("kind").or_insert_with(|| Value::from(of));
-                }
-                list_items(place, &sub, out);
-            }
+        let at = place.unwrap_or(n);
+        if is_list(&item) {
+            list_items(&item, Some(at), out);
+        } else {
+            out.push((at, item));
         }
-        _ => out.push((place, item.clone())),
     }
+}
+
+/// Whether `value` is a list whose items [`list_items`] reads: a v1 `kind: List`, or a typed
+/// list of a kind read here, with `items`.
+fn is_list(value: &Value) -> bool {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let of_kind = match kind.strip_suffix("List") {
+        Some("") => api_version == "v1",
+        Some(k) => matches!(super::Kind::from_type(api_version, k), Ok(Some(_))),
+        None => false,
+    };
+    of_kind && value.get("items").is_some_and(Value::is_array)
 }
 
 #[cfg(test)]
