@@ -965,7 +965,7 @@ fn mark_overlapping_tls(listeners: &mut [ListenerState], options: &CompileOption
                 *j != i
                     && terminating(b)
                     && options.socket_port(b.port) == options.socket_port(a.port)
-                    && hostnames_overlap(a.hostname.as_deref(), b.hostname.as_deref())
+                    && super::hostnames::overlap(a.hostname.as_deref(), b.hostname.as_deref())
             })
             .map(|(_, b)| b.name.as_str())
             .collect();
@@ -987,20 +987,6 @@ fn mark_overlapping_tls(listeners: &mut [ListenerState], options: &CompileOption
     for (i, message) in marks {
         listeners[i].overlapping_tls = Some(message);
     }
-}
-
-/// Whether some hostname is matched by both listener hostnames (`None`: any hostname). Equal
-/// hostnames are a conflict, not an overlap, and are found before this is asked.
-fn hostnames_overlap(a: Option<&str>, b: Option<&str>) -> bool {
-    let (Some(a), Some(b)) = (a, b) else {
-        return true;
-    };
-    // `*.example.com` covers every name that ends in `.example.com`, wildcards included.
-    let covers = |wild: &str, other: &str| {
-        wild.strip_prefix('*')
-            .is_some_and(|suffix| other.len() > suffix.len() && other.ends_with(suffix))
-    };
-    a == b || covers(a, b) || covers(b, a)
 }
 
 /// Whether a protocol starts with a TLS handshake; only protocols on the same side of that

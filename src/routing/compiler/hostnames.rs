@@ -41,6 +41,15 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Vec<Option<String>
     out
 }
 
+/// Whether two hostnames (`None`: any) have a hostname in common: equal, or one a wildcard
+/// that covers the other (`*.example.com` covers `a.example.com` and `*.a.example.com`).
+pub(super) fn overlap(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => host_matches(a, b) || host_matches(b, a),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

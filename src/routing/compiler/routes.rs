@@ -9,7 +9,7 @@ use regex::Regex;
 use serde_json::{json, Value};
 
 use super::gateways::{Gateways, Problem};
-use super::hostnames::intersect;
+use super::hostnames::{intersect, overlap};
 use super::{parse_duration, CompileOptions};
 use crate::controller::{Kind, Object, Snapshot, SourceError};
 use crate::routing::api::{self, BackendRef, HttpFilter, HttpMatch, RouteSpec};
@@ -136,7 +136,6 @@ pub(super) fn compile(
 fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) {
     // Per Gateway: each HTTP or gRPC route with its hostnames on each listener it is on.
     type Placed = (Arc<CompiledRoute>, Vec<(usize, Hostnames)>);
-    let mut rejected: Vec<(Kind, (String, String, String), String)> = Vec::new();
     for (gateway_key, gateway) in gateways.by_key.iter_mut() {
         // Most Gateways carry one kind only: nothing to keep apart, and nothing gathered.
         let kinds = || gateway.listeners.iter().flat_map(|l| &l.routes);
@@ -164,6 +163,7 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
         // The routes kept so far, by kind: a route is judged against the other kind's only.
         let (mut kept_http, mut kept_grpc): (Vec<&Placed>, Vec<&Placed>) = Default::default();
         let mut losers = Vec::new();
+        let mut rejected = Vec::new();
         for placed in &routes {
             let (route, on) = placed;
             let meets = |(_, other_on): &Placed| {
@@ -203,7 +203,7 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
             l.attached -= i64::try_from(before - l.routes.len()).unwrap_or(0);
         }
         // The parent status of each loser on this Gateway.
-        for (kind, (_, namespace, name), message) in rejected.drain(..) {
+        for (kind, (_, namespace, name), message) in rejected {
             let Some(slot) = report
                 .objects
                 .iter_mut()
@@ -239,15 +239,8 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
 
 /// Whether two routes' hostnames on one listener (`None`: any) have a hostname in common.
 fn hostnames_meet(a: &Hostnames, b: &Hostnames) -> bool {
-    let meet = |x: &Option<String>, y: &Option<String>| match (x, y) {
-        (None, _) | (_, None) => true,
-        (Some(x), Some(y)) => {
-            x == y
-                || crate::routing::table::host_matches(x, y)
-                || crate::routing::table::host_matches(y, x)
-        }
-    };
-    a.iter().any(|x| b.iter().any(|y| meet(x, y)))
+    a.iter()
+        .any(|x| b.iter().any(|y| overlap(x.as_deref(), y.as_deref())))
 }
 
 /// Route outcomes from the previous compile, in route key order. The compiler empties it whenever
