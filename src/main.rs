@@ -266,6 +266,19 @@ fn init_logging(format: &str, default_level: &str) {
         }),
         Err(_) => tracing_subscriber::EnvFilter::new(default_level),
     };
+    // kube's client logs every failed request to the API server as an ERROR of its own, a
+    // few a second per watch while the server is away; the gateway reports those failures
+    // itself, once per distinct problem, with what it does about them. Unless the filter asks
+    // for kube's client by name, its request log is left out.
+    let filter = if std::env::var("PORTCULLIS_LOG").is_ok_and(|text| text.contains("kube_client")) {
+        filter
+    } else {
+        filter.add_directive(
+            "kube_client::client::builder=off"
+                .parse()
+                .expect("a valid directive"),
+        )
+    };
     // Colours only for a person at a terminal: escape codes in a file or a log collector are
     // noise.
     let layer = tracing_subscriber::fmt::layer()

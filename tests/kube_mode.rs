@@ -390,6 +390,13 @@ async fn traffic_never_stops_while_the_api_server_is_away_and_watches_recover() 
         failed, 0,
         "{failed} of {sent} requests failed while the API server was away"
     );
+    // The outages are told once each, by the gateway; kube's client's own ERROR line for every
+    // failed retry is left out.
+    let log = gw.process.log();
+    assert!(
+        !log.lines().any(|l| l.contains("kube_client")),
+        "kube's client logged on its own:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1042,4 +1049,232 @@ async fn a_route_that_leaves_our_gateway_loses_our_status_entry_and_keeps_the_ot
         route_status(&server, "apps", "bystander")["parents"],
         json!([theirs])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_requests_hang_steps_down_before_another_takes_over() {
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
+    let address = loopback(24);
+    // 3 s lease: a leader steps down 2 s after its last renewal, the other takes over no
+    // sooner than 3 s after the last renewal it saw.
+    let lease = |name: &'static str| {
+        [
+            "--lease-duration",
+            "3s",
+            "--namespace",
+            "portcullis-system",
+            "--leader-identity",
+            name,
+        ]
+    };
+    let replicas = [
+        (
+            "replica-a",
+            Gateway::start(&server, "replica-a", address, &lease("replica-a")),
+        ),
+        (
+            "replica-b",
+            Gateway::start(&server, "replica-b", address, &lease("replica-b")),
+        ),
+    ];
+    let holder = || {
+        server
+            .get(
+                "coordination.k8s.io/v1",
+                "Lease",
+                "portcullis-system",
+                "portcullis",
+            )
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty())
+    };
+    let http = client();
+    let leader = eventually("a replica takes the lease", WAIT, || async { holder() }).await;
+    let (_, old) = replicas.iter().find(|(n, _)| *n == leader).unwrap();
+    eventually("the leader says it leads", WAIT, || async {
+        (old.metric(&http, "portcullis_leader").await? == 1.0).then_some(())
+    })
+    .await;
+
+    // The leader's connection to the API server stalls for its Lease requests only: its
+    // renewals are never answered, and nothing tells it that they failed.
+    server.stall(&leader, "/leases/");
+    let new_leader = eventually("the other replica takes the lease over", WAIT, || async {
+        holder().filter(|h| h != &leader)
+    })
+    .await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        old.metric(&http, "portcullis_leader").await,
+        Some(0.0),
+        "the old leader still says it leads once the other has taken over: two status writers"
+    );
+    server.unstall();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_the_api_server_never_answers_holds_back_no_other() {
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
+    let gw = Gateway::start(
+        &server,
+        "replica",
+        loopback(25),
+        &["--leader-elect", "false"],
+    );
+    let http = client();
+    eventually("the first route's status is written", WAIT, || async {
+        accepted(&server, "apps", "first")
+    })
+    .await;
+
+    // Writes of the first route's status hang; a change to it makes the writer try one.
+    server.stall("replica", "/httproutes/first/status");
+    let mut changed = route("apps", "first", "first.example", "apps", "svc");
+    changed["spec"]["rules"][0]["matches"] =
+        json!([{"path": {"type": "PathPrefix", "value": "/v2"}}]);
+    server.apply(changed);
+    eventually("the writer tries the stalled write", WAIT, || async {
+        status_writes(&server)
+            .iter()
+            .any(|r| r.path.ends_with("/httproutes/first/status"))
+            .then_some(())
+    })
+    .await;
+    let before = status_writes(&server).len();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A route added meanwhile is served, and its status written regardless.
+    server.apply(route("apps", "second", "second.example", "apps", "svc"));
+    eventually("the second route is served", WAIT, || async {
+        (gw.backend(&http, "second.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    eventually(
+        "the second route's status is written while the first's write hangs",
+        WAIT,
+        || async { accepted(&server, "apps", "second") },
+    )
+    .await;
+    assert!(status_writes(&server).len() > before);
+    server.unstall();
+    eventually(
+        "the first route's status is written once the server answers",
+        WAIT,
+        || async { accepted(&server, "apps", "first") },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_the_server_answers_410_at_once_are_listed_again_with_a_backoff() {
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
+    let gw = Gateway::start(
+        &server,
+        "replica",
+        loopback(26),
+        &["--leader-elect", "false"],
+    );
+    let http = client();
+    eventually("the gateway serves", WAIT, || async {
+        (gw.backend(&http, "first.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+    let route_lists = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/httproutes") && !r.is_watch())
+            .count()
+    };
+
+    // Every watch now ends at once with 410 Gone: each is followed by a list, which succeeds,
+    // and a watch from the listed version, which ends the same way.
+    let before = route_lists();
+    server.gone_watches(true);
+    // A restart cuts the watches open now.
+    server.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lists = route_lists() - before;
+    server.gone_watches(false);
+    // With a backoff from 0.1 s doubling to 2 s, three seconds hold about five lists (one
+    // more for a watch that was open when the failures began); without one, hundreds.
+    assert!(
+        (1..=10).contains(&lists),
+        "{lists} lists of HTTPRoutes in 3 s while every watch was answered 410"
+    );
+
+    // Changes still arrive, and once watches work again they are followed as they come.
+    server.apply(route("apps", "second", "second.example", "apps", "svc"));
+    eventually("a route added afterwards is served", WAIT, || async {
+        (gw.backend(&http, "second.example", "/").await.as_deref() == Some("a")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_the_gateway_makes_is_granted_by_its_rbac() {
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
+    // Objects of every kind whose status is written, a route whose backend is missing (a
+    // Warning Event), and a status write refused as a conflict (the object read again).
+    server.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "BackendTLSPolicy",
+        "metadata": {"name": "svc-tls", "namespace": "apps"},
+        "spec": {
+            "targetRefs": [{"group": "", "kind": "Service", "name": "svc"}],
+            "validation": {"caCertificateRefs": [{"group": "", "kind": "ConfigMap", "name": "svc-ca"}],
+                           "hostname": "svc.apps"},
+        },
+    }));
+    server.apply(route("apps", "broken", "broken.example", "apps", "missing"));
+    server.conflict_next_status_writes(1);
+    let mut gw = Gateway::start(
+        &server,
+        "replica",
+        loopback(27),
+        &["--lease-duration", "3s"],
+    );
+    eventually("the routes' status is written", WAIT, || async {
+        accepted(&server, "apps", "first")?;
+        accepted(&server, "apps", "broken")
+    })
+    .await;
+    eventually("the policy's status is written", WAIT, || async {
+        let policy = server.get(GATEWAY_API, "BackendTLSPolicy", "apps", "svc-tls")?;
+        policy["status"]["ancestors"]
+            .as_array()?
+            .first()
+            .map(|_| ())
+    })
+    .await;
+    eventually("the missing backend is told in an Event", WAIT, || async {
+        route_events(&server, "apps", "broken").first().map(|_| ())
+    })
+    .await;
+    // A clean stop releases the Lease.
+    assert!(gw.process.terminate(WAIT), "the gateway stops cleanly");
+
+    let requests = server.requests();
+    let refused: Vec<String> = requests
+        .iter()
+        .filter_map(|r| support::rbac::permits(&r.method, &r.path, r.is_watch()).err())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "requests RBAC would refuse (tests/support/rbac.rs, the manifests and the chart must grant them):\n{}",
+        refused.join("\n")
+    );
+    // The scenario did reach what it meant to: a conflict's re-read and the Lease's release.
+    let named = [
+        "/httproutes/",
+        "/gateways/",
+        "/gatewayclasses/",
+        "/backendtlspolicies/",
+    ];
+    assert!(requests
+        .iter()
+        .any(|r| r.method == "GET" && named.iter().any(|n| r.path.contains(n))));
+    assert!(requests
+        .iter()
+        .any(|r| r.method == "PUT" && r.path.contains("/leases/")));
 }

@@ -36,51 +36,9 @@ const SERVICE_ACCOUNT: &str = "portcullis";
 const CONTROLLER_NAME: &str = "portcullis.dev/gateway-controller";
 const USER: i64 = 65532;
 const ADMIN_PORT: i32 = 9901;
-const READ: &[&str] = &["get", "list", "watch"];
-
-/// What the gateway may do anywhere in the cluster: (API group, resources, verbs).
-const CLUSTER_GRANTS: &[(&str, &[&str], &[&str])] = &[
-    (
-        "gateway.networking.k8s.io",
-        &[
-            "gatewayclasses",
-            "gateways",
-            "httproutes",
-            "grpcroutes",
-            "tlsroutes",
-            "referencegrants",
-            "backendtlspolicies",
-        ],
-        READ,
-    ),
-    (
-        "gateway.networking.k8s.io",
-        &[
-            "gatewayclasses/status",
-            "gateways/status",
-            "httproutes/status",
-            "grpcroutes/status",
-            "tlsroutes/status",
-        ],
-        &["patch", "update"],
-    ),
-    (
-        "",
-        &["services", "namespaces", "secrets", "configmaps"],
-        READ,
-    ),
-    ("discovery.k8s.io", &["endpointslices"], READ),
-    ("", &["events"], &["create", "patch"]),
-    ("events.k8s.io", &["events"], &["create", "patch"]),
-];
-
-/// What the gateway may do in its own namespace only: create its leader-election Lease (RBAC
-/// cannot limit `create` by name). (API group, resource, verbs).
-const OWN_NAMESPACE_GRANTS: &[(&str, &str, &[&str])] =
-    &[("coordination.k8s.io", "leases", &["create"])];
-
-/// What each workload may do to its own Lease, and only to its own: granted by name.
-const OWN_LEASE_VERBS: &[&str] = &["get", "update"];
+#[path = "support/rbac.rs"]
+mod rbac;
+use rbac::{CLUSTER_GRANTS, OWN_LEASE_VERBS, OWN_NAMESPACE_GRANTS};
 
 /// Resources of the table that are not namespaced: a Role cannot grant them.
 const CLUSTER_SCOPED: &[&str] = &["gatewayclasses", "gatewayclasses/status", "namespaces"];

@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::kubernetes::{bounded, REQUEST_TIMEOUT};
 use super::status_writer::{shared_list, Owner};
 use super::Kind;
 
@@ -91,7 +92,9 @@ async fn publish(recorder: Recorder, mut pending: mpsc::Receiver<(ObjectReferenc
             action: ACTION.to_string(),
             secondary: None,
         };
-        match recorder.publish(&event, &regarding).await {
+        // A publish the API server does not answer is given up, or the Events queued behind
+        // it would wait for it, and those after them be dropped once the queue is full.
+        match bounded(REQUEST_TIMEOUT, recorder.publish(&event, &regarding)).await {
             Ok(()) if std::mem::take(&mut failing) => tracing::info!("events are recorded again"),
             Ok(()) => {}
             // Said once per outage; status is written regardless.

@@ -34,16 +34,18 @@
 //! Permissions needed (RBAC): `list` and `watch` on `gatewayclasses`, `gateways`, `httproutes`,
 //! `grpcroutes`, `tlsroutes`, `referencegrants` and `backendtlspolicies`
 //! (`gateway.networking.k8s.io`), `services`, `namespaces`, `secrets` and `configmaps` (core)
-//! and `endpointslices` (`discovery.k8s.io`); `get` on the
-//! five Gateway API kinds and `patch` on their `/status`; with `--leader-elect` (the default),
-//! `create` on `leases` (`coordination.k8s.io`) in the Lease's namespace, and `get` and
-//! `update` on the Lease itself, which a Role can name in `resourceNames`: `portcullis`, or
+//! and `endpointslices` (`discovery.k8s.io`); `get` on the six of those kinds whose status is
+//! written (all but `referencegrants`: a status write refused as a conflict reads the object
+//! again) and `patch` on their `/status`; with `--leader-elect` (the default), `create` on
+//! `leases` (`coordination.k8s.io`) in the Lease's namespace, and `get` and `update` on the
+//! Lease itself, which a Role can name in `resourceNames`: `portcullis`, or
 //! `portcullis.NS.NAME` for a process scoped with `--gateway NS/NAME`, unless `--lease-name`
 //! says otherwise (`create` cannot be limited by name); `create` and `patch` on `events`
 //! (`events.k8s.io`) where the objects are (for GatewayClasses, `default`), to record the
-//! Warning Events of [`events`](super::events). With `--watch-namespaces`, Roles
-//! in those namespaces suffice for the namespaced kinds; GatewayClasses and Namespaces are still
-//! read cluster-wide.
+//! Warning Events of [`events`](super::events). With `--watch-namespaces`, Roles in those
+//! namespaces suffice for the namespaced kinds; GatewayClasses and Namespaces are still read
+//! cluster-wide. `tests/support/rbac.rs` holds this as a table, to which the tests hold both
+//! the manifests and every request the binary makes.
 
 mod watch;
 
@@ -412,6 +414,33 @@ impl Backoff {
     pub(crate) fn reset(&mut self) {
         self.next = Self::MIN;
     }
+}
+
+/// How long one request to the API server (a list page, the opening of a watch, a status
+/// write, a Lease update, an Event) may take, its answer included. kube's client sets no read
+/// timeout, so a connection that stalls (a black-holed network, a wedged API server) would
+/// otherwise hold its caller forever: one stuck status write would stop every status write
+/// after it, and a leader whose Lease update hung would go on leading without renewing, beside
+/// the replica that took the Lease over. A watch's stream is bounded on its own (the server
+/// closes it at its timeout, and one silent past that is dropped).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `request`, abandoned with an error once `limit` has passed.
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    request: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(limit, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!(
+                    "the API server did not answer within {:.1}s",
+                    limit.as_secs_f64()
+                )
+                .into(),
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::kubernetes::{bounded, REQUEST_TIMEOUT};
+
 /// Where the Lease is and who we are.
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -150,7 +152,19 @@ enum Attempt {
 impl Elector {
     async fn run(mut self, mut stop: oneshot::Receiver<()>) {
         loop {
-            let attempt = self.attempt().await;
+            // An attempt that the API server does not answer is abandoned in time for a leader
+            // to step down by its renew deadline, however the request hangs: the other
+            // replicas take the Lease over only after the (longer) lease duration, so two
+            // writers never overlap.
+            let budget = self.attempt_budget();
+            let attempt = tokio::time::timeout(budget, self.attempt())
+                .await
+                .unwrap_or_else(|_| {
+                    Attempt::Unknown(format!(
+                        "the API server did not answer within {:.1}s",
+                        budget.as_secs_f64()
+                    ))
+                });
             self.settle(attempt);
             let jitter = self
                 .config
@@ -164,6 +178,17 @@ impl Elector {
         if *self.leading.borrow() {
             self.leading.send_replace(false);
             self.give_up().await;
+        }
+    }
+
+    /// How long the next attempt may take: a leader's ends at its renew deadline, counted from
+    /// its last renewal; anyone else's may take a whole renew deadline.
+    fn attempt_budget(&self) -> Duration {
+        match self.last_renewal {
+            Some(renewed) if *self.leading.borrow() => {
+                (renewed + self.config.renew_deadline).saturating_duration_since(Instant::now())
+            }
+            _ => self.config.renew_deadline,
         }
     }
 
@@ -283,7 +308,9 @@ impl Elector {
 
     /// Empties the holder so that the next replica need not wait for the lease to expire.
     async fn give_up(&mut self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else {
+        let Ok(Some(mut lease)) =
+            bounded(REQUEST_TIMEOUT, self.api.get_opt(&self.config.name)).await
+        else {
             return;
         };
         let Some(spec) = lease.spec.as_mut() else {

@@ -47,7 +47,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::events::{self, Events};
-use super::kubernetes::Backoff;
+use super::kubernetes::{bounded, Backoff, REQUEST_TIMEOUT};
 use super::{Kind, ObjectKey};
 use crate::routing::status::carry_times;
 use crate::routing::{ObjectStatus, StatusReport};
@@ -311,9 +311,11 @@ impl Writer {
                 field_manager: Some(FIELD_MANAGER.to_string()),
                 ..PatchParams::default()
             };
-            match api
-                .patch_status(&object.name, &params, &Patch::Merge(&patch))
-                .await
+            match bounded(
+                REQUEST_TIMEOUT,
+                api.patch_status(&object.name, &params, &Patch::Merge(&patch)),
+            )
+            .await
             {
                 Ok(updated) => {
                     self.record_events(object, &seen, &status);
@@ -322,7 +324,7 @@ impl Writer {
                     return Ok(Outcome::Written);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
-                    match api.get_opt(&object.name).await? {
+                    match bounded(REQUEST_TIMEOUT, api.get_opt(&object.name)).await? {
                         Some(fresh) => seen = Seen::from_object(seen.resource, &fresh),
                         None => return Ok(Outcome::Skipped),
                     }

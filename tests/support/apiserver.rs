@@ -232,6 +232,12 @@ struct State {
     conflicts: usize,
     /// Lists of these plurals are answered only after the delay, as from a slow server.
     slow_lists: BTreeMap<String, Duration>,
+    /// Requests from this token whose path holds this text are never answered, as over a
+    /// connection that stalled.
+    stalled: Vec<(String, String)>,
+    /// Every watch is answered with a 410 ERROR event, as by a server whose history is always
+    /// compacted past the version asked for.
+    gone_watches: bool,
     uid: u64,
 }
 
@@ -350,6 +356,25 @@ impl ApiServer {
             .lock()
             .slow_lists
             .insert(plural.to_string(), delay);
+    }
+
+    /// Never answers requests by `token` whose path contains `path` (as the server of a
+    /// connection that stalled), until [`ApiServer::unstall`].
+    pub(crate) fn stall(&self, token: &str, path: &str) {
+        self.shared
+            .lock()
+            .stalled
+            .push((token.to_string(), path.to_string()));
+    }
+
+    /// Answers every request again.
+    pub(crate) fn unstall(&self) {
+        self.shared.lock().stalled.clear();
+    }
+
+    /// With `on`, answers every watch with a 410 Gone ERROR event at once.
+    pub(crate) fn gone_watches(&self, on: bool) {
+        self.shared.lock().gone_watches = on;
     }
 
     /// Refuses the next `n` status writes with 409 Conflict.
@@ -993,12 +1018,30 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    shared.lock().requests.push(Logged {
-        method: method.to_string(),
-        path: path.clone(),
-        query: query.clone(),
-        token,
-    });
+    let stalled = {
+        let mut state = shared.lock();
+        state.requests.push(Logged {
+            method: method.to_string(),
+            path: path.clone(),
+            query: query.clone(),
+            token: token.clone(),
+        });
+        state
+            .stalled
+            .iter()
+            .any(|(t, p)| *t == token && path.contains(p.as_str()))
+    };
+    if stalled {
+        // Held until the stall is lifted, then answered as usual.
+        while shared
+            .lock()
+            .stalled
+            .iter()
+            .any(|(t, p)| *t == token && path.contains(p.as_str()))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let body = match request.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
@@ -1238,6 +1281,10 @@ fn start_watch(shared: &Arc<Shared>, filter: Filter, query: &str) -> Response<Bo
                     .map(|(_, o)| line("ADDED", o))
                     .collect();
                 seen = state.revision;
+            }
+            _ if state.gone_watches => {
+                initial = vec![gone(state.revision, state.revision + 1)];
+                seen = u64::MAX;
             }
             Ok(since) if since + 1 < state.compacted => {
                 initial = vec![gone(since, state.compacted)];

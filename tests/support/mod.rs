@@ -3,6 +3,7 @@
 //! Everything listens on loopback, on ports picked below the kernel's ephemeral range.
 
 pub(crate) mod apiserver;
+pub(crate) mod rbac;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -94,6 +95,11 @@ impl Process {
                 }
             }
         }
+    }
+
+    /// The process's whole log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The end of the process's log.
@@ -259,6 +265,22 @@ impl Gateway {
             .await
             .ok()?;
         Some(response.status().as_u16())
+    }
+
+    /// A sample of the admin endpoint's `/metrics` without labels (`portcullis_leader`),
+    /// `None` while nothing answers.
+    pub(crate) async fn metric(&self, client: &reqwest::Client, name: &str) -> Option<f64> {
+        let text = client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
     }
 }
 

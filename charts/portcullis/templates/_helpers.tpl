@@ -34,20 +34,29 @@ Reads and status writes on namespaced objects: in a ClusterRole when every names
 in a Role per namespace otherwise. tests/manifests.rs holds the rendered rules to its table.
 */}}
 {{- define "portcullis.namespacedRules" -}}
+# `get` only where status is written: a write refused as a conflict reads the object again.
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [gateways, httproutes, grpcroutes, tlsroutes, referencegrants, backendtlspolicies]
+  resources: [gateways, httproutes, grpcroutes, tlsroutes, backendtlspolicies]
   verbs: [get, list, watch]
 - apiGroups: [gateway.networking.k8s.io]
-  resources: [gateways/status, httproutes/status, grpcroutes/status, tlsroutes/status]
-  verbs: [patch, update]
+  resources: [referencegrants]
+  verbs: [list, watch]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gateways/status, httproutes/status, grpcroutes/status, tlsroutes/status, backendtlspolicies/status]
+  verbs: [patch]
 # ConfigMaps hold the CA bundles that BackendTLSPolicies name.
 - apiGroups: [""]
   resources: [services, secrets, configmaps]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [discovery.k8s.io]
   resources: [endpointslices]
-  verbs: [get, list, watch]
-- apiGroups: ["", events.k8s.io]
+  verbs: [list, watch]
+{{ include "portcullis.eventRules" . }}
+{{- end -}}
+
+{{/* Recording Events. */}}
+{{- define "portcullis.eventRules" -}}
+- apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
 {{- end -}}

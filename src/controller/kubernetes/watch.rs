@@ -26,7 +26,7 @@ use kube::Client;
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch};
 
-use super::{Backoff, Resource};
+use super::{bounded, Backoff, Resource, REQUEST_TIMEOUT};
 use crate::controller::status_writer::{writes_status, Seen, StatusCache};
 use crate::controller::{Object, ObjectKey, Store};
 
@@ -160,10 +160,23 @@ impl Watch {
                                 .watch_restarts
                                 .with_label_values(&[self.resource.kind.as_str()])
                                 .inc();
-                            tracing::info!(
-                                resource_version = %version,
-                                "resource version expired (410 Gone); listing again"
-                            );
+                            // A server that answers every watch 410 (its history compacted
+                            // faster than a list takes, a proxy in between that fails
+                            // watches) would otherwise be listed again in a tight loop.
+                            let short = opened.elapsed() < SHORT_WATCH;
+                            if short {
+                                tracing::debug!(
+                                    resource_version = %version,
+                                    "resource version expired (410 Gone) as the watch opened; listing again after a delay"
+                                );
+                                tokio::time::sleep(backoff.next_delay()).await;
+                            } else {
+                                backoff.reset();
+                                tracing::info!(
+                                    resource_version = %version,
+                                    "resource version expired (410 Gone); listing again"
+                                );
+                            }
                             State::Relist
                         }
                         Ended::NotServed => State::Relist,
@@ -185,7 +198,9 @@ impl Watch {
                     match self.list().await {
                         Ok(Listed::Objects { objects, version }) => {
                             self.replace(objects);
-                            backoff.reset();
+                            // The backoff is reset by a watch that lasts, not by a list: a
+                            // list that succeeds says nothing of whether the watch after it
+                            // will.
                             self.recovered();
                             State::Listed(version)
                         }
@@ -246,7 +261,7 @@ impl Watch {
             };
             let mut objects = Vec::new();
             let version = loop {
-                let page = match api.list(&params).await {
+                let page = match bounded(REQUEST_TIMEOUT, api.list(&params)).await {
                     Ok(page) => page,
                     // Not served at this version (or at all): the CRD is not installed.
                     Err(kube::Error::Api(s)) if s.code == 404 && objects.is_empty() => break None,
@@ -295,20 +310,21 @@ impl Watch {
             Ok(request) => request,
             Err(err) => return Ended::Failed(err.to_string()),
         };
-        let response = match self
-            .client
-            .send(request.map(kube::client::Body::from))
-            .await
+        let response = match bounded(
+            REQUEST_TIMEOUT,
+            self.client.send(request.map(kube::client::Body::from)),
+        )
+        .await
         {
             Ok(response) => response,
             Err(err) => return Ended::Failed(err.to_string()),
         };
         let code = response.status();
         if !code.is_success() {
-            let body = response
-                .into_body()
-                .collect()
+            let body = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
                 .await
+                .ok()
+                .and_then(Result::ok)
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
             let status: Option<kube::core::Status> = serde_json::from_slice(&body).ok();
