@@ -543,3 +543,60 @@ async fn debug_endpoints_explain_the_running_table() {
         assert_eq!(status, 400, "{question}: {body}");
     }
 }
+
+/// Clients that ask for answers and never read them hold at most their own share of the admin
+/// endpoint's connections: a probe from another address is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_cannot_take_the_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, gateway, _listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let (_gateway, _lines, _client) = logging_and_ready(gateway, admin).await;
+
+    // As many connections as the endpoint serves at once, from one address, each with more
+    // pipelined requests than its socket buffers hold answers for, none of them read.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let Ok(mut stream) = socket
+            .connect(format!("127.0.0.1:{admin}").parse().unwrap())
+            .await
+        else {
+            continue;
+        };
+        let requests = b"GET /metrics HTTP/1.1\r\nhost: a\r\n\r\n".repeat(400);
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &requests),
+        )
+        .await;
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A probe from another loopback address.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut probe = socket
+        .connect(format!("127.0.0.1:{admin}").parse().unwrap())
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut probe,
+        b"GET /healthz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut probe, &mut answer),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(_))) && answer.starts_with(b"HTTP/1.1 200"),
+        "the probe got {:?} while one address held {} connections unread",
+        String::from_utf8_lossy(&answer),
+        held.len()
+    );
+}

@@ -9,9 +9,13 @@
 //! | `/debug/routes` | the routing table as JSON, rules in the order they are tried   |
 //! | `/debug/explain?listener=NS/GW/L&host=H&path=P&method=M&header=N:V` | which rule a request would match, and why earlier ones did not |
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,8 +24,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 
 use super::Shared;
 
@@ -30,17 +36,31 @@ use super::Shared;
 /// trickles its header in, is closed after this.
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an answer may wait for the client to take any of it: a client that stops reading
+/// (its socket buffers full) loses its connection after this, rather than holding it forever.
+const ADMIN_WRITE_STALL: Duration = Duration::from_secs(10);
+
 /// Admin connections served at once. Scrapers and probes need a handful; past this a new
 /// connection is closed at once, so that the endpoint (often reachable from the whole cluster)
 /// cannot be made to hold an unbounded number of sockets.
 const ADMIN_CONNECTIONS: usize = 64;
 
+/// Admin connections served at once from one peer address: a single client (one pod, one
+/// scraper gone wrong) cannot take the slots that the kubelet's probes and the other scrapers
+/// need.
+const ADMIN_CONNECTIONS_PER_PEER: usize = 8;
+
 /// Serves the admin endpoint on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+    let peers = Arc::new(Peers::default());
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Some(peer_slot) = peers.take(peer.ip()) else {
+            tracing::debug!(%peer, "admin connection refused: {ADMIN_CONNECTIONS_PER_PEER} already open from this address");
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -50,7 +70,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let service = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(answer(&req, &shared)) }
@@ -58,9 +78,134 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(ADMIN_HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(WriteStall::new(tcp)), service)
                 .await;
         });
+    }
+}
+
+/// How many admin connections each peer address has open.
+#[derive(Default)]
+struct Peers(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+impl Peers {
+    /// A slot for one more connection from `ip`, unless it has all of its own already.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(ip).or_default();
+        if *count >= ADMIN_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in [`Peers`], given back when the connection ends.
+struct PeerSlot {
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connection whose writes fail once they have made no progress for [`ADMIN_WRITE_STALL`]:
+/// hyper bounds the wait for a request header, not the wait for the client to take an answer.
+struct WriteStall {
+    tcp: TcpStream,
+    /// Armed while a write waits for room in the socket.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl WriteStall {
+    fn new(tcp: TcpStream) -> Self {
+        WriteStall { tcp, stalled: None }
+    }
+
+    /// What a write that is still waiting comes to: still waiting, or, past the stall limit, an
+    /// error that ends the connection.
+    fn waiting<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(ADMIN_WRITE_STALL)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the admin client took none of its answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Disarms the stall timer when a write has made progress (or failed).
+    fn settled<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => self.waiting(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl AsyncRead for WriteStall {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteStall {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.settled(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.settled(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.tcp).poll_flush(cx);
+        self.settled(polled, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
 
