@@ -226,3 +226,75 @@ async fn sighup_is_ignored_and_a_draining_gateway_is_not_ready() {
     }
     drop(echo);
 }
+
+/// A request that finishes while the gateway drains is in the access log when the process has
+/// gone, though it ended within the log writer's last interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_served_while_draining_are_logged_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let _echo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config-dir"])
+        .arg(dir.path())
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+        .args(["--drain-timeout", "10s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_ready(&client, admin).await;
+    let pid = gateway.id();
+    let output = tokio::task::spawn_blocking(move || gateway.wait_with_output());
+
+    // Each request ends a moment after SIGTERM, while the gateway drains; the process exits as
+    // soon as the last one is answered.
+    let mut tags = Vec::new();
+    let mut requests = Vec::new();
+    for round in 0..5 {
+        let tag = format!("drained-{round}");
+        let url = format!(
+            "http://127.0.0.1:{listen}/{tag}?delay_ms={}",
+            300 + round * 20
+        );
+        let client = client.clone();
+        requests.push(tokio::spawn(async move {
+            client.get(url).send().await.map(|r| r.status().as_u16())
+        }));
+        tags.push(tag);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    for request in requests {
+        assert_eq!(request.await.unwrap().ok(), Some(200));
+    }
+    let output = tokio::time::timeout(Duration::from_secs(20), output)
+        .await
+        .expect("the gateway exits")
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+    let log = String::from_utf8_lossy(&output.stdout);
+    for tag in &tags {
+        assert!(
+            log.lines().any(|l| l.contains(tag.as_str())),
+            "no access log line for /{tag}; the log was:\n{log}"
+        );
+    }
+}

@@ -57,6 +57,9 @@ pub struct Entry<'a> {
 #[derive(Clone)]
 pub struct AccessLog {
     buffer: Option<Arc<Mutex<Vec<u8>>>>,
+    /// Held while a batch is taken from the buffer and written, so that batches reach stdout in
+    /// the order they were taken, whoever writes them.
+    writing: Arc<Mutex<()>>,
     /// Requests logged, in parts per million.
     sample_per_million: u32,
     dropped: IntCounter,
@@ -69,57 +72,71 @@ impl AccessLog {
         let sample_per_million = (sample.clamp(0.0, 1.0) * 1e6) as u32;
         let off = AccessLog {
             buffer: None,
+            writing: Arc::default(),
             sample_per_million,
             dropped: dropped.clone(),
         };
         if sample_per_million == 0 {
             return off;
         }
-        let buffer = Arc::new(Mutex::new(Vec::with_capacity(64 << 10)));
-        let shared = buffer.clone();
-        let write_failed = dropped.clone();
+        let log = AccessLog {
+            buffer: Some(Arc::new(Mutex::new(Vec::with_capacity(64 << 10)))),
+            writing: Arc::default(),
+            sample_per_million,
+            dropped,
+        };
+        let writer = log.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
-                let mut out = std::io::stdout();
                 let mut batch = Vec::with_capacity(64 << 10);
-                let mut warned = false;
                 loop {
                     std::thread::sleep(FLUSH_INTERVAL);
-                    {
-                        let mut pending = shared.lock().unwrap_or_else(|p| p.into_inner());
-                        std::mem::swap(&mut *pending, &mut batch);
-                    }
-                    if !batch.is_empty() {
-                        // Stdout closed or broken (a pipe whose reader went away): the lines
-                        // are lost, so they are counted as dropped, and said once on stderr.
-                        if let Err(err) = out.write_all(&batch).and_then(|()| out.flush()) {
-                            let lines = batch.iter().filter(|&&b| b == b'\n').count();
-                            write_failed.inc_by(lines as u64);
-                            if !warned {
-                                tracing::warn!(
-                                    error = %err,
-                                    "cannot write the access log to stdout; its lines are \
-                                     dropped and counted in portcullis_access_log_dropped_total"
-                                );
-                                warned = true;
-                            }
-                        }
-                        batch.clear();
-                    }
+                    writer.write_out(&mut batch);
                 }
             });
         match spawned {
-            Ok(_) => AccessLog {
-                buffer: Some(buffer),
-                sample_per_million,
-                dropped,
-            },
+            Ok(_) => log,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot start the access log writer; access logs are off");
                 off
             }
         }
+    }
+
+    /// Writes out every line buffered so far, from the calling thread: at exit, so that the
+    /// requests served while draining are not lost with the writer thread's last batch.
+    pub fn flush(&self) {
+        self.write_out(&mut Vec::new());
+    }
+
+    /// Takes the buffered lines (swapping `batch`, empty, in for them) and writes them out.
+    fn write_out(&self, batch: &mut Vec<u8>) {
+        let Some(buffer) = &self.buffer else { return };
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut pending = buffer.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::swap(&mut *pending, batch);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        // Stdout closed or broken (a pipe whose reader went away): the lines are lost, so they
+        // are counted as dropped, and said once on stderr.
+        let mut out = std::io::stdout().lock();
+        if let Err(err) = out.write_all(batch).and_then(|()| out.flush()) {
+            let lines = batch.iter().filter(|&&b| b == b'\n').count();
+            self.dropped.inc_by(lines as u64);
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    error = %err,
+                    "cannot write the access log to stdout; its lines are dropped and counted \
+                     in portcullis_access_log_dropped_total"
+                );
+            });
+        }
+        batch.clear();
     }
 
     /// Whether this request should be logged (decided before formatting anything).

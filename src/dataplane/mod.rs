@@ -124,7 +124,7 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         proxy::Proxy::new(
             shared.table.clone(),
             metrics.clone(),
-            access_log,
+            access_log.clone(),
             options.request_metrics,
             shutdown_rx.clone(),
         ),
@@ -341,6 +341,8 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     while metrics.connections_open.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The requests that finished while draining are logged before the process goes.
+    access_log.flush();
     tracing::info!(open = metrics.connections_open.get(), "stopped");
     Ok(())
 }
