@@ -1521,3 +1521,82 @@ async fn idle_backend_connections_are_kept_up_to_the_configured_number() {
         );
     }
 }
+
+/// An HTTP/2 backend that refuses every other stream it is sent (RST_STREAM REFUSED_STREAM, as
+/// a server at its stream limit or rotating its connections does), answering the rest 200 with
+/// the request's body; returns its port and the count of streams it refused.
+async fn serve_h2c_refusing_every_other_stream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (streams, refused) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counted = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (streams, refused) = (streams.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    if streams.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        let mut body = request.into_body();
+                        let mut got = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            got.extend_from_slice(&chunk);
+                        }
+                        let response = http::Response::builder().status(200).body(()).unwrap();
+                        if let Ok(mut send) = respond.send_response(response, false) {
+                            let _ = send.send_data(Bytes::from(got), true);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (port, refused)
+}
+
+/// A request an HTTP/2 backend refused without processing it (REFUSED_STREAM; a GOAWAY that
+/// leaves its stream out is the same) is sent again, whatever its method and with its body,
+/// with no retry policy on the route: the backend did nothing with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_an_http2_backend_refused_unprocessed_are_sent_again() {
+    let (h2c_port, refused) = serve_h2c_refusing_every_other_stream().await;
+    let h2c_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: h2c, namespace: rt}\n\
+         spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with("h", "h.example", "h2c", None, None),
+        h2c_service.to_string(),
+        endpoints("h2c", "127.0.0.1", h2c_port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    for n in 0..6 {
+        let body = format!("order {n}");
+        let r = gateway
+            .client
+            .post(format!("http://127.0.0.1:{}/orders", gateway.listen))
+            .header("host", "h.example")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "POST {n}");
+        assert_eq!(r.text().await.unwrap(), body);
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::Relaxed) >= 6,
+        "the backend refused a stream for each request"
+    );
+}

@@ -578,6 +578,12 @@ impl ProxyHttp for Proxy {
             );
         if retry_policy(ctx).is_some() && broken && may_retry(session, ctx) {
             e.set_retry(true);
+        } else if unprocessed(&e)
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+        {
+            // Whatever the method: the backend said it did nothing with the request.
+            e.set_retry(true);
         } else if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
         {
@@ -894,6 +900,23 @@ enum Decision {
 /// The shortest read timeout a try gets, however little of `timeouts.request` is left: the
 /// request is then answered 504 promptly instead of failing before it is sent.
 const MIN_TRY_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// Whether the backend refused a request before processing any of it, as HTTP/2 lets it say
+/// (RFC 9113, sections 6.8 and 8.7): a graceful GOAWAY (`NO_ERROR`) that leaves the request's
+/// stream out, which servers send as they rotate connections (gRPC's `max_connection_age`),
+/// or a stream reset with `REFUSED_STREAM`. Such a request may be sent again, on another
+/// connection, whatever its method.
+fn unprocessed(e: &Error) -> bool {
+    let Some(h2) = e.root_cause().downcast_ref::<h2::Error>() else {
+        return false;
+    };
+    h2.is_remote()
+        && match h2.reason() {
+            Some(h2::Reason::NO_ERROR) => h2.is_go_away(),
+            Some(h2::Reason::REFUSED_STREAM) => h2.is_reset(),
+            _ => false,
+        }
+}
 
 /// Whether the client's connection has closed, by a look at its socket that neither waits nor
 /// takes anything from it. Unknown (an HTTP/2 stream, whose connection is shared) counts as
