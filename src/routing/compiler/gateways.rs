@@ -898,9 +898,27 @@ fn mark_conflicts(listeners: &mut [ListenerState], options: &CompileOptions) {
         let names = |pick: &dyn Fn(&ListenerState) -> bool| -> Vec<String> {
             (others.clone())
                 .filter(|(_, o)| pick(o))
-                .map(|(_, o)| format!("{:?} ({})", o.name, o.protocol))
+                .map(|(_, o)| match o.port == l.port {
+                    true => format!("{:?} ({})", o.name, o.protocol),
+                    false => format!("{:?} ({}, port {})", o.name, o.protocol, o.port),
+                })
                 .collect()
         };
+        // Listener ports that differ meet on one socket only by the process's flags: said, as
+        // the manifest alone shows no conflict.
+        let moved = others.clone().any(|(_, o)| o.port != l.port).then(|| {
+            format!(
+                " (listener ports that --port-offset {} and --port-map {} both serve on socket \
+                 port {socket}: give each its own socket port)",
+                options.port_offset,
+                options
+                    .port_map
+                    .iter()
+                    .map(|(from, to)| format!("{from}={to}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        });
         // Only protocols on one side of the TLS line can share a port.
         let protocol = names(&|o| tls_family(&o.protocol) != tls_family(&l.protocol));
         let hostname = names(&|o| o.hostname == l.hostname);
@@ -933,6 +951,7 @@ fn mark_conflicts(listeners: &mut [ListenerState], options: &CompileOptions) {
         } else {
             continue;
         };
+        let mark = (mark.0, mark.1 + moved.as_deref().unwrap_or_default());
         marks.push((i, mark));
     }
     for (i, (reason, message)) in marks {

@@ -1111,6 +1111,32 @@ fn listeners_mapped_onto_one_socket_conflict_like_listeners_on_one_port() {
     let conflicted = condition(&alt["conditions"], "Conflicted");
     assert_eq!(conflicted["status"], "True", "{alt}");
     assert_eq!(conflicted["reason"], "ProtocolConflict", "{alt}");
+
+    // --port-offset and --port-map landing two listener ports on one socket: each listener's
+    // message names the other's own port, and says the flags did it.
+    let text = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: public, port: 80, protocol: HTTP}\n  - {name: internal, port: 81, protocol: HTTP}",
+    );
+    let options = CompileOptions {
+        port_offset: 28000,
+        port_map: [(80, 28081)].into(),
+        ..Default::default()
+    };
+    let c = compile(&snapshot(&text), &options);
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let public = &gw["listeners"][0];
+    let message = condition(&public["conditions"], "Conflicted")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("\"internal\" (HTTP, port 81)")
+            && message.contains(
+                "--port-offset 28000 and --port-map 80=28081 both serve on socket port 28081"
+            ),
+        "{message}"
+    );
 }
 
 #[test]
