@@ -143,6 +143,20 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
         ),
         2.0
     );
+    // The listener took the host, though no route did: the 404s are its.
+    assert_eq!(
+        sample(
+            &metrics,
+            requests,
+            &[
+                ("gateway", "obs/gw"),
+                ("listener", "web"),
+                ("route", ""),
+                ("status_class", "4xx")
+            ]
+        ),
+        2.0
+    );
     assert_eq!(
         sample(&metrics, "portcullis_request_duration_seconds_count", &[]),
         12.0
@@ -196,11 +210,32 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
         String::from_utf8_lossy(&promtool.stderr)
     );
 
-    // Twelve access log lines, the first seven carrying the ids the client sent.
+    // A request refused before routing (a backslash in its target) is logged with the id its
+    // client sent.
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", listen))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut raw,
+        b"GET /a\\b HTTP/1.1\r\nhost: a.example\r\nx-request-id: refused-1\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut answer)
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    // Thirteen access log lines, the first seven carrying the ids the client sent.
     let lines = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
-            .take(12)
+            .take(13)
             .map(|l| l.unwrap())
             .collect::<Vec<_>>()
     });
@@ -225,6 +260,8 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
         Some(32),
         "a generated id"
     );
+    assert_eq!(entries[12]["status"], 400);
+    assert_eq!(entries[12]["request_id"], "refused-1");
 }
 
 /// The status of `GET /` for host `a.example` through the gateway on `listen`.

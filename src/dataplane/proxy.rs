@@ -236,6 +236,12 @@ impl ProxyHttp for Proxy {
         // later requests.
         session.as_mut().set_pipelining_enabled(true);
         let req = session.req_header();
+        // Keep the client's request id (trimmed to a sane length), or make one: first, so that
+        // the requests refused below are logged with it too.
+        ctx.request_id = match req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            Some(id) if !id.is_empty() && id.len() <= 200 => id.to_string(),
+            _ => new_request_id(rand::rng().random::<u128>()),
+        };
         if !valid_target(&req.method, req.raw_path()) {
             return respond(session, ctx, 400).await;
         }
@@ -1019,11 +1025,6 @@ impl Proxy {
             return Decision::Respond(404);
         };
         let req = session.req_header();
-        // Keep the client's request id (trimmed to a sane length), or make one.
-        ctx.request_id = match req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            Some(id) if !id.is_empty() && id.len() <= 200 => id.to_string(),
-            _ => new_request_id(rand::rng().random::<u128>()),
-        };
         let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
         let handshake = tls.and_then(|t| t.extension.get::<crate::tls::Handshake>());
         let sni = handshake.and_then(|h| h.server_name.as_deref());
@@ -1082,8 +1083,16 @@ impl Proxy {
                 return Decision::Respond(421);
             }
         }
-        let Ok(matched) = table.lookup(&bind, &view) else {
-            return Decision::Respond(404);
+        let matched = match table.lookup(&bind, &view) {
+            Ok(matched) => matched,
+            Err(miss) => {
+                // Counted against the listener that took the host, when one did.
+                if let crate::routing::Miss::NoRoute(listener) = miss {
+                    ctx.gateway = Some(listener.gateway.clone());
+                    ctx.listener = Some(listener.name.clone());
+                }
+                return Decision::Respond(404);
+            }
         };
         let rule = matched.entry.rule.clone();
         ctx.gateway = Some(matched.listener.gateway.clone());

@@ -439,12 +439,11 @@ pub struct Matched<'t> {
 }
 
 /// Why a lookup found nothing; both answer 404.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Miss {
+pub enum Miss<'t> {
     /// No listener on this socket serves the host.
     NoListener,
-    /// A listener took the host, but no rule matched.
-    NoRoute,
+    /// This listener took the host, but no rule matched: the 404 is the listener's.
+    NoRoute(&'t ListenerRoutes),
 }
 
 impl RoutingTable {
@@ -453,7 +452,7 @@ impl RoutingTable {
         &'t self,
         bind: &SocketAddr,
         req: &RequestView<'_>,
-    ) -> Result<Matched<'t>, Miss> {
+    ) -> Result<Matched<'t>, Miss<'t>> {
         let bind = self.binds.get(bind).ok_or(Miss::NoListener)?;
         let host = normalize_host(req.host);
         let listener = bind
@@ -465,7 +464,7 @@ impl RoutingTable {
             .hosts
             .lookup(&host, req)
             .map(|entry| Matched { listener, entry })
-            .ok_or(Miss::NoRoute)
+            .ok_or(Miss::NoRoute(listener))
     }
 }
 
