@@ -18,6 +18,7 @@
 //! to the next one, which is what precedence across routes asks for.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -444,6 +445,15 @@ pub enum Miss<'t> {
     NoListener,
     /// This listener took the host, but no rule matched: the 404 is the listener's.
     NoRoute(&'t ListenerRoutes),
+}
+
+impl fmt::Debug for Miss<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Miss::NoListener => f.write_str("NoListener"),
+            Miss::NoRoute(listener) => write!(f, "NoRoute({}/{})", listener.gateway, listener.name),
+        }
+    }
 }
 
 impl RoutingTable {
