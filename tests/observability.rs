@@ -637,3 +637,48 @@ async fn clients_that_never_read_cannot_take_the_admin_endpoint() {
         held.len()
     );
 }
+
+/// The series of a route that was deleted leave the scrape some seconds after the change;
+/// those of the routes still configured stay, with their counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_of_a_deleted_route_leave_the_scrape() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, gateway, listen, admin) = echo_and_gateway(dir.path(), Stdio::piped());
+    let (_gateway, _lines, client) = logging_and_ready(gateway, admin).await;
+    let url = format!("http://127.0.0.1:{listen}/");
+    for host in ["a.example", "b.example"] {
+        client.get(&url).header("host", host).send().await.unwrap();
+    }
+    let metrics = admin_text(&client, admin, "/metrics").await;
+    assert!(metrics.contains("route=\"obs/route-b\""), "{metrics}");
+
+    // route-b goes; a and its series stay.
+    let all = std::fs::read_to_string(dir.path().join("all.yaml")).unwrap();
+    let without_b = all.replace(
+        &http_route("obs", "route-b", "gw", &["b.example"], "empty"),
+        "",
+    );
+    assert_ne!(without_b, all);
+    std::fs::write(dir.path().join("all.yaml"), without_b).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = admin_text(&client, admin, "/metrics").await;
+        if !metrics.contains("route=\"obs/route-b\"") {
+            assert_eq!(
+                sample(
+                    &metrics,
+                    "portcullis_requests_total",
+                    &[("route", "obs/route-a")]
+                ),
+                1.0
+            );
+            assert!(metrics.contains("backend=\"obs/echo:80\""), "{metrics}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "route-b's series are still there 30 s after it was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -3,7 +3,9 @@
 //!
 //! Label values come only from configuration (Gateway, listener, route and Service names, rule
 //! indexes) and from small fixed sets (method class, status class, outcome), never from the
-//! request itself, so the number of series stays bounded by the configuration.
+//! request itself, so the number of series stays bounded by the configuration: by the
+//! configuration as it is, as the series of objects it dropped are removed
+//! ([`Metrics::retain_series`]) some seconds after each change.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -197,6 +199,64 @@ pub struct Metrics {
     /// Client connections that broke while sending a request header (reset or closed midway).
     pub client_header_failures: IntCounter,
     series: SeriesCache,
+}
+
+/// The objects of the configuration that label series: what [`Metrics::retain_series`] keeps.
+#[derive(Debug, Default)]
+pub struct Configured {
+    /// Gateways, `namespace/name`.
+    pub gateways: std::collections::HashSet<String>,
+    /// Listeners, by Gateway (`namespace/name`) and listener name.
+    pub listeners: std::collections::HashSet<(String, String)>,
+    /// Routes of every kind, `namespace/name`.
+    pub routes: std::collections::HashSet<String>,
+    /// Backends, as their label reads (`namespace/name:port`).
+    pub backends: std::collections::HashSet<String>,
+}
+
+impl Configured {
+    /// The Gateways, listeners and routes of a compile's report, and `backends`.
+    pub fn new<'a>(
+        report: &crate::routing::StatusReport,
+        backends: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        use crate::controller::Kind;
+        let mut out = Configured {
+            backends: backends.into_iter().map(str::to_string).collect(),
+            ..Configured::default()
+        };
+        for object in &report.objects {
+            let name = format!("{}/{}", object.namespace, object.name);
+            match object.kind {
+                Kind::Gateway => {
+                    for l in object.status["listeners"].as_array().into_iter().flatten() {
+                        if let Some(listener) = l["name"].as_str() {
+                            out.listeners.insert((name.clone(), listener.to_string()));
+                        }
+                    }
+                    out.gateways.insert(name);
+                }
+                Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => {
+                    out.routes.insert(name);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether a series of these labels names only objects still configured (or none).
+    fn holds(&self, labels: &HashMap<&str, &str>) -> bool {
+        let label = |name: &str| labels.get(name).copied().filter(|v| !v.is_empty());
+        let gateway_ok = label("gateway").is_none_or(|g| self.gateways.contains(g));
+        let listener_ok = match (label("gateway"), label("listener")) {
+            (Some(g), Some(l)) => self.listeners.contains(&(g.to_string(), l.to_string())),
+            _ => true,
+        };
+        let route_ok = label("route").is_none_or(|r| self.routes.contains(r));
+        let backend_ok = label("backend").is_none_or(|b| self.backends.contains(b));
+        gateway_ok && listener_ok && route_ok && backend_ok
+    }
 }
 
 /// The guarded value; a panic elsewhere while it was held leaves nothing half-written here.
@@ -428,6 +488,53 @@ impl Metrics {
             m.registry.register(c).expect("metric names are unique");
         }
         m
+    }
+
+    /// Drops the series whose Gateway, listener, route or backend the configuration no longer
+    /// has, so that the scrape (and the registry's memory) follows the configuration as it is,
+    /// not every route it ever held. A series dropped comes back from zero if its object does.
+    pub fn retain_series(&self, configured: &Configured) {
+        fn prune(
+            collector: &dyn Collector,
+            remove: &dyn Fn(&HashMap<&str, &str>),
+            configured: &Configured,
+        ) {
+            for family in collector.collect() {
+                for metric in family.get_metric() {
+                    let labels: HashMap<&str, &str> = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name(), l.value()))
+                        .collect();
+                    if !configured.holds(&labels) {
+                        remove(&labels);
+                    }
+                }
+            }
+        }
+        let counter = |vec: &IntCounterVec| {
+            let remove = |labels: &HashMap<&str, &str>| {
+                let _ = vec.remove(labels);
+            };
+            prune(vec, &remove, configured);
+        };
+        let histogram = |vec: &HistogramVec| {
+            let remove = |labels: &HashMap<&str, &str>| {
+                let _ = vec.remove(labels);
+            };
+            prune(vec, &remove, configured);
+        };
+        counter(&self.requests);
+        counter(&self.request_bytes);
+        counter(&self.response_bytes);
+        counter(&self.upstream_failures);
+        counter(&self.upstream_retries);
+        histogram(&self.request_duration);
+        histogram(&self.upstream_duration);
+        // Handles of series just dropped would count into nothing: found again, they are made
+        // anew in the registry.
+        lock(&self.series.requests).clear();
+        lock(&self.series.upstream).clear();
     }
 
     /// Counts one finished request.

@@ -167,12 +167,22 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     // that a bind retry can mark it again without compiling.
     let mut compiled_report = StatusReport::default();
     let mut terminate = signal()?;
+    // Series of objects the configuration dropped are removed from the metrics some time after
+    // the change: once for a burst of changes, not at each.
+    let mut prune: Option<(Instant, metrics::Configured)> = None;
     loop {
         tokio::select! {
             changed = changes.changed() => {
                 if changed.is_err() {
                     break;
                 }
+            }
+            _ = tokio::time::sleep_until(prune.as_ref().map_or_else(Instant::now, |(at, _)| *at).into()), if prune.is_some() => {
+                if let Some((_, configured)) = prune.take() {
+                    let metrics = metrics.clone();
+                    tokio::task::spawn_blocking(move || metrics.retain_series(&configured));
+                }
+                continue;
             }
             // A socket that could not be bound (port taken, address missing) is tried again;
             // the configuration did not change, so the table stays and only the status of
@@ -267,6 +277,14 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
                 .with_label_values(&[kind.as_str()])
                 .set(*count as i64);
         }
+        let configured = metrics::Configured::new(
+            &compiled_report,
+            compiled.endpoints.keys().map(String::as_str),
+        );
+        let due = prune
+            .take()
+            .map_or_else(|| Instant::now() + SERIES_PRUNE_DELAY, |(at, _)| at);
+        prune = Some((due, configured));
         metrics.endpoints_ready.reset();
         for (backend, ready) in &compiled.endpoints {
             metrics
@@ -346,6 +364,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(open = metrics.connections_open.get(), "stopped");
     Ok(())
 }
+
+/// How long after a configuration change the metric series of the objects it dropped go.
+pub const SERIES_PRUNE_DELAY: Duration = Duration::from_secs(10);
 
 /// How often sockets that could not be bound are tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(2);
