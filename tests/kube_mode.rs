@@ -1278,3 +1278,64 @@ async fn every_request_the_gateway_makes_is_granted_by_its_rbac() {
         .iter()
         .any(|r| r.method == "PUT" && r.path.contains("/leases/")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_class_in_use_is_deleted_only_once_its_gateways_are() {
+    const FINALIZER: &str = "gateway-exists-finalizer.gateway.networking.k8s.io";
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
+    // Another controller's class, whose finalizers are its own business.
+    server.apply(json!({
+        "apiVersion": GATEWAY_API, "kind": "GatewayClass",
+        "metadata": {"name": "theirs", "finalizers": [FINALIZER]},
+        "spec": {"controllerName": "example.com/other"},
+    }));
+    let gw = Gateway::start(
+        &server,
+        "replica",
+        loopback(28),
+        &["--leader-elect", "false"],
+    );
+    let http = client();
+    let finalizers = |name: &str| -> Option<Vec<String>> {
+        let class = server.get(GATEWAY_API, "GatewayClass", "", name)?;
+        Some(
+            class["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect(),
+        )
+    };
+    eventually("our class in use gets the finalizer", WAIT, || async {
+        finalizers("portcullis")?
+            .contains(&FINALIZER.to_string())
+            .then_some(())
+    })
+    .await;
+
+    // Deleting the class while its Gateway is there only marks it: traffic goes on.
+    assert!(server.remove(GATEWAY_API, "GatewayClass", "", "portcullis"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        finalizers("portcullis").is_some(),
+        "the class in use was deleted"
+    );
+    assert_eq!(
+        gw.backend(&http, "first.example", "/").await.as_deref(),
+        Some("a"),
+        "the Gateway of a class being deleted still serves"
+    );
+
+    // Once the Gateway goes, the finalizer does, and so does the class.
+    assert!(server.remove(GATEWAY_API, "Gateway", "apps", "gw"));
+    eventually("the class goes once no Gateway names it", WAIT, || async {
+        finalizers("portcullis").is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        finalizers("theirs"),
+        Some(vec![FINALIZER.to_string()]),
+        "another controller's class keeps its finalizer"
+    );
+}

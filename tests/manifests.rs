@@ -951,7 +951,7 @@ fn a_widened_rule_is_caught() {
     assert!(
         problems
             .iter()
-            .any(|p| p.starts_with("grants delete gateways")),
+            .any(|p| p.starts_with("grants delete gatewayclasses")),
         "{problems:?}"
     );
 }

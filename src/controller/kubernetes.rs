@@ -36,7 +36,8 @@
 //! (`gateway.networking.k8s.io`), `services`, `namespaces`, `secrets` and `configmaps` (core)
 //! and `endpointslices` (`discovery.k8s.io`); `get` on the six of those kinds whose status is
 //! written (all but `referencegrants`: a status write refused as a conflict reads the object
-//! again) and `patch` on their `/status`; with `--leader-elect` (the default), `create` on
+//! again) and `patch` on their `/status`; `patch` on `gatewayclasses`, for the spec's
+//! `gateway-exists-finalizer` on a class in use; with `--leader-elect` (the default), `create` on
 //! `leases` (`coordination.k8s.io`) in the Lease's namespace, and `get` and `update` on the
 //! Lease itself, which a Role can name in `resourceNames`: `portcullis`, or
 //! `portcullis.NS.NAME` for a process scoped with `--gateway NS/NAME`, unless `--lease-name`

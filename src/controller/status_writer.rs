@@ -85,6 +85,8 @@ pub struct Seen {
     pub uid: String,
     /// `status`, or null.
     pub status: Value,
+    /// `metadata.finalizers`.
+    pub finalizers: Vec<String>,
 }
 
 impl Seen {
@@ -95,9 +97,15 @@ impl Seen {
             generation: object.metadata.generation.unwrap_or(1),
             uid: object.metadata.uid.clone().unwrap_or_default(),
             status: object.data.get("status").cloned().unwrap_or(Value::Null),
+            finalizers: object.metadata.finalizers.clone().unwrap_or_default(),
         }
     }
 }
+
+/// The finalizer that holds back the deletion of a GatewayClass while Gateways name it (spec:
+/// GatewayClass, "implementations SHOULD add the gateway-exists-finalizer"): deleting a class
+/// in use would otherwise stop its Gateways' traffic at once.
+pub const GATEWAY_EXISTS_FINALIZER: &str = "gateway-exists-finalizer.gateway.networking.k8s.io";
 
 /// The status of every object of a [`writes_status`] kind, as last seen. Clones share contents.
 #[derive(Clone)]
@@ -273,6 +281,12 @@ impl Writer {
                 }
             }
         }
+        if *leading.borrow() {
+            if let Err(err) = self.keep_finalizers(report).await {
+                failed += 1;
+                last_error = Some(err);
+            }
+        }
         if written > 0 {
             tracing::info!(
                 written,
@@ -281,6 +295,64 @@ impl Writer {
             );
         }
         last_error.map(|err| (failed, err))
+    }
+
+    /// Puts [`GATEWAY_EXISTS_FINALIZER`] on each of our GatewayClasses that a Gateway names,
+    /// and takes it off those that none names any more, so that a class in use is deleted only
+    /// once its Gateways are. Another controller's class is left alone: the finalizer's name is
+    /// the spec's, not ours, and that controller may hold it there.
+    async fn keep_finalizers(&self, report: &StatusReport) -> Result<(), kube::Error> {
+        let ours: HashSet<&str> = report
+            .objects
+            .iter()
+            .filter(|o| o.kind == Kind::GatewayClass)
+            .map(|o| o.name.as_str())
+            .collect();
+        let classes = self
+            .cache
+            .select(|key, _| key.kind == Kind::GatewayClass && ours.contains(key.name.as_str()));
+        let mut outcome = Ok(());
+        for (key, seen) in classes {
+            let wanted = report.classes_in_use.contains(&key.name);
+            let held = seen
+                .finalizers
+                .iter()
+                .any(|f| f == GATEWAY_EXISTS_FINALIZER);
+            if wanted == held {
+                continue;
+            }
+            let mut finalizers = seen.finalizers.clone();
+            if wanted {
+                finalizers.push(GATEWAY_EXISTS_FINALIZER.to_string());
+            } else {
+                finalizers.retain(|f| f != GATEWAY_EXISTS_FINALIZER);
+            }
+            let patch = json!({
+                "metadata": {"resourceVersion": seen.resource_version, "finalizers": finalizers},
+            });
+            let params = PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PatchParams::default()
+            };
+            let api = self.api(&seen.resource, "", Kind::GatewayClass);
+            match bounded(
+                REQUEST_TIMEOUT,
+                api.patch(&key.name, &params, &Patch::Merge(&patch)),
+            )
+            .await
+            {
+                Ok(updated) => {
+                    tracing::info!(class = %key.name, in_use = wanted, "GatewayClass finalizer {}", if wanted { "added" } else { "removed" });
+                    self.cache
+                        .record(key, Seen::from_object(seen.resource, &updated));
+                }
+                // Changed or deleted meanwhile: the watch brings the news, and the next pass
+                // looks again.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(err) => outcome = Err(err),
+            }
+        }
+        outcome
     }
 
     async fn write_one(&self, object: &ObjectStatus) -> Result<Outcome, kube::Error> {
@@ -781,6 +853,7 @@ mod tests {
             generation: 2,
             uid: String::new(),
             status,
+            finalizers: Vec::new(),
         }
     }
 

@@ -303,6 +303,10 @@ pub struct StatusReport {
     pub objects: Vec<Arc<ObjectStatus>>,
     /// Inputs that never became objects (files that do not parse, unknown kinds).
     pub errors: Vec<SourceError>,
+    /// Our GatewayClasses that some Gateway names (any Gateway, whichever process serves it):
+    /// those whose deletion the status writer holds back with the spec's finalizer.
+    #[serde(skip)]
+    pub classes_in_use: std::collections::BTreeSet<String>,
 }
 
 impl StatusReport {
@@ -383,11 +387,11 @@ mod tests {
         };
         let before = StatusReport {
             objects: vec![object("True", "True", "T1")],
-            errors: Vec::new(),
+            ..StatusReport::default()
         };
         let mut after = StatusReport {
             objects: vec![object("True", "False", "T2")],
-            errors: Vec::new(),
+            ..StatusReport::default()
         };
         after.carry_transition_times(&before, "T3");
         let status = &after.objects[0].status;

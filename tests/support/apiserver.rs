@@ -661,6 +661,7 @@ impl State {
                 for field in [
                     "uid",
                     "creationTimestamp",
+                    "deletionTimestamp",
                     "resourceVersion",
                     "generation",
                     "namespace",
@@ -694,12 +695,40 @@ impl State {
         }
         let revision = self.next_revision();
         next["metadata"]["resourceVersion"] = json!(revision.to_string());
+        // An object being deleted goes once its last finalizer does.
+        let finalized = next["metadata"]["finalizers"]
+            .as_array()
+            .is_none_or(Vec::is_empty);
+        if next["metadata"]["deletionTimestamp"].is_string() && finalized {
+            self.objects.remove(&key);
+            self.record(key.0, &key.1, "DELETED", next.clone());
+            return Ok(next);
+        }
         self.objects.insert(key.clone(), next.clone());
         self.record(key.0, &key.1, "MODIFIED", next.clone());
         Ok(next)
     }
 
+    /// Deletes an object; one with finalizers is only marked (`deletionTimestamp`), and goes
+    /// once they are all removed.
     fn delete(&mut self, key: Key) -> Option<Value> {
+        let held = self.objects.get(&key).is_some_and(|o| {
+            o["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+        });
+        if held {
+            let mut object = self.objects.get(&key)?.clone();
+            if object["metadata"]["deletionTimestamp"].is_string() {
+                return Some(object);
+            }
+            object["metadata"]["deletionTimestamp"] = json!(now());
+            let revision = self.next_revision();
+            object["metadata"]["resourceVersion"] = json!(revision.to_string());
+            self.objects.insert(key.clone(), object.clone());
+            self.record(key.0, &key.1, "MODIFIED", object.clone());
+            return Some(object);
+        }
         let mut object = self.objects.remove(&key)?;
         let revision = self.next_revision();
         object["metadata"]["resourceVersion"] = json!(revision.to_string());

@@ -9,10 +9,15 @@
 /// refused as a conflict reads the object again). Status is written by merge patch on the
 /// `/status` subresource only. Events are recorded through `events.k8s.io`.
 pub(crate) const CLUSTER_GRANTS: &[(&str, &[&str], &[&str])] = &[
+    // `patch` to put the spec's gateway-exists finalizer on a class in use, and take it off.
+    (
+        "gateway.networking.k8s.io",
+        &["gatewayclasses"],
+        &["get", "list", "watch", "patch"],
+    ),
     (
         "gateway.networking.k8s.io",
         &[
-            "gatewayclasses",
             "gateways",
             "httproutes",
             "grpcroutes",

@@ -432,6 +432,7 @@ impl Watch {
         let resource_version = object.metadata.resource_version.clone().unwrap_or_default();
         let generation = object.metadata.generation.unwrap_or(1);
         let uid = object.metadata.uid.clone().unwrap_or_default();
+        let finalizers = object.metadata.finalizers.clone().unwrap_or_default();
         let Ok(Value::Object(mut doc)) = serde_json::to_value(object) else {
             return None;
         };
@@ -462,6 +463,7 @@ impl Watch {
                     generation,
                     uid,
                     status: status.unwrap_or(Value::Null),
+                    finalizers,
                 },
             );
         }

@@ -258,6 +258,7 @@ pub(super) fn compile(
         let Some(class_accepted) = our_classes.get(class) else {
             continue; // another controller's Gateway
         };
+        report.classes_in_use.insert(class.to_string());
         if let Some(only) = &options.only_gateway {
             if *only != format!("{}/{}", gateway.key.namespace, gateway.key.name) {
                 continue; // served, and reported, by the process scoped to it

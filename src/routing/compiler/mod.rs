@@ -216,6 +216,7 @@ pub fn compile_with(
     let mut report = StatusReport {
         objects: Vec::new(),
         errors: snapshot.errors.clone(),
+        classes_in_use: Default::default(),
     };
     let mut gateways = gateways::compile(snapshot, options, &mut report);
     gateways.keep_last_good_certificates(&mut cache.certificates);
