@@ -298,3 +298,65 @@ async fn requests_served_while_draining_are_logged_before_exit() {
         );
     }
 }
+
+/// A second SIGTERM during the drain (an operator's second Ctrl-C) stops the gateway at once,
+/// without waiting for the requests still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_drain_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let _echo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config-dir"])
+        .arg(dir.path())
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+        .args(["--drain-timeout", "30s", "--access-log-sample", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    wait_ready(&client, admin).await;
+    let pid = gateway.id().to_string();
+    let exited = tokio::task::spawn_blocking(move || gateway.wait_with_output());
+    // A request that would hold the drain for 10 s.
+    let slow = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .get(format!("http://127.0.0.1:{listen}/slow?delay_ms=10000"))
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term = || Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    term();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Instant::now();
+    term();
+    let output = tokio::time::timeout(Duration::from_secs(20), exited)
+        .await
+        .expect("the gateway exits")
+        .unwrap()
+        .unwrap();
+    let took = second.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the gateway took {took:?} after the second SIGTERM, the slow request's whole time"
+    );
+    let _ = output;
+    slow.abort();
+}

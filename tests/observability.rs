@@ -394,10 +394,16 @@ async fn clients_that_break_off_their_header_are_counted_not_logged() {
         tcp.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\nx-half")
             .unwrap();
     }
+    // Two that break off within the HTTP/2 preface, one before it can be told from a request
+    // line starting with P.
+    for opening in [&b"PRI * HTTP/2.0\r\n"[..], b"P"] {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
+        tcp.write_all(opening).unwrap();
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let metrics = admin_text(&client, admin, "/metrics").await;
-        if sample(&metrics, "portcullis_client_header_failures_total", &[]) == 5.0 {
+        if sample(&metrics, "portcullis_client_header_failures_total", &[]) == 7.0 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{metrics}");
@@ -681,4 +687,51 @@ async fn series_of_a_deleted_route_leave_the_scrape() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `--admin-addr` with port 0 takes a free port, and the log names the one it took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_port_of_zero_is_logged_as_the_port_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("all.yaml"), config(free_port())).unwrap();
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config-dir"])
+        .arg(dir.path())
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .args(["--port-offset", &(i32::from(free_port()) - 80).to_string()])
+        .env("PORTCULLIS_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = gateway.stderr.take().unwrap();
+    let _gateway = Killed(gateway);
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("admin endpoint listening"))
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), line)
+        .await
+        .expect("the admin endpoint is logged")
+        .unwrap()
+        .expect("the admin endpoint is logged");
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(!addr.ends_with(":0"), "{line}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let status = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert_eq!(status.ok(), Some(200), "{line}");
 }

@@ -450,8 +450,16 @@ async fn opening(
             };
             match tokio::time::timeout(limit, rest).await {
                 Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Ok(None),
-                Ok(Err(err)) => return Err(err),
+                // Broken off within what may be the HTTP/2 preface: a header failure, as one
+                // broken off within a request header is.
+                Ok(Ok(false)) => {
+                    cx.metrics.client_header_failures.inc();
+                    return Ok(None);
+                }
+                Ok(Err(err)) => {
+                    cx.metrics.client_header_failures.inc();
+                    return Err(err);
+                }
                 Err(_) if cx.header_timeout.is_zero() => return Ok(None),
                 Err(_) => {
                     cx.metrics.request_header_timeouts.inc();

@@ -99,7 +99,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     let admin = admin::bind(options.admin_addr).await.map_err(|e| {
         anyhow::anyhow!("cannot bind the admin address {}: {e}", options.admin_addr)
     })?;
-    tracing::info!(addr = %options.admin_addr, "admin endpoint listening");
+    // The address bound, which for port 0 is not the one asked for.
+    let bound = admin.local_addr().unwrap_or(options.admin_addr);
+    tracing::info!(addr = %bound, "admin endpoint listening");
     tokio::spawn(admin::serve(admin, shared.clone()));
     if let Some(initial_sync) = options.initial_sync.take() {
         initial_sync.await?;
@@ -352,12 +354,28 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let deadline = Instant::now() + options.drain_timeout;
     let grace = Instant::now() + DRAIN_GRACE.min(options.drain_timeout / 2);
-    while metrics.connections_open.get() > 0 && Instant::now() < grace {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // A second SIGTERM or SIGINT (an operator's second Ctrl-C) ends the drain at once.
+    let mut hurried = false;
+    let pause = async |terminate: &mut tokio::sync::mpsc::Receiver<()>| {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => false,
+            _ = terminate.recv() => true,
+        }
+    };
+    while !hurried && metrics.connections_open.get() > 0 && Instant::now() < grace {
+        hurried = pause(&mut terminate).await;
     }
-    sockets.close_idle().await;
-    while metrics.connections_open.get() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !hurried {
+        sockets.close_idle().await;
+    }
+    while !hurried && metrics.connections_open.get() > 0 && Instant::now() < deadline {
+        hurried = pause(&mut terminate).await;
+    }
+    if hurried {
+        tracing::warn!(
+            open = metrics.connections_open.get(),
+            "second stop signal: stopping without waiting for the open connections"
+        );
     }
     // The requests that finished while draining are logged before the process goes.
     access_log.flush();
@@ -562,13 +580,18 @@ fn signal() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
             tracing::info!("SIGHUP ignored: configuration changes apply as they come, with no reload; SIGTERM stops the gateway");
         }
     });
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // Every SIGTERM or SIGINT is passed on: the first starts the drain, a second cuts it short.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if tx.send(()).await.is_err() {
+                break;
+            }
         }
-        let _ = tx.send(()).await;
     });
     Ok(rx)
 }
