@@ -193,6 +193,13 @@ async fn counters_histograms_and_access_log_follow_known_traffic() {
         ) >= 1.0
     );
 
+    // The process's CPU time to the microsecond, not in whole seconds.
+    let cpu = sample(&metrics, "process_cpu_seconds_total", &[]);
+    assert!(
+        cpu > 0.0 && cpu.fract() != 0.0,
+        "process_cpu_seconds_total {cpu}"
+    );
+
     // promtool must accept the exposition (CI installs it with Debian's prometheus package).
     let scrape = dir.path().join("scrape.txt");
     std::fs::write(&scrape, &metrics).unwrap();
