@@ -360,3 +360,57 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
     let _ = output;
     slow.abort();
 }
+
+/// A stdout that takes nothing (a pipe whose reader stopped reading) does not hold the exit:
+/// the last access log lines are given up, and counted, after a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_no_one_reads_does_not_hold_the_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo_port = free_port();
+    let _echo = Killed(
+        Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    let (listen, admin) = (free_port(), free_port());
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config-dir"])
+        .arg(dir.path())
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+        .args(["--drain-timeout", "2s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Held open, never read.
+    let _unread = gateway.stdout.take();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    wait_ready(&client, admin).await;
+    // Far more lines than the pipe holds.
+    for _ in 0..1500 {
+        let url = format!("http://127.0.0.1:{listen}/{}", "x".repeat(200));
+        assert_eq!(client.get(url).send().await.unwrap().status(), 200);
+    }
+    let pid = gateway.id().to_string();
+    let stopped = Instant::now();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let exited = tokio::task::spawn_blocking(move || gateway.wait());
+    let status = tokio::time::timeout(Duration::from_secs(15), exited)
+        .await
+        .expect("the gateway exits though no one reads its stdout")
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
+}

@@ -1339,3 +1339,37 @@ async fn a_gateway_class_in_use_is_deleted_only_once_its_gateways_are() {
         "another controller's class keeps its finalizer"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_watching_some_namespaces_leave_the_class_finalizer_alone() {
+    // One class, a Gateway in `apps` only, and two processes each watching one namespace: the
+    // one that sees the Gateway and the one that does not would judge the class's use apart.
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
+    let _a = Gateway::start(
+        &server,
+        "watches-apps",
+        loopback(29),
+        &["--watch-namespaces", "apps", "--leader-elect=false"],
+    );
+    let _b = Gateway::start(
+        &server,
+        "watches-other",
+        loopback(30),
+        &["--watch-namespaces", "other", "--leader-elect=false"],
+    );
+    eventually("the route's status is written", WAIT, || async {
+        accepted(&server, "apps", "first")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let class_writes: Vec<String> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with("/gatewayclasses/portcullis"))
+        .map(|r| r.token)
+        .collect();
+    assert!(
+        class_writes.is_empty(),
+        "processes that see only some Gateways wrote the class's finalizers: {class_writes:?}"
+    );
+}

@@ -230,6 +230,7 @@ mod tests {
         Owner {
             controller_name: OURS.to_string(),
             gateway: None,
+            sees_every_gateway: true,
         }
     }
 

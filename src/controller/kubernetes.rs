@@ -279,6 +279,7 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
     let owner = status_writer::Owner {
         controller_name: options.compile.controller_name.clone(),
         gateway: options.compile.only_gateway.clone(),
+        sees_every_gateway: args.watch_namespaces.is_empty(),
     };
     let identity = args.leader_identity.unwrap_or_else(default_identity);
     let events = Events::start(

@@ -301,7 +301,15 @@ impl Writer {
     /// and takes it off those that none names any more, so that a class in use is deleted only
     /// once its Gateways are. Another controller's class is left alone: the finalizer's name is
     /// the spec's, not ours, and that controller may hold it there.
+    ///
+    /// Only a process that watches every namespace does this. One limited by
+    /// `--watch-namespaces` sees only some of the Gateways: two such processes sharing a class
+    /// would put the finalizer on and take it off by turns, and one alone would take it off
+    /// while a Gateway it cannot see still names the class.
     async fn keep_finalizers(&self, report: &StatusReport) -> Result<(), kube::Error> {
+        if !self.owner.sees_every_gateway {
+            return Ok(());
+        }
         let ours: HashSet<&str> = report
             .objects
             .iter()
@@ -312,6 +320,7 @@ impl Writer {
             .cache
             .select(|key, _| key.kind == Kind::GatewayClass && ours.contains(key.name.as_str()));
         let mut outcome = Ok(());
+        let writes = &crate::dataplane::metrics::global().status_writes;
         for (key, seen) in classes {
             let wanted = report.classes_in_use.contains(&key.name);
             let held = seen
@@ -342,6 +351,7 @@ impl Writer {
             .await
             {
                 Ok(updated) => {
+                    writes.with_label_values(&["ok"]).inc();
                     tracing::info!(class = %key.name, in_use = wanted, "GatewayClass finalizer {}", if wanted { "added" } else { "removed" });
                     self.cache
                         .record(key, Seen::from_object(seen.resource, &updated));
@@ -349,7 +359,10 @@ impl Writer {
                 // Changed or deleted meanwhile: the watch brings the news, and the next pass
                 // looks again.
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
-                Err(err) => outcome = Err(err),
+                Err(err) => {
+                    writes.with_label_values(&["failed"]).inc();
+                    outcome = Err(err);
+                }
             }
         }
         outcome
@@ -503,6 +516,10 @@ pub struct Owner {
     /// of ours, scoped to another Gateway, writes the entries of its Gateway under the same
     /// `controllerName`; dropping those would make the two processes undo each other's writes.
     pub gateway: Option<String>,
+    /// Whether this process watches every namespace, and so sees every Gateway that names our
+    /// GatewayClasses: only then may it take the gateway-exists finalizer off a class, as
+    /// processes that see different namespaces would each undo the other's judgement.
+    pub sees_every_gateway: bool,
 }
 
 impl Owner {
@@ -617,6 +634,7 @@ mod tests {
         Owner {
             controller_name: OURS.to_string(),
             gateway: None,
+            sees_every_gateway: true,
         }
     }
 
@@ -624,6 +642,7 @@ mod tests {
         Owner {
             controller_name: OURS.to_string(),
             gateway: Some(gateway.to_string()),
+            sees_every_gateway: true,
         }
     }
 

@@ -104,10 +104,32 @@ impl AccessLog {
         }
     }
 
-    /// Writes out every line buffered so far, from the calling thread: at exit, so that the
-    /// requests served while draining are not lost with the writer thread's last batch.
-    pub fn flush(&self) {
-        self.write_out(&mut Vec::new());
+    /// Writes out every line buffered so far, waiting at most `within`: at exit, so that the
+    /// requests served while draining are not lost with the writer thread's last batch. A
+    /// stdout that takes nothing (a pipe no one reads) must not hold the exit, so the write
+    /// runs on a thread of its own, left behind when it does not finish in time; the lines it
+    /// could not write are counted as dropped.
+    pub fn flush(&self, within: Duration) {
+        let Some(buffer) = &self.buffer else { return };
+        let (done, finished) = std::sync::mpsc::channel();
+        let log = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("access-log-flush".into())
+            .spawn(move || {
+                log.write_out(&mut Vec::new());
+                let _ = done.send(());
+            });
+        if spawned.is_ok() && finished.recv_timeout(within).is_ok() {
+            return;
+        }
+        let pending = buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let lines = pending.iter().filter(|&&b| b == b'\n').count();
+        self.dropped.inc_by(lines as u64);
+        tracing::warn!(
+            lines,
+            "stdout took no access log lines in time; the last lines are dropped and counted in \
+             portcullis_access_log_dropped_total"
+        );
     }
 
     /// Takes the buffered lines (swapping `batch`, empty, in for them) and writes them out.

@@ -170,8 +170,10 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
     let mut compiled_report = StatusReport::default();
     let mut terminate = signal()?;
     // Series of objects the configuration dropped are removed from the metrics some time after
-    // the change: once for a burst of changes, not at each.
-    let mut prune: Option<(Instant, metrics::Configured)> = None;
+    // the change (once for a burst of changes, not at each), and again every minute after
+    // that: a request still running on a deleted route, a WebSocket say, counts into its
+    // series again when it ends.
+    let mut prune: Option<(Instant, Arc<metrics::Configured>)> = None;
     loop {
         tokio::select! {
             changed = changes.changed() => {
@@ -181,8 +183,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep_until(prune.as_ref().map_or_else(Instant::now, |(at, _)| *at).into()), if prune.is_some() => {
                 if let Some((_, configured)) = prune.take() {
-                    let metrics = metrics.clone();
-                    tokio::task::spawn_blocking(move || metrics.retain_series(&configured));
+                    let (metrics, kept) = (metrics.clone(), configured.clone());
+                    tokio::task::spawn_blocking(move || metrics.retain_series(&kept));
+                    prune = Some((Instant::now() + SERIES_PRUNE_INTERVAL, configured));
                 }
                 continue;
             }
@@ -279,13 +282,12 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
                 .with_label_values(&[kind.as_str()])
                 .set(*count as i64);
         }
-        let configured = metrics::Configured::new(
+        let configured = Arc::new(metrics::Configured::new(
             &compiled_report,
             compiled.endpoints.keys().map(String::as_str),
-        );
-        let due = prune
-            .take()
-            .map_or_else(|| Instant::now() + SERIES_PRUNE_DELAY, |(at, _)| at);
+        ));
+        let soon = Instant::now() + SERIES_PRUNE_DELAY;
+        let due = prune.take().map_or(soon, |(at, _)| at.min(soon));
         prune = Some((due, configured));
         metrics.endpoints_ready.reset();
         for (backend, ready) in &compiled.endpoints {
@@ -377,14 +379,18 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
             "second stop signal: stopping without waiting for the open connections"
         );
     }
-    // The requests that finished while draining are logged before the process goes.
-    access_log.flush();
+    // The requests that finished while draining are logged before the process goes, if
+    // stdout takes them within a second.
+    access_log.flush(Duration::from_secs(1));
     tracing::info!(open = metrics.connections_open.get(), "stopped");
     Ok(())
 }
 
 /// How long after a configuration change the metric series of the objects it dropped go.
 pub const SERIES_PRUNE_DELAY: Duration = Duration::from_secs(10);
+
+/// How often series of objects no longer configured are looked for between changes.
+pub const SERIES_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often sockets that could not be bound are tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(2);
