@@ -1373,3 +1373,63 @@ async fn processes_watching_some_namespaces_leave_the_class_finalizer_alone() {
         "processes that see only some Gateways wrote the class's finalizers: {class_writes:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_answers_come_late_steps_down_before_another_takes_over() {
+    let (server, _backend) = one_route("first", "first.example", "svc").await;
+    let address = loopback(31);
+    // 12 s lease: an 8 s renew deadline, a 1.6 s retry period.
+    let lease = |name: &'static str| {
+        [
+            "--lease-duration",
+            "12s",
+            "--namespace",
+            "portcullis-system",
+            "--leader-identity",
+            name,
+        ]
+    };
+    let lease_object = || {
+        server.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "portcullis-system",
+            "portcullis",
+        )
+    };
+    let holder = || {
+        lease_object()
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .filter(|h| !h.is_empty())
+    };
+    let http = client();
+    // The first replica's Lease writes land at once, but their answers take 7.6 s: it creates
+    // the Lease, and leads only once the answer comes.
+    server.slow_answers("slow-a", "/leases", Duration::from_millis(7600));
+    let first = Gateway::start(&server, "slow-a", address, &lease("slow-a"));
+    eventually("the first replica creates the lease", WAIT, || async {
+        lease_object().map(|_| ())
+    })
+    .await;
+    let _second = Gateway::start(&server, "slow-b", address, &lease("slow-b"));
+    eventually("the first replica leads", WAIT, || async {
+        (first.metric(&http, "portcullis_leader").await? == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(holder().as_deref(), Some("slow-a"));
+
+    // Its Lease requests now hang. Its renew deadline runs from when it sent the write that
+    // created the Lease (the time the other replica counts the lease from), not from when the
+    // answer came: it steps down before the other takes over.
+    server.stall("slow-a", "/leases");
+    eventually("the other replica takes the lease over", WAIT, || async {
+        holder().filter(|h| h == "slow-b")
+    })
+    .await;
+    assert_eq!(
+        first.metric(&http, "portcullis_leader").await,
+        Some(0.0),
+        "the old leader still says it leads once the other has taken over: two status writers"
+    );
+    server.unstall();
+}

@@ -418,14 +418,20 @@ impl Backoff {
     }
 }
 
-/// How long one request to the API server (a list page, the opening of a watch, a status
-/// write, a Lease update, an Event) may take, its answer included. kube's client sets no read
+/// How long one request to the API server (the opening of a watch, a status write, a Lease
+/// update, an Event) may take, its answer included. kube's client sets no read
 /// timeout, so a connection that stalls (a black-holed network, a wedged API server) would
 /// otherwise hold its caller forever: one stuck status write would stop every status write
 /// after it, and a leader whose Lease update hung would go on leading without renewing, beside
 /// the replica that took the Lease over. A watch's stream is bounded on its own (the server
 /// closes it at its timeout, and one silent past that is dropped).
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one page of a list may take: the API server's own limit for a request (its
+/// `--request-timeout`, 60 s by default), as a page of 500 Secrets or ConfigMaps from a busy
+/// server can take more than [`REQUEST_TIMEOUT`], and a list that never finishes would keep
+/// the gateway from ever being ready.
+pub(crate) const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `request`, abandoned with an error once `limit` has passed.
 pub(crate) async fn bounded<T>(

@@ -9,7 +9,9 @@
 //! between nodes does not matter.
 //!
 //! A leader that cannot renew for the renew deadline (two thirds of the lease) steps down before
-//! anyone else can take over, so two writers never overlap. A leader that stops on SIGTERM
+//! anyone else can take over, so two writers never overlap. The deadline counts from when the
+//! last successful renewal was sent, not from when its answer came: the other replicas count
+//! from the record it wrote, which a slow answer does not make any younger. A leader that stops on SIGTERM
 //! releases the Lease, so that the next one takes over at once instead of after the lease
 //! duration.
 
@@ -93,6 +95,7 @@ pub fn start(client: Client, config: LeaseConfig) -> Election {
         observed: None,
         leading: leading_tx,
         last_renewal: None,
+        last_error: None,
     };
     let task = tokio::spawn(elector.run(stopped).instrument(span));
     Election {
@@ -137,12 +140,18 @@ struct Elector {
     config: LeaseConfig,
     observed: Option<Observed>,
     leading: watch::Sender<bool>,
+    /// When the `renewTime` of our last successful renewal was stamped.
     last_renewal: Option<Instant>,
+    /// What the last failed attempt said, for the step-down's warning.
+    last_error: Option<String>,
 }
 
 /// Whether an attempt left us holding the Lease.
 enum Attempt {
-    Held,
+    /// Renewed (or taken) with a `renewTime` stamped at this instant, before the write went:
+    /// the other replicas count the lease from the record they see, which may be as old as
+    /// that, however late its answer came back to us.
+    Held(Instant),
     HeldByOther,
     /// The API server could not be asked, or another replica wrote at the same time: we do not
     /// know.
@@ -157,21 +166,36 @@ impl Elector {
             // replicas take the Lease over only after the (longer) lease duration, so two
             // writers never overlap.
             let budget = self.attempt_budget();
-            let attempt = tokio::time::timeout(budget, self.attempt())
-                .await
-                .unwrap_or_else(|_| {
-                    Attempt::Unknown(format!(
-                        "the API server did not answer within {:.1}s",
-                        budget.as_secs_f64()
-                    ))
-                });
+            let attempt = if budget < Duration::from_millis(10) {
+                // A leader at its renew deadline steps down now, on the last error it had.
+                Attempt::Unknown(
+                    self.last_error
+                        .clone()
+                        .unwrap_or_else(|| "no renewal within the renew deadline".to_string()),
+                )
+            } else {
+                tokio::time::timeout(budget, self.attempt())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Attempt::Unknown(format!(
+                            "the API server did not answer within {:.1}s",
+                            budget.as_secs_f64()
+                        ))
+                    })
+            };
             self.settle(attempt);
             let jitter = self
                 .config
                 .retry_period
                 .mul_f64(rand::random_range(0.0..0.2));
+            // A leader tries again by its renew deadline at the latest, so that it steps down
+            // on time when its attempts fail fast.
+            let mut pause = self.config.retry_period + jitter;
+            if *self.leading.borrow() {
+                pause = pause.min(self.attempt_budget());
+            }
             tokio::select! {
-                _ = tokio::time::sleep(self.config.retry_period + jitter) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = &mut stop => break,
             }
         }
@@ -196,12 +220,23 @@ impl Elector {
     fn settle(&mut self, attempt: Attempt) {
         let was = *self.leading.borrow();
         let now = match attempt {
-            Attempt::Held => {
-                self.last_renewal = Some(Instant::now());
-                true
+            Attempt::Held(stamped) => {
+                self.last_renewal = Some(stamped);
+                self.last_error = None;
+                // An answer that came back past the renew deadline is a lease others may
+                // already be counting out.
+                let within = stamped.elapsed() < self.config.renew_deadline;
+                if !within {
+                    tracing::warn!("the lease was renewed, but the answer came after the renew deadline; not leading");
+                }
+                within
             }
-            Attempt::HeldByOther => false,
+            Attempt::HeldByOther => {
+                self.last_error = None;
+                false
+            }
             Attempt::Unknown(err) => {
+                self.last_error = Some(err.clone());
                 let within = self
                     .last_renewal
                     .is_some_and(|t| t.elapsed() < self.config.renew_deadline);
@@ -257,6 +292,7 @@ impl Elector {
         if decision == Decision::Take {
             tracing::info!(previous = %holder, "taking the lease over");
         }
+        let stamped = Instant::now();
         let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let mut spec = spec;
         if decision == Decision::Take {
@@ -272,7 +308,7 @@ impl Elector {
             .replace(&self.config.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Attempt::Held,
+            Ok(_) => Attempt::Held(stamped),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 Attempt::Unknown("another replica updated the lease first".to_string())
             }
@@ -281,6 +317,7 @@ impl Elector {
     }
 
     async fn create(&mut self) -> Attempt {
+        let stamped = Instant::now();
         let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let lease = Lease {
             metadata: ObjectMeta {
@@ -298,7 +335,7 @@ impl Elector {
             }),
         };
         match self.api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Attempt::Held,
+            Ok(_) => Attempt::Held(stamped),
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 Attempt::Unknown("another replica created the lease first".to_string())
             }

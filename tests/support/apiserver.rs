@@ -238,6 +238,9 @@ struct State {
     /// Every watch is answered with a 410 ERROR event, as by a server whose history is always
     /// compacted past the version asked for.
     gone_watches: bool,
+    /// Writes (POST, PUT, PATCH) from this token whose path holds this text are carried out at
+    /// once and answered only after the delay, as over a slow network.
+    slow_answers: Vec<(String, String, Duration)>,
     uid: u64,
 }
 
@@ -370,6 +373,15 @@ impl ApiServer {
     /// Answers every request again.
     pub(crate) fn unstall(&self) {
         self.shared.lock().stalled.clear();
+    }
+
+    /// Carries out writes (POST, PUT, PATCH) by `token` whose path contains `path` at once, and
+    /// answers them only after `delay`.
+    pub(crate) fn slow_answers(&self, token: &str, path: &str, delay: Duration) {
+        self.shared
+            .lock()
+            .slow_answers
+            .push((token.to_string(), path.to_string(), delay));
     }
 
     /// With `on`, answers every watch with a 410 Gone ERROR event at once.
@@ -1214,12 +1226,22 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
             format!("{method} is not supported on {path}"),
         )),
     };
+    let write = matches!(method, Method::POST | Method::PUT | Method::PATCH);
+    let slow = shared
+        .lock()
+        .slow_answers
+        .iter()
+        .find(|(t, p, _)| write && *t == token && path.contains(p.as_str()))
+        .map(|(_, _, delay)| *delay);
     let revision = shared.lock().revision;
     shared.changed.send_if_modified(|r| {
         let moved = *r != revision;
         *r = revision;
         moved
     });
+    if let Some(delay) = slow {
+        tokio::time::sleep(delay).await;
+    }
     response.unwrap_or_else(fail)
 }
 

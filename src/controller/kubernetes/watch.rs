@@ -26,7 +26,7 @@ use kube::Client;
 use serde_json::{Map, Value};
 use tokio::sync::{oneshot, watch};
 
-use super::{bounded, Backoff, Resource, REQUEST_TIMEOUT};
+use super::{bounded, Backoff, Resource, LIST_TIMEOUT, REQUEST_TIMEOUT};
 use crate::controller::status_writer::{writes_status, Seen, StatusCache};
 use crate::controller::{Object, ObjectKey, Store};
 
@@ -261,7 +261,7 @@ impl Watch {
             };
             let mut objects = Vec::new();
             let version = loop {
-                let page = match bounded(REQUEST_TIMEOUT, api.list(&params)).await {
+                let page = match bounded(LIST_TIMEOUT, api.list(&params)).await {
                     Ok(page) => page,
                     // Not served at this version (or at all): the CRD is not installed.
                     Err(kube::Error::Api(s)) if s.code == 404 && objects.is_empty() => break None,
