@@ -1522,10 +1522,10 @@ async fn idle_backend_connections_are_kept_up_to_the_configured_number() {
     }
 }
 
-/// An HTTP/2 backend that refuses every other stream it is sent (RST_STREAM REFUSED_STREAM, as
-/// a server at its stream limit or rotating its connections does), answering the rest 200 with
-/// the request's body; returns its port and the count of streams it refused.
-async fn serve_h2c_refusing_every_other_stream() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+/// An HTTP/2 backend that refuses every other stream it is sent, or with `all` every stream
+/// (RST_STREAM REFUSED_STREAM, as a server at its stream limit does), answering the rest 200
+/// with the request's body; returns its port and the count of streams it refused.
+async fn serve_h2c_refusing_streams(all: bool) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -1541,7 +1541,7 @@ async fn serve_h2c_refusing_every_other_stream() -> (u16, Arc<std::sync::atomic:
                     return;
                 };
                 while let Some(Ok((request, mut respond))) = connection.accept().await {
-                    if streams.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                    if all || streams.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
                         refused.fetch_add(1, Ordering::Relaxed);
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         continue;
@@ -1570,7 +1570,7 @@ async fn serve_h2c_refusing_every_other_stream() -> (u16, Arc<std::sync::atomic:
 /// with no retry policy on the route: the backend did nothing with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_an_http2_backend_refused_unprocessed_are_sent_again() {
-    let (h2c_port, refused) = serve_h2c_refusing_every_other_stream().await;
+    let (h2c_port, refused) = serve_h2c_refusing_streams(false).await;
     let h2c_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: h2c, namespace: rt}\n\
          spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
     let config = [
@@ -1598,5 +1598,37 @@ async fn requests_an_http2_backend_refused_unprocessed_are_sent_again() {
     assert!(
         refused.load(std::sync::atomic::Ordering::Relaxed) >= 6,
         "the backend refused a stream for each request"
+    );
+}
+
+/// A backend that refuses every stream gets each request three times at most (sent again
+/// twice), not as many times as Pingora's own retry limit allows: it is shedding load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_refuses_every_stream_gets_each_request_three_times_at_most() {
+    let (h2c_port, refused) = serve_h2c_refusing_streams(true).await;
+    let h2c_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: h2c, namespace: rt}\n\
+         spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route_with("h", "h.example", "h2c", None, None),
+        h2c_service.to_string(),
+        endpoints("h2c", "127.0.0.1", h2c_port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let r = gateway
+        .client
+        .post(format!("http://127.0.0.1:{}/orders", gateway.listen))
+        .header("host", "h.example")
+        .body("order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let refused = refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=3).contains(&refused),
+        "the backend refused {refused} streams for one request"
     );
 }

@@ -175,6 +175,8 @@ pub struct RequestCtx {
     attempts: u32,
     /// The status `upstream_response_filter` turned into a retry, until `error_while_proxy`.
     retried_status: Option<u16>,
+    /// Times the request was sent again because an HTTP/2 backend turned it away unprocessed.
+    resent_unprocessed: u32,
     /// Mirror copies still waiting for (the rest of) the request body.
     mirror_bodies: Vec<mirror::MirrorBody>,
     /// Whether the request body filter has passed anything on (to a backend and the mirrors).
@@ -202,6 +204,7 @@ impl RequestCtx {
             status: 0,
             attempts: 0,
             retried_status: None,
+            resent_unprocessed: 0,
             mirror_bodies: Vec::new(),
             body_passed: false,
         }
@@ -585,10 +588,14 @@ impl ProxyHttp for Proxy {
         if retry_policy(ctx).is_some() && broken && may_retry(session, ctx) {
             e.set_retry(true);
         } else if unprocessed(&e)
+            && ctx.resent_unprocessed < MAX_UNPROCESSED_RESENDS
             && !session.as_ref().retry_buffer_truncated()
             && session.response_written().is_none()
         {
-            // Whatever the method: the backend said it did nothing with the request.
+            // Whatever the method: the backend said it did nothing with the request. A few
+            // times only: a backend that refuses every stream is shedding load, and each
+            // resend adds to it.
+            ctx.resent_unprocessed += 1;
             e.set_retry(true);
         } else if !session.req_header().method.is_idempotent()
             || session.as_ref().retry_buffer_truncated()
@@ -906,6 +913,9 @@ enum Decision {
 /// The shortest read timeout a try gets, however little of `timeouts.request` is left: the
 /// request is then answered 504 promptly instead of failing before it is sent.
 const MIN_TRY_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// How many times a request an HTTP/2 backend turned away unprocessed is sent again.
+const MAX_UNPROCESSED_RESENDS: u32 = 2;
 
 /// Whether the backend refused a request before processing any of it, as HTTP/2 lets it say
 /// (RFC 9113, sections 6.8 and 8.7): a graceful GOAWAY (`NO_ERROR`) that leaves the request's
