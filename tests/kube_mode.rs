@@ -688,6 +688,12 @@ async fn the_gateway_starts_once_the_api_server_is_reachable() {
         Some(200),
         "not ready without the API server"
     );
+    // Nothing is served yet, and the warning does not say the last configuration is.
+    let log = gw.process.log();
+    assert!(
+        log.contains("first list failed; nothing is served before every first list is in"),
+        "{log}"
+    );
     server.restart().await;
     eventually(
         "the gateway serves once the API server answers",

@@ -130,7 +130,7 @@ impl Watch {
                 }
                 Ok(Listed::NotServed) => break (Vec::new(), State::NotServed),
                 Err(err) => {
-                    self.report_error("list", &err.to_string());
+                    self.report_error("first list", &err.to_string());
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -224,7 +224,13 @@ impl Watch {
         if self.last_error.as_deref() == Some(err) {
             tracing::debug!(error = %err, "{during} failed again; retrying");
         } else {
-            tracing::warn!(error = %err, "{during} failed; the last configuration keeps serving while this retries");
+            // Before the first list there is no configuration yet to keep serving.
+            let meanwhile = if during == "first list" {
+                "nothing is served before every first list is in"
+            } else {
+                "the last configuration keeps serving"
+            };
+            tracing::warn!(error = %err, "{during} failed; {meanwhile} while this retries");
             self.last_error = Some(err.to_string());
         }
     }
