@@ -492,12 +492,8 @@ async fn kept_at_least(kept: &Mutex<Vec<String>>, count: usize) -> Vec<String> {
     }
 }
 
-/// An HTTP/2 backend (h2c) gets the host the client named, as its `:authority`, whether the
-/// client named it in a Host header (HTTP/1.1) or as its own `:authority` (HTTP/2), never the
-/// backend's address.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_backend_gets_the_clients_host_as_its_authority() {
-    let (h2c_port, requests, _) = serve_h2c_keeping_requests().await;
+/// The gateway with one route, for `h.example`, to an HTTP/2 cleartext (h2c) backend on `port`.
+async fn in_front_of_h2c(port: u16) -> Gateway {
     let h2c_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: h2c, namespace: rt}\n\
          spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
     let config = [
@@ -505,10 +501,19 @@ async fn an_http2_backend_gets_the_clients_host_as_its_authority() {
         gateway("rt", "gw", &listener("web", 80, "HTTP")),
         route_with("h", "h.example", "h2c", None, None),
         h2c_service.to_string(),
-        endpoints("h2c", "127.0.0.1", h2c_port),
+        endpoints("h2c", "127.0.0.1", port),
     ]
     .concat();
-    let gateway = Gateway::start(&config).await;
+    Gateway::start(&config).await
+}
+
+/// An HTTP/2 backend (h2c) gets the host the client named, as its `:authority`, whether the
+/// client named it in a Host header (HTTP/1.1) or as its own `:authority` (HTTP/2), never the
+/// backend's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_backend_gets_the_clients_host_as_its_authority() {
+    let (h2c_port, requests, _) = serve_h2c_keeping_requests().await;
+    let gateway = in_front_of_h2c(h2c_port).await;
     let h2 = gateway.h2_client(&["h.example"]);
     let r = h2
         .get(format!("http://h.example:{}/over-h2", gateway.listen))
@@ -1571,17 +1576,7 @@ async fn serve_h2c_refusing_streams(all: bool) -> (u16, Arc<std::sync::atomic::A
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_an_http2_backend_refused_unprocessed_are_sent_again() {
     let (h2c_port, refused) = serve_h2c_refusing_streams(false).await;
-    let h2c_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: h2c, namespace: rt}\n\
-         spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
-    let config = [
-        gateway_class(),
-        gateway("rt", "gw", &listener("web", 80, "HTTP")),
-        route_with("h", "h.example", "h2c", None, None),
-        h2c_service.to_string(),
-        endpoints("h2c", "127.0.0.1", h2c_port),
-    ]
-    .concat();
-    let gateway = Gateway::start(&config).await;
+    let gateway = in_front_of_h2c(h2c_port).await;
     for n in 0..6 {
         let body = format!("order {n}");
         let r = gateway
@@ -1606,17 +1601,7 @@ async fn requests_an_http2_backend_refused_unprocessed_are_sent_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_refuses_every_stream_gets_each_request_three_times_at_most() {
     let (h2c_port, refused) = serve_h2c_refusing_streams(true).await;
-    let h2c_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: h2c, namespace: rt}\n\
-         spec: {ports: [{name: http, port: 80, appProtocol: kubernetes.io/h2c}]}\n";
-    let config = [
-        gateway_class(),
-        gateway("rt", "gw", &listener("web", 80, "HTTP")),
-        route_with("h", "h.example", "h2c", None, None),
-        h2c_service.to_string(),
-        endpoints("h2c", "127.0.0.1", h2c_port),
-    ]
-    .concat();
-    let gateway = Gateway::start(&config).await;
+    let gateway = in_front_of_h2c(h2c_port).await;
     let r = gateway
         .client
         .post(format!("http://127.0.0.1:{}/orders", gateway.listen))

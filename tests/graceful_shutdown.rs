@@ -227,36 +227,49 @@ async fn sighup_is_ignored_and_a_draining_gateway_is_not_ready() {
     drop(echo);
 }
 
-/// A request that finishes while the gateway drains is in the access log when the process has
-/// gone, though it ended within the log writer's last interval.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_served_while_draining_are_logged_before_exit() {
-    let dir = tempfile::tempdir().unwrap();
+/// An echo backend and, in front of it, the gateway serving [`config`] from `dir` with `extra`
+/// arguments and its stdout as given; returns the echo (killed when dropped), the gateway's
+/// process, its listener port and a client, once the gateway is ready.
+async fn echo_and_gateway(
+    dir: &std::path::Path,
+    extra: &[&str],
+    stdout: Stdio,
+) -> (Killed, std::process::Child, u16, reqwest::Client) {
     let echo_port = free_port();
-    let _echo = Killed(
+    let echo = Killed(
         Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
+    std::fs::write(dir.join("all.yaml"), config(echo_port)).unwrap();
     let (listen, admin) = (free_port(), free_port());
     let gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["run", "--config-dir"])
-        .arg(dir.path())
+        .arg(dir)
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
         .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-        .args(["--drain-timeout", "10s"])
-        .stdout(Stdio::piped())
+        .args(extra)
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     wait_ready(&client, admin).await;
+    (echo, gateway, listen, client)
+}
+
+/// A request that finishes while the gateway drains is in the access log when the process has
+/// gone, though it ended within the log writer's last interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_served_while_draining_are_logged_before_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_echo, gateway, listen, client) =
+        echo_and_gateway(dir.path(), &["--drain-timeout", "10s"], Stdio::piped()).await;
     let pid = gateway.id();
     let output = tokio::task::spawn_blocking(move || gateway.wait_with_output());
 
@@ -304,31 +317,12 @@ async fn requests_served_while_draining_are_logged_before_exit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_ends_the_drain_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let echo_port = free_port();
-    let _echo = Killed(
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--config-dir"])
-        .arg(dir.path())
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-        .args(["--drain-timeout", "30s", "--access-log-sample", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
-    wait_ready(&client, admin).await;
+    let (_echo, gateway, listen, client) = echo_and_gateway(
+        dir.path(),
+        &["--drain-timeout", "30s", "--access-log-sample", "0"],
+        Stdio::null(),
+    )
+    .await;
     let pid = gateway.id().to_string();
     let exited = tokio::task::spawn_blocking(move || gateway.wait_with_output());
     // A request that would hold the drain for 10 s.
@@ -366,33 +360,10 @@ async fn a_second_sigterm_ends_the_drain_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stdout_no_one_reads_does_not_hold_the_exit() {
     let dir = tempfile::tempdir().unwrap();
-    let echo_port = free_port();
-    let _echo = Killed(
-        Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["echo", "--listen", &format!("127.0.0.1:{echo_port}")])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    std::fs::write(dir.path().join("all.yaml"), config(echo_port)).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--config-dir"])
-        .arg(dir.path())
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-        .args(["--drain-timeout", "2s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (_echo, mut gateway, listen, client) =
+        echo_and_gateway(dir.path(), &["--drain-timeout", "2s"], Stdio::piped()).await;
     // Held open, never read.
     let _unread = gateway.stdout.take();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    wait_ready(&client, admin).await;
     // Far more lines than the pipe holds.
     for _ in 0..1500 {
         let url = format!("http://127.0.0.1:{listen}/{}", "x".repeat(200));

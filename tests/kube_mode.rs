@@ -116,6 +116,32 @@ fn accepted(server: &ApiServer, namespace: &str, name: &str) -> Option<(String, 
     ))
 }
 
+/// The arguments that elect through the Lease `portcullis-system/portcullis` as `name`, with a
+/// lease of `duration`.
+fn lease_args(name: &'static str, duration: &'static str) -> [&'static str; 6] {
+    [
+        "--lease-duration",
+        duration,
+        "--namespace",
+        "portcullis-system",
+        "--leader-identity",
+        name,
+    ]
+}
+
+/// Who holds the Lease `portcullis-system/portcullis`, if anyone.
+fn lease_holder(server: &ApiServer) -> Option<String> {
+    server
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "portcullis-system",
+            "portcullis",
+        )
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .filter(|h| !h.is_empty())
+}
+
 fn status_writes(server: &ApiServer) -> Vec<support::apiserver::Logged> {
     server
         .requests()
@@ -404,16 +430,7 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
     let (server, _backend) = one_route("first", "first.example", "svc").await;
 
     let address = loopback(14);
-    let lease = |name: &'static str| {
-        [
-            "--lease-duration",
-            "3s",
-            "--namespace",
-            "portcullis-system",
-            "--leader-identity",
-            name,
-        ]
-    };
+    let lease = |name: &'static str| lease_args(name, "3s");
     let mut replicas = vec![
         (
             "replica-a",
@@ -425,17 +442,7 @@ async fn one_replica_writes_status_and_another_takes_over_when_it_dies() {
         ),
     ];
     let http = client();
-    let holder = || {
-        server
-            .get(
-                "coordination.k8s.io/v1",
-                "Lease",
-                "portcullis-system",
-                "portcullis",
-            )
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || lease_holder(&server);
     let leader = eventually("a replica takes the lease", WAIT, || async { holder() }).await;
     for (_, gw) in &replicas {
         eventually("every replica serves", WAIT, || async {
@@ -587,27 +594,8 @@ async fn a_leader_that_shuts_down_hands_the_lease_over_at_once() {
     server.apply(gateway_class());
     let address = loopback(16);
     // A lease long enough that waiting it out would fail the timing below.
-    let lease = |name: &'static str| {
-        [
-            "--lease-duration",
-            "20s",
-            "--namespace",
-            "portcullis-system",
-            "--leader-identity",
-            name,
-        ]
-    };
-    let holder = || {
-        server
-            .get(
-                "coordination.k8s.io/v1",
-                "Lease",
-                "portcullis-system",
-                "portcullis",
-            )
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-            .filter(|h| !h.is_empty())
-    };
+    let lease = |name: &'static str| lease_args(name, "20s");
+    let holder = || lease_holder(&server);
     let mut first = Gateway::start(&server, "first", address, &lease("first"));
     eventually("the first replica leads", WAIT, || async {
         (holder()? == "first").then_some(())
@@ -1063,16 +1051,7 @@ async fn a_leader_whose_lease_requests_hang_steps_down_before_another_takes_over
     let address = loopback(24);
     // 3 s lease: a leader steps down 2 s after its last renewal, the other takes over no
     // sooner than 3 s after the last renewal it saw.
-    let lease = |name: &'static str| {
-        [
-            "--lease-duration",
-            "3s",
-            "--namespace",
-            "portcullis-system",
-            "--leader-identity",
-            name,
-        ]
-    };
+    let lease = |name: &'static str| lease_args(name, "3s");
     let replicas = [
         (
             "replica-a",
@@ -1083,17 +1062,7 @@ async fn a_leader_whose_lease_requests_hang_steps_down_before_another_takes_over
             Gateway::start(&server, "replica-b", address, &lease("replica-b")),
         ),
     ];
-    let holder = || {
-        server
-            .get(
-                "coordination.k8s.io/v1",
-                "Lease",
-                "portcullis-system",
-                "portcullis",
-            )
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || lease_holder(&server);
     let http = client();
     let leader = eventually("a replica takes the lease", WAIT, || async { holder() }).await;
     let (_, old) = replicas.iter().find(|(n, _)| *n == leader).unwrap();
@@ -1385,16 +1354,7 @@ async fn a_leader_whose_lease_answers_come_late_steps_down_before_another_takes_
     let (server, _backend) = one_route("first", "first.example", "svc").await;
     let address = loopback(31);
     // 12 s lease: an 8 s renew deadline, a 1.6 s retry period.
-    let lease = |name: &'static str| {
-        [
-            "--lease-duration",
-            "12s",
-            "--namespace",
-            "portcullis-system",
-            "--leader-identity",
-            name,
-        ]
-    };
+    let lease = |name: &'static str| lease_args(name, "12s");
     let lease_object = || {
         server.get(
             "coordination.k8s.io/v1",
@@ -1403,11 +1363,7 @@ async fn a_leader_whose_lease_answers_come_late_steps_down_before_another_takes_
             "portcullis",
         )
     };
-    let holder = || {
-        lease_object()
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-            .filter(|h| !h.is_empty())
-    };
+    let holder = || lease_holder(&server);
     let http = client();
     // The first replica's Lease writes land at once, but their answers take 7.6 s: it creates
     // the Lease, and leads only once the answer comes.
