@@ -11,9 +11,9 @@
 //! A leader that cannot renew for the renew deadline (two thirds of the lease) steps down before
 //! anyone else can take over, so two writers never overlap. The deadline counts from when the
 //! last successful renewal was sent, not from when its answer came: the other replicas count
-//! from the record it wrote, which a slow answer does not make any younger. A leader that stops on SIGTERM
-//! releases the Lease, so that the next one takes over at once instead of after the lease
-//! duration.
+//! from the record it wrote, which a slow answer does not make any younger. A leader that
+//! stops on SIGTERM releases the Lease, so that the next one takes over at once instead of
+//! after the lease duration.
 
 use std::time::Duration;
 
