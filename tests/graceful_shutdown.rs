@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{free_port, run_gateway, wait_ready, Killed};
+use common::{free_port, run_gateway, spawn_gateway, wait_ready, Killed};
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -244,17 +244,7 @@ async fn echo_and_gateway(
             .unwrap(),
     );
     std::fs::write(dir.join("all.yaml"), config(echo_port)).unwrap();
-    let (listen, admin) = (free_port(), free_port());
-    let gateway = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["run", "--config-dir"])
-        .arg(dir)
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-        .args(extra)
-        .stdout(stdout)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (gateway, listen, admin) = spawn_gateway(dir, extra, stdout);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

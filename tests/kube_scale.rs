@@ -150,20 +150,6 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-/// The value of an unlabelled gauge on the admin endpoint's `/metrics`.
-async fn gauge(http: &reqwest::Client, admin: SocketAddr, name: &str) -> Option<f64> {
-    let text = http
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 fn seconds(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -185,7 +171,7 @@ async fn thousands_of_routes_created_at_once_serve_and_get_status() {
     })
     .await;
     let pid = pid_of(gw.admin).expect("the gateway's process is found in /proc");
-    let rules_before = gauge(&http, gw.admin, "portcullis_route_rules")
+    let rules_before = support::metric(&http, gw.admin, "portcullis_route_rules")
         .await
         .expect("/metrics has portcullis_route_rules") as usize;
     let idle_rss = memory_mib(pid, "VmRSS").unwrap_or(f64::NAN);
@@ -212,7 +198,7 @@ async fn thousands_of_routes_created_at_once_serve_and_get_status() {
     loop {
         let elapsed = started.elapsed();
         if rules_reached.is_none() {
-            if let Some(rules) = gauge(&http, gw.admin, "portcullis_route_rules").await {
+            if let Some(rules) = support::metric(&http, gw.admin, "portcullis_route_rules").await {
                 last_rules = rules as usize;
                 if last_rules >= expected_rules {
                     rules_reached = Some(started.elapsed());

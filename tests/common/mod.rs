@@ -27,19 +27,28 @@ pub(crate) fn free_port() -> u16 {
 /// to a port picked here, the admin endpoint on another, output discarded. Returns the process
 /// and the two ports, `(gateway, listen, admin)`.
 pub(crate) fn run_gateway(dir: &std::path::Path, extra: &[&str]) -> (Killed, u16, u16) {
+    let (gateway, listen, admin) = spawn_gateway(dir, extra, std::process::Stdio::null());
+    (Killed(gateway), listen, admin)
+}
+
+/// [`run_gateway`] with stdout (the access log) as given, and the process itself, for tests
+/// that read its output or wait for its exit.
+pub(crate) fn spawn_gateway(
+    dir: &std::path::Path,
+    extra: &[&str],
+    stdout: std::process::Stdio,
+) -> (std::process::Child, u16, u16) {
     let (listen, admin) = (free_port(), free_port());
-    let gateway = Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config-dir"])
-            .arg(dir)
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("the portcullis binary starts"),
-    );
+    let gateway = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--config-dir"])
+        .arg(dir)
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--port-offset", &(i32::from(listen) - 80).to_string()])
+        .args(extra)
+        .stdout(stdout)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the portcullis binary starts");
     (gateway, listen, admin)
 }
 

@@ -270,18 +270,24 @@ impl Gateway {
     /// A sample of the admin endpoint's `/metrics` without labels (`portcullis_leader`),
     /// `None` while nothing answers.
     pub(crate) async fn metric(&self, client: &reqwest::Client, name: &str) -> Option<f64> {
-        let text = client
-            .get(format!("http://{}/metrics", self.admin))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|value| value.trim().parse().ok())
+        metric(client, self.admin, name).await
     }
+}
+
+/// A sample without labels (`portcullis_leader`) of the `/metrics` of the admin endpoint on
+/// `admin`, `None` while nothing answers.
+pub(crate) async fn metric(client: &reqwest::Client, admin: SocketAddr, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// A client for tests: short timeouts, no proxy from the environment.
