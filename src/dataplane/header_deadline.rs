@@ -179,11 +179,16 @@ fn scan(blank: u8, bytes: &[u8]) -> Result<(), u8> {
         },
         _ => bytes,
     };
-    if memchr::memmem::find(rest, b"\r\n\r\n").is_some() {
+    if HEADER_END.find(rest).is_some() {
         return Ok(());
     }
     scan_bytes(blank, bytes)
 }
+
+/// The searcher for a header's end, built once: building one per read cost more than the
+/// search itself on a request of a few hundred bytes.
+static HEADER_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
 
 /// [`scan`], a byte at a time.
 fn scan_bytes(mut blank: u8, bytes: &[u8]) -> Result<(), u8> {

@@ -1082,7 +1082,7 @@ impl Proxy {
                 return Decision::RespondAndClose(421);
             }
             let host = crate::routing::table::normalize_host(host);
-            let by_host = table.listener_for_hello(&bind, Some(&host));
+            let by_host = table.listener_for_hello(&bind, Some(&*host));
             let by_sni = table.listener_for_hello(&bind, sni);
             let same = match (by_host, by_sni) {
                 (Some(a), Some(b)) => std::ptr::eq(a, b),
@@ -1448,6 +1448,8 @@ fn valid_host(value: &str) -> bool {
     if value.is_empty() {
         return true;
     }
+    // One pass over the bytes (every request's Host comes through here): no substring search,
+    // no number parsing but for the port.
     let (host, port) = if let Some(rest) = value.strip_prefix('[') {
         let Some((ip, after)) = rest.split_once(']') else {
             return false;
@@ -1467,8 +1469,9 @@ fn valid_host(value: &str) -> bool {
             },
         }
     } else {
-        match value.rsplit_once(':') {
-            Some((host, port)) => (host, port),
+        let bytes = value.as_bytes();
+        match bytes.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
             None => (value, ""),
         }
     };
@@ -1478,11 +1481,16 @@ fn valid_host(value: &str) -> bool {
             && port.parse::<u16>().is_ok());
     // An empty label (`a..b`, `.a`, `a..` past the one trailing dot a name may end with) names
     // no host: routing would read it as another name than a backend that keeps it.
-    let host_ok = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-        && !host.starts_with('.')
-        && !host.contains("..");
+    let mut host_ok = !host.starts_with('.');
+    let mut after_dot = false;
+    for b in host.bytes() {
+        let dot = b == b'.';
+        if !(b.is_ascii_alphanumeric() || dot || b == b'-' || b == b'_') || (dot && after_dot) {
+            host_ok = false;
+            break;
+        }
+        after_dot = dot;
+    }
     port_ok && host_ok && (value.starts_with('[') || !host.is_empty())
 }
 
@@ -1625,7 +1633,7 @@ fn redirect_location(
     let hostname = r
         .hostname
         .clone()
-        .unwrap_or_else(|| crate::routing::table::normalize_host(host));
+        .unwrap_or_else(|| crate::routing::table::normalize_host(host).into_owned());
     let port = match (r.port, &r.scheme) {
         (Some(p), _) => p,
         (None, Some(s)) if s == "https" => 443,

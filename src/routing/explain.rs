@@ -179,7 +179,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
         // A TLS listener routes whole connections by the ClientHello's SNI (TLSRoute), not
         // requests: the host stands for the SNI.
         let id = format!("{}/{}", listener.gateway, listener.name);
-        let sni = (!host.is_empty()).then_some(host.as_str());
+        let sni = (!host.is_empty()).then_some(&*host);
         let Some((_, rule)) = (listener.passthrough.iter())
             .find(|(h, _)| super::table::takes_server_name(h.as_deref(), sni))
         else {

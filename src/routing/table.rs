@@ -17,6 +17,7 @@
 //! of routes. Buckets are tried in order and a bucket whose rules all fail to match falls through
 //! to the next one, which is what precedence across routes asks for.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -628,16 +629,25 @@ fn dots(segment: &str) -> Option<u8> {
     }
 }
 
-/// Lower-cases a host and strips a port and a trailing dot.
-pub fn normalize_host(host: &str) -> String {
+/// Lower-cases a host and strips a port and a trailing dot. Borrowed when the host is in lower
+/// case already, as clients send it: routing looks every request's Host up through this.
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = if host.starts_with('[') {
         host.split_once(']').map_or(host, |(h, _)| &h[1..])
     } else {
-        host.rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(host, |(h, _)| h)
+        match host.as_bytes().iter().rposition(|&b| b == b':') {
+            Some(colon) if host.as_bytes()[colon + 1..].iter().all(u8::is_ascii_digit) => {
+                &host[..colon]
+            }
+            _ => host,
+        }
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
 /// Whether `host` (normalized) matches a listener or route hostname (lower case, maybe `*.`).
@@ -766,7 +776,27 @@ impl Conditions {
 
 #[cfg(test)]
 mod tests {
-    use super::{normalize_path, ServiceBackend};
+    use super::{normalize_host, normalize_path, ServiceBackend};
+    use std::borrow::Cow;
+
+    #[test]
+    fn a_host_is_looked_up_in_lower_case_without_its_port_or_trailing_dot() {
+        for (host, want) in [
+            ("a.example", "a.example"),
+            ("A.Example:8080", "a.example"),
+            ("a.example.", "a.example"),
+            ("a.example.:80", "a.example"),
+            ("a:", "a"),
+            ("[::1]:80", "::1"),
+            ("[::1]", "::1"),
+            ("127.0.0.1:19080", "127.0.0.1"),
+            ("a:b", "a:b"),
+        ] {
+            assert_eq!(normalize_host(host), want, "{host:?}");
+        }
+        // What clients send, lower case already, is not copied.
+        assert!(matches!(normalize_host("a.example:80"), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn an_endpoint_set_aside_is_passed_over_while_another_is_ready() {
