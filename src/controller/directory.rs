@@ -1695,6 +1695,101 @@ fn endpoint_slice_values(who: &str, slice: &api::EndpointSlice) -> Result<(), St
     Ok(())
 }
 
+/// A document's value, read with each key of a mapping at most once. YAML allows a key once
+/// per mapping, and the API server refuses an object that repeats a field; read as plain JSON
+/// values, the last of two `rules:` would silently replace the first.
+struct Unique(Value);
+
+impl<'de> serde::Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a YAML value that JSON can hold")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Value, E> {
+        <serde_json::Number as serde::Deserialize>::deserialize(
+            serde::de::value::I128Deserializer::new(v),
+        )
+        .map(Value::Number)
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Value, E> {
+        <serde_json::Number as serde::Deserialize>::deserialize(
+            serde::de::value::U128Deserializer::new(v),
+        )
+        .map(Value::Number)
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // NaN and the infinities have no JSON number: null, as serde_json's own reading gives.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(Unique(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the key {key:?} appears twice in one mapping; keep one (YAML allows a key \
+                     once per mapping, and kubectl refuses the object too)"
+                )));
+            }
+            let Unique(value) = map.next_value()?;
+            fields.insert(key, value);
+        }
+        Ok(Value::Object(fields))
+    }
+}
+
 /// Removes every object field whose value is null, at any depth.
 fn drop_null_fields(value: &mut Value) {
     match value {
@@ -1744,7 +1839,7 @@ fn parse_documents(
                 Value::deserialize(yaml)
             })
         } else {
-            Value::deserialize(document)
+            Unique::deserialize(document).map(|unique| unique.0)
         };
         let value = match read {
             Ok(value) => value,
@@ -2179,6 +2274,31 @@ mod tests {
         assert!(objects[2].body.get("<<").is_none());
         assert_eq!(objects[1].key.namespace, "n");
         assert!(objects[1].body["metadata"].get("<<").is_none());
+    }
+
+    #[test]
+    fn a_key_written_twice_in_one_mapping_refuses_the_file() {
+        // The second `rules:` used to replace the first without a word.
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                    metadata: {name: r, namespace: n}\nspec:\n  \
+                    rules:\n  - backendRefs: [{name: a, port: 80}]\n  \
+                    rules:\n  - backendRefs: [{name: b, port: 80}]\n";
+        let errors = read_manifests(text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("spec: the key \"rules\" appears twice in one mapping"),
+            "{}",
+            errors[0]
+        );
+        // The same through a merge key, which reads the document another way.
+        let text = "apiVersion: v1\nkind: Service\n\
+                    metadata: {<<: {namespace: n}, name: a, name: b}\n";
+        let errors = read_manifests(text).unwrap_err();
+        assert!(errors[0].contains("duplicate entry"), "{}", errors[0]);
+        // Keys that differ only in case are two keys, as they are to the API server.
+        let text = "apiVersion: v1\nkind: Service\n\
+                    metadata: {name: a, namespace: n, labels: {tier: a, Tier: b}}\n";
+        assert_eq!(read_manifests(text).map(|o| o.len()), Ok(1));
     }
 
     #[test]
