@@ -433,7 +433,7 @@ async fn a_bad_document_keeps_every_object_of_its_file_serving() {
         (
             two_routes().replace("port: 80}]}]\n---", "port: eighty}]}]\n---"),
             // (the errors are matched as JSON text, where quotes are escaped)
-            "spec has a value of the wrong type: rules[0].backendRefs[0].port: invalid type: \
+            "has a value of the wrong type: spec.rules[0].backendRefs[0].port: invalid type: \
              the string",
         ),
     ];

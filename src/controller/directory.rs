@@ -1047,14 +1047,14 @@ fn decode_spec(object: &Object) -> Result<(), String> {
     };
     let decoded = match kind {
         _ if spec.is_null() && kind != Kind::EndpointSlice => Ok(()),
-        Kind::GatewayClass => api::read::<api::GatewayClassSpec>(spec).map(drop),
-        Kind::Gateway => api::read::<api::GatewaySpec>(spec).map(drop),
-        Kind::HttpRoute => api::read::<api::RouteSpec>(spec).map(drop),
-        Kind::GrpcRoute => api::read::<api::GrpcRouteSpec>(spec).map(drop),
-        Kind::TlsRoute => api::read::<api::TlsRouteSpec>(spec).map(drop),
-        Kind::ReferenceGrant => api::read::<api::ReferenceGrantSpec>(spec).map(drop),
-        Kind::BackendTlsPolicy => api::read::<api::BackendTlsPolicySpec>(spec).map(drop),
-        Kind::Service => api::read::<api::ServiceSpec>(spec).map(drop),
+        Kind::GatewayClass => api::read_at::<api::GatewayClassSpec>("spec", spec).map(drop),
+        Kind::Gateway => api::read_at::<api::GatewaySpec>("spec", spec).map(drop),
+        Kind::HttpRoute => api::read_at::<api::RouteSpec>("spec", spec).map(drop),
+        Kind::GrpcRoute => api::read_at::<api::GrpcRouteSpec>("spec", spec).map(drop),
+        Kind::TlsRoute => api::read_at::<api::TlsRouteSpec>("spec", spec).map(drop),
+        Kind::ReferenceGrant => api::read_at::<api::ReferenceGrantSpec>("spec", spec).map(drop),
+        Kind::BackendTlsPolicy => api::read_at::<api::BackendTlsPolicySpec>("spec", spec).map(drop),
+        Kind::Service => api::read_at::<api::ServiceSpec>("spec", spec).map(drop),
         Kind::EndpointSlice => {
             let slice = api::read::<api::EndpointSlice>(&object.body).map_err(|e| {
                 format!(
@@ -1084,7 +1084,7 @@ fn decode_spec(object: &Object) -> Result<(), String> {
     };
     decoded.map_err(|e| {
         format!(
-            "{who} spec has a value of the wrong type: {e}{}",
+            "{who} has a value of the wrong type: {e}{}",
             and_misspelt(&unknown)
         )
     })?;

@@ -23,6 +23,22 @@ pub fn read<T: for<'de> Deserialize<'de>>(value: &serde_json::Value) -> Result<T
     })
 }
 
+/// [`read`] for the value of the field `field`, whose path the error starts with
+/// (`spec.rules[0].backendRefs[0].port: ...`), as the errors naming a misspelt field do.
+pub fn read_at<T: for<'de> Deserialize<'de>>(
+    field: &str,
+    value: &serde_json::Value,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let cause = in_manifest_terms(&e.inner().to_string());
+        match e.path().to_string() {
+            root if root == "." => format!("{field}: {cause}"),
+            path if path.starts_with('[') => format!("{field}{path}: {cause}"),
+            path => format!("{field}.{path}: {cause}"),
+        }
+    })
+}
+
 /// Rewrites serde's type names in an error (`expected i64`, `invalid type: map`) into the
 /// words a manifest's author uses.
 fn in_manifest_terms(message: &str) -> String {
