@@ -1208,6 +1208,12 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
                             port(&backend["port"]),
                         );
                     }
+                    if !backend["weight"].is_null() {
+                        check(
+                            format!("spec.rules[{i}].backendRefs[{j}].weight"),
+                            weight(&backend["weight"]),
+                        );
+                    }
                     let at = format!("spec.rules[{i}].backendRefs[{j}].filters");
                     for (path, problem) in filter_rules(&at, &list(&backend["filters"])) {
                         check(path, Err(problem));
@@ -1390,6 +1396,17 @@ fn http_method(method: &str) -> Result<(), String> {
 }
 
 /// Checks a port number against the API's `PortNumber` type: 1 to 65535.
+/// Checks a backendRef's weight against the API's bounds, 0 to 1,000,000.
+fn weight(value: &Value) -> Result<(), String> {
+    match value.as_i64() {
+        Some(0..=crate::routing::MAX_WEIGHT) => Ok(()),
+        _ => Err(format!(
+            "{value} is not a weight: give 0 to {} (the API server refuses more too)",
+            crate::routing::MAX_WEIGHT
+        )),
+    }
+}
+
 fn port(value: &Value) -> Result<(), String> {
     match value.as_i64() {
         Some(1..=65535) => Ok(()),
@@ -2742,6 +2759,13 @@ mod tests {
                 route("80"),
                 route("0"),
                 "HTTPRoute n/r spec.rules[0].backendRefs[0].port 0 is not a port",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                route("80, weight: 9223372036854775807"),
+                "HTTPRoute n/r spec.rules[0].backendRefs[0].weight 9223372036854775807 is not a \
+                 weight: give 0 to 1000000",
             ),
             (
                 Kind::HttpRoute,

@@ -12,7 +12,7 @@ pub mod table;
 
 pub use compiler::{
     compile, compile_with, intersect_hostnames, parse_duration, unserved, CompileCache,
-    CompileOptions, Compiled, ReportedAddresses,
+    CompileOptions, Compiled, ReportedAddresses, MAX_WEIGHT,
 };
 pub use status::{Condition, ObjectStatus, StatusReport};
 pub use table::{Miss, RequestView, RoutingTable};

@@ -35,6 +35,10 @@ use super::table::RoutingTable;
 
 pub use hostnames::intersect as intersect_hostnames;
 
+/// The largest weight a backendRef may have (the API's bound). Bounded so, the weights of a
+/// rule cannot add up past what the weighted pick counts in (u64), however many it has.
+pub const MAX_WEIGHT: i64 = 1_000_000;
+
 /// Settings that are not in the objects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CompileOptions {

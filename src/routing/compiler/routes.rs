@@ -716,8 +716,15 @@ fn translate_rule(
         .collect::<Result<Vec<_>, _>>()?;
     let mut weighted = Vec::new();
     for b in &rule.backend_refs {
-        let weight = u64::try_from(b.weight.unwrap_or(1))
-            .map_err(|_| "backendRef weight must not be negative".to_string())?;
+        let weight = match b.weight.unwrap_or(1) {
+            w @ 0..=super::MAX_WEIGHT => w as u64,
+            w => {
+                return Err(format!(
+                    "backendRef weight {w} is outside 0 to {}",
+                    super::MAX_WEIGHT
+                ))
+            }
+        };
         let mut target = resolve_backend(ctx, b, backends, unresolved);
         let mut filters = b
             .filters

@@ -1214,6 +1214,45 @@ fn retry_is_checked_and_its_defaults_filled_in() {
     }
 }
 
+/// Weights the API refuses are refused (as the API server does; standalone mode refuses them
+/// at load too): two of the largest an i64 holds added up past u64 and made every request
+/// through the rule panic.
+#[test]
+fn a_weight_above_the_apis_bound_refuses_the_rule() {
+    let max = i64::MAX;
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            &format!(
+                "  rules:\n  - backendRefs: [{{name: svc, port: 8080, weight: {max}}}, \
+                 {{name: svc, port: 8080, weight: {max}}}, {{name: svc, port: 8080, weight: 2}}]\n"
+            )
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status;
+    let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+    assert_eq!(accepted["status"], "False");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("backendRef weight {max} is outside 0 to 1000000")),
+        "{message}"
+    );
+    assert_eq!(explain_get(&c, "/").status, Some(404));
+    // The bound itself is served.
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - backendRefs: [{name: svc, port: 8080, weight: 1000000}, \
+             {name: svc, port: 8080, weight: 0}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    assert_eq!(explain_get(&c, "/").status, None);
+}
+
 #[test]
 fn a_listener_moved_out_of_the_port_range_says_why_it_is_not_programmed() {
     let options = CompileOptions {
