@@ -470,6 +470,28 @@ pub struct HttpMatch {
     /// path pattern built from both. Not a field of the API.
     #[serde(skip)]
     pub grpc_patterns: Option<(Option<String>, Option<String>)>,
+    /// Made from a GRPCRoute match: which parts of the method it names, for GRPCRouteRule's
+    /// precedence (see [`GrpcNames`]). `None` for an HTTPRoute's match. Not a field of the API.
+    #[serde(skip)]
+    pub grpc_names: Option<GrpcNames>,
+}
+
+/// What a GRPCRoute match names of a request's `/service/method`. GRPCRouteRule's precedence
+/// goes by the characters of the matching service, then of the matching method: every match
+/// of one request that names its service (exactly or by a pattern) counts the same characters,
+/// so a match naming both parts ranks above one naming the service alone, that above one
+/// naming the method alone, and that above one naming neither; how a part is matched (exact or
+/// pattern) does not rank it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GrpcNames {
+    /// Neither part: any method of any service.
+    Neither,
+    /// The method, in any service.
+    Method,
+    /// The service, any method of it.
+    Service,
+    /// Both.
+    Both,
 }
 
 /// `matches[].path`.
@@ -858,7 +880,11 @@ impl From<GrpcRule> for HttpRule {
     fn from(r: GrpcRule) -> HttpRule {
         HttpRule {
             name: r.name,
-            matches: r.matches.into_iter().map(HttpMatch::from).collect(),
+            // None is every call: one match naming nothing, ranked as a GRPCRoute's.
+            matches: match r.matches.is_empty() {
+                true => vec![HttpMatch::from(GrpcMatch::default())],
+                false => r.matches.into_iter().map(HttpMatch::from).collect(),
+            },
             filters: r.filters,
             backend_refs: r.backend_refs,
             timeouts: None,
@@ -882,6 +908,14 @@ impl From<GrpcMatch> for HttpMatch {
             .as_ref()
             .filter(|mm| mm.type_.as_deref() == Some("RegularExpression"))
             .map(|mm| (mm.service.clone(), mm.method.clone()));
+        let grpc_names = Some(
+            match m.method.as_ref().map(|mm| (&mm.service, &mm.method)) {
+                Some((Some(_), Some(_))) => GrpcNames::Both,
+                Some((Some(_), None)) => GrpcNames::Service,
+                Some((None, Some(_))) => GrpcNames::Method,
+                Some((None, None)) | None => GrpcNames::Neither,
+            },
+        );
         let path = m.method.map(|mm| {
             let regex = mm.type_.as_deref() == Some("RegularExpression");
             let (type_, value) = match (regex, mm.service, mm.method) {
@@ -914,6 +948,7 @@ impl From<GrpcMatch> for HttpMatch {
             method: None,
             grpc_method_only,
             grpc_patterns,
+            grpc_names,
         }
     }
 }

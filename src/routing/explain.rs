@@ -404,6 +404,36 @@ fn explain_paths<'t>(
         }
         None
     };
+    if paths.grpc {
+        // As the table does for GRPCRoutes: every entry whose path matches, in precedence.
+        let mut candidates: Vec<(String, &'t Entry)> = Vec::new();
+        for e in paths.exact.get(req.path).into_iter().flatten() {
+            candidates.push((format!("Exact {}", req.path), e));
+        }
+        for (re, e) in paths.regex.iter().chain(&paths.grpc_methods) {
+            if re.is_match(req.path) {
+                candidates.push((format!("RegularExpression {}", re.as_str()), e));
+            }
+        }
+        let mut key = req.path.trim_end_matches('/');
+        loop {
+            let probe = if key.is_empty() { "/" } else { key };
+            for e in paths.prefix.get(probe).into_iter().flatten() {
+                candidates.push((format!("PathPrefix {probe}"), e));
+            }
+            if key.is_empty() {
+                break;
+            }
+            key = &key[..key.rfind('/').unwrap_or(0)];
+        }
+        candidates.sort_by_key(|(_, e)| e.order);
+        for (what, e) in candidates {
+            if let Some(hit) = try_entries(what, &mut std::iter::once(e), steps) {
+                return Some(hit);
+            }
+        }
+        return None;
+    }
     if let Some(v) = paths.exact.get(req.path) {
         if let Some(hit) = try_entries(format!("Exact {}", req.path), &mut v.iter(), steps) {
             return Some(hit);
@@ -540,6 +570,22 @@ fn describe_listener(l: &ListenerRoutes) -> Value {
 }
 
 fn describe_paths(p: &PathIndex) -> Vec<Value> {
+    if p.grpc {
+        // A GRPCRoute's entries are tried in precedence, whatever their kind of path match.
+        let mut listed: Vec<(u32, Value)> = Vec::new();
+        for (path, entries) in &p.exact {
+            listed.extend((entries.iter()).map(|e| (e.order, describe_entry("Exact", path, e))));
+        }
+        for (path, entries) in &p.prefix {
+            listed
+                .extend((entries.iter()).map(|e| (e.order, describe_entry("PathPrefix", path, e))));
+        }
+        for (re, e) in p.regex.iter().chain(&p.grpc_methods) {
+            listed.push((e.order, describe_entry("RegularExpression", re.as_str(), e)));
+        }
+        listed.sort_by_key(|(order, _)| *order);
+        return listed.into_iter().map(|(_, v)| v).collect();
+    }
     let mut out = Vec::new();
     let mut exact: Vec<_> = p.exact.iter().collect();
     exact.sort_by(|a, b| a.0.cmp(b.0));

@@ -99,6 +99,10 @@ pub struct PathIndex {
     /// GRPCRoute matches of a method in any service, as patterns: a service named ranks above
     /// them, so they are tried after every prefix but `/`.
     pub grpc_methods: Vec<(Regex, Entry)>,
+    /// The host is served by GRPCRoutes, whose precedence goes by what of the method a match
+    /// names, not by its kind of path match: lookups take the first matching entry by
+    /// [`Entry::order`].
+    pub grpc: bool,
 }
 
 /// One `match` of one rule, ready to test.
@@ -110,6 +114,8 @@ pub struct Entry {
     pub rule: Arc<Rule>,
     /// The path prefix the entry matched on, for `ReplacePrefixMatch`.
     pub prefix: Option<Arc<str>>,
+    /// The entry's place in precedence among all of its host's, first at 0.
+    pub order: u32,
 }
 
 /// The non-path parts of a match.
@@ -681,6 +687,9 @@ impl HostIndex {
 
 impl PathIndex {
     fn lookup<'t>(&'t self, req: &RequestView<'_>) -> Option<&'t Entry> {
+        if self.grpc {
+            return self.lookup_grpc(req);
+        }
         let first = |entries: &'t [Entry]| entries.iter().find(|e| e.conditions.hold(req));
         if let Some(hit) = self.exact.get(req.path).and_then(|v| first(v)) {
             return Some(hit);
@@ -714,6 +723,38 @@ impl PathIndex {
             }
             if key.is_empty() {
                 return None;
+            }
+            key = &key[..key.rfind('/').unwrap_or(0)];
+        }
+    }
+
+    /// [`Self::lookup`] for a host of GRPCRoutes: of the first matching entry of each kind of
+    /// path match (a `/service/method` path, a service's prefix, a pattern, the catch-all
+    /// `/`), the first in precedence.
+    fn lookup_grpc<'t>(&'t self, req: &RequestView<'_>) -> Option<&'t Entry> {
+        let first = |entries: &'t [Entry]| entries.iter().find(|e| e.conditions.hold(req));
+        let pattern = |patterns: &'t [(Regex, Entry)]| {
+            (patterns.iter())
+                .find(|(re, e)| re.is_match(req.path) && e.conditions.hold(req))
+                .map(|(_, e)| e)
+        };
+        let mut best: Option<&'t Entry> = None;
+        let mut offer = |hit: Option<&'t Entry>| {
+            if let Some(hit) = hit {
+                if best.is_none_or(|b| hit.order < b.order) {
+                    best = Some(hit);
+                }
+            }
+        };
+        offer(self.exact.get(req.path).and_then(|v| first(v)));
+        offer(pattern(&self.regex));
+        offer(pattern(&self.grpc_methods));
+        let mut key = req.path.trim_end_matches('/');
+        loop {
+            let probe = if key.is_empty() { "/" } else { key };
+            offer(self.prefix.get(probe).and_then(|v| first(v)));
+            if key.is_empty() {
+                return best;
             }
             key = &key[..key.rfind('/').unwrap_or(0)];
         }

@@ -913,8 +913,14 @@ fn translate_match(
         .as_ref()
         .and_then(|p| p.value.as_ref())
         .map_or(1, |v| v.len());
+    // A GRPCRoute's matches rank by what of the method they name, not by how long the path
+    // built from it is (see `GrpcNames`).
+    let path_chars = match m.grpc_names {
+        Some(names) => names as usize,
+        None => prefix_chars.max(path_len),
+    };
     let rank = MatchRank {
-        path_chars: std::cmp::Reverse(prefix_chars.max(path_len)),
+        path_chars: std::cmp::Reverse(path_chars),
         no_method: method.is_none(),
         headers: std::cmp::Reverse(headers.len()),
         query: std::cmp::Reverse(query.len()),
@@ -1949,21 +1955,24 @@ impl HostIndex {
 /// The entries of one host, from the routes that serve it in precedence order.
 fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
     let mut bucket = Bucket::default();
+    let mut grpc = false;
     for (route_order, route) in routes.iter().enumerate() {
         for m in &route.rules {
             let prefix = match &m.path {
                 PathKind::Prefix(p) => Some(Arc::from(p.as_str())),
                 _ => None,
             };
-            let entry = Entry {
-                conditions: m.conditions.clone(),
-                rule: m.rule.clone(),
-                prefix,
-            };
             // Only the order of routes within this host matters to precedence.
             let rank = MatchRank {
                 route: route_order,
                 ..m.rank
+            };
+            grpc |= route.kind == Kind::GrpcRoute;
+            let entry = Entry {
+                conditions: m.conditions.clone(),
+                rule: m.rule.clone(),
+                prefix,
+                order: 0,
             };
             match &m.path {
                 PathKind::Exact(p) => bucket
@@ -1981,6 +1990,25 @@ fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
             }
         }
     }
+    // Each entry's place among all of the host's: a GRPCRoute's lookup takes the first in
+    // that order of the entries that match, wherever they are kept.
+    let mut ranks: Vec<MatchRank> = (bucket.exact.values().chain(bucket.prefix.values()))
+        .flatten()
+        .map(|(rank, _)| *rank)
+        .chain(bucket.regex.iter().map(|(rank, _, _)| *rank))
+        .chain(bucket.grpc_methods.iter().map(|(rank, _, _)| *rank))
+        .collect();
+    ranks.sort();
+    let order = |rank: &MatchRank, entry: &mut Entry| {
+        let place = ranks.binary_search(rank).unwrap_or_default();
+        entry.order = u32::try_from(place).unwrap_or(u32::MAX);
+    };
+    for (rank, entry) in (bucket.exact.values_mut().chain(bucket.prefix.values_mut())).flatten() {
+        order(rank, entry);
+    }
+    for (rank, _, entry) in bucket.regex.iter_mut().chain(&mut bucket.grpc_methods) {
+        order(rank, entry);
+    }
     let finish = |mut v: Vec<(MatchRank, Entry)>| -> Vec<Entry> {
         v.sort_by_key(|(rank, _)| *rank);
         v.into_iter().map(|(_, e)| e).collect()
@@ -1988,6 +2016,7 @@ fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
     bucket.regex.sort_by_key(|(rank, _, _)| *rank);
     bucket.grpc_methods.sort_by_key(|(rank, _, _)| *rank);
     PathIndex {
+        grpc,
         exact: bucket
             .exact
             .into_iter()

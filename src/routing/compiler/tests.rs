@@ -2219,9 +2219,11 @@ fn grpc_regular_expressions_stand_each_for_their_part() {
     );
 }
 
-/// GRPCRouteRule's precedence: the characters of the service before those of the method.
-/// A match naming only a service wins over an older one naming only a method, and a method
-/// in any service still wins over a route with no method match at all.
+/// GRPCRouteRule's precedence: the characters of the matching service, then those of the
+/// matching method. Every match of a request that names its service counts the same
+/// characters, exactly or by a pattern: naming both parts ranks above the service alone, that
+/// above the method alone (a newer pattern for any method in any service used to win over an
+/// older service match), that above naming neither; the older route breaks a tie.
 #[test]
 fn a_grpc_service_match_ranks_above_a_method_match() {
     let text = [
@@ -2239,6 +2241,18 @@ fn a_grpc_service_match_ranks_above_a_method_match() {
              backendRefs: [{name: svc, port: 8080}]\n",
         ),
         grpc_route(
+            "method-pattern",
+            "2022-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {type: RegularExpression, method: '.*'}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+        grpc_route(
+            "both-pattern",
+            "2023-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {type: RegularExpression, service: 'a\\.B', method: 'F.*'}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+        grpc_route(
             "any",
             "2019-01-01T00:00:00Z",
             "  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n",
@@ -2247,13 +2261,17 @@ fn a_grpc_service_match_ranks_above_a_method_match() {
     .concat();
     let c = compile(&snapshot(&text), &CompileOptions::default());
     let route_of = |path: &str| lookup_route(&c, "any", path, &[]);
-    assert_eq!(
-        route_of("/a.B/Foo").as_deref(),
-        Some("infra/service-only#0")
-    );
-    assert_eq!(route_of("/c.D/Foo").as_deref(), Some("infra/method-only#0"));
-    assert_eq!(route_of("/c.D/Bar").as_deref(), Some("infra/any#0"));
-    // explain takes the same road, and /debug/routes lists the method match before `/`.
+    let cases = [
+        ("/a.B/Foo", "infra/both-pattern#0"),
+        ("/a.B/Bar", "infra/service-only#0"),
+        ("/c.D/Foo", "infra/method-only#0"),
+        ("/c.D/Bar", "infra/method-pattern#0"),
+        ("/c.D", "infra/any#0"),
+    ];
+    for (path, wanted) in cases {
+        assert_eq!(route_of(path).as_deref(), Some(wanted), "{path}");
+    }
+    // explain takes the same road, and /debug/routes lists the entries in precedence.
     let question = |path: &str| crate::routing::explain::Question {
         listener: "infra/gw/http".to_string(),
         host: "any".to_string(),
@@ -2261,15 +2279,12 @@ fn a_grpc_service_match_ranks_above_a_method_match() {
         method: "POST".to_string(),
         headers: Vec::new(),
     };
-    for (path, wanted) in [
-        ("/a.B/Foo", "infra/service-only#0"),
-        ("/c.D/Foo", "infra/method-only#0"),
-    ] {
+    for (path, wanted) in cases {
         let answer = question(path).answer(&c.table, &c.report);
         assert_eq!(
             answer.matched.as_deref(),
             Some(wanted),
-            "{:?}",
+            "{path}: {:?}",
             answer.steps
         );
     }
@@ -2279,11 +2294,16 @@ fn a_grpc_service_match_ranks_above_a_method_match() {
             .find(needle)
             .unwrap_or_else(|| panic!("{needle}: {routes}"))
     };
-    assert!(
-        at("infra/service-only") < at("infra/method-only"),
-        "{routes}"
-    );
-    assert!(at("infra/method-only") < at("infra/any"), "{routes}");
+    let listed = [
+        "infra/both-pattern",
+        "infra/service-only",
+        "infra/method-only",
+        "infra/method-pattern",
+        "infra/any",
+    ];
+    for pair in listed.windows(2) {
+        assert!(at(pair[0]) < at(pair[1]), "{pair:?}: {routes}");
+    }
 }
 
 /// A GRPCRoute has no redirects, rewrites or CORS: a rule that asks for one is dropped, and
