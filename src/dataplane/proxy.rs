@@ -308,6 +308,12 @@ impl ProxyHttp for Proxy {
         if !host_ok {
             return respond(session, ctx, 400).await;
         }
+        // Methods are case-sensitive (RFC 9110, section 9.1), but many backends read `delete`
+        // as DELETE, which a rule's `method: DELETE` match would not have caught: a method
+        // with a lower-case letter is refused, as nginx refuses it.
+        if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return respond(session, ctx, 400).await;
+        }
         // Match and forward on the path's normal form (see `normalize_path`).
         if let Some(path) = normalize_path(req.uri.path()) {
             let target = match req.uri.query() {
@@ -1454,11 +1460,9 @@ fn valid_host(value: &str) -> bool {
         let Some((ip, after)) = rest.split_once(']') else {
             return false;
         };
-        if ip.is_empty()
-            || !ip
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
-        {
+        // Only an IPv6 address: `[.]` or `[bad.cafe]` would route as another host (or none)
+        // than the backend and a redirect's Location are given.
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
             return false;
         }
         match after {
@@ -1930,6 +1934,8 @@ mod tests {
             "127.0.0.1",
             "[::1]",
             "[::1]:80",
+            "[::ffff:127.0.0.1]",
+            "[2001:db8::1]:443",
             "svc_name.ns",
             "",
             "a:",
@@ -1952,6 +1958,12 @@ mod tests {
             "[]",
             "[::1]x",
             "[g::1]",
+            "[.]",
+            "[...]",
+            "[a]",
+            "[bad.cafe]",
+            "[bad.cafe]:1",
+            "[::1::2]",
             "a.example..",
             "a..example",
             ".a.example",

@@ -700,7 +700,8 @@ impl Question {
         let mut given = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let (k, v) = (percent_decode(k), percent_decode(v));
+            let decode = |s| crate::routing::table::form_decode(s).into_owned();
+            let (k, v) = (decode(k), decode(v));
             // Of two values for one field, either could be the question meant.
             if k != "header" && given.contains(&k) {
                 return Err(format!(
@@ -801,30 +802,6 @@ pub fn parse_header(text: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("header {text:?} must be name:value")),
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

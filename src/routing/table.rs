@@ -635,6 +635,35 @@ fn dots(segment: &str) -> Option<u8> {
     }
 }
 
+/// Decodes a query string's name or value as a form does (`application/x-www-form-urlencoded`,
+/// as most backends read a query): `%XX` as the byte it stands for, `+` as a space. A `%` not
+/// followed by two hex digits stays as it is; bytes that are not UTF-8 once decoded become
+/// U+FFFD. Borrowed when there is nothing to decode, as in most queries.
+pub fn form_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Lower-cases a host and strips a port and a trailing dot. Borrowed when the host is in lower
 /// case already, as clients send it: routing looks every request's Host up through this.
 pub fn normalize_host(host: &str) -> Cow<'_, str> {
@@ -801,13 +830,16 @@ impl Conditions {
         }
         for (i, q) in self.query.iter().enumerate() {
             // The spec leaves repeated parameters to the implementation: the first one counts.
+            // Names and values are compared decoded (`%74rue` is `true`, `+` a space), as the
+            // backend reads them: compared as sent, `?debug=%74rue` passed a rule meant to
+            // catch `debug=true` and reached a backend that read just that.
             let found = req.query.and_then(|query| {
                 query.split('&').find_map(|pair| {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    (k == q.name).then_some(v)
+                    (form_decode(k) == q.name.as_str()).then(|| form_decode(v))
                 })
             });
-            if !found.is_some_and(|v| q.value.holds(v)) {
+            if !found.is_some_and(|v| q.value.holds(&v)) {
                 return Some(Failure::Query(i));
             }
         }

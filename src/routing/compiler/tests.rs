@@ -1214,6 +1214,42 @@ fn retry_is_checked_and_its_defaults_filled_in() {
     }
 }
 
+/// A query parameter match holds on the name and value as a backend reads them, decoded:
+/// compared as sent, `?debug=%74rue` passed by a rule meant to catch `debug=true`.
+#[test]
+fn query_parameters_are_matched_decoded() {
+    let yaml = format!(
+        "{BASE}{}",
+        route(
+            "a",
+            "  rules:\n  - matches: [{path: {value: /}, queryParams: [{name: debug, value: 'true'}]}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n  \
+             - matches: [{path: {value: /}, queryParams: [{name: q, value: 'a b&c'}]}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let route_of = |target: &str| lookup_route(&c, "a.example", target, &[]);
+    for target in [
+        "/?debug=true",
+        "/?debug=%74rue",
+        "/?%64ebug=true",
+        "/?%64%65%62%75%67=%74%72%75%65",
+    ] {
+        assert_eq!(route_of(target).as_deref(), Some("infra/a#0"), "{target}");
+    }
+    assert_eq!(
+        route_of("/?q=a+b%26c").as_deref(),
+        Some("infra/a#1"),
+        "a plus is a space"
+    );
+    // The first of a repeated name counts, however it is written.
+    assert_eq!(route_of("/?%64ebug=no&debug=true"), None);
+    // A `%` without two hex digits is itself.
+    assert_eq!(route_of("/?debug=%7"), None);
+    assert_eq!(route_of("/?debug=true%"), None);
+}
+
 /// Weights the API refuses are refused (as the API server does; standalone mode refuses them
 /// at load too): two of the largest an i64 holds added up past u64 and made every request
 /// through the rule panic.
