@@ -16,7 +16,7 @@ use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use portcullis::controller::{directory::DirectoryProvider, Store};
+use portcullis::controller::{directory::DirectoryProvider, Kind, Store};
 use portcullis::dataplane::{self, RunOptions};
 use portcullis::routing::{compile, CompileOptions};
 
@@ -161,7 +161,7 @@ struct CompileArgs {
     #[arg(long, value_parser = parse_port_map)]
     port_map: Option<PortMap>,
     /// Serve only this Gateway (namespace/name); the others are left to other processes.
-    #[arg(long, env = "PORTCULLIS_GATEWAY")]
+    #[arg(long, env = "PORTCULLIS_GATEWAY", value_parser = parse_gateway)]
     gateway: Option<String>,
 }
 
@@ -214,6 +214,31 @@ fn parse_pool(text: &str) -> Result<AddressPool, String> {
         return Err("the address pool needs at least one address".to_string());
     }
     Ok(AddressPool(out))
+}
+
+/// A `--gateway` value: `namespace/name`, each part a name Kubernetes allows (lower-case
+/// letters, digits, `-`, and `.` in the name). Anything else names no Gateway there can be, and
+/// the process would serve nothing without a word.
+fn parse_gateway(text: &str) -> Result<String, String> {
+    let name_ok = |part: &str, dots: bool| {
+        let b = part.as_bytes();
+        !b.is_empty()
+            && b.len() <= 253
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter().all(|&c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || (dots && c == b'.')
+            })
+    };
+    match text.split_once('/') {
+        Some((namespace, name)) if name_ok(namespace, false) && name_ok(name, true) => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!(
+            "{text:?} is not a Gateway's namespace/name (such as infra/public): give the \
+             namespace, a slash and the name, in lower case"
+        )),
+    }
 }
 
 fn parse_port_map(text: &str) -> Result<PortMap, String> {
@@ -551,6 +576,20 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             eprintln!("not served: {u}");
         } else {
             out!("NOT SERVED {u}");
+        }
+    }
+    // A process scoped to one Gateway serves nothing when that Gateway is not served: the
+    // class alone, accepted, would otherwise pass.
+    if let Some(only) = &args.gateway {
+        let served = (report.objects.iter())
+            .any(|o| o.kind == Kind::Gateway && format!("{}/{}", o.namespace, o.name) == *only);
+        if !served {
+            eprintln!(
+                "error: nothing under {} is served: --gateway {only} names no Gateway served \
+                 there (see NOT SERVED above)",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
         }
     }
     if report.objects.is_empty() {

@@ -186,6 +186,50 @@ fn check_names_what_nothing_serves_and_fails_when_that_is_everything() {
     );
 }
 
+/// `--gateway` scopes a process to one Gateway: one that is not in the directory leaves
+/// nothing served, which `check` fails on (it passed on the class alone, accepted), and a
+/// value that is no namespace/name is refused before anything runs.
+#[test]
+fn check_fails_when_the_gateway_it_is_scoped_to_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("endpoints.yaml"), endpoints(9)).unwrap();
+    std::fs::write(dir.path().join("good.yaml"), good()).unwrap();
+    let scoped = |gateway: &str| {
+        let out = portcullis()
+            .arg("check")
+            .arg(dir.path())
+            .args(["--gateway", gateway])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = scoped("app/gw");
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = scoped("app/nope");
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains(
+            "NOT SERVED Gateway app/nope, the one --gateway names, is not in the \
+             configuration (there are app/gw)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("--gateway app/nope names no Gateway served"),
+        "{text}"
+    );
+    for malformed in ["nope", "app/", "/gw", "App/gw", "a/b/c"] {
+        let (code, text) = scoped(malformed);
+        assert_eq!(code, Some(2), "{malformed}: {text}");
+        assert!(text.contains("is not a Gateway's namespace/name"), "{text}");
+    }
+}
+
 /// Offline, a directory is read once: a file that does not parse never held objects, so the
 /// commands must report its error without claiming that earlier objects are kept.
 #[test]

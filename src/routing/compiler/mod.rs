@@ -348,7 +348,23 @@ pub fn unserved(
             "Gateway {name}: its gatewayClassName {class:?} {why}; it is not served"
         ));
     }
-    if options.only_gateway.is_some() {
+    if let Some(only) = &options.only_gateway {
+        let there = |g: &&Object| format!("{}/{}", g.key.namespace, g.key.name) == *only;
+        if !snapshot.of_kind(Kind::Gateway).any(|g| there(&g)) {
+            let mut names: Vec<String> = (snapshot.of_kind(Kind::Gateway))
+                .map(|g| format!("{}/{}", g.key.namespace, g.key.name))
+                .collect();
+            names.sort();
+            let names = match names.len() {
+                0 => "there is none".to_string(),
+                1..=8 => format!("there are {}", names.join(", ")),
+                n => format!("there are {} and {} more", names[..8].join(", "), n - 8),
+            };
+            out.push(format!(
+                "Gateway {only}, the one --gateway names, is not in the configuration ({names}); \
+                 nothing is served"
+            ));
+        }
         return out;
     }
     // The Gateways that are served, to name beside a parentRef that names none of them: most
