@@ -493,20 +493,33 @@ macro_rules! out {
 fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
     let store = Store::new();
     let mut provider = DirectoryProvider::new(dir, store.clone());
+    // With --json, a check that cannot start still answers in JSON on stdout, for whatever
+    // reads it, and in words on stderr.
+    let fatal = |message: String, code: ExitCode| {
+        if json {
+            out!("{}", serde_json::json!({ "error": message }));
+        }
+        eprintln!("error: {message}");
+        code
+    };
     if let Err(err) = provider.sync() {
-        eprintln!("error: cannot read {}: {err}", dir.display());
-        return ExitCode::from(2);
+        return fatal(
+            format!("cannot read {}: {err}", dir.display()),
+            ExitCode::from(2),
+        );
     }
     let snapshot = store.snapshot();
     let compiled = compile(&snapshot, &args.options());
     let report = compiled.report;
     if snapshot.is_empty() && report.errors.is_empty() {
-        eprintln!(
-            "error: no Gateway API objects under {}: the directory holds no *.yaml, *.yml or \
-             *.json file with a document of a kind Portcullis reads",
-            dir.display()
+        return fatal(
+            format!(
+                "no Gateway API objects under {}: the directory holds no *.yaml, *.yml or \
+                 *.json file with a document of a kind Portcullis reads",
+                dir.display()
+            ),
+            ExitCode::FAILURE,
         );
-        return ExitCode::FAILURE;
     }
     if json {
         out!(

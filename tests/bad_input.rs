@@ -186,6 +186,26 @@ fn check_names_what_nothing_serves_and_fails_when_that_is_everything() {
     );
 }
 
+/// `check --json` answers in JSON on stdout even when it cannot start: a reader of its output
+/// got nothing for an empty or missing directory.
+#[test]
+fn check_json_says_why_it_cannot_start_in_json() {
+    let empty = tempfile::tempdir().unwrap();
+    let missing = empty.path().join("missing");
+    for (dir, code) in [(empty.path(), 1), (missing.as_path(), 2)] {
+        let out = portcullis()
+            .args(["check", "--json"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(&dir.display().to_string()), "{answer}");
+    }
+}
+
 /// `--gateway` scopes a process to one Gateway: one that is not in the directory leaves
 /// nothing served, which `check` fails on (it passed on the class alone, accepted), and a
 /// value that is no namespace/name is refused before anything runs.

@@ -742,6 +742,34 @@ impl Question {
                 self.path
             ));
         }
+        // What the proxy answers 400 before any route is looked at is no question of routing.
+        if !super::table::valid_host(&self.host) {
+            return Err(format!(
+                "host {:?} is no host name or address with a port: the gateway answers such a \
+                 request 400",
+                self.host
+            ));
+        }
+        if http::Method::from_bytes(self.method.as_bytes()).is_err() && !self.method.is_empty() {
+            return Err(format!("method {:?} is not an HTTP method", self.method));
+        }
+        if self.method.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(format!(
+                "method {:?} has a lower-case letter: the gateway answers such a request 400 \
+                 (methods are case-sensitive; ask with {:?})",
+                self.method,
+                self.method.to_ascii_uppercase()
+            ));
+        }
+        for (name, value) in &self.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || http::HeaderValue::from_str(value).is_err()
+            {
+                return Err(format!(
+                    "header {name:?}: {value:?} is not one a request can carry"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -757,8 +785,8 @@ impl Question {
         // As the proxy does: the path is put in its normal form before anything is matched.
         let resolved = super::table::normalize_path(path);
         let path = resolved.as_deref().unwrap_or(path);
-        // As written: methods are case-sensitive, and the proxy matches them exactly (`get`
-        // is not `GET`, nor is `options` a CORS preflight).
+        // As written: methods are case-sensitive, and the proxy matches them exactly (and
+        // refuses one with a lower-case letter: see `check`).
         let method = if self.method.is_empty() {
             "GET".to_string()
         } else {
@@ -826,5 +854,19 @@ mod tests {
         assert_eq!(q.headers.len(), 2);
         let q = Question::from_query("%6Cistener=a/b/c").unwrap();
         assert_eq!(q.listener, "a/b/c");
+        // What the proxy answers 400 before routing is said so, not explained as routed.
+        for (query, says) in [
+            (
+                "host=a.example:99999",
+                "the gateway answers such a request 400",
+            ),
+            ("host=[.]", "the gateway answers such a request 400"),
+            ("method=G%20E%20T", "is not an HTTP method"),
+            ("method=delete", "ask with \"DELETE\""),
+            ("header=bad%20header:1", "is not one a request can carry"),
+        ] {
+            let err = Question::from_query(&format!("listener=a/b/c&{query}")).unwrap_err();
+            assert!(err.contains(says), "{query}: {err}");
+        }
     }
 }

@@ -635,6 +635,60 @@ fn dots(segment: &str) -> Option<u8> {
     }
 }
 
+/// Whether a Host value (or an HTTP/2 authority) is a host with an optional port: a DNS-style
+/// name or IPv4 address (letters, digits, `-`, `.`, `_`), or an IPv6 address in brackets,
+/// and a port of at most 65535. What else RFC 3986 would let through (`,`, `!`, `%`) names no
+/// host a route can have, and `/`, `?`, `#`, `@` or a space would let a redirect or a backend
+/// read the value two ways.
+pub fn valid_host(value: &str) -> bool {
+    // Empty is what a client sends for a target without an authority (RFC 9112, section 3.2).
+    if value.is_empty() {
+        return true;
+    }
+    // One pass over the bytes (every request's Host comes through here): no substring search,
+    // no number parsing but for the port.
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        // Only an IPv6 address: `[.]` or `[bad.cafe]` would route as another host (or none)
+        // than the backend and a redirect's Location are given.
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("", port),
+                None => return false,
+            },
+        }
+    } else {
+        let bytes = value.as_bytes();
+        match bytes.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, ""),
+        }
+    };
+    let port_ok = port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok());
+    // An empty label (`a..b`, `.a`, `a..` past the one trailing dot a name may end with) names
+    // no host: routing would read it as another name than a backend that keeps it.
+    let mut host_ok = !host.starts_with('.');
+    let mut after_dot = false;
+    for b in host.bytes() {
+        let dot = b == b'.';
+        if !(b.is_ascii_alphanumeric() || dot || b == b'-' || b == b'_') || (dot && after_dot) {
+            host_ok = false;
+            break;
+        }
+        after_dot = dot;
+    }
+    port_ok && host_ok && (value.starts_with('[') || !host.is_empty())
+}
+
 /// Decodes a query string's name or value as a form does (`application/x-www-form-urlencoded`,
 /// as most backends read a query): `%XX` as the byte it stands for, `+` as a space. A `%` not
 /// followed by two hex digits stays as it is; bytes that are not UTF-8 once decoded become
@@ -849,8 +903,55 @@ impl Conditions {
 
 #[cfg(test)]
 mod tests {
-    use super::{normalize_host, normalize_path, ServiceBackend};
+    use super::{normalize_host, normalize_path, valid_host, ServiceBackend};
     use std::borrow::Cow;
+
+    #[test]
+    fn a_host_is_a_name_or_address_with_an_optional_port() {
+        for good in [
+            "a.example",
+            "A.Example:8080",
+            "127.0.0.1",
+            "[::1]",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]",
+            "[2001:db8::1]:443",
+            "svc_name.ns",
+            "",
+            "a:",
+            "a.example.",
+            "a.example.:80",
+        ] {
+            assert!(valid_host(good), "{good:?}");
+        }
+        for bad in [
+            "a/b",
+            "a?b",
+            "evil.com/x#",
+            "a:b",
+            "a:99999",
+            "[::1",
+            "a,b",
+            "a b",
+            "a@b",
+            ":80",
+            "[]",
+            "[::1]x",
+            "[g::1]",
+            "[.]",
+            "[...]",
+            "[a]",
+            "[bad.cafe]",
+            "[bad.cafe]:1",
+            "[::1::2]",
+            "a.example..",
+            "a..example",
+            ".a.example",
+            ".",
+        ] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_host_is_looked_up_in_lower_case_without_its_port_or_trailing_dot() {
