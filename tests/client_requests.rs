@@ -25,12 +25,15 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `/admin` goes to the echo named `admin`, everything else to the one named `public`.
+/// `/admin` goes to the echo named `admin`, and so does `/tagged` with `x-user: café`;
+/// everything else to the one named `public`.
 fn config(admin_port: u16, public_port: u16) -> String {
     let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
          metadata: {name: split, namespace: cr}\n\
          spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
          \x20 - matches: [{path: {type: PathPrefix, value: /admin}}]\n\
+         \x20   backendRefs: [{name: admin, port: 80}]\n\
+         \x20 - matches: [{path: {value: /tagged}, headers: [{name: x-user, value: café}]}]\n\
          \x20   backendRefs: [{name: admin, port: 80}]\n\
          \x20 - backendRefs: [{name: public, port: 80}]\n";
     [
@@ -133,6 +136,15 @@ async fn requests_are_read_as_they_were_meant() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    // A header value in UTF-8 is matched as the rule writes it (it was left out as not
+    // visible ASCII, and the rule never matched).
+    for (value, backend) in [("café", "admin"), ("cafe", "public")] {
+        let request = format!(
+            "GET /tagged HTTP/1.1\r\nhost: a\r\nx-user: {value}\r\nconnection: close\r\n\r\n"
+        );
+        let answer = raw(port, request.as_bytes()).await;
+        assert_eq!(echoed(&answer)["backend"], backend, "{value}: {answer:?}");
+    }
     // A method in lower case is refused: a backend that reads `delete` as DELETE would get
     // what a rule matching DELETE was there to stop.
     for method in ["delete", "Get"] {

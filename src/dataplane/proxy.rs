@@ -1060,11 +1060,13 @@ impl Proxy {
         };
         let path = req.uri.path();
         let query = req.uri.query();
+        // Values as UTF-8, not only as visible ASCII (`to_str`): a rule matching `café` would
+        // otherwise never match, though `explain` said it did.
         let header = |name: &str| -> Vec<&str> {
             req.headers
                 .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
+                .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
                 .collect()
         };
         let view = RequestView {
