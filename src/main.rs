@@ -220,20 +220,19 @@ fn parse_pool(text: &str) -> Result<AddressPool, String> {
 /// letters, digits, `-`, and `.` in the name). Anything else names no Gateway there can be, and
 /// the process would serve nothing without a word.
 fn parse_gateway(text: &str) -> Result<String, String> {
-    let name_ok = |part: &str, dots: bool| {
+    // A DNS label: 1 to 63 of `a-z`, `0-9` and `-`, a letter or digit at each end.
+    let label = |part: &str| {
         let b = part.as_bytes();
-        !b.is_empty()
-            && b.len() <= 253
+        (1..=63).contains(&b.len())
             && b[0].is_ascii_alphanumeric()
             && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter().all(|&c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || (dots && c == b'.')
-            })
+            && b.iter()
+                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
     };
+    // A namespace is a label; an object's name, labels joined by dots, at most 253 long.
+    let subdomain = |part: &str| part.len() <= 253 && part.split('.').all(label);
     match text.split_once('/') {
-        Some((namespace, name)) if name_ok(namespace, false) && name_ok(name, true) => {
-            Ok(text.to_string())
-        }
+        Some((namespace, name)) if label(namespace) && subdomain(name) => Ok(text.to_string()),
         _ => Err(format!(
             "{text:?} is not a Gateway's namespace/name (such as infra/public): give the \
              namespace, a slash and the name, in lower case"
@@ -521,10 +520,30 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
             ExitCode::FAILURE,
         );
     }
+    let unserved = portcullis::routing::unserved(&snapshot, &report, &args.options());
+    // A process scoped to one Gateway serves nothing when that Gateway is not served: the
+    // class alone, accepted, would otherwise pass.
+    let scope_error = args.gateway.as_ref().and_then(|only| {
+        let served = (report.objects.iter())
+            .any(|o| o.kind == Kind::Gateway && format!("{}/{}", o.namespace, o.name) == *only);
+        (!served).then(|| {
+            format!(
+                "nothing under {} is served: --gateway {only} names no Gateway served there",
+                dir.display()
+            )
+        })
+    });
     if json {
+        // The report, with what is not served and why the check fails (when it does for
+        // something the report does not hold), for a reader of the JSON alone.
+        let mut answer = serde_json::to_value(&report).unwrap_or_default();
+        answer["notServed"] = serde_json::json!(unserved);
+        if let Some(error) = &scope_error {
+            answer["error"] = serde_json::json!(error);
+        }
         out!(
             "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
         );
     } else {
         let mut refused_files = Vec::new();
@@ -584,26 +603,16 @@ fn check(dir: &std::path::Path, json: bool, args: &CompileArgs) -> ExitCode {
     }
     // Not a failure (a shared directory may hold other controllers' objects), but said: a
     // misspelt class or parent name otherwise makes objects vanish without a word.
-    for u in portcullis::routing::unserved(&snapshot, &report, &args.options()) {
+    for u in &unserved {
         if json {
             eprintln!("not served: {u}");
         } else {
             out!("NOT SERVED {u}");
         }
     }
-    // A process scoped to one Gateway serves nothing when that Gateway is not served: the
-    // class alone, accepted, would otherwise pass.
-    if let Some(only) = &args.gateway {
-        let served = (report.objects.iter())
-            .any(|o| o.kind == Kind::Gateway && format!("{}/{}", o.namespace, o.name) == *only);
-        if !served {
-            eprintln!(
-                "error: nothing under {} is served: --gateway {only} names no Gateway served \
-                 there (see NOT SERVED above)",
-                dir.display()
-            );
-            return ExitCode::FAILURE;
-        }
+    if let Some(error) = scope_error {
+        eprintln!("error: {error} (see NOT SERVED above)");
+        return ExitCode::FAILURE;
     }
     if report.objects.is_empty() {
         // A GatewayClass in a refused file is not loaded: say so rather than deny it is there.

@@ -243,7 +243,26 @@ fn check_fails_when_the_gateway_it_is_scoped_to_is_not_there() {
         text.contains("--gateway app/nope names no Gateway served"),
         "{text}"
     );
-    for malformed in ["nope", "app/", "/gw", "App/gw", "a/b/c"] {
+    // The same in JSON, for a reader of stdout alone.
+    let out = portcullis()
+        .args(["check", "--json"])
+        .arg(dir.path())
+        .args(["--gateway", "app/nope"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("--gateway app/nope names no Gateway"),
+        "{answer}"
+    );
+    let not_served = answer["notServed"][0].as_str().unwrap_or_default();
+    assert!(not_served.contains("app/nope"), "{answer}");
+    let long = format!("{}/gw", "a".repeat(64));
+    for malformed in [
+        "nope", "app/", "/gw", "App/gw", "a/b/c", "app/a..b", "a.b/gw", &long,
+    ] {
         let (code, text) = scoped(malformed);
         assert_eq!(code, Some(2), "{malformed}: {text}");
         assert!(text.contains("is not a Gateway's namespace/name"), "{text}");

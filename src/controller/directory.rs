@@ -1723,6 +1723,48 @@ impl<'de> serde::Deserialize<'de> for Unique {
     }
 }
 
+/// A mapping key as JSON has it, whatever YAML scalar it was written as: `1` is `"1"`, `true`
+/// is `"true"`, `~` and `null` are `"null"` (as the API server's YAML reader takes them), so
+/// that two keys it would read as one are one here too.
+struct Key(String);
+
+impl<'de> serde::Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = String;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping key: a string, number, boolean or null")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+            fn visit_string<E>(self, v: String) -> Result<String, E> {
+                Ok(v)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_unit<E>(self) -> Result<String, E> {
+                Ok("null".to_owned())
+            }
+            fn visit_none<E>(self) -> Result<String, E> {
+                Ok("null".to_owned())
+            }
+        }
+        deserializer.deserialize_any(KeyVisitor).map(Key)
+    }
+}
+
 struct UniqueVisitor;
 
 impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
@@ -1758,9 +1800,12 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
         .map(Value::Number)
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        // NaN and the infinities have no JSON number: null, as serde_json's own reading gives.
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        // NaN and the infinities have no JSON number, and the API server refuses them; read as
+        // null, a `weight: .nan` was served as no weight given.
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom(format_args!("{v} is no number JSON can hold")))
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
@@ -1793,7 +1838,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut fields = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(Key(key)) = map.next_key()? {
             if fields.contains_key(&key) {
                 return Err(serde::de::Error::custom(format_args!(
                     "the key {key:?} appears twice in one mapping; keep one (YAML allows a key \
@@ -1853,7 +1898,7 @@ fn parse_documents(
                         break;
                     }
                 }
-                Value::deserialize(yaml)
+                Unique::deserialize(yaml).map(|unique| unique.0)
             })
         } else {
             Unique::deserialize(document).map(|unique| unique.0)
@@ -1875,15 +1920,24 @@ fn parse_documents(
                 let place = at.as_ref().map_or(String::new(), |at| {
                     format!(" at line {}, column {}", at.line(), at.column())
                 });
-                if is_yaml(text, index) {
+                // A key written twice reads as one the other way, or not at all: it refuses
+                // the file, as a syntax error does, with a message that says which.
+                let duplicate = message.contains("appears twice in one mapping")
+                    || message.contains("duplicate entry");
+                if !duplicate && is_yaml(text, index) {
                     // Well-formed YAML that JSON cannot hold, such as a list as a mapping key
                     // or a custom `!tag`: this document is wrong, the rest can be read.
                     errors.push((index, format!("value of the wrong type{place}: {message}")));
                     continue;
                 }
+                let what = if duplicate {
+                    "duplicate key"
+                } else {
+                    "YAML syntax error"
+                };
                 return Err(match at {
-                    Some(_) => format!("YAML syntax error{place}: {message}"),
-                    None => format!("YAML syntax error in document {}: {message}", index + 1),
+                    Some(_) => format!("{what}{place}: {message}"),
+                    None => format!("{what} in document {}: {message}", index + 1),
                 });
             }
         };
@@ -2312,6 +2366,35 @@ mod tests {
                     metadata: {<<: {namespace: n}, name: a, name: b}\n";
         let errors = read_manifests(text).unwrap_err();
         assert!(errors[0].contains("duplicate entry"), "{}", errors[0]);
+        // Keys JSON holds as one string are one key, with a merge key in the file or without.
+        for labels in [
+            "{~: a, null: b}",
+            "{1: a, \"1\": b}",
+            "{true: a, \"true\": b}",
+        ] {
+            for tail in ["", "# <<\n"] {
+                let text = format!(
+                    "apiVersion: v1\nkind: Service\n\
+                     metadata: {{name: a, namespace: n, labels: {labels}}}\n{tail}"
+                );
+                let errors = read_manifests(&text).unwrap_err();
+                assert!(
+                    errors[0].starts_with("duplicate key"),
+                    "{labels}: {errors:?}"
+                );
+            }
+        }
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n, \
+                    labels: {1: a, 2: b}}\n";
+        assert_eq!(read_manifests(text).map(|o| o.len()), Ok(1));
+        // NaN has no JSON number: refused, not read as no value at all.
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: n}\n\
+                    spec: {ports: [{port: .nan}]}\n";
+        let errors = read_manifests(text).unwrap_err();
+        assert!(
+            errors[0].contains("NaN is no number JSON can hold"),
+            "{errors:?}"
+        );
         // Keys that differ only in case are two keys, as they are to the API server.
         let text = "apiVersion: v1\nkind: Service\n\
                     metadata: {name: a, namespace: n, labels: {tier: a, Tier: b}}\n";

@@ -753,6 +753,12 @@ impl Question {
         if http::Method::from_bytes(self.method.as_bytes()).is_err() && !self.method.is_empty() {
             return Err(format!("method {:?} is not an HTTP method", self.method));
         }
+        if self.method == "CONNECT" {
+            return Err(
+                "the gateway answers CONNECT 405 before routing: it tunnels no connections"
+                    .to_string(),
+            );
+        }
         if self.method.bytes().any(|b| b.is_ascii_lowercase()) {
             return Err(format!(
                 "method {:?} has a lower-case letter: the gateway answers such a request 400 \
@@ -863,6 +869,7 @@ mod tests {
             ("host=[.]", "the gateway answers such a request 400"),
             ("method=G%20E%20T", "is not an HTTP method"),
             ("method=delete", "ask with \"DELETE\""),
+            ("method=CONNECT", "405 before routing"),
             ("header=bad%20header:1", "is not one a request can carry"),
         ] {
             let err = Question::from_query(&format!("listener=a/b/c&{query}")).unwrap_err();
