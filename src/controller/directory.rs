@@ -2846,6 +2846,22 @@ mod tests {
             (
                 Kind::HttpRoute,
                 route("80"),
+                route("80").replace("spec:\n", "spec:\n  parentRefs: [[null, null, null, gw]]\n"),
+                "HTTPRoute n/r has a value of the wrong type: spec.parentRefs[0]: invalid type: \
+                 a list, expected a mapping of fields",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {name: r, namespace: n}\nspec: [1]\n"
+                    .to_string(),
+                "HTTPRoute n/r has a value of the wrong type: spec: invalid type: a list, \
+                 expected a mapping of fields",
+            ),
+            (
+                Kind::HttpRoute,
+                route("80"),
                 route("80, weight: 9223372036854775807"),
                 "HTTPRoute n/r spec.rules[0].backendRefs[0].weight 9223372036854775807 is not a \
                  weight: give 0 to 1000000",
