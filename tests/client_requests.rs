@@ -145,6 +145,15 @@ async fn requests_are_read_as_they_were_meant() {
         let answer = raw(port, request.as_bytes()).await;
         assert_eq!(echoed(&answer)["backend"], backend, "{value}: {answer:?}");
     }
+    // A second value that is not UTF-8 takes part in the match: left out, the request
+    // matched on the first value alone while the backend got both.
+    let answer = raw(
+        port,
+        b"GET /tagged HTTP/1.1\r\nhost: a\r\nx-user: caf\xc3\xa9\r\nx-user: \xff\r\n\
+          connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(echoed(&answer)["backend"], "public", "{answer:?}");
     // A method in lower case is refused: a backend that reads `delete` as DELETE would get
     // what a rule matching DELETE was there to stop.
     for method in ["delete", "Get"] {

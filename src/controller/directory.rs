@@ -1842,7 +1842,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
             if fields.contains_key(&key) {
                 return Err(serde::de::Error::custom(format_args!(
                     "the key {key:?} appears twice in one mapping; keep one (YAML allows a key \
-                     once per mapping, and kubectl refuses the object too)"
+                     once per mapping)"
                 )));
             }
             let Unique(value) = map.next_value()?;

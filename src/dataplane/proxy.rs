@@ -1061,12 +1061,14 @@ impl Proxy {
         let path = req.uri.path();
         let query = req.uri.query();
         // Values as UTF-8, not only as visible ASCII (`to_str`): a rule matching `café` would
-        // otherwise never match, though `explain` said it did.
+        // otherwise never match, though `explain` said it did. A value that is not UTF-8
+        // counts as one replacement character: left out, it let `x-role: admin` plus a second
+        // value in Latin-1 match a rule for `admin` alone, while the backend got both.
         let header = |name: &str| -> Vec<&str> {
             req.headers
                 .get_all(name)
                 .iter()
-                .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{fffd}"))
                 .collect()
         };
         let view = RequestView {
