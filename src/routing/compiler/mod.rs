@@ -351,14 +351,12 @@ pub fn unserved(
     if let Some(only) = &options.only_gateway {
         let there = |g: &&Object| format!("{}/{}", g.key.namespace, g.key.name) == *only;
         if !snapshot.of_kind(Kind::Gateway).any(|g| there(&g)) {
-            let mut names: Vec<String> = (snapshot.of_kind(Kind::Gateway))
+            let names: Vec<String> = (snapshot.of_kind(Kind::Gateway))
                 .map(|g| format!("{}/{}", g.key.namespace, g.key.name))
                 .collect();
-            names.sort();
-            let names = match names.len() {
-                0 => "there is none".to_string(),
-                1..=8 => format!("there are {}", names.join(", ")),
-                n => format!("there are {} and {} more", names[..8].join(", "), n - 8),
+            let names = match names.is_empty() {
+                true => "there is none".to_string(),
+                false => format!("there are {}", some_names(names)),
             };
             out.push(format!(
                 "Gateway {only}, the one --gateway names, is not in the configuration ({names}); \
@@ -369,15 +367,13 @@ pub fn unserved(
     }
     // The Gateways that are served, to name beside a parentRef that names none of them: most
     // often one of these, misspelt or in another namespace.
-    let mut served: Vec<String> = (report.objects.iter())
+    let served: Vec<String> = (report.objects.iter())
         .filter(|o| o.kind == Kind::Gateway)
         .map(|o| format!("{}/{}", o.namespace, o.name))
         .collect();
-    served.sort();
-    let served = match served.len() {
-        0 => "no Gateway is served".to_string(),
-        1..=8 => format!("served: {}", served.join(", ")),
-        n => format!("served: {} and {} more", served[..8].join(", "), n - 8),
+    let served = match served.is_empty() {
+        true => "no Gateway is served".to_string(),
+        false => format!("served: {}", some_names(served)),
     };
     for kind in [Kind::HttpRoute, Kind::GrpcRoute, Kind::TlsRoute] {
         for route in snapshot.of_kind(kind) {
@@ -409,6 +405,16 @@ pub fn unserved(
         }
     }
     out
+}
+
+/// `names` sorted and joined, the first eight of them and how many more: enough to spot a
+/// misspelt one against, in a message that stays one line.
+fn some_names(mut names: Vec<String>) -> String {
+    names.sort();
+    match names.len() {
+        0..=8 => names.join(", "),
+        n => format!("{} and {} more", names[..8].join(", "), n - 8),
+    }
 }
 
 #[cfg(test)]
