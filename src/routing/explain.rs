@@ -453,20 +453,6 @@ fn explain_paths<'t>(
     let mut key = req.path.trim_end_matches('/');
     loop {
         let probe = if key.is_empty() { "/" } else { key };
-        // As the table does: a GRPCRoute method in any service ranks below every service.
-        if probe == "/" {
-            for (re, e) in &paths.grpc_methods {
-                if re.is_match(req.path) {
-                    if let Some(hit) = try_entries(
-                        format!("GRPCRoute method {}", re.as_str()),
-                        &mut std::iter::once(e),
-                        steps,
-                    ) {
-                        return Some(hit);
-                    }
-                }
-            }
-        }
         if let Some(v) = paths.prefix.get(probe) {
             if let Some(hit) = try_entries(format!("PathPrefix {probe}"), &mut v.iter(), steps) {
                 return Some(hit);
@@ -599,24 +585,12 @@ fn describe_paths(p: &PathIndex) -> Vec<Value> {
     );
     let mut prefixes: Vec<_> = p.prefix.iter().collect();
     prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
-    // In the order they are tried: GRPCRoute methods in any service just before `/`.
-    let grpc_methods = || {
-        (p.grpc_methods.iter()).map(|(re, e)| describe_entry("RegularExpression", re.as_str(), e))
-    };
-    let mut methods_said = false;
     for (path, entries) in prefixes {
-        if path == "/" {
-            out.extend(grpc_methods());
-            methods_said = true;
-        }
         out.extend(
             entries
                 .iter()
                 .map(|e| describe_entry("PathPrefix", path, e)),
         );
-    }
-    if !methods_said {
-        out.extend(grpc_methods());
     }
     out
 }

@@ -96,8 +96,8 @@ pub struct PathIndex {
     pub prefix: HashMap<String, Vec<Entry>>,
     /// Regular-expression path matches.
     pub regex: Vec<(Regex, Entry)>,
-    /// GRPCRoute matches of a method in any service, as patterns: a service named ranks above
-    /// them, so they are tried after every prefix but `/`.
+    /// GRPCRoute matches of a method in any service, as patterns (a host of GRPCRoutes is
+    /// looked up by [`Entry::order`], see `grpc`).
     pub grpc_methods: Vec<(Regex, Entry)>,
     /// The host is served by GRPCRoutes, whose precedence goes by what of the method a match
     /// names, not by its kind of path match: lookups take the first matching entry by
@@ -784,23 +784,13 @@ impl PathIndex {
         {
             return Some(hit);
         }
-        let grpc_method = || {
-            (self.grpc_methods.iter())
-                .find(|(re, e)| re.is_match(req.path) && e.conditions.hold(req))
-                .map(|(_, e)| e)
-        };
         if self.prefix.is_empty() {
-            return grpc_method();
+            return None;
         }
         // Element-wise prefixes: `/a/b/` probes `/a/b`, `/a`, then `/`.
         let mut key = req.path.trim_end_matches('/');
         loop {
             let probe = if key.is_empty() { "/" } else { key };
-            if probe == "/" && !self.grpc_methods.is_empty() {
-                if let Some(hit) = grpc_method() {
-                    return Some(hit);
-                }
-            }
             if let Some(hit) = self.prefix.get(probe).and_then(|v| first(v)) {
                 return Some(hit);
             }
