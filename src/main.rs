@@ -16,7 +16,7 @@ use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::{Layer as _, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use portcullis::controller::{directory::DirectoryProvider, Kind, Store};
+use portcullis::controller::{directory::DirectoryProvider, is_dns_name, Kind, Store};
 use portcullis::dataplane::{self, RunOptions};
 use portcullis::routing::{compile, CompileOptions};
 
@@ -220,19 +220,10 @@ fn parse_pool(text: &str) -> Result<AddressPool, String> {
 /// letters, digits, `-`, and `.` in the name). Anything else names no Gateway there can be, and
 /// the process would serve nothing without a word.
 fn parse_gateway(text: &str) -> Result<String, String> {
-    // A DNS label: 1 to 63 of `a-z`, `0-9` and `-`, a letter or digit at each end.
-    let label = |part: &str| {
-        let b = part.as_bytes();
-        (1..=63).contains(&b.len())
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter()
-                .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-    };
-    // A namespace is a label; an object's name, labels joined by dots, at most 253 long.
-    let subdomain = |part: &str| part.len() <= 253 && part.split('.').all(label);
+    // A namespace is a DNS label, an object's name a DNS subdomain.
+    let valid = |namespace, name| is_dns_name(namespace, true) && is_dns_name(name, false);
     match text.split_once('/') {
-        Some((namespace, name)) if label(namespace) && subdomain(name) => Ok(text.to_string()),
+        Some((namespace, name)) if valid(namespace, name) => Ok(text.to_string()),
         _ => Err(format!(
             "{text:?} is not a Gateway's namespace/name (such as infra/public): give the \
              namespace, a slash and the name, in lower case"

@@ -13,5 +13,5 @@ mod object;
 pub mod status_writer;
 mod store;
 
-pub use object::{Kind, Object, ObjectError, ObjectKey, UnknownKind};
+pub use object::{is_dns_name, Kind, Object, ObjectError, ObjectKey, UnknownKind};
 pub use store::{Snapshot, SourceError, Store};

@@ -373,9 +373,10 @@ pub(crate) const LABEL_RULE: &str =
 pub(crate) const SUBDOMAIN_RULE: &str = "use at most 253 lower-case letters, digits, '-' and '.', \
      each part between dots starting and ending with a letter or digit";
 
-/// Whether `value` is a DNS-1123 subdomain or, with `label`, a DNS label; see [`check_name`].
+/// Whether `value` is a DNS-1123 subdomain or, with `label`, a DNS label: the rules object names
+/// follow (a namespace's, the label one).
 /// The Gateway API's `SectionName` (listener names) follows the subdomain rule too.
-pub(crate) fn is_dns_name(value: &str, label: bool) -> bool {
+pub fn is_dns_name(value: &str, label: bool) -> bool {
     let part_ok = |part: &str| {
         !part.is_empty()
             && part

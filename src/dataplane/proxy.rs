@@ -308,10 +308,8 @@ impl ProxyHttp for Proxy {
         if !host_ok {
             return respond(session, ctx, 400).await;
         }
-        // Methods are case-sensitive (RFC 9110, section 9.1), but many backends read `delete`
-        // as DELETE, which a rule's `method: DELETE` match would not have caught: a method
-        // with a lower-case letter is refused, as nginx refuses it.
-        if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        // A method with a lower-case letter (see `refused_method`).
+        if crate::routing::table::refused_method(req.method.as_str()) {
             return respond(session, ctx, 400).await;
         }
         // Match and forward on the path's normal form (see `normalize_path`).

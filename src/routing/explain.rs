@@ -415,16 +415,10 @@ fn explain_paths<'t>(
                 candidates.push((format!("RegularExpression {}", re.as_str()), e));
             }
         }
-        let mut key = req.path.trim_end_matches('/');
-        loop {
-            let probe = if key.is_empty() { "/" } else { key };
+        for probe in super::table::prefix_probes(req.path) {
             for e in paths.prefix.get(probe).into_iter().flatten() {
                 candidates.push((format!("PathPrefix {probe}"), e));
             }
-            if key.is_empty() {
-                break;
-            }
-            key = &key[..key.rfind('/').unwrap_or(0)];
         }
         candidates.sort_by_key(|(_, e)| e.order);
         for (what, e) in candidates {
@@ -450,19 +444,14 @@ fn explain_paths<'t>(
             }
         }
     }
-    let mut key = req.path.trim_end_matches('/');
-    loop {
-        let probe = if key.is_empty() { "/" } else { key };
+    for probe in super::table::prefix_probes(req.path) {
         if let Some(v) = paths.prefix.get(probe) {
             if let Some(hit) = try_entries(format!("PathPrefix {probe}"), &mut v.iter(), steps) {
                 return Some(hit);
             }
         }
-        if key.is_empty() {
-            return None;
-        }
-        key = &key[..key.rfind('/').unwrap_or(0)];
     }
+    None
 }
 
 fn describe_failure(e: &Entry, f: Failure) -> String {
@@ -733,7 +722,7 @@ impl Question {
                     .to_string(),
             );
         }
-        if self.method.bytes().any(|b| b.is_ascii_lowercase()) {
+        if super::table::refused_method(&self.method) {
             return Err(format!(
                 "method {:?} has a lower-case letter: the gateway answers such a request 400 \
                  (methods are case-sensitive; ask with {:?})",

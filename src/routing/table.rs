@@ -689,6 +689,25 @@ pub fn valid_host(value: &str) -> bool {
     port_ok && host_ok && (value.starts_with('[') || !host.is_empty())
 }
 
+/// The path prefixes a request path falls under, longest first and element-wise: `/a/b/`
+/// gives `/a/b`, `/a`, then `/` (prefixes are kept without their trailing slash).
+pub fn prefix_probes(path: &str) -> impl Iterator<Item = &str> {
+    let mut key = Some(path.trim_end_matches('/'));
+    std::iter::from_fn(move || {
+        let current = key?;
+        key = (!current.is_empty()).then(|| &current[..current.rfind('/').unwrap_or(0)]);
+        Some(if current.is_empty() { "/" } else { current })
+    })
+}
+
+/// Whether the gateway refuses a method before routing: one with a lower-case letter.
+/// Methods are case-sensitive (RFC 9110, section 9.1), but many backends read `delete` as
+/// DELETE, which a rule's `method: DELETE` match would not have caught; nginx refuses these
+/// too.
+pub fn refused_method(method: &str) -> bool {
+    method.bytes().any(|b| b.is_ascii_lowercase())
+}
+
 /// Decodes a query string's name or value as a form does (`application/x-www-form-urlencoded`,
 /// as most backends read a query): `%XX` as the byte it stands for, `+` as a space. A `%` not
 /// followed by two hex digits stays as it is; bytes that are not UTF-8 once decoded become
@@ -787,18 +806,7 @@ impl PathIndex {
         if self.prefix.is_empty() {
             return None;
         }
-        // Element-wise prefixes: `/a/b/` probes `/a/b`, `/a`, then `/`.
-        let mut key = req.path.trim_end_matches('/');
-        loop {
-            let probe = if key.is_empty() { "/" } else { key };
-            if let Some(hit) = self.prefix.get(probe).and_then(|v| first(v)) {
-                return Some(hit);
-            }
-            if key.is_empty() {
-                return None;
-            }
-            key = &key[..key.rfind('/').unwrap_or(0)];
-        }
+        prefix_probes(req.path).find_map(|probe| self.prefix.get(probe).and_then(|v| first(v)))
     }
 
     /// [`Self::lookup`] for a host of GRPCRoutes: of the first matching entry of each kind of
@@ -822,15 +830,10 @@ impl PathIndex {
         offer(self.exact.get(req.path).and_then(|v| first(v)));
         offer(pattern(&self.regex));
         offer(pattern(&self.grpc_methods));
-        let mut key = req.path.trim_end_matches('/');
-        loop {
-            let probe = if key.is_empty() { "/" } else { key };
+        for probe in prefix_probes(req.path) {
             offer(self.prefix.get(probe).and_then(|v| first(v)));
-            if key.is_empty() {
-                return best;
-            }
-            key = &key[..key.rfind('/').unwrap_or(0)];
         }
+        best
     }
 }
 
@@ -893,7 +896,7 @@ impl Conditions {
 
 #[cfg(test)]
 mod tests {
-    use super::{normalize_host, normalize_path, valid_host, ServiceBackend};
+    use super::{normalize_host, normalize_path, prefix_probes, valid_host, ServiceBackend};
     use std::borrow::Cow;
 
     #[test]
@@ -941,6 +944,15 @@ mod tests {
         ] {
             assert!(!valid_host(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_path_falls_under_its_prefixes_element_by_element() {
+        let probes = |path| prefix_probes(path).collect::<Vec<_>>();
+        assert_eq!(probes("/a/b/"), ["/a/b", "/a", "/"]);
+        assert_eq!(probes("/a.B/Get"), ["/a.B/Get", "/a.B", "/"]);
+        assert_eq!(probes("/"), ["/"]);
+        assert_eq!(probes(""), ["/"]);
     }
 
     #[test]

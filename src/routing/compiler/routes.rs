@@ -1955,7 +1955,6 @@ impl HostIndex {
 /// The entries of one host, from the routes that serve it in precedence order.
 fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
     let mut bucket = Bucket::default();
-    let mut grpc = false;
     for (route_order, route) in routes.iter().enumerate() {
         for m in &route.rules {
             let prefix = match &m.path {
@@ -1967,7 +1966,6 @@ fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
                 route: route_order,
                 ..m.rank
             };
-            grpc |= route.kind == Kind::GrpcRoute;
             let entry = Entry {
                 conditions: m.conditions.clone(),
                 rule: m.rule.clone(),
@@ -2016,7 +2014,7 @@ fn path_index(routes: &[Arc<CompiledRoute>]) -> PathIndex {
     bucket.regex.sort_by_key(|(rank, _, _)| *rank);
     bucket.grpc_methods.sort_by_key(|(rank, _, _)| *rank);
     PathIndex {
-        grpc,
+        grpc: routes.iter().any(|r| r.kind == Kind::GrpcRoute),
         exact: bucket
             .exact
             .into_iter()
