@@ -1801,6 +1801,14 @@ impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
     }
 
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        // A whole float is a whole number, as kubectl's YAML reader sends it (`port: 80.0` is
+        // 80) and as the API server's schema check takes it for an integer field: up to 2^53,
+        // where a float stops holding every whole number.
+        const EXACT: f64 = 9_007_199_254_740_991.0;
+        if v.fract() == 0.0 && v.abs() <= EXACT {
+            // The cast is exact: `v` is whole and within i64.
+            return Ok(Value::Number((v as i64).into()));
+        }
         // NaN and the infinities have no JSON number, and the API server refuses them; read as
         // null, a `weight: .nan` was served as no weight given.
         serde_json::Number::from_f64(v)
@@ -2395,6 +2403,27 @@ mod tests {
             errors[0].contains("NaN is no number JSON can hold"),
             "{errors:?}"
         );
+        // A whole float is a whole number, as kubectl sends it; a fraction is no port.
+        let service = |port: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: n}}\n\
+                 spec: {{ports: [{{port: {port}}}]}}\n"
+            )
+        };
+        let objects = read_manifests(&service("80.0")).unwrap();
+        assert_eq!(
+            objects[0].body["spec"]["ports"][0]["port"],
+            serde_json::json!(80)
+        );
+        let objects = read_manifests(&service("-0.0")).unwrap();
+        assert_eq!(
+            objects[0].body["spec"]["ports"][0]["port"],
+            serde_json::json!(0)
+        );
+        for port in ["80.5", "1e20"] {
+            let errors = read_manifests(&service(port)).unwrap_err();
+            assert!(errors[0].ends_with("expected a whole number"), "{errors:?}");
+        }
         // Keys that differ only in case are two keys, as they are to the API server.
         let text = "apiVersion: v1\nkind: Service\n\
                     metadata: {name: a, namespace: n, labels: {tier: a, Tier: b}}\n";
