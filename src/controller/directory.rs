@@ -2773,6 +2773,16 @@ mod tests {
                 "{name: api, labels: {canary: true}}",
                 "labels.canary is not a string",
             ),
+            (
+                "HTTPRoute",
+                "{name: api, labels: [canary]}",
+                "metadata.labels is not a mapping",
+            ),
+            (
+                "HTTPRoute",
+                "{name: api, annotations: {replicas: 2}}",
+                "metadata.annotations.replicas is not a string",
+            ),
         ] {
             // A web route renamed in the same edit must not appear either: nothing of the
             // new content is applied.

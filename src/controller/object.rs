@@ -320,9 +320,17 @@ pub enum ObjectError {
     /// `apiVersion`, `kind`, `metadata.name` or `metadata.namespace` is there but not a string.
     #[error("{0} is not a string; write it as plain text, such as `name: api`")]
     NotAString(&'static str),
-    /// A label value is not a string (the API server refuses `app: 1` or `canary: true`).
-    #[error("metadata.labels.{0} is not a string; quote the value, such as \"1\" or \"true\"")]
-    LabelNotAString(String),
+    /// `metadata.labels` or `metadata.annotations` is not a mapping of text to text (the API
+    /// server refuses `app: 1`, `canary: true` and `labels: [app]`).
+    #[error("metadata.{field}{entry} is not {what}")]
+    NotAStringMap {
+        /// `labels` or `annotations`.
+        field: &'static str,
+        /// `.key` for a value that is not text; empty when the whole field is not a mapping.
+        entry: String,
+        /// What it should be.
+        what: &'static str,
+    },
     /// A name or namespace the API server would refuse (upper case, `/`, spaces, control
     /// characters): it would also end up, as written, in logs and status.
     #[error("{field} {value:?} is not a valid name: {rule}")]
@@ -471,13 +479,10 @@ impl Object {
         if !namespace.is_empty() {
             check_name("metadata.namespace", namespace, true)?;
         }
-        let mut labels = std::collections::BTreeMap::new();
-        for (key, value) in meta["labels"].as_object().into_iter().flatten() {
-            let value = value
-                .as_str()
-                .ok_or_else(|| ObjectError::LabelNotAString(key.clone()))?;
-            labels.insert(key.clone(), value.to_string());
-        }
+        let labels = string_map(meta, "labels")?;
+        // Annotations are not read here, but an object the API server would refuse for them
+        // is refused as a whole, as it would be there.
+        string_map(meta, "annotations")?;
         let key = ObjectKey::new(kind, namespace, name);
         let written = &meta["creationTimestamp"];
         let creation_timestamp = match written {
@@ -506,6 +511,34 @@ impl Object {
 }
 
 /// A field that must be a string: [`ObjectError::Missing`] when absent, and
+/// `metadata.labels` or `metadata.annotations`: absent, or a mapping of text to text.
+fn string_map(
+    meta: &Value,
+    field: &'static str,
+) -> Result<std::collections::BTreeMap<String, String>, ObjectError> {
+    let mut map = std::collections::BTreeMap::new();
+    let entries = match &meta[field] {
+        Value::Null => return Ok(map),
+        Value::Object(entries) => entries,
+        _ => {
+            return Err(ObjectError::NotAStringMap {
+                field,
+                entry: String::new(),
+                what: "a mapping; write it as `key: value` lines",
+            })
+        }
+    };
+    for (key, value) in entries {
+        let value = value.as_str().ok_or_else(|| ObjectError::NotAStringMap {
+            field,
+            entry: format!(".{key}"),
+            what: "a string; quote the value, such as \"1\" or \"true\"",
+        })?;
+        map.insert(key.clone(), value.to_string());
+    }
+    Ok(map)
+}
+
 /// [`ObjectError::NotAString`] when it is a number, list or mapping, so that `name: [api]` is
 /// not reported as a missing name.
 fn text_field<'a>(value: &'a Value, field: &'static str) -> Result<&'a str, ObjectError> {
