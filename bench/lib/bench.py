@@ -67,13 +67,16 @@ class Bench:
     def __init__(self, args):
         self.args = args
         self.quick = args.quick
-        self.seconds = int(os.environ.get("BENCH_SECONDS", "2" if self.quick else "8"))
+        # The defaults keep a whole run, the first release build included, under 20 minutes
+        # on 2 CPUs: see `parts_s` in the results for where the time goes.
+        self.seconds = int(os.environ.get("BENCH_SECONDS", "2" if self.quick else "5"))
         self.latency_seconds = int(os.environ.get(
             "BENCH_LATENCY_SECONDS", "2" if self.quick else str(max(3, self.seconds // 2))))
         self.rate = int(os.environ.get("BENCH_RATE", "2000"))
         self.connections = int(os.environ.get("BENCH_CONNECTIONS", "50"))
         self.retry_foreign = float(os.environ.get("BENCH_RETRY_FOREIGN", "15"))
-        self.budget = float(os.environ.get("BENCH_BUDGET_SECONDS", "1080"))
+        # Past this many seconds a disturbed run is no longer run again.
+        self.budget = float(os.environ.get("BENCH_BUDGET_SECONDS", "600"))
         ncpu = os.cpu_count() or 1
         if ncpu >= 4:
             default = ("0", "1", "2-3")
@@ -769,10 +772,20 @@ def main():
                      "quick": bench.quick, "portcullis_flags": os.environ.get("PORTCULLIS_FLAGS", "")},
     }
     done = {s["id"]: s for s in previous.get("scenarios", [])}
+    # Seconds each part took, so that the run's length can be kept in check.
+    parts = results["parts_s"] = {}
+    mark = [time.monotonic()]
+
+    def took(part):
+        now = time.monotonic()
+        parts[part] = round(now - mark[0], 1)
+        mark[0] = now
+
     try:
         for sc in scenarios(args.quick):
             if wanted(sc["id"]):
                 done[sc["id"]] = bench.run_scenario(sc)
+        took("scenarios")
         results["scenarios"] = [done[s["id"]] for s in scenarios(args.quick) if s["id"] in done]
         churn_routes = 1000 if args.quick else 10000
         churn_seconds = int(os.environ.get("BENCH_CHURN_SECONDS", "5" if args.quick else "30"))
@@ -781,43 +794,53 @@ def main():
                                 bench.churn(bench.targets[2], churn_routes, churn_seconds)]
         elif "churn" in previous:
             results["churn"] = previous["churn"]
+        took("churn")
         def pingora_baseline():
             return targets.PingoraBaseline(bench.work, bench.cpus["proxy"], bench.backend,
                                            bench.tls, args.baseline)
         if wanted("latency"):
             results["latency"] = bench.latency_rounds(
-                int(os.environ.get("BENCH_LATENCY_ROUNDS", "2" if args.quick else "5")),
+                int(os.environ.get("BENCH_LATENCY_ROUNDS", "2" if args.quick else "4")),
                 bench.latency_seconds, extra=[pingora_baseline()] if args.baseline else [])
         elif "latency" in previous:
             results["latency"] = previous["latency"]
+        took("latency")
         if wanted("route-rounds"):
             results["route_rounds"] = bench.route_rounds(
                 (10, 1000 if args.quick else 10000),
                 int(os.environ.get("BENCH_ROUTE_ROUNDS", "2" if args.quick else "3")),
-                max(2, bench.seconds // 2))
+                max(3, bench.seconds // 2))
         elif "route_rounds" in previous:
             results["route_rounds"] = previous["route_rounds"]
+        took("route-rounds")
         if wanted("baseline") and args.baseline:
             results["baseline"] = bench.baseline_rounds(
                 pingora_baseline(), int(os.environ.get("BENCH_BASELINE_ROUNDS", "2" if args.quick else "3")),
-                max(2, bench.seconds // 2))
+                max(3, bench.seconds // 2))
         elif "baseline" in previous:
             results["baseline"] = previous["baseline"]
+        took("baseline")
         if wanted("scale"):
             results["scale"] = bench.scale((1000,) if args.quick else (1000, 10000, 50000))
         elif "scale" in previous:
             results["scale"] = previous["scale"]
+        took("scale")
         if wanted("profile"):
             results["profile"] = bench.profile(1000 if args.quick else 10000,
-                                               3 if args.quick else 8)
+                                               3 if args.quick else 6)
             results["profile"]["syscalls"] = bench.syscalls(2 if args.quick else 4)
         elif "profile" in previous:
             results["profile"] = previous["profile"]
+        took("profile")
     finally:
         bench.close()
         procs.stop_all()
     results["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     results["elapsed_s"] = time.monotonic() - T0
+    # bench/run passes the time it started, so that installing and building count too.
+    started = os.environ.get("BENCH_STARTED")
+    if started:
+        results["total_s"] = time.time() - float(started)
     if only and previous:
         results["rerun"] = sorted(only)
         results["started_first"] = previous.get("started_first", previous.get("started"))

@@ -39,7 +39,12 @@ def write(res, out_dir, name):
         f"Run {res['started']} on commit `{res['commit']}` by `bench/run"
         f"{' --quick' if st['quick'] else ''}`"
         + (f" (re-run since: {', '.join(res['rerun'])})" if res.get("rerun") else "")
-        + f"; {res['elapsed_s'] / 60:.1f} minutes.\n"
+        + f"; {res['elapsed_s'] / 60:.1f} minutes"
+        + (f" ({res['total_s'] / 60:.1f} with installing and building)" if res.get("total_s")
+           else "")
+        + (" (" + ", ".join(f"{k} {v / 60:.1f}" for k, v in res["parts_s"].items()) + ")"
+           if res.get("parts_s") else "")
+        + ".\n"
     )
     md.append(
         f"- **Machine**: {m['nproc']} CPUs, {m['cpu']}, Linux {m['kernel']}, {m['os']}.\n"
