@@ -161,6 +161,17 @@ impl GatewayState {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Why the Gateway as a whole is not accepted (`Accepted=False`), if it is not: its spec,
+    /// its class, its parameters or an address of a type it cannot have. No route attaches
+    /// to such a Gateway.
+    pub(super) fn rejection(&self) -> Option<&Problem> {
+        self.problem.as_ref().or_else(|| {
+            self.address_problem
+                .as_ref()
+                .filter(|p| p.0 == "UnsupportedAddress")
+        })
+    }
+
     /// Not accepted, as a whole or in every listener: nothing of it could be served.
     fn serves_nothing(&self) -> bool {
         self.problem.is_some()
@@ -619,7 +630,12 @@ fn listener_state(
         for k in &allowed.kinds {
             let group = k.group.as_deref().unwrap_or(GATEWAY_GROUP);
             match defaults.iter().find(|d| **d == k.kind) {
-                Some(d) if group == GATEWAY_GROUP => state.supported_kinds.push(d),
+                // A kind named twice is supported once.
+                Some(d) if group == GATEWAY_GROUP => {
+                    if !state.supported_kinds.contains(d) {
+                        state.supported_kinds.push(d);
+                    }
+                }
                 _ => {
                     state.resolved = Some((
                         "InvalidRouteKinds",
@@ -660,10 +676,13 @@ fn listener_state(
         _ => NamespacePolicy::Same,
     };
     if let Some(h) = &state.hostname {
-        if !api::valid_hostname(h) {
+        if !api::valid_hostname(h) || super::routes::is_ipv4(h) {
             state.accepted.get_or_insert((
                 "Invalid",
-                format!("hostname {h:?} is not a valid DNS name or *. wildcard"),
+                format!(
+                    "hostname {h:?} is not a valid DNS name or *. wildcard (nor may it be an IP \
+                     address)"
+                ),
             ));
         }
     }
@@ -1180,12 +1199,7 @@ impl Gateways {
                 }
             }
             let mut c = Conditions::new(gateway.generation, &options.now);
-            if let Some((reason, msg)) = gateway.problem.clone().or_else(|| {
-                gateway
-                    .address_problem
-                    .clone()
-                    .filter(|p| p.0 == "UnsupportedAddress")
-            }) {
+            if let Some((reason, msg)) = gateway.rejection().cloned() {
                 c.set("Accepted", false, reason, msg);
             } else if gateway.listeners.iter().any(|l| l.accepted.is_some()) {
                 c.set(

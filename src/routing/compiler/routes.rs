@@ -128,11 +128,13 @@ pub(super) fn compile(
 
 /// Keeps GRPCRoutes and HTTPRoutes from being merged (spec, GRPCRoute: "Merging MUST not be
 /// done between GRPCRoutes and HTTPRoutes"): where an HTTPRoute and a GRPCRoute meet on a
-/// listener of a Gateway (hostnames that intersect), the older of the two (by creation time,
-/// then namespace/name) is served and the other is rejected on that Gateway, as the spec's
-/// GRPCRoute text asks: it is taken off the Gateway's listeners, not counted in their
-/// `attachedRoutes`, and its parent status there says `Accepted=False Conflicted`, naming the
-/// route it lost to. Routes are judged oldest first, so a rejected route rejects nothing.
+/// listener (hostnames that intersect), the older of the two (by creation time, then
+/// namespace/name) is served there and the other is rejected there, as the spec's GRPCRoute
+/// text asks. The judgement is per listener: the loser is taken off that listener only, not
+/// counted in its `attachedRoutes`, and served on the Gateway's other listeners. A parent status
+/// whose listeners all rejected the route says `Accepted=False Conflicted`, naming the route it
+/// lost to. Routes are judged oldest first, so a route rejected on a listener rejects nothing
+/// there.
 fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) {
     // Per Gateway: each HTTP or gRPC route with its hostnames on each listener it is on.
     type Placed = (Arc<CompiledRoute>, Vec<(usize, Hostnames)>);
@@ -160,54 +162,51 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
             }
         }
         routes.sort_by(|(a, _), (b, _)| a.order.cmp(&b.order));
-        // The routes kept so far, by kind: a route is judged against the other kind's only.
-        let (mut kept_http, mut kept_grpc): (Vec<&Placed>, Vec<&Placed>) = Default::default();
-        let mut losers = Vec::new();
-        let mut rejected = Vec::new();
+        // The routes kept so far on each listener, with their hostnames there.
+        let mut kept: Vec<Vec<(&Arc<CompiledRoute>, &Hostnames)>> =
+            vec![Vec::new(); gateway.listeners.len()];
+        // Each route that lost somewhere: the listeners it lost, and what it first lost to.
+        let mut lost: Vec<(&Placed, Vec<usize>, String)> = Vec::new();
         for placed in &routes {
             let (route, on) = placed;
-            let meets = |(_, other_on): &Placed| {
-                on.iter().any(|(l, hosts)| {
-                    other_on
-                        .iter()
-                        .any(|(ol, other_hosts)| ol == l && hostnames_meet(hosts, other_hosts))
-                })
-            };
-            let (own, other) = match route.kind {
-                Kind::HttpRoute => (&mut kept_http, &kept_grpc),
-                _ => (&mut kept_grpc, &kept_http),
-            };
-            match other.iter().find(|other| meets(other)) {
-                Some((winner, _)) => {
-                    let (_, namespace, name) = &winner.order;
-                    losers.push(route.clone());
-                    rejected.push((
-                        route.kind,
-                        route.order.clone(),
-                        format!(
-                            "{} {namespace}/{name} is served on the same hostname of Gateway \
-                             {}/{}, and is older; an HTTPRoute and a GRPCRoute are not merged: \
-                             give this route hostnames of its own, or route its requests in one \
-                             route of one kind",
-                            winner.kind, gateway_key.0, gateway_key.1
-                        ),
-                    ));
+            let mut lost_on = Vec::new();
+            let mut first_winner = None;
+            for (listener, hosts) in on {
+                let winner = kept[*listener].iter().find(|(other, other_hosts)| {
+                    other.kind != route.kind && hostnames_meet(hosts, other_hosts)
+                });
+                match winner {
+                    Some((winner, _)) => {
+                        lost_on.push(*listener);
+                        first_winner.get_or_insert_with(|| {
+                            let (_, namespace, name) = &winner.order;
+                            format!(
+                                "{} {namespace}/{name} is served on the same hostname of \
+                                 listener {} of Gateway {}/{}, and is older; an HTTPRoute \
+                                 and a GRPCRoute are not merged: give this route hostnames of \
+                                 its own, or route its requests in one route of one kind",
+                                winner.kind,
+                                gateway.listeners[*listener].name,
+                                gateway_key.0,
+                                gateway_key.1
+                            )
+                        });
+                    }
+                    None => kept[*listener].push((route, hosts)),
                 }
-                None => own.push(placed),
+            }
+            if let Some(message) = first_winner {
+                lost.push((placed, lost_on, message));
             }
         }
-        for l in &mut gateway.listeners {
-            let before = l.routes.len();
-            l.routes
-                .retain(|(r, _)| !losers.iter().any(|loser| Arc::ptr_eq(r, loser)));
-            l.attached -= i64::try_from(before - l.routes.len()).unwrap_or(0);
-        }
-        // The parent status of each loser on this Gateway.
-        for (kind, (_, namespace, name), message) in rejected {
+        // The parent status of each loser on this Gateway: rejected where every listener the
+        // parentRef attached it to rejected it.
+        for ((route, on), lost_on, message) in &lost {
+            let (_, namespace, name) = &route.order;
             let Some(slot) = report
                 .objects
                 .iter_mut()
-                .find(|o| o.kind == kind && o.namespace == namespace && o.name == name)
+                .find(|o| o.kind == route.kind && o.namespace == *namespace && o.name == *name)
             else {
                 continue;
             };
@@ -225,6 +224,21 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
                 if !names_this {
                     continue;
                 }
+                let selects = |listener: &usize| {
+                    let l = &gateway.listeners[*listener];
+                    reference["sectionName"]
+                        .as_str()
+                        .is_none_or(|section| section == l.name)
+                        && reference["port"]
+                            .as_i64()
+                            .is_none_or(|port| port == i64::from(l.port))
+                };
+                // A parentRef that attached the route nowhere keeps the reason it has.
+                let selected: Vec<&usize> =
+                    on.iter().map(|(l, _)| l).filter(|l| selects(l)).collect();
+                if selected.is_empty() || !selected.iter().all(|l| lost_on.contains(l)) {
+                    continue;
+                }
                 let conditions = parent["conditions"].as_array_mut().into_iter().flatten();
                 for c in conditions.filter(|c| c["type"] == "Accepted") {
                     c["status"] = Value::from("False");
@@ -233,6 +247,19 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
                 }
             }
             *slot = Arc::new(status);
+        }
+        let taken_off: Vec<(Arc<CompiledRoute>, Vec<usize>)> = lost
+            .into_iter()
+            .map(|((route, _), lost_on, _)| (route.clone(), lost_on))
+            .collect();
+        for (index, l) in gateway.listeners.iter_mut().enumerate() {
+            let before = l.routes.len();
+            l.routes.retain(|(r, _)| {
+                !taken_off
+                    .iter()
+                    .any(|(loser, on)| on.contains(&index) && Arc::ptr_eq(r, loser))
+            });
+            l.attached -= i64::try_from(before - l.routes.len()).unwrap_or(0);
         }
     }
 }
@@ -413,7 +440,23 @@ fn translate_route(
             let (compiled, accepted, resolved) =
                 translate(route, spec, snapshot, backends, &outcome.parents);
             outcome.compiled = Arc::new(compiled);
-            (accepted, resolved)
+            // The API's pattern lets an IPv4 address through, its text does not ("IPs are not
+            // allowed"): served, it would match a Host header naming the address.
+            let address = spec.hostnames.iter().enumerate().find(|(_, h)| is_ipv4(h));
+            match address {
+                Some((i, h)) => (
+                    Some((
+                        "UnsupportedValue",
+                        format!(
+                            "spec.hostnames[{i}] {h:?} is an IP address, which the API does not \
+                             allow as a hostname: write DNS names, or leave hostnames out to \
+                             match every name"
+                        ),
+                    )),
+                    resolved,
+                ),
+                None => (accepted, resolved),
+            }
         }
         Err(e) => (
             Some(("UnsupportedValue", format!("spec does not parse: {e}"))),
@@ -494,6 +537,12 @@ fn translate_route(
     outcome
 }
 
+/// Whether a listener or route hostname is an IPv4 address (an IPv6 one fails the API's
+/// pattern already).
+pub(super) fn is_ipv4(hostname: &str) -> bool {
+    hostname.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
 fn parent_is_ours(parent: &api::ParentRef, route_namespace: &str, gateways: &Gateways) -> bool {
     parent.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
         && parent.kind.as_deref().unwrap_or("Gateway") == "Gateway"
@@ -521,6 +570,15 @@ fn attach(
         .clone()
         .unwrap_or_else(|| route.key.namespace.clone());
     let gateway = gateways.get(&namespace, &parent.name)?;
+    if let Some((_, why)) = gateway.rejection() {
+        return Some((
+            "NoMatchingParent",
+            format!(
+                "Gateway {namespace}/{} is not accepted ({why}); routes attach to it once it is",
+                parent.name
+            ),
+        ));
+    }
     let mut selected = 0;
     let mut kind_taken = false;
     let mut allowed = 0;
@@ -547,11 +605,16 @@ fn attach(
             continue;
         }
         attached += 1;
-        attachments.push((
-            (namespace.clone(), parent.name.clone()),
-            index,
-            hosts.into(),
-        ));
+        // Two parentRefs can name one Gateway alike (one with the route's namespace written
+        // out, one without): the route attaches to a listener once, and counts once in its
+        // attachedRoutes.
+        let gateway_key = (namespace.clone(), parent.name.clone());
+        if !attachments
+            .iter()
+            .any(|(g, i, _)| *g == gateway_key && *i == index)
+        {
+            attachments.push((gateway_key, index, hosts.into()));
+        }
     }
     if attached > 0 {
         None
@@ -1495,13 +1558,40 @@ fn try_resolve(
         &b.name,
         service_port.name.as_deref().unwrap_or(""),
     );
-    let h2c = ctx.h2c || service_port.app_protocol.as_deref() == Some("kubernetes.io/h2c");
+    let (h2c, needs_tls) = match speaks(service_port.app_protocol.as_deref()) {
+        Some(AppProtocol::Http1) => (ctx.h2c, false),
+        Some(AppProtocol::H2c) => (true, false),
+        Some(AppProtocol::Tls) => (ctx.h2c, true),
+        None => {
+            return Err((
+                "UnsupportedProtocol",
+                format!(
+                    "Service {namespace}/{} port {port} has appProtocol {:?}, which the gateway \
+                     does not speak to backends; it speaks http, kubernetes.io/h2c (or grpc), \
+                     kubernetes.io/ws, and https or kubernetes.io/wss with a BackendTLSPolicy",
+                    b.name,
+                    service_port.app_protocol.as_deref().unwrap_or_default()
+                ),
+            ))
+        }
+    };
     let mut service = ServiceBackend::new(
         Arc::from(format!("{namespace}/{}:{port}", b.name).as_str()),
         endpoints,
         h2c,
     );
     let backend = match backend_tls(ctx, &key, &b.name, service_port.name.as_deref(), cache) {
+        Ok(None) if needs_tls => {
+            return Err((
+                "UnsupportedProtocol",
+                format!(
+                    "Service {namespace}/{} port {port} has appProtocol {:?}, which needs TLS to \
+                     the backend: add a BackendTLSPolicy for it, or change the appProtocol",
+                    b.name,
+                    service_port.app_protocol.as_deref().unwrap_or_default()
+                ),
+            ))
+        }
         Ok(tls) => {
             service.tls = tls;
             Backend::Service(service)
@@ -1512,6 +1602,37 @@ fn try_resolve(
     let backend = Arc::new(backend);
     cache.services.insert(key, backend.clone());
     Ok(backend)
+}
+
+/// How the gateway speaks to a Service port, by its `appProtocol`.
+enum AppProtocol {
+    /// HTTP/1.1 (HTTP/2 for GRPCRoutes), WebSocket upgrades included.
+    Http1,
+    /// HTTP/2 over cleartext.
+    H2c,
+    /// TLS to the backend, which only a BackendTLSPolicy configures.
+    Tls,
+}
+
+/// The protocol a Service port's `appProtocol` asks for, or `None` for one the gateway cannot
+/// speak (spec, BackendRef: the backend is then invalid, `ResolvedRefs=False
+/// UnsupportedProtocol`, rather than spoken to in another protocol). IANA service names are
+/// compared without case, domain-prefixed names as written.
+fn speaks(app_protocol: Option<&str>) -> Option<AppProtocol> {
+    let Some(name) = app_protocol else {
+        return Some(AppProtocol::Http1);
+    };
+    match name {
+        "kubernetes.io/ws" => Some(AppProtocol::Http1),
+        "kubernetes.io/h2c" => Some(AppProtocol::H2c),
+        "kubernetes.io/wss" => Some(AppProtocol::Tls),
+        _ if name.eq_ignore_ascii_case("http") => Some(AppProtocol::Http1),
+        _ if name.eq_ignore_ascii_case("h2c") || name.eq_ignore_ascii_case("grpc") => {
+            Some(AppProtocol::H2c)
+        }
+        _ if name.eq_ignore_ascii_case("https") => Some(AppProtocol::Tls),
+        _ => None,
+    }
 }
 
 /// The BackendTLSPolicy of a Service port, if one targets it, recording the policy's status

@@ -2658,3 +2658,218 @@ fn the_first_of_header_entries_naming_one_header_counts() {
     assert_eq!(edits.set, [("x-a".to_string(), "first".to_string())]);
     assert_eq!(edits.add, [("x-b".to_string(), "one".to_string())]);
 }
+
+/// The HTTPRoute/GRPCRoute judgement is per listener: a GRPCRoute that meets an older
+/// HTTPRoute on one listener is rejected there and served on the Gateway's other listener,
+/// whose parent status says Accepted=True and whose attachedRoutes counts it.
+#[test]
+fn a_grpc_route_rejected_on_one_listener_is_served_on_another() {
+    let gateway = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}\n",
+        "  - {name: a, port: 80, protocol: HTTP, hostname: a.example}\n  \
+         - {name: b, port: 80, protocol: HTTP, hostname: b.example}\n",
+    );
+    let yaml = format!(
+        "{gateway}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: old, namespace: infra, creationTimestamp: \"2020-01-01T00:00:00Z\"}}\n\
+         spec:\n  parentRefs: [{{name: gw, sectionName: a}}]\n  \
+         rules: [{{backendRefs: [{{name: svc, port: 8080}}]}}]\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\n\
+         metadata: {{name: new, namespace: infra, creationTimestamp: \"2021-01-01T00:00:00Z\"}}\n\
+         spec:\n  parentRefs: [{{name: gw, sectionName: a}}, {{name: gw, sectionName: b}}]\n  \
+         rules: [{{backendRefs: [{{name: svc, port: 8080}}]}}]\n"
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let parents = &c
+        .report
+        .get(Kind::GrpcRoute, "infra", "new")
+        .unwrap()
+        .status["parents"];
+    let on_a = condition(&parents[0]["conditions"], "Accepted");
+    assert_eq!(on_a["reason"], "Conflicted", "{on_a}");
+    assert!(
+        on_a["message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTPRoute infra/old is served on the same hostname of listener a"),
+        "{on_a}"
+    );
+    let on_b = condition(&parents[1]["conditions"], "Accepted");
+    assert_eq!(on_b["status"], "True", "{on_b}");
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    assert_eq!(gw["listeners"][0]["attachedRoutes"], 1);
+    assert_eq!(gw["listeners"][1]["attachedRoutes"], 1);
+    assert_eq!(
+        lookup_route(&c, "a.example", "/pkg.Svc/Call", &[]).as_deref(),
+        Some("infra/old#0")
+    );
+    assert_eq!(
+        lookup_route(&c, "b.example", "/pkg.Svc/Call", &[]).as_deref(),
+        Some("infra/new#0")
+    );
+}
+
+/// Two parentRefs that name one Gateway alike (the route's namespace written out in one) attach
+/// the route once: attachedRoutes counts routes, not parentRefs.
+#[test]
+fn a_route_naming_one_gateway_twice_counts_once() {
+    let yaml = format!(
+        "{BASE}{}",
+        route("a", "  rules: [{backendRefs: [{name: svc, port: 8080}]}]\n").replace(
+            "parentRefs: [{name: gw}]",
+            "parentRefs: [{name: gw}, {name: gw, namespace: infra, sectionName: http}]"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let parents = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status["parents"];
+    for parent in parents.as_array().unwrap() {
+        assert_eq!(
+            condition(&parent["conditions"], "Accepted")["status"],
+            "True"
+        );
+    }
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    assert_eq!(gw["listeners"][0]["attachedRoutes"], 1);
+}
+
+/// A Gateway that is not accepted as a whole (its class is not, or it asks for an address of a
+/// type it cannot have) accepts no route: each says why, and no listener counts it.
+#[test]
+fn a_gateway_not_accepted_accepts_no_route() {
+    let attached = route("a", "  rules: [{backendRefs: [{name: svc, port: 8080}]}]\n");
+    for (change, from, to) in [
+        (
+            "class not accepted",
+            "spec: {controllerName: portcullis.dev/gateway-controller}",
+            "spec: {controllerName: portcullis.dev/gateway-controller, parametersRef: \
+             {group: \"\", kind: ConfigMap, name: x, namespace: infra}}",
+        ),
+        (
+            "unsupported address",
+            "  gatewayClassName: portcullis\n",
+            "  gatewayClassName: portcullis\n  \
+             addresses: [{type: Hostname, value: gw.example}]\n",
+        ),
+    ] {
+        let yaml = format!("{}{attached}", BASE.replace(from, to));
+        let c = compile(&snapshot(&yaml), &CompileOptions::default());
+        let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+        assert_eq!(
+            condition(&gw["conditions"], "Accepted")["status"],
+            "False",
+            "{change}"
+        );
+        assert_eq!(gw["listeners"][0]["attachedRoutes"], 0, "{change}");
+        let parents = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status["parents"];
+        let accepted = condition(&parents[0]["conditions"], "Accepted");
+        assert_eq!(accepted["status"], "False", "{change}: {accepted}");
+        assert_eq!(
+            accepted["reason"], "NoMatchingParent",
+            "{change}: {accepted}"
+        );
+        assert!(
+            accepted["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Gateway infra/gw is not accepted ("),
+            "{change}: {accepted}"
+        );
+    }
+}
+
+/// A backendRef to a Service port whose appProtocol the gateway cannot speak is invalid
+/// (ResolvedRefs=False UnsupportedProtocol), as is one asking for TLS without a
+/// BackendTLSPolicy to configure it; the protocols it speaks resolve.
+#[test]
+fn a_backend_app_protocol_the_gateway_cannot_speak_is_unsupported() {
+    for (app_protocol, expected) in [
+        ("http", None),
+        ("HTTP", None),
+        ("kubernetes.io/h2c", None),
+        ("kubernetes.io/ws", None),
+        ("grpc", None),
+        ("example.com/foo", Some("does not speak")),
+        ("mysql", Some("does not speak")),
+        ("kubernetes.io/wss", Some("needs TLS to the backend")),
+        ("https", Some("needs TLS to the backend")),
+    ] {
+        let yaml = format!(
+            "{}{}",
+            BASE.replace(
+                "spec: {ports: [{name: http, port: 8080}]}",
+                &format!(
+                    "spec: {{ports: [{{name: http, port: 8080, appProtocol: {app_protocol}}}]}}"
+                ),
+            ),
+            route("a", "  rules: [{backendRefs: [{name: svc, port: 8080}]}]\n")
+        );
+        let c = compile(&snapshot(&yaml), &CompileOptions::default());
+        let parents = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status["parents"];
+        let resolved = condition(&parents[0]["conditions"], "ResolvedRefs");
+        match expected {
+            None => assert_eq!(resolved["status"], "True", "{app_protocol}: {resolved}"),
+            Some(why) => {
+                assert_eq!(resolved["reason"], "UnsupportedProtocol", "{app_protocol}");
+                assert!(
+                    resolved["message"].as_str().unwrap().contains(why),
+                    "{app_protocol}: {resolved}"
+                );
+            }
+        }
+    }
+}
+
+/// An IPv4 address passes the API's hostname pattern but not its text ("IPs are not allowed"):
+/// a listener with one is not accepted, a route with one is not accepted and serves nothing.
+#[test]
+fn an_ip_address_is_no_hostname() {
+    let yaml = format!(
+        "{}{}",
+        BASE.replace(
+            "  - {name: http, port: 80, protocol: HTTP}\n",
+            "  - {name: http, port: 80, protocol: HTTP}\n  \
+             - {name: ip, port: 81, protocol: HTTP, hostname: 1.2.3.4}\n",
+        ),
+        route(
+            "a",
+            "  hostnames: [a.example, 10.0.0.1]\n  \
+             rules: [{backendRefs: [{name: svc, port: 8080}]}]\n"
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let listener = condition(&gw["listeners"][1]["conditions"], "Accepted");
+    assert_eq!(listener["status"], "False", "{listener}");
+    assert!(
+        listener["message"].as_str().unwrap().contains("IP address"),
+        "{listener}"
+    );
+    let parents = &c.report.get(Kind::HttpRoute, "infra", "a").unwrap().status["parents"];
+    let accepted = condition(&parents[0]["conditions"], "Accepted");
+    assert_eq!(accepted["reason"], "UnsupportedValue", "{accepted}");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.hostnames[1] \"10.0.0.1\" is an IP address"),
+        "{accepted}"
+    );
+    assert_eq!(lookup_route(&c, "10.0.0.1", "/", &[]), None);
+    assert_eq!(lookup_route(&c, "a.example", "/", &[]), None);
+}
+
+/// A route kind that allowedRoutes names twice is listed once in supportedKinds.
+#[test]
+fn a_kind_named_twice_is_supported_once() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}\n",
+        "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {kinds: \
+         [{kind: HTTPRoute}, {kind: HTTPRoute, group: gateway.networking.k8s.io}]}}\n",
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let gw = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    assert_eq!(
+        gw["listeners"][0]["supportedKinds"],
+        serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
+    );
+}
