@@ -1229,6 +1229,50 @@ fn a_port_switching_between_tls_and_cleartext_is_reopened_without_a_pending_bind
     }
 }
 
+/// A keep-alive connection made in cleartext is not served by the HTTPS listener that takes
+/// its port over: its next request is sent to connect afresh (421) and the connection closes,
+/// rather than the HTTPS listener's routes being served to it without TLS.
+#[test]
+fn a_cleartext_connection_is_not_served_once_its_port_is_https() {
+    use std::io::Write as _;
+    let pki = Pki::new();
+    let cert = pki.self_signed("web", KeyType::EcdsaP256, &["web.example"]);
+    let gw = Gateway::start(
+        "  - {name: web, port: 443, protocol: HTTP}\n",
+        vec![secret_file("web", &cert)],
+    );
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    let mut plain = std::net::TcpStream::connect(gw.https).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: web.example\r\n\r\n";
+    plain.write_all(request).unwrap();
+    assert_eq!(read_response(&mut plain), Ok(200));
+
+    gw.write(
+        "gateway.yaml",
+        &common::manifests::gateway(NAMESPACE, "gw", &https_listener("web", None, "web")),
+    );
+    gw.wait_until_served(Some("web.example"), &cert);
+    let next = plain
+        .write_all(request)
+        .map_err(|e| e.to_string())
+        .and_then(|()| read_response(&mut plain));
+    assert!(
+        matches!(next, Err(_) | Ok(421)),
+        "{next:?} on a cleartext connection to a port now served over TLS"
+    );
+    if next.is_ok() {
+        let mut rest = Vec::new();
+        let closed = std::io::Read::read_to_end(&mut plain, &mut rest);
+        assert!(
+            closed.as_ref().is_ok_and(|_| rest.is_empty()),
+            "{closed:?} {rest:?}"
+        );
+    }
+}
+
 /// A listener with several certificateRefs serves each client the one that names its SNI and
 /// that it can verify: an RSA and an ECDSA certificate for one name, chosen by the signature
 /// schemes the client offers, and a certificate per name on a wildcard listener.

@@ -1040,6 +1040,18 @@ impl Proxy {
         };
         let req = session.req_header();
         let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
+        // A connection outlives the socket it came on. When its port is no longer served, or
+        // is served in the other mode (TLS where it came in cleartext, or the other way), this
+        // table's listeners there are not for it: a cleartext connection would be served the
+        // routes, and the client validation, of an HTTPS listener. 421, and the connection
+        // closes, so that the client connects afresh (or is refused).
+        if table
+            .binds
+            .get(&bind)
+            .is_none_or(|b| b.tls != tls.is_some())
+        {
+            return Decision::RespondAndClose(421);
+        }
         let handshake = tls.and_then(|t| t.extension.get::<crate::tls::Handshake>());
         let sni = handshake.and_then(|h| h.server_name.as_deref());
         // An HTTP/1.0 request may come without Host; over TLS the handshake's SNI names the
