@@ -1273,6 +1273,36 @@ fn a_cleartext_connection_is_not_served_once_its_port_is_https() {
     }
 }
 
+/// Secret data written as `base64` prints it, wrapped at 76 columns in a block scalar, is read
+/// as the API server reads it: the line breaks are skipped.
+#[test]
+fn secret_data_wrapped_over_lines_is_read() {
+    use base64::Engine as _;
+    let pki = Pki::new();
+    let cert = pki.self_signed("web", KeyType::EcdsaP256, &["web.example"]);
+    let wrapped = |pem: &str| {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pem);
+        let lines: Vec<&str> = encoded
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!("|\n    {}\n", lines.join("\n    "))
+    };
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: web, namespace: {NAMESPACE}}}\n\
+         type: kubernetes.io/tls\ndata:\n  tls.crt: {}  tls.key: {}",
+        wrapped(&cert.cert_pem),
+        wrapped(&cert.key_pem)
+    );
+    let gw = Gateway::start(
+        &https_listener("web", Some("web.example"), "web"),
+        vec![("secret-web.yaml".to_string(), secret)],
+    );
+    gw.wait_for_condition("web", "ResolvedRefs", "True", "ResolvedRefs");
+    gw.wait_until_served(Some("web.example"), &cert);
+}
+
 /// A listener with several certificateRefs serves each client the one that names its SNI and
 /// that it can verify: an RSA and an ECDSA certificate for one name, chosen by the signature
 /// schemes the client offers, and a certificate per name on a wildcard listener.

@@ -43,8 +43,14 @@ pub fn check_secret(secret: &serde_json::Value) -> Result<CertifiedKeyPem, Strin
         let encoded = secret["data"][name]
             .as_str()
             .ok_or_else(|| format!("data.{name} is missing"))?;
+        // Line breaks are skipped, as the API server's decoder skips them: `base64` wraps its
+        // output at 76 columns, and a Secret written from it is taken by `kubectl apply`.
+        let unwrapped: String = encoded
+            .chars()
+            .filter(|c| !matches!(c, '\r' | '\n'))
+            .collect();
         base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
+            .decode(unwrapped.trim())
             .map_err(|e| format!("data.{name} is not base64: {e}"))
     };
     let cert_pem = field("tls.crt")?;
