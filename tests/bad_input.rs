@@ -86,7 +86,7 @@ fn check_reports_every_mistake_and_exits_nonzero() {
         "latin1.yaml is loaded: a file is taken whole or not at all",
         "unsupported kind Servise (v1); did you mean Service?",
         "invalid regular expression",
-        "HostnameConflict",
+        "spec.listeners[1] has the port, protocol and hostname of an earlier listener",
         "BackendNotFound",
     ] {
         assert!(

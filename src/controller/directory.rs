@@ -1149,9 +1149,54 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
     match kind {
         Kind::Gateway => {
             let mut seen = HashSet::new();
+            let mut combinations = HashSet::new();
             for (i, listener) in list(&spec["listeners"]).iter().enumerate() {
                 let at = format!("spec.listeners[{i}]");
                 check(format!("{at}.port"), port(&listener["port"]));
+                // The API's rules on `tls`: where it is read, it must be there; where it is
+                // not, it must not be, or an HTTP listener written for HTTPS would serve in
+                // cleartext without a word.
+                let protocol = listener["protocol"].as_str().unwrap_or_default();
+                let a = if protocol.starts_with('H') { "an" } else { "a" };
+                let has_tls = !listener["tls"].is_null();
+                if has_tls && ["HTTP", "TCP", "UDP"].contains(&protocol) {
+                    check(
+                        format!("{at}.tls"),
+                        Err(format!(
+                            "is set on {a} {protocol} listener, which does not use it: write \
+                             protocol HTTPS (or TLS), or leave tls out (the API server refuses \
+                             this too)"
+                        )),
+                    );
+                }
+                if !has_tls && ["HTTPS", "TLS"].contains(&protocol) {
+                    check(
+                        format!("{at}.tls"),
+                        Err(format!(
+                            "is missing: {a} {protocol} listener needs it (the API server refuses \
+                             this too)"
+                        )),
+                    );
+                }
+                let combination = (
+                    listener["port"].to_string(),
+                    protocol.to_string(),
+                    listener["hostname"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                if !combinations.insert(combination) {
+                    check(
+                        at.clone(),
+                        Err(
+                            "has the port, protocol and hostname of an earlier listener; \
+                             listeners of a Gateway differ in one of them at least (the API \
+                             server refuses this too)"
+                                .to_string(),
+                        ),
+                    );
+                }
                 if let Some(h) = listener["hostname"].as_str() {
                     check(format!("{at}.hostname"), hostname(h));
                 }
@@ -2540,6 +2585,24 @@ mod tests {
                      allowedRoutes: {namespaces: {from: Nope}}}",
                 ),
                 r#"spec.listeners[0].allowedRoutes.namespaces.from "Nope" is not All, Same or Selector"#,
+            ),
+            (
+                gateway(
+                    "{name: web, port: 443, protocol: HTTP, \
+                     tls: {mode: Terminate, certificateRefs: [{name: web}]}}",
+                ),
+                "spec.listeners[0].tls is set on an HTTP listener, which does not use it",
+            ),
+            (
+                gateway("{name: web, port: 443, protocol: HTTPS}"),
+                "spec.listeners[0].tls is missing: an HTTPS listener needs it",
+            ),
+            (
+                gateway(
+                    "{name: a, port: 80, protocol: HTTP, hostname: a.example}, \
+                     {name: b, port: 80, protocol: HTTP, hostname: a.example}",
+                ),
+                "spec.listeners[1] has the port, protocol and hostname of an earlier listener",
             ),
             (
                 route("{name: gw, port: 70000}", ""),
