@@ -1057,6 +1057,46 @@ fn a_secret_that_turns_bad_leaves_its_last_certificate_served() {
     gw.wait_until_served(Some(HOST), &other);
 }
 
+/// Every certificateRef keeps its last certificate when its Secret turns bad, not only the
+/// first: on a wildcard listener with one certificate per name, breaking the second Secret
+/// leaves its name served its own certificate, not the first one's (a name mismatch).
+#[test]
+fn a_second_secret_that_turns_bad_leaves_its_last_certificate_served() {
+    let pki = Pki::new();
+    let ca = pki.ca("pair-ca", KeyType::EcdsaP256, None);
+    let a = pki.leaf("pair-a", KeyType::EcdsaP256, &["a.pair.example"], &ca);
+    let b = pki.leaf("pair-b", KeyType::EcdsaP256, &["b.pair.example"], &ca);
+    let listener = "  - {name: pair, port: 443, protocol: HTTPS, hostname: \"*.pair.example\", \
+                    tls: {mode: Terminate, certificateRefs: [{name: pair-a}, {name: pair-b}]}}\n";
+    let gw = Gateway::start(
+        listener,
+        vec![
+            (
+                "secret-a.yaml".to_string(),
+                tls_secret(NAMESPACE, "pair-a", &a.cert_pem, &a.key_pem),
+            ),
+            (
+                "secret-b.yaml".to_string(),
+                tls_secret(NAMESPACE, "pair-b", &b.cert_pem, &b.key_pem),
+            ),
+        ],
+    );
+    gw.wait_for_condition("pair", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("b.pair.example"), &b);
+
+    gw.write(
+        "secret-b.yaml",
+        &tls_secret(NAMESPACE, "pair-b", &b.cert_pem, &a.key_pem),
+    );
+    gw.wait_for_condition("pair", "ResolvedRefs", "False", "InvalidCertificateRef");
+    let client = rustls_client(&[&ca]);
+    for (host, cert) in [("b.pair.example", &b), ("a.pair.example", &a)] {
+        let mut conn = RustlsConnection::open(&client, gw.https, host).expect("handshake");
+        assert_eq!(conn.leaf_der(), cert.der, "{host}");
+        assert_eq!(conn.get("/", true), Ok(200), "{host}");
+    }
+}
+
 #[test]
 fn rotated_certificate_is_served_from_the_next_handshake_without_failed_requests() {
     const HOST: &str = "rotate.example";
@@ -1350,20 +1390,28 @@ fn a_listener_with_several_certificates_serves_each_client_one_it_can_use() {
     assert_eq!(served("none.example", &[]), Some(rsa.der.clone()));
 
     // One Secret goes bad (a certificate with another's key): the listener goes on serving
-    // the others, and says which one is broken.
+    // the others and the last valid certificate of the broken one (a client that verifies
+    // only ECDSA still has one to verify), and says which one is broken.
     gw.write(
         "secret-ecdsa.yaml",
         &tls_secret(NAMESPACE, "ecdsa", &ecdsa.cert_pem, &rsa.key_pem),
     );
     let resolved = gw.wait_for_condition("web", "ResolvedRefs", "False", "InvalidCertificateRef");
     assert!(
-        resolved.message.contains("ecdsa") && resolved.message.contains("other certificates"),
+        resolved.message.contains("ecdsa")
+            && resolved
+                .message
+                .contains("the last valid certificate it held is served"),
         "{}",
         resolved.message
     );
     let programmed = gw.condition("web", "Programmed").unwrap();
     assert_eq!(programmed.status, "True", "{programmed:?}");
     assert_eq!(served("web.example", &[]), Some(rsa.der.clone()));
+    assert_eq!(
+        served("web.example", &["-tls1_3", "-sigalgs", "ECDSA+SHA256"]),
+        Some(ecdsa.der.clone())
+    );
     assert_eq!(served("other.example", &[]), Some(other.der.clone()));
 
     // The Secret fixed, and the first one deleted: the listener serves the others, and says

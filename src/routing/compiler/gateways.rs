@@ -58,8 +58,11 @@ pub(super) struct ListenerState {
     pub attached: i64,
     /// The first certificateRef's key, for HTTPS listeners.
     pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
-    /// The keys of the certificateRefs that hold a usable certificate, in order.
+    /// The keys of the certificateRefs that hold a usable certificate, in order (with the
+    /// stand-ins of broken Secrets, once [`Gateways::keep_last_good_certificates`] ran).
     pub certificates: Vec<Arc<rustls::sign::CertifiedKey>>,
+    /// The index of the certificateRef each of `certificates` came from.
+    pub certificates_from: Vec<usize>,
     /// A TLS listener in Passthrough mode: connections are routed by SNI, not terminated.
     pub passthrough: bool,
     /// Client certificate validation of the listener's port.
@@ -68,13 +71,12 @@ pub(super) struct ListenerState {
     pub insecure_frontend: bool,
     /// Secrets whose certificate was read, by `(namespace, name)`, for [`CertificateMemory`].
     pub certificates_read: Vec<((String, String), Arc<rustls::sign::CertifiedKey>)>,
-    /// The Secret whose content is not a usable certificate, with why.
+    /// The first Secret whose content is not a usable certificate, with why.
     pub broken_secret: Option<((String, String), String)>,
+    /// Every certificateRef whose Secret is not a usable certificate: its index and Secret.
+    pub broken_refs: Vec<(usize, (String, String))>,
     /// Served with the last usable certificate of a Secret that has since gone bad.
     pub stale_certificate: bool,
-    /// The broken Secret is the first certificateRef's (whose certificate is served by
-    /// default).
-    pub broken_first: bool,
     /// A Secret is broken but other certificateRefs are valid: the listener serves those.
     pub serves_others: bool,
 }
@@ -188,10 +190,10 @@ pub(super) struct Gateways {
 }
 
 impl Gateways {
-    /// Lets listeners whose Secret went bad serve the last certificate it held (see
-    /// [`CertificateMemory`]), and remembers the certificates read this time. A stand-in is
-    /// taken for the first certificateRef only, the one served by default; a later one that
-    /// broke leaves the listener serving the valid others.
+    /// Lets listeners whose Secrets went bad serve the last certificate each held (see
+    /// [`CertificateMemory`]), in the place of its certificateRef, and remembers the
+    /// certificates read this time. Every certificateRef has its stand-in: a broken second
+    /// Secret would otherwise leave the names only it covers served another certificate.
     pub(super) fn keep_last_good_certificates(&mut self, memory: &mut CertificateMemory) {
         let mut kept = HashMap::new();
         for listener in self
@@ -199,27 +201,39 @@ impl Gateways {
             .values_mut()
             .flat_map(|g| g.listeners.iter_mut())
         {
-            let first_broke = listener.broken_first;
             for (key, certificate) in listener.certificates_read.drain(..) {
                 kept.insert(key, certificate);
             }
-            let Some((key, message)) = &listener.broken_secret else {
-                continue;
-            };
-            if !first_broke || listener.accepted.is_some() {
+            if listener.accepted.is_some() {
                 continue;
             }
-            if let Some(last) = memory.0.get(key) {
-                listener.certificate = Some(last.clone());
+            for (index, key) in std::mem::take(&mut listener.broken_refs) {
+                let Some(last) = memory.0.get(&key) else {
+                    continue;
+                };
+                let at = listener
+                    .certificates_from
+                    .iter()
+                    .filter(|from| **from < index)
+                    .count();
+                listener.certificates.insert(at, last.clone());
+                listener.certificates_from.insert(at, index);
                 listener.stale_certificate = true;
-                listener.resolved = Some((
-                    "InvalidCertificateRef",
-                    format!(
-                        "{message}; the last valid certificate it held is served until it is fixed"
-                    ),
-                ));
                 kept.insert(key.clone(), last.clone());
+                // The condition names the first broken Secret: said to be standing in for.
+                if let Some((first, message)) = &listener.broken_secret {
+                    if *first == key {
+                        listener.resolved = Some((
+                            "InvalidCertificateRef",
+                            format!(
+                                "{message}; the last valid certificate it held is served until \
+                                 it is fixed"
+                            ),
+                        ));
+                    }
+                }
             }
+            listener.certificate = listener.certificates.first().cloned();
         }
         memory.0 = kept;
     }
@@ -597,13 +611,14 @@ fn listener_state(
         attached: 0,
         certificate: None,
         certificates: Vec::new(),
+        certificates_from: Vec::new(),
         passthrough: false,
         client_auth: None,
         insecure_frontend: false,
         certificates_read: Vec::new(),
         broken_secret: None,
         stale_certificate: false,
-        broken_first: false,
+        broken_refs: Vec::new(),
         serves_others: false,
     };
     let defaults: &[&'static str] = match protocol.as_str() {
@@ -868,15 +883,18 @@ fn check_tls(
                     .push(((namespace.to_string(), r.name.clone()), key.clone()));
                 state.certificate.get_or_insert(key.clone());
                 state.certificates.push(key);
+                state.certificates_from.push(index);
             }
             Err(e) => {
                 // The other certificateRefs are still read: those that are valid are served.
+                state
+                    .broken_refs
+                    .push((index, (namespace.to_string(), r.name.clone())));
                 if state.broken_secret.is_none() {
                     broken_at = Some(index);
                     let message = format!("Secret {namespace}/{}: {e}", r.name);
                     state.resolved = Some(("InvalidCertificateRef", message.clone()));
                     state.broken_secret = Some(((namespace.to_string(), r.name.clone()), message));
-                    state.broken_first = index == 0;
                 }
             }
         }
@@ -1171,20 +1189,16 @@ impl Gateways {
                             _ => "http",
                         },
                         certificate: l.certificate.clone(),
-                        // With several, the stand-in for a broken first Secret comes first, as
-                        // that Secret would.
-                        certificates: {
-                            let stand_in = l.stale_certificate.then(|| l.certificate.clone());
-                            let all: Vec<_> = stand_in
-                                .flatten()
-                                .into_iter()
-                                .chain(l.certificates.iter().cloned())
-                                .collect();
-                            if all.len() > 1 {
-                                all.into_iter().map(crate::tls::Choice::new).collect()
-                            } else {
-                                Vec::new()
-                            }
+                        // With several, each in the place of its certificateRef, stand-ins for
+                        // broken Secrets included.
+                        certificates: if l.certificates.len() > 1 {
+                            l.certificates
+                                .iter()
+                                .cloned()
+                                .map(crate::tls::Choice::new)
+                                .collect()
+                        } else {
+                            Vec::new()
                         },
                         backend_client_cert: gateway.backend_client_cert.clone(),
                         hosts: {
