@@ -662,6 +662,44 @@ fn an_expired_certificate_is_warned_of_and_its_expiry_is_a_metric() {
     );
 }
 
+/// An intermediate sent with the leaf counts as the leaf does: one that expired makes the
+/// chain out of date (clients that build their path through it refuse it), warned of and in
+/// the expiry metric, though the leaf has years left.
+#[test]
+fn an_expired_intermediate_is_warned_of_and_its_expiry_is_the_metric() {
+    let pki = Pki::new();
+    let leaf = pki.self_signed("chain", KeyType::EcdsaP256, &["chain.example"]);
+    let old = pki.expired("old-intermediate", "old.example");
+    let gw = Gateway::start(
+        &https_listener("chain", Some("chain.example"), "chain"),
+        vec![(
+            "secret-chain.yaml".to_string(),
+            tls_secret(
+                NAMESPACE,
+                "chain",
+                &format!("{}{}", leaf.cert_pem, old.cert_pem),
+                &leaf.key_pem,
+            ),
+        )],
+    );
+    gw.wait_for_condition("chain", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("chain.example"), &leaf);
+    let log = gw.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("expired or not yet valid")),
+        "{log}"
+    );
+    let metrics = gw.metrics();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("portcullis_listener_certificate_expiry_timestamp_seconds{")
+            && l.contains("listener=\"chain\"")
+            && l.ends_with(" 1609459200")),
+        "{metrics}"
+    );
+}
+
 #[test]
 fn client_without_sni_gets_the_certificate_of_the_listener_without_hostname() {
     let pki = Pki::new();

@@ -229,14 +229,27 @@ impl rustls::server::StoresServerSessions for SessionsByPolicy {
     }
 }
 
-/// The validity of a certificate chain's leaf: `notBefore` and `notAfter`, in seconds since
-/// the epoch; `None` when there is no leaf or it does not parse (which
-/// [`certified_key`] refuses before a key is served).
+/// The validity of a served certificate chain, in seconds since the epoch: from the latest
+/// `notBefore` to the earliest `notAfter` of the leaf and the intermediates sent with it, since
+/// a client that builds its path through an intermediate refuses the chain once that one has
+/// expired, however long the leaf has left. `None` when there is no leaf or it does not parse
+/// (which [`certified_key`] refuses before a key is served); an intermediate that does not
+/// parse is left out.
 pub fn validity(key: &CertifiedKey) -> Option<(i64, i64)> {
-    let leaf = key.cert.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
-    let v = cert.validity();
-    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+    let window = |der: &[u8]| {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let v = cert.validity();
+        Some((v.not_before.timestamp(), v.not_after.timestamp()))
+    };
+    let leaf = window(key.cert.first()?)?;
+    Some(
+        key.cert[1..]
+            .iter()
+            .filter_map(|der| window(der))
+            .fold(leaf, |(before, after), (b, a)| {
+                (before.max(b), after.min(a))
+            }),
+    )
 }
 
 /// The TLS acceptors of one socket: TLS 1.2 and 1.3 (Pingora's rustls settings), certificates
