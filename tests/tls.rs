@@ -700,6 +700,108 @@ fn an_expired_intermediate_is_warned_of_and_its_expiry_is_the_metric() {
     );
 }
 
+/// Secrets with an encrypted key, an X.509 version 1 certificate or a key too small for the
+/// gateway are refused with a message that says which, rather than "no items found", a key
+/// that does not match, or a parse failure.
+#[test]
+fn unusable_keys_and_certificates_are_named_for_what_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    // Encrypted key, and a certificate made with it.
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-aes256",
+        "-pass",
+        "pass:secret",
+        "-out",
+        "enc.key",
+    ]);
+    run(&[
+        "req",
+        "-x509",
+        "-key",
+        "enc.key",
+        "-passin",
+        "pass:secret",
+        "-subj",
+        "/CN=enc",
+        "-days",
+        "2",
+        "-out",
+        "enc.crt",
+    ]);
+    // Version 1: signed from a request with no extensions.
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-noenc",
+        "-keyout",
+        "v1.key",
+        "-subj",
+        "/CN=v1",
+        "-out",
+        "v1.csr",
+    ]);
+    run(&[
+        "x509", "-req", "-in", "v1.csr", "-key", "v1.key", "-days", "2", "-out", "v1.crt",
+    ]);
+    // RSA of 1024 bits.
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:1024",
+        "-noenc",
+        "-keyout",
+        "small.key",
+        "-subj",
+        "/CN=small",
+        "-days",
+        "2",
+        "-out",
+        "small.crt",
+    ]);
+    let mut listeners = String::new();
+    let mut files = Vec::new();
+    for name in ["enc", "v1", "small"] {
+        listeners += &https_listener(name, Some(&format!("{name}.example")), name);
+        files.push((
+            format!("secret-{name}.yaml"),
+            tls_secret(
+                NAMESPACE,
+                name,
+                &read(&format!("{name}.crt")),
+                &read(&format!("{name}.key")),
+            ),
+        ));
+    }
+    let gw = Gateway::start(&listeners, files);
+    for (name, says) in [
+        ("enc", "tls.key is encrypted"),
+        ("v1", "tls.crt certificate 1 is X.509 version 1"),
+        ("small", "use RSA of 2048 bits or more"),
+    ] {
+        let c = gw.wait_for_condition(name, "ResolvedRefs", "False", "InvalidCertificateRef");
+        assert!(c.message.contains(says), "{name}: {}", c.message);
+    }
+}
+
 #[test]
 fn client_without_sni_gets_the_certificate_of_the_listener_without_hostname() {
     let pki = Pki::new();

@@ -61,6 +61,16 @@ pub fn check_secret(secret: &serde_json::Value) -> Result<CertifiedKeyPem, Strin
     if chain.is_empty() {
         return Err("tls.crt holds no CERTIFICATE block".to_string());
     }
+    // An encrypted key has a PEM label of its own, which the reader below skips, and would
+    // be reported as no key at all.
+    let key_text = String::from_utf8_lossy(&key_pem);
+    if key_text.contains("ENCRYPTED PRIVATE KEY") || key_text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(
+            "tls.key is encrypted: a Secret holds the key unencrypted (decrypt it with \
+                    `openssl pkey -in tls.key -out tls.key.plain`)"
+                .to_string(),
+        );
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| format!("tls.key holds no usable private key: {}", pem_error(&e)))?;
     Ok(CertifiedKeyPem { chain, key })

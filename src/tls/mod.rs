@@ -28,11 +28,24 @@ use crate::routing::table::{takes_server_name, RoutingTable};
 pub fn certified_key(secret: &serde_json::Value) -> Result<Arc<CertifiedKey>, String> {
     let pem = certificate::check_secret(secret)?;
     for (i, der) in pem.chain.iter().enumerate() {
-        x509_parser::parse_x509_certificate(der)
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| format!("tls.crt certificate {} is not X.509: {e}", i + 1))?;
+        // A version 1 leaf has no extensions, so no subjectAltName: clients refuse it, and
+        // rustls's key check would report it as a key that does not match.
+        if i == 0 && cert.version() != x509_parser::x509::X509Version::V3 {
+            return Err(format!(
+                "tls.crt certificate 1 is X.509 version {}; a served certificate must be \
+                 version 3, with a subjectAltName naming its hosts",
+                cert.version().0 + 1
+            ));
+        }
     }
-    let key = rustls::crypto::ring::sign::any_supported_type(&pem.key)
-        .map_err(|e| format!("tls.key is not a supported RSA, ECDSA or Ed25519 key: {e}"))?;
+    let key = rustls::crypto::ring::sign::any_supported_type(&pem.key).map_err(|e| {
+        format!(
+            "tls.key is not a supported key ({e}): use RSA of 2048 bits or more, ECDSA on \
+             P-256 or P-384, or Ed25519"
+        )
+    })?;
     let certified = CertifiedKey::new(pem.chain, key);
     // A key that does not belong to the certificate would fail every handshake at the
     // client; refuse it here, where it is a configuration error with a name.
