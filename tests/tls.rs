@@ -802,6 +802,21 @@ fn unusable_keys_and_certificates_are_named_for_what_they_are() {
     }
 }
 
+/// A route kind an HTTPS listener does not take is said alone: nothing is wrong with its
+/// certificates, and the message does not say its "other certificates" are served.
+#[test]
+fn an_invalid_route_kind_on_an_https_listener_is_no_certificate_problem() {
+    let pki = Pki::new();
+    let cert = pki.self_signed("kinds", KeyType::EcdsaP256, &["kinds.example"]);
+    let listener = "  - {name: kinds, port: 443, protocol: HTTPS, hostname: kinds.example, \
+                    allowedRoutes: {kinds: [{kind: TLSRoute}, {kind: HTTPRoute}]}, \
+                    tls: {mode: Terminate, certificateRefs: [{name: kinds}]}}\n";
+    let gw = Gateway::start(listener, vec![secret_file("kinds", &cert)]);
+    let c = gw.wait_for_condition("kinds", "ResolvedRefs", "False", "InvalidRouteKinds");
+    assert!(!c.message.contains("certificates"), "{}", c.message);
+    gw.wait_until_served(Some("kinds.example"), &cert);
+}
+
 #[test]
 fn client_without_sni_gets_the_certificate_of_the_listener_without_hostname() {
     let pki = Pki::new();

@@ -899,13 +899,16 @@ fn check_tls(
             }
         }
     }
+    // Only a certificateRef's problem makes the others "the other certificates": a route kind
+    // the listener does not take has nothing to do with them.
+    let certificate_problem = broken_at.is_some() || unfollowed.is_some();
     if let Some((index, problem)) = unfollowed {
         // The first problem in the order written is the one said.
         if broken_at.is_none_or(|broken| index < broken) {
             state.resolved = Some(problem);
         }
     }
-    if state.resolved.is_some() && state.certificate.is_some() {
+    if certificate_problem && state.certificate.is_some() {
         state.serves_others = true;
         if let Some((_, message)) = &mut state.resolved {
             message.push_str("; the listener's other certificates are served");
