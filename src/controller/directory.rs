@@ -1226,6 +1226,16 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
             }
         }
         Kind::HttpRoute | Kind::GrpcRoute | Kind::TlsRoute => {
+            let rules = list(&spec["rules"]).len();
+            if kind != Kind::TlsRoute && rules > 16 {
+                check(
+                    "spec.rules".to_string(),
+                    Err(format!(
+                        "has {rules} rules; a route has 16 at most (the API server refuses \
+                         more): split it into several routes"
+                    )),
+                );
+            }
             for (i, h) in list(&spec["hostnames"]).iter().enumerate() {
                 check(
                     format!("spec.hostnames[{i}]"),
@@ -2592,6 +2602,16 @@ mod tests {
                      tls: {mode: Terminate, certificateRefs: [{name: web}]}}",
                 ),
                 "spec.listeners[0].tls is set on an HTTP listener, which does not use it",
+            ),
+            (
+                route("{name: gw}", "").replace(
+                    "spec: {parentRefs: [{name: gw}]}",
+                    &format!(
+                        "spec: {{parentRefs: [{{name: gw}}], rules: [{}]}}",
+                        vec!["{}"; 17].join(", ")
+                    ),
+                ),
+                "spec.rules has 17 rules; a route has 16 at most",
             ),
             (
                 gateway("{name: web, port: 443, protocol: HTTPS}"),
