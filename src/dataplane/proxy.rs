@@ -1247,6 +1247,12 @@ fn drop_hop_by_hop(response: &mut ResponseHeader, switching: bool) {
             response.remove_header(name);
         }
     }
+    // `Upgrade` speaks of the backend's connection only (RFC 9110, section 7.8), even when
+    // the backend left it out of `Connection`: a client offered `h2c` by a backend's 200
+    // would be offered a protocol the gateway does not speak to it.
+    if !switching && response.headers.contains_key(http::header::UPGRADE) {
+        response.remove_header(&http::header::UPGRADE);
+    }
 }
 
 /// Makes a backend's `Content-Length` one a client of either protocol can read: none on a 204
