@@ -1236,6 +1236,30 @@ fn schema_rules(kind: Kind, who: &str, spec: &Value) -> Result<(), String> {
                     )),
                 );
             }
+            // The API's CEL rule on rule timeouts: one try may not outlast the whole request
+            // (unless that is unbounded, 0s).
+            for (i, rule) in list(&spec["rules"]).iter().enumerate() {
+                let timeout = |field: &str| {
+                    rule["timeouts"][field]
+                        .as_str()
+                        .and_then(|t| crate::routing::parse_duration(t).ok())
+                        .flatten()
+                };
+                if let (Some(request), Some(backend)) =
+                    (timeout("request"), timeout("backendRequest"))
+                {
+                    check(
+                        format!("spec.rules[{i}].timeouts.backendRequest"),
+                        (backend <= request).then_some(()).ok_or_else(|| {
+                            format!(
+                                "{backend:?} is longer than timeouts.request {request:?}: a \
+                                 try cannot outlast the request (the API server refuses this \
+                                 too)"
+                            )
+                        }),
+                    );
+                }
+            }
             for (i, h) in list(&spec["hostnames"]).iter().enumerate() {
                 check(
                     format!("spec.hostnames[{i}]"),
@@ -2612,6 +2636,14 @@ mod tests {
                     ),
                 ),
                 "spec.rules has 17 rules; a route has 16 at most",
+            ),
+            (
+                route("{name: gw}", "").replace(
+                    "spec: {parentRefs: [{name: gw}]}",
+                    "spec: {parentRefs: [{name: gw}], rules: [{timeouts: \
+                     {request: 1s, backendRequest: 2s}}]}",
+                ),
+                "spec.rules[0].timeouts.backendRequest 2s is longer than timeouts.request 1s",
             ),
             (
                 gateway("{name: web, port: 443, protocol: HTTPS}"),
