@@ -1238,6 +1238,48 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_backend_no_blame(
     );
 }
 
+/// `timeouts.request` counts the client's upload: a body trickled in, a byte at a time well
+/// within the read timeout, is cut off with 408 once the request's time is up, not sent on
+/// whole and answered 504 seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_trickled_in_past_the_request_timeout_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let flaky = Arc::new(Flaky::default());
+    let port = serve(flaky.clone()).await;
+    let gateway = with_timeouts("trickle", "flaky", port, "{request: 1s}").await;
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    tcp.write_all(b"POST / HTTP/1.1\r\nhost: trickle.example\r\ncontent-length: 40\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (mut read, mut write) = tcp.into_split();
+    let sender = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if write.write_all(b"x").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), read.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The body would have taken 8 s; the answer comes when the second is up, at the next
+    // byte (bounded loosely: the machine may be busy).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    sender.abort();
+}
+
 /// A WebSocket (after a 101) lasts past the rule's request timeout while it is not silent for
 /// that long: the deadline was the request's, and the conversation is not a request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

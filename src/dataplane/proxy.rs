@@ -356,6 +356,22 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // `timeouts.request` counts the client's upload too: a body trickled in past it is cut
+        // off (408, as the client is the slow one) rather than sent on whole to a backend
+        // whose answer could only come too late. Checked at each piece of body; a client that
+        // sends nothing more is ended by the read timeout. Not after a 101, where the "body"
+        // is the upgraded conversation.
+        let deadline = ctx.rule.as_ref().and_then(|r| r.request_timeout);
+        if !end_of_stream
+            && ctx.status != 101
+            && deadline.is_some_and(|d| ctx.started.elapsed() > d)
+        {
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "timeouts.request passed while the client was still sending its body",
+            )
+            .into_down());
+        }
         ctx.body_passed = true;
         if !ctx.mirror_bodies.is_empty() {
             ctx.mirror_bodies
