@@ -1280,6 +1280,52 @@ async fn a_body_trickled_in_past_the_request_timeout_is_cut_off() {
     sender.abort();
 }
 
+/// An HTTP/2 connection whose port is no longer served is wound down (GOAWAY, then closed),
+/// not left open to be answered 421 forever: the client's next request goes on a new
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_to_a_port_no_longer_served_gets_goaway() {
+    let flaky = Arc::new(Flaky::default());
+    let port = serve(flaky.clone()).await;
+    let config = |listener_port: u16| {
+        [
+            gateway_class(),
+            gateway("rt", "gw", &listener("web", listener_port, "HTTP")),
+            route("moved", "moved.example", "flaky", None),
+            backend("rt", "flaky", port),
+        ]
+        .concat()
+    };
+    let gateway = Gateway::start(&config(80)).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = || {
+        Request::get("http://moved.example/")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let answer = sender.send_request(request()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // The listener moves to another port: this one is no longer served.
+    let dir = gateway._dir.path();
+    std::fs::write(dir.join("all.yaml.new"), config(81)).unwrap();
+    std::fs::rename(dir.join("all.yaml.new"), dir.join("all.yaml")).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was still open 10 s after its port stopped being served"
+    );
+}
+
 /// A WebSocket (after a 101) lasts past the rule's request timeout while it is not silent for
 /// that long: the deadline was the request's, and the conversation is not a request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

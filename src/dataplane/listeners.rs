@@ -23,8 +23,11 @@
 //! one deadline, [`HANDSHAKE_TIMEOUT`] from the accept, and both end at the drain's grace once
 //! the process is stopping: a client stalled in its handshake holds neither a socket nor a stop.
 //!
-//! Removing a socket stops its accept loop only: connections already accepted finish their
-//! requests. Adding one never touches the others.
+//! Removing a socket stops its accept loop, and winds its connections down as the process's
+//! shutdown does (requests in flight finish, an HTTP/2 client gets GOAWAY, an HTTP/1.1 answer
+//! says `Connection: close`), as does serving its port in another mode: a connection is served
+//! only while the live table serves its socket as the connection came (`serve_while`). Adding
+//! a socket never touches the others.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,7 +39,6 @@ use arc_swap::ArcSwap;
 use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream;
-use pingora_core::protocols::tls::TlsStream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -261,7 +263,14 @@ async fn serve_cleartext(
     if !opening.starts_with(b"\r") && !opening.starts_with(b"\n") {
         stream.began_at(first_bytes);
     }
-    serve_http(Box::new(stream), &cx.shutdown, cx).await;
+    let stream: pingora_core::protocols::Stream = Box::new(stream);
+    match local {
+        Some(bind) => {
+            let served = move |table: &RoutingTable| table.serves_http(&bind, false);
+            serve_while(stream, served, cx).await;
+        }
+        None => serve_http(stream, &cx.shutdown, cx).await,
+    }
 }
 
 /// Hands `stream` to the proxy, and again for each request while the connection is reusable.
@@ -299,7 +308,7 @@ async fn serve_tls_socket(
         None => tcp,
     };
     // The client certificate validation in force for this handshake, read before it: if it
-    // changes while the connection is open, the connection ends (`serve_tls`).
+    // changes while the connection is open, the connection ends (`serve_while`).
     let policy = local.map(|local| client_policy(&cx.table, local));
     let tls_result = |r: &str| cx.metrics.tls_handshakes.with_label_values(&[r]).inc();
     let acceptor = match forward_to {
@@ -331,16 +340,22 @@ async fn serve_tls_socket(
         passthrough::forward_stream(tls, endpoint).await;
         return;
     }
+    let stream: pingora_core::protocols::Stream = Box::new(HeaderDeadline::new(
+        Coalescing::tls(tls),
+        cx.header_timeout,
+        cx.metrics.request_header_timeouts.clone(),
+    ));
     match (local, policy) {
-        (Some(local), Some(policy)) => serve_tls(tls, local, policy, cx).await,
-        _ => {
-            let stream = HeaderDeadline::new(
-                Coalescing::tls(tls),
-                cx.header_timeout,
-                cx.metrics.request_header_timeouts.clone(),
-            );
-            serve_http(Box::new(stream), &cx.shutdown, cx).await;
+        // The client certificate validation this handshake passed must stay the socket's:
+        // when it changes (CAs added or taken away, the mode, validation turned on), what the
+        // handshake proved no longer answers the question asked.
+        (Some(bind), Some(policy)) => {
+            let served = move |table: &RoutingTable| {
+                table.serves_http(&bind, true) && crate::tls::client_policy(table, &bind) == policy
+            };
+            serve_while(stream, served, cx).await;
         }
+        _ => serve_http(stream, &cx.shutdown, cx).await,
     }
 }
 
@@ -349,27 +364,20 @@ fn client_policy(table: &ArcSwap<RoutingTable>, bind: SocketAddr) -> Option<u64>
     crate::tls::client_policy(&table.load(), &bind)
 }
 
-/// Serves a TLS connection whose handshake passed the client certificate validation `policy`
-/// of socket `bind`. When the socket's validation changes (CAs added or taken away, the mode,
-/// validation turned on), what the handshake proved no longer answers the question asked, so
-/// the connection is wound down as at shutdown: its requests in flight finish, an HTTP/2
-/// client gets GOAWAY, an HTTP/1.1 response says `Connection: close`. A request that comes on
-/// it all the same is refused by the proxy (421, see `Proxy::request_filter`), and the client's
-/// next connection is validated afresh.
-async fn serve_tls(
-    tls: TlsStream<Stream>,
-    bind: SocketAddr,
-    policy: Option<u64>,
+/// Serves a connection while the live table still serves it as it came (`served`: its
+/// socket's mode, and for TLS the client certificate validation its handshake passed). When
+/// a swapped-in table no longer does, the connection is wound down as at shutdown: its
+/// requests in flight finish, an HTTP/2 client gets GOAWAY, an HTTP/1.1 response says
+/// `Connection: close`. A request that comes on it all the same is refused by the proxy (421,
+/// see `Proxy::decide`), and the client's next connection is made afresh.
+async fn serve_while(
+    stream: pingora_core::protocols::Stream,
+    served: impl Fn(&RoutingTable) -> bool,
     cx: &ConnectionContext,
 ) {
-    let stream: pingora_core::protocols::Stream = Box::new(HeaderDeadline::new(
-        Coalescing::tls(tls),
-        cx.header_timeout,
-        cx.metrics.request_header_timeouts.clone(),
-    ));
-    // The connection's own shutdown signal: the process's, or a change of validation. It
-    // starts at `false` and is raised at once when the process is stopping already: Pingora's
-    // HTTP/2 loop waits for a change of the value, and one it was made with is none.
+    // The connection's own shutdown signal: the process's, or a table that no longer serves
+    // it. It starts at `false` and is raised at once when the process is stopping already:
+    // Pingora's HTTP/2 loop waits for a change of the value, and one it was made with is none.
     let (ending, ended) = watch::channel(false);
     if *cx.shutdown.borrow() {
         ending.send_replace(true);
@@ -387,8 +395,8 @@ async fn serve_tls(
                 }
             }
             () = changed(&mut swaps), if !*ending.borrow() => {
-                if client_policy(&cx.table, bind) != policy {
-                    tracing::debug!(%bind, "client certificate validation changed; ending a connection validated before");
+                if !served(&cx.table.load()) {
+                    tracing::debug!("the socket no longer serves this connection as it came; ending it");
                     ending.send_replace(true);
                 }
             }

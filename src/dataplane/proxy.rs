@@ -1057,15 +1057,12 @@ impl Proxy {
         let req = session.req_header();
         let tls = session.digest().and_then(|d| d.ssl_digest.as_ref());
         // A connection outlives the socket it came on. When its port is no longer served, or
-        // is served in the other mode (TLS where it came in cleartext, or the other way), this
-        // table's listeners there are not for it: a cleartext connection would be served the
-        // routes, and the client validation, of an HTTPS listener. 421, and the connection
-        // closes, so that the client connects afresh (or is refused).
-        if table
-            .binds
-            .get(&bind)
-            .is_none_or(|b| b.tls != tls.is_some())
-        {
+        // is served in another mode (TLS where it came in cleartext, or the other way, or
+        // passed through), this table's listeners there are not for it: a cleartext connection
+        // would be served the routes, and the client validation, of an HTTPS listener. 421,
+        // and the connection closes (the connection task winds it down too: an HTTP/2 client
+        // gets GOAWAY), so that the client connects afresh, or is refused.
+        if !table.serves_http(&bind, tls.is_some()) {
             return Decision::RespondAndClose(421);
         }
         let handshake = tls.and_then(|t| t.extension.get::<crate::tls::Handshake>());

@@ -486,6 +486,17 @@ impl RoutingTable {
 }
 
 impl RoutingTable {
+    /// Whether socket `bind` serves HTTP to a connection in this mode: cleartext on a
+    /// cleartext socket, or TLS on one with an HTTPS listener (a port that passes TLS through,
+    /// or ends it for TLSRoutes, serves no HTTP). A connection outlives the socket it came on:
+    /// once its port is served otherwise, or not at all, its requests are not this table's.
+    pub fn serves_http(&self, bind: &SocketAddr, tls: bool) -> bool {
+        self.binds.get(bind).is_some_and(|b| match tls {
+            true => b.tls && b.listeners.iter().any(|l| l.scheme == "https"),
+            false => !b.tls,
+        })
+    }
+
     /// The listener a TLS ClientHello selects on `bind`: the first, most specific one that
     /// [`takes_server_name`]. The certificate resolver, TLS passthrough and the 421 check all
     /// choose by this rule, so that they agree on the listener.
