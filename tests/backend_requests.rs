@@ -1208,6 +1208,51 @@ async fn hop_by_hop_fields_stay_behind_and_an_http_1_0_client_gets_no_chunks() {
     }
 }
 
+/// An HTTP/1.0 client gets no interim (1xx) answer, which it cannot read (RFC 9110, section
+/// 15.2): a backend's 103 is passed to an HTTP/1.1 client only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_client_gets_no_interim_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let port = serve_raw(|mut tcp| async move {
+        let answer = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+        let _ = tcp.write_all(answer).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route("hints", "hints.example", "hints", None),
+        backend("rt", "hints", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    for (version, interim) in [("HTTP/1.0", false), ("HTTP/1.1", true)] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+            .await
+            .unwrap();
+        let request =
+            format!("GET / {version}\r\nhost: hints.example\r\nconnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+            .await
+            .expect("the answer ends with the connection")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert_eq!(
+            answer.starts_with("HTTP/1.1 103"),
+            interim,
+            "{version}: {answer}"
+        );
+        assert!(
+            answer.contains("HTTP/1.1 200") && answer.ends_with("ok"),
+            "{answer}"
+        );
+    }
+}
+
 /// A client that stops sending the body it announced gets 408 when the rule's timeout ends the
 /// wait, and the backend, which was waiting for that body, is not counted as failing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

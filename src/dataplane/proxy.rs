@@ -238,6 +238,26 @@ impl ProxyHttp for Proxy {
         // the first and closes the connection. The setting carries over to the connection's
         // later requests.
         session.as_mut().set_pipelining_enabled(true);
+        // An HTTP/1.0 client knows no interim answers: a server MUST NOT send it a 1xx, and
+        // MUST ignore its `Expect: 100-continue` (RFC 9110, sections 15.2 and 10.1.1), which
+        // would otherwise go on to the backend and bring a 100 back. Pingora passes a
+        // backend's 1xx on unless told not to.
+        if session.req_header().version == http::Version::HTTP_10 {
+            if let pingora_core::protocols::http::ServerSession::H1(h1) =
+                session.as_downstream_mut()
+            {
+                h1.set_ignore_info_resp(true);
+            }
+            if session
+                .req_header()
+                .headers
+                .contains_key(http::header::EXPECT)
+            {
+                session
+                    .req_header_mut()
+                    .remove_header(&http::header::EXPECT);
+            }
+        }
         let req = session.req_header();
         // Keep the client's request id (trimmed to a sane length), or make one: first, so that
         // the requests refused below are logged with it too.
