@@ -1252,6 +1252,54 @@ fn a_second_secret_that_turns_bad_leaves_its_last_certificate_served() {
     }
 }
 
+/// The listener's condition names the first problem in the order written: a later Secret
+/// that turns bad, and is stood in for, does not hide an earlier reference's missing
+/// ReferenceGrant.
+#[test]
+fn a_stand_in_for_a_later_secret_leaves_an_earlier_problem_said() {
+    let pki = Pki::new();
+    let a = pki.self_signed("first-a", KeyType::EcdsaP256, &["a.first.example"]);
+    let b = pki.self_signed("first-b", KeyType::EcdsaP256, &["b.first.example"]);
+    let listener = "  - {name: first, port: 443, protocol: HTTPS, hostname: \"*.first.example\", \
+                    tls: {mode: Terminate, certificateRefs: [{name: elsewhere, namespace: other}, \
+                    {name: first-a}, {name: first-b}]}}\n";
+    let gw = Gateway::start(
+        listener,
+        vec![
+            (
+                "secret-a.yaml".to_string(),
+                tls_secret(NAMESPACE, "first-a", &a.cert_pem, &a.key_pem),
+            ),
+            (
+                "secret-b.yaml".to_string(),
+                tls_secret(NAMESPACE, "first-b", &b.cert_pem, &b.key_pem),
+            ),
+        ],
+    );
+    gw.wait_for_condition("first", "ResolvedRefs", "False", "RefNotPermitted");
+    gw.wait_until_served(Some("b.first.example"), &b);
+    let generation = || {
+        let metrics = gw.metrics();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("portcullis_config_generation "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("a config generation")
+    };
+    let before = generation();
+    gw.write(
+        "secret-b.yaml",
+        &tls_secret(NAMESPACE, "first-b", &b.cert_pem, &a.key_pem),
+    );
+    // Once the bad Secret is read (its stand-in served), the condition is still the grant's.
+    tls_support::eventually("the bad Secret is read", || {
+        (generation() > before).then_some(())
+    });
+    let resolved = gw.condition("first", "ResolvedRefs").unwrap();
+    assert_eq!(resolved.reason, "RefNotPermitted", "{resolved:?}");
+    gw.wait_until_served(Some("b.first.example"), &b);
+}
+
 #[test]
 fn rotated_certificate_is_served_from_the_next_handshake_without_failed_requests() {
     const HOST: &str = "rotate.example";
@@ -1466,6 +1514,44 @@ fn a_cleartext_connection_is_not_served_once_its_port_is_https() {
             "{closed:?} {rest:?}"
         );
     }
+}
+
+/// A TLS connection made to an HTTPS listener is not served once its port passes TLS through
+/// instead: its next request is sent to connect afresh (421), or finds the connection closed.
+#[test]
+fn a_terminated_connection_is_not_served_once_its_port_passes_tls_through() {
+    let pki = Pki::new();
+    let ca = pki.ca("pass-ca", KeyType::EcdsaP256, None);
+    let cert = pki.leaf("pass", KeyType::EcdsaP256, &["pass.example"], &ca);
+    let gw = Gateway::start(
+        &https_listener("web", Some("pass.example"), "web"),
+        vec![secret_file("web", &cert)],
+    );
+    gw.wait_for_condition("web", "Programmed", "True", "Programmed");
+    gw.wait_until_served(Some("pass.example"), &cert);
+    let config = rustls_client(&[&ca]);
+    let mut open = RustlsConnection::open(&config, gw.https, "pass.example").unwrap();
+    assert_eq!(open.get("/", false), Ok(200));
+
+    gw.write(
+        "gateway.yaml",
+        &common::manifests::gateway(
+            NAMESPACE,
+            "gw",
+            "  - {name: web, port: 443, protocol: TLS, tls: {mode: Passthrough}}\n",
+        ),
+    );
+    gw.wait_for_condition("web", "ResolvedRefs", "True", "ResolvedRefs");
+    tls_support::eventually("the port passes TLS through", || {
+        RustlsConnection::open(&config, gw.https, "pass.example")
+            .is_err()
+            .then_some(())
+    });
+    let next = open.get("/", false);
+    assert!(
+        matches!(next, Err(_) | Ok(421)),
+        "{next:?} on a terminated connection to a port that now passes TLS through"
+    );
 }
 
 /// Secret data written as `base64` prints it, wrapped at 76 columns in a block scalar, is read

@@ -220,9 +220,15 @@ impl Gateways {
                 listener.certificates_from.insert(at, index);
                 listener.stale_certificate = true;
                 kept.insert(key.clone(), last.clone());
-                // The condition names the first broken Secret: said to be standing in for.
+                // The condition names the first problem in the order written: when that is
+                // this Secret, it says so stood in for (an earlier reference's problem, such
+                // as a missing ReferenceGrant, stays as it is).
                 if let Some((first, message)) = &listener.broken_secret {
-                    if *first == key {
+                    let said = listener
+                        .resolved
+                        .as_ref()
+                        .is_some_and(|(_, m)| m.starts_with(message.as_str()));
+                    if *first == key && said {
                         listener.resolved = Some((
                             "InvalidCertificateRef",
                             format!(
