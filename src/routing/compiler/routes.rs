@@ -537,10 +537,15 @@ fn translate_route(
     outcome
 }
 
-/// Whether a listener or route hostname is an IPv4 address (an IPv6 one fails the API's
-/// pattern already).
+/// Whether a listener or route hostname is an IPv4 address in one of its spellings
+/// (`1.2.3.4`, `127.1`, `0x7f.0.0.1`, `2130706433`, all of which resolvers and clients take for
+/// an address): its last label is all digits, which no DNS name's top-level label is (RFC
+/// 1123, section 2.1). An IPv6 address fails the API's pattern already.
 pub(super) fn is_ipv4(hostname: &str) -> bool {
-    hostname.parse::<std::net::Ipv4Addr>().is_ok()
+    hostname
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn parent_is_ours(parent: &api::ParentRef, route_namespace: &str, gateways: &Gateways) -> bool {

@@ -2832,7 +2832,7 @@ fn an_ip_address_is_no_hostname() {
         ),
         route(
             "a",
-            "  hostnames: [a.example, 10.0.0.1]\n  \
+            "  hostnames: [a.example, 10.0.0.1, '127.1', 0x7f.0.0.1, '2130706433', 1.2.3.4a]\n  \
              rules: [{backendRefs: [{name: svc, port: 8080}]}]\n"
         )
     );
@@ -2855,6 +2855,17 @@ fn an_ip_address_is_no_hostname() {
         "{accepted}"
     );
     assert_eq!(lookup_route(&c, "10.0.0.1", "/", &[]), None);
+    for (hostname, address) in [
+        ("127.1", true),
+        ("0x7f.0.0.1", true),
+        ("2130706433", true),
+        ("01.2.3.4", true),
+        ("1.2.3.4a", false),
+        ("*.example", false),
+        ("a1.b2", false),
+    ] {
+        assert_eq!(super::routes::is_ipv4(hostname), address, "{hostname}");
+    }
     assert_eq!(lookup_route(&c, "a.example", "/", &[]), None);
 }
 
