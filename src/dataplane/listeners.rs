@@ -23,11 +23,13 @@
 //! one deadline, [`HANDSHAKE_TIMEOUT`] from the accept, and both end at the drain's grace once
 //! the process is stopping: a client stalled in its handshake holds neither a socket nor a stop.
 //!
-//! Removing a socket stops its accept loop, and winds its connections down as the process's
-//! shutdown does (requests in flight finish, an HTTP/2 client gets GOAWAY, an HTTP/1.1 answer
-//! says `Connection: close`), as does serving its port in another mode: a connection is served
-//! only while the live table serves its socket as the connection came (`serve_while`). Adding
-//! a socket never touches the others.
+//! Removing a socket (its port no longer served, or reopened in the other mode) stops its
+//! accept loop and winds down the connections it accepted as the process's shutdown does:
+//! requests in flight finish, an HTTP/2 client gets GOAWAY, an HTTP/1.1 answer says
+//! `Connection: close`. Each socket's connections watch a signal of the socket's own for this,
+//! which costs a request nothing. A TLS connection is wound down as well when its port, still
+//! TLS, stops serving it HTTPS (passed through instead) or changes the client certificate
+//! validation its handshake passed (`serve_while`). Adding a socket never touches the others.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -72,11 +74,20 @@ struct ConnectionContext {
     swaps: watch::Receiver<u64>,
 }
 
+/// A running accept loop: whether its socket terminates TLS, its task, and the signal that
+/// winds down the connections accepted on it (raised when the socket closes, and at the
+/// process's shutdown).
+struct Running {
+    tls: bool,
+    task: JoinHandle<()>,
+    ending: watch::Sender<bool>,
+}
+
 /// The running accept loops, by socket address.
 pub struct Listeners {
     context: ConnectionContext,
     table: Arc<ArcSwap<RoutingTable>>,
-    running: HashMap<SocketAddr, (bool, JoinHandle<()>)>,
+    running: HashMap<SocketAddr, Running>,
     /// Sockets that could not be bound, with the error; retried on the next reconcile.
     pub failed: HashMap<SocketAddr, String>,
 }
@@ -112,7 +123,7 @@ impl Listeners {
         let unwanted: Vec<SocketAddr> = self
             .running
             .iter()
-            .filter(|(addr, (tls, _))| !wanted.contains(&(**addr, *tls)))
+            .filter(|(addr, running)| !wanted.contains(&(**addr, running.tls)))
             .map(|(addr, _)| *addr)
             .collect();
         // An aborted accept loop drops its socket only when the runtime next gets to it; its
@@ -120,9 +131,11 @@ impl Listeners {
         // port switching between cleartext and TLS) would find it still bound and wait for the
         // bind retry.
         for addr in unwanted {
-            if let Some((_, task)) = self.running.remove(&addr) {
-                task.abort();
-                let _ = task.await;
+            if let Some(running) = self.running.remove(&addr) {
+                running.task.abort();
+                let _ = running.task.await;
+                // Its connections are this socket's no more: wound down, as at shutdown.
+                running.ending.send_replace(true);
                 tracing::info!(%addr, "listener socket closed");
             }
         }
@@ -152,21 +165,42 @@ impl Listeners {
                 let clients = Arc::new(crate::tls::ClientVerifier::new(self.table.clone(), addr));
                 Arc::new(crate::tls::acceptors(resolver, clients))
             });
-            let task = tokio::spawn(accept_loop(listener, acceptor, self.context.clone()));
-            self.running.insert(addr, (tls, task));
+            // The connections of this socket watch a signal of its own, which the process's
+            // shutdown raises too: a socket closed (its port no longer served, or served in
+            // the other mode) winds down the connections it accepted, and no others.
+            let process = self.context.shutdown.clone();
+            let (ending, watched) = watch::channel(*process.borrow());
+            tokio::spawn(forward_shutdown(process, ending.clone()));
+            let mut cx = self.context.clone();
+            cx.shutdown = watched;
+            let task = tokio::spawn(accept_loop(listener, acceptor, cx));
+            self.running.insert(addr, Running { tls, task, ending });
         }
     }
 
     /// Stops accepting on every socket (shutdown); open connections go on.
     pub fn stop_accepting(&mut self) {
-        for (_, (_, task)) in self.running.drain() {
-            task.abort();
+        for (_, running) in self.running.drain() {
+            running.task.abort();
         }
     }
 
     /// Closes keep-alive connections that are waiting for their next request.
     pub async fn close_idle(&self) {
         self.context.app.http_cleanup().await;
+    }
+}
+
+/// Raises a socket's `ending` signal when the process stops; done once no connection of the
+/// socket (nor its accept loop) watches it any more.
+async fn forward_shutdown(mut process: ShutdownWatch, ending: watch::Sender<bool>) {
+    tokio::select! {
+        stopping = process.wait_for(|stopping| *stopping) => {
+            if stopping.is_ok() {
+                ending.send_replace(true);
+            }
+        }
+        () = ending.closed() => {}
     }
 }
 
@@ -263,14 +297,9 @@ async fn serve_cleartext(
     if !opening.starts_with(b"\r") && !opening.starts_with(b"\n") {
         stream.began_at(first_bytes);
     }
-    let stream: pingora_core::protocols::Stream = Box::new(stream);
-    match local {
-        Some(bind) => {
-            let served = move |table: &RoutingTable| table.serves_http(&bind, false);
-            serve_while(stream, served, cx).await;
-        }
-        None => serve_http(stream, &cx.shutdown, cx).await,
-    }
+    // Watching the socket's own signal: a cleartext connection is served as it came for as
+    // long as its socket is open (a port served over TLS is another socket).
+    serve_http(Box::new(stream), &cx.shutdown, cx).await;
 }
 
 /// Hands `stream` to the proxy, and again for each request while the connection is reusable.

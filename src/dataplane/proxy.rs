@@ -1082,9 +1082,13 @@ impl Proxy {
         // would be served the routes, and the client validation, of an HTTPS listener. 421,
         // and the connection closes (the connection task winds it down too: an HTTP/2 client
         // gets GOAWAY), so that the client connects afresh, or is refused.
-        if !table.serves_http(&bind, tls.is_some()) {
+        let Some(socket) = table
+            .binds
+            .get(&bind)
+            .filter(|b| b.serves_http(tls.is_some()))
+        else {
             return Decision::RespondAndClose(421);
-        }
+        };
         let handshake = tls.and_then(|t| t.extension.get::<crate::tls::Handshake>());
         let sni = handshake.and_then(|h| h.server_name.as_deref());
         // An HTTP/1.0 request may come without Host; over TLS the handshake's SNI names the
@@ -1146,7 +1150,7 @@ impl Proxy {
                 return Decision::Respond(421);
             }
         }
-        let matched = match table.lookup(&bind, &view) {
+        let matched = match socket.lookup(&view) {
             Ok(matched) => matched,
             Err(miss) => {
                 // Counted against the listener that took the host, when one did.

@@ -470,9 +470,25 @@ impl RoutingTable {
         bind: &SocketAddr,
         req: &RequestView<'_>,
     ) -> Result<Matched<'t>, Miss<'t>> {
-        let bind = self.binds.get(bind).ok_or(Miss::NoListener)?;
+        self.binds.get(bind).ok_or(Miss::NoListener)?.lookup(req)
+    }
+}
+
+impl Bind {
+    /// Whether this socket serves HTTP to a connection in this mode: cleartext on a cleartext
+    /// socket, or TLS on one with an HTTPS listener (a port that passes TLS through, or ends
+    /// it for TLSRoutes, serves no HTTP).
+    pub fn serves_http(&self, tls: bool) -> bool {
+        match tls {
+            true => self.tls && self.listeners.iter().any(|l| l.scheme == "https"),
+            false => !self.tls,
+        }
+    }
+
+    /// Finds the rule for a request that arrived on this socket.
+    pub fn lookup<'t>(&'t self, req: &RequestView<'_>) -> Result<Matched<'t>, Miss<'t>> {
         let host = normalize_host(req.host);
-        let listener = bind
+        let listener = self
             .listeners
             .iter()
             .find(|l| l.hostname.as_deref().is_none_or(|h| host_matches(h, &host)))
@@ -486,15 +502,11 @@ impl RoutingTable {
 }
 
 impl RoutingTable {
-    /// Whether socket `bind` serves HTTP to a connection in this mode: cleartext on a
-    /// cleartext socket, or TLS on one with an HTTPS listener (a port that passes TLS through,
-    /// or ends it for TLSRoutes, serves no HTTP). A connection outlives the socket it came on:
-    /// once its port is served otherwise, or not at all, its requests are not this table's.
+    /// Whether socket `bind` serves HTTP to a connection in this mode ([`Bind::serves_http`]).
+    /// A connection outlives the socket it came on: once its port is served otherwise, or not
+    /// at all, its requests are not this table's.
     pub fn serves_http(&self, bind: &SocketAddr, tls: bool) -> bool {
-        self.binds.get(bind).is_some_and(|b| match tls {
-            true => b.tls && b.listeners.iter().any(|l| l.scheme == "https"),
-            false => !b.tls,
-        })
+        self.binds.get(bind).is_some_and(|b| b.serves_http(tls))
     }
 
     /// The listener a TLS ClientHello selects on `bind`: the first, most specific one that
