@@ -1135,18 +1135,11 @@ async fn a_quiet_websocket_is_not_cut_after_a_minute() {
     assert_eq!(&echoed, b"still here");
 }
 
-/// What the backend's response says of its own connection stays there: the fields its
-/// `Connection` header names and `Keep-Alive` are not passed on. An HTTP/1.0 client, which
-/// knows no chunked coding, gets a chunked answer as plain bytes ended by the close.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hop_by_hop_fields_stay_behind_and_an_http_1_0_client_gets_no_chunks() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = serve_raw(|mut tcp| async move {
-        // `upgrade` is not named in `connection`, and stays behind all the same.
-        let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
-            connection: x-secret\r\nx-secret: s\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\n\
-            x-kept: k\r\n\r\n\
-            5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+/// The gateway in front of a backend that answers every request with `answer` and closes,
+/// `NAME.example` routed to it.
+async fn in_front_of_one_answer(name: &'static str, answer: &'static [u8]) -> Gateway {
+    use tokio::io::AsyncWriteExt;
+    let port = serve_raw(move |mut tcp| async move {
         let _ = tcp.write_all(answer).await;
         let _ = tcp.shutdown().await;
     })
@@ -1154,29 +1147,47 @@ async fn hop_by_hop_fields_stay_behind_and_an_http_1_0_client_gets_no_chunks() {
     let config = [
         gateway_class(),
         gateway("rt", "gw", &listener("web", 80, "HTTP")),
-        route("chunked", "chunked.example", "chunked", None),
-        backend("rt", "chunked", port),
+        route(name, &format!("{name}.example"), name, None),
+        backend("rt", name, port),
     ]
     .concat();
-    let gateway = Gateway::start(&config).await;
-    let exchange = |request: &'static str| async move {
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
-            .await
-            .unwrap();
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let read = tcp.read_to_end(&mut answer);
-        tokio::time::timeout(Duration::from_secs(5), read)
-            .await
-            .expect("the answer ends with the connection")
-            .unwrap();
-        String::from_utf8(answer).unwrap()
-    };
+    Gateway::start(&config).await
+}
+
+/// Sends `request` on a new connection to `port` and reads the answer to the connection's end.
+async fn exchange(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the answer ends with the connection")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// What the backend's response says of its own connection stays there: the fields its
+/// `Connection` header names and `Keep-Alive` are not passed on. An HTTP/1.0 client, which
+/// knows no chunked coding, gets a chunked answer as plain bytes ended by the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_stay_behind_and_an_http_1_0_client_gets_no_chunks() {
+    // `upgrade` is not named in `connection`, and stays behind all the same.
+    let gateway = in_front_of_one_answer(
+        "chunked",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\
+        connection: x-secret\r\nx-secret: s\r\nkeep-alive: timeout=5\r\nupgrade: h2c\r\n\
+        x-kept: k\r\n\r\n\
+        5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    .await;
     for request in [
         "GET / HTTP/1.0\r\nhost: chunked.example\r\n\r\n",
         "GET / HTTP/1.1\r\nhost: chunked.example\r\nconnection: close\r\n\r\n",
     ] {
-        let answer = exchange(request).await;
+        let answer = exchange(gateway.listen, request).await;
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         let head = head.to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200"), "{answer}");
@@ -1212,35 +1223,16 @@ async fn hop_by_hop_fields_stay_behind_and_an_http_1_0_client_gets_no_chunks() {
 /// 15.2): a backend's 103 is passed to an HTTP/1.1 client only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_1_0_client_gets_no_interim_answer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let port = serve_raw(|mut tcp| async move {
-        let answer = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n\
-            HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
-        let _ = tcp.write_all(answer).await;
-        let _ = tcp.shutdown().await;
-    })
+    let gateway = in_front_of_one_answer(
+        "hints",
+        b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n\
+        HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+    )
     .await;
-    let config = [
-        gateway_class(),
-        gateway("rt", "gw", &listener("web", 80, "HTTP")),
-        route("hints", "hints.example", "hints", None),
-        backend("rt", "hints", port),
-    ]
-    .concat();
-    let gateway = Gateway::start(&config).await;
     for (version, interim) in [("HTTP/1.0", false), ("HTTP/1.1", true)] {
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
-            .await
-            .unwrap();
         let request =
             format!("GET / {version}\r\nhost: hints.example\r\nconnection: close\r\n\r\n");
-        tcp.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
-            .await
-            .expect("the answer ends with the connection")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let answer = exchange(gateway.listen, &request).await;
         assert_eq!(
             answer.starts_with("HTTP/1.1 103"),
             interim,
