@@ -69,7 +69,7 @@ class Bench:
         self.quick = args.quick
         # The defaults keep a whole run, the first release build included, under 20 minutes
         # on 2 CPUs: see `parts_s` in the results for where the time goes.
-        self.seconds = int(os.environ.get("BENCH_SECONDS", "2" if self.quick else "5"))
+        self.seconds = int(os.environ.get("BENCH_SECONDS", "2" if self.quick else "4"))
         self.latency_seconds = int(os.environ.get(
             "BENCH_LATENCY_SECONDS", "2" if self.quick else str(max(3, self.seconds // 2))))
         self.rate = int(os.environ.get("BENCH_RATE", "2000"))
