@@ -1134,13 +1134,13 @@ impl Proxy {
             // A connection whose client certificate was checked under other validation than
             // the socket's now (or not at all, or not verified when it was resumed) is sent
             // to make a new one, which is validated afresh: 421, and the connection closes.
-            let policy = crate::tls::client_policy(&table, &bind);
+            let policy = socket.client_policy();
             if handshake.and_then(|h| h.client_policy) != policy {
                 return Decision::RespondAndClose(421);
             }
             let host = crate::routing::table::normalize_host(host);
-            let by_host = table.listener_for_hello(&bind, Some(&*host));
-            let by_sni = table.listener_for_hello(&bind, sni);
+            let by_host = socket.listener_for_hello(Some(&*host));
+            let by_sni = socket.listener_for_hello(sni);
             let same = match (by_host, by_sni) {
                 (Some(a), Some(b)) => std::ptr::eq(a, b),
                 (None, _) => true,

@@ -517,11 +517,22 @@ impl RoutingTable {
         bind: &SocketAddr,
         sni: Option<&str>,
     ) -> Option<&ListenerRoutes> {
-        self.binds
-            .get(bind)?
-            .listeners
+        self.binds.get(bind)?.listener_for_hello(sni)
+    }
+}
+
+impl Bind {
+    /// [`RoutingTable::listener_for_hello`], on this socket.
+    pub fn listener_for_hello(&self, sni: Option<&str>) -> Option<&ListenerRoutes> {
+        self.listeners
             .iter()
             .find(|l| takes_server_name(l.hostname.as_deref(), sni))
+    }
+
+    /// The client certificate validation of this socket (`None`: none), as
+    /// [`crate::tls::client_policy`] gives it.
+    pub fn client_policy(&self) -> Option<u64> {
+        Some(self.client_auth.as_ref()?.policy)
     }
 }
 

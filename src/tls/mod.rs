@@ -170,7 +170,7 @@ pub struct Handshake {
 
 /// The client certificate validation of socket `bind` in `table` (`None`: none).
 pub fn client_policy(table: &RoutingTable, bind: &SocketAddr) -> Option<u64> {
-    Some(table.binds.get(bind)?.client_auth.as_ref()?.policy)
+    table.binds.get(bind)?.client_policy()
 }
 
 /// Records each finished handshake's [`Handshake`] in the connection's TLS digest.
