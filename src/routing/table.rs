@@ -95,10 +95,10 @@ pub struct PathIndex {
     /// Prefix matches by the prefix without its trailing slash (`/` stays `/`).
     pub prefix: HashMap<String, Vec<Entry>>,
     /// Regular-expression path matches.
-    pub regex: Vec<(Regex, Entry)>,
+    pub regex: Vec<(PathPattern, Entry)>,
     /// GRPCRoute matches of a method in any service, as patterns (a host of GRPCRoutes is
     /// looked up by [`Entry::order`], see `grpc`).
-    pub grpc_methods: Vec<(Regex, Entry)>,
+    pub grpc_methods: Vec<(PathPattern, Entry)>,
     /// The host is served by GRPCRoutes, whose precedence goes by what of the method a match
     /// names, not by its kind of path match: lookups take the first matching entry by
     /// [`Entry::order`].
@@ -136,6 +136,44 @@ pub struct ValueCondition {
     pub name: String,
     /// How the value must look.
     pub value: ValueMatch,
+}
+
+/// A `RegularExpression` path match, anchored at both ends.
+#[derive(Clone)]
+pub enum PathPattern {
+    /// An HTTPRoute's pattern for the whole path.
+    Path(Regex),
+    /// A GRPCRoute's patterns for the service and the method, each tried on its own part of
+    /// a `/service/method` path, so that a part's own `^` and `$` hold at its edges. `text` is
+    /// the two together as one pattern for the whole path, as `explain` shows it.
+    Grpc {
+        service: Regex,
+        method: Regex,
+        text: String,
+    },
+}
+
+impl PathPattern {
+    pub fn is_match(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Path(re) => re.is_match(path),
+            PathPattern::Grpc {
+                service, method, ..
+            } => (path.strip_prefix('/'))
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(s, m)| {
+                    !m.contains('/') && service.is_match(s) && method.is_match(m)
+                }),
+        }
+    }
+
+    /// The pattern as written for the whole path, anchors included.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathPattern::Path(re) => re.as_str(),
+            PathPattern::Grpc { text, .. } => text,
+        }
+    }
 }
 
 /// How a header or query value must look.
@@ -848,7 +886,7 @@ impl PathIndex {
     /// `/`), the first in precedence.
     fn lookup_grpc<'t>(&'t self, req: &RequestView<'_>) -> Option<&'t Entry> {
         let first = |entries: &'t [Entry]| entries.iter().find(|e| e.conditions.hold(req));
-        let pattern = |patterns: &'t [(Regex, Entry)]| {
+        let pattern = |patterns: &'t [(PathPattern, Entry)]| {
             (patterns.iter())
                 .find(|(re, e)| re.is_match(req.path) && e.conditions.hold(req))
                 .map(|(_, e)| e)

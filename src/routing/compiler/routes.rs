@@ -16,8 +16,8 @@ use crate::routing::api::{self, BackendRef, HttpFilter, HttpMatch, RouteSpec};
 use crate::routing::status::{object, Conditions, ObjectStatus, StatusReport};
 use crate::routing::table::{
     Backend, Conditions as MatchConditions, Cors, Entry, Filter, HeaderEdits, HostIndex, Mirror,
-    PathIndex, PathReplace, Redirect, RetryPolicy, Rewrite, Rule, ServiceBackend, ValueCondition,
-    ValueMatch, WeightedBackend,
+    PathIndex, PathPattern, PathReplace, Redirect, RetryPolicy, Rewrite, Rule, ServiceBackend,
+    ValueCondition, ValueMatch, WeightedBackend,
 };
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -52,9 +52,28 @@ struct MatchRank {
 enum PathKind {
     Exact(String),
     Prefix(String),
-    Regex(Regex),
+    Regex(PathPattern),
     /// A GRPCRoute method without a service: tried after every longer prefix.
-    GrpcMethod(Regex),
+    GrpcMethod(PathPattern),
+}
+
+impl CompiledRoute {
+    /// The spec's order of routes that tie on everything else: the oldest first, then the
+    /// first in alphabetical order of `{namespace}/{name}`, as one string (`t-x/aa` comes
+    /// before `t/zz`: `-` sorts before `/`, which comparing the namespaces alone would not
+    /// give).
+    fn precedes(&self, other: &CompiledRoute) -> std::cmp::Ordering {
+        let (created, namespace, name) = &self.order;
+        let (other_created, other_namespace, other_name) = &other.order;
+        fn key<'a>(namespace: &'a str, name: &'a str) -> impl Iterator<Item = u8> + 'a {
+            (namespace.bytes())
+                .chain(std::iter::once(b'/'))
+                .chain(name.bytes())
+        }
+        created
+            .cmp(other_created)
+            .then_with(|| key(namespace, name).cmp(key(other_namespace, other_name)))
+    }
 }
 
 /// A route, translated, with what the table needs to order it among others.
@@ -161,7 +180,7 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
                 routes[slot].1.push((index, hosts.clone()));
             }
         }
-        routes.sort_by(|(a, _), (b, _)| a.order.cmp(&b.order));
+        routes.sort_by(|(a, _), (b, _)| a.precedes(b));
         // The routes kept so far on each listener, with their hostnames there.
         let mut kept: Vec<Vec<(&Arc<CompiledRoute>, &Hostnames)>> =
             vec![Vec::new(); gateway.listeners.len()];
@@ -912,7 +931,7 @@ fn translate_match(
     // Matched as request paths are, whose percent-encodings have upper-case hex digits. In a
     // regular expression `%2c` is as literal as in a path (neither `%` nor a hex digit means
     // anything there), so it is taken the same way; an encoding of an unreserved character
-    // (`%41`, which requests arrive with decoded) is left as written and can never match.
+    // (`%41`, which requests arrive with decoded) is read as the character, below.
     let value = crate::routing::table::upper_case_percent_encodings(&value).unwrap_or(value);
     if path_type != "RegularExpression" {
         matched_path(&value)?;
@@ -932,8 +951,18 @@ fn translate_match(
             let trimmed = value.trim_end_matches('/');
             PathKind::Prefix(if trimmed.is_empty() { "/".to_string() } else { trimmed.to_string() })
         }
-        "RegularExpression" if m.grpc_method_only => PathKind::GrpcMethod(anchored(&value)?),
-        "RegularExpression" => PathKind::Regex(anchored(&value)?),
+        "RegularExpression" if m.grpc_method_only => {
+            PathKind::GrpcMethod(PathPattern::Path(anchored(&value)?))
+        }
+        "RegularExpression" => PathKind::Regex(match &m.grpc_patterns {
+            // Checked part by part above; an absent part is any name.
+            Some((service, method)) => PathPattern::Grpc {
+                service: anchored(service.as_deref().unwrap_or("[^/]+"))?,
+                method: anchored(method.as_deref().unwrap_or("[^/]+"))?,
+                text: format!("^(?:{value})$"),
+            },
+            None => PathPattern::Path(anchored(&regex_reading_unreserved(&value))?),
+        }),
         other => return Err(format!("path match type {other:?} is not supported; use Exact, PathPrefix or RegularExpression")),
     };
     let value_condition = |v: &api::ValueMatch, lower: bool| -> Result<ValueCondition, String> {
@@ -1008,6 +1037,41 @@ fn translate_match(
 }
 
 /// Compiles a pattern that must match the whole value (the spec's regex matches are full).
+/// A path pattern with each percent-encoding of an unreserved character (`%7E`, `%41`) read
+/// as that character: requests arrive with those decoded, and the encoding as written could
+/// never match. The character is written `\x{7E}`, which stands for itself anywhere in a
+/// pattern, in a character class too (`[%41-%5A]` is `A` to `Z`). A `%` escaped by a
+/// backslash is left as written.
+fn regex_reading_unreserved(pattern: &str) -> String {
+    let bytes = pattern.as_bytes();
+    let mut out = String::with_capacity(pattern.len());
+    let mut backslashes = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let unreserved = (bytes[i] == b'%' && backslashes % 2 == 0)
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
+        if let Some(byte) = unreserved {
+            out.push_str(&format!("\\x{{{byte:02X}}}"));
+            backslashes = 0;
+            i += 3;
+            continue;
+        }
+        let c = pattern[i..]
+            .chars()
+            .next()
+            .expect("i is on a character boundary");
+        backslashes = if c == '\\' { backslashes + 1 } else { 0 };
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
 fn anchored(pattern: &str) -> Result<Regex, String> {
     // The pattern must stand on its own: inside the anchors, `x)|(?:.*` would close their group
     // and match every path.
@@ -2015,8 +2079,8 @@ pub(super) fn grant_allows(
 struct Bucket {
     exact: HashMap<String, Vec<(MatchRank, Entry)>>,
     prefix: HashMap<String, Vec<(MatchRank, Entry)>>,
-    regex: Vec<(MatchRank, Regex, Entry)>,
-    grpc_methods: Vec<(MatchRank, Regex, Entry)>,
+    regex: Vec<(MatchRank, PathPattern, Entry)>,
+    grpc_methods: Vec<(MatchRank, PathPattern, Entry)>,
 }
 
 /// A listener's host index as last built: for each host, the routes its entries came from
@@ -2043,7 +2107,7 @@ impl HostIndex {
             .iter()
             .filter(|(route, _)| route.kind != Kind::TlsRoute)
             .collect();
-        ordered.sort_by(|a, b| a.0.order.cmp(&b.0.order));
+        ordered.sort_by(|a, b| a.0.precedes(&b.0));
         let mut by_host: HashMap<&Option<String>, Vec<Arc<CompiledRoute>>> = HashMap::new();
         for (route, hosts) in ordered {
             for host in hosts.iter() {

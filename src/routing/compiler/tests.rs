@@ -2255,6 +2255,89 @@ fn grpc_regular_expressions_stand_each_for_their_part() {
     );
 }
 
+/// A GRPCRoute pattern's own anchors hold at the edges of its part: `^Ping$` is the method
+/// `Ping`, `^a\.B$` the service `a.B` (pasted into one pattern for the whole path, a `^` or
+/// `$` inside could never match, and the rule served nothing).
+#[test]
+fn grpc_patterns_may_anchor_their_part() {
+    let text = [
+        BASE.to_string(),
+        grpc_route(
+            "re",
+            "2020-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {type: RegularExpression, method: '^Ping$'}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n  \
+             - matches: [{method: {type: RegularExpression, service: '^a\\.B$', method: 'Po.g'}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n",
+        ),
+    ]
+    .concat();
+    let c = compile(&snapshot(&text), &CompileOptions::default());
+    let route_of = |path: &str| lookup_route(&c, "any", path, &[]);
+    assert_eq!(route_of("/s.S/Ping").as_deref(), Some("infra/re#0"));
+    assert_eq!(route_of("/a.B/Pong").as_deref(), Some("infra/re#1"));
+    assert_eq!(route_of("/s.S/Pingx"), None);
+    assert_eq!(route_of("/xa.B/Pong"), None);
+    // A method is one path segment, whatever a pattern lets through.
+    assert_eq!(route_of("/s.S/x/Ping"), None);
+}
+
+/// Routes that tie on everything else go by `{namespace}/{name}` as one string: `t-x/aa`
+/// before `t/zz`, as `-` sorts before `/`.
+#[test]
+fn tied_routes_go_by_namespace_and_name_as_one_string() {
+    let gateway = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}",
+    );
+    let tied = |namespace: &str, name: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: {name}, namespace: {namespace}, creationTimestamp: \"2026-01-01T00:00:00Z\"}}\n\
+             spec:\n  parentRefs: [{{name: gw, namespace: infra}}]\n  rules:\n  \
+             - matches: [{{path: {{type: PathPrefix, value: /tie}}}}]\n    \
+             backendRefs: [{{name: svc, namespace: infra, port: 8080}}]\n"
+        )
+    };
+    let yaml = format!("{gateway}{}{}", tied("t", "zz"), tied("t-x", "aa"));
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    assert_eq!(
+        lookup_route(&c, "any", "/tie", &[]).as_deref(),
+        Some("t-x/aa#0")
+    );
+}
+
+/// A `RegularExpression` path reads a percent-encoding of an unreserved character as the
+/// character, as request paths arrive with it decoded: `/r%7E.*` matches `/r~x`.
+#[test]
+fn a_path_pattern_reads_unreserved_encodings_as_their_characters() {
+    let rules = "  rules:\n  \
+        - matches: [{path: {type: RegularExpression, value: '/r%7E.*'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n  \
+        - matches: [{path: {type: RegularExpression, value: '/c[%41-%5a]t'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n  \
+        - matches: [{path: {type: RegularExpression, value: '/d%2E'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n";
+    let c = compile(
+        &snapshot(&format!("{BASE}{}", route("r", rules))),
+        &CompileOptions::default(),
+    );
+    assert_eq!(
+        lookup_route(&c, "any", "/r~x", &[]).as_deref(),
+        Some("infra/r#0")
+    );
+    assert_eq!(
+        lookup_route(&c, "any", "/cQt", &[]).as_deref(),
+        Some("infra/r#1")
+    );
+    // `%2E` is a dot, not any character.
+    assert_eq!(
+        lookup_route(&c, "any", "/d.", &[]).as_deref(),
+        Some("infra/r#2")
+    );
+    assert_eq!(lookup_route(&c, "any", "/dx", &[]), None);
+}
+
 /// GRPCRouteRule's precedence: the characters of the matching service, then those of the
 /// matching method. Every match of a request that names its service counts the same
 /// characters, exactly or by a pattern: naming both parts ranks above the service alone, that
