@@ -1699,6 +1699,64 @@ async fn serve_h2c_refusing_streams(all: bool) -> (u16, Arc<std::sync::atomic::A
     (port, refused)
 }
 
+/// A gRPC answer whose backend stream fails after its header ends in the gateway's gRPC
+/// status, with no `Content-Length` from the backend left in front of it: a length the body
+/// then falls short of would make the whole response malformed (RFC 9113, section 8.1.1), and
+/// a strict client would see a protocol error instead of UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length() {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let h2c_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    // Promises 1000 bytes and ends the stream after 10.
+                    let response = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .header("content-length", "1000")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ = send.send_data(Bytes::from_static(b"0123456789"), true);
+                    }
+                }
+            });
+        }
+    });
+    let gateway = in_front_of_h2c(h2c_port).await;
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2-prior-knowledge",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+        ])
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "host: h.example",
+        ])
+        .args(["--data-binary", ""])
+        .arg(format!("http://127.0.0.1:{}/s.S/Call", gateway.listen))
+        .output()
+        .expect("curl runs");
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    let errors = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl: {errors}\n{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(head.contains("grpc-status: 14"), "{head}");
+}
+
 /// A request an HTTP/2 backend refused without processing it (REFUSED_STREAM; a GOAWAY that
 /// leaves its stream out is the same) is sent again, whatever its method and with its body,
 /// with no retry policy on the route: the backend did nothing with it.

@@ -582,6 +582,14 @@ impl ProxyHttp for Proxy {
         }
         drop_hop_by_hop(response, status == 101);
         one_content_length(response)?;
+        // A gRPC answer is framed by its messages and ends in trailers. Should the backend's
+        // stream fail partway, the gateway ends it with a gRPC status in trailers, and a
+        // Content-Length the body then falls short of would make the whole response malformed
+        // (RFC 9113, section 8.1.1): strict clients see a protocol error instead of the
+        // status.
+        if is_grpc(session.req_header()) {
+            response.remove_header(&http::header::CONTENT_LENGTH);
+        }
         Ok(())
     }
 
@@ -1359,13 +1367,7 @@ async fn respond_then(
     // A misdirected request (421) is answered in HTTP whatever it carries: it tells the client
     // to open another connection, which gRPC clients act on too; as a gRPC status it would
     // read as a fault of the route.
-    let grpc = status != 421
-        && session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+    let grpc = status != 421 && is_grpc(session.req_header());
     if !grpc {
         // As Pingora does: once a final response has started, nothing more can be said.
         if let Some(written) = session.as_downstream().response_written() {
@@ -1446,6 +1448,14 @@ async fn respond_then(
             .await?;
     }
     Ok(true)
+}
+
+/// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto` and the
+/// like).
+fn is_grpc(request: &RequestHeader) -> bool {
+    (request.headers.get(http::header::CONTENT_TYPE))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// The authority of an HTTP/1 request target in absolute form (`http://host:port/path`), or
