@@ -1715,14 +1715,22 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
                 let Ok(mut connection) = h2::server::handshake(tcp).await else {
                     return;
                 };
-                while let Some(Ok((_request, mut respond))) = connection.accept().await {
-                    // Promises 1000 bytes and ends the stream after 10.
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
                     let response = http::Response::builder()
                         .status(200)
-                        .header("content-type", "application/grpc")
-                        .header("content-length", "1000")
-                        .body(())
-                        .unwrap();
+                        .header("content-type", "application/grpc");
+                    if request.uri().path() == "/s.S/Denied" {
+                        // A call the backend refuses: PERMISSION_DENIED in its trailers.
+                        let response = response.body(()).unwrap();
+                        if let Ok(mut send) = respond.send_response(response, false) {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", "7".parse().unwrap());
+                            let _ = send.send_trailers(trailers);
+                        }
+                        continue;
+                    }
+                    // Promises 1000 bytes and ends the stream after 10.
+                    let response = response.header("content-length", "1000").body(()).unwrap();
                     if let Ok(mut send) = respond.send_response(response, false) {
                         let _ = send.send_data(Bytes::from_static(b"0123456789"), true);
                     }
@@ -1731,30 +1739,56 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
         }
     });
     let gateway = in_front_of_h2c(h2c_port).await;
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--http2-prior-knowledge",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-        ])
-        .args([
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "host: h.example",
-        ])
-        .args(["--data-binary", ""])
-        .arg(format!("http://127.0.0.1:{}/s.S/Call", gateway.listen))
-        .output()
-        .expect("curl runs");
-    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
-    let errors = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "curl: {errors}\n{head}");
+    let call = |method: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+            ])
+            .args([
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "host: h.example",
+            ])
+            .args(["--data-binary", ""])
+            .arg(format!("http://127.0.0.1:{}/s.S/{method}", gateway.listen))
+            .output()
+            .expect("curl runs");
+        let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        let errors = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "curl: {errors}\n{head}");
+        head
+    };
+    let head = call("Call");
     assert!(!head.contains("content-length"), "{head}");
     assert!(head.contains("grpc-status: 14"), "{head}");
+    // The metrics count calls by their gRPC status, the gateway's own and the backend's.
+    let denied = call("Denied");
+    assert!(denied.contains("grpc-status: 7"), "{denied}");
+    let metrics = gateway
+        .client
+        .get(format!("http://127.0.0.1:{}/metrics", gateway.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for code in ["UNAVAILABLE", "PERMISSION_DENIED"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("portcullis_grpc_responses_total{")
+                    && l.contains(&format!("grpc_code=\"{code}\""))
+                    && l.ends_with(" 1")),
+            "{code}: {metrics}"
+        );
+    }
 }
 
 /// A request an HTTP/2 backend refused without processing it (REFUSED_STREAM; a GOAWAY that

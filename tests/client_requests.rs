@@ -807,7 +807,7 @@ async fn grpc_calls_the_gateway_answers_get_the_grpc_status_the_spec_asks_for() 
     ]
     .concat();
     let dir = tempfile::tempdir().unwrap();
-    let (_gateway, port, _) = start(dir.path(), &config, "1s").await;
+    let (_gateway, port, admin) = start(dir.path(), &config, "1s").await;
     let status = |service: &str| {
         let out = Command::new("curl")
             .args([
@@ -838,6 +838,23 @@ async fn grpc_calls_the_gateway_answers_get_the_grpc_status_the_spec_asks_for() 
         let (code, head) = status(service);
         assert_eq!(code.as_deref(), Some(want), "{service}: {head}");
     }
+    // Their HTTP status is 200; the metrics count them by their gRPC status too.
+    let metrics = raw(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let calls = |code: &str| -> u64 {
+        (metrics.lines())
+            .filter(|l| {
+                l.starts_with("portcullis_grpc_responses_total{")
+                    && l.contains(&format!("grpc_code=\"{code}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(calls("UNAVAILABLE"), 3, "{metrics}");
+    assert_eq!(calls("UNIMPLEMENTED"), 1, "{metrics}");
 }
 
 /// A RequestRedirect filter on a backendRef answers the requests sent that backend's way with

@@ -51,6 +51,11 @@ pub struct Entry<'a> {
     pub rule: Option<usize>,
     /// The request id sent upstream.
     pub request_id: &'a str,
+    /// A gRPC call's status (`grpc-status`, 14 for UNAVAILABLE), the backend's or the
+    /// gateway's own; absent for other requests and for calls that ended without one. A gRPC
+    /// answer's HTTP status is 200 whatever became of the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
 }
 
 /// A handle to the shared buffer; the writer thread drains it.

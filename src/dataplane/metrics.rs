@@ -126,6 +126,31 @@ fn method_label(method: &str) -> (&str, usize) {
 }
 
 /// The status class label, and its index in the cache key.
+/// The name of a gRPC status code (`grpc-status`), as the gRPC documentation spells it.
+fn grpc_code(code: u8) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    // A code outside the list is read as UNKNOWN, as gRPC clients read it.
+    NAMES.get(usize::from(code)).copied().unwrap_or("UNKNOWN")
+}
+
 fn status_class(status: u16) -> (&'static str, usize) {
     match status {
         100..=199 => ("1xx", 1),
@@ -141,6 +166,8 @@ fn status_class(status: u16) -> (&'static str, usize) {
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    /// gRPC calls by their status: their HTTP status is 200 whatever became of them.
+    grpc_responses: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     request_bytes: IntCounterVec,
@@ -334,6 +361,13 @@ impl Metrics {
                     "status_class",
                 ],
             ),
+            grpc_responses: counter(
+                "portcullis_grpc_responses_total",
+                "gRPC calls answered, by grpc-status (the backend's, or the gateway's own when \
+                 no backend could take the call); each is also in portcullis_requests_total, \
+                 as HTTP 200.",
+                &["gateway", "listener", "route", "rule", "backend", "grpc_code"],
+            ),
             request_duration: histogram(
                 "portcullis_request_duration_seconds",
                 "Time from reading the request header to the end of the response.",
@@ -487,6 +521,7 @@ impl Metrics {
             .set(1);
         let collectors: Vec<Box<dyn Collector>> = vec![
             Box::new(m.requests.clone()),
+            Box::new(m.grpc_responses.clone()),
             Box::new(m.request_duration.clone()),
             Box::new(m.upstream_duration.clone()),
             Box::new(m.request_bytes.clone()),
@@ -560,6 +595,7 @@ impl Metrics {
             prune(vec, &remove, configured);
         };
         counter(&self.requests);
+        counter(&self.grpc_responses);
         counter(&self.request_bytes);
         counter(&self.response_bytes);
         counter(&self.upstream_failures);
@@ -570,6 +606,24 @@ impl Metrics {
         // anew in the registry.
         lock(&self.series.requests).clear();
         lock(&self.series.upstream).clear();
+    }
+
+    /// Counts one finished gRPC call by its status. (Not cached as the request series are:
+    /// a call ends once, and gRPC traffic is the lesser part where both are served.)
+    pub fn observe_grpc(&self, series: &RequestSeries<'_>, code: u8) {
+        let (route, rule) = series.rule.map_or((String::new(), String::new()), |r| {
+            (r.route.to_string(), r.index.to_string())
+        });
+        self.grpc_responses
+            .with_label_values(&[
+                name(series.gateway),
+                name(series.listener),
+                &route,
+                &rule,
+                name(series.backend),
+                grpc_code(code),
+            ])
+            .inc();
     }
 
     /// Counts one finished request.

@@ -181,6 +181,8 @@ pub struct RequestCtx {
     mirror_bodies: Vec<mirror::MirrorBody>,
     /// Whether the request body filter has passed anything on (to a backend and the mirrors).
     body_passed: bool,
+    /// A gRPC call's status, once the backend or the gateway has given one.
+    grpc_status: Option<u8>,
 }
 
 impl RequestCtx {
@@ -207,6 +209,7 @@ impl RequestCtx {
             resent_unprocessed: 0,
             mirror_bodies: Vec::new(),
             body_passed: false,
+            grpc_status: None,
         }
     }
 }
@@ -589,6 +592,20 @@ impl ProxyHttp for Proxy {
         // status.
         if is_grpc(session.req_header()) {
             response.remove_header(&http::header::CONTENT_LENGTH);
+            // A trailers-only answer (an error, most often) carries its status here.
+            ctx.grpc_status = grpc_status(&response.headers).or(ctx.grpc_status);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(status) = grpc_status(trailers) {
+            ctx.grpc_status = Some(status);
         }
         Ok(())
     }
@@ -909,19 +926,19 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         if self.request_metrics {
-            self.metrics.observe_request(
-                &RequestSeries {
-                    gateway: ctx.gateway.as_ref(),
-                    listener: ctx.listener.as_ref(),
-                    rule: ctx.rule.as_ref(),
-                    backend: ctx.backend_name.as_ref(),
-                    method: req.method.as_str(),
-                    status,
-                },
-                elapsed,
-                bytes_in,
-                bytes_out,
-            );
+            let series = RequestSeries {
+                gateway: ctx.gateway.as_ref(),
+                listener: ctx.listener.as_ref(),
+                rule: ctx.rule.as_ref(),
+                backend: ctx.backend_name.as_ref(),
+                method: req.method.as_str(),
+                status,
+            };
+            self.metrics
+                .observe_request(&series, elapsed, bytes_in, bytes_out);
+            if let Some(code) = ctx.grpc_status {
+                self.metrics.observe_grpc(&series, code);
+            }
         }
         if self.access_log.sampled() {
             self.access_log.write(&access_log::Entry {
@@ -939,6 +956,7 @@ impl ProxyHttp for Proxy {
                 route: ctx.rule.as_ref().map(|r| &*r.route),
                 rule: ctx.rule.as_ref().map(|r| r.index),
                 request_id: &ctx.request_id,
+                grpc_status: ctx.grpc_status,
             });
         }
     }
@@ -1426,6 +1444,7 @@ async fn respond_then(
         ),
         _ => ("13", "the gateway failed the call (INTERNAL)"),
     };
+    ctx.grpc_status = code.parse().ok();
     let mut resp = ResponseHeader::build(200, Some(4))?;
     resp.insert_header("content-type", "application/grpc")?;
     resp.insert_header("grpc-status", code)?;
@@ -1448,6 +1467,12 @@ async fn respond_then(
             .await?;
     }
     Ok(true)
+}
+
+/// The `grpc-status` of a header or trailer section, if it has a valid one.
+fn grpc_status(fields: &http::HeaderMap) -> Option<u8> {
+    let value = fields.get("grpc-status")?.to_str().ok()?;
+    value.parse().ok()
 }
 
 /// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto` and the

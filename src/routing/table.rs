@@ -144,16 +144,19 @@ pub enum PathPattern {
     /// An HTTPRoute's pattern for the whole path.
     Path(Regex),
     /// A GRPCRoute's patterns for the service and the method, each tried on its own part of
-    /// a `/service/method` path, so that a part's own `^` and `$` hold at its edges. `text` is
-    /// the two together as one pattern for the whole path, as `explain` shows it.
+    /// a `/service/method` path, so that a part's own `^` and `$` hold at its edges.
     Grpc {
+        /// Anchored pattern for the service, the path's first segment.
         service: Regex,
+        /// Anchored pattern for the method, the second and last segment.
         method: Regex,
+        /// The two as one pattern for the whole path, as `explain` shows it.
         text: String,
     },
 }
 
 impl PathPattern {
+    /// Whether the pattern takes a request path.
     pub fn is_match(&self, path: &str) -> bool {
         match self {
             PathPattern::Path(re) => re.is_match(path),

@@ -1048,7 +1048,7 @@ fn regex_reading_unreserved(pattern: &str) -> String {
     let mut backslashes = 0usize;
     let mut i = 0;
     while i < bytes.len() {
-        let unreserved = (bytes[i] == b'%' && backslashes % 2 == 0)
+        let unreserved = (bytes[i] == b'%' && backslashes.is_multiple_of(2))
             .then(|| bytes.get(i + 1..i + 3))
             .flatten()
             .and_then(|hex| std::str::from_utf8(hex).ok())
