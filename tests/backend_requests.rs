@@ -736,6 +736,57 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
     true
 }
 
+/// A try that `timeouts.backendRequest` cuts off is sent again under a retry stanza, as the
+/// spec asks for connection errors ("disconnect, reset, timeout"), while `timeouts.request`
+/// leaves time for it; without a retry stanza it is answered 504 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_cut_off_by_the_backend_timeout_is_retried_under_a_retry_stanza() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static TRIES: AtomicUsize = AtomicUsize::new(0);
+    let port = serve_raw(|mut tcp| async move {
+        use tokio::io::AsyncWriteExt;
+        // The first try of each request is not answered in time; the next at once.
+        if TRIES.fetch_add(1, Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let _ = tcp
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            .await;
+    })
+    .await;
+    let timeouts = "    timeouts: {request: 5s, backendRequest: 300ms}\n";
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route(
+            "retried",
+            "retry.example",
+            "slow",
+            Some("{attempts: 1, backoff: 10ms}"),
+        ) + timeouts,
+        route("plain", "plain.example", "slow", None) + timeouts,
+        backend("rt", "slow", port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    let send = |host: &'static str| {
+        let request = (gateway.client)
+            .get(format!("http://127.0.0.1:{}/", gateway.listen))
+            .header("host", host);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    TRIES.store(0, Ordering::SeqCst);
+    assert_eq!(send("retry.example").await, 200);
+    assert_eq!(
+        TRIES.load(Ordering::SeqCst),
+        2,
+        "the try cut off, then one more"
+    );
+    TRIES.store(0, Ordering::SeqCst);
+    assert_eq!(send("plain.example").await, 504);
+    assert_eq!(TRIES.load(Ordering::SeqCst), 1);
+}
+
 /// A backend that answers every request with a chunked body of `chunks` bytes, one every
 /// `every`: a response that keeps trickling in; with `slow_head`, its header comes in one byte
 /// every `every` instead. Returns its port.

@@ -645,11 +645,11 @@ impl ProxyHttp for Proxy {
         if ctx.retried_status.take().is_some() {
             return e;
         }
+        // The spec asks a retry stanza to cover connection errors: "disconnect, reset,
+        // timeout". A try cut off by `timeouts.backendRequest` is one; when it was
+        // `timeouts.request` that ran out, `may_retry` finds no time left.
         let broken = *e.esource() == pingora_core::ErrorSource::Upstream
-            && !matches!(
-                e.etype(),
-                ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::HTTPStatus(_)
-            );
+            && !matches!(e.etype(), ErrorType::HTTPStatus(_));
         if retry_policy(ctx).is_some() && broken && may_retry(session, ctx) {
             e.set_retry(true);
         } else if unprocessed(&e)
@@ -1643,8 +1643,14 @@ pub fn replace_path(replace: &PathReplace, path: &str, prefix: Option<&str>) -> 
         PathReplace::Full(p) => p.clone(),
         PathReplace::Prefix(replacement) => {
             let prefix = prefix.unwrap_or("/");
+            // The path that is the prefix itself becomes the replacement: `/` with the prefix
+            // `/` and the replacement `/new` is `/new`, as `/foo` is `/new` for the prefix `/foo`.
             let rest = if prefix == "/" {
-                path
+                if path == "/" {
+                    ""
+                } else {
+                    path
+                }
             } else {
                 path.get(prefix.len()..).unwrap_or("")
             };
@@ -2035,6 +2041,8 @@ mod tests {
         assert_eq!(replace_path(&root, "/foo/baz", Some("/foo")), "/baz");
         assert_eq!(replace_path(&root, "/foo", Some("/foo")), "/");
         assert_eq!(replace_path(&p, "/x", Some("/")), "/bar/x");
+        assert_eq!(replace_path(&p, "/", Some("/")), "/bar");
+        assert_eq!(replace_path(&root, "/", Some("/")), "/");
         let empty = PathReplace::Prefix(String::new());
         assert_eq!(replace_path(&empty, "/foo/bar", Some("/foo")), "/bar");
         assert_eq!(replace_path(&empty, "/foo", Some("/foo")), "/");
