@@ -191,6 +191,7 @@ class Bench:
             "load_cpu_share": load_cpu / wall,
             "foreign_cpu_pct": foreign,
             "peak_rss_kib": target.peak_rss_kib() if target.is_proxy else None,
+            "rss_split_kib": target.rss_split_kib() if target.is_proxy else None,
             "threads": procs.threads(target.pids()[0]) if target.is_proxy else None,
             "latency_rate": lat["rps"],
             "latency_failed": lat["failed"],

@@ -370,10 +370,15 @@ def targets_section(res):
                                f"median {pm:.2f} vs {nm:.2f} ms"))
         if rounds:
             checks = [c for c in checks if c[0] != "p99"]
-        checks += [
-            ("peak memory", p["peak_rss_kib"] <= n["peak_rss_kib"],
-             f"{p['peak_rss_kib'] / 1024:.1f} vs {n['peak_rss_kib'] / 1024:.1f} MiB"),
-        ]
+        memory = f"{p['peak_rss_kib'] / 1024:.1f} vs {n['peak_rss_kib'] / 1024:.1f} MiB"
+        if p.get("rss_split_kib") and n.get("rss_split_kib"):
+            # What the resident set holds: the heap and stacks a process makes for itself, and
+            # the program's own code and data mapped from its files.
+            (pa, pf), (na, nf) = p["rss_split_kib"], n["rss_split_kib"]
+            memory += (f"; at the run's end {pa / 1024:.1f} vs {na / 1024:.1f} MiB anonymous "
+                       f"(heap, stacks), {pf / 1024:.1f} vs {nf / 1024:.1f} MiB mapped from "
+                       "the program's files")
+        checks += [("peak memory", p["peak_rss_kib"] <= n["peak_rss_kib"], memory)]
         parts = [f"{name} {'met' if good else '**missed**'} ({detail})"
                  for name, good, detail in checks]
         return f"- {label}, at least nginx: " + "; ".join(parts) + "."

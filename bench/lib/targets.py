@@ -100,6 +100,14 @@ class Target:
     def peak_rss_kib(self):
         return sum(procs.status_kib(pid, "VmHWM") for pid in self.pids())
 
+    def rss_split_kib(self):
+        """The resident set now, as (anonymous, file-backed) KiB: heap and stacks against
+        program code and data mapped from the binary and its libraries, which the page
+        cache holds once for every process that maps them."""
+        pids = self.pids()
+        return (sum(procs.status_kib(pid, "RssAnon") for pid in pids),
+                sum(procs.status_kib(pid, "RssFile") for pid in pids))
+
     def stop(self):
         if self.proc is not None:
             procs.stop(self.proc)
