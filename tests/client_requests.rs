@@ -858,8 +858,8 @@ async fn grpc_calls_the_gateway_answers_get_the_grpc_status_the_spec_asks_for() 
 }
 
 /// A RequestRedirect filter on a backendRef answers the requests sent that backend's way with
-/// the redirect, as one on the rule answers all of them; the rule's other backend is proxied
-/// to as usual.
+/// the redirect, as one on the rule answers all of them, with the rule's response header
+/// edits; the rule's other backend is proxied to as usual.
 #[tokio::test]
 async fn a_backend_ref_redirect_answers_the_requests_sent_its_way() {
     let public_port = free_port();
@@ -868,6 +868,8 @@ async fn a_backend_ref_redirect_answers_the_requests_sent_its_way() {
          metadata: {name: moved, namespace: cr}\n\
          spec:\n  parentRefs: [{name: gw}]\n  rules:\n\
          \x20 - matches: [{path: {type: PathPrefix, value: /old}}]\n\
+         \x20   filters: [{type: ResponseHeaderModifier, responseHeaderModifier: \
+         {add: [{name: x-moved, value: 'yes'}]}}]\n\
          \x20   backendRefs:\n\
          \x20   - name: public\n\
          \x20     port: 80\n\
@@ -898,6 +900,11 @@ async fn a_backend_ref_redirect_answers_the_requests_sent_its_way() {
         answer
             .to_ascii_lowercase()
             .contains("\r\nlocation: http://new.example/new/page?q=1\r\n"),
+        "{answer}"
+    );
+    // The rule's ResponseHeaderModifier applies to the redirect, the rule's answer.
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nx-moved: yes\r\n"),
         "{answer}"
     );
     let answer = raw(

@@ -364,6 +364,18 @@ impl ProxyHttp for Proxy {
                 let mut resp = ResponseHeader::build(status, Some(2))?;
                 resp.insert_header("location", location)?;
                 resp.insert_header("content-length", "0")?;
+                // The redirect is the rule's response: its ResponseHeaderModifier filters (the
+                // rule's, and the backendRef's that redirected) apply to it as to a backend's.
+                if let Some(rule) = ctx.rule.clone() {
+                    let backend_filters = (ctx.backend)
+                        .map(|i| &rule.backends[i].filters[..])
+                        .unwrap_or(&[]);
+                    for filter in rule.filters.iter().chain(backend_filters) {
+                        if let Filter::ResponseHeaders(edits) = filter {
+                            edit_response(&mut resp, edits)?;
+                        }
+                    }
+                }
                 ctx.status = status;
                 session.write_response_header(Box::new(resp), true).await?;
                 Ok(true)
