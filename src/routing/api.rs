@@ -584,6 +584,9 @@ pub struct HttpRule {
     pub timeouts: Option<Timeouts>,
     /// When to send a request to the backend again.
     pub retry: Option<Retry>,
+    /// Session persistence, which the gateway does not offer: kept only to say so in the
+    /// route's status.
+    pub session_persistence: Option<serde_json::Value>,
 }
 
 /// `rules[].matches[]`.
@@ -983,6 +986,8 @@ pub struct GrpcRule {
     /// Where calls go.
     #[serde(default)]
     pub backend_refs: Vec<BackendRef>,
+    /// Session persistence, which the gateway does not offer (see [`HttpRule`]).
+    pub session_persistence: Option<serde_json::Value>,
 }
 
 /// `GRPCRoute.spec.rules[].matches[]`.
@@ -1030,6 +1035,7 @@ impl From<GrpcRule> for HttpRule {
             backend_refs: r.backend_refs,
             timeouts: None,
             retry: None,
+            session_persistence: r.session_persistence,
         }
     }
 }

@@ -730,6 +730,12 @@ fn translate(
                         RetryPolicy::MAX_ATTEMPTS
                     ));
                 }
+                if rule.session_persistence.is_some() {
+                    out.limited.push(format!(
+                        "rule {index}: sessionPersistence is not supported, and is ignored: \
+                         requests are balanced over the endpoints as without it"
+                    ));
+                }
             }
             // Every dropped rule is named, so that one pass fixes them all.
             Err(msg) => match &mut unsupported {

@@ -1139,6 +1139,33 @@ fn listeners_mapped_onto_one_socket_conflict_like_listeners_on_one_port() {
     );
 }
 
+/// A rule asking for session persistence, which the gateway does not offer, is served
+/// without it, and the route's Accepted message says so rather than nothing.
+#[test]
+fn session_persistence_is_named_as_not_offered() {
+    let rules =
+        "  hostnames: [a.example]\n  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n    \
+                 sessionPersistence: {sessionName: s, type: Cookie}\n";
+    let grpc = grpc_route(
+        "g",
+        "2020-01-01T00:00:00Z",
+        "  hostnames: [g.example]\n  rules:\n  - backendRefs: [{name: svc, port: 8080}]\n    \
+         sessionPersistence: {type: Header, sessionName: s}\n",
+    );
+    let yaml = format!("{BASE}{}{grpc}", route("a", rules));
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    for (kind, name) in [(Kind::HttpRoute, "a"), (Kind::GrpcRoute, "g")] {
+        let status = &c.report.get(kind, "infra", name).unwrap().status;
+        let accepted = condition(&status["parents"][0]["conditions"], "Accepted");
+        assert_eq!(accepted["status"], "True", "{name}");
+        assert!(
+            (accepted["message"].as_str().unwrap())
+                .contains("rule 0: sessionPersistence is not supported"),
+            "{name}: {accepted}"
+        );
+    }
+}
+
 #[test]
 fn retry_is_checked_and_its_defaults_filled_in() {
     let retry_of = |path: &str, c: &Compiled| {
