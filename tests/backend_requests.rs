@@ -1770,6 +1770,20 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
                     let response = http::Response::builder()
                         .status(200)
                         .header("content-type", "application/grpc");
+                    if request.uri().path() == "/s.S/Gone" {
+                        // An HTTP error, which a gRPC client reads as UNAVAILABLE.
+                        let response = http::Response::builder().status(503).body(()).unwrap();
+                        let _ = respond.send_response(response, true);
+                        continue;
+                    }
+                    if request.uri().path() == "/s.S/Bare" {
+                        // A message and the end of the stream, without a status.
+                        let response = response.body(()).unwrap();
+                        if let Ok(mut send) = respond.send_response(response, false) {
+                            let _ = send.send_data(Bytes::from_static(b"\0\0\0\0\0"), true);
+                        }
+                        continue;
+                    }
                     if request.uri().path() == "/s.S/Denied" {
                         // A call the backend refuses: PERMISSION_DENIED in its trailers.
                         let response = response.body(()).unwrap();
@@ -1821,6 +1835,9 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
     // The metrics count calls by their gRPC status, the gateway's own and the backend's.
     let denied = call("Denied");
     assert!(denied.contains("grpc-status: 7"), "{denied}");
+    // A call that carried no status is counted as its client reads it.
+    call("Gone");
+    call("Bare");
     let metrics = gateway
         .client
         .get(format!("http://127.0.0.1:{}/metrics", gateway.admin))
@@ -1830,13 +1847,13 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
         .text()
         .await
         .unwrap();
-    for code in ["UNAVAILABLE", "PERMISSION_DENIED"] {
+    for (code, calls) in [("UNAVAILABLE", 2), ("PERMISSION_DENIED", 1), ("UNKNOWN", 1)] {
         assert!(
             metrics
                 .lines()
                 .any(|l| l.starts_with("portcullis_grpc_responses_total{")
                     && l.contains(&format!("grpc_code=\"{code}\""))
-                    && l.ends_with(" 1")),
+                    && l.ends_with(&format!(" {calls}"))),
             "{code}: {metrics}"
         );
     }

@@ -929,13 +929,16 @@ impl ProxyHttp for Proxy {
         true
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
         let elapsed = ctx.started.elapsed();
         let req = session.req_header();
+        // Every gRPC call has a status, given or read as a client reads it.
+        let grpc_status = is_grpc(req)
+            .then(|| (ctx.grpc_status).unwrap_or_else(|| implied_grpc_status(status, e)));
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         if self.request_metrics {
             let series = RequestSeries {
@@ -948,7 +951,7 @@ impl ProxyHttp for Proxy {
             };
             self.metrics
                 .observe_request(&series, elapsed, bytes_in, bytes_out);
-            if let Some(code) = ctx.grpc_status {
+            if let Some(code) = grpc_status {
                 self.metrics.observe_grpc(&series, code);
             }
         }
@@ -968,7 +971,7 @@ impl ProxyHttp for Proxy {
                 route: ctx.rule.as_ref().map(|r| &*r.route),
                 rule: ctx.rule.as_ref().map(|r| r.index),
                 request_id: &ctx.request_id,
-                grpc_status: ctx.grpc_status,
+                grpc_status,
             });
         }
     }
@@ -1488,11 +1491,27 @@ fn grpc_status(fields: &http::HeaderMap) -> Option<u8> {
 }
 
 /// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto` and the
-/// like).
+/// like; a media type is case-insensitive).
 fn is_grpc(request: &RequestHeader) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
     (request.headers.get(http::header::CONTENT_TYPE))
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+        .and_then(|v| v.as_bytes().get(..GRPC.len()))
+        .is_some_and(|v| v.eq_ignore_ascii_case(GRPC))
+}
+
+/// The status a gRPC client reads for a call that ended without a `grpc-status`: an HTTP
+/// status as gRPC maps it (a backend's 503 is UNAVAILABLE, its 404 UNIMPLEMENTED), CANCELLED
+/// for a call the client broke off, UNKNOWN for one that just ended without a status.
+fn implied_grpc_status(http_status: u16, error: Option<&Error>) -> u8 {
+    match http_status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ if error.is_some_and(|e| *e.esource() == pingora_core::ErrorSource::Downstream) => 1,
+        _ => 2,
+    }
 }
 
 /// The authority of an HTTP/1 request target in absolute form (`http://host:port/path`), or

@@ -1044,7 +1044,13 @@ impl From<GrpcMatch> for HttpMatch {
     /// A service and method become the request path: both given is an exact path, a service
     /// alone a path prefix, a method alone a pattern; `RegularExpression` builds a pattern from
     /// the two parts (an absent part matches any name).
-    fn from(m: GrpcMatch) -> HttpMatch {
+    fn from(mut m: GrpcMatch) -> HttpMatch {
+        // An empty service or method is one left out: the spec's "if left empty or omitted,
+        // will match any service" (and method).
+        if let Some(mm) = m.method.as_mut() {
+            mm.service = mm.service.take().filter(|s| !s.is_empty());
+            mm.method = mm.method.take().filter(|s| !s.is_empty());
+        }
         let grpc_method_only = m.method.as_ref().is_some_and(|mm| {
             mm.type_.as_deref() != Some("RegularExpression")
                 && mm.service.is_none()

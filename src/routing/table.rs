@@ -150,7 +150,7 @@ pub enum PathPattern {
         service: Regex,
         /// Anchored pattern for the method, the second and last segment.
         method: Regex,
-        /// The two as one pattern for the whole path, as `explain` shows it.
+        /// The two, as `explain` shows them: `service ^(?:a\.B)$ and method ^(?:Get)$`.
         text: String,
     },
 }
@@ -170,7 +170,7 @@ impl PathPattern {
         }
     }
 
-    /// The pattern as written for the whole path, anchors included.
+    /// The pattern, anchors included: for a GRPCRoute, its service's and its method's.
     pub fn as_str(&self) -> &str {
         match self {
             PathPattern::Path(re) => re.as_str(),

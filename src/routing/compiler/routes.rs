@@ -198,10 +198,15 @@ fn keep_grpc_and_http_apart(gateways: &mut Gateways, report: &mut StatusReport) 
                     Some((winner, _)) => {
                         lost_on.push(*listener);
                         first_winner.get_or_insert_with(|| {
-                            let (_, namespace, name) = &winner.order;
+                            let (created, namespace, name) = &winner.order;
+                            let older = if *created == route.order.0 {
+                                "as old, and first by namespace/name"
+                            } else {
+                                "older"
+                            };
                             format!(
                                 "{} {namespace}/{name} is served on the same hostname of \
-                                 listener {} of Gateway {}/{}, and is older; an HTTPRoute \
+                                 listener {} of Gateway {}/{}, and is {older}; an HTTPRoute \
                                  and a GRPCRoute are not merged: give this route hostnames of \
                                  its own, or route its requests in one route of one kind",
                                 winner.kind,
@@ -962,11 +967,15 @@ fn translate_match(
         }
         "RegularExpression" => PathKind::Regex(match &m.grpc_patterns {
             // Checked part by part above; an absent part is any name.
-            Some((service, method)) => PathPattern::Grpc {
-                service: anchored(service.as_deref().unwrap_or("[^/]+"))?,
-                method: anchored(method.as_deref().unwrap_or("[^/]+"))?,
-                text: format!("^(?:{value})$"),
-            },
+            Some((service, method)) => {
+                let service = anchored(service.as_deref().unwrap_or("[^/]+"))?;
+                let method = anchored(method.as_deref().unwrap_or("[^/]+"))?;
+                PathPattern::Grpc {
+                    text: format!("service {} and method {}", service.as_str(), method.as_str()),
+                    service,
+                    method,
+                }
+            }
             None => PathPattern::Path(anchored(&regex_reading_unreserved(&value))?),
         }),
         other => return Err(format!("path match type {other:?} is not supported; use Exact, PathPrefix or RegularExpression")),

@@ -2295,6 +2295,8 @@ fn grpc_patterns_may_anchor_their_part() {
             "  rules:\n  - matches: [{method: {type: RegularExpression, method: '^Ping$'}}]\n    \
              backendRefs: [{name: svc, port: 8080}]\n  \
              - matches: [{method: {type: RegularExpression, service: '^a\\.B$', method: 'Po.g'}}]\n    \
+             backendRefs: [{name: svc, port: 8080}]\n  \
+             - matches: [{method: {type: RegularExpression, service: '', method: 'Zap'}}]\n    \
              backendRefs: [{name: svc, port: 8080}]\n",
         ),
     ]
@@ -2303,6 +2305,8 @@ fn grpc_patterns_may_anchor_their_part() {
     let route_of = |path: &str| lookup_route(&c, "any", path, &[]);
     assert_eq!(route_of("/s.S/Ping").as_deref(), Some("infra/re#0"));
     assert_eq!(route_of("/a.B/Pong").as_deref(), Some("infra/re#1"));
+    // An empty part is one left out: any service.
+    assert_eq!(route_of("/any.Svc/Zap").as_deref(), Some("infra/re#2"));
     assert_eq!(route_of("/s.S/Pingx"), None);
     assert_eq!(route_of("/xa.B/Pong"), None);
     // A method is one path segment, whatever a pattern lets through.
