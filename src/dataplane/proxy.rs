@@ -1435,30 +1435,7 @@ async fn respond_then(
         }
         return Ok(true);
     }
-    let (code, message) = match status {
-        404 => ("12", "no route for this method (UNIMPLEMENTED)"),
-        503 => ("14", "no backend is available (UNAVAILABLE)"),
-        // Reached, but it refused the connection, reset the stream or answered what is not
-        // HTTP: the gateway's log says which.
-        502 => ("14", "the backend failed the call (UNAVAILABLE)"),
-        504 => (
-            "4",
-            "the backend did not answer in time (DEADLINE_EXCEEDED)",
-        ),
-        408 => (
-            "4",
-            "the request's messages stopped arriving (DEADLINE_EXCEEDED)",
-        ),
-        // A backendRef that does not resolve (no such Service, a reference not permitted, a
-        // kind that is not a Service, a TLS policy that cannot be honoured): the spec asks for
-        // UNAVAILABLE for "requests that would have otherwise been routed to an invalid
-        // backend".
-        500 => (
-            "14",
-            "the route's backend cannot be resolved (UNAVAILABLE); see the route's status",
-        ),
-        _ => ("13", "the gateway failed the call (INTERNAL)"),
-    };
+    let (code, message) = crate::routing::table::gateway_grpc_status(status);
     ctx.grpc_status = code.parse().ok();
     let mut resp = ResponseHeader::build(200, Some(4))?;
     resp.insert_header("content-type", "application/grpc")?;

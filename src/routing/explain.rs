@@ -24,6 +24,11 @@ pub struct Explanation {
     /// status, 204 for a CORS preflight, 500 for a rule with no usable backend, 503 for one
     /// whose only Service has no ready endpoint. Absent when the request is forwarded (or may be, by weight).
     pub status: Option<u16>,
+    /// For a gRPC call (a `content-type: application/grpc` header in the question), the
+    /// `grpc-status` the gateway answers with in place of `status`, in the trailers of an
+    /// HTTP 200.
+    #[serde(rename = "grpcStatus", skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u8>,
     /// `namespace/name:port` of the matched rule's backend Services.
     pub backends: Vec<String>,
     /// Every decision taken, in order.
@@ -131,6 +136,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
     let miss = |steps| Explanation {
         matched: None,
         status: Some(404),
+        grpc_status: None,
         backends: Vec::new(),
         steps,
         listener_unknown: false,
@@ -203,6 +209,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
         return Explanation {
             matched: Some(matched),
             status: None,
+            grpc_status: None,
             backends,
             steps,
             listener_unknown: false,
@@ -224,6 +231,7 @@ pub fn explain(table: &RoutingTable, listener: &str, req: &RequestView<'_>) -> E
         return Explanation {
             matched: Some(id),
             status,
+            grpc_status: None,
             backends,
             steps,
             listener_unknown: false,
@@ -778,6 +786,19 @@ impl Question {
         let mut answer = explain(table, &self.listener, &view);
         if answer.listener_unknown {
             answer.steps.push(why_not_served(report, &self.listener));
+        }
+        // As the proxy answers a gRPC call: its own errors as gRPC statuses (a redirect or
+        // preflight, which a GRPCRoute has none of, stays as it is).
+        let grpc = (header("content-type").first())
+            .and_then(|v| v.as_bytes().get(..16))
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"application/grpc"));
+        if let Some(status) = answer.status.filter(|&s| grpc && s >= 400) {
+            let (code, message) = super::table::gateway_grpc_status(status);
+            answer.grpc_status = code.parse().ok();
+            answer.steps.push(format!(
+                "a gRPC call: answered as HTTP 200 with grpc-status {code} ({message}) in place \
+                 of {status}"
+            ));
         }
         if resolved.is_some() {
             answer.steps.insert(

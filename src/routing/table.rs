@@ -179,6 +179,36 @@ impl PathPattern {
     }
 }
 
+/// The gRPC status (`grpc-status` and `grpc-message`) the gateway answers a gRPC call with in
+/// place of an HTTP error status of its own: gRPC clients read errors from trailers of an HTTP
+/// 200, not from an HTML status page.
+pub fn gateway_grpc_status(http_status: u16) -> (&'static str, &'static str) {
+    match http_status {
+        404 => ("12", "no route for this method (UNIMPLEMENTED)"),
+        503 => ("14", "no backend is available (UNAVAILABLE)"),
+        // Reached, but it refused the connection, reset the stream or answered what is not
+        // HTTP: the gateway's log says which.
+        502 => ("14", "the backend failed the call (UNAVAILABLE)"),
+        504 => (
+            "4",
+            "the backend did not answer in time (DEADLINE_EXCEEDED)",
+        ),
+        408 => (
+            "4",
+            "the request's messages stopped arriving (DEADLINE_EXCEEDED)",
+        ),
+        // A backendRef that does not resolve (no such Service, a reference not permitted, a
+        // kind that is not a Service, a TLS policy that cannot be honoured): the spec asks for
+        // UNAVAILABLE for "requests that would have otherwise been routed to an invalid
+        // backend".
+        500 => (
+            "14",
+            "the route's backend cannot be resolved (UNAVAILABLE); see the route's status",
+        ),
+        _ => ("13", "the gateway failed the call (INTERNAL)"),
+    }
+}
+
 /// How a header or query value must look.
 #[derive(Debug)]
 pub enum ValueMatch {

@@ -2313,6 +2313,48 @@ fn grpc_patterns_may_anchor_their_part() {
     assert_eq!(route_of("/s.S/x/Ping"), None);
 }
 
+/// explain answers a gRPC call as the proxy does: the gateway's own errors as gRPC statuses.
+#[test]
+fn explain_gives_a_grpc_call_the_grpc_status_it_gets() {
+    let yaml = format!(
+        "{BASE}{}",
+        grpc_route(
+            "g",
+            "2020-01-01T00:00:00Z",
+            "  rules:\n  - matches: [{method: {service: a.A}}]\n    \
+             backendRefs: [{name: missing, port: 8080}]\n",
+        )
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let ask = |path: &str, content_type: &str| {
+        crate::routing::explain::Question {
+            listener: "infra/gw/http".to_string(),
+            host: "a.example".to_string(),
+            path: path.to_string(),
+            method: "POST".to_string(),
+            headers: vec![("content-type".to_string(), content_type.to_string())],
+        }
+        .answer(&c.table, &c.report)
+    };
+    let unresolved = ask("/a.A/Get", "application/grpc+proto");
+    assert_eq!(
+        (unresolved.status, unresolved.grpc_status),
+        (Some(500), Some(14))
+    );
+    let unrouted = ask("/b.B/Get", "application/grpc");
+    assert_eq!(
+        (unrouted.status, unrouted.grpc_status),
+        (Some(404), Some(12))
+    );
+    assert!(
+        unrouted.steps.last().unwrap().contains("grpc-status 12"),
+        "{:?}",
+        unrouted.steps
+    );
+    // Not a gRPC call: HTTP statuses only.
+    assert_eq!(ask("/b.B/Get", "text/plain").grpc_status, None);
+}
+
 /// Routes that tie on everything else go by `{namespace}/{name}` as one string: `t-x/aa`
 /// before `t/zz`, as `-` sorts before `/`.
 #[test]
