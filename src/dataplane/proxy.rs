@@ -181,6 +181,8 @@ pub struct RequestCtx {
     mirror_bodies: Vec<mirror::MirrorBody>,
     /// Whether the request body filter has passed anything on (to a backend and the mirrors).
     body_passed: bool,
+    /// Whether the request is a gRPC call (by its content type), read once.
+    grpc: bool,
     /// A gRPC call's status, once the backend or the gateway has given one.
     grpc_status: Option<u8>,
 }
@@ -209,6 +211,7 @@ impl RequestCtx {
             resent_unprocessed: 0,
             mirror_bodies: Vec::new(),
             body_passed: false,
+            grpc: false,
             grpc_status: None,
         }
     }
@@ -229,6 +232,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.grpc = is_grpc(session.req_header());
         // Pingora keeps an HTTP/1.1 connection waiting for its next request forever; it gets
         // KEEPALIVE_IDLE. (A client's `Connection: close` still wins.)
         if session.as_ref().get_keepalive() == Some(0) {
@@ -602,7 +606,7 @@ impl ProxyHttp for Proxy {
         // Content-Length the body then falls short of would make the whole response malformed
         // (RFC 9113, section 8.1.1): strict clients see a protocol error instead of the
         // status.
-        if is_grpc(session.req_header()) {
+        if ctx.grpc {
             response.remove_header(&http::header::CONTENT_LENGTH);
             // A trailers-only answer (an error, most often) carries its status here.
             ctx.grpc_status = grpc_status(&response.headers).or(ctx.grpc_status);
@@ -937,7 +941,7 @@ impl ProxyHttp for Proxy {
         let elapsed = ctx.started.elapsed();
         let req = session.req_header();
         // Every gRPC call has a status, given or read as a client reads it.
-        let grpc_status = is_grpc(req)
+        let grpc_status = (ctx.grpc)
             .then(|| (ctx.grpc_status).unwrap_or_else(|| implied_grpc_status(status, e)));
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         if self.request_metrics {
@@ -1400,7 +1404,7 @@ async fn respond_then(
     // A misdirected request (421) is answered in HTTP whatever it carries: it tells the client
     // to open another connection, which gRPC clients act on too; as a gRPC status it would
     // read as a fault of the route.
-    let grpc = status != 421 && is_grpc(session.req_header());
+    let grpc = status != 421 && ctx.grpc;
     if !grpc {
         // As Pingora does: once a final response has started, nothing more can be said.
         if let Some(written) = session.as_downstream().response_written() {
