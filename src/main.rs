@@ -732,6 +732,7 @@ fn run(args: RunArgs) -> ExitCode {
                 .expect("at most 1000000"),
             status_reports: None,
             initial_sync: None,
+            stopping: None,
         };
         let Some(config_dir) = args.config_dir else {
             return portcullis::controller::kubernetes::run(args.kubernetes, options).await;

@@ -621,6 +621,67 @@ async fn a_leader_that_shuts_down_hands_the_lease_over_at_once() {
     );
 }
 
+/// A leader gives its Lease up as soon as it starts shutting down, not once its open
+/// connections have drained: the replica taking over writes status in the meantime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_gives_up_its_lease_before_it_drains() {
+    use tokio::io::AsyncWriteExt;
+    let server = ApiServer::start().await;
+    server.apply(gateway_class());
+    server.apply(gateway("apps", json!({"from": "Same"})));
+    // A backend that takes requests and never answers: the leader's drain waits on one.
+    let silent = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            open.push(tcp);
+        }
+    });
+    service(&server, "apps", "silent", silent_port);
+    server.apply(route("apps", "slow", "slow.example", "apps", "silent"));
+    let address = loopback(32);
+    let holder = || lease_holder(&server);
+    let mut first_args = lease_args("first", "20s").to_vec();
+    first_args.extend(["--drain-timeout", "30s"]);
+    let first = Gateway::start(&server, "first", address, &first_args);
+    eventually("the first replica leads", WAIT, || async {
+        (holder()? == "first").then_some(())
+    })
+    .await;
+    let _second = Gateway::start(&server, "second", address, &lease_args("second", "20s"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A request in flight through the leader: sent on the route, so never answered (until the
+    // route is served, the gateway answers at once, and the probe tries again).
+    let mut request = eventually("a request waits on the leader", WAIT, || async {
+        use tokio::io::AsyncReadExt;
+        let mut tcp = tokio::net::TcpStream::connect(first.http).await.ok()?;
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: slow.example\r\n\r\n")
+            .await
+            .ok()?;
+        let mut byte = [0u8; 1];
+        let answered = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut byte));
+        answered.await.is_err().then_some(tcp)
+    })
+    .await;
+
+    let stopped = Instant::now();
+    first.process.signal_terminate();
+    eventually("the second replica takes over", WAIT, || async {
+        (holder()? == "second").then_some(())
+    })
+    .await;
+    let handover = stopped.elapsed();
+    assert!(
+        handover < Duration::from_secs(8),
+        "handover took {handover:?}: the Lease was kept through the drain"
+    );
+    let _ = request.shutdown().await;
+    held.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_every_initial_list() {
     let (server, _backend) = one_route("web", "app.example", "svc").await;

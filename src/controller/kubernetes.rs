@@ -305,9 +305,19 @@ pub async fn run(args: KubernetesArgs, mut options: RunOptions) -> anyhow::Resul
         status_writer::run(client, statuses, report_rx, leading, owner, events)
             .instrument(tracing::info_span!("status_writer")),
     );
+    // The Lease goes as soon as the drain starts (or the data plane ends for any other
+    // reason): the replica taking over writes status while this one drains.
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    options.stopping = Some(stopping);
+    let release = election.map(|elector| {
+        tokio::spawn(async move {
+            let _ = stopped.await;
+            elector.release().await;
+        })
+    });
     let served = dataplane::run(store, options).await;
-    if let Some(elector) = election {
-        elector.release().await;
+    if let Some(release) = release {
+        let _ = release.await;
     }
     drop(always);
     served

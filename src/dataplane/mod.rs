@@ -76,6 +76,10 @@ pub struct RunOptions {
     /// answered while it runs; `/readyz` stays unready until the first table is live. An error
     /// ends the run.
     pub initial_sync: Option<InitialSync>,
+    /// Told when the process starts shutting down (SIGTERM or SIGINT), before the drain: a
+    /// leader gives up its Lease then, not once open connections have drained, so that another
+    /// replica writes status in the meantime.
+    pub stopping: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// See [`RunOptions::initial_sync`].
@@ -341,6 +345,9 @@ pub async fn run(store: Store, mut options: RunOptions) -> anyhow::Result<()> {
         drain_timeout_s = options.drain_timeout.as_secs_f64(),
         "shutting down: no new connections, draining in-flight requests"
     );
+    if let Some(stopping) = options.stopping.take() {
+        let _ = stopping.send(());
+    }
     // Not ready from here on, so that whatever sends traffic here (a Service's endpoints, a
     // load balancer's health check) stops doing so while open connections drain.
     shared.waiting_for.store(Arc::new(

@@ -941,8 +941,8 @@ impl ProxyHttp for Proxy {
         let elapsed = ctx.started.elapsed();
         let req = session.req_header();
         // Every gRPC call has a status, given or read as a client reads it.
-        let grpc_status = (ctx.grpc)
-            .then(|| (ctx.grpc_status).unwrap_or_else(|| implied_grpc_status(status, e)));
+        let grpc_status =
+            (ctx.grpc).then(|| (ctx.grpc_status).unwrap_or_else(|| implied_grpc_status(status, e)));
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         if self.request_metrics {
             let series = RequestSeries {

@@ -74,6 +74,15 @@ impl Process {
     }
 
     /// Sends SIGTERM and waits (at most `timeout`) for a clean exit; true if it exited 0.
+    /// Sends SIGTERM and returns at once, while the process drains.
+    pub(crate) fn signal_terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+    }
+
     pub(crate) fn terminate(&mut self, timeout: Duration) -> bool {
         let Some(mut child) = self.child.take() else {
             return false;
@@ -201,9 +210,11 @@ impl Gateway {
             (i32::from(http.port()) - 80).to_string(),
             "--access-log-sample".into(),
             "0".into(),
-            "--drain-timeout".into(),
-            "1s".into(),
         ];
+        // A short drain, unless the test sets its own.
+        if !extra.contains(&"--drain-timeout") {
+            args.extend(["--drain-timeout".into(), "1s".into()]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         let process = Process::spawn(
             &format!("gateway-{name}"),
