@@ -594,6 +594,7 @@ pub fn desired_status(
     };
     if let Some(conditions) = fields.get_mut("conditions") {
         carry_times(conditions, &current["conditions"], None);
+        keep_others_conditions(conditions, &current["conditions"]);
     }
     if let Some(Value::Array(listeners)) = fields.get_mut("listeners") {
         for listener in listeners {
@@ -607,6 +608,37 @@ pub fn desired_status(
     }
     let differs = fields.iter().any(|(k, v)| &current[k.as_str()] != v);
     differs.then_some(computed)
+}
+
+/// The condition types of a Gateway's or GatewayClass's own `status.conditions` that the Gateway
+/// API defines for the controller of its class: ours to set, and to take away when the compile
+/// no longer gives them.
+const OUR_CONDITION_TYPES: &[&str] = &[
+    "Accepted",
+    "Programmed",
+    "Ready",
+    "ResolvedRefs",
+    "SupportedVersion",
+    "AttachedListenerSets",
+    "InsecureFrontendValidationMode",
+];
+
+/// Adds to `ours` the conditions of `before` that another controller keeps on the object (a
+/// policy controller's `...PolicyAffected`, as GEP-713 asks of it): a status write replaces the
+/// whole list, and leaving them out would take them away at each write, and the two
+/// controllers would take turns writing the object forever.
+fn keep_others_conditions(ours: &mut Value, before: &Value) {
+    let (Value::Array(ours), Some(before)) = (ours, before.as_array()) else {
+        return;
+    };
+    let others: Vec<Value> = (before.iter())
+        .filter(|c| {
+            let type_ = c["type"].as_str().unwrap_or("");
+            !OUR_CONDITION_TYPES.contains(&type_) && !ours.iter().any(|o| o["type"] == c["type"])
+        })
+        .cloned()
+        .collect();
+    ours.extend(others);
 }
 
 /// A copy without null object fields: the API server drops them, so writing them would make
@@ -681,6 +713,36 @@ mod tests {
         assert_eq!(
             out["conditions"][1]["lastTransitionTime"],
             "2030-01-01T00:00:00Z"
+        );
+    }
+
+    /// Another controller's condition on a Gateway (a policy controller's, as GEP-713 asks) is
+    /// kept through our writes, and once written as it was, there is nothing more to write;
+    /// a condition type of ours the compile no longer gives is taken away.
+    #[test]
+    fn other_controllers_gateway_conditions_are_kept() {
+        let policy = condition("example.com/PolicyAffected", "True", "2020-01-01T00:00:00Z");
+        let current = json!({"conditions": [
+            condition("Accepted", "True", "2020-01-01T00:00:00Z"),
+            policy.clone(),
+            condition("ResolvedRefs", "False", "2020-01-01T00:00:00Z"),
+        ]});
+        let computed = json!({"conditions": [
+            condition("Accepted", "True", "2030-01-01T00:00:00Z"),
+            condition("Programmed", "True", "2030-01-01T00:00:00Z"),
+        ]});
+        let out = desired_status(Kind::Gateway, "apps", &current, &computed, &unscoped()).unwrap();
+        let types: Vec<&str> = (out["conditions"].as_array().unwrap().iter())
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["Accepted", "Programmed", "example.com/PolicyAffected"]
+        );
+        assert_eq!(out["conditions"][2], policy);
+        assert_eq!(
+            desired_status(Kind::Gateway, "apps", &out, &computed, &unscoped()),
+            None
         );
     }
 
