@@ -589,7 +589,7 @@ fn backend_client_certificate(
     }
     let secret = snapshot
         .get(Kind::Secret, namespace, &r.name)
-        .ok_or_else(|| invalid(format!("Secret {namespace}/{} does not exist", r.name)))?;
+        .ok_or_else(|| invalid(missing_secret(namespace, &r.name)))?;
     crate::tls::client_cert_key(&secret.body)
         .map_err(|e| invalid(format!("Secret {namespace}/{}: {e}", r.name)))
 }
@@ -875,10 +875,7 @@ fn check_tls(
         let Some(secret) = snapshot.get(Kind::Secret, namespace, &r.name) else {
             unfollowed.get_or_insert((
                 index,
-                (
-                    "InvalidCertificateRef",
-                    format!("Secret {namespace}/{} does not exist", r.name),
-                ),
+                ("InvalidCertificateRef", missing_secret(namespace, &r.name)),
             ));
             continue;
         };
@@ -1332,4 +1329,13 @@ impl Gateways {
         }
         (table, rules)
     }
+}
+
+/// What to say of a Secret a reference names and the snapshot lacks. Kubernetes mode reads
+/// only `kubernetes.io/tls` Secrets, so there it may well exist, with another type.
+fn missing_secret(namespace: &str, name: &str) -> String {
+    format!(
+        "Secret {namespace}/{name} does not exist (or, in Kubernetes mode, is not of type \
+         kubernetes.io/tls: no other Secrets are read, and certificates must be in one)"
+    )
 }

@@ -1166,6 +1166,25 @@ fn session_persistence_is_named_as_not_offered() {
     }
 }
 
+/// A certificateRef to a Secret the gateway does not see says why it may not be seen: in
+/// Kubernetes mode only kubernetes.io/tls Secrets are read.
+#[test]
+fn a_missing_certificate_secret_says_which_secrets_are_read() {
+    let yaml = BASE.replace(
+        "  - {name: http, port: 80, protocol: HTTP}",
+        "  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: opq}]}}",
+    );
+    let c = compile(&snapshot(&yaml), &CompileOptions::default());
+    let status = &c.report.get(Kind::Gateway, "infra", "gw").unwrap().status;
+    let resolved = condition(&status["listeners"][0]["conditions"], "ResolvedRefs");
+    assert_eq!(resolved["reason"], "InvalidCertificateRef");
+    assert!(
+        (resolved["message"].as_str().unwrap())
+            .contains("Secret infra/opq does not exist (or, in Kubernetes mode, is not of type kubernetes.io/tls"),
+        "{resolved}"
+    );
+}
+
 #[test]
 fn retry_is_checked_and_its_defaults_filled_in() {
     let retry_of = |path: &str, c: &Compiled| {
