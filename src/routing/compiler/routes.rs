@@ -976,7 +976,13 @@ fn translate_match(
                     method,
                 }
             }
-            None => PathPattern::Path(anchored(&regex_reading_unreserved(&value))?),
+            None => {
+                let read = regex_reading_unreserved(&value);
+                // An error quotes the pattern as the user wrote it, not as read.
+                PathPattern::Path(anchored(&read).map_err(|e| {
+                    e.replacen(&format!("{read:?}"), &format!("{value:?}"), 1)
+                })?)
+            }
         }),
         other => return Err(format!("path match type {other:?} is not supported; use Exact, PathPrefix or RegularExpression")),
     };

@@ -2409,6 +2409,8 @@ fn a_path_pattern_reads_unreserved_encodings_as_their_characters() {
         - matches: [{path: {type: RegularExpression, value: '/c[%41-%5a]t'}}]\n    \
           backendRefs: [{name: svc, port: 8080}]\n  \
         - matches: [{path: {type: RegularExpression, value: '/d%2E'}}]\n    \
+          backendRefs: [{name: svc, port: 8080}]\n  \
+        - matches: [{path: {type: RegularExpression, value: '/e%41('}}]\n    \
           backendRefs: [{name: svc, port: 8080}]\n";
     let c = compile(
         &snapshot(&format!("{BASE}{}", route("r", rules))),
@@ -2428,6 +2430,11 @@ fn a_path_pattern_reads_unreserved_encodings_as_their_characters() {
         Some("infra/r#2")
     );
     assert_eq!(lookup_route(&c, "any", "/dx", &[]), None);
+    // A pattern that does not compile is quoted as written.
+    let status = &c.report.get(Kind::HttpRoute, "infra", "r").unwrap().status;
+    let partly = condition(&status["parents"][0]["conditions"], "PartiallyInvalid");
+    let message = partly["message"].as_str().unwrap();
+    assert!(message.contains("\"/e%41(\""), "{message}");
 }
 
 /// GRPCRouteRule's precedence: the characters of the matching service, then those of the
