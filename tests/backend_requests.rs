@@ -320,6 +320,48 @@ async fn failed_backend_requests_are_retried_as_the_rule_says() {
     assert_eq!(retries("rt/half:80"), 1.0, "{metrics}");
 }
 
+/// An HTTP/2 client that resets its request's stream during a retry's backoff gets no retry
+/// sent for it: nobody waits for the answer, and the backend would process it for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_goes_out_for_an_http2_stream_the_client_reset() {
+    let flaky = Arc::new(Flaky::default());
+    let backend_port = serve(flaky.clone()).await;
+    let config = [
+        gateway_class(),
+        gateway("rt", "gw", &listener("web", 80, "HTTP")),
+        route(
+            "retried",
+            "retry.example",
+            "flaky",
+            Some("{codes: [503], attempts: 2, backoff: 1500ms}"),
+        ),
+        backend("rt", "flaky", backend_port),
+    ]
+    .concat();
+    let gateway = Gateway::start(&config).await;
+    flaky.fail_next(5, 503);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gateway.listen))
+        .await
+        .unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driven = tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://retry.example/orders")
+        .body(())
+        .unwrap();
+    let (_response, mut stream) = client.send_request(request, false).unwrap();
+    stream
+        .send_data(Bytes::from_static(b"order"), true)
+        .unwrap();
+    // The first try is answered 503 at once; the retry waits out its backoff.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(flaky.seen(), ["POST order"], "only the first try went out");
+    driven.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirrored_copies_carry_the_request_body() {
     let (primary, copy) = (Arc::new(Flaky::default()), Arc::new(Flaky::default()));
@@ -1771,8 +1813,19 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
                         .status(200)
                         .header("content-type", "application/grpc");
                     if request.uri().path() == "/s.S/Gone" {
-                        // An HTTP error, which a gRPC client reads as UNAVAILABLE.
-                        let response = http::Response::builder().status(503).body(()).unwrap();
+                        // An HTTP error, which a gRPC client reads as UNAVAILABLE, whatever
+                        // grpc-status comes with it.
+                        let response = http::Response::builder()
+                            .status(503)
+                            .header("grpc-status", "0")
+                            .body(())
+                            .unwrap();
+                        let _ = respond.send_response(response, true);
+                        continue;
+                    }
+                    if request.uri().path() == "/s.S/Odd" {
+                        // A code past those gRPC defines, which its clients read as UNKNOWN.
+                        let response = response.header("grpc-status", "99").body(()).unwrap();
                         let _ = respond.send_response(response, true);
                         continue;
                     }
@@ -1838,6 +1891,7 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
     // A call that carried no status is counted as its client reads it.
     call("Gone");
     call("Bare");
+    call("Odd");
     let metrics = gateway
         .client
         .get(format!("http://127.0.0.1:{}/metrics", gateway.admin))
@@ -1847,7 +1901,7 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
         .text()
         .await
         .unwrap();
-    for (code, calls) in [("UNAVAILABLE", 2), ("PERMISSION_DENIED", 1), ("UNKNOWN", 1)] {
+    for (code, calls) in [("UNAVAILABLE", 2), ("PERMISSION_DENIED", 1), ("UNKNOWN", 2)] {
         assert!(
             metrics
                 .lines()

@@ -363,9 +363,10 @@ impl Metrics {
             ),
             grpc_responses: counter(
                 "portcullis_grpc_responses_total",
-                "gRPC calls answered, by grpc-status (the backend's, or the gateway's own when \
-                 no backend could take the call); each is also in portcullis_requests_total, \
-                 as HTTP 200.",
+                "gRPC calls, by the status their client reads: the backend's grpc-status, the \
+                 gateway's own when no backend could take the call, or one read from the HTTP \
+                 status (503 UNAVAILABLE) or the call's end (CANCELLED, UNKNOWN); each is also \
+                 in portcullis_requests_total, by its HTTP status.",
                 &["gateway", "listener", "route", "rule", "backend", "grpc_code"],
             ),
             request_duration: histogram(

@@ -940,9 +940,12 @@ impl ProxyHttp for Proxy {
             .unwrap_or(ctx.status);
         let elapsed = ctx.started.elapsed();
         let req = session.req_header();
-        // Every gRPC call has a status, given or read as a client reads it.
-        let grpc_status =
-            (ctx.grpc).then(|| (ctx.grpc_status).unwrap_or_else(|| implied_grpc_status(status, e)));
+        // Every gRPC call has a status, given or read as a client reads it: an HTTP status
+        // other than 200 first, whatever `grpc-status` came with it, as gRPC clients read it.
+        let grpc_status = (ctx.grpc).then(|| match (status, ctx.grpc_status) {
+            (200 | 0, Some(given)) => given,
+            _ => implied_grpc_status(status, e),
+        });
         let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
         if self.request_metrics {
             let series = RequestSeries {
@@ -1019,11 +1022,16 @@ fn unprocessed(e: &Error) -> bool {
         }
 }
 
-/// Whether the client's connection has closed, by a look at its socket that neither waits nor
-/// takes anything from it. Unknown (an HTTP/2 stream, whose connection is shared) counts as
-/// still there.
-fn client_gone(session: &Session) -> bool {
+/// Whether the client has gone: for HTTP/2, whether it reset the request's stream (or its
+/// connection failed), by a poll that does not wait; for HTTP/1, whether its connection has
+/// closed, by a look at its socket that neither waits nor takes anything from it.
+fn client_gone(session: &mut Session) -> bool {
     use nix::sys::socket::{recv, MsgFlags};
+    use std::future::Future;
+    if let pingora_core::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        return std::pin::pin!(h2.idle()).poll(&mut cx).is_ready();
+    }
     let Some(fd) = session.as_ref().stream().map(|s| s.id()) else {
         return false;
     };
@@ -1465,10 +1473,12 @@ async fn respond_then(
     Ok(true)
 }
 
-/// The `grpc-status` of a header or trailer section, if it has a valid one.
+/// The `grpc-status` of a header or trailer section, if it has one: a number past the codes
+/// gRPC defines (0 to 16) is UNKNOWN (2), as its clients read it.
 fn grpc_status(fields: &http::HeaderMap) -> Option<u8> {
     let value = fields.get("grpc-status")?.to_str().ok()?;
-    value.parse().ok()
+    let code: u32 = value.parse().ok()?;
+    Some(u8::try_from(code).ok().filter(|&c| c <= 16).unwrap_or(2))
 }
 
 /// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto` and the
