@@ -1892,15 +1892,7 @@ async fn a_grpc_answer_cut_short_ends_in_its_status_without_the_backends_length(
     call("Gone");
     call("Bare");
     call("Odd");
-    let metrics = gateway
-        .client
-        .get(format!("http://127.0.0.1:{}/metrics", gateway.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_text(&gateway.client, gateway.admin, "/metrics").await;
     for (code, calls) in [("UNAVAILABLE", 2), ("PERMISSION_DENIED", 1), ("UNKNOWN", 2)] {
         assert!(
             metrics

@@ -1481,13 +1481,10 @@ fn grpc_status(fields: &http::HeaderMap) -> Option<u8> {
     Some(u8::try_from(code).ok().filter(|&c| c <= 16).unwrap_or(2))
 }
 
-/// Whether a request is a gRPC call, by its content type (`application/grpc`, `+proto` and the
-/// like; a media type is case-insensitive).
+/// Whether a request is a gRPC call, by its content type.
 fn is_grpc(request: &RequestHeader) -> bool {
-    const GRPC: &[u8] = b"application/grpc";
     (request.headers.get(http::header::CONTENT_TYPE))
-        .and_then(|v| v.as_bytes().get(..GRPC.len()))
-        .is_some_and(|v| v.eq_ignore_ascii_case(GRPC))
+        .is_some_and(|v| crate::routing::table::is_grpc_content_type(v.as_bytes()))
 }
 
 /// The status a gRPC client reads for a call that ended without a `grpc-status`: an HTTP

@@ -790,8 +790,7 @@ impl Question {
         // As the proxy answers a gRPC call: its own errors as gRPC statuses (a redirect or
         // preflight, which a GRPCRoute has none of, stays as it is).
         let grpc = (header("content-type").first())
-            .and_then(|v| v.as_bytes().get(..16))
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"application/grpc"));
+            .is_some_and(|v| super::table::is_grpc_content_type(v.as_bytes()));
         if let Some(status) = answer.status.filter(|&s| grpc && s >= 400) {
             let (code, message) = super::table::gateway_grpc_status(status);
             answer.grpc_status = code.parse().ok();

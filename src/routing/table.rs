@@ -179,6 +179,15 @@ impl PathPattern {
     }
 }
 
+/// Whether a request's `content-type` makes it a gRPC call (`application/grpc`, `+proto` and
+/// the like; a media type is case-insensitive).
+pub fn is_grpc_content_type(value: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    value
+        .get(..GRPC.len())
+        .is_some_and(|v| v.eq_ignore_ascii_case(GRPC))
+}
+
 /// The gRPC status (`grpc-status` and `grpc-message`) the gateway answers a gRPC call with in
 /// place of an HTTP error status of its own: gRPC clients read errors from trailers of an HTTP
 /// 200, not from an HTML status page.
