@@ -603,6 +603,7 @@ pub fn desired_status(
                 .and_then(|l| l.iter().find(|b| b["name"] == listener["name"]));
             if let Some(before) = before {
                 carry_times(&mut listener["conditions"], &before["conditions"], None);
+                keep_others_conditions(&mut listener["conditions"], &before["conditions"]);
             }
         }
     }
@@ -610,9 +611,9 @@ pub fn desired_status(
     differs.then_some(computed)
 }
 
-/// The condition types of a Gateway's or GatewayClass's own `status.conditions` that the Gateway
-/// API defines for the controller of its class: ours to set, and to take away when the compile
-/// no longer gives them.
+/// The condition types of a Gateway's, its listeners' or a GatewayClass's `status.conditions`
+/// that the Gateway API defines for the controller of its class: ours to set, and to take away
+/// when the compile no longer gives them.
 const OUR_CONDITION_TYPES: &[&str] = &[
     "Accepted",
     "Programmed",
@@ -621,6 +622,9 @@ const OUR_CONDITION_TYPES: &[&str] = &[
     "SupportedVersion",
     "AttachedListenerSets",
     "InsecureFrontendValidationMode",
+    "Conflicted",
+    "OverlappingTLSConfig",
+    "Detached",
 ];
 
 /// Adds to `ours` the conditions of `before` that another controller keeps on the object (a
@@ -744,6 +748,15 @@ mod tests {
             desired_status(Kind::Gateway, "apps", &out, &computed, &unscoped()),
             None
         );
+        // A listener's too (a policy may target one section of a Gateway).
+        let current = json!({"listeners": [
+            {"name": "a", "conditions": [condition("Accepted", "True", "old"), policy.clone()]},
+        ]});
+        let computed = json!({"listeners": [
+            {"name": "a", "conditions": [condition("Accepted", "True", "new")]},
+        ]});
+        let out = desired_status(Kind::Gateway, "apps", &current, &computed, &unscoped());
+        assert_eq!(out, None, "nothing of ours changed: {out:?}");
     }
 
     #[test]
