@@ -947,15 +947,6 @@ fn translate_match(
     if path_type != "RegularExpression" {
         matched_path(&value)?;
     }
-    for (field, pattern) in m
-        .grpc_patterns
-        .iter()
-        .flat_map(|(s, m)| [("service", s), ("method", m)])
-    {
-        if let Some(pattern) = pattern {
-            anchored(pattern).map_err(|e| format!("method.{field}: {e}"))?;
-        }
-    }
     let path = match path_type {
         "Exact" => PathKind::Exact(value.clone()),
         "PathPrefix" => {
@@ -966,10 +957,14 @@ fn translate_match(
             PathKind::GrpcMethod(PathPattern::Path(anchored(&value)?))
         }
         "RegularExpression" => PathKind::Regex(match &m.grpc_patterns {
-            // Checked part by part above; an absent part is any name.
             Some((service, method)) => {
-                let service = anchored(service.as_deref().unwrap_or("[^/]+"))?;
-                let method = anchored(method.as_deref().unwrap_or("[^/]+"))?;
+                // An absent part is any name; an error names the part's field.
+                let part = |field: &str, pattern: &Option<String>| {
+                    anchored(pattern.as_deref().unwrap_or("[^/]+"))
+                        .map_err(|e| format!("method.{field}: {e}"))
+                };
+                let service = part("service", service)?;
+                let method = part("method", method)?;
                 PathPattern::Grpc {
                     text: format!("service {} and method {}", service.as_str(), method.as_str()),
                     service,
